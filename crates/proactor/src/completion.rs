@@ -1,0 +1,221 @@
+//! The end of an operation as the application sees it.
+
+use std::{fmt, io, net::SocketAddr, net::TcpStream};
+
+use crate::{OpId, OpKind};
+
+/// What an operation hands back besides its result.
+#[derive(Debug)]
+pub(crate) enum Output {
+    /// Nothing (post, connect, a zero-byte receive).
+    None,
+    /// The buffer of a receive, send, read or write.
+    Buffer(Vec<u8>),
+    /// The buffers of a vectored receive or send.
+    Buffers(Vec<Vec<u8>>),
+    /// The connection an accept produced.
+    Accepted(Accepted),
+}
+
+/// A connection accepted by [`Iocp::accept`](crate::Iocp::accept).
+///
+/// The stream is not yet associated with any port: pass it to
+/// [`Iocp::add_handle`](crate::Iocp::add_handle) to run operations on it.
+#[derive(Debug)]
+pub struct Accepted {
+    /// The accepted connection.
+    pub stream: TcpStream,
+    /// The local address the connection arrived on.
+    pub local_addr: SocketAddr,
+    /// The peer's address.
+    pub peer_addr: SocketAddr,
+}
+
+/// One finished operation, dequeued from an [`Iocp`](crate::Iocp).
+///
+/// It says which handle (its [`context`](Completion::context)), which operation
+/// ([`id`](Completion::id) and [`kind`](Completion::kind)), how many bytes moved and whether it
+/// failed ([`result`](Completion::result)), and hands back what the operation owned
+/// ([`take_buffer`](Completion::take_buffer), [`take_buffers`](Completion::take_buffers),
+/// [`take_accepted`](Completion::take_accepted)).
+///
+/// A receive's buffer comes back with its length grown by the bytes received; a send's buffer
+/// comes back unchanged. A receive that completes with `Ok(0)` on a stream socket is the peer's
+/// graceful close (EOF); a reset is an error of kind
+/// [`ConnectionReset`](std::io::ErrorKind::ConnectionReset); a local cancel is an error for which
+/// [`is_cancelled`](crate::is_cancelled) is true.
+///
+/// ```no_run
+/// # fn f(port: &proactor::Iocp) -> std::io::Result<()> {
+/// let mut done = port.get_completion(None)?;
+/// println!("{} on context {} moved {} bytes", done.kind(), done.context(), done.bytes_transferred());
+/// match done.result() {
+///     Ok(0) => println!("end of stream"),
+///     Ok(n) => println!("{:?}", &done.take_buffer().unwrap()[..n]),
+///     Err(e) if proactor::is_cancelled(&e) => println!("cancelled"),
+///     Err(e) => println!("failed: {e}"),
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Completion {
+    pub(crate) context: usize,
+    pub(crate) id: OpId,
+    pub(crate) kind: OpKind,
+    pub(crate) bytes: usize,
+    pub(crate) error: Option<io::Error>,
+    pub(crate) output: Output,
+}
+
+impl Completion {
+    /// The context of the handle the operation ran on (given to
+    /// [`Iocp::add_handle`](crate::Iocp::add_handle)), or the context given to
+    /// [`Iocp::post`](crate::Iocp::post).
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// The id [`Iocp`](crate::Iocp) returned when the operation was submitted.
+    pub fn id(&self) -> OpId {
+        self.id
+    }
+
+    /// Which operation this was.
+    pub fn kind(&self) -> OpKind {
+        self.kind
+    }
+
+    /// Bytes transferred, as the kernel reported them, even when the operation failed (a
+    /// truncated datagram or a cancelled send can report a partial count). For a posted packet,
+    /// the value given to [`Iocp::post`](crate::Iocp::post).
+    pub fn bytes_transferred(&self) -> usize {
+        self.bytes
+    }
+
+    /// The outcome: the bytes transferred, or the error.
+    ///
+    /// The error is built afresh on each call from the one the operation ended with, so it can be
+    /// inspected any number of times; its kind, message and OS code are the same each time.
+    pub fn result(&self) -> io::Result<usize> {
+        match &self.error {
+            None => Ok(self.bytes),
+            Some(e) => Err(clone_error(e)),
+        }
+    }
+
+    /// The error the operation ended with, if it failed.
+    pub fn error(&self) -> Option<&io::Error> {
+        self.error.as_ref()
+    }
+
+    /// Whether the operation was cancelled locally (see [`is_cancelled`](crate::is_cancelled)).
+    pub fn is_cancelled(&self) -> bool {
+        self.error.as_ref().is_some_and(crate::is_cancelled)
+    }
+
+    /// Takes back the buffer of a receive, send, read or write; `None` for other operations
+    /// or when already taken.
+    pub fn take_buffer(&mut self) -> Option<Vec<u8>> {
+        match std::mem::replace(&mut self.output, Output::None) {
+            Output::Buffer(buf) => Some(buf),
+            other => {
+                self.output = other;
+                None
+            }
+        }
+    }
+
+    /// Takes back the buffers of a vectored receive or send.
+    pub fn take_buffers(&mut self) -> Option<Vec<Vec<u8>>> {
+        match std::mem::replace(&mut self.output, Output::None) {
+            Output::Buffers(bufs) => Some(bufs),
+            other => {
+                self.output = other;
+                None
+            }
+        }
+    }
+
+    /// Takes the accepted connection of a successful accept.
+    pub fn take_accepted(&mut self) -> Option<Accepted> {
+        match std::mem::replace(&mut self.output, Output::None) {
+            Output::Accepted(a) => Some(a),
+            other => {
+                self.output = other;
+                None
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Completion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Completion")
+            .field("context", &self.context)
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("bytes", &self.bytes)
+            .field("error", &self.error)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A copy of an error produced by this crate: same kind, same OS code, same message.
+fn clone_error(err: &io::Error) -> io::Error {
+    if let Some(code) = err.raw_os_error() {
+        return io::Error::from_raw_os_error(code);
+    }
+    match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<crate::error::OsError>())
+    {
+        Some(os) if os.cancelled => crate::error::cancelled(os.code, os.ntstatus),
+        Some(os) => crate::error::corrected(err.kind(), os.code, os.ntstatus),
+        None => io::Error::new(err.kind(), err.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn completion(error: Option<io::Error>, output: Output) -> Completion {
+        Completion {
+            context: 3,
+            id: OpId::next(),
+            kind: OpKind::Recv,
+            bytes: 5,
+            error,
+            output,
+        }
+    }
+
+    #[test]
+    fn result_can_be_read_repeatedly_and_keeps_the_code() {
+        let c = completion(
+            Some(crate::error::corrected(
+                io::ErrorKind::ConnectionReset,
+                64,
+                None,
+            )),
+            Output::None,
+        );
+        for _ in 0..2 {
+            let e = c.result().unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+            assert_eq!(crate::raw_os_error(&e), Some(64));
+        }
+        let c = completion(Some(crate::error::cancelled(995, None)), Output::None);
+        assert!(c.is_cancelled());
+        assert!(crate::is_cancelled(&c.result().unwrap_err()));
+    }
+
+    #[test]
+    fn buffers_are_handed_back_once() {
+        let mut c = completion(None, Output::Buffer(vec![1, 2, 3]));
+        assert_eq!(c.result().unwrap(), 5);
+        assert!(c.take_accepted().is_none());
+        assert!(c.take_buffers().is_none());
+        assert_eq!(c.take_buffer(), Some(vec![1, 2, 3]));
+        assert_eq!(c.take_buffer(), None);
+    }
+}

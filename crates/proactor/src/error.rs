@@ -1,0 +1,175 @@
+//! The error convention: `io::Error` whose kind says what happened and which keeps the OS code.
+//!
+//! Where the standard library's own mapping of an OS code gives the right
+//! [`io::ErrorKind`], the error is `io::Error::from_raw_os_error(code)` and
+//! [`io::Error::raw_os_error`] returns the code. Where proactor must correct the kind (a Windows
+//! `ERROR_NETNAME_DELETED` is a connection reset, a local cancel is not a timeout), the error wraps
+//! an [`OsError`] that carries the code; [`raw_os_error`] finds it in both cases.
+
+use std::{error::Error, fmt, io};
+
+/// An OS error code whose [`io::ErrorKind`] proactor corrected.
+#[derive(Debug)]
+pub(crate) struct OsError {
+    /// The OS code (a Win32 or WinSock error on Windows, an errno on Linux).
+    pub(crate) code: i32,
+    /// The NTSTATUS the code was translated from, where there was one.
+    pub(crate) ntstatus: Option<i32>,
+    /// Whether the operation was cancelled locally.
+    pub(crate) cancelled: bool,
+    /// What the code means here, when the OS's own message would not say it.
+    pub(crate) note: Option<&'static str>,
+}
+
+impl fmt::Display for OsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.cancelled {
+            f.write_str("operation cancelled: ")?;
+        }
+        if let Some(note) = self.note {
+            write!(f, "{note}: ")?;
+        }
+        // The standard library's Display for an OS code prints the system's message and the code.
+        write!(f, "{}", io::Error::from_raw_os_error(self.code))?;
+        if let Some(status) = self.ntstatus {
+            write!(f, " (NTSTATUS {status:#010x})")?;
+        }
+        Ok(())
+    }
+}
+
+impl Error for OsError {}
+
+/// Builds the error for `code` with a corrected `kind`.
+pub(crate) fn corrected(kind: io::ErrorKind, code: i32, ntstatus: Option<i32>) -> io::Error {
+    io::Error::new(
+        kind,
+        OsError {
+            code,
+            ntstatus,
+            cancelled: false,
+            note: None,
+        },
+    )
+}
+
+/// Builds the error for `code` with a corrected `kind` and a note saying what it means here.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub(crate) fn explained(kind: io::ErrorKind, code: i32, note: &'static str) -> io::Error {
+    io::Error::new(
+        kind,
+        OsError {
+            code,
+            ntstatus: None,
+            cancelled: false,
+            note: Some(note),
+        },
+    )
+}
+
+/// Builds the error for an operation that was cancelled locally, as OS `code` reported it.
+///
+/// Its kind is [`io::ErrorKind::Interrupted`]: the one kind that only a local action causes, so
+/// that it can never be mistaken for a remote reset, an EOF or a timeout.
+pub(crate) fn cancelled(code: i32, ntstatus: Option<i32>) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Interrupted,
+        OsError {
+            code,
+            ntstatus,
+            cancelled: true,
+            note: None,
+        },
+    )
+}
+
+/// Builds a misuse error that no OS call produced.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub(crate) fn misuse(kind: io::ErrorKind, message: &'static str) -> io::Error {
+    io::Error::new(kind, message)
+}
+
+fn os_error(err: &io::Error) -> Option<&OsError> {
+    err.get_ref()?.downcast_ref::<OsError>()
+}
+
+/// The OS error code behind `err`, whether or not proactor corrected its kind.
+///
+/// On Windows this is the Win32 or WinSock code (`64` for `ERROR_NETNAME_DELETED`, `10054` for
+/// `WSAECONNRESET`, `995` for `ERROR_OPERATION_ABORTED`); on Linux the errno.
+///
+/// ```
+/// use std::io;
+/// let err = io::Error::from_raw_os_error(5);
+/// assert_eq!(proactor::raw_os_error(&err), Some(5));
+/// assert_eq!(proactor::raw_os_error(&io::Error::other("no code")), None);
+/// ```
+pub fn raw_os_error(err: &io::Error) -> Option<i32> {
+    err.raw_os_error().or_else(|| os_error(err).map(|e| e.code))
+}
+
+/// The NTSTATUS an error was translated from, when the kernel reported one.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub(crate) fn ntstatus(err: &io::Error) -> Option<i32> {
+    os_error(err).and_then(|e| e.ntstatus)
+}
+
+/// Whether `err` reports an operation that was cancelled locally: by [`Iocp::cancel`],
+/// [`Iocp::cancel_all`], dropping its [`Handle`] or dropping the port.
+///
+/// A cancelled operation's error has kind [`io::ErrorKind::Interrupted`] and keeps the OS code
+/// (`995` `ERROR_OPERATION_ABORTED` on Windows).
+///
+/// [`Iocp::cancel`]: crate::Iocp::cancel
+/// [`Iocp::cancel_all`]: crate::Iocp::cancel_all
+/// [`Handle`]: crate::Handle
+///
+/// ```
+/// use std::io;
+/// assert!(!proactor::is_cancelled(&io::Error::from(io::ErrorKind::ConnectionReset)));
+/// ```
+pub fn is_cancelled(err: &io::Error) -> bool {
+    os_error(err).is_some_and(|e| e.cancelled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn corrected_errors_keep_their_code() {
+        let err = corrected(
+            io::ErrorKind::ConnectionReset,
+            64,
+            Some(0xC000_020D_u32 as i32),
+        );
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(raw_os_error(&err), Some(64));
+        assert_eq!(ntstatus(&err), Some(0xC000_020D_u32 as i32));
+        assert!(!is_cancelled(&err));
+        assert!(err.to_string().contains("0xc000020d"), "{err}");
+    }
+
+    #[test]
+    fn cancelled_errors_are_distinguishable() {
+        let err = cancelled(995, None);
+        assert!(is_cancelled(&err));
+        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+        assert_eq!(raw_os_error(&err), Some(995));
+        assert!(err.to_string().starts_with("operation cancelled"), "{err}");
+    }
+
+    #[test]
+    fn explained_errors_say_what_the_code_means() {
+        let err = explained(io::ErrorKind::AlreadyExists, 87, "already associated");
+        assert_eq!(raw_os_error(&err), Some(87));
+        assert!(err.to_string().starts_with("already associated: "), "{err}");
+    }
+
+    #[test]
+    fn misuse_errors_have_no_code() {
+        let err = misuse(io::ErrorKind::InvalidInput, "bad");
+        assert_eq!(raw_os_error(&err), None);
+        assert!(!is_cancelled(&err));
+    }
+}

@@ -1,0 +1,93 @@
+//! Handles associated with a port: the OS object, its context, and what the port needs to know.
+
+use std::{fmt, ops::Deref};
+
+use crate::sys;
+
+mod sealed {
+    /// Implemented by the OS object types this crate knows how to associate.
+    pub trait Sealed {
+        /// The object's raw OS identity.
+        fn raw_io(&self) -> crate::sys::RawIo;
+    }
+}
+
+/// An OS object that can be associated with an [`Iocp`](crate::Iocp): a socket, a file or a
+/// pipe, as an owned standard-library type.
+///
+/// On Windows it is implemented for [`std::net::TcpStream`], [`std::net::TcpListener`],
+/// [`std::net::UdpSocket`], [`std::fs::File`] (files and pipes opened with
+/// `FILE_FLAG_OVERLAPPED`), [`std::os::windows::io::OwnedSocket`],
+/// [`std::os::windows::io::OwnedHandle`] and `socket2::Socket`.
+///
+/// The trait is sealed: the port must know whether an object is a socket or another kind of
+/// handle, which only these types say.
+pub trait Associate: sealed::Sealed + Send {}
+
+pub(crate) use sealed::Sealed;
+
+/// An OS object associated with an [`Iocp`](crate::Iocp), with the application's context value.
+///
+/// Made by [`Iocp::add_handle`](crate::Iocp::add_handle). It owns the object: dropping it first
+/// cancels every operation still in flight on it, then closes it. The cancelled operations still
+/// complete, with an error for which [`is_cancelled`](crate::is_cancelled) is true, and hand back
+/// their buffers. The association itself lasts as long as the OS object: a handle can be
+/// associated with one port only.
+///
+/// It dereferences to the object, so its ordinary methods (`peer_addr`, `set_nodelay`, ...)
+/// stay available.
+///
+/// ```no_run
+/// # fn main() -> std::io::Result<()> {
+/// let port = proactor::Iocp::new()?;
+/// let stream = std::net::TcpStream::connect("127.0.0.1:8080")?;
+/// let conn = port.add_handle(stream, 42)?;
+/// assert_eq!(conn.context(), 42);
+/// println!("connected to {}", conn.peer_addr()?);
+/// # Ok(()) }
+/// ```
+pub struct Handle<T: Associate> {
+    pub(crate) target: sys::Target,
+    // Declared last: dropped after `Drop::drop` cancelled what was in flight on it.
+    io: T,
+}
+
+impl<T: Associate> Handle<T> {
+    pub(crate) fn new(io: T, target: sys::Target) -> Handle<T> {
+        Handle { target, io }
+    }
+
+    /// The context value given to [`Iocp::add_handle`](crate::Iocp::add_handle), carried by
+    /// every completion of an operation on this handle.
+    pub fn context(&self) -> usize {
+        self.target.context
+    }
+
+    /// The associated object.
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+}
+
+impl<T: Associate> Deref for Handle<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.io
+    }
+}
+
+impl<T: Associate> Drop for Handle<T> {
+    fn drop(&mut self) {
+        self.target.close();
+    }
+}
+
+impl<T: Associate + fmt::Debug> fmt::Debug for Handle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Handle")
+            .field("context", &self.context())
+            .field("io", &self.io)
+            .finish()
+    }
+}

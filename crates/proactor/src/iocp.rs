@@ -1,0 +1,359 @@
+//! The completion port as the application sees it.
+
+use std::{fmt, io, net::SocketAddr, time::Duration};
+
+use crate::{Associate, Completion, Handle, OpId, sys};
+
+/// An I/O completion port: associate handles with it, submit operations through it, and
+/// dequeue their completions from any number of threads.
+///
+/// `Iocp` is `Send + Sync`: share it with `Arc` and run several threads in
+/// [`get_completion`](Iocp::get_completion) at once, the classic IOCP worker pool. Each
+/// completion goes to exactly one of them.
+///
+/// # Operations
+///
+/// Every submission ([`recv`](Iocp::recv), [`send`](Iocp::send), [`read_at`](Iocp::read_at),
+/// [`accept`](Iocp::accept), [`connect`](Iocp::connect), ...) takes ownership of what the
+/// kernel will use, returns the operation's [`OpId`], and never fails by itself: whatever
+/// happens, including an error at submission or a misuse the port detects, ends as exactly one
+/// [`Completion`] that hands everything back. Operations that finish at once (see
+/// `ARCHITECTURE.md` on skip-on-success) come through `get_completion` like the others.
+///
+/// # Drop
+///
+/// Dropping the port cancels every operation still in flight, waits up to five seconds for the
+/// kernel to finish them, and frees their memory. An operation the kernel has still not
+/// finished by then is leaked, never freed, and a warning is logged: memory the kernel may
+/// write is never returned to the allocator.
+///
+/// ```no_run
+/// use std::{sync::Arc, thread};
+///
+/// # fn main() -> std::io::Result<()> {
+/// let port = Arc::new(proactor::Iocp::new()?);
+/// let workers: Vec<_> = (0..4)
+///     .map(|_| {
+///         let port = port.clone();
+///         thread::spawn(move || {
+///             while let Ok(done) = port.get_completion(None) {
+///                 if done.context() == usize::MAX {
+///                     break; // our stop packet
+///                 }
+///                 // ... handle `done` ...
+///             }
+///         })
+///     })
+///     .collect();
+/// for _ in &workers {
+///     port.post(usize::MAX, 0)?;
+/// }
+/// for w in workers {
+///     w.join().unwrap();
+/// }
+/// # Ok(()) }
+/// ```
+pub struct Iocp {
+    port: sys::Port,
+}
+
+const _: fn() = || {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Iocp>();
+};
+
+impl Iocp {
+    /// Creates a completion port that lets as many threads run at once as there are
+    /// processors.
+    ///
+    /// # Errors
+    ///
+    /// The OS error if the port cannot be created; [`io::ErrorKind::Unsupported`] on a system
+    /// with no backend.
+    ///
+    /// ```no_run
+    /// let port = proactor::Iocp::new()?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn new() -> io::Result<Iocp> {
+        Iocp::with_concurrency(0)
+    }
+
+    /// Creates a completion port that lets at most `threads` threads run completions at once
+    /// (the port's concurrency value; 0 means one per processor).
+    ///
+    /// ```no_run
+    /// let port = proactor::Iocp::with_concurrency(2)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn with_concurrency(threads: u32) -> io::Result<Iocp> {
+        Ok(Iocp {
+            port: sys::Port::new(threads)?,
+        })
+    }
+
+    /// Associates `io` with the port. Every completion of an operation on it carries
+    /// `context`.
+    ///
+    /// # Errors
+    ///
+    /// - [`io::ErrorKind::AlreadyExists`] if the OS object is already associated with a port
+    ///   (this one or another: an object joins one port, for life);
+    /// - [`io::ErrorKind::InvalidInput`] if it was not opened for overlapped I/O, or is not a
+    ///   valid handle.
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// let port = proactor::Iocp::new()?;
+    /// let listener = port.add_handle(std::net::TcpListener::bind("127.0.0.1:0")?, 1)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn add_handle<T: Associate>(&self, io: T, context: usize) -> io::Result<Handle<T>> {
+        let target = self.port.associate(io.raw_io(), context)?;
+        Ok(Handle::new(io, target))
+    }
+
+    /// Posts a packet to the port. It is dequeued as a completion of kind
+    /// [`OpKind::Post`](crate::OpKind::Post) carrying `context` and, as its
+    /// [`bytes_transferred`](Completion::bytes_transferred), `value`.
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// let port = proactor::Iocp::new()?;
+    /// port.post(7, 42)?;
+    /// let done = port.get_completion(None)?;
+    /// assert_eq!((done.context(), done.bytes_transferred()), (7, 42));
+    /// # Ok(()) }
+    /// ```
+    pub fn post(&self, context: usize, value: usize) -> io::Result<OpId> {
+        self.port.post(context, value)
+    }
+
+    /// Waits for the next completion, at most `timeout` (`None`: forever).
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::TimedOut`] when the timeout passes first. Errors of the operations
+    /// themselves are in the [`Completion`], not here.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp) {
+    /// use std::time::Duration;
+    /// match port.get_completion(Some(Duration::from_millis(100))) {
+    ///     Ok(done) => println!("{done:?}"),
+    ///     Err(e) if e.kind() == std::io::ErrorKind::TimedOut => println!("idle"),
+    ///     Err(e) => eprintln!("port failed: {e}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion> {
+        self.port.get_completion(timeout)
+    }
+
+    /// Waits for completions and appends up to `max` of them to `out` in one batch
+    /// (`GetQueuedCompletionStatusEx`), returning how many were added.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::TimedOut`] when the timeout passes before the first completion.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp) -> std::io::Result<()> {
+    /// let mut batch = Vec::with_capacity(64);
+    /// let n = port.get_completions(&mut batch, 64, None)?;
+    /// for done in batch.drain(..) {
+    ///     println!("{done:?}");
+    /// }
+    /// # let _ = n; Ok(()) }
+    /// ```
+    pub fn get_completions(
+        &self,
+        out: &mut Vec<Completion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        self.port.get_completions(out, max, timeout)
+    }
+
+    /// Receives into the spare capacity of `buf` (from its length to its capacity). The
+    /// completion hands `buf` back with its length grown by the bytes received; `Ok(0)` is the
+    /// peer's graceful close.
+    ///
+    /// A buffer with no spare capacity completes with [`io::ErrorKind::InvalidInput`]: a
+    /// zero-byte receive is [`readable`](Iocp::readable).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// let id = port.recv(conn, Vec::with_capacity(64 * 1024));
+    /// # }
+    /// ```
+    pub fn recv<T: Associate>(&self, handle: &Handle<T>, buf: Vec<u8>) -> OpId {
+        self.port.recv(&handle.target, buf)
+    }
+
+    /// Receives into the spare capacity of each buffer in turn (a scatter receive).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// port.recv_vectored(conn, vec![Vec::with_capacity(16), Vec::with_capacity(4096)]);
+    /// # }
+    /// ```
+    pub fn recv_vectored<T: Associate>(&self, handle: &Handle<T>, bufs: Vec<Vec<u8>>) -> OpId {
+        self.port.recv_vectored(&handle.target, bufs)
+    }
+
+    /// Waits until the socket has something to read (data, EOF or an error) without holding a
+    /// buffer: a zero-byte receive. Idle connections then pin no memory; receive once it
+    /// completes.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// port.readable(conn);
+    /// # }
+    /// ```
+    pub fn readable<T: Associate>(&self, handle: &Handle<T>) -> OpId {
+        self.port.readable(&handle.target)
+    }
+
+    /// Sends all of `buf`. The completion's byte count says how much was sent, and hands `buf`
+    /// back unchanged.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// port.send(conn, b"hello".to_vec());
+    /// # }
+    /// ```
+    pub fn send<T: Associate>(&self, handle: &Handle<T>, buf: Vec<u8>) -> OpId {
+        self.port.send(&handle.target, buf)
+    }
+
+    /// Sends each buffer in turn (a gather send).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// port.send_vectored(conn, vec![b"head".to_vec(), b"body".to_vec()]);
+    /// # }
+    /// ```
+    pub fn send_vectored<T: Associate>(&self, handle: &Handle<T>, bufs: Vec<Vec<u8>>) -> OpId {
+        self.port.send_vectored(&handle.target, bufs)
+    }
+
+    /// Reads into the spare capacity of `buf` at `offset` (`ReadFile`); any handle opened for
+    /// overlapped I/O (streams ignore the offset). A read at or past the end of a file
+    /// completes with `Ok(0)`.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, file: &proactor::Handle<std::fs::File>) {
+    /// port.read_at(file, Vec::with_capacity(4096), 8192);
+    /// # }
+    /// ```
+    pub fn read_at<T: Associate>(&self, handle: &Handle<T>, buf: Vec<u8>, offset: u64) -> OpId {
+        self.port.read_at(&handle.target, buf, offset)
+    }
+
+    /// Writes all of `buf` at `offset` (`WriteFile`).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, file: &proactor::Handle<std::fs::File>) {
+    /// port.write_at(file, b"data".to_vec(), 0);
+    /// # }
+    /// ```
+    pub fn write_at<T: Associate>(&self, handle: &Handle<T>, buf: Vec<u8>, offset: u64) -> OpId {
+        self.port.write_at(&handle.target, buf, offset)
+    }
+
+    /// Accepts one connection on a listening socket (`AcceptEx`). The completion carries the
+    /// new connection with its local and peer addresses
+    /// ([`Completion::take_accepted`]), ready for [`add_handle`](Iocp::add_handle).
+    ///
+    /// A client that resets before it is accepted does not end the operation: it goes on
+    /// accepting the next client, and the listener is never closed.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, listener: &proactor::Handle<std::net::TcpListener>) {
+    /// for _ in 0..8 {
+    ///     port.accept(listener); // keep several accepts pending
+    /// }
+    /// # }
+    /// ```
+    pub fn accept<T: Associate>(&self, listener: &Handle<T>) -> OpId {
+        self.port.accept(&listener.target)
+    }
+
+    /// Connects a socket to `addr` (`ConnectEx`), binding it to an ephemeral port first if it is
+    /// not bound. The socket must be a stream socket associated with this port.
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// use socket2::{Domain, Socket, Type};
+    /// let port = proactor::Iocp::new()?;
+    /// let addr = "127.0.0.1:8080".parse().unwrap();
+    /// let socket = port.add_handle(Socket::new(Domain::IPV4, Type::STREAM, None)?, 5)?;
+    /// port.connect(&socket, addr);
+    /// let done = port.get_completion(None)?;
+    /// done.result()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn connect<T: Associate>(&self, socket: &Handle<T>, addr: SocketAddr) -> OpId {
+        self.port.connect(&socket.target, addr)
+    }
+
+    /// Cancels one operation (`CancelIoEx` with its `OVERLAPPED`). Its completion still
+    /// arrives, with its buffer: as a cancelled error ([`crate::is_cancelled`]) if the cancel
+    /// won, or with its ordinary outcome if the operation finished first.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::NotFound`] if the operation has already finished (its completion is
+    /// queued or was dequeued) or cannot be cancelled (a posted packet).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// let id = port.recv(conn, Vec::with_capacity(1024));
+    /// let _ = port.cancel(id);
+    /// let done = port.get_completion(None).unwrap();
+    /// assert_eq!(done.id(), id);
+    /// # }
+    /// ```
+    pub fn cancel(&self, id: OpId) -> io::Result<()> {
+        self.port.cancel(id)
+    }
+
+    /// Cancels every operation in flight on `handle`.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::NotFound`] (OS code 1168 on Windows) if nothing was in flight.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// let _ = port.cancel_all(conn);
+    /// # }
+    /// ```
+    pub fn cancel_all<T: Associate>(&self, handle: &Handle<T>) -> io::Result<()> {
+        self.port.cancel_all(&handle.target)
+    }
+
+    /// How many operations are in flight: submitted, completion not yet dequeued.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp) {
+    /// println!("{} operations in flight", port.operations_in_flight());
+    /// # }
+    /// ```
+    pub fn operations_in_flight(&self) -> usize {
+        self.port.in_flight()
+    }
+
+    pub(crate) fn sys(&self) -> &sys::Port {
+        &self.port
+    }
+}
+
+impl fmt::Debug for Iocp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Iocp")
+            .field("in_flight", &self.operations_in_flight())
+            .finish()
+    }
+}

@@ -1,0 +1,103 @@
+//! Safe completion-based I/O: Windows I/O completion ports with owned buffers.
+//!
+//! `proactor` gives Rust programs the completion-port model with no `unsafe` on the user's side.
+//! An [`Iocp`] is a completion port. Handles (sockets, files, pipes) are associated with it by
+//! [`Iocp::add_handle`], which returns a [`Handle`] carrying the application's context value.
+//! Operations ([`Iocp::recv`], [`Iocp::send`], [`Iocp::accept`], [`Iocp::connect`],
+//! [`Iocp::read_at`], ...) take ownership of their buffers and return an [`OpId`]. Every operation
+//! ends as exactly one [`Completion`], dequeued by [`Iocp::get_completion`] or
+//! [`Iocp::get_completions`] from any number of threads, which says which handle (its context),
+//! which operation, how many bytes and which error, and hands the buffer back.
+//!
+//! Memory the kernel may still write is never freed early: an operation's buffer and its
+//! `OVERLAPPED` belong to the kernel from submission until its completion is dequeued, and
+//! dropping a [`Handle`] or the [`Iocp`] cancels what is in flight and waits (bounded) for it.
+//!
+//! # Example: an accept, receive, send loop
+//!
+//! ```no_run
+//! use std::net::TcpListener;
+//! use proactor::{Iocp, OpKind};
+//!
+//! # fn main() -> std::io::Result<()> {
+//! let port = Iocp::new()?;
+//! let listener = port.add_handle(TcpListener::bind("127.0.0.1:0")?, 0)?;
+//! port.accept(&listener);
+//! let mut connections = Vec::new();
+//! loop {
+//!     let mut done = port.get_completion(None)?;
+//!     match done.kind() {
+//!         OpKind::Accept => {
+//!             let accepted = done.take_accepted().expect("accept completed");
+//!             let conn = port.add_handle(accepted.stream, connections.len() + 1)?;
+//!             port.recv(&conn, Vec::with_capacity(4096));
+//!             connections.push(Some(conn));
+//!             port.accept(&listener);
+//!         }
+//!         OpKind::Recv => {
+//!             let n = done.result()?;
+//!             let conn = connections[done.context() - 1].as_ref().unwrap();
+//!             if n == 0 {
+//!                 connections[done.context() - 1] = None; // EOF: close.
+//!             } else {
+//!                 port.send(conn, done.take_buffer().unwrap());
+//!             }
+//!         }
+//!         OpKind::Send => {
+//!             let conn = connections[done.context() - 1].as_ref().unwrap();
+//!             let mut buf = done.take_buffer().unwrap();
+//!             buf.clear();
+//!             port.recv(conn, buf);
+//!         }
+//!         _ => {}
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! # Backends
+//!
+//! On Windows the backend is the I/O completion port itself. On other systems
+//! [`Iocp::new`] returns an error of kind [`std::io::ErrorKind::Unsupported`]; see
+//! `ARCHITECTURE.md` for what each backend guarantees.
+#![cfg_attr(not(windows), allow(dead_code))]
+#![deny(
+    unsafe_op_in_unsafe_fn,
+    missing_docs,
+    clippy::undocumented_unsafe_blocks,
+    clippy::missing_safety_doc
+)]
+
+mod completion;
+mod error;
+mod handle;
+mod iocp;
+mod op;
+mod sys;
+mod table;
+
+#[cfg(windows)]
+pub mod windows;
+
+pub use completion::{Accepted, Completion};
+pub use error::{is_cancelled, raw_os_error};
+pub use handle::{Associate, Handle};
+pub use iocp::Iocp;
+pub use op::{OpId, OpKind};
+
+/// How many operations this process has submitted whose memory has not been reclaimed yet,
+/// across every port.
+///
+/// Each operation allocates one record (its `OVERLAPPED`, its buffers, its bookkeeping) when it
+/// is submitted and frees it when its completion is dequeued or its port reclaims it on drop.
+/// This count therefore returns to zero once every port is dropped, unless a port had to leak an
+/// operation that the kernel never completed (see [`Iocp`]'s drop). It exists so that tests and
+/// applications can check that nothing leaks.
+///
+/// ```
+/// // A fresh process has submitted nothing.
+/// assert_eq!(proactor::live_operations(), 0);
+/// ```
+pub fn live_operations() -> usize {
+    op::live_operations()
+}

@@ -1,0 +1,137 @@
+//! The Windows backend: the I/O completion port itself.
+
+mod error;
+mod net;
+mod overlapped;
+mod port;
+mod submit;
+
+use std::{
+    fs::File,
+    net::{TcpListener, TcpStream, UdpSocket},
+    os::windows::io::{AsRawHandle, AsRawSocket, OwnedHandle, OwnedSocket},
+    sync::{Arc, Mutex, PoisonError},
+};
+
+use windows_sys::Win32::{Foundation::HANDLE, Networking::WinSock::SOCKET, System::IO::CancelIoEx};
+
+pub(crate) use port::Port;
+
+use crate::handle::{Associate, Sealed};
+
+/// An OS object's raw identity: a socket (which is also a handle) or another kind of handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RawIo {
+    /// A WinSock socket.
+    Socket(SOCKET),
+    /// A file, pipe or device handle.
+    Handle(usize),
+    /// No object (posted packets).
+    None,
+}
+
+impl RawIo {
+    /// The object as a `HANDLE`, for the calls that take any handle.
+    pub(crate) fn handle(self) -> HANDLE {
+        match self {
+            RawIo::Socket(s) => s as HANDLE,
+            RawIo::Handle(h) => h as HANDLE,
+            RawIo::None => std::ptr::null_mut(),
+        }
+    }
+
+    /// The number to show in logs.
+    pub(crate) fn value(self) -> usize {
+        self.handle() as usize
+    }
+}
+
+/// Whether a handle is still open, shared by the operations that must act on their handle after
+/// they complete (an accept retries, a connect updates its socket's context).
+#[derive(Debug)]
+pub(crate) struct Life {
+    open: Mutex<bool>,
+}
+
+impl Life {
+    /// Runs `f` if the handle is still open, holding it open while `f` runs.
+    pub(crate) fn while_open<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if *open { Some(f()) } else { None }
+    }
+}
+
+/// What operations need to know about an associated handle.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub(crate) context: usize,
+    pub(crate) raw: RawIo,
+    /// The port the handle is associated with.
+    pub(crate) port: u64,
+    /// Whether `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS` is set on the handle.
+    pub(crate) skip_on_success: bool,
+    pub(crate) life: Arc<Life>,
+}
+
+impl Target {
+    /// Marks the handle closed and cancels all I/O on it: called just before its owner closes it.
+    ///
+    /// Cancelling first matters: on Wine a send pending when its socket closes may never
+    /// complete, and on every system a cancelled operation completes promptly, so the port can
+    /// reclaim it.
+    pub(crate) fn close(&self) {
+        let mut open = self
+            .life
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *open = false;
+        // SAFETY: the handle is still open (its owner closes it after this returns); a null
+        // OVERLAPPED asks to cancel every operation issued on it. Failure (ERROR_NOT_FOUND,
+        // nothing pending) needs no action.
+        unsafe { CancelIoEx(self.raw.handle(), std::ptr::null()) };
+    }
+}
+
+impl Sealed for TcpStream {
+    fn raw_io(&self) -> RawIo {
+        RawIo::Socket(self.as_raw_socket() as SOCKET)
+    }
+}
+impl Sealed for TcpListener {
+    fn raw_io(&self) -> RawIo {
+        RawIo::Socket(self.as_raw_socket() as SOCKET)
+    }
+}
+impl Sealed for UdpSocket {
+    fn raw_io(&self) -> RawIo {
+        RawIo::Socket(self.as_raw_socket() as SOCKET)
+    }
+}
+impl Sealed for OwnedSocket {
+    fn raw_io(&self) -> RawIo {
+        RawIo::Socket(self.as_raw_socket() as SOCKET)
+    }
+}
+impl Sealed for socket2::Socket {
+    fn raw_io(&self) -> RawIo {
+        RawIo::Socket(self.as_raw_socket() as SOCKET)
+    }
+}
+impl Sealed for File {
+    fn raw_io(&self) -> RawIo {
+        RawIo::Handle(self.as_raw_handle() as usize)
+    }
+}
+impl Sealed for OwnedHandle {
+    fn raw_io(&self) -> RawIo {
+        RawIo::Handle(self.as_raw_handle() as usize)
+    }
+}
+impl Associate for TcpStream {}
+impl Associate for TcpListener {}
+impl Associate for UdpSocket {}
+impl Associate for OwnedSocket {}
+impl Associate for socket2::Socket {}
+impl Associate for File {}
+impl Associate for OwnedHandle {}

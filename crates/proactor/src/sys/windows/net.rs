@@ -1,0 +1,211 @@
+//! WinSock helpers: provider checks, extension functions, socket addresses.
+
+use std::{
+    io, mem,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
+    os::windows::io::BorrowedSocket,
+    ptr,
+    sync::OnceLock,
+};
+
+use socket2::{Domain, SockAddr, SockRef};
+use windows_sys::Win32::Networking::WinSock::{
+    AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, LPFN_CONNECTEX,
+    SIO_GET_EXTENSION_FUNCTION_POINTER, SO_UPDATE_ACCEPT_CONTEXT, SO_UPDATE_CONNECT_CONTEXT,
+    SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6, SOCKET, SOCKET_ERROR, SOL_SOCKET, WSAEINVAL, WSAENOBUFS,
+    WSAEnumProtocolsW, WSAGetLastError, WSAID_CONNECTEX, WSAIoctl, WSAPROTOCOL_INFOW,
+    XP1_IFS_HANDLES, setsockopt,
+};
+
+/// Whether every TCP and UDP provider hands out real (IFS) handles.
+///
+/// `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS` is only safe on IFS handles: a layered service provider
+/// that is not IFS may complete an operation at once and still queue a packet. Go and libuv make
+/// the same check.
+pub(crate) fn providers_are_ifs() -> bool {
+    static IFS: OnceLock<bool> = OnceLock::new();
+    *IFS.get_or_init(|| {
+        let protocols = [IPPROTO_TCP, IPPROTO_UDP, 0];
+        let mut len = 0u32;
+        // SAFETY: a null buffer with length 0 asks for the size needed.
+        let rc = unsafe { WSAEnumProtocolsW(protocols.as_ptr(), ptr::null_mut(), &mut len) };
+        // SAFETY: reads the calling thread's last WinSock error.
+        if rc != SOCKET_ERROR || unsafe { WSAGetLastError() } != WSAENOBUFS {
+            return false;
+        }
+        let count = len as usize / mem::size_of::<WSAPROTOCOL_INFOW>() + 1;
+        let mut infos: Vec<WSAPROTOCOL_INFOW> = Vec::with_capacity(count);
+        let mut len = (count * mem::size_of::<WSAPROTOCOL_INFOW>()) as u32;
+        // SAFETY: the buffer has room for `len` bytes.
+        let n = unsafe { WSAEnumProtocolsW(protocols.as_ptr(), infos.as_mut_ptr(), &mut len) };
+        if n == SOCKET_ERROR || n as usize > count {
+            return false;
+        }
+        // SAFETY: WSAEnumProtocolsW initialised `n` entries.
+        unsafe { infos.set_len(n as usize) };
+        let ifs = infos
+            .iter()
+            .all(|p| p.dwServiceFlags1 & XP1_IFS_HANDLES != 0);
+        tracing::debug!(
+            providers = n,
+            ifs,
+            "checked WinSock providers for skip-on-success"
+        );
+        ifs
+    })
+}
+
+/// Borrows a raw socket, for socket2's safe calls through `SockRef::from(&borrowed)`.
+///
+/// # Safety
+///
+/// `s` must be an open socket for as long as the returned value is used.
+pub(crate) unsafe fn borrow<'a>(s: SOCKET) -> BorrowedSocket<'a> {
+    // SAFETY: the caller guarantees `s` stays open while borrowed.
+    unsafe { BorrowedSocket::borrow_raw(s as _) }
+}
+
+/// The address family a bound socket uses.
+pub(crate) fn domain_of(socket: &SockRef<'_>) -> io::Result<Domain> {
+    Ok(socket.local_addr()?.domain())
+}
+
+/// `ConnectEx` needs a bound socket: binds `socket` to the unspecified address of `addr`'s
+/// family if it is not bound yet.
+pub(crate) fn bind_for_connect(socket: &SockRef<'_>, addr: &SocketAddr) -> io::Result<()> {
+    match socket.local_addr() {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(WSAEINVAL) => {
+            let any: SocketAddr = match addr {
+                SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+                SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            socket.bind(&SockAddr::from(any))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The `ConnectEx` extension function, loaded once.
+pub(crate) fn connect_ex(socket: SOCKET) -> io::Result<ConnectEx> {
+    static CONNECT_EX: OnceLock<ConnectEx> = OnceLock::new();
+    if let Some(f) = CONNECT_EX.get() {
+        return Ok(*f);
+    }
+    let guid = WSAID_CONNECTEX;
+    let mut f: LPFN_CONNECTEX = None;
+    let mut bytes = 0u32;
+    // SAFETY: a synchronous ioctl (no OVERLAPPED): the GUID and the output slot live across it.
+    let rc = unsafe {
+        WSAIoctl(
+            socket,
+            SIO_GET_EXTENSION_FUNCTION_POINTER,
+            (&raw const guid).cast(),
+            mem::size_of_val(&guid) as u32,
+            (&raw mut f).cast(),
+            mem::size_of::<LPFN_CONNECTEX>() as u32,
+            &mut bytes,
+            ptr::null_mut(),
+            None,
+        )
+    };
+    match f {
+        Some(f) if rc == 0 => Ok(*CONNECT_EX.get_or_init(|| ConnectEx(f))),
+        // SAFETY: reads the calling thread's last WinSock error.
+        _ => Err(super::error::from_code(
+            unsafe { WSAGetLastError() } as u32,
+            None,
+        )),
+    }
+}
+
+/// The `ConnectEx` function of the TCP provider.
+#[derive(Clone, Copy)]
+pub(crate) struct ConnectEx(
+    pub(crate)  unsafe extern "system" fn(
+        SOCKET,
+        *const SOCKADDR,
+        i32,
+        *const core::ffi::c_void,
+        u32,
+        *mut u32,
+        *mut windows_sys::Win32::System::IO::OVERLAPPED,
+    ) -> windows_sys::core::BOOL,
+);
+
+/// Applies `SO_UPDATE_ACCEPT_CONTEXT`, so that the accepted socket inherits the listener's
+/// properties and `getpeername`, `shutdown` and friends work on it.
+pub(crate) fn update_accept_context(accepted: SOCKET, listener: SOCKET) -> io::Result<()> {
+    // SAFETY: both sockets are open; the option value is the listener's SOCKET, sized as passed.
+    let rc = unsafe {
+        setsockopt(
+            accepted,
+            SOL_SOCKET,
+            SO_UPDATE_ACCEPT_CONTEXT,
+            (&raw const listener).cast(),
+            mem::size_of::<SOCKET>() as i32,
+        )
+    };
+    wsa_result(rc)
+}
+
+/// Applies `SO_UPDATE_CONNECT_CONTEXT` to a socket that `ConnectEx` connected.
+pub(crate) fn update_connect_context(socket: SOCKET) -> io::Result<()> {
+    // SAFETY: the socket is open; this option takes no value.
+    let rc = unsafe {
+        setsockopt(
+            socket,
+            SOL_SOCKET,
+            SO_UPDATE_CONNECT_CONTEXT,
+            ptr::null(),
+            0,
+        )
+    };
+    wsa_result(rc)
+}
+
+fn wsa_result(rc: i32) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        // SAFETY: reads the calling thread's last WinSock error.
+        Err(super::error::from_code(
+            unsafe { WSAGetLastError() } as u32,
+            None,
+        ))
+    }
+}
+
+/// Decodes a socket address the kernel wrote.
+///
+/// # Safety
+///
+/// `addr` must point to `len` readable bytes holding a socket address.
+pub(crate) unsafe fn socket_addr(addr: *const SOCKADDR, len: i32) -> io::Result<SocketAddr> {
+    let len = usize::try_from(len).unwrap_or(0);
+    let invalid = || io::Error::new(io::ErrorKind::InvalidData, "unsupported socket address");
+    if addr.is_null() || len < mem::size_of::<u16>() {
+        return Err(invalid());
+    }
+    // SAFETY: at least the family field is readable (checked above); it may be unaligned.
+    let family = unsafe { ptr::read_unaligned(addr) }.sa_family;
+    match family {
+        AF_INET if len >= mem::size_of::<SOCKADDR_IN>() => {
+            // SAFETY: the family says it is a SOCKADDR_IN and `len` covers it.
+            let a = unsafe { ptr::read_unaligned(addr.cast::<SOCKADDR_IN>()) };
+            // SAFETY: every variant of IN_ADDR's union is the same four bytes.
+            let ip = Ipv4Addr::from(u32::from_be(unsafe { a.sin_addr.S_un.S_addr }));
+            Ok(SocketAddrV4::new(ip, u16::from_be(a.sin_port)).into())
+        }
+        AF_INET6 if len >= mem::size_of::<SOCKADDR_IN6>() => {
+            // SAFETY: the family says it is a SOCKADDR_IN6 and `len` covers it.
+            let a = unsafe { ptr::read_unaligned(addr.cast::<SOCKADDR_IN6>()) };
+            // SAFETY: every variant of IN6_ADDR's union is the same sixteen bytes.
+            let ip = Ipv6Addr::from(unsafe { a.sin6_addr.u.Byte });
+            // SAFETY: both variants of the scope union are the same u32.
+            let scope = unsafe { a.Anonymous.sin6_scope_id };
+            Ok(SocketAddrV6::new(ip, u16::from_be(a.sin6_port), a.sin6_flowinfo, scope).into())
+        }
+        _ => Err(invalid()),
+    }
+}

@@ -1,0 +1,626 @@
+//! The completion port: creation, association, posting, dequeuing, and the drop that drains it.
+//!
+//! # One flow for every completion
+//!
+//! Most operations end as a packet the kernel queues to the port. Two kinds end at submission
+//! with no packet: those that fail at once, and those that succeed at once on a handle in
+//! skip-on-success mode. Those go to the port's *ready queue*, which `get_completion` and
+//! `get_completions` drain before (and, for fairness, interleaved with) the kernel's queue, so the
+//! application sees one flow. A thread blocked in the kernel does not see the ready queue, so a
+//! push wakes one with an empty packet when any is blocked; the `waiters` count and `ready_len`
+//! are both sequentially consistent, so either the pusher sees the waiter or the waiter sees the
+//! item, never neither.
+
+use std::{
+    collections::VecDeque,
+    io, mem,
+    os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle},
+    ptr,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst},
+    },
+    time::{Duration, Instant},
+};
+
+use windows_sys::{
+    Wdk::Storage::FileSystem::{
+        FILE_MODE_INFORMATION, FILE_SYNCHRONOUS_IO_ALERT, FILE_SYNCHRONOUS_IO_NONALERT,
+        FileModeInformation, NtQueryInformationFile,
+    },
+    Win32::{
+        Foundation::{
+            ERROR_INVALID_HANDLE, ERROR_INVALID_PARAMETER, FALSE, HANDLE, INVALID_HANDLE_VALUE,
+            WAIT_TIMEOUT,
+        },
+        Storage::FileSystem::SetFileCompletionNotificationModes,
+        System::{
+            IO::{
+                CancelIoEx, CreateIoCompletionPort, GetQueuedCompletionStatusEx, IO_STATUS_BLOCK,
+                OVERLAPPED_ENTRY, PostQueuedCompletionStatus,
+            },
+            WindowsProgramming::{
+                FILE_SKIP_COMPLETION_PORT_ON_SUCCESS, FILE_SKIP_SET_EVENT_ON_HANDLE,
+            },
+        },
+    },
+};
+
+use super::{
+    Life, RawIo, Target, error, net,
+    overlapped::{Op, OpBox, OpData, op_of, overlapped},
+};
+use crate::{Completion, OpId, OpKind, error::explained, table::Table};
+
+/// How long dropping a port waits for cancelled operations to complete before leaking them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Entries read from the kernel by one `GetQueuedCompletionStatusEx` call.
+const BATCH: usize = 128;
+
+/// After this many completions in a row from the ready queue, look at the kernel's queue first,
+/// so that operations ending at submission cannot starve the ones the kernel completed.
+const READY_STREAK: usize = 16;
+
+/// What the table knows of an operation in flight: enough to cancel it.
+#[derive(Clone, Copy)]
+pub(crate) struct Entry {
+    op: usize,
+    target: RawIo,
+}
+
+/// How the call that started an operation returned.
+pub(crate) enum Started {
+    /// `ERROR_IO_PENDING`: a packet will be queued.
+    Pending,
+    /// Success at once: a packet is queued unless the handle skips the port on success.
+    Done,
+    /// Failure at once, with this Win32 or WinSock code: no packet will be queued.
+    Failed(u32),
+}
+
+/// A Windows I/O completion port and the operations in flight on it.
+pub(crate) struct Port {
+    handle: OwnedHandle,
+    id: u64,
+    table: Table<Entry>,
+    ready: Mutex<VecDeque<OpBox>>,
+    ready_len: AtomicUsize,
+    waiters: AtomicUsize,
+    streak: AtomicUsize,
+    skip_on_success: AtomicBool,
+    immediate: AtomicU64,
+}
+
+impl Port {
+    /// Creates a port letting `concurrency` threads run at once (0: one per processor).
+    pub(crate) fn new(concurrency: u32) -> io::Result<Port> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        // SAFETY: creating a new port: no file handle, no existing port; plain values.
+        let raw = unsafe {
+            CreateIoCompletionPort(INVALID_HANDLE_VALUE, ptr::null_mut(), 0, concurrency)
+        };
+        if raw.is_null() {
+            return Err(error::last_error());
+        }
+        // SAFETY: `raw` is a new handle that nothing else owns.
+        let handle = unsafe { OwnedHandle::from_raw_handle(raw) };
+        let port = Port {
+            handle,
+            id: NEXT_ID.fetch_add(1, SeqCst),
+            table: Table::new(),
+            ready: Mutex::new(VecDeque::new()),
+            ready_len: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            streak: AtomicUsize::new(0),
+            skip_on_success: AtomicBool::new(true),
+            immediate: AtomicU64::new(0),
+        };
+        tracing::debug!(port = ?port.raw_handle(), concurrency, "created I/O completion port");
+        Ok(port)
+    }
+
+    pub(crate) fn raw_handle(&self) -> HANDLE {
+        self.handle.as_raw_handle()
+    }
+
+    /// Associates `raw` with the port, with `context` as its completion key.
+    pub(crate) fn associate(&self, raw: RawIo, context: usize) -> io::Result<Target> {
+        if let RawIo::Handle(_) = raw {
+            check_overlapped(raw)?;
+        }
+        // SAFETY: `raw` is open (the caller owns the object); the port is ours and open.
+        let port = unsafe { CreateIoCompletionPort(raw.handle(), self.raw_handle(), context, 0) };
+        if port.is_null() {
+            let code = io::Error::last_os_error().raw_os_error().unwrap_or(0) as u32;
+            return Err(match code {
+                ERROR_INVALID_PARAMETER => explained(
+                    io::ErrorKind::AlreadyExists,
+                    code as i32,
+                    "the handle is already associated with a completion port",
+                ),
+                ERROR_INVALID_HANDLE => explained(
+                    io::ErrorKind::InvalidInput,
+                    code as i32,
+                    "invalid or closed handle",
+                ),
+                _ => error::from_code(code, None),
+            });
+        }
+        let skip_on_success = self.skip_on_success.load(SeqCst)
+            && (matches!(raw, RawIo::Handle(_)) || net::providers_are_ifs())
+            // SAFETY: `raw` is open; the flags are the documented mode bits.
+            && unsafe {
+                SetFileCompletionNotificationModes(
+                    raw.handle(),
+                    (FILE_SKIP_COMPLETION_PORT_ON_SUCCESS | FILE_SKIP_SET_EVENT_ON_HANDLE) as u8,
+                )
+            } != 0;
+        tracing::debug!(
+            handle = raw.value(),
+            context,
+            skip_on_success,
+            "associated handle"
+        );
+        Ok(Target {
+            context,
+            raw,
+            port: self.id,
+            skip_on_success,
+            life: Arc::new(Life {
+                open: Mutex::new(true),
+            }),
+        })
+    }
+
+    /// Whether handles associated from now on are put in skip-on-success mode (where safe).
+    pub(crate) fn set_skip_on_success(&self, on: bool) {
+        self.skip_on_success.store(on, SeqCst);
+    }
+
+    /// How many operations ended at submission and were delivered without a packet.
+    pub(crate) fn immediate_completions(&self) -> u64 {
+        self.immediate.load(SeqCst)
+    }
+
+    /// How many operations are in flight (submitted, completion not yet dequeued).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Posts a packet carrying `context` and `value`.
+    pub(crate) fn post(&self, context: usize, value: usize) -> io::Result<OpId> {
+        let id = OpId::next();
+        let op = OpBox::new(
+            id,
+            OpKind::Post,
+            context,
+            RawIo::None,
+            0,
+            OpData::Post(value),
+        );
+        let raw = op.into_raw();
+        self.table.insert(
+            id,
+            Entry {
+                op: raw as usize,
+                target: RawIo::None,
+            },
+        );
+        // SAFETY: the port is open; `raw` is a record given to the kernel, which hands it back
+        // through the port untouched.
+        let ok =
+            unsafe { PostQueuedCompletionStatus(self.raw_handle(), 0, context, overlapped(raw)) };
+        if ok == FALSE {
+            let err = error::last_error();
+            self.table.remove(id);
+            // SAFETY: the post failed, so no packet refers to the record.
+            drop(unsafe { OpBox::from_raw(raw) });
+            return Err(err);
+        }
+        Ok(id)
+    }
+
+    /// Submits an operation: records it, runs `call` (the overlapped call) on the record given
+    /// to the kernel, and routes the outcome.
+    ///
+    /// `call` receives the record's pointer; it must start at most one overlapped operation
+    /// with it and report how that call returned.
+    pub(crate) fn start(
+        &self,
+        skip_on_success: bool,
+        op: OpBox,
+        call: impl FnOnce(*mut Op) -> Started,
+    ) -> OpId {
+        let (id, kind, target) = (op.id, op.kind, op.target);
+        let raw = op.into_raw();
+        self.table.insert(
+            id,
+            Entry {
+                op: raw as usize,
+                target,
+            },
+        );
+        match call(raw) {
+            Started::Pending => {
+                tracing::trace!(op = kind.name(), %id, handle = target.value(), "submitted, pending");
+            }
+            Started::Done if !skip_on_success => {
+                tracing::trace!(op = kind.name(), %id, handle = target.value(), "submitted, done");
+            }
+            Started::Done => {
+                // SAFETY: the call succeeded at once on a handle that skips the port on
+                // success: the kernel is done with the record and queues no packet.
+                let mut op = unsafe { OpBox::from_raw(raw) };
+                let (_, bytes) = op.status();
+                op.immediate = Some(Ok(bytes));
+                tracing::trace!(op = kind.name(), %id, bytes, "submitted, done at once");
+                self.push_ready(op);
+            }
+            Started::Failed(code) => {
+                // SAFETY: the call failed at once: no operation started, no packet is queued.
+                let mut op = unsafe { OpBox::from_raw(raw) };
+                op.immediate = Some(Err(error::from_code(code, None)));
+                tracing::trace!(op = kind.name(), %id, code, "submitted, failed at once");
+                self.push_ready(op);
+            }
+        }
+        id
+    }
+
+    /// Ends an operation that could not be started: its completion carries `err`.
+    pub(crate) fn fail(&self, mut op: OpBox, err: io::Error) -> OpId {
+        let id = op.id;
+        op.immediate = Some(Err(err));
+        self.table.insert(
+            id,
+            Entry {
+                op: 0,
+                target: RawIo::None,
+            },
+        );
+        self.push_ready(op);
+        id
+    }
+
+    /// The error for an operation on `target` that the port must refuse, if any.
+    pub(crate) fn check(&self, target: &Target, needs_socket: bool) -> Option<io::Error> {
+        if target.port != self.id {
+            return Some(crate::error::misuse(
+                io::ErrorKind::InvalidInput,
+                "the handle is associated with another completion port",
+            ));
+        }
+        if needs_socket && !matches!(target.raw, RawIo::Socket(_)) {
+            return Some(crate::error::misuse(
+                io::ErrorKind::InvalidInput,
+                "this operation needs a socket",
+            ));
+        }
+        None
+    }
+
+    fn push_ready(&self, op: OpBox) {
+        self.immediate.fetch_add(1, SeqCst);
+        {
+            let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+            ready.push_back(op);
+            self.ready_len.fetch_add(1, SeqCst);
+        }
+        if self.waiters.load(SeqCst) > 0 {
+            // Wake a blocked thread with an empty packet; it then drains the ready queue. If
+            // the post fails the item stays queued for the next caller, which is all we can do.
+            // SAFETY: the port is open; a null OVERLAPPED marks the packet as a wake-up.
+            unsafe { PostQueuedCompletionStatus(self.raw_handle(), 0, 0, ptr::null()) };
+        }
+    }
+
+    fn pop_ready(&self) -> Option<OpBox> {
+        if self.ready_len.load(SeqCst) == 0 {
+            return None;
+        }
+        let mut ready = self.ready.lock().unwrap_or_else(PoisonError::into_inner);
+        let op = ready.pop_front()?;
+        self.ready_len.fetch_sub(1, SeqCst);
+        Some(op)
+    }
+
+    /// Cancels the operation `id`, if it is still in flight.
+    pub(crate) fn cancel(&self, id: OpId) -> io::Result<()> {
+        let not_found = || {
+            crate::error::misuse(
+                io::ErrorKind::NotFound,
+                "the operation is no longer cancellable",
+            )
+        };
+        let cancelled = self.table.with(id, |e| {
+            if e.op == 0 || e.target == RawIo::None {
+                return false;
+            }
+            // SAFETY: the entry is present, so the record is live and cannot be freed while the
+            // shard is locked; CancelIoEx only matches the OVERLAPPED's address against the
+            // operations pending on the handle.
+            unsafe { CancelIoEx(e.target.handle(), overlapped(e.op as *mut Op)) != FALSE }
+        });
+        match cancelled {
+            Some(true) => Ok(()),
+            _ => Err(not_found()),
+        }
+    }
+
+    /// Cancels every operation in flight on `target`.
+    pub(crate) fn cancel_all(&self, target: &Target) -> io::Result<()> {
+        if let Some(err) = self.check(target, false) {
+            return Err(err);
+        }
+        // SAFETY: the handle is open (the caller holds its owner); a null OVERLAPPED cancels all.
+        if unsafe { CancelIoEx(target.raw.handle(), ptr::null()) } == FALSE {
+            return Err(error::last_error());
+        }
+        Ok(())
+    }
+
+    /// Dequeues one completion, waiting at most `timeout` (`None`: forever).
+    pub(crate) fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion> {
+        let deadline = Deadline::new(timeout);
+        loop {
+            if self.ready_len.load(SeqCst) > 0 {
+                let fair = self.streak.fetch_add(1, SeqCst) % READY_STREAK == READY_STREAK - 1;
+                if fair {
+                    let mut entry = [empty_entry()];
+                    if self.dequeue(&mut entry, 0)? == 1 {
+                        if let Some(c) = self.finish_packet(&entry[0]) {
+                            return Ok(c);
+                        }
+                        continue;
+                    }
+                }
+                if let Some(op) = self.pop_ready() {
+                    if let Some(c) = self.finish(op, None) {
+                        return Ok(c);
+                    }
+                    continue;
+                }
+            }
+            let mut entry = [empty_entry()];
+            match self.wait(&mut entry, &deadline)? {
+                Wait::Packets(_) => {
+                    if let Some(c) = self.finish_packet(&entry[0]) {
+                        return Ok(c);
+                    }
+                }
+                Wait::Ready => {}
+                Wait::TimedOut => return Err(timed_out()),
+            }
+        }
+    }
+
+    /// Dequeues up to `max` completions into `out`, waiting at most `timeout` for the first.
+    pub(crate) fn get_completions(
+        &self,
+        out: &mut Vec<Completion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let deadline = Deadline::new(timeout);
+        let start = out.len();
+        let max = max.max(1);
+        let mut entries = [empty_entry(); BATCH];
+        loop {
+            while out.len() - start < max {
+                let Some(op) = self.pop_ready() else { break };
+                out.extend(self.finish(op, None));
+            }
+            let room = (max - (out.len() - start)).min(BATCH);
+            if room == 0 {
+                return Ok(out.len() - start);
+            }
+            let got = if out.len() > start {
+                self.dequeue(&mut entries[..room], 0)?
+            } else {
+                match self.wait(&mut entries[..room], &deadline)? {
+                    Wait::Packets(n) => n,
+                    Wait::Ready => continue,
+                    Wait::TimedOut => return Err(timed_out()),
+                }
+            };
+            for entry in &entries[..got] {
+                out.extend(self.finish_packet(entry));
+            }
+            if out.len() > start {
+                return Ok(out.len() - start);
+            }
+        }
+    }
+
+    /// Blocks in the kernel's queue, announcing itself to pushers of the ready queue.
+    fn wait(&self, entries: &mut [OVERLAPPED_ENTRY], deadline: &Deadline) -> io::Result<Wait> {
+        self.waiters.fetch_add(1, SeqCst);
+        if self.ready_len.load(SeqCst) > 0 {
+            self.waiters.fetch_sub(1, SeqCst);
+            return Ok(Wait::Ready);
+        }
+        let got = self.dequeue(entries, deadline.millis());
+        self.waiters.fetch_sub(1, SeqCst);
+        match got? {
+            0 if deadline.passed() => Ok(Wait::TimedOut),
+            0 => Ok(Wait::Ready),
+            n => Ok(Wait::Packets(n)),
+        }
+    }
+
+    /// One `GetQueuedCompletionStatusEx`: the number of entries filled, 0 on timeout.
+    fn dequeue(&self, entries: &mut [OVERLAPPED_ENTRY], millis: u32) -> io::Result<usize> {
+        let mut n = 0u32;
+        // SAFETY: `entries` is writable for its length; the port is open.
+        let ok = unsafe {
+            GetQueuedCompletionStatusEx(
+                self.raw_handle(),
+                entries.as_mut_ptr(),
+                entries.len() as u32,
+                &mut n,
+                millis,
+                FALSE,
+            )
+        };
+        if ok == FALSE {
+            let err = io::Error::last_os_error();
+            // On a timeout Wine leaves `n` at 1: only a TRUE return says entries were filled.
+            return match err.raw_os_error() {
+                Some(code) if code as u32 == WAIT_TIMEOUT => Ok(0),
+                _ => Err(error::from_code(
+                    err.raw_os_error().unwrap_or(0) as u32,
+                    None,
+                )),
+            };
+        }
+        Ok(n as usize)
+    }
+
+    /// The completion for one dequeued packet; `None` for a wake-up or an operation restarted.
+    fn finish_packet(&self, entry: &OVERLAPPED_ENTRY) -> Option<Completion> {
+        if entry.lpOverlapped.is_null() {
+            return None; // a wake-up: the ready queue has work
+        }
+        // SAFETY: every non-null OVERLAPPED queued to this port is a record given to the kernel
+        // by `start` or `post`; its packet is dequeued once, so this takes it back once.
+        let op = unsafe { OpBox::from_raw(op_of(entry.lpOverlapped)) };
+        self.finish(op, Some(entry.dwNumberOfBytesTransferred as usize))
+    }
+
+    /// Ends an operation whose record the kernel no longer uses.
+    fn finish(&self, mut op: OpBox, packet_bytes: Option<usize>) -> Option<Completion> {
+        self.table.remove(op.id);
+        let (bytes, error) = match (op.immediate.take(), packet_bytes) {
+            (Some(Ok(bytes)), _) => (bytes, None),
+            (Some(Err(e)), _) => (0, Some(e)),
+            (None, bytes) => {
+                let (status, internal_bytes) = op.status();
+                let bytes = bytes.unwrap_or(internal_bytes);
+                if status == 0 {
+                    (bytes, None)
+                } else {
+                    (bytes, Some(error::from_ntstatus(status)))
+                }
+            }
+        };
+        tracing::trace!(op = op.kind.name(), id = %op.id, bytes, error = ?error, "completed");
+        self.complete(op, bytes, error)
+    }
+}
+
+impl Drop for Port {
+    fn drop(&mut self) {
+        // Cancel everything still in flight. The records stay allocated until their aborted
+        // packets are dequeued below.
+        self.table.for_each(|_, e| {
+            if e.op != 0 && e.target != RawIo::None {
+                // SAFETY: the entry is present, so its record is live; CancelIoEx only matches
+                // addresses. A handle closed meanwhile makes this fail harmlessly.
+                unsafe { CancelIoEx(e.target.handle(), overlapped(e.op as *mut Op)) };
+            }
+        });
+        let ready = mem::take(&mut *self.ready.lock().unwrap_or_else(PoisonError::into_inner));
+        for op in ready {
+            self.table.remove(op.id);
+        }
+        let deadline = Deadline::new(Some(DRAIN_TIMEOUT));
+        let mut entries = [empty_entry(); BATCH];
+        while self.table.len() > 0 && !deadline.passed() {
+            let Ok(n) = self.dequeue(&mut entries, deadline.millis().min(100)) else {
+                break;
+            };
+            for entry in &entries[..n] {
+                if entry.lpOverlapped.is_null() {
+                    continue;
+                }
+                // SAFETY: as in `finish_packet`: a dequeued record, taken back once.
+                let op = unsafe { OpBox::from_raw(op_of(entry.lpOverlapped)) };
+                self.table.remove(op.id);
+            }
+        }
+        let left = self.table.len();
+        if left > 0 {
+            // The kernel may still write these records: leaking them is the only safe choice.
+            tracing::warn!(
+                left,
+                "completion port dropped: leaking operations the kernel never completed"
+            );
+        }
+    }
+}
+
+/// What a blocking wait produced.
+enum Wait {
+    Packets(usize),
+    /// Nothing from the kernel, but the ready queue may have work.
+    Ready,
+    TimedOut,
+}
+
+/// A point in time to wait until, or forever.
+struct Deadline(Option<Instant>);
+
+impl Deadline {
+    fn new(timeout: Option<Duration>) -> Deadline {
+        Deadline(timeout.map(|t| Instant::now().checked_add(t).unwrap_or_else(far_future)))
+    }
+
+    /// Milliseconds left, rounded up, saturating below `INFINITE`.
+    fn millis(&self) -> u32 {
+        let Some(at) = self.0 else { return u32::MAX }; // INFINITE
+        let left = at.saturating_duration_since(Instant::now());
+        let ms = left.as_nanos().div_ceil(1_000_000);
+        ms.min(u128::from(u32::MAX - 1)) as u32
+    }
+
+    fn passed(&self) -> bool {
+        self.0.is_some_and(|at| Instant::now() >= at)
+    }
+}
+
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(60 * 60 * 24 * 365)
+}
+
+fn empty_entry() -> OVERLAPPED_ENTRY {
+    OVERLAPPED_ENTRY {
+        lpCompletionKey: 0,
+        lpOverlapped: ptr::null_mut(),
+        Internal: 0,
+        dwNumberOfBytesTransferred: 0,
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::from_raw_os_error(WAIT_TIMEOUT as i32)
+}
+
+/// Refuses a handle that was not opened for overlapped I/O: every operation on it would block
+/// the submitting thread.
+fn check_overlapped(raw: RawIo) -> io::Result<()> {
+    // SAFETY: both are plain data for which zeroes are valid.
+    let mut iosb: IO_STATUS_BLOCK = unsafe { mem::zeroed() };
+    let mut info = FILE_MODE_INFORMATION { Mode: 0 };
+    // SAFETY: the handle is open; the buffers are ours and sized as passed.
+    let status = unsafe {
+        NtQueryInformationFile(
+            raw.handle(),
+            &mut iosb,
+            (&raw mut info).cast(),
+            mem::size_of::<FILE_MODE_INFORMATION>() as u32,
+            FileModeInformation,
+        )
+    };
+    if status != 0 {
+        // Some handle kinds cannot say; association will tell whether they work.
+        return Ok(());
+    }
+    if info.Mode & (FILE_SYNCHRONOUS_IO_ALERT | FILE_SYNCHRONOUS_IO_NONALERT) != 0 {
+        return Err(crate::error::misuse(
+            io::ErrorKind::InvalidInput,
+            "the handle was not opened for overlapped I/O (open it with FILE_FLAG_OVERLAPPED)",
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,518 @@
+//! Each operation: how it is started on the kernel, and how its completion is finished.
+
+use std::{io, mem, net::SocketAddr, net::TcpStream, ptr, sync::Arc};
+
+use socket2::{SockAddr, SockRef, Socket, Type};
+use windows_sys::Win32::{
+    Foundation::{
+        ERROR_CONNECTION_ABORTED, ERROR_HANDLE_EOF, ERROR_IO_PENDING, ERROR_NETNAME_DELETED,
+        ERROR_UNEXP_NET_ERR, GetLastError,
+    },
+    Networking::WinSock::{
+        AcceptEx, GetAcceptExSockaddrs, SOCKADDR, SOCKET, WSA_IO_PENDING, WSABUF, WSAECONNRESET,
+        WSAGetLastError, WSARecv, WSASend,
+    },
+    Storage::FileSystem::{ReadFile, WriteFile},
+};
+
+use super::{
+    Life, RawIo, Target, net,
+    overlapped::{ACCEPT_ADDR_LEN, Op, OpBox, OpData, flags_of, overlapped},
+    port::{Port, Started},
+};
+use crate::{Accepted, Completion, OpId, OpKind, completion::Output, error::misuse};
+
+/// The largest length one `WSABUF`, `ReadFile` or `WriteFile` takes; longer buffers are
+/// transferred in part, as a partial count says.
+fn clamp_len(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+/// How a WinSock call that returns 0 or `SOCKET_ERROR` went.
+fn wsa_started(rc: i32) -> Started {
+    if rc == 0 {
+        return Started::Done;
+    }
+    // SAFETY: reads the calling thread's last WinSock error, right after the failed call.
+    match unsafe { WSAGetLastError() } {
+        WSA_IO_PENDING => Started::Pending,
+        code => Started::Failed(code as u32),
+    }
+}
+
+/// How a call that returns a `BOOL` went; `wsa` for the WinSock extension functions.
+fn bool_started(ok: i32, wsa: bool) -> Started {
+    if ok != 0 {
+        return Started::Done;
+    }
+    // SAFETY: reads the calling thread's last error, right after the failed call.
+    let code = if wsa {
+        (unsafe { WSAGetLastError() }) as u32
+    } else {
+        unsafe { GetLastError() }
+    };
+    if code == ERROR_IO_PENDING {
+        Started::Pending
+    } else {
+        Started::Failed(code)
+    }
+}
+
+fn socket_of(target: &Target) -> SOCKET {
+    match target.raw {
+        RawIo::Socket(s) => s,
+        _ => 0, // `check` refused non-sockets before any caller gets here
+    }
+}
+
+fn wsabuf_spare(buf: &mut Vec<u8>) -> WSABUF {
+    let spare = buf.spare_capacity_mut();
+    WSABUF {
+        len: clamp_len(spare.len()),
+        buf: spare.as_mut_ptr().cast(),
+    }
+}
+
+fn wsabuf_data(buf: &[u8]) -> WSABUF {
+    WSABUF {
+        len: clamp_len(buf.len()),
+        buf: buf.as_ptr().cast_mut(),
+    }
+}
+
+impl Port {
+    fn record(&self, target: &Target, kind: OpKind, offset: u64, data: OpData) -> OpBox {
+        OpBox::new(OpId::next(), kind, target.context, target.raw, offset, data)
+    }
+
+    /// `WSARecv` into the spare capacity of `buf`.
+    pub(crate) fn recv(&self, target: &Target, mut buf: Vec<u8>) -> OpId {
+        let wsabuf = wsabuf_spare(&mut buf);
+        let op = self.record(target, OpKind::Recv, 0, OpData::Buffer(buf));
+        if let Some(err) = self.check(target, true) {
+            return self.fail(op, err);
+        }
+        if wsabuf.len == 0 {
+            return self.fail(op, no_spare_capacity());
+        }
+        self.recv_bufs(target, op, &[wsabuf])
+    }
+
+    /// `WSARecv` into the spare capacity of each buffer in turn.
+    pub(crate) fn recv_vectored(&self, target: &Target, mut bufs: Vec<Vec<u8>>) -> OpId {
+        let wsabufs: Vec<WSABUF> = bufs.iter_mut().map(wsabuf_spare).collect();
+        let op = self.record(target, OpKind::RecvVectored, 0, OpData::Buffers(bufs));
+        if let Some(err) = self.check(target, true) {
+            return self.fail(op, err);
+        }
+        if wsabufs.iter().all(|b| b.len == 0) {
+            return self.fail(op, no_spare_capacity());
+        }
+        self.recv_bufs(target, op, &wsabufs)
+    }
+
+    /// A zero-byte `WSARecv`: completes when the socket has data, EOF or an error.
+    pub(crate) fn readable(&self, target: &Target) -> OpId {
+        let op = self.record(target, OpKind::Readable, 0, OpData::Readable);
+        if let Some(err) = self.check(target, true) {
+            return self.fail(op, err);
+        }
+        self.recv_bufs(
+            target,
+            op,
+            &[WSABUF {
+                len: 0,
+                buf: ptr::null_mut(),
+            }],
+        )
+    }
+
+    fn recv_bufs(&self, target: &Target, op: OpBox, wsabufs: &[WSABUF]) -> OpId {
+        let socket = socket_of(target);
+        self.start(target.skip_on_success, op, |raw| {
+            // SAFETY: the socket is open (the caller borrows its Handle). The WSABUFs point into
+            // buffers the record owns, whose heap memory stays put until the record is taken
+            // back, which happens only after the kernel is done; WinSock captures the WSABUF
+            // array itself during the call. The record's flags and OVERLAPPED live as long.
+            let rc = unsafe {
+                WSARecv(
+                    socket,
+                    wsabufs.as_ptr(),
+                    wsabufs.len() as u32,
+                    ptr::null_mut(),
+                    flags_of(raw),
+                    overlapped(raw),
+                    None,
+                )
+            };
+            wsa_started(rc)
+        })
+    }
+
+    /// `WSASend` of all of `buf`.
+    pub(crate) fn send(&self, target: &Target, buf: Vec<u8>) -> OpId {
+        let wsabuf = wsabuf_data(&buf);
+        let op = self.record(target, OpKind::Send, 0, OpData::Buffer(buf));
+        self.send_bufs(target, op, &[wsabuf])
+    }
+
+    /// `WSASend` of every buffer in turn.
+    pub(crate) fn send_vectored(&self, target: &Target, bufs: Vec<Vec<u8>>) -> OpId {
+        let wsabufs: Vec<WSABUF> = bufs.iter().map(|b| wsabuf_data(b)).collect();
+        let op = self.record(target, OpKind::SendVectored, 0, OpData::Buffers(bufs));
+        self.send_bufs(target, op, &wsabufs)
+    }
+
+    fn send_bufs(&self, target: &Target, op: OpBox, wsabufs: &[WSABUF]) -> OpId {
+        if let Some(err) = self.check(target, true) {
+            return self.fail(op, err);
+        }
+        let socket = socket_of(target);
+        self.start(target.skip_on_success, op, |raw| {
+            // SAFETY: as for WSARecv: an open socket, buffers owned by the record until the
+            // kernel is done, the WSABUF array captured during the call.
+            let rc = unsafe {
+                WSASend(
+                    socket,
+                    wsabufs.as_ptr(),
+                    wsabufs.len() as u32,
+                    ptr::null_mut(),
+                    0,
+                    overlapped(raw),
+                    None,
+                )
+            };
+            wsa_started(rc)
+        })
+    }
+
+    /// `ReadFile` into the spare capacity of `buf`, at `offset`.
+    pub(crate) fn read_at(&self, target: &Target, mut buf: Vec<u8>, offset: u64) -> OpId {
+        let spare = wsabuf_spare(&mut buf);
+        let op = self.record(target, OpKind::Read, offset, OpData::Buffer(buf));
+        if let Some(err) = self.check(target, false) {
+            return self.fail(op, err);
+        }
+        if spare.len == 0 {
+            return self.fail(op, no_spare_capacity());
+        }
+        let handle = target.raw.handle();
+        self.start(target.skip_on_success, op, |raw| {
+            // SAFETY: the handle is open; the destination is the spare capacity of a buffer the
+            // record owns until the kernel is done; the OVERLAPPED carries the offset.
+            let ok = unsafe {
+                ReadFile(
+                    handle,
+                    spare.buf,
+                    spare.len,
+                    ptr::null_mut(),
+                    overlapped(raw),
+                )
+            };
+            bool_started(ok, false)
+        })
+    }
+
+    /// `WriteFile` of all of `buf`, at `offset`.
+    pub(crate) fn write_at(&self, target: &Target, buf: Vec<u8>, offset: u64) -> OpId {
+        let data = wsabuf_data(&buf);
+        let op = self.record(target, OpKind::Write, offset, OpData::Buffer(buf));
+        if let Some(err) = self.check(target, false) {
+            return self.fail(op, err);
+        }
+        let handle = target.raw.handle();
+        self.start(target.skip_on_success, op, |raw| {
+            // SAFETY: as for ReadFile; the source is a buffer the record owns.
+            let ok =
+                unsafe { WriteFile(handle, data.buf, data.len, ptr::null_mut(), overlapped(raw)) };
+            bool_started(ok, false)
+        })
+    }
+
+    /// `AcceptEx` on the listening socket `target`.
+    pub(crate) fn accept(&self, target: &Target) -> OpId {
+        if let Some(err) = self.check(target, true) {
+            return self.fail(self.record(target, OpKind::Accept, 0, OpData::None), err);
+        }
+        self.accept_on(
+            OpId::next(),
+            target.context,
+            socket_of(target),
+            target.skip_on_success,
+            &target.life,
+            0,
+        )
+    }
+
+    fn accept_on(
+        &self,
+        id: OpId,
+        context: usize,
+        listener: SOCKET,
+        listener_skips: bool,
+        life: &Arc<Life>,
+        restarts: u32,
+    ) -> OpId {
+        let raw_io = RawIo::Socket(listener);
+        let record = |data| OpBox::new(id, OpKind::Accept, context, raw_io, 0, data);
+        // SAFETY: the listener is open: the caller borrows its Handle or holds its Life open.
+        let borrowed = unsafe { net::borrow(listener) };
+        let domain = net::domain_of(&SockRef::from(&borrowed));
+        let socket = domain.and_then(|d| Socket::new(d, Type::STREAM, None));
+        let socket = match socket {
+            Ok(s) => s,
+            Err(e) => return self.fail(record(OpData::None), e),
+        };
+        let accepted = socket_of_socket(&socket);
+        let mut addrs = Box::new([0u8; 2 * ACCEPT_ADDR_LEN]);
+        let addrs_ptr = addrs.as_mut_ptr();
+        let data = OpData::Accept {
+            listener,
+            listener_skips,
+            life: life.clone(),
+            socket,
+            addrs,
+            restarts,
+        };
+        self.start(listener_skips, record(data), |raw| {
+            let mut received = 0u32;
+            // SAFETY: both sockets are open (the record owns the accepted one); the address
+            // buffer is heap memory the record owns, sized for two addresses of
+            // ACCEPT_ADDR_LEN; no data is received into it (length 0).
+            let ok = unsafe {
+                AcceptEx(
+                    listener,
+                    accepted,
+                    addrs_ptr.cast(),
+                    0,
+                    ACCEPT_ADDR_LEN as u32,
+                    ACCEPT_ADDR_LEN as u32,
+                    &mut received,
+                    overlapped(raw),
+                )
+            };
+            bool_started(ok, true)
+        })
+    }
+
+    /// `ConnectEx` of the socket `target` to `addr`, binding it first if needed.
+    pub(crate) fn connect(&self, target: &Target, addr: SocketAddr) -> OpId {
+        let addr = Box::new(SockAddr::from(addr));
+        let addr_ptr: *const SockAddr = &*addr;
+        let data = OpData::Connect {
+            life: target.life.clone(),
+            addr,
+        };
+        let op = self.record(target, OpKind::Connect, 0, data);
+        if let Some(err) = self.check(target, true) {
+            return self.fail(op, err);
+        }
+        let socket = socket_of(target);
+        // SAFETY: the socket is open: the caller borrows its Handle.
+        let borrowed = unsafe { net::borrow(socket) };
+        let sock = SockRef::from(&borrowed);
+        // SAFETY: the address is boxed in the record, which is alive here.
+        let std_addr = unsafe { &*addr_ptr }.as_socket();
+        let prepared = std_addr
+            .ok_or_else(|| misuse(io::ErrorKind::InvalidInput, "not an IP address"))
+            .and_then(|a| net::bind_for_connect(&sock, &a))
+            .and_then(|()| net::connect_ex(socket));
+        let connect_ex = match prepared {
+            Ok(f) => f,
+            Err(e) => return self.fail(op, e),
+        };
+        self.start(target.skip_on_success, op, |raw| {
+            // SAFETY: reading the boxed address's pointer and length; the box lives in the
+            // record, which the kernel gives back only after it is done with it.
+            let (name, len) =
+                unsafe { ((*addr_ptr).as_ptr().cast::<SOCKADDR>(), (*addr_ptr).len()) };
+            // SAFETY: the socket is open and bound; ConnectEx came from this provider; no data
+            // is sent; the address and OVERLAPPED live in the record.
+            let ok = unsafe {
+                (connect_ex.0)(
+                    socket,
+                    name,
+                    len,
+                    ptr::null(),
+                    0,
+                    ptr::null_mut(),
+                    overlapped(raw),
+                )
+            };
+            bool_started(ok, true)
+        })
+    }
+
+    /// Turns a finished record into the application's completion; `None` when the operation
+    /// was restarted instead (an accept whose client reset before it was accepted).
+    pub(crate) fn complete(
+        &self,
+        op: OpBox,
+        bytes: usize,
+        error: Option<io::Error>,
+    ) -> Option<Completion> {
+        let Op {
+            id,
+            kind,
+            context,
+            target,
+            data,
+            ..
+        } = op.into_inner();
+        let mut error = error;
+        let mut bytes = bytes;
+        let output = match data {
+            OpData::None | OpData::Readable => Output::None,
+            OpData::Post(value) => {
+                bytes = value;
+                Output::None
+            }
+            OpData::Buffer(mut buf) => {
+                if kind == OpKind::Read && error.as_ref().is_some_and(is_eof) {
+                    error = None; // a read at or past the end of a file: EOF, as Ok(0)
+                    bytes = 0;
+                }
+                if matches!(kind, OpKind::Recv | OpKind::Read) {
+                    let n = bytes.min(buf.capacity() - buf.len());
+                    // SAFETY: the kernel wrote `bytes` bytes at the start of the spare capacity
+                    // it was given (clamped to that capacity in case of a bogus count).
+                    unsafe { buf.set_len(buf.len() + n) };
+                }
+                Output::Buffer(buf)
+            }
+            OpData::Buffers(mut bufs) => {
+                if kind == OpKind::RecvVectored {
+                    let mut left = bytes;
+                    for buf in &mut bufs {
+                        let n = left.min(buf.capacity() - buf.len());
+                        // SAFETY: the kernel fills the buffers in order, each up to its capacity.
+                        unsafe { buf.set_len(buf.len() + n) };
+                        left -= n;
+                    }
+                }
+                Output::Buffers(bufs)
+            }
+            OpData::Accept {
+                listener,
+                listener_skips,
+                life,
+                socket,
+                addrs,
+                restarts,
+            } => match error {
+                Some(ref e) if is_client_reset(e) && restarts < ACCEPT_RESTARTS => {
+                    // The client reset before its connection was accepted: the listener is
+                    // fine. Accept the next one instead; the application never sees this.
+                    tracing::debug!(%id, error = %e, "accept: client reset; accepting again");
+                    drop(socket);
+                    let restarted = life.while_open(|| {
+                        self.accept_on(id, context, listener, listener_skips, &life, restarts + 1)
+                    });
+                    if restarted.is_some() {
+                        return None;
+                    }
+                    Output::None
+                }
+                Some(_) => Output::None,
+                None => match finish_accept(listener, socket, &addrs) {
+                    Ok(a) => Output::Accepted(a),
+                    Err(e) => {
+                        error = Some(e);
+                        Output::None
+                    }
+                },
+            },
+            OpData::Connect { life, .. } => {
+                if let (None, RawIo::Socket(socket)) = (&error, target) {
+                    // Only while the socket is open: after its Handle is dropped its number may
+                    // name another socket.
+                    error = match life.while_open(|| net::update_connect_context(socket)) {
+                        Some(Ok(())) => None,
+                        Some(Err(e)) => Some(e),
+                        None => Some(super::error::from_code(
+                            windows_sys::Win32::Foundation::ERROR_OPERATION_ABORTED,
+                            None,
+                        )),
+                    };
+                }
+                Output::None
+            }
+        };
+        Some(Completion {
+            context,
+            id,
+            kind,
+            bytes,
+            error,
+            output,
+        })
+    }
+}
+
+fn socket_of_socket(socket: &Socket) -> SOCKET {
+    use std::os::windows::io::AsRawSocket;
+    socket.as_raw_socket() as SOCKET
+}
+
+fn no_spare_capacity() -> io::Error {
+    misuse(
+        io::ErrorKind::InvalidInput,
+        "the buffer has no spare capacity to receive into (reserve some: Vec::with_capacity)",
+    )
+}
+
+/// `ERROR_HANDLE_EOF`: a read at or past the end of a file.
+fn is_eof(err: &io::Error) -> bool {
+    crate::raw_os_error(err) == Some(ERROR_HANDLE_EOF as i32)
+}
+
+/// An `AcceptEx` failure that means the client went away, not that the listener is broken:
+/// `ERROR_NETNAME_DELETED` and `WSAECONNRESET` on Windows, `ERROR_CONNECTION_ABORTED`, and
+/// `STATUS_INVALID_CONNECTION` (Win32 59), which Wine reports for a client that reset in the
+/// backlog.
+fn is_client_reset(err: &io::Error) -> bool {
+    matches!(
+        crate::raw_os_error(err).map(|c| c as u32),
+        Some(ERROR_NETNAME_DELETED | ERROR_CONNECTION_ABORTED | ERROR_UNEXP_NET_ERR)
+    ) || crate::raw_os_error(err) == Some(WSAECONNRESET)
+}
+
+/// How many clients in a row may reset before one accept reports the error after all: a bound,
+/// so that a listener that fails this way for good cannot keep a worker busy forever.
+const ACCEPT_RESTARTS: u32 = 64;
+
+/// Makes the accepted socket usable and decodes its addresses.
+fn finish_accept(
+    listener: SOCKET,
+    socket: Socket,
+    addrs: &[u8; 2 * ACCEPT_ADDR_LEN],
+) -> io::Result<Accepted> {
+    net::update_accept_context(socket_of_socket(&socket), listener)?;
+    let (mut local, mut peer): (*mut SOCKADDR, *mut SOCKADDR) = (ptr::null_mut(), ptr::null_mut());
+    let (mut local_len, mut peer_len) = (0i32, 0i32);
+    // SAFETY: `addrs` is the buffer AcceptEx filled, with the same lengths; the out-pointers
+    // are set to places inside it.
+    unsafe {
+        GetAcceptExSockaddrs(
+            addrs.as_ptr().cast(),
+            0,
+            ACCEPT_ADDR_LEN as u32,
+            ACCEPT_ADDR_LEN as u32,
+            &mut local,
+            &mut local_len,
+            &mut peer,
+            &mut peer_len,
+        )
+    };
+    // SAFETY: GetAcceptExSockaddrs pointed both inside `addrs`, with their lengths.
+    let local_addr = unsafe { net::socket_addr(local, local_len) }?;
+    // SAFETY: as above.
+    let peer_addr = unsafe { net::socket_addr(peer, peer_len) }?;
+    Ok(Accepted {
+        stream: TcpStream::from(socket),
+        local_addr,
+        peer_addr,
+    })
+}
+
+const _: () = assert!(mem::size_of::<SOCKET>() == mem::size_of::<usize>());

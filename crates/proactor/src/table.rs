@@ -1,0 +1,116 @@
+//! The table of operations in flight, by id: what cancellation and drop need to find them.
+//!
+//! An operation is inserted before the kernel can see it and removed when its completion is
+//! dequeued, before its memory is freed. Whoever holds a shard's lock therefore knows that every
+//! entry in it still names a live operation: [`Table::with`] runs its closure under that lock,
+//! which is what makes cancelling by id race-free against completion.
+//!
+//! Ids are handed out in sequence, so consecutive operations land in different shards and worker
+//! threads rarely meet on one lock.
+
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    sync::{Mutex, MutexGuard, PoisonError},
+};
+
+use crate::OpId;
+
+const SHARDS: usize = 64;
+
+/// Hashes an id as itself: ids are unique sequence numbers, nothing to defend against.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type Shard<V> = HashMap<OpId, V, BuildHasherDefault<IdHasher>>;
+
+/// Operations in flight, sharded by id.
+pub(crate) struct Table<V> {
+    shards: Box<[Mutex<Shard<V>>]>,
+}
+
+impl<V> Table<V> {
+    pub(crate) fn new() -> Table<V> {
+        Table {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+        }
+    }
+
+    fn shard(&self, id: OpId) -> MutexGuard<'_, Shard<V>> {
+        // A panic while a shard is locked cannot leave it half-updated (every critical section
+        // is one map call), so a poisoned lock is still consistent.
+        self.shards[id.as_u64() as usize % SHARDS]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn insert(&self, id: OpId, value: V) {
+        self.shard(id).insert(id, value);
+    }
+
+    pub(crate) fn remove(&self, id: OpId) -> Option<V> {
+        self.shard(id).remove(&id)
+    }
+
+    /// Runs `f` on the entry for `id`, if there is one, with its shard locked: the operation
+    /// cannot be completed and freed while `f` runs.
+    pub(crate) fn with<R>(&self, id: OpId, f: impl FnOnce(&V) -> R) -> Option<R> {
+        self.shard(id).get(&id).map(f)
+    }
+
+    /// Runs `f` on every entry, one shard locked at a time.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(OpId, &V)) {
+        for shard in self.shards.iter() {
+            let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            for (id, v) in shard.iter() {
+                f(*id, v);
+            }
+        }
+    }
+
+    /// How many entries there are (a snapshot).
+    pub(crate) fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_find_remove() {
+        let t = Table::new();
+        let ids: Vec<OpId> = (0..200).map(|_| OpId::next()).collect();
+        for (i, id) in ids.iter().enumerate() {
+            t.insert(*id, i);
+        }
+        assert_eq!(t.len(), 200);
+        assert_eq!(t.with(ids[7], |v| *v), Some(7));
+        assert_eq!(t.remove(ids[7]), Some(7));
+        assert_eq!(t.remove(ids[7]), None);
+        assert_eq!(t.with(ids[7], |v| *v), None);
+        let mut seen = 0;
+        t.for_each(|_, _| seen += 1);
+        assert_eq!(seen, 199);
+    }
+}

@@ -1,0 +1,64 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    time::Duration,
+};
+
+use proactor::{Completion, Handle, Iocp, OpKind};
+
+/// Long enough for Wine on a loaded 2-core machine; short enough that a hang fails the test.
+pub const WAIT: Option<Duration> = Some(Duration::from_secs(20));
+
+/// Loopback on IPv4 and IPv6: every socket test runs on both.
+pub fn each_ip(mut f: impl FnMut(IpAddr)) {
+    f(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    f(IpAddr::V6(Ipv6Addr::LOCALHOST));
+}
+
+/// The next completion, failing the test if none arrives in time.
+pub fn next(port: &Iocp) -> Completion {
+    port.get_completion(WAIT)
+        .expect("a completion within the time limit")
+}
+
+/// The next completion, which must be of `kind`.
+pub fn next_of(port: &Iocp, kind: OpKind) -> Completion {
+    let c = next(port);
+    assert_eq!(c.kind(), kind, "{c:?}");
+    c
+}
+
+/// A listener associated with `port` under `context`.
+pub fn listener(port: &Iocp, ip: IpAddr, context: usize) -> Handle<TcpListener> {
+    let l = TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind");
+    port.add_handle(l, context).expect("associate listener")
+}
+
+/// A connected pair: `ours` associated with `port`, `theirs` a plain blocking std stream.
+pub fn pair(port: &Iocp, ip: IpAddr, context: usize) -> (Handle<TcpStream>, TcpStream) {
+    let l = TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind");
+    let theirs = TcpStream::connect(l.local_addr().unwrap()).expect("connect");
+    let (ours, _) = l.accept().expect("accept");
+    theirs.set_read_timeout(WAIT).unwrap();
+    (port.add_handle(ours, context).expect("associate"), theirs)
+}
+
+/// Sets SO_LINGER to zero, so that dropping the stream resets the connection.
+pub fn reset_on_drop(s: &TcpStream) -> io::Result<()> {
+    socket2::SockRef::from(s).set_linger(Some(Duration::ZERO))
+}
+
+/// Bytes with a pattern that shows misordering: byte i is (i * 7 + i / 251) mod 256.
+pub fn pattern(len: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i.wrapping_mul(7) + i / 251) as u8)
+        .collect()
+}
+
+/// IPv4 loopback, for tests where one family is enough.
+pub fn each_ip_v4() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::LOCALHOST)
+}
