@@ -319,11 +319,13 @@ impl Iocp {
         self.port.cancel(id)
     }
 
-    /// Cancels every operation in flight on `handle`.
+    /// Cancels every operation in flight on `handle`. Each still completes, as a cancelled
+    /// error unless it finished first. Nothing in flight is not an error.
     ///
     /// # Errors
     ///
-    /// [`io::ErrorKind::NotFound`] (OS code 1168 on Windows) if nothing was in flight.
+    /// The OS error if the request itself fails (the handle is not associated with this port:
+    /// [`io::ErrorKind::InvalidInput`]).
     ///
     /// ```no_run
     /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {

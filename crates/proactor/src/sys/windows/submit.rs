@@ -46,10 +46,12 @@ fn bool_started(ok: i32, wsa: bool) -> Started {
         return Started::Done;
     }
     // SAFETY: reads the calling thread's last error, right after the failed call.
-    let code = if wsa {
-        (unsafe { WSAGetLastError() }) as u32
-    } else {
-        unsafe { GetLastError() }
+    let code = unsafe {
+        if wsa {
+            WSAGetLastError() as u32
+        } else {
+            GetLastError()
+        }
     };
     if code == ERROR_IO_PENDING {
         Started::Pending

@@ -1,0 +1,91 @@
+//! Misuse gives a clear error, never a panic.
+#![cfg(windows)]
+
+mod common;
+
+use std::{fs::OpenOptions, io, os::windows::fs::OpenOptionsExt};
+
+use common::{next_of, pair};
+use proactor::{Iocp, OpKind};
+use windows_sys::Win32::Storage::FileSystem::FILE_FLAG_OVERLAPPED;
+
+#[test]
+fn a_handle_added_twice_is_already_exists() {
+    let port = Iocp::new().unwrap();
+    let other = Iocp::new().unwrap();
+    let (ours, _theirs) = pair(&port, common::each_ip_v4(), 0);
+    for p in [&port, &other] {
+        let err = p.add_handle(ours.try_clone().unwrap(), 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+        assert!(err.to_string().contains("already associated"), "{err}");
+        assert_eq!(proactor::raw_os_error(&err), Some(87));
+    }
+}
+
+#[test]
+fn a_handle_not_opened_for_overlapped_io_is_refused() {
+    let path = std::env::temp_dir().join(format!("proactor-{}-sync", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    let port = Iocp::new().unwrap();
+    let err = port.add_handle(file, 0).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("overlapped"), "{err}");
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn an_operation_on_a_handle_of_another_port_completes_with_an_error() {
+    let port = Iocp::new().unwrap();
+    let other = Iocp::new().unwrap();
+    let (ours, _theirs) = pair(&port, common::each_ip_v4(), 0);
+    let id = other.recv(&ours, Vec::with_capacity(8));
+    let mut c = next_of(&other, OpKind::Recv);
+    assert_eq!(c.id(), id);
+    let err = c.result().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("another completion port"), "{err}");
+    assert!(c.take_buffer().is_some(), "the buffer comes back");
+}
+
+#[test]
+fn socket_operations_on_a_file_complete_with_an_error() {
+    let path = std::env::temp_dir().join(format!("proactor-{}-notsock", std::process::id()));
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(FILE_FLAG_OVERLAPPED)
+        .open(&path)
+        .unwrap();
+    let port = Iocp::new().unwrap();
+    let f = port.add_handle(file, 0).unwrap();
+    port.recv(&f, Vec::with_capacity(8));
+    port.accept(&f);
+    for kind in [OpKind::Recv, OpKind::Accept] {
+        let err = next_of(&port, kind).result().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("needs a socket"), "{err}");
+    }
+    drop(f);
+    std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn a_receive_with_no_spare_capacity_is_refused() {
+    let port = Iocp::new().unwrap();
+    let (ours, _theirs) = pair(&port, common::each_ip_v4(), 0);
+    port.recv(&ours, Vec::new());
+    let err = next_of(&port, OpKind::Recv).result().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("spare capacity"), "{err}");
+}
+
+#[test]
+fn a_receive_on_a_closed_socket_reports_the_os_error() {
+    let port = Iocp::new().unwrap();
+    let (ours, _theirs) = pair(&port, common::each_ip_v4(), 0);
+    ours.shutdown(std::net::Shutdown::Both).unwrap();
+    port.send(&ours, b"x".to_vec());
+    let err = next_of(&port, OpKind::Send).result().unwrap_err();
+    assert!(proactor::raw_os_error(&err).is_some(), "{err}");
+}
