@@ -17,8 +17,9 @@ mod sealed {
 ///
 /// On Windows it is implemented for [`std::net::TcpStream`], [`std::net::TcpListener`],
 /// [`std::net::UdpSocket`], [`std::fs::File`] (files and pipes opened with
-/// `FILE_FLAG_OVERLAPPED`), [`std::os::windows::io::OwnedSocket`],
-/// [`std::os::windows::io::OwnedHandle`] and `socket2::Socket`.
+/// `FILE_FLAG_OVERLAPPED`), `std::os::windows::io::OwnedSocket`,
+/// `std::os::windows::io::OwnedHandle` and `socket2::Socket`; on other systems for the
+/// same socket and file types and `OwnedFd`.
 ///
 /// The trait is sealed: the port must know whether an object is a socket or another kind of
 /// handle, which only these types say.
