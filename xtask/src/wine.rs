@@ -99,7 +99,13 @@ pub fn prepare() -> Result<Wine> {
         .map_err(|e| format!("install shim: {e}"))?;
 
     // One Unix fd per socket lives in the wineserver: start it with the highest fd limit allowed.
+    // A server that wineboot left running would refuse `-p`: stop it first.
     step("start the wineserver");
+    let _ = wine
+        .command(WINESERVER)
+        .arg("-k")
+        .stderr(Stdio::null())
+        .status();
     run(wine.command("sh").args([
         "-c",
         &format!("ulimit -n \"$(ulimit -Hn)\"; exec {WINESERVER} -p"),

@@ -89,3 +89,41 @@ fn a_receive_on_a_closed_socket_reports_the_os_error() {
     let err = next_of(&port, OpKind::Send).result().unwrap_err();
     assert!(proactor::raw_os_error(&err).is_some(), "{err}");
 }
+
+#[test]
+fn an_invalid_or_closed_handle_is_invalid_input() {
+    use std::os::windows::io::{FromRawHandle, OwnedHandle};
+    let port = Iocp::new().unwrap();
+    // SAFETY: the test forges a handle number that names no object (handle values are
+    // multiples of 4, and this one was never handed out), to see that the port refuses it;
+    // closing it when add_handle drops it fails harmlessly.
+    let forged = unsafe { OwnedHandle::from_raw_handle(0x7fff_fff0 as _) };
+    let err = port.add_handle(forged, 0).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+    assert!(
+        err.to_string().contains("invalid or closed handle"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_immediate_failure_is_delivered_as_a_completion_with_its_buffer() {
+    let path = std::env::temp_dir().join(format!("proactor-{}-readonly", std::process::id()));
+    std::fs::write(&path, b"content").unwrap();
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(FILE_FLAG_OVERLAPPED)
+        .open(&path)
+        .unwrap();
+    let port = Iocp::new().unwrap();
+    let f = port.add_handle(file, 3).unwrap();
+    let id = port.write_at(&f, b"nope".to_vec(), 0);
+    let mut c = next_of(&port, OpKind::Write);
+    assert_eq!((c.id(), c.context()), (id, 3));
+    let err = c.result().unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+    assert_eq!(err.raw_os_error(), Some(5), "ERROR_ACCESS_DENIED kept");
+    assert_eq!(c.take_buffer().unwrap(), b"nope");
+    drop(f);
+    std::fs::remove_file(path).unwrap();
+}
