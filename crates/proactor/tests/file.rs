@@ -3,27 +3,21 @@
 
 mod common;
 
-use std::{fs::OpenOptions, os::windows::fs::OpenOptionsExt, path::PathBuf};
+use std::fs::OpenOptions;
 
-use common::next_of;
+use common::{next_of, overlapped_file};
 use proactor::{Iocp, OpKind};
-use windows_sys::Win32::Storage::FileSystem::FILE_FLAG_OVERLAPPED;
-
-fn temp_path(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("proactor-{}-{name}", std::process::id()))
-}
 
 #[test]
 fn write_and_read_at_offsets_then_eof() {
-    let path = temp_path("offsets");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(FILE_FLAG_OVERLAPPED)
-        .open(&path)
-        .unwrap();
+    let (file, _path) = overlapped_file(
+        "offsets",
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true),
+    );
     let port = Iocp::new().unwrap();
     let f = port.add_handle(file, 11).unwrap();
     port.write_at(&f, b"world".to_vec(), 6);
@@ -44,5 +38,4 @@ fn write_and_read_at_offsets_then_eof() {
         assert!(c.take_buffer().unwrap().is_empty());
     }
     drop(f);
-    std::fs::remove_file(path).unwrap();
 }

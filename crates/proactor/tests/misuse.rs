@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::{fs::OpenOptions, io, os::windows::fs::OpenOptionsExt};
+use std::{fs::OpenOptions, io};
 
-use common::{next_of, pair};
+use common::{next_of, overlapped_file, pair};
 use proactor::{Iocp, OpKind};
-use windows_sys::Win32::Storage::FileSystem::FILE_FLAG_OVERLAPPED;
 
 #[test]
 fn a_handle_added_twice_is_already_exists() {
@@ -49,14 +48,10 @@ fn an_operation_on_a_handle_of_another_port_completes_with_an_error() {
 
 #[test]
 fn socket_operations_on_a_file_complete_with_an_error() {
-    let path = std::env::temp_dir().join(format!("proactor-{}-notsock", std::process::id()));
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .custom_flags(FILE_FLAG_OVERLAPPED)
-        .open(&path)
-        .unwrap();
+    let (file, _path) = overlapped_file(
+        "notsock",
+        OpenOptions::new().write(true).create(true).truncate(true),
+    );
     let port = Iocp::new().unwrap();
     let f = port.add_handle(file, 0).unwrap();
     port.recv(&f, Vec::with_capacity(8));
@@ -67,7 +62,6 @@ fn socket_operations_on_a_file_complete_with_an_error() {
         assert!(err.to_string().contains("needs a socket"), "{err}");
     }
     drop(f);
-    std::fs::remove_file(path).unwrap();
 }
 
 #[test]
@@ -108,13 +102,13 @@ fn an_invalid_or_closed_handle_is_invalid_input() {
 
 #[test]
 fn an_immediate_failure_is_delivered_as_a_completion_with_its_buffer() {
-    let path = std::env::temp_dir().join(format!("proactor-{}-readonly", std::process::id()));
-    std::fs::write(&path, b"content").unwrap();
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(FILE_FLAG_OVERLAPPED)
-        .open(&path)
-        .unwrap();
+    let (file, _path) = {
+        // Create it with content, then reopen it read-only for overlapped I/O.
+        let (_, path) = overlapped_file("readonly", OpenOptions::new().write(true).create(true));
+        std::fs::write(&path.0, b"content").unwrap();
+        let reopened = overlapped_file("readonly", OpenOptions::new().read(true)).0;
+        (reopened, path)
+    };
     let port = Iocp::new().unwrap();
     let f = port.add_handle(file, 3).unwrap();
     let id = port.write_at(&f, b"nope".to_vec(), 0);
@@ -125,5 +119,4 @@ fn an_immediate_failure_is_delivered_as_a_completion_with_its_buffer() {
     assert_eq!(err.raw_os_error(), Some(5), "ERROR_ACCESS_DENIED kept");
     assert_eq!(c.take_buffer().unwrap(), b"nope");
     drop(f);
-    std::fs::remove_file(path).unwrap();
 }

@@ -62,3 +62,27 @@ pub fn pattern(len: usize) -> Vec<u8> {
 pub fn each_ip_v4() -> IpAddr {
     IpAddr::V4(Ipv4Addr::LOCALHOST)
 }
+
+/// A temporary file opened for overlapped I/O with `options` (read/write/create flags), removed
+/// when the returned guard drops.
+pub fn overlapped_file(
+    name: &str,
+    options: &mut std::fs::OpenOptions,
+) -> (std::fs::File, TempPath) {
+    use std::os::windows::fs::OpenOptionsExt;
+    let path = std::env::temp_dir().join(format!("proactor-{}-{name}", std::process::id()));
+    let file = options
+        .custom_flags(windows_sys::Win32::Storage::FileSystem::FILE_FLAG_OVERLAPPED)
+        .open(&path)
+        .expect("open the overlapped temp file");
+    (file, TempPath(path))
+}
+
+/// Removes its file when dropped.
+pub struct TempPath(pub std::path::PathBuf);
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
