@@ -140,9 +140,13 @@ impl Wine {
         cmd
     }
 
-    /// Runs the library's tests (unit, integration and doc tests) for Windows under Wine.
+    /// Runs the library's and the echo server's tests for Windows under Wine.
     pub fn run_tests(&self, extra: &[String]) -> Result<Totals> {
-        run_tests(self.cargo().args(["test", "-p", "proactor"]).args(extra))
+        run_tests(
+            self.cargo()
+                .args(["test", "-p", "proactor", "-p", "proactor-echo"])
+                .args(extra),
+        )
     }
 }
 

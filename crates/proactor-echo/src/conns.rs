@@ -1,0 +1,105 @@
+//! The connection table: slots addressed by a context value that carries a generation, so that
+//! a completion for a closed connection never acts on the connection that reused its slot.
+
+use std::{net::SocketAddr, net::TcpStream, time::Instant};
+
+use proactor::Handle;
+
+/// One connection being served.
+pub struct Conn {
+    pub handle: Handle<TcpStream>,
+    pub peer: SocketAddr,
+    pub last_active: Instant,
+}
+
+struct Slot {
+    generation: u32,
+    conn: Option<Conn>,
+}
+
+/// Connections by context value: the slot index in the low 32 bits, its generation above.
+#[derive(Default)]
+pub struct Conns {
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    live: usize,
+}
+
+impl Conns {
+    /// Reserves a slot and returns the context value for it.
+    pub fn reserve(&mut self) -> usize {
+        let index = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(Slot {
+                generation: 0,
+                conn: None,
+            });
+            (self.slots.len() - 1) as u32
+        });
+        let slot = &mut self.slots[index as usize];
+        slot.generation = slot.generation.wrapping_add(1);
+        context(index, slot.generation)
+    }
+
+    /// Fills a reserved slot.
+    pub fn insert(&mut self, ctx: usize, conn: Conn) {
+        if let Some(slot) = self.slot_mut(ctx) {
+            slot.conn = Some(conn);
+            self.live += 1;
+        }
+    }
+
+    /// Returns a slot reserved but not filled.
+    pub fn release(&mut self, ctx: usize) {
+        if self.slot_mut(ctx).is_some_and(|s| s.conn.is_none()) {
+            self.free.push(ctx as u32);
+        }
+    }
+
+    pub fn get_mut(&mut self, ctx: usize) -> Option<&mut Conn> {
+        self.slot_mut(ctx)?.conn.as_mut()
+    }
+
+    /// Removes a connection; dropping it cancels its operations and closes the socket.
+    pub fn remove(&mut self, ctx: usize) -> Option<Conn> {
+        let conn = self.slot_mut(ctx)?.conn.take()?;
+        self.live -= 1;
+        self.free.push(ctx as u32);
+        Some(conn)
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// Contexts of connections idle since before `cutoff`.
+    pub fn idle_since(&self, cutoff: Instant) -> Vec<usize> {
+        (self.slots.iter().enumerate())
+            .filter_map(|(i, s)| {
+                let c = s.conn.as_ref()?;
+                (c.last_active < cutoff).then(|| context(i as u32, s.generation))
+            })
+            .collect()
+    }
+
+    /// Removes every connection.
+    pub fn drain(&mut self) -> Vec<Conn> {
+        let all: Vec<Conn> = self
+            .slots
+            .iter_mut()
+            .filter_map(|s| s.conn.take())
+            .collect();
+        self.live = 0;
+        all
+    }
+
+    fn slot_mut(&mut self, ctx: usize) -> Option<&mut Slot> {
+        let (index, generation) = ((ctx & 0xffff_ffff) as u32, (ctx >> 32) as u32);
+        self.slots
+            .get_mut(index as usize)
+            .filter(|s| s.generation == generation)
+    }
+}
+
+fn context(index: u32, generation: u32) -> usize {
+    ((generation as usize) << 32) | index as usize
+}

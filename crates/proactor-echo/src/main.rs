@@ -1,0 +1,92 @@
+//! `proactor-echo`: an asynchronous TCP echo server on proactor's completion ports.
+//!
+//! The classic IOCP design: one port, a pool of worker threads dequeuing completions, several
+//! accepts kept pending, one receive then one send per connection (so at most one buffer per
+//! connection is in flight, and a client that does not read is slowed by TCP, never buffered
+//! without limit).
+
+mod conns;
+mod server;
+mod shutdown;
+
+use std::{net::IpAddr, process::ExitCode, time::Duration};
+
+use clap::Parser;
+
+/// An asynchronous TCP echo server on I/O completion ports.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// TCP port to listen on (1024 to 65535).
+    #[arg(long, default_value_t = 8080, value_parser = parse_port)]
+    port: u16,
+    /// Address to bind (IPv4 or IPv6).
+    #[arg(long, default_value = "127.0.0.1")]
+    bind: IpAddr,
+    /// Worker threads dequeuing the port [default: logical CPUs].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    workers: Option<u32>,
+    /// Connections served at once; beyond it new clients are accepted and closed.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    max_connections: u32,
+    /// Receive buffer size per connection, in bytes.
+    #[arg(long, default_value_t = 65_535, value_parser = clap::value_parser!(u32).range(1..=(64 << 20)))]
+    buffer_size: u32,
+    /// Close connections idle for this many seconds [default: off].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout: Option<u64>,
+    /// Log every operation submitted and completed.
+    #[arg(long)]
+    trace: bool,
+}
+
+/// A port from 1024 to 65535; the error names the range whatever was wrong.
+fn parse_port(s: &str) -> Result<u16, String> {
+    s.parse::<u16>()
+        .ok()
+        .filter(|p| *p >= 1024)
+        .ok_or_else(|| "expected a port number from 1024 to 65535".to_string())
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version
+            print!("{e}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // One line that says what is wrong (clap's first line names the valid range).
+            let text = e.to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("invalid arguments"));
+            return ExitCode::from(2);
+        }
+    };
+    let filter = if args.trace { "trace" } else { "info" };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let config = server::Config {
+        addr: (args.bind, args.port).into(),
+        workers: args.workers.map_or_else(
+            || std::thread::available_parallelism().map_or(2, |n| n.get()),
+            |n| n as usize,
+        ),
+        max_connections: args.max_connections as usize,
+        buffer_size: args.buffer_size as usize,
+        idle_timeout: args.idle_timeout.map(Duration::from_secs),
+    };
+    match server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("proactor-echo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

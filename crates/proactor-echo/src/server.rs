@@ -1,0 +1,249 @@
+//! The echo server: a port, worker threads, pending accepts, one receive then one send per
+//! connection.
+
+use std::{
+    io,
+    net::{SocketAddr, TcpListener},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use proactor::{Completion, Handle, Iocp, OpKind};
+
+use crate::conns::{Conn, Conns};
+
+/// Accepts kept pending at all times.
+const PENDING_ACCEPTS: usize = 16;
+/// The listener's context; connection contexts never reach it (their generation is below 2^31).
+const LISTENER: usize = usize::MAX;
+/// A posted packet with this context asks the workers to stop.
+const STOP: usize = usize::MAX - 1;
+
+/// What the command line decided.
+pub struct Config {
+    pub addr: SocketAddr,
+    pub workers: usize,
+    pub max_connections: usize,
+    pub buffer_size: usize,
+    pub idle_timeout: Option<Duration>,
+}
+
+struct Server {
+    port: Iocp,
+    listener: Mutex<Option<Handle<TcpListener>>>,
+    conns: Mutex<Conns>,
+    config: Config,
+    stopping: AtomicBool,
+    served: AtomicU64,
+    echoed: AtomicU64,
+}
+
+/// Serves until asked to stop (Ctrl+C, Ctrl+Break, SIGINT/SIGTERM), then shuts down gracefully.
+pub fn run(config: Config) -> io::Result<()> {
+    let port = Iocp::new().map_err(|e| match e.kind() {
+        io::ErrorKind::Unsupported => {
+            io::Error::new(e.kind(), "no completion-port backend on this platform")
+        }
+        _ => e,
+    })?;
+    let listener = TcpListener::bind(config.addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr)))?;
+    let local = listener.local_addr()?;
+    let listener = port.add_handle(listener, LISTENER)?;
+    let server = Arc::new(Server {
+        port,
+        listener: Mutex::new(None),
+        conns: Mutex::new(Conns::default()),
+        config,
+        stopping: AtomicBool::new(false),
+        served: AtomicU64::new(0),
+        echoed: AtomicU64::new(0),
+    });
+    for _ in 0..PENDING_ACCEPTS {
+        server.port.accept(&listener);
+    }
+    *lock(&server.listener) = Some(listener);
+    let stop = crate::shutdown::on_signal()?;
+    let workers: Vec<_> = (0..server.config.workers)
+        .map(|_| {
+            let server = server.clone();
+            thread::spawn(move || server.work())
+        })
+        .collect();
+    tracing::info!(workers = server.config.workers, "serving");
+    println!("listening on {local}");
+
+    // The main thread waits for the stop signal, closing idle connections meanwhile.
+    let tick = server
+        .config
+        .idle_timeout
+        .map_or(Duration::from_millis(200), |t| {
+            (t / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+        });
+    while !stop.wait(tick) {
+        if let Some(idle) = server.config.idle_timeout {
+            server.close_idle(idle);
+        }
+    }
+
+    tracing::info!("shutting down: no new connections, closing every connection");
+    server.stopping.store(true, Ordering::SeqCst);
+    drop(lock(&server.listener).take()); // cancels the pending accepts
+    let closing = lock(&server.conns).drain();
+    drop(closing); // cancels every receive and send, closes every socket
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while server.port.operations_in_flight() > 0 && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(10));
+    }
+    for _ in 0..server.config.workers {
+        server.port.post(STOP, 0)?;
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    tracing::info!(
+        connections = server.served.load(Ordering::SeqCst),
+        bytes_echoed = server.echoed.load(Ordering::SeqCst),
+        "stopped"
+    );
+    Ok(())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Server {
+    fn work(&self) {
+        loop {
+            let done = match self.port.get_completion(None) {
+                Ok(done) => done,
+                Err(e) => {
+                    tracing::error!(error = %e, "dequeue failed");
+                    return;
+                }
+            };
+            match (done.kind(), done.context()) {
+                (OpKind::Post, STOP) => return,
+                _ if self.stopping.load(Ordering::SeqCst) => {} // draining: drop it
+                (OpKind::Accept, _) => self.accepted(done),
+                (OpKind::Recv, ctx) => self.received(ctx, done),
+                (OpKind::Send, ctx) => self.sent(ctx, done),
+                (kind, ctx) => tracing::warn!(%kind, ctx, "unexpected completion"),
+            }
+        }
+    }
+
+    fn accepted(&self, mut done: Completion) {
+        // Keep the number of pending accepts constant.
+        if let Some(listener) = lock(&self.listener).as_ref() {
+            self.port.accept(listener);
+        }
+        let accepted = match done.result() {
+            Ok(_) => done.take_accepted(),
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                None
+            }
+        };
+        let Some(accepted) = accepted else { return };
+        let mut conns = lock(&self.conns);
+        if conns.len() >= self.config.max_connections {
+            tracing::warn!(
+                peer = %accepted.peer_addr,
+                max = self.config.max_connections,
+                "connection limit reached: closing the new connection"
+            );
+            return; // dropping the stream closes it
+        }
+        let ctx = conns.reserve();
+        let handle = match self.port.add_handle(accepted.stream, ctx) {
+            Ok(h) => h,
+            Err(e) => {
+                conns.release(ctx);
+                tracing::warn!(peer = %accepted.peer_addr, error = %e, "cannot associate");
+                return;
+            }
+        };
+        self.served.fetch_add(1, Ordering::SeqCst);
+        tracing::debug!(peer = %accepted.peer_addr, socket = ctx, "connected");
+        self.port
+            .recv(&handle, Vec::with_capacity(self.config.buffer_size));
+        let conn = Conn {
+            handle,
+            peer: accepted.peer_addr,
+            last_active: Instant::now(),
+        };
+        conns.insert(ctx, conn);
+    }
+
+    fn received(&self, ctx: usize, mut done: Completion) {
+        let mut conns = lock(&self.conns);
+        let Some(conn) = conns.get_mut(ctx) else {
+            return;
+        }; // closed meanwhile
+        match done.result() {
+            Ok(0) => {
+                tracing::debug!(peer = %conn.peer, socket = ctx, "client closed; everything echoed");
+                conns.remove(ctx);
+            }
+            Ok(_) => {
+                conn.last_active = Instant::now();
+                let buf = done.take_buffer().unwrap_or_default();
+                self.port.send(&conn.handle, buf);
+            }
+            Err(e) => self.disconnect(&mut conns, ctx, &e),
+        }
+    }
+
+    fn sent(&self, ctx: usize, mut done: Completion) {
+        let mut conns = lock(&self.conns);
+        let Some(conn) = conns.get_mut(ctx) else {
+            return;
+        };
+        let mut buf = done.take_buffer().unwrap_or_default();
+        match done.result() {
+            Ok(n) => {
+                self.echoed.fetch_add(n as u64, Ordering::SeqCst);
+                conn.last_active = Instant::now();
+                if n < buf.len() {
+                    buf.drain(..n); // a partial send: send the rest before receiving more
+                    self.port.send(&conn.handle, buf);
+                } else {
+                    buf.clear();
+                    self.port.recv(&conn.handle, buf);
+                }
+            }
+            Err(e) => self.disconnect(&mut conns, ctx, &e),
+        }
+    }
+
+    fn disconnect(&self, conns: &mut Conns, ctx: usize, e: &io::Error) {
+        if let Some(conn) = conns.remove(ctx) {
+            if !proactor::is_cancelled(e) {
+                tracing::warn!(
+                    peer = %conn.peer,
+                    socket = ctx,
+                    code = proactor::raw_os_error(e),
+                    "disconnection error: {e}"
+                );
+            }
+        }
+    }
+
+    fn close_idle(&self, idle: Duration) {
+        let Some(cutoff) = Instant::now().checked_sub(idle) else {
+            return;
+        };
+        let mut conns = lock(&self.conns);
+        for ctx in conns.idle_since(cutoff) {
+            if let Some(conn) = conns.remove(ctx) {
+                tracing::info!(peer = %conn.peer, socket = ctx, "idle timeout: closing");
+            }
+        }
+    }
+}

@@ -1,0 +1,49 @@
+//! Command-line errors: one clear line and exit code 2, on every platform.
+
+use std::process::Command;
+
+fn echo() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_proactor-echo"))
+}
+
+#[test]
+fn every_bad_port_exits_2_with_one_line_naming_the_range() {
+    for bad in ["80", "0", "1023", "65536", "abc", "-1", ""] {
+        let out = echo().arg(format!("--port={bad}")).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "--port={bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "one line for --port={bad}: {err}"
+        );
+        assert!(
+            err.contains("1024 to 65535"),
+            "names the range for --port={bad}: {err}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn a_bad_bind_address_exits_2() {
+    let out = echo().args(["--bind", "not-an-ip"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .trim_end()
+            .lines()
+            .count(),
+        1
+    );
+}
+
+#[cfg(not(windows))]
+#[test]
+fn without_a_backend_it_says_so_in_one_line() {
+    let out = echo().args(["--port", "18080"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no completion-port backend"), "{err}");
+    assert!(out.stdout.is_empty(), "never claims to listen");
+}

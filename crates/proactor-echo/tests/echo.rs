@@ -1,0 +1,181 @@
+//! The real server binary over loopback (under Wine on Linux).
+#![cfg(windows)]
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    thread,
+    time::Duration,
+};
+
+const WAIT: Option<Duration> = Some(Duration::from_secs(20));
+
+/// A running server, killed when dropped.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    fn start(args: &[&str]) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_proactor-echo"))
+            .args(["--port", &port.to_string()])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("ready line")
+            .parse()
+            .unwrap();
+        Server { child, addr }
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(WAIT).unwrap();
+        s
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn round_trip(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).unwrap();
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got).unwrap();
+    assert!(got == msg, "echoed intact ({} bytes)", msg.len());
+}
+
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+#[test]
+fn hello_iocp_is_echoed() {
+    let server = Server::start(&[]);
+    round_trip(&mut server.connect(), b"Hello, IOCP!");
+}
+
+#[test]
+fn an_empty_client_and_a_reset_do_not_disturb_others() {
+    let server = Server::start(&["--workers", "2"]);
+    let mut steady = server.connect();
+    round_trip(&mut steady, b"before");
+    drop(server.connect()); // connects, sends nothing, closes
+    let rude = server.connect();
+    (&rude).write_all(b"data then reset").unwrap();
+    socket2::SockRef::from(&rude)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(rude);
+    thread::sleep(Duration::from_millis(100));
+    round_trip(&mut steady, b"after");
+    round_trip(&mut server.connect(), b"and new clients");
+}
+
+#[test]
+fn a_65535_byte_message_and_a_4_mib_stream_come_back_intact() {
+    let server = Server::start(&[]);
+    round_trip(&mut server.connect(), &pattern(65_535));
+    let data = pattern(4 << 20);
+    let mut s = server.connect();
+    let mut reader = s.try_clone().unwrap();
+    let expected = data.clone();
+    let check = thread::spawn(move || {
+        let mut got = vec![0u8; expected.len()];
+        reader.read_exact(&mut got).unwrap();
+        got == expected
+    });
+    s.write_all(&data).unwrap();
+    assert!(check.join().unwrap(), "4 MiB echoed in order");
+}
+
+#[test]
+fn half_close_gets_everything_echoed_then_eof() {
+    let server = Server::start(&[]);
+    let mut s = server.connect();
+    let data = pattern(200_000);
+    s.write_all(&data).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    assert!(got == data, "all {} bytes, then EOF", data.len());
+}
+
+#[test]
+fn one_thousand_simultaneous_clients_each_echo() {
+    let server = Server::start(&["--workers", "2"]);
+    let mut clients: Vec<TcpStream> = (0..1000).map(|_| server.connect()).collect();
+    for (i, c) in clients.iter_mut().enumerate() {
+        c.write_all(format!("client {i:04}").as_bytes()).unwrap();
+    }
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut got = [0u8; 11];
+        c.read_exact(&mut got).unwrap();
+        assert_eq!(&got[..], format!("client {i:04}").as_bytes());
+    }
+}
+
+#[test]
+fn beyond_max_connections_new_clients_are_closed_and_others_served() {
+    let server = Server::start(&["--max-connections", "2"]);
+    let mut a = server.connect();
+    let mut b = server.connect();
+    round_trip(&mut a, b"a");
+    round_trip(&mut b, b"b");
+    let mut c = server.connect();
+    let mut buf = [0u8; 1];
+    let n = c.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the third client is closed");
+    round_trip(&mut a, b"still served");
+}
+
+#[test]
+fn a_port_in_use_exits_non_zero_naming_the_address() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let out = Command::new(env!("CARGO_BIN_EXE_proactor-echo"))
+        .args(["--port", &port.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&format!("127.0.0.1:{port}")),
+        "names the address: {err}"
+    );
+    assert!(out.stdout.is_empty(), "never claims to listen");
+}
+
+#[test]
+fn idle_connections_are_closed_after_the_timeout() {
+    let server = Server::start(&["--idle-timeout", "1"]);
+    let mut idle = server.connect();
+    round_trip(&mut idle, b"hi");
+    let mut buf = [0u8; 1];
+    assert_eq!(
+        idle.read(&mut buf).unwrap_or(0),
+        0,
+        "closed after a second of silence"
+    );
+}
