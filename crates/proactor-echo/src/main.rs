@@ -82,8 +82,10 @@ fn main() -> ExitCode {
         buffer_size: args.buffer_size as usize,
         idle_timeout: args.idle_timeout.map(Duration::from_secs),
     };
-    match server::run(config) {
-        Ok(()) => ExitCode::SUCCESS,
+    let run = shutdown::on_signal()
+        .and_then(|stop| server::run(config, &stop, |addr| println!("listening on {addr}")));
+    match run {
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("proactor-echo: {e}");
             ExitCode::FAILURE

@@ -14,7 +14,10 @@ use std::{
 
 use proactor::{Completion, Handle, Iocp, OpKind};
 
-use crate::conns::{Conn, Conns};
+use crate::{
+    conns::{Conn, Conns},
+    shutdown::Stop,
+};
 
 /// Accepts kept pending at all times.
 const PENDING_ACCEPTS: usize = 16;
@@ -42,8 +45,17 @@ struct Server {
     echoed: AtomicU64,
 }
 
-/// Serves until asked to stop (Ctrl+C, Ctrl+Break, SIGINT/SIGTERM), then shuts down gracefully.
-pub fn run(config: Config) -> io::Result<()> {
+/// What a server did, logged when it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Summary {
+    pub connections: u64,
+    pub bytes_echoed: u64,
+}
+
+/// Serves until `stop` is requested, then shuts down gracefully: stops accepting, cancels and
+/// closes every connection, drains the port. `ready` is called with the bound address once
+/// the server accepts connections.
+pub fn run(config: Config, stop: &Stop, ready: impl FnOnce(SocketAddr)) -> io::Result<Summary> {
     let port = Iocp::new().map_err(|e| match e.kind() {
         io::ErrorKind::Unsupported => {
             io::Error::new(e.kind(), "no completion-port backend on this platform")
@@ -67,7 +79,6 @@ pub fn run(config: Config) -> io::Result<()> {
         server.port.accept(&listener);
     }
     *lock(&server.listener) = Some(listener);
-    let stop = crate::shutdown::on_signal()?;
     let workers: Vec<_> = (0..server.config.workers)
         .map(|_| {
             let server = server.clone();
@@ -75,7 +86,7 @@ pub fn run(config: Config) -> io::Result<()> {
         })
         .collect();
     tracing::info!(workers = server.config.workers, "serving");
-    println!("listening on {local}");
+    ready(local);
 
     // The main thread waits for the stop signal, closing idle connections meanwhile.
     let tick = server
@@ -105,12 +116,12 @@ pub fn run(config: Config) -> io::Result<()> {
     for w in workers {
         let _ = w.join();
     }
-    tracing::info!(
-        connections = server.served.load(Ordering::SeqCst),
-        bytes_echoed = server.echoed.load(Ordering::SeqCst),
-        "stopped"
-    );
-    Ok(())
+    let summary = Summary {
+        connections: server.served.load(Ordering::SeqCst),
+        bytes_echoed: server.echoed.load(Ordering::SeqCst),
+    };
+    tracing::info!(summary.connections, summary.bytes_echoed, "stopped");
+    Ok(summary)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -245,5 +256,73 @@ impl Server {
                 tracing::info!(peer = %conn.peer, socket = ctx, "idle timeout: closing");
             }
         }
+    }
+}
+
+#[cfg(all(test, windows))]
+mod tests {
+    use std::{
+        io::{Read, Write},
+        net::TcpStream,
+        sync::{Arc, mpsc},
+    };
+
+    use super::*;
+
+    /// Graceful shutdown: what a Ctrl+C or Ctrl+Break triggers (the console event itself cannot
+    /// be generated under Wine, see ARCHITECTURE.md).
+    #[test]
+    fn stop_closes_everything_reports_a_summary_and_returns_within_5_seconds() {
+        let stop = Arc::new(Stop::default());
+        let (tx, rx) = mpsc::channel();
+        let config = Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            workers: 2,
+            max_connections: 100,
+            buffer_size: 1024,
+            idle_timeout: None,
+        };
+        let server = {
+            let stop = stop.clone();
+            thread::spawn(move || run(config, &stop, |addr| tx.send(addr).unwrap()))
+        };
+        let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        let mut clients: Vec<TcpStream> =
+            (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        for c in &mut clients {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c.write_all(b"12345").unwrap();
+            let mut got = [0u8; 5];
+            c.read_exact(&mut got).unwrap();
+        }
+        let idle = TcpStream::connect(addr).unwrap(); // connected, never sends
+        idle.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        thread::sleep(Duration::from_millis(100));
+
+        let start = Instant::now();
+        stop.request();
+        let summary = server.join().unwrap().unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "stopped in {:?}",
+            start.elapsed()
+        );
+        assert_eq!(
+            summary,
+            Summary {
+                connections: 4,
+                bytes_echoed: 15
+            }
+        );
+        for mut c in clients.into_iter().chain([idle]) {
+            let mut buf = [0u8; 1];
+            assert_eq!(
+                c.read(&mut buf).unwrap_or(0),
+                0,
+                "every connection was closed"
+            );
+        }
+        assert!(TcpStream::connect(addr).is_err(), "no longer accepting");
     }
 }

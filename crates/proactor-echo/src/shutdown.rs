@@ -14,8 +14,9 @@ pub struct Stop {
 }
 
 impl Stop {
+    /// Asks the server to stop.
     #[cfg_attr(not(windows), allow(dead_code))]
-    fn request(&self) {
+    pub fn request(&self) {
         *self
             .requested
             .lock()

@@ -179,3 +179,37 @@ fn idle_connections_are_closed_after_the_timeout() {
         "closed after a second of silence"
     );
 }
+
+/// A client that sends without reading is slowed by TCP: the server holds at most one buffer
+/// for it, so the client's writes stall long before it has sent everything.
+#[test]
+fn a_client_that_never_reads_is_held_back_by_tcp_not_buffered() {
+    let server = Server::start(&["--buffer-size", "65535"]);
+    let s = server.connect();
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let chunk = vec![7u8; 64 * 1024];
+    let mut sent = 0usize;
+    const LIMIT: usize = 256 << 20;
+    while sent < LIMIT {
+        match (&s).write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) => {
+                assert!(
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ),
+                    "{e}"
+                );
+                break;
+            }
+        }
+    }
+    assert!(
+        sent < 64 << 20,
+        "stalled after {sent} bytes: only socket buffers hold data"
+    );
+    // The connection still works once the client reads.
+    let mut other = server.connect();
+    round_trip(&mut other, b"others are served meanwhile");
+}
