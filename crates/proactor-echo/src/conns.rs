@@ -12,6 +12,16 @@ pub struct Conn {
     pub last_active: Instant,
 }
 
+impl Conn {
+    /// The socket's OS handle, for logs.
+    pub fn socket(&self) -> String {
+        format!(
+            "{:#x}",
+            proactor_echo::steplog::raw_socket(self.handle.get_ref())
+        )
+    }
+}
+
 struct Slot {
     generation: u32,
     conn: Option<Conn>,

@@ -63,11 +63,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = if args.trace { "trace" } else { "info" };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -81,6 +80,7 @@ fn main() -> ExitCode {
         max_connections: args.max_connections as usize,
         buffer_size: args.buffer_size as usize,
         idle_timeout: args.idle_timeout.map(Duration::from_secs),
+        trace: args.trace,
     };
     let run = shutdown::on_signal()
         .and_then(|stop| server::run(config, &stop, |addr| println!("listening on {addr}")));

@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use proactor::{Completion, Handle, Iocp, OpKind};
+use proactor::{Completion, Handle, Iocp, OpId, OpKind};
+use proactor_echo::steplog::{
+    completed_overlapped, operation_type, raw_socket, submitted_overlapped, timestamp,
+};
 
 use crate::{
     conns::{Conn, Conns},
@@ -33,6 +36,8 @@ pub struct Config {
     pub max_connections: usize,
     pub buffer_size: usize,
     pub idle_timeout: Option<Duration>,
+    /// Log every operation submitted and completed, in the lifecycle demo's format.
+    pub trace: bool,
 }
 
 struct Server {
@@ -76,7 +81,7 @@ pub fn run(config: Config, stop: &Stop, ready: impl FnOnce(SocketAddr)) -> io::R
         echoed: AtomicU64::new(0),
     });
     for _ in 0..PENDING_ACCEPTS {
-        server.port.accept(&listener);
+        server.submitted("Accept", LISTENER, server.port.accept(&listener));
     }
     *lock(&server.listener) = Some(listener);
     let workers: Vec<_> = (0..server.config.workers)
@@ -138,6 +143,20 @@ impl Server {
                     return;
                 }
             };
+            if self.config.trace {
+                eprintln!(
+                    "[{}] Completion received. BytesTransferred: {}, Key: {}, Overlapped: {:#x}",
+                    timestamp(),
+                    done.bytes_transferred(),
+                    done.context(),
+                    completed_overlapped(&done)
+                );
+                eprintln!(
+                    "[{}] Operation type: {}",
+                    timestamp(),
+                    operation_type(done.kind())
+                );
+            }
             match (done.kind(), done.context()) {
                 (OpKind::Post, STOP) => return,
                 _ if self.stopping.load(Ordering::SeqCst) => {} // draining: drop it
@@ -149,10 +168,30 @@ impl Server {
         }
     }
 
+    /// Logs a submission when tracing.
+    fn submitted(&self, what: &str, key: usize, id: OpId) -> OpId {
+        if self.config.trace {
+            let overlapped = submitted_overlapped(&self.port, id);
+            eprintln!(
+                "[{}] {what} submitted. Key: {key}, Overlapped: {overlapped:#x}",
+                timestamp()
+            );
+        }
+        id
+    }
+
+    fn recv(&self, conn: &Conn, ctx: usize, buf: Vec<u8>) {
+        self.submitted("Read", ctx, self.port.recv(&conn.handle, buf));
+    }
+
+    fn send(&self, conn: &Conn, ctx: usize, buf: Vec<u8>) {
+        self.submitted("Write", ctx, self.port.send(&conn.handle, buf));
+    }
+
     fn accepted(&self, mut done: Completion) {
         // Keep the number of pending accepts constant.
         if let Some(listener) = lock(&self.listener).as_ref() {
-            self.port.accept(listener);
+            self.submitted("Accept", LISTENER, self.port.accept(listener));
         }
         let accepted = match done.result() {
             Ok(_) => done.take_accepted(),
@@ -181,14 +220,14 @@ impl Server {
             }
         };
         self.served.fetch_add(1, Ordering::SeqCst);
-        tracing::debug!(peer = %accepted.peer_addr, socket = ctx, "connected");
-        self.port
-            .recv(&handle, Vec::with_capacity(self.config.buffer_size));
+        let socket = format!("{:#x}", raw_socket(handle.get_ref()));
+        tracing::debug!(peer = %accepted.peer_addr, %socket, "connected");
         let conn = Conn {
             handle,
             peer: accepted.peer_addr,
             last_active: Instant::now(),
         };
+        self.recv(&conn, ctx, Vec::with_capacity(self.config.buffer_size));
         conns.insert(ctx, conn);
     }
 
@@ -199,13 +238,13 @@ impl Server {
         }; // closed meanwhile
         match done.result() {
             Ok(0) => {
-                tracing::debug!(peer = %conn.peer, socket = ctx, "client closed; everything echoed");
+                tracing::debug!(peer = %conn.peer, socket = %conn.socket(), "client closed; everything echoed");
                 conns.remove(ctx);
             }
             Ok(_) => {
                 conn.last_active = Instant::now();
                 let buf = done.take_buffer().unwrap_or_default();
-                self.port.send(&conn.handle, buf);
+                self.send(conn, ctx, buf);
             }
             Err(e) => self.disconnect(&mut conns, ctx, &e),
         }
@@ -223,10 +262,10 @@ impl Server {
                 conn.last_active = Instant::now();
                 if n < buf.len() {
                     buf.drain(..n); // a partial send: send the rest before receiving more
-                    self.port.send(&conn.handle, buf);
+                    self.send(conn, ctx, buf);
                 } else {
                     buf.clear();
-                    self.port.recv(&conn.handle, buf);
+                    self.recv(conn, ctx, buf);
                 }
             }
             Err(e) => self.disconnect(&mut conns, ctx, &e),
@@ -238,7 +277,7 @@ impl Server {
             if !proactor::is_cancelled(e) {
                 tracing::warn!(
                     peer = %conn.peer,
-                    socket = ctx,
+                    socket = %conn.socket(),
                     code = proactor::raw_os_error(e),
                     "disconnection error: {e}"
                 );
@@ -253,7 +292,7 @@ impl Server {
         let mut conns = lock(&self.conns);
         for ctx in conns.idle_since(cutoff) {
             if let Some(conn) = conns.remove(ctx) {
-                tracing::info!(peer = %conn.peer, socket = ctx, "idle timeout: closing");
+                tracing::info!(peer = %conn.peer, socket = %conn.socket(), "idle timeout: closing");
             }
         }
     }
@@ -281,6 +320,7 @@ mod tests {
             max_connections: 100,
             buffer_size: 1024,
             idle_timeout: None,
+            trace: false,
         };
         let server = {
             let stop = stop.clone();

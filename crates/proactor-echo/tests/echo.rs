@@ -5,16 +5,18 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
     thread,
     time::Duration,
 };
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(20));
 
-/// A running server, killed when dropped.
+/// A running server, killed when dropped; its stderr is collected.
 struct Server {
     child: Child,
     addr: SocketAddr,
+    log: Arc<Mutex<String>>,
 }
 
 impl Server {
@@ -28,9 +30,20 @@ impl Server {
             .args(["--port", &port.to_string()])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
@@ -41,7 +54,19 @@ impl Server {
             .expect("ready line")
             .parse()
             .unwrap();
-        Server { child, addr }
+        Server { child, addr, log }
+    }
+
+    /// Waits until the server's log contains `text`, returning the log.
+    fn wait_log(&self, text: &str) -> String {
+        for _ in 0..200 {
+            let log = self.log.lock().unwrap().clone();
+            if log.contains(text) {
+                return log;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!("{text:?} never logged:\n{}", self.log.lock().unwrap());
     }
 
     fn connect(&self) -> TcpStream {
@@ -87,9 +112,48 @@ fn an_empty_client_and_a_reset_do_not_disturb_others() {
         .set_linger(Some(Duration::ZERO))
         .unwrap();
     drop(rude);
-    thread::sleep(Duration::from_millis(100));
+    let log = server.wait_log("disconnection error");
+    let line = log
+        .lines()
+        .find(|l| l.contains("disconnection error"))
+        .unwrap();
+    assert!(
+        line.contains("socket=0x") && line.contains("peer="),
+        "socket identified: {line}"
+    );
+    assert!(
+        line.contains("code=64") || line.contains("code=10054"),
+        "{line}"
+    );
     round_trip(&mut steady, b"after");
     round_trip(&mut server.connect(), b"and new clients");
+}
+
+#[test]
+fn trace_logs_every_operation_in_the_lifecycle_format() {
+    let server = Server::start(&["--trace"]);
+    round_trip(&mut server.connect(), b"hello");
+    let mut log = String::new();
+    for expected in [
+        "Accept submitted. Key: ",
+        "Read submitted. Key: ",
+        "Write submitted. Key: ",
+        "Completion received. BytesTransferred: 5, Key: ",
+        "Operation type: Accept",
+        "Operation type: Read",
+        "Overlapped: 0x",
+    ] {
+        log = server.wait_log(expected);
+    }
+    let traced = log
+        .lines()
+        .filter(|l| l.contains("submitted.") || l.contains("Completion"));
+    for line in traced {
+        assert!(
+            line.starts_with("[20") && line.contains("Z] "),
+            "timestamped: {line}"
+        );
+    }
 }
 
 #[test]

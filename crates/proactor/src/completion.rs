@@ -64,6 +64,10 @@ pub struct Completion {
     pub(crate) bytes: usize,
     pub(crate) error: Option<io::Error>,
     pub(crate) output: Output,
+    /// The address the operation's record had (its `OVERLAPPED` on Windows), for logs; 0 for an
+    /// operation refused before it started. A number only: the record is freed by now.
+    #[cfg_attr(not(windows), allow(dead_code))]
+    pub(crate) address: usize,
 }
 
 impl Completion {
@@ -186,6 +190,7 @@ mod tests {
             bytes: 5,
             error,
             output,
+            address: 0,
         }
     }
 

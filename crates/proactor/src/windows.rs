@@ -8,7 +8,7 @@ use std::{
     os::windows::io::{AsRawHandle, RawHandle},
 };
 
-use crate::{Associate, Handle, Iocp};
+use crate::{Associate, Completion, Handle, Iocp, OpId};
 
 /// Windows-only methods of [`Iocp`].
 pub trait IocpExt {
@@ -34,6 +34,21 @@ pub trait IocpExt {
     /// # }
     /// ```
     fn immediate_completions(&self) -> u64;
+
+    /// The address of the `OVERLAPPED` an operation in flight uses, for logs (as the classic
+    /// IOCP tutorials print it); `None` once its completion was dequeued. A number only: it
+    /// cannot be turned back into anything.
+    ///
+    /// ```no_run
+    /// use proactor::windows::IocpExt;
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// let id = port.recv(conn, Vec::with_capacity(512));
+    /// if let Some(ov) = port.overlapped_address(id) {
+    ///     println!("Read submitted. Overlapped: {ov:#x}");
+    /// }
+    /// # }
+    /// ```
+    fn overlapped_address(&self, id: OpId) -> Option<usize>;
 }
 
 impl IocpExt for Iocp {
@@ -43,6 +58,30 @@ impl IocpExt for Iocp {
 
     fn immediate_completions(&self) -> u64 {
         self.sys().immediate_completions()
+    }
+
+    fn overlapped_address(&self, id: OpId) -> Option<usize> {
+        self.sys().overlapped_address(id)
+    }
+}
+
+/// Windows-only methods of [`Completion`].
+pub trait CompletionExt {
+    /// The address the operation's `OVERLAPPED` had, for logs (0 for an operation refused
+    /// before it reached the kernel). A number only: the memory is already reclaimed.
+    ///
+    /// ```no_run
+    /// use proactor::windows::CompletionExt;
+    /// # fn f(done: &proactor::Completion) {
+    /// println!("Completion received. Overlapped: {:#x}", done.overlapped_address());
+    /// # }
+    /// ```
+    fn overlapped_address(&self) -> usize;
+}
+
+impl CompletionExt for Completion {
+    fn overlapped_address(&self) -> usize {
+        self.address
     }
 }
 

@@ -495,7 +495,7 @@ impl Port {
 
     /// Ends an operation whose record the kernel no longer uses.
     fn finish(&self, mut op: OpBox, packet_bytes: Option<usize>) -> Option<Completion> {
-        self.table.remove(op.id);
+        let address = self.table.remove(op.id).map_or(0, |e| e.op);
         let (bytes, error) = match (op.immediate.take(), packet_bytes) {
             (Some(Ok(bytes)), _) => (bytes, None),
             (Some(Err(e)), _) => (0, Some(e)),
@@ -510,7 +510,12 @@ impl Port {
             }
         };
         tracing::trace!(op = op.kind.name(), id = %op.id, bytes, error = ?error, "completed");
-        self.complete(op, bytes, error)
+        self.complete(op, bytes, error, address)
+    }
+
+    /// The address of an operation's record (its `OVERLAPPED`) while it is in flight.
+    pub(crate) fn overlapped_address(&self, id: OpId) -> Option<usize> {
+        self.table.with(id, |e| e.op).filter(|&a| a != 0)
     }
 }
 

@@ -352,6 +352,7 @@ impl Port {
         op: OpBox,
         bytes: usize,
         error: Option<io::Error>,
+        address: usize,
     ) -> Option<Completion> {
         let Op {
             id,
@@ -447,6 +448,7 @@ impl Port {
             bytes,
             error,
             output,
+            address,
         })
     }
 }
