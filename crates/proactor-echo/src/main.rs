@@ -82,8 +82,9 @@ fn main() -> ExitCode {
         idle_timeout: args.idle_timeout.map(Duration::from_secs),
         trace: args.trace,
     };
-    let run = shutdown::on_signal()
-        .and_then(|stop| server::run(config, &stop, |addr| println!("listening on {addr}")));
+    let run = server::run(config, shutdown::on_signal, |addr| {
+        println!("listening on {addr}")
+    });
     match run {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {

@@ -60,7 +60,11 @@ pub struct Summary {
 /// Serves until `stop` is requested, then shuts down gracefully: stops accepting, cancels and
 /// closes every connection, drains the port. `ready` is called with the bound address once
 /// the server accepts connections.
-pub fn run(config: Config, stop: &Stop, ready: impl FnOnce(SocketAddr)) -> io::Result<Summary> {
+pub fn run(
+    config: Config,
+    stop: impl FnOnce() -> io::Result<Arc<Stop>>,
+    ready: impl FnOnce(SocketAddr),
+) -> io::Result<Summary> {
     let port = Iocp::new().map_err(|e| match e.kind() {
         io::ErrorKind::Unsupported => {
             io::Error::new(e.kind(), "no completion-port backend on this platform")
@@ -84,6 +88,7 @@ pub fn run(config: Config, stop: &Stop, ready: impl FnOnce(SocketAddr)) -> io::R
         server.submitted("Accept", LISTENER, server.port.accept(&listener));
     }
     *lock(&server.listener) = Some(listener);
+    let stop = stop()?;
     let workers: Vec<_> = (0..server.config.workers)
         .map(|_| {
             let server = server.clone();
@@ -324,7 +329,7 @@ mod tests {
         };
         let server = {
             let stop = stop.clone();
-            thread::spawn(move || run(config, &stop, |addr| tx.send(addr).unwrap()))
+            thread::spawn(move || run(config, || Ok(stop), |addr| tx.send(addr).unwrap()))
         };
         let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap();
         let mut clients: Vec<TcpStream> =
