@@ -277,3 +277,24 @@ fn a_client_that_never_reads_is_held_back_by_tcp_not_buffered() {
     let mut other = server.connect();
     round_trip(&mut other, b"others are served meanwhile");
 }
+
+#[test]
+fn ipv6_bind_serves() {
+    let server = Server::start(&["--bind", "::1"]);
+    assert!(server.addr.is_ipv6(), "{}", server.addr);
+    round_trip(&mut server.connect(), b"over IPv6");
+}
+
+#[test]
+fn an_address_that_cannot_be_bound_exits_non_zero_naming_it() {
+    // 192.0.2.1 (TEST-NET-1) is never a local address: binding fails, nothing is sent.
+    let out = Command::new(env!("CARGO_BIN_EXE_proactor-echo"))
+        .args(["--bind", "192.0.2.1", "--port", "18081"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.trim_end().lines().last().unwrap_or_default();
+    assert!(last.contains("cannot listen on 192.0.2.1:18081"), "{err}");
+    assert!(out.stdout.is_empty());
+}
