@@ -93,3 +93,31 @@ fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_serve_127_0_0_1_8080() {
+        let args = Args::try_parse_from(["proactor-echo"]).unwrap();
+        assert_eq!((args.bind, args.port), ("127.0.0.1".parse().unwrap(), 8080));
+        assert_eq!((args.max_connections, args.buffer_size), (10_000, 65_535));
+        assert_eq!(
+            (args.workers, args.idle_timeout, args.trace),
+            (None, None, false)
+        );
+    }
+
+    #[test]
+    fn ports_are_checked_at_both_ends() {
+        assert_eq!(parse_port("1024"), Ok(1024));
+        assert_eq!(parse_port("65535"), Ok(65535));
+        for bad in ["1023", "65536", "x", "-1", "", "8080 "] {
+            assert!(
+                parse_port(bad).unwrap_err().contains("1024 to 65535"),
+                "{bad}"
+            );
+        }
+    }
+}
