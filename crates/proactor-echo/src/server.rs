@@ -99,11 +99,12 @@ pub fn run(
     ready(local);
 
     // The main thread waits for the stop signal, closing idle connections meanwhile.
+    // Signals only set a flag: check it at least every 100 ms.
     let tick = server
         .config
         .idle_timeout
-        .map_or(Duration::from_millis(200), |t| {
-            (t / 4).clamp(Duration::from_millis(50), Duration::from_secs(1))
+        .map_or(Duration::from_millis(100), |t| {
+            (t / 4).clamp(Duration::from_millis(50), Duration::from_millis(100))
         });
     while !stop.wait(tick) {
         if let Some(idle) = server.config.idle_timeout {
@@ -303,7 +304,7 @@ impl Server {
     }
 }
 
-#[cfg(all(test, windows))]
+#[cfg(test)]
 mod tests {
     use std::{
         io::{Read, Write},

@@ -110,6 +110,8 @@ pub fn error_code(err: &io::Error) -> String {
         10054 => "WSAECONNRESET",
         10058 => "WSAESHUTDOWN",
         10060 => "WSAETIMEDOUT",
+        #[cfg(unix)]
+        104 => "ECONNRESET",
         _ => return code.to_string(),
     };
     format!("{code} ({name})")

@@ -38,7 +38,7 @@ fn a_bad_bind_address_exits_2() {
     );
 }
 
-#[cfg(not(windows))]
+#[cfg(not(any(windows, target_os = "linux")))]
 #[test]
 fn without_a_backend_it_says_so_in_one_line() {
     let out = echo().args(["--port", "18080"]).output().unwrap();

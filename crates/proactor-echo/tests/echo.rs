@@ -1,5 +1,5 @@
 //! The real server binary over loopback (under Wine on Linux).
-#![cfg(windows)]
+#![cfg(any(windows, target_os = "linux"))]
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
@@ -122,7 +122,7 @@ fn an_empty_client_and_a_reset_do_not_disturb_others() {
         "socket identified: {line}"
     );
     assert!(
-        line.contains("code=64") || line.contains("code=10054"),
+        line.contains("code=64") || line.contains("code=10054") || line.contains("code=104"),
         "{line}"
     );
     round_trip(&mut steady, b"after");
@@ -297,4 +297,45 @@ fn an_address_that_cannot_be_bound_exits_non_zero_naming_it() {
     let last = err.trim_end().lines().last().unwrap_or_default();
     assert!(last.contains("cannot listen on 192.0.2.1:18081"), "{err}");
     assert!(out.stdout.is_empty());
+}
+
+/// SIGTERM and SIGINT stop the real server gracefully: connections closed, summary logged,
+/// exit 0 within 5 seconds.
+#[cfg(unix)]
+#[test]
+fn sigterm_and_sigint_shut_down_gracefully() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let mut server = Server::start(&[]);
+        let mut client = server.connect();
+        round_trip(&mut client, b"12345");
+        let start = std::time::Instant::now();
+        // SAFETY: sends a signal to our own child process.
+        assert_eq!(unsafe { libc::kill(server.child.id() as i32, signal) }, 0);
+        let status = loop {
+            if let Some(status) = server.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "exits within 5 seconds"
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        assert!(status.success(), "signal {signal}: {status}");
+        let log = server.wait_log("stopped");
+        assert!(
+            log.contains("connections=1") && log.contains("bytes_echoed=5"),
+            "{log}"
+        );
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            client.read(&mut buf).unwrap_or(0),
+            0,
+            "the connection was closed"
+        );
+        assert!(
+            TcpStream::connect(server.addr).is_err(),
+            "no longer accepting"
+        );
+    }
 }

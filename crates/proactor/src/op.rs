@@ -23,6 +23,12 @@ impl OpId {
         OpId(NEXT.fetch_add(1, Ordering::Relaxed))
     }
 
+    /// The id with number `n` (a backend's `user_data`).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn from_u64(n: u64) -> OpId {
+        OpId(n)
+    }
+
     /// The id as a number, for logs.
     ///
     /// ```no_run

@@ -2,7 +2,7 @@
 //!
 //! Alone in its binary: it counts the process's handles and operation records, which other
 //! tests would disturb.
-#![cfg(windows)]
+#![cfg(any(windows, target_os = "linux"))]
 
 mod common;
 
@@ -13,10 +13,16 @@ use std::{
 
 use common::next_of;
 use proactor::{Iocp, OpKind};
-use windows_sys::Win32::System::Threading::{GetCurrentProcess, GetProcessHandleCount};
+/// The process's open descriptors.
+#[cfg(not(windows))]
+fn handle_count() -> Option<u32> {
+    Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u32)
+}
 
 /// The process's handle count, where the OS implements it (Windows does; Wine 8 does not).
+#[cfg(windows)]
 fn handle_count() -> Option<u32> {
+    use windows_sys::Win32::System::Threading::{GetCurrentProcess, GetProcessHandleCount};
     let mut n = 0;
     // SAFETY: the pseudo-handle of the current process is always valid; `n` is writable.
     let ok = unsafe { GetProcessHandleCount(GetCurrentProcess(), &mut n) };

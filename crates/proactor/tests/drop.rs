@@ -2,7 +2,7 @@
 //!
 //! One test in this binary: it checks the process-wide count of live operation records, which
 //! other tests running at the same time would disturb.
-#![cfg(windows)]
+#![cfg(any(windows, target_os = "linux"))]
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! Files opened for overlapped I/O: reads and writes at offsets, EOF.
-#![cfg(windows)]
+#![cfg(any(windows, target_os = "linux"))]
 
 mod common;
 

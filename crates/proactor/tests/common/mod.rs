@@ -9,6 +9,13 @@ use std::{
 
 use proactor::{Completion, Handle, Iocp, OpKind};
 
+/// The OS code of a local cancel: `ERROR_OPERATION_ABORTED` on Windows, `ECANCELED` on Linux.
+pub const CANCELLED: i32 = if cfg!(windows) { 995 } else { 125 };
+
+/// The OS codes of a connection reset: `ERROR_NETNAME_DELETED` or `WSAECONNRESET` on Windows,
+/// `ECONNRESET` on Linux.
+pub const RESET: &[i32] = if cfg!(windows) { &[64, 10054] } else { &[104] };
+
 /// Long enough for Wine on a loaded 2-core machine; short enough that a hang fails the test.
 pub const WAIT: Option<Duration> = Some(Duration::from_secs(20));
 
@@ -69,12 +76,13 @@ pub fn overlapped_file(
     name: &str,
     options: &mut std::fs::OpenOptions,
 ) -> (std::fs::File, TempPath) {
-    use std::os::windows::fs::OpenOptionsExt;
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        options.custom_flags(windows_sys::Win32::Storage::FileSystem::FILE_FLAG_OVERLAPPED);
+    }
     let path = std::env::temp_dir().join(format!("proactor-{}-{name}", std::process::id()));
-    let file = options
-        .custom_flags(windows_sys::Win32::Storage::FileSystem::FILE_FLAG_OVERLAPPED)
-        .open(&path)
-        .expect("open the overlapped temp file");
+    let file = options.open(&path).expect("open the overlapped temp file");
     (file, TempPath(path))
 }
 

@@ -1,0 +1,37 @@
+//! Errno translation: std's mapping, except that a cancel is proactor's distinguishable error.
+
+use std::io;
+
+use crate::error::cancelled;
+
+/// The error for `errno`.
+pub(crate) fn from_errno(errno: i32) -> io::Error {
+    match errno {
+        libc::ECANCELED => cancelled(errno, None),
+        _ => io::Error::from_raw_os_error(errno),
+    }
+}
+
+/// The error for the calling thread's last errno.
+pub(crate) fn last_error() -> io::Error {
+    from_errno(
+        io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_is_distinguishable_and_reset_is_connection_reset() {
+        let e = from_errno(libc::ECANCELED);
+        assert!(crate::is_cancelled(&e));
+        assert_eq!(crate::raw_os_error(&e), Some(libc::ECANCELED));
+        let e = from_errno(libc::ECONNRESET);
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+        assert_eq!(e.raw_os_error(), Some(libc::ECONNRESET));
+    }
+}

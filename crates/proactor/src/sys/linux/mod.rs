@@ -1,0 +1,375 @@
+//! The Linux backends: completion ports over io_uring, or emulated over epoll where io_uring is
+//! unavailable.
+//!
+//! `Port` builds operation records (shared by both backends, see `op.rs`) and hands them to a
+//! `Driver`. `PROACTOR_BACKEND=epoll` forces the epoll fallback and `PROACTOR_BACKEND=io_uring`
+//! forbids it; by default io_uring is used when the kernel offers it (Linux 5.19 or later, not
+//! disabled by `kernel.io_uring_disabled` or a seccomp profile) and epoll otherwise, with one log
+//! line saying which runs.
+
+mod error;
+mod op;
+mod uring;
+
+use std::{
+    fs::File,
+    io,
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::{AsRawFd, OwnedFd, RawFd},
+    sync::{Arc, Mutex, PoisonError, Weak, atomic::AtomicU64, atomic::Ordering},
+    time::Duration,
+};
+
+use op::{Op, OpData};
+
+use crate::{
+    Completion, OpId, OpKind,
+    handle::{Associate, Sealed},
+};
+
+/// An OS object's raw identity: a file descriptor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawIo(RawFd);
+
+/// What a backend does with operation records.
+pub(crate) trait Driver: Send + Sync {
+    /// Starts an operation; every outcome ends as one completion.
+    fn submit(&self, op: Box<Op>);
+    /// Queues a posted packet.
+    fn post(&self, op: Box<Op>) -> io::Result<()>;
+    fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion>;
+    fn get_completions(
+        &self,
+        out: &mut Vec<Completion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize>;
+    /// Asks to cancel one operation; `false` if it is no longer in flight.
+    fn cancel(&self, id: OpId) -> bool;
+    /// Cancels every operation on `fd`.
+    fn cancel_fd(&self, fd: RawFd);
+    fn in_flight(&self) -> usize;
+    /// Prepares `fd` for operations (the epoll backend registers it).
+    fn associate(&self, fd: RawFd, socket: bool) -> io::Result<()>;
+    /// Forgets `fd` before its owner closes it.
+    fn forget(&self, fd: RawFd);
+}
+
+/// Whether a handle is still open, shared by the operations that act on it after completing.
+#[derive(Debug)]
+pub(crate) struct Life {
+    open: Mutex<bool>,
+}
+
+impl Life {
+    /// Runs `f` if the handle is still open, holding it open while `f` runs.
+    pub(crate) fn while_open<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
+        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if *open { Some(f()) } else { None }
+    }
+}
+
+/// What operations need to know about an associated handle.
+pub(crate) struct Target {
+    pub(crate) context: usize,
+    raw: RawIo,
+    port: u64,
+    socket: bool,
+    driver: Weak<dyn Driver>,
+    life: Arc<Life>,
+}
+
+impl Target {
+    /// Cancels everything in flight on the handle: called just before its owner closes it
+    /// (io_uring keeps a closed descriptor's file alive while operations use it, so without
+    /// this a pending receive would outlive the close).
+    pub(crate) fn close(&self) {
+        let mut open = self
+            .life
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *open = false;
+        if let Some(driver) = self.driver.upgrade() {
+            driver.cancel_fd(self.raw.0);
+            driver.forget(self.raw.0);
+        }
+    }
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("context", &self.context)
+            .field("fd", &self.raw.0)
+            .finish()
+    }
+}
+
+/// The completion port: a backend and the port's identity.
+pub(crate) struct Port {
+    driver: Arc<dyn Driver>,
+    id: u64,
+}
+
+/// Which backend `PROACTOR_BACKEND` asks for.
+fn requested_backend() -> io::Result<Option<&'static str>> {
+    match std::env::var("PROACTOR_BACKEND").as_deref() {
+        Err(_) | Ok("") => Ok(None),
+        Ok("io_uring") => Ok(Some("io_uring")),
+        Ok("epoll") => Ok(Some("epoll")),
+        Ok(other) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("PROACTOR_BACKEND={other}: expected io_uring or epoll"),
+        )),
+    }
+}
+
+impl Port {
+    pub(crate) fn new(_concurrency: u32) -> io::Result<Port> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let driver: Arc<dyn Driver> = match requested_backend()? {
+            Some("epoll") => return Err(no_epoll()),
+            Some(_) => Arc::new(uring::Uring::new()?),
+            None => match uring::Uring::new() {
+                Ok(u) => Arc::new(u),
+                Err(e) => {
+                    tracing::info!(error = %e, "io_uring unavailable");
+                    return Err(no_epoll());
+                }
+            },
+        };
+        tracing::debug!(backend = "io_uring", port = id, "created completion port");
+        Ok(Port { driver, id })
+    }
+
+    /// The name of the backend this port runs on.
+    pub(crate) fn backend(&self) -> &'static str {
+        "io_uring"
+    }
+
+    pub(crate) fn associate(&self, raw: RawIo, context: usize) -> io::Result<Target> {
+        // SAFETY: fstat on a descriptor number only reads its status into `st`.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; `st` is writable.
+        if unsafe { libc::fstat(raw.0, &mut st) } != 0 {
+            return Err(crate::error::explained(
+                io::ErrorKind::InvalidInput,
+                io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EBADF),
+                "invalid or closed handle",
+            ));
+        }
+        let socket = st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
+        self.driver.associate(raw.0, socket)?;
+        Ok(Target {
+            context,
+            raw,
+            port: self.id,
+            socket,
+            driver: Arc::downgrade(&self.driver),
+            life: Arc::new(Life {
+                open: Mutex::new(true),
+            }),
+        })
+    }
+
+    pub(crate) fn post(&self, context: usize, value: usize) -> io::Result<OpId> {
+        let id = OpId::next();
+        self.driver.post(Op::new(
+            id,
+            OpKind::Post,
+            context,
+            -1,
+            0,
+            OpData::Post(value),
+        ))?;
+        Ok(id)
+    }
+
+    pub(crate) fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion> {
+        self.driver.get_completion(timeout)
+    }
+
+    pub(crate) fn get_completions(
+        &self,
+        out: &mut Vec<Completion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        self.driver.get_completions(out, max, timeout)
+    }
+
+    /// Builds the record for an operation on `target` and submits it, or refuses it.
+    fn start(
+        &self,
+        target: &Target,
+        kind: OpKind,
+        offset: u64,
+        data: OpData,
+        needs_socket: bool,
+    ) -> OpId {
+        let id = OpId::next();
+        let mut op = Op::new(id, kind, target.context, target.raw.0, offset, data);
+        if target.port != self.id {
+            op.refused = Some(crate::error::misuse(
+                io::ErrorKind::InvalidInput,
+                "the handle is associated with another completion port",
+            ));
+        } else if needs_socket && !target.socket {
+            op.refused = Some(crate::error::misuse(
+                io::ErrorKind::InvalidInput,
+                "this operation needs a socket",
+            ));
+        } else if nothing_to_receive(&mut op) {
+            op.refused = Some(no_spare_capacity());
+        }
+        self.driver.submit(op);
+        id
+    }
+
+    pub(crate) fn recv(&self, target: &Target, buf: Vec<u8>) -> OpId {
+        self.start(
+            target,
+            OpKind::Recv,
+            0,
+            OpData::Buffer { buf, done: 0 },
+            true,
+        )
+    }
+    pub(crate) fn recv_vectored(&self, target: &Target, bufs: Vec<Vec<u8>>) -> OpId {
+        self.start(
+            target,
+            OpKind::RecvVectored,
+            0,
+            op::vectored(bufs, true),
+            true,
+        )
+    }
+    pub(crate) fn readable(&self, target: &Target) -> OpId {
+        self.start(target, OpKind::Readable, 0, OpData::Readable, true)
+    }
+    pub(crate) fn send(&self, target: &Target, buf: Vec<u8>) -> OpId {
+        self.start(
+            target,
+            OpKind::Send,
+            0,
+            OpData::Buffer { buf, done: 0 },
+            true,
+        )
+    }
+    pub(crate) fn send_vectored(&self, target: &Target, bufs: Vec<Vec<u8>>) -> OpId {
+        self.start(
+            target,
+            OpKind::SendVectored,
+            0,
+            op::vectored(bufs, false),
+            true,
+        )
+    }
+    pub(crate) fn read_at(&self, target: &Target, buf: Vec<u8>, offset: u64) -> OpId {
+        self.start(
+            target,
+            OpKind::Read,
+            offset,
+            OpData::Buffer { buf, done: 0 },
+            false,
+        )
+    }
+    pub(crate) fn write_at(&self, target: &Target, buf: Vec<u8>, offset: u64) -> OpId {
+        self.start(
+            target,
+            OpKind::Write,
+            offset,
+            OpData::Buffer { buf, done: 0 },
+            false,
+        )
+    }
+    pub(crate) fn accept(&self, target: &Target) -> OpId {
+        let data = OpData::Accept {
+            life: target.life.clone(),
+            restarts: 0,
+            peer: op::PeerAddr::new(),
+        };
+        self.start(target, OpKind::Accept, 0, data, true)
+    }
+    pub(crate) fn connect(&self, target: &Target, addr: SocketAddr) -> OpId {
+        let data = OpData::Connect {
+            addr: Box::new(addr.into()),
+        };
+        self.start(target, OpKind::Connect, 0, data, true)
+    }
+
+    pub(crate) fn cancel(&self, id: OpId) -> io::Result<()> {
+        if self.driver.cancel(id) {
+            Ok(())
+        } else {
+            Err(crate::error::misuse(
+                io::ErrorKind::NotFound,
+                "the operation is no longer cancellable",
+            ))
+        }
+    }
+
+    pub(crate) fn cancel_all(&self, target: &Target) -> io::Result<()> {
+        if target.port != self.id {
+            return Err(crate::error::misuse(
+                io::ErrorKind::InvalidInput,
+                "the handle is associated with another completion port",
+            ));
+        }
+        self.driver.cancel_fd(target.raw.0);
+        Ok(())
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.driver.in_flight()
+    }
+}
+
+/// Whether a receive or read has no spare capacity to receive into.
+fn nothing_to_receive(op: &mut Op) -> bool {
+    match op.kind {
+        OpKind::Recv | OpKind::Read => op.spare().1 == 0,
+        OpKind::RecvVectored => {
+            matches!(&op.data, OpData::Buffers { bufs, .. } if bufs.iter().all(|b| b.capacity() == b.len()))
+        }
+        _ => false,
+    }
+}
+
+fn no_epoll() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "the epoll backend is not built yet",
+    )
+}
+
+fn no_spare_capacity() -> io::Error {
+    crate::error::misuse(
+        io::ErrorKind::InvalidInput,
+        "the buffer has no spare capacity to receive into (reserve some: Vec::with_capacity)",
+    )
+}
+
+macro_rules! fd_objects {
+    ($($t:ty),*) => {$(
+        impl Sealed for $t {
+            fn raw_io(&self) -> RawIo {
+                RawIo(self.as_raw_fd())
+            }
+        }
+        impl Associate for $t {}
+    )*};
+}
+
+fd_objects!(
+    TcpStream,
+    TcpListener,
+    UdpSocket,
+    File,
+    OwnedFd,
+    socket2::Socket
+);

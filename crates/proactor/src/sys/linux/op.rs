@@ -1,0 +1,264 @@
+//! The operation record both Linux backends use, and how a result becomes a completion.
+//!
+//! A record owns everything the kernel may read or write while the operation runs: the buffers
+//! (whose heap memory never moves while owned), the `iovec`s and `msghdr` of vectored operations
+//! and the address of a connect, each boxed so that moving the record moves none of them.
+
+use std::{
+    io, mem,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpStream},
+    os::fd::{FromRawFd, RawFd},
+    sync::Arc,
+};
+
+use super::Life;
+use crate::{Accepted, Completion, OpId, OpKind, completion::Output, op::LiveCount};
+
+/// What an operation owns.
+pub(crate) enum OpData {
+    /// Nothing: an operation refused before it started.
+    None,
+    /// A posted packet and its value.
+    Post(usize),
+    /// A receive, send, read or write; `done` counts what a send already sent.
+    Buffer { buf: Vec<u8>, done: usize },
+    /// A vectored receive or send, with the `iovec`s and `msghdr` the kernel reads.
+    Buffers {
+        bufs: Vec<Vec<u8>>,
+        iov: Vec<libc::iovec>,
+        msg: Box<libc::msghdr>,
+    },
+    /// A zero-byte receive: a readiness wait.
+    Readable,
+    /// An accept; `restarts` counts clients that went away before they were accepted; `peer`
+    /// is where the kernel writes the client's address.
+    Accept {
+        life: Arc<Life>,
+        restarts: u32,
+        peer: Box<PeerAddr>,
+    },
+    /// A connect and its address.
+    Connect { addr: Box<socket2::SockAddr> },
+}
+
+/// One operation.
+pub(crate) struct Op {
+    pub(crate) id: OpId,
+    pub(crate) kind: OpKind,
+    pub(crate) context: usize,
+    pub(crate) fd: RawFd,
+    pub(crate) offset: u64,
+    /// Set when the operation was refused before reaching the kernel.
+    pub(crate) refused: Option<io::Error>,
+    pub(crate) data: OpData,
+    _live: LiveCount,
+}
+
+// SAFETY: the raw pointers inside (`iovec`s, `msghdr`) point into memory the record owns; they
+// have no thread affinity, and the backends hand a record to one thread at a time.
+unsafe impl Send for Op {}
+
+impl Op {
+    pub(crate) fn new(
+        id: OpId,
+        kind: OpKind,
+        context: usize,
+        fd: RawFd,
+        offset: u64,
+        data: OpData,
+    ) -> Box<Op> {
+        Box::new(Op {
+            id,
+            kind,
+            context,
+            fd,
+            offset,
+            refused: None,
+            data,
+            _live: LiveCount::new(),
+        })
+    }
+
+    /// The spare capacity of a receive's or read's buffer: where the kernel writes.
+    pub(crate) fn spare(&mut self) -> (*mut u8, usize) {
+        match &mut self.data {
+            OpData::Buffer { buf, .. } => {
+                let spare = buf.spare_capacity_mut();
+                (spare.as_mut_ptr().cast(), spare.len())
+            }
+            _ => (std::ptr::null_mut(), 0),
+        }
+    }
+
+    /// What is left to send of a send's or write's buffer.
+    pub(crate) fn unsent(&self) -> (*const u8, usize) {
+        match &self.data {
+            OpData::Buffer { buf, done } => (buf[*done..].as_ptr(), buf.len() - done),
+            _ => (std::ptr::null(), 0),
+        }
+    }
+}
+
+/// Builds the `iovec`s and `msghdr` of a vectored operation: over each buffer's spare capacity
+/// for a receive, over its contents for a send.
+pub(crate) fn vectored(mut bufs: Vec<Vec<u8>>, receive: bool) -> OpData {
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| {
+            if receive {
+                let spare = b.spare_capacity_mut();
+                libc::iovec {
+                    iov_base: spare.as_mut_ptr().cast(),
+                    iov_len: spare.len(),
+                }
+            } else {
+                libc::iovec {
+                    iov_base: b.as_mut_ptr().cast(),
+                    iov_len: b.len(),
+                }
+            }
+        })
+        .collect();
+    // SAFETY: msghdr is plain data for which zeroes mean "no address, no control data".
+    let mut msg: Box<libc::msghdr> = Box::new(unsafe { mem::zeroed() });
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    OpData::Buffers { bufs, iov, msg }
+}
+
+/// Turns a finished record and its result (bytes, or an accepted fd) into the completion.
+pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Completion {
+    let Op {
+        id,
+        kind,
+        context,
+        data,
+        refused,
+        ..
+    } = op;
+    let result = match refused {
+        Some(e) => Err(e),
+        None => result,
+    };
+    let (mut bytes, mut error) = match result {
+        Ok(n) => (n, None),
+        Err(e) => (0, Some(e)),
+    };
+    let output = match data {
+        OpData::None | OpData::Readable => {
+            bytes = 0;
+            Output::None
+        }
+        OpData::Post(value) => {
+            bytes = value;
+            Output::None
+        }
+        OpData::Buffer { mut buf, done } => {
+            if matches!(kind, OpKind::Recv | OpKind::Read) && error.is_none() {
+                let n = bytes.min(buf.capacity() - buf.len());
+                // SAFETY: the kernel wrote `bytes` bytes at the start of the spare capacity it
+                // was given (clamped to that capacity in case of a bogus count).
+                unsafe { buf.set_len(buf.len() + n) };
+            } else if matches!(kind, OpKind::Send | OpKind::Write) {
+                bytes = done.max(bytes);
+            }
+            Output::Buffer(buf)
+        }
+        OpData::Buffers { mut bufs, .. } => {
+            if kind == OpKind::RecvVectored && error.is_none() {
+                let mut left = bytes;
+                for buf in &mut bufs {
+                    let n = left.min(buf.capacity() - buf.len());
+                    // SAFETY: the kernel fills the buffers in order, each up to its capacity.
+                    unsafe { buf.set_len(buf.len() + n) };
+                    left -= n;
+                }
+            }
+            Output::Buffers(bufs)
+        }
+        OpData::Accept { peer, .. } if error.is_none() => {
+            // SAFETY: a successful accept returns a new descriptor that nothing else owns.
+            let stream = unsafe { TcpStream::from_raw_fd(bytes as RawFd) };
+            bytes = 0;
+            match accepted(stream, &peer) {
+                Ok(a) => Output::Accepted(a),
+                Err(e) => {
+                    error = Some(e);
+                    Output::None
+                }
+            }
+        }
+        OpData::Accept { .. } | OpData::Connect { .. } => {
+            bytes = 0;
+            Output::None
+        }
+    };
+    Completion {
+        context,
+        id,
+        kind,
+        bytes,
+        error,
+        output,
+        address,
+    }
+}
+
+/// The client's address as `accept` wrote it: still known when the client has already reset.
+pub(crate) struct PeerAddr {
+    pub(crate) storage: libc::sockaddr_storage,
+    pub(crate) len: libc::socklen_t,
+}
+
+impl PeerAddr {
+    pub(crate) fn new() -> Box<PeerAddr> {
+        // SAFETY: sockaddr_storage is plain data for which zeroes are valid.
+        let storage = unsafe { mem::zeroed() };
+        Box::new(PeerAddr {
+            storage,
+            len: mem::size_of::<libc::sockaddr_storage>() as _,
+        })
+    }
+
+    fn decode(&self) -> io::Result<SocketAddr> {
+        let s = &self.storage;
+        match s.ss_family as i32 {
+            libc::AF_INET if self.len as usize >= mem::size_of::<libc::sockaddr_in>() => {
+                // SAFETY: the family says the storage holds a sockaddr_in, and it is large
+                // and aligned enough for one.
+                let a =
+                    unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+                let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+                Ok(SocketAddr::new(ip.into(), u16::from_be(a.sin_port)))
+            }
+            libc::AF_INET6 if self.len as usize >= mem::size_of::<libc::sockaddr_in6>() => {
+                // SAFETY: as above, for sockaddr_in6.
+                let a =
+                    unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+                let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+                let port = u16::from_be(a.sin6_port);
+                Ok(SocketAddrV6::new(ip, port, a.sin6_flowinfo, a.sin6_scope_id).into())
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "unsupported socket address",
+            )),
+        }
+    }
+}
+
+fn accepted(stream: TcpStream, peer: &PeerAddr) -> io::Result<Accepted> {
+    Ok(Accepted {
+        local_addr: stream.local_addr()?,
+        peer_addr: peer.decode()?,
+        stream,
+    })
+}
+
+/// An accept failure that means the client went away, not that the listener is broken.
+pub(crate) fn is_client_reset(errno: i32) -> bool {
+    matches!(errno, libc::ECONNABORTED | libc::ECONNRESET | libc::EPROTO)
+}
+
+/// How many clients in a row may go away before one accept reports it.
+pub(crate) const ACCEPT_RESTARTS: u32 = 64;
