@@ -133,7 +133,18 @@ fn ci() -> Result<()> {
         "warnings",
     ]))?;
     step("tests (native)");
-    let native = run_tests(cargo().args(["test", "--workspace"]))?;
+    let mut native = run_tests(cargo().args(["test", "--workspace"]))?;
+    if cfg!(target_os = "linux") {
+        // The same suite again on the epoll fallback.
+        step("tests (native, PROACTOR_BACKEND=epoll)");
+        let epoll = run_tests(
+            cargo()
+                .args(["test", "--workspace"])
+                .env("PROACTOR_BACKEND", "epoll"),
+        )?;
+        println!("epoll: {} passed, {} failed", epoll.passed, epoll.failed);
+        native.add(epoll);
+    }
     step("rustdoc -D warnings");
     run(cargo()
         .args(["doc", "--workspace", "--no-deps"])

@@ -95,7 +95,11 @@ pub fn run(
             thread::spawn(move || server.work())
         })
         .collect();
-    tracing::info!(workers = server.config.workers, "serving");
+    tracing::info!(
+        backend = server.port.backend(),
+        workers = server.config.workers,
+        "serving"
+    );
     ready(local);
 
     // The main thread waits for the stop signal, closing idle connections meanwhile.

@@ -47,3 +47,20 @@ fn without_a_backend_it_says_so_in_one_line() {
     assert!(err.contains("no completion-port backend"), "{err}");
     assert!(out.stdout.is_empty(), "never claims to listen");
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_bad_backend_request_is_one_clear_error() {
+    let out = echo()
+        .args(["--port", "18082"])
+        .env("PROACTOR_BACKEND", "kqueue")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PROACTOR_BACKEND=kqueue: expected io_uring or epoll"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}

@@ -106,8 +106,11 @@ fn an_empty_client_and_a_reset_do_not_disturb_others() {
     let mut steady = server.connect();
     round_trip(&mut steady, b"before");
     drop(server.connect()); // connects, sends nothing, closes
-    let rude = server.connect();
-    (&rude).write_all(b"data then reset").unwrap();
+    let mut rude = server.connect();
+    // Reset while the server's receive is pending (after the echo came back): Wine, unlike
+    // Windows, reports a reset that arrives with no receive pending as EOF.
+    round_trip(&mut rude, b"data then reset");
+    thread::sleep(Duration::from_millis(100));
     socket2::SockRef::from(&rude)
         .set_linger(Some(Duration::ZERO))
         .unwrap();

@@ -347,6 +347,19 @@ impl Iocp {
         self.port.in_flight()
     }
 
+    /// Which backend runs this port: `"iocp"` on Windows; `"io_uring"`, or `"epoll"` where
+    /// io_uring is unavailable or `PROACTOR_BACKEND=epoll` asks for it, on Linux.
+    ///
+    /// ```no_run
+    /// let port = proactor::Iocp::new()?;
+    /// println!("backend: {}", port.backend());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn backend(&self) -> &'static str {
+        self.port.backend()
+    }
+
+    #[cfg_attr(not(windows), allow(dead_code))]
     pub(crate) fn sys(&self) -> &sys::Port {
         &self.port
     }

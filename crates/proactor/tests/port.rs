@@ -166,3 +166,17 @@ fn four_threads_dequeue_100_000_packets_exactly_once() {
     );
     assert_eq!(port.operations_in_flight(), 0);
 }
+
+#[test]
+fn the_backend_is_the_one_requested() {
+    let port = Iocp::new().unwrap();
+    match std::env::var("PROACTOR_BACKEND") {
+        Ok(wanted) if !wanted.is_empty() => assert_eq!(port.backend(), wanted),
+        _ if cfg!(windows) => assert_eq!(port.backend(), "iocp"),
+        _ => assert!(
+            ["io_uring", "epoll"].contains(&port.backend()),
+            "{}",
+            port.backend()
+        ),
+    }
+}

@@ -46,6 +46,9 @@ impl Port {
         ))
     }
 
+    pub(crate) fn backend(&self) -> &'static str {
+        match *self {}
+    }
     pub(crate) fn associate(&self, _raw: RawIo, _context: usize) -> io::Result<Target> {
         match *self {}
     }

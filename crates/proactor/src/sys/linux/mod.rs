@@ -7,6 +7,7 @@
 //! disabled by `kernel.io_uring_disabled` or a seccomp profile) and epoll otherwise, with one log
 //! line saying which runs.
 
+mod epoll;
 mod error;
 mod op;
 mod uring;
@@ -110,6 +111,7 @@ impl std::fmt::Debug for Target {
 pub(crate) struct Port {
     driver: Arc<dyn Driver>,
     id: u64,
+    backend: &'static str,
 }
 
 /// Which backend `PROACTOR_BACKEND` asks for.
@@ -129,24 +131,28 @@ impl Port {
     pub(crate) fn new(_concurrency: u32) -> io::Result<Port> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let driver: Arc<dyn Driver> = match requested_backend()? {
-            Some("epoll") => return Err(no_epoll()),
-            Some(_) => Arc::new(uring::Uring::new()?),
+        let (driver, backend): (Arc<dyn Driver>, _) = match requested_backend()? {
+            Some("epoll") => (Arc::new(epoll::Epoll::new()?), "epoll"),
+            Some(_) => (Arc::new(uring::Uring::new()?), "io_uring"),
             None => match uring::Uring::new() {
-                Ok(u) => Arc::new(u),
+                Ok(u) => (Arc::new(u), "io_uring"),
                 Err(e) => {
-                    tracing::info!(error = %e, "io_uring unavailable");
-                    return Err(no_epoll());
+                    log_fallback(&e);
+                    (Arc::new(epoll::Epoll::new()?), "epoll")
                 }
             },
         };
-        tracing::debug!(backend = "io_uring", port = id, "created completion port");
-        Ok(Port { driver, id })
+        tracing::debug!(backend, port = id, "created completion port");
+        Ok(Port {
+            driver,
+            id,
+            backend,
+        })
     }
 
     /// The name of the backend this port runs on.
     pub(crate) fn backend(&self) -> &'static str {
-        "io_uring"
+        self.backend
     }
 
     pub(crate) fn associate(&self, raw: RawIo, context: usize) -> io::Result<Target> {
@@ -340,11 +346,12 @@ fn nothing_to_receive(op: &mut Op) -> bool {
     }
 }
 
-fn no_epoll() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
-        "the epoll backend is not built yet",
-    )
+/// Says once per process that io_uring is unavailable and epoll runs instead.
+fn log_fallback(why: &io::Error) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(
+        || tracing::info!(error = %why, "io_uring unavailable: using the epoll backend"),
+    );
 }
 
 fn no_spare_capacity() -> io::Error {

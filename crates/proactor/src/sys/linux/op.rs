@@ -50,6 +50,9 @@ pub(crate) struct Op {
     pub(crate) offset: u64,
     /// Set when the operation was refused before reaching the kernel.
     pub(crate) refused: Option<io::Error>,
+    /// The epoll backend's progress: bytes of a vectored send already sent, or 1 once a
+    /// connect was issued.
+    pub(crate) progress: usize,
     pub(crate) data: OpData,
     _live: LiveCount,
 }
@@ -74,6 +77,7 @@ impl Op {
             fd,
             offset,
             refused: None,
+            progress: 0,
             data,
             _live: LiveCount::new(),
         })

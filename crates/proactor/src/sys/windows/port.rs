@@ -120,6 +120,11 @@ impl Port {
         Ok(port)
     }
 
+    /// The name of this backend.
+    pub(crate) fn backend(&self) -> &'static str {
+        "iocp"
+    }
+
     pub(crate) fn raw_handle(&self) -> HANDLE {
         self.handle.as_raw_handle()
     }

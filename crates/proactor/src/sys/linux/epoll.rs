@@ -1,0 +1,614 @@
+//! The epoll fallback: completion semantics emulated over readiness.
+//!
+//! An operation is tried at once without blocking; if the descriptor is not ready it waits in
+//! the descriptor's read or write queue, in submission order, and is tried again when
+//! edge-triggered epoll reports the descriptor ready. The thread that receives the event (one
+//! of those in `get_completion`) performs the operation and queues its completion. Regular
+//! files have no readiness: their reads and writes run at submission (`pread`/`pwrite`), as
+//! most event loops do. Nothing is ever owned by the kernel here, so cancelling or dropping
+//! frees a queued operation at once.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    io, mem,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    sync::{
+        Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicUsize, Ordering::SeqCst},
+    },
+    time::{Duration, Instant},
+};
+
+use super::{
+    Driver,
+    error::{from_errno, last_error},
+    op::{ACCEPT_RESTARTS, Op, OpData, complete, is_client_reset},
+};
+use crate::{Completion, OpId, OpKind, error::cancelled, table::Table};
+
+/// The epoll data of the wake-up eventfd (descriptors are never negative).
+const WAKE: u64 = u64::MAX;
+
+/// What a descriptor is, for the epoll backend.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Has readiness: sockets, pipes, FIFOs, terminals.
+    Stream,
+    /// A regular file (or anything epoll refuses): reads and writes run at submission.
+    File,
+}
+
+/// The operations waiting on one descriptor.
+struct Queues {
+    kind: Kind,
+    read: VecDeque<Box<Op>>,
+    write: VecDeque<Box<Op>>,
+}
+
+/// How trying an operation went.
+enum Attempt {
+    Done(io::Result<usize>),
+    WouldBlock,
+}
+
+/// The epoll completion port.
+pub(crate) struct Epoll {
+    epfd: OwnedFd,
+    wake: OwnedFd,
+    fds: Mutex<HashMap<RawFd, Queues>>,
+    ready: Mutex<VecDeque<Completion>>,
+    ready_len: AtomicUsize,
+    waiters: AtomicUsize,
+    /// Queued operations: id to descriptor, for cancel.
+    table: Table<RawFd>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A syscall's return value as a result, retrying on EINTR.
+fn retry(mut f: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let r = f();
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(from_errno(e.raw_os_error().unwrap_or(libc::EIO)));
+        }
+    }
+}
+
+fn would_block(e: &io::Error) -> bool {
+    matches!(
+        crate::raw_os_error(e),
+        Some(libc::EAGAIN | libc::EINPROGRESS)
+    )
+}
+
+impl Epoll {
+    pub(crate) fn new() -> io::Result<Epoll> {
+        // SAFETY: plain syscalls creating new descriptors, each owned at once below.
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epfd < 0 {
+            return Err(last_error());
+        }
+        // SAFETY: `epfd` is a new descriptor nothing else owns.
+        let epfd = unsafe { OwnedFd::from_raw_fd(epfd) };
+        // SAFETY: as above.
+        let wake = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if wake < 0 {
+            return Err(last_error());
+        }
+        // SAFETY: `wake` is a new descriptor nothing else owns.
+        let wake = unsafe { OwnedFd::from_raw_fd(wake) };
+        let port = Epoll {
+            epfd,
+            wake,
+            fds: Mutex::new(HashMap::new()),
+            ready: Mutex::new(VecDeque::new()),
+            ready_len: AtomicUsize::new(0),
+            waiters: AtomicUsize::new(0),
+            table: Table::new(),
+        };
+        port.register(port.wake.as_raw_fd(), WAKE, libc::EPOLLIN as u32)?;
+        Ok(port)
+    }
+
+    fn register(&self, fd: RawFd, data: u64, events: u32) -> io::Result<()> {
+        let mut ev = libc::epoll_event {
+            events: events | libc::EPOLLET as u32,
+            u64: data,
+        };
+        // SAFETY: both descriptors are open; `ev` is a valid event for the call's duration.
+        if unsafe { libc::epoll_ctl(self.epfd.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+            return Err(last_error());
+        }
+        Ok(())
+    }
+
+    fn push_ready(&self, done: impl IntoIterator<Item = Completion>) {
+        let mut pushed = false;
+        {
+            let mut ready = lock(&self.ready);
+            for c in done {
+                ready.push_back(c);
+                self.ready_len.fetch_add(1, SeqCst);
+                pushed = true;
+            }
+        }
+        if pushed {
+            self.wake_one();
+        }
+    }
+
+    /// Wakes one thread blocked in `epoll_wait`, if any. Each wake-up reaches one thread; a
+    /// thread that leaves work in the ready queue wakes the next (see `pop_ready`).
+    fn wake_one(&self) {
+        if self.waiters.load(SeqCst) > 0 {
+            let one = 1u64;
+            // SAFETY: writes 8 bytes from `one` to our eventfd; a full counter (EAGAIN) already
+            // means a pending wake-up.
+            unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+        }
+    }
+
+    fn pop_ready(&self, out: &mut Vec<Completion>, max: usize) -> usize {
+        if self.ready_len.load(SeqCst) == 0 {
+            return 0;
+        }
+        let (n, left) = {
+            let mut ready = lock(&self.ready);
+            let n = max.min(ready.len());
+            out.extend(ready.drain(..n));
+            self.ready_len.fetch_sub(n, SeqCst);
+            (n, ready.len())
+        };
+        if left > 0 {
+            self.wake_one();
+        }
+        n
+    }
+
+    /// Tries `op` once, without blocking.
+    fn attempt(op: &mut Op) -> Attempt {
+        let fd = op.fd;
+        let result = match op.kind {
+            OpKind::Recv | OpKind::Read => {
+                let (ptr, len) = op.spare();
+                // SAFETY: `ptr` is the spare capacity of a buffer the record owns, `len` long.
+                let received =
+                    retry(|| unsafe { libc::recv(fd, ptr.cast(), len, libc::MSG_DONTWAIT) });
+                match received {
+                    // Not a socket (a pipe): a plain read, on a non-blocking descriptor.
+                    Err(e) if crate::raw_os_error(&e) == Some(libc::ENOTSOCK) => {
+                        // SAFETY: as above.
+                        retry(|| unsafe { libc::read(fd, ptr.cast(), len) })
+                    }
+                    other => other,
+                }
+            }
+            OpKind::RecvVectored => {
+                let msg = match &mut op.data {
+                    OpData::Buffers { msg, .. } => &mut **msg as *mut libc::msghdr,
+                    _ => return Attempt::Done(Ok(0)),
+                };
+                // SAFETY: the msghdr and its iovecs point into buffers the record owns.
+                retry(|| unsafe { libc::recvmsg(fd, msg, libc::MSG_DONTWAIT) })
+            }
+            OpKind::Readable => {
+                let mut byte = 0u8;
+                let peek = libc::MSG_PEEK | libc::MSG_DONTWAIT;
+                // SAFETY: peeks at most one byte into a local.
+                retry(|| unsafe { libc::recv(fd, (&raw mut byte).cast(), 1, peek) }).map(|_| 0)
+            }
+            OpKind::Send | OpKind::Write => loop {
+                let (ptr, len) = op.unsent();
+                if len == 0 {
+                    break Ok(op_done(op));
+                }
+                let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+                // SAFETY: `ptr` points at the unsent part of a buffer the record owns.
+                let sent = retry(|| unsafe { libc::send(fd, ptr.cast(), len, flags) });
+                let sent = match sent {
+                    // Not a socket (a pipe): a plain write, on a non-blocking descriptor.
+                    Err(e) if crate::raw_os_error(&e) == Some(libc::ENOTSOCK) => {
+                        // SAFETY: as above.
+                        retry(|| unsafe { libc::write(fd, ptr.cast(), len) })
+                    }
+                    other => other,
+                };
+                match sent {
+                    Ok(n) => {
+                        if let OpData::Buffer { done, .. } = &mut op.data {
+                            *done += n;
+                        }
+                    }
+                    Err(e) if would_block(&e) => return Attempt::WouldBlock,
+                    Err(e) => break Err(e),
+                }
+            },
+            OpKind::SendVectored => loop {
+                let (msg, total) = match &mut op.data {
+                    OpData::Buffers { msg, iov, .. } => {
+                        advance(iov, msg, op.progress);
+                        (
+                            &mut **msg as *mut libc::msghdr,
+                            iov.iter().map(|v| v.iov_len).sum::<usize>(),
+                        )
+                    }
+                    _ => return Attempt::Done(Ok(0)),
+                };
+                if total == 0 {
+                    break Ok(op.progress);
+                }
+                let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+                // SAFETY: the msghdr and its iovecs point into buffers the record owns.
+                match retry(|| unsafe { libc::sendmsg(fd, msg, flags) }) {
+                    Ok(n) => op.progress += n,
+                    Err(e) if would_block(&e) => return Attempt::WouldBlock,
+                    Err(e) => break Err(e),
+                }
+            },
+            OpKind::Accept => loop {
+                let (addr, len) = match &mut op.data {
+                    OpData::Accept { peer, .. } => (&raw mut peer.storage, &raw mut peer.len),
+                    _ => return Attempt::Done(Ok(0)),
+                };
+                let flags = libc::SOCK_CLOEXEC;
+                // SAFETY: the address buffer is owned by the record and sized by `len`.
+                match retry(|| unsafe { libc::accept4(fd, addr.cast(), len, flags) } as isize) {
+                    Err(e)
+                        if is_client_reset(crate::raw_os_error(&e).unwrap_or(0))
+                            && op.progress < ACCEPT_RESTARTS as usize =>
+                    {
+                        op.progress += 1; // the client went away: accept the next one
+                    }
+                    other => break other,
+                }
+            },
+            OpKind::Connect => {
+                if op.progress == 0 {
+                    op.progress = 1;
+                    let (addr, len) = match &op.data {
+                        OpData::Connect { addr } => {
+                            (addr.as_ptr().cast::<libc::sockaddr>(), addr.len())
+                        }
+                        _ => return Attempt::Done(Ok(0)),
+                    };
+                    // SAFETY: the address is owned by the record, `len` bytes long.
+                    retry(|| unsafe { libc::connect(fd, addr, len) } as isize)
+                } else {
+                    connect_result(fd)
+                }
+            }
+            OpKind::Post => Ok(0),
+        };
+        match result {
+            Err(e) if would_block(&e) => Attempt::WouldBlock,
+            other => Attempt::Done(other),
+        }
+    }
+
+    /// Runs the queued operations of `fd` that can run now; returns their completions.
+    fn drive(&self, fd: RawFd, out: &mut Vec<Completion>) {
+        let mut fds = lock(&self.fds);
+        let Some(q) = fds.get_mut(&fd) else { return };
+        for queue in [&mut q.read, &mut q.write] {
+            while let Some(op) = queue.front_mut() {
+                match Self::attempt(op) {
+                    Attempt::WouldBlock => break,
+                    Attempt::Done(result) => {
+                        let op = queue.pop_front().expect("front exists");
+                        self.table.remove(op.id);
+                        out.push(complete(*op, result, 0));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for events, at most until `deadline`; runs what became ready. False on timeout.
+    fn wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        self.waiters.fetch_add(1, SeqCst);
+        if self.ready_len.load(SeqCst) > 0 {
+            self.waiters.fetch_sub(1, SeqCst);
+            return Ok(true);
+        }
+        let millis = match deadline {
+            None => -1,
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                left.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32
+            }
+        };
+        // SAFETY: epoll_event is plain data; zeroes are valid.
+        let mut events: [libc::epoll_event; 64] = unsafe { mem::zeroed() };
+        // SAFETY: `events` is writable for 64 entries; the epoll descriptor is open.
+        let n = unsafe { libc::epoll_wait(self.epfd.as_raw_fd(), events.as_mut_ptr(), 64, millis) };
+        self.waiters.fetch_sub(1, SeqCst);
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::EINTR) {
+                Ok(true)
+            } else {
+                Err(e)
+            };
+        }
+        let mut done = Vec::new();
+        for ev in &events[..n as usize] {
+            let data = ev.u64;
+            if data == WAKE {
+                let mut count = 0u64;
+                // SAFETY: reads 8 bytes into a local, resetting the eventfd.
+                unsafe { libc::read(self.wake.as_raw_fd(), (&raw mut count).cast(), 8) };
+            } else {
+                self.drive(data as RawFd, &mut done);
+            }
+        }
+        self.push_ready(done);
+        Ok(n > 0 || deadline.is_none_or(|at| Instant::now() < at))
+    }
+}
+
+/// The bytes a send or write has sent so far.
+fn op_done(op: &Op) -> usize {
+    match &op.data {
+        OpData::Buffer { done, .. } => *done,
+        _ => 0,
+    }
+}
+
+/// Moves the iovecs past the first `sent` bytes (already sent).
+fn advance(iov: &mut [libc::iovec], msg: &mut libc::msghdr, sent: usize) {
+    let mut skip = sent;
+    let mut first = 0;
+    for v in iov.iter_mut() {
+        if skip == 0 {
+            break;
+        }
+        let n = skip.min(v.iov_len);
+        // SAFETY: stays within the buffer the iovec describes (n <= iov_len).
+        v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+        v.iov_len -= n;
+        skip -= n;
+        if v.iov_len == 0 {
+            first += 1;
+        }
+    }
+    // SAFETY: `first` <= iov.len(): the pointer stays within (or one past) the array.
+    msg.msg_iov = unsafe { iov.as_mut_ptr().add(first) };
+    msg.msg_iovlen = (iov.len() - first) as _;
+}
+
+/// Whether a connect issued earlier has finished: `SO_ERROR`, then whether there is a peer.
+fn connect_result(fd: RawFd) -> io::Result<usize> {
+    let mut err: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: reads an int-sized option into a local.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&raw mut err).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(last_error());
+    }
+    if err != 0 {
+        return Err(from_errno(err));
+    }
+    // SAFETY: sockaddr_storage is plain data; getpeername writes at most `len` bytes into it.
+    let mut addr: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: as above.
+    if unsafe { libc::getpeername(fd, (&raw mut addr).cast(), &mut len) } < 0 {
+        let e = last_error();
+        return if e.raw_os_error() == Some(libc::ENOTCONN) {
+            Err(from_errno(libc::EINPROGRESS))
+        } else {
+            Err(e)
+        };
+    }
+    Ok(0)
+}
+
+fn timed_out() -> io::Error {
+    io::Error::from_raw_os_error(libc::ETIMEDOUT)
+}
+
+impl Driver for Epoll {
+    fn submit(&self, mut op: Box<Op>) {
+        if op.refused.is_some() {
+            self.push_ready([complete(*op, Ok(0), 0)]);
+            return;
+        }
+        let mut fds = lock(&self.fds);
+        let Some(q) = fds.get_mut(&op.fd) else {
+            drop(fds);
+            self.push_ready([complete(*op, Err(from_errno(libc::EBADF)), 0)]);
+            return;
+        };
+        if q.kind == Kind::File {
+            drop(fds);
+            let result = file_io(&mut op);
+            self.push_ready([complete(*op, result, 0)]);
+            return;
+        }
+        let reads = matches!(
+            op.kind,
+            OpKind::Recv | OpKind::RecvVectored | OpKind::Readable | OpKind::Accept | OpKind::Read
+        );
+        let queue = if reads { &mut q.read } else { &mut q.write };
+        if queue.is_empty() {
+            if let Attempt::Done(result) = Self::attempt(&mut op) {
+                drop(fds);
+                self.push_ready([complete(*op, result, 0)]);
+                return;
+            }
+        }
+        self.table.insert(op.id, op.fd);
+        queue.push_back(op);
+    }
+
+    fn post(&self, op: Box<Op>) -> io::Result<()> {
+        self.push_ready([complete(*op, Ok(0), 0)]);
+        Ok(())
+    }
+
+    fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion> {
+        let mut one = Vec::with_capacity(1);
+        self.get_completions(&mut one, 1, timeout)?;
+        Ok(one.pop().expect("one completion"))
+    }
+
+    fn get_completions(
+        &self,
+        out: &mut Vec<Completion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let max = max.max(1);
+        loop {
+            let n = self.pop_ready(out, max);
+            if n > 0 {
+                return Ok(n);
+            }
+            if !self.wait(deadline)? {
+                let n = self.pop_ready(out, max);
+                return if n > 0 { Ok(n) } else { Err(timed_out()) };
+            }
+        }
+    }
+
+    fn cancel(&self, id: OpId) -> bool {
+        let Some(fd) = self.table.with(id, |fd| *fd) else {
+            return false;
+        };
+        let op = {
+            let mut fds = lock(&self.fds);
+            let Some(q) = fds.get_mut(&fd) else {
+                return false;
+            };
+            let mut found = None;
+            for queue in [&mut q.read, &mut q.write] {
+                if let Some(i) = queue.iter().position(|op| op.id == id) {
+                    found = queue.remove(i);
+                }
+            }
+            found
+        };
+        let Some(mut op) = op else { return false };
+        self.table.remove(id);
+        // The kernel would already have completed an operation that can run now (its data
+        // arrived while no thread was driving the port): let it finish rather than cancel.
+        let (result, cancelled_now) = match Self::attempt(&mut op) {
+            Attempt::Done(result) => (result, false),
+            Attempt::WouldBlock => (Err(cancelled(libc::ECANCELED, None)), true),
+        };
+        self.push_ready([complete(*op, result, 0)]);
+        cancelled_now
+    }
+
+    fn cancel_fd(&self, fd: RawFd) {
+        let ops: Vec<Box<Op>> = {
+            let mut fds = lock(&self.fds);
+            let Some(q) = fds.get_mut(&fd) else { return };
+            q.read.drain(..).chain(q.write.drain(..)).collect()
+        };
+        let done = ops.into_iter().map(|op| {
+            self.table.remove(op.id);
+            complete(*op, Err(cancelled(libc::ECANCELED, None)), 0)
+        });
+        self.push_ready(done.collect::<Vec<_>>());
+    }
+
+    fn in_flight(&self) -> usize {
+        self.table.len() + self.ready_len.load(SeqCst)
+    }
+
+    fn associate(&self, fd: RawFd, _socket: bool) -> io::Result<()> {
+        // SAFETY: F_GETFL/F_SETFL on an open descriptor.
+        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+        let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
+        let kind = match self.register(fd, fd as u64, events) {
+            Ok(()) => {
+                if flags >= 0 {
+                    // SAFETY: F_SETFL on an open descriptor: non-blocking, other flags kept.
+                    let set = unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
+                    if set < 0 {
+                        return Err(last_error());
+                    }
+                }
+                Kind::Stream
+            }
+            // Regular files: epoll refuses them; they are read and written at submission.
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => Kind::File,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                return Err(crate::error::explained(
+                    io::ErrorKind::AlreadyExists,
+                    libc::EEXIST,
+                    "the descriptor is already associated with this completion port",
+                ));
+            }
+            Err(e) => return Err(e),
+        };
+        lock(&self.fds).insert(
+            fd,
+            Queues {
+                kind,
+                read: VecDeque::new(),
+                write: VecDeque::new(),
+            },
+        );
+        Ok(())
+    }
+
+    fn forget(&self, fd: RawFd) {
+        if lock(&self.fds)
+            .remove(&fd)
+            .is_some_and(|q| q.kind == Kind::Stream)
+        {
+            // SAFETY: the descriptor is still open (its owner closes it after this).
+            unsafe {
+                libc::epoll_ctl(
+                    self.epfd.as_raw_fd(),
+                    libc::EPOLL_CTL_DEL,
+                    fd,
+                    std::ptr::null_mut(),
+                )
+            };
+        }
+    }
+}
+
+/// A read or write on a regular file, at submission.
+fn file_io(op: &mut Op) -> io::Result<usize> {
+    let (fd, offset) = (op.fd, op.offset as libc::off_t);
+    match op.kind {
+        OpKind::Read => {
+            let (ptr, len) = op.spare();
+            // SAFETY: `ptr` is the spare capacity of a buffer the record owns, `len` long.
+            retry(|| unsafe { libc::pread(fd, ptr.cast(), len, offset) })
+        }
+        OpKind::Write => {
+            let (ptr, len) = op.unsent();
+            // SAFETY: `ptr` points at a buffer the record owns, `len` long.
+            let n = retry(|| unsafe { libc::pwrite(fd, ptr.cast(), len, offset) })?;
+            if let OpData::Buffer { done, .. } = &mut op.data {
+                *done = n;
+            }
+            Ok(n)
+        }
+        _ => Err(crate::error::misuse(
+            io::ErrorKind::InvalidInput,
+            "this operation needs a socket",
+        )),
+    }
+}
