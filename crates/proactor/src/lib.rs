@@ -57,10 +57,12 @@
 //!
 //! # Backends
 //!
-//! On Windows the backend is the I/O completion port itself. On other systems
-//! [`Iocp::new`] returns an error of kind [`std::io::ErrorKind::Unsupported`]; see
-//! `ARCHITECTURE.md` for what each backend guarantees.
-#![cfg_attr(not(windows), allow(dead_code))]
+//! On Windows the backend is the I/O completion port itself. On Linux it is io_uring, or an
+//! epoll emulation of the same completion semantics where io_uring is unavailable (set
+//! `PROACTOR_BACKEND=epoll` to force it, `PROACTOR_BACKEND=io_uring` to forbid it);
+//! [`Iocp::backend`] says which runs. On other systems [`Iocp::new`] returns an error of kind
+//! [`std::io::ErrorKind::Unsupported`]. `ARCHITECTURE.md` says what each backend guarantees.
+#![cfg_attr(not(any(windows, target_os = "linux")), allow(dead_code))]
 #![deny(
     unsafe_op_in_unsafe_fn,
     missing_docs,

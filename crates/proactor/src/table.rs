@@ -75,6 +75,7 @@ impl<V> Table<V> {
     }
 
     /// Runs `f` on every entry, one shard locked at a time.
+    #[cfg_attr(not(windows), allow(dead_code))]
     pub(crate) fn for_each(&self, mut f: impl FnMut(OpId, &V)) {
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(PoisonError::into_inner);

@@ -137,11 +137,12 @@ impl Port {
             None => match uring::Uring::new() {
                 Ok(u) => (Arc::new(u), "io_uring"),
                 Err(e) => {
-                    log_fallback(&e);
+                    log_backend("epoll", Some(&e));
                     (Arc::new(epoll::Epoll::new()?), "epoll")
                 }
             },
         };
+        log_backend(backend, None);
         tracing::debug!(backend, port = id, "created completion port");
         Ok(Port {
             driver,
@@ -346,12 +347,13 @@ fn nothing_to_receive(op: &mut Op) -> bool {
     }
 }
 
-/// Says once per process that io_uring is unavailable and epoll runs instead.
-fn log_fallback(why: &io::Error) {
+/// Says once per process which backend runs, and why when it is the fallback.
+fn log_backend(backend: &str, why: Option<&io::Error>) {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(
-        || tracing::info!(error = %why, "io_uring unavailable: using the epoll backend"),
-    );
+    ONCE.call_once(|| match why {
+        Some(e) => tracing::info!(backend, reason = %e, "io_uring unavailable: completion ports run on epoll"),
+        None => tracing::info!(backend, "completion ports run on {backend}"),
+    });
 }
 
 fn no_spare_capacity() -> io::Error {

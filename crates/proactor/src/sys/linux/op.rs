@@ -16,8 +16,6 @@ use crate::{Accepted, Completion, OpId, OpKind, completion::Output, op::LiveCoun
 
 /// What an operation owns.
 pub(crate) enum OpData {
-    /// Nothing: an operation refused before it started.
-    None,
     /// A posted packet and its value.
     Post(usize),
     /// A receive, send, read or write; `done` counts what a send already sent.
@@ -149,7 +147,7 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Com
         Err(e) => (0, Some(e)),
     };
     let output = match data {
-        OpData::None | OpData::Readable => {
+        OpData::Readable => {
             bytes = 0;
             Output::None
         }
