@@ -163,6 +163,38 @@ impl fmt::Debug for Completion {
     }
 }
 
+/// Grows a receive's buffer by the `n` bytes the kernel wrote into its spare capacity (clamped
+/// to that capacity, in case of a bogus count).
+///
+/// # Safety
+///
+/// The first `n` bytes of `buf`'s spare capacity (or all of it, if shorter) must have been
+/// written.
+#[cfg_attr(not(any(windows, target_os = "linux")), allow(dead_code))]
+pub(crate) unsafe fn grow_by(buf: &mut Vec<u8>, n: usize) {
+    let n = n.min(buf.capacity() - buf.len());
+    // SAFETY: the caller guarantees these `n` bytes past the length were written.
+    unsafe { buf.set_len(buf.len() + n) };
+}
+
+/// Grows a vectored receive's buffers by the `n` bytes the kernel wrote, filling each buffer's
+/// spare capacity in turn.
+///
+/// # Safety
+///
+/// The kernel must have written `n` bytes into the buffers' spare capacities in order, each up
+/// to its capacity (scatter order).
+#[cfg_attr(not(any(windows, target_os = "linux")), allow(dead_code))]
+pub(crate) unsafe fn grow_vectored_by(bufs: &mut [Vec<u8>], n: usize) {
+    let mut left = n;
+    for buf in bufs {
+        let take = left.min(buf.capacity() - buf.len());
+        // SAFETY: scatter order: this buffer's first `take` spare bytes were written.
+        unsafe { grow_by(buf, take) };
+        left -= take;
+    }
+}
+
 /// A copy of an error produced by this crate: same kind, same OS code, same message.
 fn clone_error(err: &io::Error) -> io::Error {
     if let Some(code) = err.raw_os_error() {

@@ -89,6 +89,39 @@ pub(crate) fn misuse(kind: io::ErrorKind, message: &'static str) -> io::Error {
     io::Error::new(kind, message)
 }
 
+/// An operation on a handle associated with another port.
+#[cfg_attr(not(any(windows, target_os = "linux")), allow(dead_code))]
+pub(crate) fn other_port() -> io::Error {
+    misuse(
+        io::ErrorKind::InvalidInput,
+        "the handle is associated with another completion port",
+    )
+}
+
+/// A socket operation on something else.
+#[cfg_attr(not(any(windows, target_os = "linux")), allow(dead_code))]
+pub(crate) fn needs_socket() -> io::Error {
+    misuse(io::ErrorKind::InvalidInput, "this operation needs a socket")
+}
+
+/// A receive or read with nowhere to put the bytes.
+#[cfg_attr(not(any(windows, target_os = "linux")), allow(dead_code))]
+pub(crate) fn no_spare_capacity() -> io::Error {
+    misuse(
+        io::ErrorKind::InvalidInput,
+        "the buffer has no spare capacity to receive into (reserve some: Vec::with_capacity)",
+    )
+}
+
+/// A cancel of an operation that has finished.
+#[cfg_attr(not(any(windows, target_os = "linux")), allow(dead_code))]
+pub(crate) fn not_cancellable() -> io::Error {
+    misuse(
+        io::ErrorKind::NotFound,
+        "the operation is no longer cancellable",
+    )
+}
+
 fn os_error(err: &io::Error) -> Option<&OsError> {
     err.get_ref()?.downcast_ref::<OsError>()
 }

@@ -74,6 +74,7 @@ mod completion;
 mod error;
 mod handle;
 mod iocp;
+mod life;
 mod op;
 mod sys;
 mod table;

@@ -17,11 +17,13 @@ use std::{
     io,
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
     os::fd::{AsRawFd, OwnedFd, RawFd},
-    sync::{Arc, Mutex, PoisonError, Weak, atomic::AtomicU64, atomic::Ordering},
+    sync::{Arc, Weak, atomic::AtomicU64, atomic::Ordering},
     time::Duration,
 };
 
 use op::{Op, OpData};
+
+pub(crate) use crate::life::Life;
 
 use crate::{
     Completion, OpId, OpKind,
@@ -56,20 +58,6 @@ pub(crate) trait Driver: Send + Sync {
     fn forget(&self, fd: RawFd);
 }
 
-/// Whether a handle is still open, shared by the operations that act on it after completing.
-#[derive(Debug)]
-pub(crate) struct Life {
-    open: Mutex<bool>,
-}
-
-impl Life {
-    /// Runs `f` if the handle is still open, holding it open while `f` runs.
-    pub(crate) fn while_open<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
-        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        if *open { Some(f()) } else { None }
-    }
-}
-
 /// What operations need to know about an associated handle.
 pub(crate) struct Target {
     pub(crate) context: usize,
@@ -85,16 +73,12 @@ impl Target {
     /// (io_uring keeps a closed descriptor's file alive while operations use it, so without
     /// this a pending receive would outlive the close).
     pub(crate) fn close(&self) {
-        let mut open = self
-            .life
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *open = false;
-        if let Some(driver) = self.driver.upgrade() {
-            driver.cancel_fd(self.raw.0);
-            driver.forget(self.raw.0);
-        }
+        self.life.close(|| {
+            if let Some(driver) = self.driver.upgrade() {
+                driver.cancel_fd(self.raw.0);
+                driver.forget(self.raw.0);
+            }
+        });
     }
 }
 
@@ -177,9 +161,7 @@ impl Port {
             port: self.id,
             socket,
             driver: Arc::downgrade(&self.driver),
-            life: Arc::new(Life {
-                open: Mutex::new(true),
-            }),
+            life: Arc::new(Life::new()),
         })
     }
 
@@ -221,17 +203,11 @@ impl Port {
         let id = OpId::next();
         let mut op = Op::new(id, kind, target.context, target.raw.0, offset, data);
         if target.port != self.id {
-            op.refused = Some(crate::error::misuse(
-                io::ErrorKind::InvalidInput,
-                "the handle is associated with another completion port",
-            ));
+            op.refused = Some(crate::error::other_port());
         } else if needs_socket && !target.socket {
-            op.refused = Some(crate::error::misuse(
-                io::ErrorKind::InvalidInput,
-                "this operation needs a socket",
-            ));
+            op.refused = Some(crate::error::needs_socket());
         } else if nothing_to_receive(&mut op) {
-            op.refused = Some(no_spare_capacity());
+            op.refused = Some(crate::error::no_spare_capacity());
         }
         self.driver.submit(op);
         id
@@ -313,19 +289,13 @@ impl Port {
         if self.driver.cancel(id) {
             Ok(())
         } else {
-            Err(crate::error::misuse(
-                io::ErrorKind::NotFound,
-                "the operation is no longer cancellable",
-            ))
+            Err(crate::error::not_cancellable())
         }
     }
 
     pub(crate) fn cancel_all(&self, target: &Target) -> io::Result<()> {
         if target.port != self.id {
-            return Err(crate::error::misuse(
-                io::ErrorKind::InvalidInput,
-                "the handle is associated with another completion port",
-            ));
+            return Err(crate::error::other_port());
         }
         self.driver.cancel_fd(target.raw.0);
         Ok(())
@@ -354,13 +324,6 @@ fn log_backend(backend: &str, why: Option<&io::Error>) {
         Some(e) => tracing::info!(backend, reason = %e, "io_uring unavailable: completion ports run on epoll"),
         None => tracing::info!(backend, "completion ports run on {backend}"),
     });
-}
-
-fn no_spare_capacity() -> io::Error {
-    crate::error::misuse(
-        io::ErrorKind::InvalidInput,
-        "the buffer has no spare capacity to receive into (reserve some: Vec::with_capacity)",
-    )
 }
 
 macro_rules! fd_objects {

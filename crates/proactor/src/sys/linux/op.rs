@@ -12,7 +12,11 @@ use std::{
 };
 
 use super::Life;
-use crate::{Accepted, Completion, OpId, OpKind, completion::Output, op::LiveCount};
+use crate::{
+    Accepted, Completion, OpId, OpKind,
+    completion::{Output, grow_by, grow_vectored_by},
+    op::LiveCount,
+};
 
 /// What an operation owns.
 pub(crate) enum OpData {
@@ -157,10 +161,8 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Com
         }
         OpData::Buffer { mut buf, done } => {
             if matches!(kind, OpKind::Recv | OpKind::Read) && error.is_none() {
-                let n = bytes.min(buf.capacity() - buf.len());
-                // SAFETY: the kernel wrote `bytes` bytes at the start of the spare capacity it
-                // was given (clamped to that capacity in case of a bogus count).
-                unsafe { buf.set_len(buf.len() + n) };
+                // SAFETY: the kernel wrote `bytes` bytes at the start of the spare capacity.
+                unsafe { grow_by(&mut buf, bytes) };
             } else if matches!(kind, OpKind::Send | OpKind::Write) {
                 bytes = done.max(bytes);
             }
@@ -168,13 +170,8 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Com
         }
         OpData::Buffers { mut bufs, .. } => {
             if kind == OpKind::RecvVectored && error.is_none() {
-                let mut left = bytes;
-                for buf in &mut bufs {
-                    let n = left.min(buf.capacity() - buf.len());
-                    // SAFETY: the kernel fills the buffers in order, each up to its capacity.
-                    unsafe { buf.set_len(buf.len() + n) };
-                    left -= n;
-                }
+                // SAFETY: recvmsg scatters `bytes` bytes over the spare capacities in order.
+                unsafe { grow_vectored_by(&mut bufs, bytes) };
             }
             Output::Buffers(bufs)
         }

@@ -10,7 +10,7 @@ use std::{
     fs::File,
     net::{TcpListener, TcpStream, UdpSocket},
     os::windows::io::{AsRawHandle, AsRawSocket, OwnedHandle, OwnedSocket},
-    sync::{Arc, Mutex, PoisonError},
+    sync::Arc,
 };
 
 use windows_sys::Win32::{Foundation::HANDLE, Networking::WinSock::SOCKET, System::IO::CancelIoEx};
@@ -18,6 +18,7 @@ use windows_sys::Win32::{Foundation::HANDLE, Networking::WinSock::SOCKET, System
 pub(crate) use port::Port;
 
 use crate::handle::{Associate, Sealed};
+pub(crate) use crate::life::Life;
 
 /// An OS object's raw identity: a socket (which is also a handle) or another kind of handle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,21 +47,6 @@ impl RawIo {
     }
 }
 
-/// Whether a handle is still open, shared by the operations that must act on their handle after
-/// they complete (an accept retries, a connect updates its socket's context).
-#[derive(Debug)]
-pub(crate) struct Life {
-    open: Mutex<bool>,
-}
-
-impl Life {
-    /// Runs `f` if the handle is still open, holding it open while `f` runs.
-    pub(crate) fn while_open<R>(&self, f: impl FnOnce() -> R) -> Option<R> {
-        let open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
-        if *open { Some(f()) } else { None }
-    }
-}
-
 /// What operations need to know about an associated handle.
 #[derive(Debug)]
 pub(crate) struct Target {
@@ -80,16 +66,12 @@ impl Target {
     /// complete, and on every system a cancelled operation completes promptly, so the port can
     /// reclaim it.
     pub(crate) fn close(&self) {
-        let mut open = self
-            .life
-            .open
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        *open = false;
-        // SAFETY: the handle is still open (its owner closes it after this returns); a null
-        // OVERLAPPED asks to cancel every operation issued on it. Failure (ERROR_NOT_FOUND,
-        // nothing pending) needs no action.
-        unsafe { CancelIoEx(self.raw.handle(), std::ptr::null()) };
+        self.life.close(|| {
+            // SAFETY: the handle is still open (its owner closes it after this returns); a null
+            // OVERLAPPED asks to cancel every operation issued on it. Failure (ERROR_NOT_FOUND,
+            // nothing pending) needs no action.
+            unsafe { CancelIoEx(self.raw.handle(), std::ptr::null()) };
+        });
     }
 }
 

@@ -172,9 +172,7 @@ impl Port {
             raw,
             port: self.id,
             skip_on_success,
-            life: Arc::new(Life {
-                open: Mutex::new(true),
-            }),
+            life: Arc::new(Life::new()),
         })
     }
 
@@ -291,16 +289,10 @@ impl Port {
     /// The error for an operation on `target` that the port must refuse, if any.
     pub(crate) fn check(&self, target: &Target, needs_socket: bool) -> Option<io::Error> {
         if target.port != self.id {
-            return Some(crate::error::misuse(
-                io::ErrorKind::InvalidInput,
-                "the handle is associated with another completion port",
-            ));
+            return Some(crate::error::other_port());
         }
         if needs_socket && !matches!(target.raw, RawIo::Socket(_)) {
-            return Some(crate::error::misuse(
-                io::ErrorKind::InvalidInput,
-                "this operation needs a socket",
-            ));
+            return Some(crate::error::needs_socket());
         }
         None
     }
@@ -332,12 +324,6 @@ impl Port {
 
     /// Cancels the operation `id`, if it is still in flight.
     pub(crate) fn cancel(&self, id: OpId) -> io::Result<()> {
-        let not_found = || {
-            crate::error::misuse(
-                io::ErrorKind::NotFound,
-                "the operation is no longer cancellable",
-            )
-        };
         let cancelled = self.table.with(id, |e| {
             if e.op == 0 || e.target == RawIo::None {
                 return false;
@@ -349,7 +335,7 @@ impl Port {
         });
         match cancelled {
             Some(true) => Ok(()),
-            _ => Err(not_found()),
+            _ => Err(crate::error::not_cancellable()),
         }
     }
 

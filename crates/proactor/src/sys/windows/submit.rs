@@ -20,7 +20,11 @@ use super::{
     overlapped::{ACCEPT_ADDR_LEN, Op, OpBox, OpData, flags_of, overlapped},
     port::{Port, Started},
 };
-use crate::{Accepted, Completion, OpId, OpKind, completion::Output, error::misuse};
+use crate::{
+    Accepted, Completion, OpId, OpKind,
+    completion::{Output, grow_by, grow_vectored_by},
+    error::misuse,
+};
 
 /// The largest length one `WSABUF`, `ReadFile` or `WriteFile` takes; longer buffers are
 /// transferred in part, as a partial count says.
@@ -95,7 +99,7 @@ impl Port {
             return self.fail(op, err);
         }
         if wsabuf.len == 0 {
-            return self.fail(op, no_spare_capacity());
+            return self.fail(op, crate::error::no_spare_capacity());
         }
         self.recv_bufs(target, op, &[wsabuf])
     }
@@ -108,7 +112,7 @@ impl Port {
             return self.fail(op, err);
         }
         if wsabufs.iter().all(|b| b.len == 0) {
-            return self.fail(op, no_spare_capacity());
+            return self.fail(op, crate::error::no_spare_capacity());
         }
         self.recv_bufs(target, op, &wsabufs)
     }
@@ -196,7 +200,7 @@ impl Port {
             return self.fail(op, err);
         }
         if spare.len == 0 {
-            return self.fail(op, no_spare_capacity());
+            return self.fail(op, crate::error::no_spare_capacity());
         }
         let handle = target.raw.handle();
         self.start(target.skip_on_success, op, |raw| {
@@ -376,22 +380,15 @@ impl Port {
                     bytes = 0;
                 }
                 if matches!(kind, OpKind::Recv | OpKind::Read) {
-                    let n = bytes.min(buf.capacity() - buf.len());
-                    // SAFETY: the kernel wrote `bytes` bytes at the start of the spare capacity
-                    // it was given (clamped to that capacity in case of a bogus count).
-                    unsafe { buf.set_len(buf.len() + n) };
+                    // SAFETY: the kernel wrote `bytes` bytes at the start of the spare capacity.
+                    unsafe { grow_by(&mut buf, bytes) };
                 }
                 Output::Buffer(buf)
             }
             OpData::Buffers(mut bufs) => {
                 if kind == OpKind::RecvVectored {
-                    let mut left = bytes;
-                    for buf in &mut bufs {
-                        let n = left.min(buf.capacity() - buf.len());
-                        // SAFETY: the kernel fills the buffers in order, each up to its capacity.
-                        unsafe { buf.set_len(buf.len() + n) };
-                        left -= n;
-                    }
+                    // SAFETY: WSARecv scatters `bytes` bytes over the spare capacities in order.
+                    unsafe { grow_vectored_by(&mut bufs, bytes) };
                 }
                 Output::Buffers(bufs)
             }
@@ -456,13 +453,6 @@ impl Port {
 fn socket_of_socket(socket: &Socket) -> SOCKET {
     use std::os::windows::io::AsRawSocket;
     socket.as_raw_socket() as SOCKET
-}
-
-fn no_spare_capacity() -> io::Error {
-    misuse(
-        io::ErrorKind::InvalidInput,
-        "the buffer has no spare capacity to receive into (reserve some: Vec::with_capacity)",
-    )
 }
 
 /// `ERROR_HANDLE_EOF`: a read at or past the end of a file.
