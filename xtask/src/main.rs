@@ -144,6 +144,15 @@ fn ci() -> Result<()> {
         )?;
         println!("epoll: {} passed, {} failed", epoll.passed, epoll.failed);
         native.add(epoll);
+        // And on io_uring with a submission-polling kernel thread.
+        step("tests (native, PROACTOR_SQPOLL=50)");
+        let sqpoll = run_tests(
+            cargo()
+                .args(["test", "--workspace"])
+                .env("PROACTOR_SQPOLL", "50"),
+        )?;
+        println!("sqpoll: {} passed, {} failed", sqpoll.passed, sqpoll.failed);
+        native.add(sqpoll);
     }
     step("rustdoc -D warnings");
     run(cargo()

@@ -169,7 +169,12 @@ impl Server {
             }
             match (done.kind(), done.context()) {
                 (OpKind::Post, STOP) => return,
-                _ if self.stopping.load(Ordering::SeqCst) => {} // draining: drop it
+                // Draining: nothing new starts, but bytes already echoed still count.
+                (OpKind::Send, _) if self.stopping.load(Ordering::SeqCst) => {
+                    self.echoed
+                        .fetch_add(done.result().unwrap_or(0) as u64, Ordering::SeqCst);
+                }
+                _ if self.stopping.load(Ordering::SeqCst) => {}
                 (OpKind::Accept, _) => self.accepted(done),
                 (OpKind::Recv, ctx) => self.received(ctx, done),
                 (OpKind::Send, ctx) => self.sent(ctx, done),

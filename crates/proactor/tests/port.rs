@@ -71,10 +71,11 @@ fn batch_dequeue_returns_at_most_max_in_order() {
         port.post(i, i * 2).unwrap();
     }
     let mut out = Vec::new();
-    assert_eq!(
-        port.get_completions(&mut out, 100, common::WAIT).unwrap(),
-        100
-    );
+    // At most `max` per call. (Usually exactly 100 here; with io_uring's SQPOLL a post becomes
+    // visible when the kernel's polling thread consumes it, so the first batch may be shorter.)
+    let first = port.get_completions(&mut out, 100, common::WAIT).unwrap();
+    assert!((1..=100).contains(&first), "{first}");
+    assert_eq!(out.len(), first);
     while out.len() < 300 {
         port.get_completions(&mut out, 1000, common::WAIT).unwrap();
     }

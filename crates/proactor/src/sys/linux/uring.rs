@@ -39,6 +39,12 @@ const ENTRIES: u32 = 4096;
 /// How long dropping the port waits for cancelled operations before leaking their records.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long closing a handle waits for the polling thread to consume queued SQEs.
+const SQ_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long closing a handle waits for its operations to be cancelled.
+const SYNC_CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The io_uring completion port.
 pub(crate) struct Uring {
     ring: IoUring,
@@ -56,7 +62,14 @@ fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
 impl Uring {
     /// A new ring, if the kernel offers io_uring with cancel-by-descriptor (Linux 5.19).
     pub(crate) fn new() -> io::Result<Uring> {
-        let ring = IoUring::builder().setup_clamp().build(ENTRIES)?;
+        let mut builder = IoUring::builder();
+        builder.setup_clamp();
+        if let Some(idle_ms) = sqpoll_idle()? {
+            // A kernel thread consumes the submission queue: submitting then needs no syscall
+            // while that thread is awake (the crate's `submit` enters only to wake it).
+            builder.setup_sqpoll(idle_ms);
+        }
+        let ring = builder.build(ENTRIES)?;
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         let needed = [
@@ -110,6 +123,15 @@ impl Uring {
         if let Err(e) = self.ring.submit() {
             tracing::trace!(error = %e, "io_uring_enter: submission deferred");
         }
+    }
+
+    /// Whether the kernel has consumed every queued SQE.
+    fn sq_empty(&self) -> bool {
+        let _sq = lock(&self.sq);
+        // SAFETY: holding the sq lock makes this the only SubmissionQueue in existence.
+        let mut sq = unsafe { self.ring.submission_shared() };
+        sq.sync();
+        sq.is_empty()
     }
 
     /// The SQE that starts `op`.
@@ -291,6 +313,22 @@ impl Uring {
     }
 }
 
+/// `PROACTOR_SQPOLL=<idle milliseconds>`: submit through a kernel polling thread.
+fn sqpoll_idle() -> io::Result<Option<u32>> {
+    match std::env::var("PROACTOR_SQPOLL") {
+        Err(_) => Ok(None),
+        Ok(v) if v.is_empty() => Ok(None),
+        Ok(v) => v.parse::<u32>().map(Some).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "PROACTOR_SQPOLL={v}: expected the polling thread's idle time in milliseconds"
+                ),
+            )
+        }),
+    }
+}
+
 fn clamp(len: usize) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX)
 }
@@ -357,11 +395,29 @@ impl Driver for Uring {
         self.table.with(id, |_| self.push(&cancel)).is_some()
     }
 
+    /// Cancels every operation on `fd` and returns once they are done with it: the caller
+    /// closes the descriptor next, and an SQE consumed after that would name a closed (or
+    /// reused) descriptor number.
     fn cancel_fd(&self, fd: RawFd) {
-        let cancel = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(fd)).all())
-            .build()
-            .user_data(0);
-        self.push(&cancel);
+        // Only consumed SQEs can be cancelled: hand the kernel everything queued first.
+        let _ = self.ring.submit();
+        if self.ring.params().is_setup_sqpoll() {
+            let deadline = Instant::now() + SQ_DRAIN_TIMEOUT;
+            while !self.sq_empty() && Instant::now() < deadline {
+                let _ = self.ring.submit(); // wakes the polling thread if it sleeps
+                std::thread::yield_now();
+            }
+        }
+        let wait = Timespec::new().sec(SYNC_CANCEL_TIMEOUT.as_secs());
+        match self
+            .ring
+            .submitter()
+            .register_sync_cancel(Some(wait), CancelBuilder::fd(Fd(fd)).all())
+        {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {} // nothing was in flight
+            Err(e) => tracing::warn!(fd, error = %e, "cancelling operations before close"),
+        }
     }
 
     fn in_flight(&self) -> usize {
