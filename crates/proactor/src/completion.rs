@@ -15,6 +15,8 @@ pub(crate) enum Output {
     Buffers(Vec<Vec<u8>>),
     /// The connection an accept produced.
     Accepted(Accepted),
+    /// An ioctl's input and output buffers.
+    Ioctl { input: Vec<u8>, output: Vec<u8> },
 }
 
 /// A connection accepted by [`Iocp::accept`](crate::Iocp::accept).
@@ -132,6 +134,18 @@ impl Completion {
     pub fn take_buffers(&mut self) -> Option<Vec<Vec<u8>>> {
         match std::mem::replace(&mut self.output, Output::None) {
             Output::Buffers(bufs) => Some(bufs),
+            other => {
+                self.output = other;
+                None
+            }
+        }
+    }
+
+    /// Takes back an ioctl's buffers as `(input, output)`; the output's length grew by the
+    /// bytes the control returned.
+    pub fn take_ioctl(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
+        match std::mem::replace(&mut self.output, Output::None) {
+            Output::Ioctl { input, output } => Some((input, output)),
             other => {
                 self.output = other;
                 None

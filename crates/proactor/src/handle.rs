@@ -9,6 +9,12 @@ mod sealed {
     pub trait Sealed {
         /// The object's raw OS identity.
         fn raw_io(&self) -> crate::sys::RawIo;
+
+        /// Whether another port owns the object (`proactor::windows::Foreign`): operations on
+        /// it complete through an event, never through an association.
+        fn foreign(&self) -> bool {
+            false
+        }
     }
 }
 

@@ -109,7 +109,7 @@ impl Iocp {
     /// # Ok(()) }
     /// ```
     pub fn add_handle<T: Associate>(&self, io: T, context: usize) -> io::Result<Handle<T>> {
-        let target = self.port.associate(io.raw_io(), context)?;
+        let target = self.port.associate(io.raw_io(), io.foreign(), context)?;
         Ok(Handle::new(io, target))
     }
 
@@ -296,6 +296,31 @@ impl Iocp {
     /// ```
     pub fn connect<T: Associate>(&self, socket: &Handle<T>, addr: SocketAddr) -> OpId {
         self.port.connect(&socket.target, addr)
+    }
+
+    /// Issues a control code (`WSAIoctl` on a socket, `DeviceIoControl` on any other handle)
+    /// as an overlapped operation. `input` is passed as is; the output is written into the
+    /// spare capacity of `output`. The completion hands both back
+    /// ([`Completion::take_ioctl`]), the output grown by the bytes returned. Controls that stay
+    /// pending (such as `SIO_ADDRESS_LIST_CHANGE`) can be cancelled like any operation.
+    ///
+    /// On Linux it completes with [`io::ErrorKind::Unsupported`]: control codes are Windows'.
+    /// `proactor::windows::IocpExt` has typed helpers for the common socket controls.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// const SIO_ADDRESS_LIST_CHANGE: u32 = 0x2800_0017;
+    /// port.ioctl(conn, SIO_ADDRESS_LIST_CHANGE, Vec::new(), Vec::new());
+    /// # }
+    /// ```
+    pub fn ioctl<T: Associate>(
+        &self,
+        handle: &Handle<T>,
+        code: u32,
+        input: Vec<u8>,
+        output: Vec<u8>,
+    ) -> OpId {
+        self.port.ioctl(&handle.target, code, input, output)
     }
 
     /// Cancels one operation (`CancelIoEx` with its `OVERLAPPED`). Its completion still

@@ -83,6 +83,8 @@ pub enum OpKind {
     Accept,
     /// Connecting a socket (`ConnectEx`).
     Connect,
+    /// A device or socket control (`DeviceIoControl`, `WSAIoctl`).
+    Ioctl,
 }
 
 impl OpKind {
@@ -99,6 +101,7 @@ impl OpKind {
             OpKind::Write => "write",
             OpKind::Accept => "accept",
             OpKind::Connect => "connect",
+            OpKind::Ioctl => "ioctl",
         }
     }
 }

@@ -49,7 +49,12 @@ impl Port {
     pub(crate) fn backend(&self) -> &'static str {
         match *self {}
     }
-    pub(crate) fn associate(&self, _raw: RawIo, _context: usize) -> io::Result<Target> {
+    pub(crate) fn associate(
+        &self,
+        _raw: RawIo,
+        _foreign: bool,
+        _context: usize,
+    ) -> io::Result<Target> {
         match *self {}
     }
     pub(crate) fn post(&self, _context: usize, _value: usize) -> io::Result<OpId> {
@@ -91,6 +96,9 @@ impl Port {
         match *self {}
     }
     pub(crate) fn connect(&self, _target: &Target, _addr: SocketAddr) -> OpId {
+        match *self {}
+    }
+    pub(crate) fn ioctl(&self, _t: &Target, _code: u32, _input: Vec<u8>, _output: Vec<u8>) -> OpId {
         match *self {}
     }
     pub(crate) fn cancel(&self, _id: OpId) -> io::Result<()> {

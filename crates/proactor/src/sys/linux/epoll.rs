@@ -284,7 +284,7 @@ impl Epoll {
                     connect_result(fd)
                 }
             }
-            OpKind::Post => Ok(0),
+            OpKind::Post | OpKind::Ioctl => Ok(0), // never queued: completed at submission
         };
         match result {
             Err(e) if would_block(&e) => Attempt::WouldBlock,

@@ -140,7 +140,12 @@ impl Port {
         self.backend
     }
 
-    pub(crate) fn associate(&self, raw: RawIo, context: usize) -> io::Result<Target> {
+    pub(crate) fn associate(
+        &self,
+        raw: RawIo,
+        _foreign: bool,
+        context: usize,
+    ) -> io::Result<Target> {
         // SAFETY: fstat on a descriptor number only reads its status into `st`.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: as above; `st` is writable.
@@ -283,6 +288,24 @@ impl Port {
             addr: Box::new(addr.into()),
         };
         self.start(target, OpKind::Connect, 0, data, true)
+    }
+
+    pub(crate) fn ioctl(
+        &self,
+        target: &Target,
+        _code: u32,
+        input: Vec<u8>,
+        output: Vec<u8>,
+    ) -> OpId {
+        let id = OpId::next();
+        let data = OpData::Ioctl { input, output };
+        let mut op = Op::new(id, OpKind::Ioctl, target.context, target.raw.0, 0, data);
+        op.refused = Some(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "ioctl control codes are Windows' (WSAIoctl, DeviceIoControl): not available on Linux",
+        ));
+        self.driver.submit(op);
+        id
     }
 
     pub(crate) fn cancel(&self, id: OpId) -> io::Result<()> {

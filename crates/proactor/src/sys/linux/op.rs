@@ -41,6 +41,8 @@ pub(crate) enum OpData {
     },
     /// A connect and its address.
     Connect { addr: Box<socket2::SockAddr> },
+    /// An ioctl's buffers (refused on Linux: they come back unused).
+    Ioctl { input: Vec<u8>, output: Vec<u8> },
 }
 
 /// One operation.
@@ -187,6 +189,7 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Com
                 }
             }
         }
+        OpData::Ioctl { input, output } => Output::Ioctl { input, output },
         OpData::Accept { .. } | OpData::Connect { .. } => {
             bytes = 0;
             Output::None

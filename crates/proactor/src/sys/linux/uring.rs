@@ -141,7 +141,7 @@ impl Uring {
             opcode::Nop::new().build()
         } else {
             match op.kind {
-                OpKind::Post => opcode::Nop::new().build(),
+                OpKind::Post | OpKind::Ioctl => opcode::Nop::new().build(),
                 OpKind::Recv => {
                     let (ptr, len) = op.spare();
                     opcode::Recv::new(fd, ptr, clamp(len)).build()

@@ -1,6 +1,7 @@
 //! The Windows backend: the I/O completion port itself.
 
 mod error;
+mod foreign;
 mod net;
 mod overlapped;
 mod port;
@@ -47,6 +48,16 @@ impl RawIo {
     }
 }
 
+/// How operations on a handle complete.
+#[derive(Clone, Debug)]
+pub(crate) struct Route {
+    /// Whether `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS` is set on the handle.
+    pub(crate) skip_on_success: bool,
+    /// Set for a foreign handle: completions come through a low-bit event, and this registry
+    /// lists our operations in flight on it.
+    pub(crate) foreign: Option<Arc<foreign::Registry>>,
+}
+
 /// What operations need to know about an associated handle.
 #[derive(Debug)]
 pub(crate) struct Target {
@@ -54,8 +65,8 @@ pub(crate) struct Target {
     pub(crate) raw: RawIo,
     /// The port the handle is associated with.
     pub(crate) port: u64,
-    /// Whether `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS` is set on the handle.
-    pub(crate) skip_on_success: bool,
+    /// How operations on the handle complete.
+    pub(crate) route: Route,
     pub(crate) life: Arc<Life>,
 }
 
@@ -66,11 +77,15 @@ impl Target {
     /// complete, and on every system a cancelled operation completes promptly, so the port can
     /// reclaim it.
     pub(crate) fn close(&self) {
-        self.life.close(|| {
+        self.life.close(|| match &self.route.foreign {
+            // Another port's handle: cancel ours, never the owner's operations.
+            Some(registry) => registry.cancel_all(self.raw),
             // SAFETY: the handle is still open (its owner closes it after this returns); a null
             // OVERLAPPED asks to cancel every operation issued on it. Failure (ERROR_NOT_FOUND,
             // nothing pending) needs no action.
-            unsafe { CancelIoEx(self.raw.handle(), std::ptr::null()) };
+            None => unsafe {
+                CancelIoEx(self.raw.handle(), std::ptr::null());
+            },
         });
     }
 }

@@ -25,7 +25,7 @@ use windows_sys::Win32::{
     System::IO::OVERLAPPED,
 };
 
-use super::{Life, RawIo};
+use super::{Life, RawIo, Route, foreign::ForeignOp};
 use crate::{OpId, OpKind, op::LiveCount};
 
 /// Room for one address in an `AcceptEx` buffer: the largest sockaddr plus the 16 bytes
@@ -47,13 +47,15 @@ pub(crate) enum OpData {
     /// An `AcceptEx`: the socket that becomes the connection and the address buffer.
     Accept {
         listener: SOCKET,
-        listener_skips: bool,
+        route: Route,
         life: Arc<Life>,
         socket: socket2::Socket,
         addrs: Box<[u8; 2 * ACCEPT_ADDR_LEN]>,
         /// How many times in a row this accept was restarted after a client reset.
         restarts: u32,
     },
+    /// A `WSAIoctl` or `DeviceIoControl`: input, and output written into its spare capacity.
+    Ioctl { input: Vec<u8>, output: Vec<u8> },
     /// A `ConnectEx`: the address it connects to.
     Connect {
         life: Arc<Life>,
@@ -76,6 +78,8 @@ pub(crate) struct Op {
     pub(crate) flags: u32,
     /// The outcome when the operation ended at submission and no packet will be queued.
     pub(crate) immediate: Option<io::Result<usize>>,
+    /// The event and wait of an operation on a foreign handle.
+    pub(crate) foreign: Option<ForeignOp>,
     pub(crate) data: OpData,
     _live: LiveCount,
 }
@@ -113,9 +117,16 @@ impl OpBox {
             target,
             flags: 0,
             immediate: None,
+            foreign: None,
             data,
             _live: LiveCount::new(),
         }))
+    }
+
+    /// Puts `event` in the `OVERLAPPED`'s `hEvent` (before the record goes to the kernel).
+    pub(crate) fn set_event(&mut self, event: windows_sys::Win32::Foundation::HANDLE) {
+        // SAFETY: the box is the record's only owner and the kernel does not have it yet.
+        unsafe { (*self.0.overlapped.get()).hEvent = event };
     }
 
     /// Gives the record to the kernel: the pointer to pass as an overlapped call's

@@ -47,7 +47,9 @@ use windows_sys::{
 };
 
 use super::{
-    Life, RawIo, Target, error, net,
+    Life, RawIo, Route, Target, error,
+    foreign::{self, EventPool, ForeignOp},
+    net,
     overlapped::{Op, OpBox, OpData, op_of, overlapped},
 };
 use crate::{Completion, OpId, OpKind, error::explained, table::Table};
@@ -90,6 +92,7 @@ pub(crate) struct Port {
     streak: AtomicUsize,
     skip_on_success: AtomicBool,
     immediate: AtomicU64,
+    events: EventPool,
 }
 
 impl Port {
@@ -115,6 +118,7 @@ impl Port {
             streak: AtomicUsize::new(0),
             skip_on_success: AtomicBool::new(true),
             immediate: AtomicU64::new(0),
+            events: EventPool::default(),
         };
         tracing::debug!(port = ?port.raw_handle(), concurrency, "created I/O completion port");
         Ok(port)
@@ -130,7 +134,26 @@ impl Port {
     }
 
     /// Associates `raw` with the port, with `context` as its completion key.
-    pub(crate) fn associate(&self, raw: RawIo, context: usize) -> io::Result<Target> {
+    pub(crate) fn associate(
+        &self,
+        raw: RawIo,
+        foreign: bool,
+        context: usize,
+    ) -> io::Result<Target> {
+        if foreign {
+            // Another port owns it: no association, completions come through events.
+            tracing::debug!(handle = raw.value(), context, "adopted foreign handle");
+            return Ok(Target {
+                context,
+                raw,
+                port: self.id,
+                route: Route {
+                    skip_on_success: false,
+                    foreign: Some(Arc::default()),
+                },
+                life: Arc::new(Life::new()),
+            });
+        }
         if let RawIo::Handle(_) = raw {
             check_overlapped(raw)?;
         }
@@ -171,7 +194,10 @@ impl Port {
             context,
             raw,
             port: self.id,
-            skip_on_success,
+            route: Route {
+                skip_on_success,
+                foreign: None,
+            },
             life: Arc::new(Life::new()),
         })
     }
@@ -231,10 +257,25 @@ impl Port {
     /// with it and report how that call returned.
     pub(crate) fn start(
         &self,
-        skip_on_success: bool,
-        op: OpBox,
+        route: &Route,
+        mut op: OpBox,
         call: impl FnOnce(*mut Op) -> Started,
     ) -> OpId {
+        if let Some(registry) = &route.foreign {
+            let event = match self.events.get() {
+                Ok(event) => event,
+                Err(e) => return self.fail(op, e),
+            };
+            op.set_event(foreign::tagged(&event));
+            let port = self.raw_handle() as usize;
+            let wait = AtomicUsize::new(0);
+            op.foreign = Some(ForeignOp {
+                event,
+                wait,
+                port,
+                registry: registry.clone(),
+            });
+        }
         let (id, kind, target) = (op.id, op.kind, op.target);
         let raw = op.into_raw();
         self.table.insert(
@@ -244,7 +285,22 @@ impl Port {
                 target,
             },
         );
+        if let Some(registry) = &route.foreign {
+            registry.add(raw as usize);
+        }
+        // A foreign operation never queues a packet (its event has the low-order bit set):
+        // one that ends at once is final, as on a skip-on-success handle.
+        let skip_on_success = route.skip_on_success || route.foreign.is_some();
         match call(raw) {
+            Started::Pending if route.foreign.is_some() => {
+                // SAFETY: a pending record whose ForeignOp event is the one in its OVERLAPPED.
+                if let Err(e) = unsafe { foreign::arm(raw) } {
+                    // Nothing would deliver it: it stays in the table, cancelled and then
+                    // leaked at port drop. Never expected (RegisterWaitForSingleObject failing).
+                    tracing::error!(op = kind.name(), %id, error = %e, "cannot wait for a foreign operation");
+                }
+                tracing::trace!(op = kind.name(), %id, handle = target.value(), "submitted (foreign), pending");
+            }
             Started::Pending => {
                 tracing::trace!(op = kind.name(), %id, handle = target.value(), "submitted, pending");
             }
@@ -487,6 +543,13 @@ impl Port {
     /// Ends an operation whose record the kernel no longer uses.
     fn finish(&self, mut op: OpBox, packet_bytes: Option<usize>) -> Option<Completion> {
         let address = self.table.remove(op.id).map_or(0, |e| e.op);
+        if let Some(f) = op.foreign.take() {
+            if packet_bytes.is_some() {
+                foreign::disarm(&f); // it came through the registered wait
+            }
+            f.registry.remove(address);
+            self.events.put(f.event);
+        }
         let (bytes, error) = match (op.immediate.take(), packet_bytes) {
             (Some(Ok(bytes)), _) => (bytes, None),
             (Some(Err(e)), _) => (0, Some(e)),
@@ -541,6 +604,13 @@ impl Drop for Port {
             }
         }
         let left = self.table.len();
+        // Records being leaked: make sure no registered wait posts them after the port closes.
+        self.table.for_each(|_, e| {
+            if e.op != 0 {
+                // SAFETY: a record still in the table is live (it is leaked, never freed).
+                unsafe { foreign::abandon(e.op as *mut Op) };
+            }
+        });
         if left > 0 {
             // The kernel may still write these records: leaking them is the only safe choice.
             tracing::warn!(

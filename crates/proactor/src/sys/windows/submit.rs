@@ -10,13 +10,14 @@ use windows_sys::Win32::{
     },
     Networking::WinSock::{
         AcceptEx, GetAcceptExSockaddrs, SOCKADDR, SOCKET, WSA_IO_PENDING, WSABUF, WSAECONNRESET,
-        WSAGetLastError, WSARecv, WSASend,
+        WSAGetLastError, WSAIoctl, WSARecv, WSASend,
     },
     Storage::FileSystem::{ReadFile, WriteFile},
+    System::IO::DeviceIoControl,
 };
 
 use super::{
-    Life, RawIo, Target, net,
+    Life, RawIo, Route, Target, net,
     overlapped::{ACCEPT_ADDR_LEN, Op, OpBox, OpData, flags_of, overlapped},
     port::{Port, Started},
 };
@@ -135,7 +136,7 @@ impl Port {
 
     fn recv_bufs(&self, target: &Target, op: OpBox, wsabufs: &[WSABUF]) -> OpId {
         let socket = socket_of(target);
-        self.start(target.skip_on_success, op, |raw| {
+        self.start(&target.route, op, |raw| {
             // SAFETY: the socket is open (the caller borrows its Handle). The WSABUFs point into
             // buffers the record owns, whose heap memory stays put until the record is taken
             // back, which happens only after the kernel is done; WinSock captures the WSABUF
@@ -174,7 +175,7 @@ impl Port {
             return self.fail(op, err);
         }
         let socket = socket_of(target);
-        self.start(target.skip_on_success, op, |raw| {
+        self.start(&target.route, op, |raw| {
             // SAFETY: as for WSARecv: an open socket, buffers owned by the record until the
             // kernel is done, the WSABUF array captured during the call.
             let rc = unsafe {
@@ -203,7 +204,7 @@ impl Port {
             return self.fail(op, crate::error::no_spare_capacity());
         }
         let handle = target.raw.handle();
-        self.start(target.skip_on_success, op, |raw| {
+        self.start(&target.route, op, |raw| {
             // SAFETY: the handle is open; the destination is the spare capacity of a buffer the
             // record owns until the kernel is done; the OVERLAPPED carries the offset.
             let ok = unsafe {
@@ -227,11 +228,65 @@ impl Port {
             return self.fail(op, err);
         }
         let handle = target.raw.handle();
-        self.start(target.skip_on_success, op, |raw| {
+        self.start(&target.route, op, |raw| {
             // SAFETY: as for ReadFile; the source is a buffer the record owns.
             let ok =
                 unsafe { WriteFile(handle, data.buf, data.len, ptr::null_mut(), overlapped(raw)) };
             bool_started(ok, false)
+        })
+    }
+
+    /// `WSAIoctl` (sockets) or `DeviceIoControl` (other handles) with owned buffers.
+    pub(crate) fn ioctl(
+        &self,
+        target: &Target,
+        code: u32,
+        input: Vec<u8>,
+        mut output: Vec<u8>,
+    ) -> OpId {
+        let (in_ptr, in_len) = (input.as_ptr(), clamp_len(input.len()));
+        let out = wsabuf_spare(&mut output);
+        let op = self.record(target, OpKind::Ioctl, 0, OpData::Ioctl { input, output });
+        if let Some(err) = self.check(target, false) {
+            return self.fail(op, err);
+        }
+        let raw_io = target.raw;
+        self.start(&target.route, op, |raw| match raw_io {
+            RawIo::Socket(s) => {
+                let mut bytes = 0u32;
+                // SAFETY: the socket is open; both buffers are owned by the record until the
+                // kernel is done; the output pointer and length describe its spare capacity.
+                let rc = unsafe {
+                    WSAIoctl(
+                        s,
+                        code,
+                        in_ptr.cast(),
+                        in_len,
+                        out.buf.cast(),
+                        out.len,
+                        &mut bytes,
+                        overlapped(raw),
+                        None,
+                    )
+                };
+                wsa_started(rc)
+            }
+            other => {
+                // SAFETY: as above, for any handle opened for overlapped I/O.
+                let ok = unsafe {
+                    DeviceIoControl(
+                        other.handle(),
+                        code,
+                        in_ptr.cast(),
+                        in_len,
+                        out.buf.cast(),
+                        out.len,
+                        ptr::null_mut(),
+                        overlapped(raw),
+                    )
+                };
+                bool_started(ok, false)
+            }
         })
     }
 
@@ -244,7 +299,7 @@ impl Port {
             OpId::next(),
             target.context,
             socket_of(target),
-            target.skip_on_success,
+            &target.route,
             &target.life,
             0,
         )
@@ -255,7 +310,7 @@ impl Port {
         id: OpId,
         context: usize,
         listener: SOCKET,
-        listener_skips: bool,
+        route: &Route,
         life: &Arc<Life>,
         restarts: u32,
     ) -> OpId {
@@ -274,13 +329,13 @@ impl Port {
         let addrs_ptr = addrs.as_mut_ptr();
         let data = OpData::Accept {
             listener,
-            listener_skips,
+            route: route.clone(),
             life: life.clone(),
             socket,
             addrs,
             restarts,
         };
-        self.start(listener_skips, record(data), |raw| {
+        self.start(route, record(data), |raw| {
             let mut received = 0u32;
             // SAFETY: both sockets are open (the record owns the accepted one); the address
             // buffer is heap memory the record owns, sized for two addresses of
@@ -327,7 +382,7 @@ impl Port {
             Ok(f) => f,
             Err(e) => return self.fail(op, e),
         };
-        self.start(target.skip_on_success, op, |raw| {
+        self.start(&target.route, op, |raw| {
             // SAFETY: reading the boxed address's pointer and length; the box lives in the
             // record, which the kernel gives back only after it is done with it.
             let (name, len) =
@@ -392,9 +447,16 @@ impl Port {
                 }
                 Output::Buffers(bufs)
             }
+            OpData::Ioctl { input, mut output } => {
+                if error.is_none() {
+                    // SAFETY: the control wrote `bytes` bytes at the start of the spare capacity.
+                    unsafe { grow_by(&mut output, bytes) };
+                }
+                Output::Ioctl { input, output }
+            }
             OpData::Accept {
                 listener,
-                listener_skips,
+                route,
                 life,
                 socket,
                 addrs,
@@ -406,7 +468,7 @@ impl Port {
                     tracing::debug!(%id, error = %e, "accept: client reset; accepting again");
                     drop(socket);
                     let restarted = life.while_open(|| {
-                        self.accept_on(id, context, listener, listener_skips, &life, restarts + 1)
+                        self.accept_on(id, context, listener, &route, &life, restarts + 1)
                     });
                     if restarted.is_some() {
                         return None;
