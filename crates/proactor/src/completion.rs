@@ -66,6 +66,8 @@ pub struct Completion {
     pub(crate) bytes: usize,
     pub(crate) error: Option<io::Error>,
     pub(crate) output: Output,
+    /// The source address of a datagram receive.
+    pub(crate) peer: Option<SocketAddr>,
     /// The address the operation's record had (its `OVERLAPPED` on Windows), for logs; 0 for an
     /// operation refused before it started. A number only: the record is freed by now.
     #[cfg_attr(not(windows), allow(dead_code))]
@@ -139,6 +141,12 @@ impl Completion {
                 None
             }
         }
+    }
+
+    /// The source address of a datagram a [`recv_from`](crate::Iocp::recv_from) received
+    /// (also when it was truncated).
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer
     }
 
     /// Takes back an ioctl's buffers as `(input, output)`; the output's length grew by the
@@ -236,6 +244,7 @@ mod tests {
             bytes: 5,
             error,
             output,
+            peer: None,
             address: 0,
         }
     }

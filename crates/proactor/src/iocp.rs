@@ -238,6 +238,36 @@ impl Iocp {
         self.port.send_vectored(&handle.target, bufs)
     }
 
+    /// Receives one datagram into the spare capacity of `buf`, and its source address
+    /// ([`Completion::peer_addr`]). A datagram larger than the spare capacity is truncated: the
+    /// completion is then an error (`WSAEMSGSIZE` on Windows, `EMSGSIZE` on Linux) that still
+    /// carries the bytes received and the address.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, udp: &proactor::Handle<std::net::UdpSocket>) {
+    /// port.recv_from(udp, Vec::with_capacity(1500));
+    /// # }
+    /// ```
+    pub fn recv_from<T: Associate>(&self, handle: &Handle<T>, buf: Vec<u8>) -> OpId {
+        self.port.recv_from(&handle.target, buf)
+    }
+
+    /// Sends `buf` as one datagram to `addr`.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, udp: &proactor::Handle<std::net::UdpSocket>) {
+    /// port.send_to(udp, b"ping".to_vec(), "127.0.0.1:9000".parse().unwrap());
+    /// # }
+    /// ```
+    pub fn send_to<T: Associate>(
+        &self,
+        handle: &Handle<T>,
+        buf: Vec<u8>,
+        addr: SocketAddr,
+    ) -> OpId {
+        self.port.send_to(&handle.target, buf, addr)
+    }
+
     /// Reads into the spare capacity of `buf` at `offset` (`ReadFile`); any handle opened for
     /// overlapped I/O (streams ignore the offset). A read at or past the end of a file
     /// completes with `Ok(0)`.

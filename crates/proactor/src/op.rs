@@ -85,6 +85,10 @@ pub enum OpKind {
     Connect,
     /// A device or socket control (`DeviceIoControl`, `WSAIoctl`).
     Ioctl,
+    /// A datagram receive with its source address (`WSARecvFrom`).
+    RecvFrom,
+    /// A datagram send to an address (`WSASendTo`).
+    SendTo,
 }
 
 impl OpKind {
@@ -102,6 +106,8 @@ impl OpKind {
             OpKind::Accept => "accept",
             OpKind::Connect => "connect",
             OpKind::Ioctl => "ioctl",
+            OpKind::RecvFrom => "recv_from",
+            OpKind::SendTo => "send_to",
         }
     }
 }

@@ -101,6 +101,12 @@ impl Port {
     pub(crate) fn ioctl(&self, _t: &Target, _code: u32, _input: Vec<u8>, _output: Vec<u8>) -> OpId {
         match *self {}
     }
+    pub(crate) fn recv_from(&self, _target: &Target, _buf: Vec<u8>) -> OpId {
+        match *self {}
+    }
+    pub(crate) fn send_to(&self, _target: &Target, _buf: Vec<u8>, _addr: SocketAddr) -> OpId {
+        match *self {}
+    }
     pub(crate) fn cancel(&self, _id: OpId) -> io::Result<()> {
         match *self {}
     }

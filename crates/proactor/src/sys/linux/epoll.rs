@@ -198,6 +198,26 @@ impl Epoll {
                 // SAFETY: the msghdr and its iovecs point into buffers the record owns.
                 retry(|| unsafe { libc::recvmsg(fd, msg, libc::MSG_DONTWAIT) })
             }
+            OpKind::RecvFrom | OpKind::SendTo => {
+                let msg = match &mut op.data {
+                    OpData::RecvFrom { msg, .. } | OpData::SendTo { msg, .. } => {
+                        &mut **msg as *mut libc::msghdr
+                    }
+                    _ => return Attempt::Done(Ok(0)),
+                };
+                let flags = if op.kind == OpKind::RecvFrom {
+                    libc::MSG_DONTWAIT | libc::MSG_TRUNC // the real length shows truncation
+                } else {
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL
+                };
+                if op.kind == OpKind::RecvFrom {
+                    // SAFETY: the msghdr, its iovec and address point into memory the record owns.
+                    retry(|| unsafe { libc::recvmsg(fd, msg, flags) })
+                } else {
+                    // SAFETY: as above.
+                    retry(|| unsafe { libc::sendmsg(fd, msg, flags) })
+                }
+            }
             OpKind::Readable => {
                 let mut byte = 0u8;
                 let peek = libc::MSG_PEEK | libc::MSG_DONTWAIT;
@@ -442,7 +462,12 @@ impl Driver for Epoll {
         }
         let reads = matches!(
             op.kind,
-            OpKind::Recv | OpKind::RecvVectored | OpKind::Readable | OpKind::Accept | OpKind::Read
+            OpKind::Recv
+                | OpKind::RecvVectored
+                | OpKind::RecvFrom
+                | OpKind::Readable
+                | OpKind::Accept
+                | OpKind::Read
         );
         let queue = if reads { &mut q.read } else { &mut q.write };
         if queue.is_empty() {

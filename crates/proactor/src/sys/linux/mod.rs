@@ -257,6 +257,18 @@ impl Port {
             true,
         )
     }
+    pub(crate) fn recv_from(&self, target: &Target, buf: Vec<u8>) -> OpId {
+        self.start(target, OpKind::RecvFrom, 0, op::datagram_recv(buf), true)
+    }
+    pub(crate) fn send_to(&self, target: &Target, buf: Vec<u8>, addr: SocketAddr) -> OpId {
+        self.start(
+            target,
+            OpKind::SendTo,
+            0,
+            op::datagram_send(buf, addr),
+            true,
+        )
+    }
     pub(crate) fn read_at(&self, target: &Target, buf: Vec<u8>, offset: u64) -> OpId {
         self.start(
             target,
@@ -332,7 +344,7 @@ impl Port {
 /// Whether a receive or read has no spare capacity to receive into.
 fn nothing_to_receive(op: &mut Op) -> bool {
     match op.kind {
-        OpKind::Recv | OpKind::Read => op.spare().1 == 0,
+        OpKind::Recv | OpKind::Read | OpKind::RecvFrom => op.spare().1 == 0,
         OpKind::RecvVectored => {
             matches!(&op.data, OpData::Buffers { bufs, .. } if bufs.iter().all(|b| b.capacity() == b.len()))
         }

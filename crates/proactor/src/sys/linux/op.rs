@@ -41,6 +41,26 @@ pub(crate) enum OpData {
     },
     /// A connect and its address.
     Connect { addr: Box<socket2::SockAddr> },
+    /// A datagram receive: the buffer, the `msghdr` and `iovec` the kernel reads, and where it
+    /// writes the source address.
+    RecvFrom {
+        buf: Vec<u8>,
+        msg: Box<libc::msghdr>,
+        /// Read by the kernel through `msg`; boxed so it never moves.
+        #[allow(dead_code)]
+        iov: Box<libc::iovec>,
+        from: Box<PeerAddr>,
+    },
+    /// A datagram send: the buffer, its `msghdr` and `iovec`, and the destination.
+    SendTo {
+        buf: Vec<u8>,
+        msg: Box<libc::msghdr>,
+        /// Read by the kernel through `msg`; boxed so they never move.
+        #[allow(dead_code)]
+        iov: Box<libc::iovec>,
+        #[allow(dead_code)]
+        to: Box<socket2::SockAddr>,
+    },
     /// An ioctl's buffers (refused on Linux: they come back unused).
     Ioctl { input: Vec<u8>, output: Vec<u8> },
 }
@@ -90,7 +110,7 @@ impl Op {
     /// The spare capacity of a receive's or read's buffer: where the kernel writes.
     pub(crate) fn spare(&mut self) -> (*mut u8, usize) {
         match &mut self.data {
-            OpData::Buffer { buf, .. } => {
+            OpData::Buffer { buf, .. } | OpData::RecvFrom { buf, .. } => {
                 let spare = buf.spare_capacity_mut();
                 (spare.as_mut_ptr().cast(), spare.len())
             }
@@ -105,6 +125,44 @@ impl Op {
             _ => (std::ptr::null(), 0),
         }
     }
+}
+
+/// Builds a datagram receive into the spare capacity of `buf`.
+pub(crate) fn datagram_recv(mut buf: Vec<u8>) -> OpData {
+    let spare = buf.spare_capacity_mut();
+    let mut iov = Box::new(libc::iovec {
+        iov_base: spare.as_mut_ptr().cast(),
+        iov_len: spare.len(),
+    });
+    let mut from = PeerAddr::new();
+    // SAFETY: msghdr is plain data for which zeroes mean "no address, no control data".
+    let mut msg: Box<libc::msghdr> = Box::new(unsafe { mem::zeroed() });
+    msg.msg_name = (&raw mut from.storage).cast();
+    msg.msg_namelen = from.len;
+    msg.msg_iov = &mut *iov;
+    msg.msg_iovlen = 1;
+    OpData::RecvFrom {
+        buf,
+        msg,
+        iov,
+        from,
+    }
+}
+
+/// Builds a datagram send of `buf` to `to`.
+pub(crate) fn datagram_send(mut buf: Vec<u8>, to: SocketAddr) -> OpData {
+    let mut iov = Box::new(libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    });
+    let to = Box::new(socket2::SockAddr::from(to));
+    // SAFETY: msghdr is plain data for which zeroes mean "no address, no control data".
+    let mut msg: Box<libc::msghdr> = Box::new(unsafe { mem::zeroed() });
+    msg.msg_name = to.as_ptr().cast_mut().cast();
+    msg.msg_namelen = to.len();
+    msg.msg_iov = &mut *iov;
+    msg.msg_iovlen = 1;
+    OpData::SendTo { buf, msg, iov, to }
 }
 
 /// Builds the `iovec`s and `msghdr` of a vectored operation: over each buffer's spare capacity
@@ -148,6 +206,7 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Com
         Some(e) => Err(e),
         None => result,
     };
+    let mut peer = None;
     let (mut bytes, mut error) = match result {
         Ok(n) => (n, None),
         Err(e) => (0, Some(e)),
@@ -189,6 +248,33 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Com
                 }
             }
         }
+        OpData::RecvFrom {
+            mut buf,
+            msg,
+            mut from,
+            ..
+        } => {
+            if error.is_none() {
+                let spare = buf.capacity() - buf.len();
+                if bytes > spare {
+                    // MSG_TRUNC made the kernel report the datagram's real length: it was
+                    // truncated. An error, as on Windows, that keeps what arrived.
+                    error = Some(crate::error::corrected(
+                        io::ErrorKind::InvalidData,
+                        libc::EMSGSIZE,
+                        None,
+                    ));
+                    bytes = spare;
+                }
+                // SAFETY: the kernel wrote min(bytes, spare) bytes at the start of the spare
+                // capacity.
+                unsafe { grow_by(&mut buf, bytes) };
+                from.len = msg.msg_namelen;
+                peer = from.decode().ok();
+            }
+            Output::Buffer(buf)
+        }
+        OpData::SendTo { buf, .. } => Output::Buffer(buf),
         OpData::Ioctl { input, output } => Output::Ioctl { input, output },
         OpData::Accept { .. } | OpData::Connect { .. } => {
             bytes = 0;
@@ -202,6 +288,7 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Com
         bytes,
         error,
         output,
+        peer,
         address,
     }
 }

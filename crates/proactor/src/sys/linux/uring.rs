@@ -177,6 +177,24 @@ impl Uring {
                             .build()
                     }
                 }
+                OpKind::RecvFrom | OpKind::SendTo => {
+                    let msg = match &mut op.data {
+                        OpData::RecvFrom { msg, .. } | OpData::SendTo { msg, .. } => {
+                            &mut **msg as *mut libc::msghdr
+                        }
+                        _ => ptr::null_mut(),
+                    };
+                    if op.kind == OpKind::RecvFrom {
+                        // MSG_TRUNC: the result is the datagram's real length, so truncation shows.
+                        opcode::RecvMsg::new(fd, msg)
+                            .flags(libc::MSG_TRUNC as u32)
+                            .build()
+                    } else {
+                        opcode::SendMsg::new(fd, msg)
+                            .flags(libc::MSG_NOSIGNAL as u32)
+                            .build()
+                    }
+                }
                 OpKind::Readable => opcode::PollAdd::new(fd, libc::POLLIN as u32).build(),
                 OpKind::Accept => {
                     let (addr, len) = match &mut op.data {

@@ -12,6 +12,7 @@
 //! | 6 `ERROR_INVALID_HANDLE`, 10038 `WSAENOTSOCK` | uncategorized | `InvalidInput` |
 //! | 1168 `ERROR_NOT_FOUND` | uncategorized | `NotFound` |
 //! | 38 `ERROR_HANDLE_EOF` | uncategorized | `UnexpectedEof` |
+//! | 10040 `WSAEMSGSIZE` (a truncated datagram) | uncategorized | `InvalidData` |
 //!
 //! Every other code is `io::Error::from_raw_os_error(code)`. The code is kept either way
 //! ([`raw_os_error`](crate::raw_os_error)), and so is the NTSTATUS it came from, if any.
@@ -24,7 +25,7 @@ use windows_sys::Win32::{
         ERROR_HANDLES_CLOSED, ERROR_INVALID_HANDLE, ERROR_NETNAME_DELETED, ERROR_NOT_FOUND,
         ERROR_OPERATION_ABORTED, NTSTATUS, RtlNtStatusToDosError,
     },
-    Networking::WinSock::WSAENOTSOCK,
+    Networking::WinSock::{WSAEMSGSIZE, WSAENOTSOCK},
 };
 
 use crate::error::{cancelled, corrected};
@@ -42,6 +43,7 @@ pub(crate) fn from_code(code: u32, ntstatus: Option<NTSTATUS>) -> io::Error {
         c if c == WSAENOTSOCK as u32 => Some(ErrorKind::InvalidInput),
         ERROR_NOT_FOUND => Some(ErrorKind::NotFound),
         ERROR_HANDLE_EOF => Some(ErrorKind::UnexpectedEof),
+        c if c == WSAEMSGSIZE as u32 => Some(ErrorKind::InvalidData),
         _ => None,
     };
     match (corrected_kind, ntstatus) {

@@ -11,10 +11,10 @@ use std::{
 use socket2::{Domain, SockAddr, SockRef};
 use windows_sys::Win32::Networking::WinSock::{
     AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, LPFN_CONNECTEX,
-    SIO_GET_EXTENSION_FUNCTION_POINTER, SO_UPDATE_ACCEPT_CONTEXT, SO_UPDATE_CONNECT_CONTEXT,
-    SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6, SOCKET, SOCKET_ERROR, SOL_SOCKET, WSAEINVAL, WSAENOBUFS,
-    WSAEnumProtocolsW, WSAGetLastError, WSAID_CONNECTEX, WSAIoctl, WSAPROTOCOL_INFOW,
-    XP1_IFS_HANDLES, setsockopt,
+    SIO_GET_EXTENSION_FUNCTION_POINTER, SIO_UDP_CONNRESET, SO_UPDATE_ACCEPT_CONTEXT,
+    SO_UPDATE_CONNECT_CONTEXT, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6, SOCKET, SOCKET_ERROR,
+    SOL_SOCKET, WSAEINVAL, WSAENOBUFS, WSAEnumProtocolsW, WSAGetLastError, WSAID_CONNECTEX,
+    WSAIoctl, WSAPROTOCOL_INFOW, XP1_IFS_HANDLES, setsockopt,
 };
 
 /// Whether every TCP and UDP provider hands out real (IFS) handles.
@@ -207,5 +207,35 @@ pub(crate) unsafe fn socket_addr(addr: *const SOCKADDR, len: i32) -> io::Result<
             Ok(SocketAddrV6::new(ip, u16::from_be(a.sin6_port), a.sin6_flowinfo, scope).into())
         }
         _ => Err(invalid()),
+    }
+}
+
+/// Turns `SIO_UDP_CONNRESET` off on a datagram socket, so that an ICMP port-unreachable for
+/// an earlier send does not fail the next `recv_from` (Windows' default; tokio#2017). Other
+/// sockets are left alone, and so is a provider that does not know the control.
+pub(crate) fn udp_connreset_off(socket: SOCKET) {
+    // SAFETY: the socket is open (the caller is associating it).
+    let borrowed = unsafe { borrow(socket) };
+    if !matches!(SockRef::from(&borrowed).r#type(), Ok(t) if t == socket2::Type::DGRAM) {
+        return;
+    }
+    let off: u32 = 0;
+    let mut bytes = 0u32;
+    // SAFETY: a synchronous ioctl (no OVERLAPPED) with a 4-byte input that lives across it.
+    let rc = unsafe {
+        WSAIoctl(
+            socket,
+            SIO_UDP_CONNRESET,
+            (&raw const off).cast(),
+            4,
+            ptr::null_mut(),
+            0,
+            &mut bytes,
+            ptr::null_mut(),
+            None,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!("SIO_UDP_CONNRESET not supported by this provider");
     }
 }

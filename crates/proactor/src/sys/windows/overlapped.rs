@@ -54,6 +54,15 @@ pub(crate) enum OpData {
         /// How many times in a row this accept was restarted after a client reset.
         restarts: u32,
     },
+    /// A `WSARecvFrom`: the buffer and where the kernel writes the source address.
+    RecvFrom { buf: Vec<u8>, from: Box<FromAddr> },
+    /// A `WSASendTo`: the buffer and the destination.
+    SendTo {
+        buf: Vec<u8>,
+        /// Read by the kernel through a pointer taken at submission; boxed so it never moves.
+        #[allow(dead_code)]
+        to: Box<socket2::SockAddr>,
+    },
     /// A `WSAIoctl` or `DeviceIoControl`: input, and output written into its spare capacity.
     Ioctl { input: Vec<u8>, output: Vec<u8> },
     /// A `ConnectEx`: the address it connects to.
@@ -63,6 +72,23 @@ pub(crate) enum OpData {
         #[allow(dead_code)]
         addr: Box<socket2::SockAddr>,
     },
+}
+
+/// The source address a `WSARecvFrom` writes, with its length.
+pub(crate) struct FromAddr {
+    pub(crate) storage: SOCKADDR_STORAGE,
+    pub(crate) len: i32,
+}
+
+impl FromAddr {
+    pub(crate) fn new() -> Box<FromAddr> {
+        // SAFETY: SOCKADDR_STORAGE is plain data for which zeroes are valid.
+        let storage = unsafe { mem::zeroed() };
+        Box::new(FromAddr {
+            storage,
+            len: mem::size_of::<SOCKADDR_STORAGE>() as i32,
+        })
+    }
 }
 
 /// One operation. `#[repr(C)]` with the `OVERLAPPED` first, so that the `*mut OVERLAPPED` the

@@ -175,6 +175,9 @@ impl Port {
                 _ => error::from_code(code, None),
             });
         }
+        if let RawIo::Socket(s) = raw {
+            net::udp_connreset_off(s);
+        }
         let skip_on_success = self.skip_on_success.load(SeqCst)
             && (matches!(raw, RawIo::Handle(_)) || net::providers_are_ifs())
             // SAFETY: `raw` is open; the flags are the documented mode bits.

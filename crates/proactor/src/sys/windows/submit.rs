@@ -5,12 +5,12 @@ use std::{io, mem, net::SocketAddr, net::TcpStream, ptr, sync::Arc};
 use socket2::{SockAddr, SockRef, Socket, Type};
 use windows_sys::Win32::{
     Foundation::{
-        ERROR_CONNECTION_ABORTED, ERROR_HANDLE_EOF, ERROR_IO_PENDING, ERROR_NETNAME_DELETED,
-        ERROR_UNEXP_NET_ERR, GetLastError,
+        ERROR_CONNECTION_ABORTED, ERROR_HANDLE_EOF, ERROR_IO_PENDING, ERROR_MORE_DATA,
+        ERROR_NETNAME_DELETED, ERROR_UNEXP_NET_ERR, GetLastError,
     },
     Networking::WinSock::{
         AcceptEx, GetAcceptExSockaddrs, SOCKADDR, SOCKET, WSA_IO_PENDING, WSABUF, WSAECONNRESET,
-        WSAGetLastError, WSAIoctl, WSARecv, WSASend,
+        WSAEMSGSIZE, WSAGetLastError, WSAIoctl, WSARecv, WSARecvFrom, WSASend, WSASendTo,
     },
     Storage::FileSystem::{ReadFile, WriteFile},
     System::IO::DeviceIoControl,
@@ -18,7 +18,7 @@ use windows_sys::Win32::{
 
 use super::{
     Life, RawIo, Route, Target, net,
-    overlapped::{ACCEPT_ADDR_LEN, Op, OpBox, OpData, flags_of, overlapped},
+    overlapped::{ACCEPT_ADDR_LEN, FromAddr, Op, OpBox, OpData, flags_of, overlapped},
     port::{Port, Started},
 };
 use crate::{
@@ -236,6 +236,69 @@ impl Port {
         })
     }
 
+    /// `WSARecvFrom` into the spare capacity of `buf`, with the source address.
+    pub(crate) fn recv_from(&self, target: &Target, mut buf: Vec<u8>) -> OpId {
+        let wsabuf = wsabuf_spare(&mut buf);
+        let mut from = FromAddr::new();
+        let (from_ptr, len_ptr) = (&raw mut from.storage, &raw mut from.len);
+        let op = self.record(target, OpKind::RecvFrom, 0, OpData::RecvFrom { buf, from });
+        if let Some(err) = self.check(target, true) {
+            return self.fail(op, err);
+        }
+        if wsabuf.len == 0 {
+            return self.fail(op, crate::error::no_spare_capacity());
+        }
+        let socket = socket_of(target);
+        self.start(&target.route, op, |raw| {
+            // SAFETY: the socket is open; the buffer and the boxed address (and its length) are
+            // owned by the record until the kernel is done; WinSock captures the WSABUF.
+            let rc = unsafe {
+                WSARecvFrom(
+                    socket,
+                    &wsabuf,
+                    1,
+                    ptr::null_mut(),
+                    flags_of(raw),
+                    from_ptr.cast(),
+                    len_ptr,
+                    overlapped(raw),
+                    None,
+                )
+            };
+            wsa_started(rc)
+        })
+    }
+
+    /// `WSASendTo` of all of `buf` to `addr`.
+    pub(crate) fn send_to(&self, target: &Target, buf: Vec<u8>, addr: SocketAddr) -> OpId {
+        let wsabuf = wsabuf_data(&buf);
+        let to = Box::new(SockAddr::from(addr));
+        let (to_ptr, to_len) = (to.as_ptr().cast::<SOCKADDR>(), to.len());
+        let op = self.record(target, OpKind::SendTo, 0, OpData::SendTo { buf, to });
+        if let Some(err) = self.check(target, true) {
+            return self.fail(op, err);
+        }
+        let socket = socket_of(target);
+        self.start(&target.route, op, |raw| {
+            // SAFETY: the socket is open; the buffer and the boxed destination are owned by
+            // the record until the kernel is done; WinSock captures the WSABUF.
+            let rc = unsafe {
+                WSASendTo(
+                    socket,
+                    &wsabuf,
+                    1,
+                    ptr::null_mut(),
+                    0,
+                    to_ptr,
+                    to_len,
+                    overlapped(raw),
+                    None,
+                )
+            };
+            wsa_started(rc)
+        })
+    }
+
     /// `WSAIoctl` (sockets) or `DeviceIoControl` (other handles) with owned buffers.
     pub(crate) fn ioctl(
         &self,
@@ -423,6 +486,7 @@ impl Port {
         } = op.into_inner();
         let mut error = error;
         let mut bytes = bytes;
+        let mut peer = None;
         let output = match data {
             OpData::None | OpData::Readable => Output::None,
             OpData::Post(value) => {
@@ -447,6 +511,26 @@ impl Port {
                 }
                 Output::Buffers(bufs)
             }
+            OpData::RecvFrom { mut buf, from } => {
+                // A truncated datagram (ERROR_MORE_DATA from the port) still carries its bytes
+                // and its source: report it as WinSock does, WSAEMSGSIZE.
+                if error
+                    .as_ref()
+                    .is_some_and(|e| crate::raw_os_error(e) == Some(ERROR_MORE_DATA as i32))
+                {
+                    error = Some(super::error::from_code(WSAEMSGSIZE as u32, None));
+                }
+                // SAFETY: the kernel wrote `bytes` bytes (the datagram, or as much as fitted) at
+                // the start of the spare capacity.
+                unsafe { grow_by(&mut buf, bytes) };
+                if from.len > 0 {
+                    // SAFETY: WSARecvFrom wrote `len` bytes of address into the storage.
+                    peer = unsafe { net::socket_addr((&raw const from.storage).cast(), from.len) }
+                        .ok();
+                }
+                Output::Buffer(buf)
+            }
+            OpData::SendTo { buf, .. } => Output::Buffer(buf),
             OpData::Ioctl { input, mut output } => {
                 if error.is_none() {
                     // SAFETY: the control wrote `bytes` bytes at the start of the spare capacity.
@@ -507,6 +591,7 @@ impl Port {
             bytes,
             error,
             output,
+            peer,
             address,
         })
     }
