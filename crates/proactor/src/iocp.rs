@@ -268,6 +268,42 @@ impl Iocp {
         self.port.send_to(&handle.target, buf, addr)
     }
 
+    /// Sends `len` bytes of `file`, from `offset`, on a connected socket (`TransmitFile`; 0
+    /// sends to the end of the file). The operation keeps its own duplicate of the file handle,
+    /// so `file` may be closed at once.
+    ///
+    /// On Linux it completes with [`io::ErrorKind::Unsupported`].
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) -> std::io::Result<()> {
+    /// let file = std::fs::File::open("index.html")?;
+    /// port.transmit_file(conn, &file, 0, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn transmit_file<T: Associate>(
+        &self,
+        socket: &Handle<T>,
+        file: &std::fs::File,
+        offset: u64,
+        len: u32,
+    ) -> OpId {
+        self.port.transmit_file(&socket.target, file, offset, len)
+    }
+
+    /// Disconnects a connected socket gracefully (`DisconnectEx`): the peer sees the end of the
+    /// stream; the socket stays open until its handle is dropped.
+    ///
+    /// On Linux it completes with [`io::ErrorKind::Unsupported`] (use `shutdown`).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// port.disconnect(conn);
+    /// # }
+    /// ```
+    pub fn disconnect<T: Associate>(&self, socket: &Handle<T>) -> OpId {
+        self.port.disconnect(&socket.target)
+    }
+
     /// Reads into the spare capacity of `buf` at `offset` (`ReadFile`); any handle opened for
     /// overlapped I/O (streams ignore the offset). A read at or past the end of a file
     /// completes with `Ok(0)`.

@@ -89,6 +89,12 @@ pub enum OpKind {
     RecvFrom,
     /// A datagram send to an address (`WSASendTo`).
     SendTo,
+    /// Sending a file's contents on a socket (`TransmitFile`).
+    TransmitFile,
+    /// A graceful disconnect of a socket (`DisconnectEx`).
+    Disconnect,
+    /// Waiting for a client on a named pipe (`ConnectNamedPipe`).
+    ConnectPipe,
 }
 
 impl OpKind {
@@ -108,6 +114,9 @@ impl OpKind {
             OpKind::Ioctl => "ioctl",
             OpKind::RecvFrom => "recv_from",
             OpKind::SendTo => "send_to",
+            OpKind::TransmitFile => "transmit_file",
+            OpKind::Disconnect => "disconnect",
+            OpKind::ConnectPipe => "connect_pipe",
         }
     }
 }

@@ -82,6 +82,19 @@ pub trait IocpExt {
     /// # }
     /// ```
     fn address_list_change<T: Associate>(&self, socket: &Handle<T>) -> OpId;
+
+    /// Waits for a client to connect to a named pipe's server end (`ConnectNamedPipe`). A
+    /// client that connected before the call counts as connected.
+    ///
+    /// ```no_run
+    /// use proactor::windows::{IocpExt, named_pipe};
+    /// # fn main() -> std::io::Result<()> {
+    /// let port = proactor::Iocp::new()?;
+    /// let server = port.add_handle(named_pipe::create(r"\\.\pipe\demo", false)?, 1)?;
+    /// port.connect_named_pipe(&server);
+    /// # Ok(()) }
+    /// ```
+    fn connect_named_pipe<T: Associate>(&self, pipe: &Handle<T>) -> OpId;
 }
 
 impl IocpExt for Iocp {
@@ -114,6 +127,10 @@ impl IocpExt for Iocp {
 
     fn address_list_change<T: Associate>(&self, socket: &Handle<T>) -> OpId {
         self.ioctl(socket, SIO_ADDRESS_LIST_CHANGE, Vec::new(), Vec::new())
+    }
+
+    fn connect_named_pipe<T: Associate>(&self, pipe: &Handle<T>) -> OpId {
+        self.sys().connect_pipe(&pipe.target)
     }
 }
 
@@ -242,3 +259,101 @@ impl crate::handle::Sealed for Foreign<'_> {
 }
 
 impl Associate for Foreign<'_> {}
+
+/// Named pipes: create a server end, open a client end, both for overlapped I/O.
+///
+/// Read and write them with [`Iocp::read_at`] and [`Iocp::write_at`] (the offset is ignored);
+/// wait for a client with [`connect_named_pipe`](IocpExt::connect_named_pipe). A read whose
+/// writer has gone ends as `Ok(0)`, EOF; a write to a pipe whose reader has gone fails with
+/// [`std::io::ErrorKind::BrokenPipe`]; a message-mode read into a buffer smaller than the
+/// message fails with `ERROR_MORE_DATA` (234) and keeps the bytes it read, the rest is read
+/// next.
+pub mod named_pipe {
+    use std::{
+        fs::{File, OpenOptions},
+        io,
+        os::windows::{
+            fs::OpenOptionsExt,
+            io::{FromRawHandle, OwnedHandle},
+        },
+        ptr,
+    };
+
+    use windows_sys::Win32::{
+        Foundation::INVALID_HANDLE_VALUE,
+        Storage::FileSystem::{
+            FILE_FLAG_FIRST_PIPE_INSTANCE, FILE_FLAG_OVERLAPPED, PIPE_ACCESS_DUPLEX,
+        },
+        System::Pipes::{
+            CreateNamedPipeW, PIPE_READMODE_BYTE, PIPE_READMODE_MESSAGE,
+            PIPE_REJECT_REMOTE_CLIENTS, PIPE_TYPE_BYTE, PIPE_TYPE_MESSAGE,
+            PIPE_UNLIMITED_INSTANCES, SetNamedPipeHandleState,
+        },
+    };
+
+    /// Creates the first server end of the pipe `name` (`\\.\pipe\...`), duplex, for
+    /// overlapped I/O, local clients only; `message` selects message mode.
+    ///
+    /// ```no_run
+    /// let server = proactor::windows::named_pipe::create(r"\\.\pipe\proactor-demo", false)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn create(name: &str, message: bool) -> io::Result<OwnedHandle> {
+        let wide: Vec<u16> = name.encode_utf16().chain(Some(0)).collect();
+        let mode = if message {
+            PIPE_TYPE_MESSAGE | PIPE_READMODE_MESSAGE
+        } else {
+            PIPE_TYPE_BYTE | PIPE_READMODE_BYTE
+        };
+        // SAFETY: `wide` is a NUL-terminated UTF-16 name that lives across the call; the other
+        // arguments are plain values.
+        let raw = unsafe {
+            CreateNamedPipeW(
+                wide.as_ptr(),
+                PIPE_ACCESS_DUPLEX | FILE_FLAG_OVERLAPPED | FILE_FLAG_FIRST_PIPE_INSTANCE,
+                mode | PIPE_REJECT_REMOTE_CLIENTS,
+                PIPE_UNLIMITED_INSTANCES,
+                64 * 1024,
+                64 * 1024,
+                0,
+                ptr::null(),
+            )
+        };
+        if raw == INVALID_HANDLE_VALUE {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a new handle that nothing else owns.
+        Ok(unsafe { OwnedHandle::from_raw_handle(raw) })
+    }
+
+    /// Opens a client end of the pipe `name`, for overlapped I/O; `message` switches it to
+    /// message read mode.
+    ///
+    /// ```no_run
+    /// let client = proactor::windows::named_pipe::open(r"\\.\pipe\proactor-demo", false)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn open(name: &str, message: bool) -> io::Result<File> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(FILE_FLAG_OVERLAPPED)
+            .open(name)?;
+        if message {
+            let mode = PIPE_READMODE_MESSAGE;
+            // SAFETY: the handle is open; `mode` lives across the call; null leaves the rest.
+            let ok = unsafe {
+                SetNamedPipeHandleState(
+                    std::os::windows::io::AsRawHandle::as_raw_handle(&file),
+                    &mode,
+                    ptr::null(),
+                    ptr::null(),
+                )
+            };
+            if ok == 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(file)
+    }
+}

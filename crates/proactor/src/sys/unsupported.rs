@@ -107,6 +107,12 @@ impl Port {
     pub(crate) fn send_to(&self, _target: &Target, _buf: Vec<u8>, _addr: SocketAddr) -> OpId {
         match *self {}
     }
+    pub(crate) fn transmit_file(&self, _t: &Target, _f: &std::fs::File, _o: u64, _l: u32) -> OpId {
+        match *self {}
+    }
+    pub(crate) fn disconnect(&self, _target: &Target) -> OpId {
+        match *self {}
+    }
     pub(crate) fn cancel(&self, _id: OpId) -> io::Result<()> {
         match *self {}
     }

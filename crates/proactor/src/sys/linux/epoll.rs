@@ -304,7 +304,12 @@ impl Epoll {
                     connect_result(fd)
                 }
             }
-            OpKind::Post | OpKind::Ioctl => Ok(0), // never queued: completed at submission
+            // Never queued: posts and refused operations complete at submission.
+            OpKind::Post
+            | OpKind::Ioctl
+            | OpKind::TransmitFile
+            | OpKind::Disconnect
+            | OpKind::ConnectPipe => Ok(0),
         };
         match result {
             Err(e) if would_block(&e) => Attempt::WouldBlock,

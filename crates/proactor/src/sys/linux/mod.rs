@@ -309,12 +309,46 @@ impl Port {
         input: Vec<u8>,
         output: Vec<u8>,
     ) -> OpId {
-        let id = OpId::next();
         let data = OpData::Ioctl { input, output };
-        let mut op = Op::new(id, OpKind::Ioctl, target.context, target.raw.0, 0, data);
+        self.unsupported(
+            target,
+            OpKind::Ioctl,
+            data,
+            "ioctl control codes are Windows' (WSAIoctl, DeviceIoControl)",
+        )
+    }
+
+    pub(crate) fn transmit_file(
+        &self,
+        target: &Target,
+        _file: &File,
+        _offset: u64,
+        _len: u32,
+    ) -> OpId {
+        self.unsupported(
+            target,
+            OpKind::TransmitFile,
+            OpData::Readable,
+            "TransmitFile is Windows'",
+        )
+    }
+
+    pub(crate) fn disconnect(&self, target: &Target) -> OpId {
+        self.unsupported(
+            target,
+            OpKind::Disconnect,
+            OpData::Readable,
+            "DisconnectEx is Windows' (use shutdown)",
+        )
+    }
+
+    /// An operation Linux has no equivalent for: it completes with `Unsupported`.
+    fn unsupported(&self, target: &Target, kind: OpKind, data: OpData, what: &str) -> OpId {
+        let id = OpId::next();
+        let mut op = Op::new(id, kind, target.context, target.raw.0, 0, data);
         op.refused = Some(io::Error::new(
             io::ErrorKind::Unsupported,
-            "ioctl control codes are Windows' (WSAIoctl, DeviceIoControl): not available on Linux",
+            format!("{what}: not available on Linux"),
         ));
         self.driver.submit(op);
         id

@@ -141,7 +141,11 @@ impl Uring {
             opcode::Nop::new().build()
         } else {
             match op.kind {
-                OpKind::Post | OpKind::Ioctl => opcode::Nop::new().build(),
+                OpKind::Post
+                | OpKind::Ioctl
+                | OpKind::TransmitFile
+                | OpKind::Disconnect
+                | OpKind::ConnectPipe => opcode::Nop::new().build(),
                 OpKind::Recv => {
                     let (ptr, len) = op.spare();
                     opcode::Recv::new(fd, ptr, clamp(len)).build()

@@ -10,11 +10,11 @@ use std::{
 
 use socket2::{Domain, SockAddr, SockRef};
 use windows_sys::Win32::Networking::WinSock::{
-    AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, LPFN_CONNECTEX,
+    AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, LPFN_CONNECTEX, LPFN_DISCONNECTEX,
     SIO_GET_EXTENSION_FUNCTION_POINTER, SIO_UDP_CONNRESET, SO_UPDATE_ACCEPT_CONTEXT,
     SO_UPDATE_CONNECT_CONTEXT, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6, SOCKET, SOCKET_ERROR,
     SOL_SOCKET, WSAEINVAL, WSAENOBUFS, WSAEnumProtocolsW, WSAGetLastError, WSAID_CONNECTEX,
-    WSAIoctl, WSAPROTOCOL_INFOW, XP1_IFS_HANDLES, setsockopt,
+    WSAID_DISCONNECTEX, WSAIoctl, WSAPROTOCOL_INFOW, XP1_IFS_HANDLES, setsockopt,
 };
 
 /// Whether every TCP and UDP provider hands out real (IFS) handles.
@@ -118,6 +118,50 @@ pub(crate) fn connect_ex(socket: SOCKET) -> io::Result<ConnectEx> {
         )),
     }
 }
+
+/// The `DisconnectEx` extension function, loaded once.
+pub(crate) fn disconnect_ex(socket: SOCKET) -> io::Result<DisconnectEx> {
+    static DISCONNECT_EX: OnceLock<DisconnectEx> = OnceLock::new();
+    if let Some(f) = DISCONNECT_EX.get() {
+        return Ok(*f);
+    }
+    let guid = WSAID_DISCONNECTEX;
+    let mut f: LPFN_DISCONNECTEX = None;
+    let mut bytes = 0u32;
+    // SAFETY: a synchronous ioctl (no OVERLAPPED): the GUID and the output slot live across it.
+    let rc = unsafe {
+        WSAIoctl(
+            socket,
+            SIO_GET_EXTENSION_FUNCTION_POINTER,
+            (&raw const guid).cast(),
+            mem::size_of_val(&guid) as u32,
+            (&raw mut f).cast(),
+            mem::size_of::<LPFN_DISCONNECTEX>() as u32,
+            &mut bytes,
+            ptr::null_mut(),
+            None,
+        )
+    };
+    match f {
+        Some(f) if rc == 0 => Ok(*DISCONNECT_EX.get_or_init(|| DisconnectEx(f))),
+        // SAFETY: reads the calling thread's last WinSock error.
+        _ => Err(super::error::from_code(
+            unsafe { WSAGetLastError() } as u32,
+            None,
+        )),
+    }
+}
+
+/// The `DisconnectEx` function of the TCP provider.
+#[derive(Clone, Copy)]
+pub(crate) struct DisconnectEx(
+    pub(crate)  unsafe extern "system" fn(
+        SOCKET,
+        *mut windows_sys::Win32::System::IO::OVERLAPPED,
+        u32,
+        u32,
+    ) -> windows_sys::core::BOOL,
+);
 
 /// The `ConnectEx` function of the TCP provider.
 #[derive(Clone, Copy)]
@@ -238,4 +282,19 @@ pub(crate) fn udp_connreset_off(socket: SOCKET) {
     if rc != 0 {
         tracing::debug!("SIO_UDP_CONNRESET not supported by this provider");
     }
+}
+
+/// Whether this process runs under Wine (`ntdll!wine_get_version` exists), which differs from
+/// Windows in one way the port must follow: see `Port::start` on warning completions.
+pub(crate) fn running_on_wine() -> bool {
+    use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleW, GetProcAddress};
+    static WINE: OnceLock<bool> = OnceLock::new();
+    *WINE.get_or_init(|| {
+        let ntdll: Vec<u16> = "ntdll.dll".encode_utf16().chain(Some(0)).collect();
+        // SAFETY: a NUL-terminated module name; ntdll is loaded in every process.
+        let module = unsafe { GetModuleHandleW(ntdll.as_ptr()) };
+        // SAFETY: a NUL-terminated export name; only the address's presence is used.
+        !module.is_null()
+            && unsafe { GetProcAddress(module, c"wine_get_version".as_ptr().cast()) }.is_some()
+    })
 }

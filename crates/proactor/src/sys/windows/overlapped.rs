@@ -63,6 +63,11 @@ pub(crate) enum OpData {
         #[allow(dead_code)]
         to: Box<socket2::SockAddr>,
     },
+    /// A `TransmitFile`: its own duplicate of the file handle, open until the kernel is done.
+    Transmit {
+        #[allow(dead_code)]
+        file: std::fs::File,
+    },
     /// A `WSAIoctl` or `DeviceIoControl`: input, and output written into its spare capacity.
     Ioctl { input: Vec<u8>, output: Vec<u8> },
     /// A `ConnectEx`: the address it connects to.
@@ -102,8 +107,10 @@ pub(crate) struct Op {
     pub(crate) target: RawIo,
     /// `WSARecv` flags, in and out; kept here because the provider may write them at completion.
     pub(crate) flags: u32,
-    /// The outcome when the operation ended at submission and no packet will be queued.
-    pub(crate) immediate: Option<io::Result<usize>>,
+    /// The outcome when the operation ended at submission and no packet will be queued: the
+    /// bytes transferred (a warning completion such as a partial message carries some even
+    /// though it failed) and the error, if it failed.
+    pub(crate) immediate: Option<(usize, Option<io::Error>)>,
     /// The event and wait of an operation on a foreign handle.
     pub(crate) foreign: Option<ForeignOp>,
     pub(crate) data: OpData,

@@ -79,6 +79,8 @@ pub(crate) enum Started {
     Done,
     /// Failure at once, with this Win32 or WinSock code: no packet will be queued.
     Failed(u32),
+    /// Success reported as a failure code (`ERROR_PIPE_CONNECTED`): no packet will be queued.
+    Connected,
 }
 
 /// A Windows I/O completion port and the operations in flight on it.
@@ -315,14 +317,30 @@ impl Port {
                 // success: the kernel is done with the record and queues no packet.
                 let mut op = unsafe { OpBox::from_raw(raw) };
                 let (_, bytes) = op.status();
-                op.immediate = Some(Ok(bytes));
+                op.immediate = Some((bytes, None));
                 tracing::trace!(op = kind.name(), %id, bytes, "submitted, done at once");
                 self.push_ready(op);
+            }
+            Started::Connected => {
+                // SAFETY: the call returned a failure code: no operation started, no packet.
+                let mut op = unsafe { OpBox::from_raw(raw) };
+                op.immediate = Some((0, None));
+                self.push_ready(op);
+            }
+            Started::Failed(_) if route.foreign.is_none() && warning_queues_packet(raw) => {
+                // A synchronous "failure" that is an NT warning (ERROR_MORE_DATA from a message
+                // pipe, a truncated datagram): the operation completed, and Windows' I/O
+                // manager queues a packet for warnings (only errors are not queued, and
+                // skip-on-success only skips successes). The packet finishes it.
+                tracing::trace!(op = kind.name(), %id, "submitted, completed with a warning; packet follows");
             }
             Started::Failed(code) => {
                 // SAFETY: the call failed at once: no operation started, no packet is queued.
                 let mut op = unsafe { OpBox::from_raw(raw) };
-                op.immediate = Some(Err(error::from_code(code, None)));
+                // A warning completion (Wine: no packet follows) still moved bytes.
+                let (status, bytes) = op.status();
+                let bytes = if (status as u32) >> 30 == 2 { bytes } else { 0 };
+                op.immediate = Some((bytes, Some(error::from_code(code, None))));
                 tracing::trace!(op = kind.name(), %id, code, "submitted, failed at once");
                 self.push_ready(op);
             }
@@ -333,7 +351,7 @@ impl Port {
     /// Ends an operation that could not be started: its completion carries `err`.
     pub(crate) fn fail(&self, mut op: OpBox, err: io::Error) -> OpId {
         let id = op.id;
-        op.immediate = Some(Err(err));
+        op.immediate = Some((0, Some(err)));
         self.table.insert(
             id,
             Entry {
@@ -554,8 +572,7 @@ impl Port {
             self.events.put(f.event);
         }
         let (bytes, error) = match (op.immediate.take(), packet_bytes) {
-            (Some(Ok(bytes)), _) => (bytes, None),
-            (Some(Err(e)), _) => (0, Some(e)),
+            (Some(outcome), _) => outcome,
             (None, bytes) => {
                 let (status, internal_bytes) = op.status();
                 let bytes = bytes.unwrap_or(internal_bytes);
@@ -622,6 +639,16 @@ impl Drop for Port {
             );
         }
     }
+}
+
+/// Whether an operation whose call failed at once will still get a packet: its status is an
+/// NT warning (`0x8000_0000..0xC000_0000`, such as `STATUS_BUFFER_OVERFLOW`), and this is
+/// Windows. Wine queues none for these (ARCHITECTURE.md), so there the failure is final.
+fn warning_queues_packet(op: *mut Op) -> bool {
+    // SAFETY: the call has returned and completed synchronously: the kernel wrote the status
+    // and touches the OVERLAPPED no more; a packet, if any, only carries its address.
+    let status = unsafe { (*overlapped(op)).Internal } as u32;
+    status >> 30 == 2 && !net::running_on_wine()
 }
 
 /// What a blocking wait produced.

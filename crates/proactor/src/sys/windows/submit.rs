@@ -5,15 +5,17 @@ use std::{io, mem, net::SocketAddr, net::TcpStream, ptr, sync::Arc};
 use socket2::{SockAddr, SockRef, Socket, Type};
 use windows_sys::Win32::{
     Foundation::{
-        ERROR_CONNECTION_ABORTED, ERROR_HANDLE_EOF, ERROR_IO_PENDING, ERROR_MORE_DATA,
-        ERROR_NETNAME_DELETED, ERROR_UNEXP_NET_ERR, GetLastError,
+        ERROR_BROKEN_PIPE, ERROR_CONNECTION_ABORTED, ERROR_HANDLE_EOF, ERROR_IO_PENDING,
+        ERROR_MORE_DATA, ERROR_NETNAME_DELETED, ERROR_PIPE_CONNECTED, ERROR_UNEXP_NET_ERR,
+        GetLastError,
     },
     Networking::WinSock::{
-        AcceptEx, GetAcceptExSockaddrs, SOCKADDR, SOCKET, WSA_IO_PENDING, WSABUF, WSAECONNRESET,
-        WSAEMSGSIZE, WSAGetLastError, WSAIoctl, WSARecv, WSARecvFrom, WSASend, WSASendTo,
+        AcceptEx, GetAcceptExSockaddrs, SOCKADDR, SOCKET, TransmitFile, WSA_IO_PENDING, WSABUF,
+        WSAECONNRESET, WSAEMSGSIZE, WSAGetLastError, WSAIoctl, WSARecv, WSARecvFrom, WSASend,
+        WSASendTo,
     },
     Storage::FileSystem::{ReadFile, WriteFile},
-    System::IO::DeviceIoControl,
+    System::{IO::DeviceIoControl, Pipes::ConnectNamedPipe},
 };
 
 use super::{
@@ -299,6 +301,70 @@ impl Port {
         })
     }
 
+    /// `TransmitFile` of `len` bytes (0: to the end) of `file` from `offset`.
+    pub(crate) fn transmit_file(
+        &self,
+        target: &Target,
+        file: &std::fs::File,
+        offset: u64,
+        len: u32,
+    ) -> OpId {
+        let record = |data| self.record(target, OpKind::TransmitFile, offset, data);
+        if let Some(err) = self.check(target, true) {
+            return self.fail(record(OpData::None), err);
+        }
+        let file = match file.try_clone() {
+            Ok(f) => f,
+            Err(e) => return self.fail(record(OpData::None), e),
+        };
+        let file_handle = std::os::windows::io::AsRawHandle::as_raw_handle(&file);
+        let socket = socket_of(target);
+        self.start(&target.route, record(OpData::Transmit { file }), |raw| {
+            // SAFETY: the socket is open; the file handle is the record's own duplicate, open
+            // until the record is taken back; the OVERLAPPED carries the file offset.
+            let ok = unsafe {
+                TransmitFile(socket, file_handle, len, 0, overlapped(raw), ptr::null(), 0)
+            };
+            bool_started(ok, true)
+        })
+    }
+
+    /// `DisconnectEx`: a graceful disconnect.
+    pub(crate) fn disconnect(&self, target: &Target) -> OpId {
+        let op = self.record(target, OpKind::Disconnect, 0, OpData::None);
+        if let Some(err) = self.check(target, true) {
+            return self.fail(op, err);
+        }
+        let socket = socket_of(target);
+        let disconnect_ex = match net::disconnect_ex(socket) {
+            Ok(f) => f,
+            Err(e) => return self.fail(op, e),
+        };
+        self.start(&target.route, op, |raw| {
+            // SAFETY: the socket is open and connected; DisconnectEx came from its provider.
+            let ok = unsafe { (disconnect_ex.0)(socket, overlapped(raw), 0, 0) };
+            bool_started(ok, true)
+        })
+    }
+
+    /// `ConnectNamedPipe`: waits for a client on a named pipe's server end.
+    pub(crate) fn connect_pipe(&self, target: &Target) -> OpId {
+        let op = self.record(target, OpKind::ConnectPipe, 0, OpData::None);
+        if let Some(err) = self.check(target, false) {
+            return self.fail(op, err);
+        }
+        let handle = target.raw.handle();
+        self.start(&target.route, op, |raw| {
+            // SAFETY: the pipe handle is open (the caller borrows its Handle).
+            let ok = unsafe { ConnectNamedPipe(handle, overlapped(raw)) };
+            match bool_started(ok, false) {
+                // A client connected between CreateNamedPipe and this call: connected already.
+                Started::Failed(ERROR_PIPE_CONNECTED) => Started::Connected,
+                other => other,
+            }
+        })
+    }
+
     /// `WSAIoctl` (sockets) or `DeviceIoControl` (other handles) with owned buffers.
     pub(crate) fn ioctl(
         &self,
@@ -488,13 +554,13 @@ impl Port {
         let mut bytes = bytes;
         let mut peer = None;
         let output = match data {
-            OpData::None | OpData::Readable => Output::None,
+            OpData::None | OpData::Readable | OpData::Transmit { .. } => Output::None,
             OpData::Post(value) => {
                 bytes = value;
                 Output::None
             }
             OpData::Buffer(mut buf) => {
-                if kind == OpKind::Read && error.as_ref().is_some_and(is_eof) {
+                if kind == OpKind::Read && error.as_ref().is_some_and(is_eof_or_broken) {
                     error = None; // a read at or past the end of a file: EOF, as Ok(0)
                     bytes = 0;
                 }
@@ -602,9 +668,10 @@ fn socket_of_socket(socket: &Socket) -> SOCKET {
     socket.as_raw_socket() as SOCKET
 }
 
-/// `ERROR_HANDLE_EOF`: a read at or past the end of a file.
-fn is_eof(err: &io::Error) -> bool {
-    crate::raw_os_error(err) == Some(ERROR_HANDLE_EOF as i32)
+/// A read's end of data: `ERROR_HANDLE_EOF` at or past the end of a file, `ERROR_BROKEN_PIPE`
+/// once a pipe's writer has gone.
+fn is_eof_or_broken(err: &io::Error) -> bool {
+    matches!(crate::raw_os_error(err), Some(c) if c == ERROR_HANDLE_EOF as i32 || c == ERROR_BROKEN_PIPE as i32)
 }
 
 /// An `AcceptEx` failure that means the client went away, not that the listener is broken:
