@@ -10,7 +10,9 @@ use std::{
 
 use std::time::Duration;
 
-use windows_sys::Win32::Networking::WinSock::{SIO_ADDRESS_LIST_CHANGE, SIO_KEEPALIVE_VALS};
+use windows_sys::Win32::Networking::WinSock::{
+    SIO_ADDRESS_LIST_CHANGE, SIO_GET_EXTENSION_FUNCTION_POINTER, SIO_KEEPALIVE_VALS,
+};
 
 use crate::{Associate, Completion, Handle, Iocp, OpId};
 
@@ -95,6 +97,23 @@ pub trait IocpExt {
     /// # Ok(()) }
     /// ```
     fn connect_named_pipe<T: Associate>(&self, pipe: &Handle<T>) -> OpId;
+
+    /// Asks a socket's provider for an extension function (`SIO_GET_EXTENSION_FUNCTION_POINTER`,
+    /// overlapped) by its GUID, given as the 128-bit number `GUID::from_u128` takes. The
+    /// completion's ioctl output ([`Completion::take_ioctl`]) holds the function's address, in
+    /// native byte order ([`function_address`] reads it).
+    ///
+    /// ```no_run
+    /// use proactor::windows::{IocpExt, function_address};
+    /// # fn f(port: &proactor::Iocp, socket: &proactor::Handle<std::net::TcpStream>) -> std::io::Result<()> {
+    /// const WSAID_TRANSMITFILE: u128 = 0xb5367df0_cbac_11cf_95ca_00805f48a192;
+    /// port.extension_function(socket, WSAID_TRANSMITFILE);
+    /// let mut done = port.get_completion(None)?;
+    /// let (_, output) = done.take_ioctl().unwrap();
+    /// println!("TransmitFile is at {:#x}", function_address(&output).unwrap());
+    /// # Ok(()) }
+    /// ```
+    fn extension_function<T: Associate>(&self, socket: &Handle<T>, guid: u128) -> OpId;
 }
 
 impl IocpExt for Iocp {
@@ -132,6 +151,32 @@ impl IocpExt for Iocp {
     fn connect_named_pipe<T: Associate>(&self, pipe: &Handle<T>) -> OpId {
         self.sys().connect_pipe(&pipe.target)
     }
+
+    fn extension_function<T: Associate>(&self, socket: &Handle<T>, guid: u128) -> OpId {
+        let guid = windows_sys::core::GUID::from_u128(guid);
+        let mut input = Vec::with_capacity(16);
+        input.extend_from_slice(&guid.data1.to_ne_bytes());
+        input.extend_from_slice(&guid.data2.to_ne_bytes());
+        input.extend_from_slice(&guid.data3.to_ne_bytes());
+        input.extend_from_slice(&guid.data4);
+        let output = Vec::with_capacity(std::mem::size_of::<usize>());
+        self.ioctl(socket, SIO_GET_EXTENSION_FUNCTION_POINTER, input, output)
+    }
+}
+
+/// The function address in an [`IocpExt::extension_function`] output, if it holds one.
+///
+/// ```
+/// let output = 0x1234_usize.to_ne_bytes().to_vec();
+/// assert_eq!(proactor::windows::function_address(&output), Some(0x1234));
+/// assert_eq!(proactor::windows::function_address(&[]), None);
+/// ```
+pub fn function_address(output: &[u8]) -> Option<usize> {
+    let bytes: [u8; std::mem::size_of::<usize>()] = output
+        .get(..std::mem::size_of::<usize>())?
+        .try_into()
+        .ok()?;
+    Some(usize::from_ne_bytes(bytes)).filter(|&a| a != 0)
 }
 
 /// Windows-only methods of [`Completion`].

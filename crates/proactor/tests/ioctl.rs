@@ -82,3 +82,59 @@ fn ioctl_is_unsupported_on_linux_and_hands_buffers_back() {
     );
     assert_eq!(c.take_ioctl().unwrap().0, vec![1; 12]);
 }
+
+#[cfg(windows)]
+#[test]
+fn extension_function_pointers_come_back_as_addresses() {
+    use proactor::windows::{IocpExt, function_address};
+    const WSAID_CONNECTEX: u128 = 0x25a207b9_ddf3_4660_8ee9_76e58c74063e;
+    let port = Iocp::new().unwrap();
+    let (ours, _theirs) = pair(&port, common::each_ip_v4(), 0);
+    port.extension_function(&ours, WSAID_CONNECTEX);
+    let mut c = next_of(&port, OpKind::Ioctl);
+    c.result().unwrap();
+    let (input, output) = c.take_ioctl().unwrap();
+    assert_eq!(input.len(), 16, "the GUID comes back");
+    assert!(
+        function_address(&output).is_some(),
+        "an address: {output:?}"
+    );
+}
+
+/// DeviceIoControl on a non-socket handle: FSCTL_PIPE_PEEK on a named pipe.
+#[cfg(windows)]
+#[test]
+fn device_io_control_on_a_pipe_peeks_without_consuming() {
+    use proactor::windows::{IocpExt, named_pipe};
+    const FSCTL_PIPE_PEEK: u32 = 0x0011_400C;
+    let name = format!(r"\\.\pipe\proactor-{}-peek", std::process::id());
+    let port = Iocp::new().unwrap();
+    let server = port
+        .add_handle(named_pipe::create(&name, false).unwrap(), 1)
+        .unwrap();
+    port.connect_named_pipe(&server);
+    let client = port
+        .add_handle(named_pipe::open(&name, false).unwrap(), 2)
+        .unwrap();
+    next_of(&port, OpKind::ConnectPipe).result().unwrap();
+    port.write_at(&server, b"hello".to_vec(), 0);
+    next_of(&port, OpKind::Write).result().unwrap();
+    port.ioctl(&client, FSCTL_PIPE_PEEK, Vec::new(), Vec::with_capacity(64));
+    let mut c = next_of(&port, OpKind::Ioctl);
+    c.result().unwrap();
+    let (_, output) = c.take_ioctl().unwrap();
+    // FILE_PIPE_PEEK_BUFFER: state, bytes available, messages, message length, then the data.
+    assert!(output.len() >= 21, "{output:?}");
+    assert_eq!(
+        u32::from_ne_bytes(output[4..8].try_into().unwrap()),
+        5,
+        "5 bytes available"
+    );
+    assert_eq!(&output[16..21], b"hello");
+    port.read_at(&client, Vec::with_capacity(16), 0);
+    assert_eq!(
+        next_of(&port, OpKind::Read).take_buffer().unwrap(),
+        b"hello",
+        "not consumed"
+    );
+}

@@ -9,12 +9,15 @@ use std::{
 };
 
 use socket2::{Domain, SockAddr, SockRef};
-use windows_sys::Win32::Networking::WinSock::{
-    AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, LPFN_CONNECTEX, LPFN_DISCONNECTEX,
-    SIO_GET_EXTENSION_FUNCTION_POINTER, SIO_UDP_CONNRESET, SO_UPDATE_ACCEPT_CONTEXT,
-    SO_UPDATE_CONNECT_CONTEXT, SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6, SOCKET, SOCKET_ERROR,
-    SOL_SOCKET, WSAEINVAL, WSAENOBUFS, WSAEnumProtocolsW, WSAGetLastError, WSAID_CONNECTEX,
-    WSAID_DISCONNECTEX, WSAIoctl, WSAPROTOCOL_INFOW, XP1_IFS_HANDLES, setsockopt,
+use windows_sys::{
+    Win32::Networking::WinSock::{
+        AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SIO_GET_EXTENSION_FUNCTION_POINTER,
+        SIO_UDP_CONNRESET, SO_UPDATE_ACCEPT_CONTEXT, SO_UPDATE_CONNECT_CONTEXT, SOCKADDR,
+        SOCKADDR_IN, SOCKADDR_IN6, SOCKET, SOCKET_ERROR, SOL_SOCKET, WSAEINVAL, WSAENOBUFS,
+        WSAEnumProtocolsW, WSAGetLastError, WSAID_CONNECTEX, WSAID_DISCONNECTEX, WSAIoctl,
+        WSAPROTOCOL_INFOW, XP1_IFS_HANDLES, setsockopt,
+    },
+    core::GUID,
 };
 
 /// Whether every TCP and UDP provider hands out real (IFS) handles.
@@ -86,14 +89,13 @@ pub(crate) fn bind_for_connect(socket: &SockRef<'_>, addr: &SocketAddr) -> io::R
     }
 }
 
-/// The `ConnectEx` extension function, loaded once.
-pub(crate) fn connect_ex(socket: SOCKET) -> io::Result<ConnectEx> {
-    static CONNECT_EX: OnceLock<ConnectEx> = OnceLock::new();
-    if let Some(f) = CONNECT_EX.get() {
-        return Ok(*f);
+/// Loads a WinSock extension function by GUID (`SIO_GET_EXTENSION_FUNCTION_POINTER`), once per
+/// process: every TCP socket of the base provider returns the same address.
+fn extension(socket: SOCKET, guid: GUID, cache: &OnceLock<usize>) -> io::Result<usize> {
+    if let Some(&f) = cache.get() {
+        return Ok(f);
     }
-    let guid = WSAID_CONNECTEX;
-    let mut f: LPFN_CONNECTEX = None;
+    let mut f: usize = 0;
     let mut bytes = 0u32;
     // SAFETY: a synchronous ioctl (no OVERLAPPED): the GUID and the output slot live across it.
     let rc = unsafe {
@@ -103,79 +105,69 @@ pub(crate) fn connect_ex(socket: SOCKET) -> io::Result<ConnectEx> {
             (&raw const guid).cast(),
             mem::size_of_val(&guid) as u32,
             (&raw mut f).cast(),
-            mem::size_of::<LPFN_CONNECTEX>() as u32,
+            mem::size_of::<usize>() as u32,
             &mut bytes,
             ptr::null_mut(),
             None,
         )
     };
-    match f {
-        Some(f) if rc == 0 => Ok(*CONNECT_EX.get_or_init(|| ConnectEx(f))),
+    if rc == 0 && f != 0 {
+        Ok(*cache.get_or_init(|| f))
+    } else {
         // SAFETY: reads the calling thread's last WinSock error.
-        _ => Err(super::error::from_code(
+        Err(super::error::from_code(
             unsafe { WSAGetLastError() } as u32,
             None,
-        )),
+        ))
     }
+}
+
+/// The `ConnectEx` extension function, loaded once.
+pub(crate) fn connect_ex(socket: SOCKET) -> io::Result<ConnectEx> {
+    static CONNECT_EX: OnceLock<usize> = OnceLock::new();
+    let f = extension(socket, WSAID_CONNECTEX, &CONNECT_EX)?;
+    // SAFETY: the provider returned the address of its ConnectEx, whose signature is
+    // LPFN_CONNECTEX's (and ConnectEx's field type).
+    Ok(ConnectEx(unsafe {
+        mem::transmute::<usize, ConnectExFn>(f)
+    }))
 }
 
 /// The `DisconnectEx` extension function, loaded once.
 pub(crate) fn disconnect_ex(socket: SOCKET) -> io::Result<DisconnectEx> {
-    static DISCONNECT_EX: OnceLock<DisconnectEx> = OnceLock::new();
-    if let Some(f) = DISCONNECT_EX.get() {
-        return Ok(*f);
-    }
-    let guid = WSAID_DISCONNECTEX;
-    let mut f: LPFN_DISCONNECTEX = None;
-    let mut bytes = 0u32;
-    // SAFETY: a synchronous ioctl (no OVERLAPPED): the GUID and the output slot live across it.
-    let rc = unsafe {
-        WSAIoctl(
-            socket,
-            SIO_GET_EXTENSION_FUNCTION_POINTER,
-            (&raw const guid).cast(),
-            mem::size_of_val(&guid) as u32,
-            (&raw mut f).cast(),
-            mem::size_of::<LPFN_DISCONNECTEX>() as u32,
-            &mut bytes,
-            ptr::null_mut(),
-            None,
-        )
-    };
-    match f {
-        Some(f) if rc == 0 => Ok(*DISCONNECT_EX.get_or_init(|| DisconnectEx(f))),
-        // SAFETY: reads the calling thread's last WinSock error.
-        _ => Err(super::error::from_code(
-            unsafe { WSAGetLastError() } as u32,
-            None,
-        )),
-    }
+    static DISCONNECT_EX: OnceLock<usize> = OnceLock::new();
+    let f = extension(socket, WSAID_DISCONNECTEX, &DISCONNECT_EX)?;
+    // SAFETY: the provider returned the address of its DisconnectEx, whose signature is
+    // LPFN_DISCONNECTEX's (and DisconnectEx's field type).
+    Ok(DisconnectEx(unsafe {
+        mem::transmute::<usize, DisconnectExFn>(f)
+    }))
 }
+
+type ConnectExFn = unsafe extern "system" fn(
+    SOCKET,
+    *const SOCKADDR,
+    i32,
+    *const core::ffi::c_void,
+    u32,
+    *mut u32,
+    *mut windows_sys::Win32::System::IO::OVERLAPPED,
+) -> windows_sys::core::BOOL;
+
+type DisconnectExFn = unsafe extern "system" fn(
+    SOCKET,
+    *mut windows_sys::Win32::System::IO::OVERLAPPED,
+    u32,
+    u32,
+) -> windows_sys::core::BOOL;
 
 /// The `DisconnectEx` function of the TCP provider.
 #[derive(Clone, Copy)]
-pub(crate) struct DisconnectEx(
-    pub(crate)  unsafe extern "system" fn(
-        SOCKET,
-        *mut windows_sys::Win32::System::IO::OVERLAPPED,
-        u32,
-        u32,
-    ) -> windows_sys::core::BOOL,
-);
+pub(crate) struct DisconnectEx(pub(crate) DisconnectExFn);
 
 /// The `ConnectEx` function of the TCP provider.
 #[derive(Clone, Copy)]
-pub(crate) struct ConnectEx(
-    pub(crate)  unsafe extern "system" fn(
-        SOCKET,
-        *const SOCKADDR,
-        i32,
-        *const core::ffi::c_void,
-        u32,
-        *mut u32,
-        *mut windows_sys::Win32::System::IO::OVERLAPPED,
-    ) -> windows_sys::core::BOOL,
-);
+pub(crate) struct ConnectEx(pub(crate) ConnectExFn);
 
 /// Applies `SO_UPDATE_ACCEPT_CONTEXT`, so that the accepted socket inherits the listener's
 /// properties and `getpeername`, `shutdown` and friends work on it.

@@ -69,7 +69,11 @@ pub(crate) enum OpData {
         file: std::fs::File,
     },
     /// A `WSAIoctl` or `DeviceIoControl`: input, and output written into its spare capacity.
-    Ioctl { input: Vec<u8>, output: Vec<u8> },
+    Ioctl {
+        code: u32,
+        input: Vec<u8>,
+        output: Vec<u8>,
+    },
     /// A `ConnectEx`: the address it connects to.
     Connect {
         life: Arc<Life>,

@@ -10,9 +10,9 @@ use windows_sys::Win32::{
         GetLastError,
     },
     Networking::WinSock::{
-        AcceptEx, GetAcceptExSockaddrs, SOCKADDR, SOCKET, TransmitFile, WSA_IO_PENDING, WSABUF,
-        WSAECONNRESET, WSAEMSGSIZE, WSAGetLastError, WSAIoctl, WSARecv, WSARecvFrom, WSASend,
-        WSASendTo,
+        AcceptEx, GetAcceptExSockaddrs, SIO_GET_EXTENSION_FUNCTION_POINTER, SOCKADDR, SOCKET,
+        TransmitFile, WSA_IO_PENDING, WSABUF, WSAECONNRESET, WSAEMSGSIZE, WSAGetLastError,
+        WSAIoctl, WSARecv, WSARecvFrom, WSASend, WSASendTo,
     },
     Storage::FileSystem::{ReadFile, WriteFile},
     System::{IO::DeviceIoControl, Pipes::ConnectNamedPipe},
@@ -375,7 +375,16 @@ impl Port {
     ) -> OpId {
         let (in_ptr, in_len) = (input.as_ptr(), clamp_len(input.len()));
         let out = wsabuf_spare(&mut output);
-        let op = self.record(target, OpKind::Ioctl, 0, OpData::Ioctl { input, output });
+        let op = self.record(
+            target,
+            OpKind::Ioctl,
+            0,
+            OpData::Ioctl {
+                code,
+                input,
+                output,
+            },
+        );
         if let Some(err) = self.check(target, false) {
             return self.fail(op, err);
         }
@@ -597,7 +606,15 @@ impl Port {
                 Output::Buffer(buf)
             }
             OpData::SendTo { buf, .. } => Output::Buffer(buf),
-            OpData::Ioctl { input, mut output } => {
+            OpData::Ioctl {
+                code,
+                input,
+                mut output,
+            } => {
+                if error.is_none() && code == SIO_GET_EXTENSION_FUNCTION_POINTER && bytes == 0 {
+                    // The provider wrote the function's address, but Wine's packet says 0 bytes.
+                    bytes = mem::size_of::<usize>().min(output.capacity() - output.len());
+                }
                 if error.is_none() {
                     // SAFETY: the control wrote `bytes` bytes at the start of the spare capacity.
                     unsafe { grow_by(&mut output, bytes) };
