@@ -8,6 +8,7 @@
 //! Commands:
 //! - `cargo xtask ci`: everything above.
 //! - `cargo xtask wine [cargo test args...]`: only the Windows suite under Wine, for iterating.
+//! - `cargo xtask bench [matrix|memory] [args...]`: the benchmarks (Linux, release build).
 
 mod wine;
 
@@ -22,8 +23,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
-        Some("wine") => wine::prepare().and_then(|w| w.run_tests(&args[1..]).map(drop)),
-        _ => Err("usage: cargo xtask ci | cargo xtask wine [cargo test args...]".into()),
+                Some("wine") => wine::prepare().and_then(|w| w.run_tests(&args[1..]).map(drop)),
+        Some("bench") => bench(&args[1..]),
+        _ => Err("usage: cargo xtask ci | cargo xtask wine [cargo test args...] | cargo xtask bench [matrix|memory] [args...]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -115,6 +117,25 @@ fn run_tests(cmd: &mut Command) -> Result<Totals> {
         return Err(format!("tests failed ({status}): {cmd:?}"));
     }
     Ok(totals)
+}
+
+/// Builds the servers and the harness in release mode and runs `bench` (default: `matrix`).
+fn bench(args: &[String]) -> Result<()> {
+    step("build (release)");
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "proactor-echo",
+        "-p",
+        "proactor-bench",
+    ]))?;
+    let args: Vec<String> = if args.is_empty() {
+        vec!["matrix".into()]
+    } else {
+        args.to_vec()
+    };
+    run(Command::new(root().join("target/release/bench")).args(&args))
 }
 
 fn ci() -> Result<()> {

@@ -1,0 +1,136 @@
+//! The zero-overhead reference: an echo server written directly on the `io-uring` crate, one
+//! thread, one ring, no abstraction. A connection is a slot with one buffer; `user_data` is
+//! `slot << 8 | operation`. One receive, then one send of what arrived (resent from where a
+//! partial send stopped), then the next receive: the same design as proactor-echo.
+
+#[cfg(target_os = "linux")]
+fn main() -> std::io::Result<()> {
+    use std::{net::TcpListener, os::fd::AsRawFd, os::fd::FromRawFd, os::fd::OwnedFd};
+
+    use clap::Parser;
+    use io_uring::{IoUring, opcode, squeue, types::Fd};
+
+    #[derive(Parser)]
+    struct Args {
+        #[arg(long, default_value_t = 9100)]
+        port: u16,
+        #[arg(long, default_value_t = 65_536)]
+        buffer_size: usize,
+    }
+    const ACCEPT: u64 = 0;
+    const RECV: u64 = 1;
+    const SEND: u64 = 2;
+
+    struct Conn {
+        fd: OwnedFd,
+        buf: Vec<u8>,
+        len: usize,
+        sent: usize,
+    }
+
+    let args = Args::parse();
+    let listener = TcpListener::bind(("127.0.0.1", args.port))?;
+    println!("listening on {}", listener.local_addr()?);
+    let mut ring = IoUring::new(4096)?;
+    let mut conns: Vec<Option<Conn>> = Vec::new();
+    let mut free: Vec<usize> = Vec::new();
+    let lfd = Fd(listener.as_raw_fd());
+
+    let push = |ring: &mut IoUring, e: squeue::Entry| {
+        // SAFETY: every pointer an SQE carries points into a connection's buffer, which lives
+        // in `conns` until that connection's last CQE is reaped (one operation at a time).
+        while unsafe { ring.submission().push(&e) }.is_err() {
+            ring.submit().expect("submit");
+        }
+    };
+    push(
+        &mut ring,
+        opcode::Accept::new(lfd, std::ptr::null_mut(), std::ptr::null_mut())
+            .build()
+            .user_data(ACCEPT),
+    );
+    loop {
+        ring.submit_and_wait(1)?;
+        let cqes: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
+        for (ud, res) in cqes {
+            let (slot, op) = ((ud >> 8) as usize, ud & 0xff);
+            match op {
+                ACCEPT => {
+                    push(
+                        &mut ring,
+                        opcode::Accept::new(lfd, std::ptr::null_mut(), std::ptr::null_mut())
+                            .build()
+                            .user_data(ACCEPT),
+                    );
+                    if res < 0 {
+                        continue;
+                    }
+                    // SAFETY: a new descriptor from accept, owned here.
+                    let fd = unsafe { OwnedFd::from_raw_fd(res) };
+                    let conn = Conn {
+                        fd,
+                        buf: vec![0; args.buffer_size],
+                        len: 0,
+                        sent: 0,
+                    };
+                    let slot = match free.pop() {
+                        Some(s) => {
+                            conns[s] = Some(conn);
+                            s
+                        }
+                        None => {
+                            conns.push(Some(conn));
+                            conns.len() - 1
+                        }
+                    };
+                    let c = conns[slot].as_mut().expect("just set");
+                    let e = opcode::Recv::new(
+                        Fd(c.fd.as_raw_fd()),
+                        c.buf.as_mut_ptr(),
+                        c.buf.len() as u32,
+                    );
+                    push(&mut ring, e.build().user_data((slot as u64) << 8 | RECV));
+                }
+                RECV | SEND => {
+                    let Some(c) = conns[slot].as_mut() else {
+                        continue;
+                    };
+                    if res <= 0 {
+                        conns[slot] = None; // EOF or error: close
+                        free.push(slot);
+                        continue;
+                    }
+                    if op == RECV {
+                        c.len = res as usize;
+                        c.sent = 0;
+                    } else {
+                        c.sent += res as usize;
+                    }
+                    let fd = Fd(c.fd.as_raw_fd());
+                    let e = if c.sent < c.len {
+                        let rest = &c.buf[c.sent..c.len];
+                        opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32)
+                            .flags(libc::MSG_NOSIGNAL)
+                            .build()
+                            .user_data((slot as u64) << 8 | SEND)
+                    } else {
+                        opcode::Recv::new(fd, c.buf.as_mut_ptr(), c.buf.len() as u32)
+                            .build()
+                            .user_data((slot as u64) << 8 | RECV)
+                    };
+                    push(&mut ring, e);
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    eprintln!("echo-raw-uring: benchmarks run on Linux");
+    std::process::exit(1);
+}

@@ -1,0 +1,60 @@
+//! A tokio echo server, the way tokio's own examples write one: a task per connection, one
+//! buffer each. `--flavor multi` (a worker per CPU, or `--workers N`) or `--flavor current`.
+
+#[cfg(target_os = "linux")]
+fn main() -> std::io::Result<()> {
+    use clap::Parser;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[derive(Parser)]
+    struct Args {
+        #[arg(long, default_value_t = 9100)]
+        port: u16,
+        #[arg(long, default_value = "multi")]
+        flavor: String,
+        #[arg(long)]
+        workers: Option<usize>,
+        #[arg(long, default_value_t = 65_536)]
+        buffer_size: usize,
+    }
+    let args = Args::parse();
+    let runtime = match args.flavor.as_str() {
+        "current" => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        _ => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = args.workers {
+                b.worker_threads(n);
+            }
+            b.enable_all().build()?
+        }
+    };
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
+        println!("listening on {}", listener.local_addr()?);
+        loop {
+            let (mut stream, _) = listener.accept().await?;
+            let size = args.buffer_size;
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; size];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            if stream.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    eprintln!("echo-tokio: benchmarks run on Linux");
+    std::process::exit(1);
+}

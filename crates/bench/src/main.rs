@@ -1,0 +1,24 @@
+//! `bench`: runs the echo servers against the verifying load generator, interleaved, and
+//! prints the tables BENCHMARKS.md holds. `cargo xtask bench` builds everything in release
+//! mode and runs it. Linux only: never benchmark under Wine.
+//!
+//! - `bench matrix [--full] [--reps N] [--secs S]`: the throughput/latency/CPU matrix;
+//! - `bench memory [--conns N]`: resident memory per idle connection.
+
+#[cfg(target_os = "linux")]
+mod loadgen;
+#[cfg(target_os = "linux")]
+mod procstat;
+#[cfg(target_os = "linux")]
+mod runner;
+
+#[cfg(target_os = "linux")]
+fn main() -> std::process::ExitCode {
+    runner::main()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    eprintln!("bench: benchmarks run on Linux (never under Wine)");
+    std::process::exit(1);
+}

@@ -1,0 +1,384 @@
+//! Servers, the matrix, and the tables.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    process::{Child, Command, ExitCode, Stdio},
+    time::Duration,
+};
+
+use clap::{Parser, Subcommand};
+
+use crate::{
+    loadgen::{self, Load},
+    procstat,
+};
+
+#[derive(Parser)]
+#[command(about = "proactor-echo against tokio and a raw io_uring echo")]
+struct Cli {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Subcommand)]
+enum What {
+    /// Throughput, latency and server CPU per round trip over the matrix.
+    Matrix {
+        /// The whole matrix (connections 1/100/1,000/10,000, sizes 64 B/4 KiB/64 KiB, depth 1
+        /// and 8, pinned and not); the default is a quick subset.
+        #[arg(long)]
+        full: bool,
+        /// Repetitions of each cell (servers interleaved A B C A B C ...).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Seconds measured per run (after one second of warm-up).
+        #[arg(long, default_value_t = 3)]
+        secs: u64,
+        /// Only the servers whose name contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
+    /// Resident memory per idle connection.
+    Memory {
+        #[arg(long, default_value_t = 10_000)]
+        conns: usize,
+    },
+}
+
+/// A server under test.
+struct Server {
+    name: &'static str,
+    program: &'static str,
+    args: Vec<String>,
+    env: Vec<(&'static str, &'static str)>,
+}
+
+fn servers() -> Vec<Server> {
+    let n = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .to_string();
+    let s = |name, program, args: &[&str], env: &[(&'static str, &'static str)]| Server {
+        name,
+        program,
+        args: args.iter().map(|a| a.to_string()).collect(),
+        env: env.to_vec(),
+    };
+    vec![
+        s(
+            "proactor io_uring 1w",
+            "proactor-echo",
+            &["--workers", "1"],
+            &[("PROACTOR_BACKEND", "io_uring")],
+        ),
+        s(
+            "proactor io_uring Nw",
+            "proactor-echo",
+            &["--workers", &n],
+            &[("PROACTOR_BACKEND", "io_uring")],
+        ),
+        s(
+            "proactor epoll 1w",
+            "proactor-echo",
+            &["--workers", "1"],
+            &[("PROACTOR_BACKEND", "epoll")],
+        ),
+        s(
+            "proactor epoll Nw",
+            "proactor-echo",
+            &["--workers", &n],
+            &[("PROACTOR_BACKEND", "epoll")],
+        ),
+        s(
+            "tokio multi-thread",
+            "echo-tokio",
+            &["--flavor", "multi"],
+            &[],
+        ),
+        s(
+            "tokio current-thread",
+            "echo-tokio",
+            &["--flavor", "current"],
+            &[],
+        ),
+        s("raw io_uring", "echo-raw-uring", &[], &[]),
+    ]
+}
+
+fn is_proactor(name: &str) -> bool {
+    name.starts_with("proactor")
+}
+
+/// A started server: killed when dropped.
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn bin_dir() -> PathBuf {
+    std::env::current_exe()
+        .expect("exe")
+        .parent()
+        .expect("dir")
+        .to_path_buf()
+}
+
+fn start(server: &Server, port: u16, cpu: Option<usize>) -> std::io::Result<Running> {
+    let program = bin_dir().join(server.program);
+    let mut cmd = match cpu {
+        Some(c) => {
+            let mut t = Command::new("taskset");
+            t.args(["-c", &c.to_string()]).arg(&program);
+            t
+        }
+        None => Command::new(&program),
+    };
+    cmd.args(["--port", &port.to_string()])
+        .args(&server.args)
+        .envs(server.env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| {
+            std::io::Error::other(format!("{}: no ready line: {line:?}", server.name))
+        })?;
+    Ok(Running { child, addr })
+}
+
+/// Pins this process (the load generator) to `cpu`, or lets it run anywhere.
+fn pin_self(cpu: Option<usize>) {
+    // SAFETY: cpu_set_t is plain data; CPU_SET writes within it; sched_setaffinity reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for c in 0..cpus {
+            if cpu.is_none_or(|want| want == c) {
+                libc::CPU_SET(c, &mut set);
+            }
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// One run's figures.
+#[derive(Clone, Copy, Default)]
+struct Figures {
+    rts: f64,
+    mbs: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    cpu_us_per_rt: f64,
+    gen_cpu_pct: f64,
+    errors: u64,
+    load1: f64,
+}
+
+fn run_once(server: &Server, load: &Load, port: u16, pinned: bool) -> std::io::Result<Figures> {
+    let running = start(server, port, pinned.then_some(0))?;
+    pin_self(if pinned { Some(1) } else { None });
+    let load = Load {
+        addr: running.addr,
+        ..load.clone()
+    };
+    let pid = running.child.id();
+    let me = std::process::id();
+    let load1 = procstat::load1();
+    let (mut s0, mut g0, mut s1, mut g1) = (None, None, None, None);
+    let m = loadgen::run(&load, 1, |starting| {
+        let (s, g) = (procstat::cpu_time(pid), procstat::cpu_time(me));
+        if starting {
+            (s0, g0) = (s, g);
+        } else {
+            (s1, g1) = (s, g);
+        }
+    });
+    pin_self(None);
+    drop(running);
+    let secs = m.elapsed.as_secs_f64();
+    let rts = m.round_trips as f64 / secs;
+    let server_cpu = s1.zip(s0).map_or(0.0, |(b, a)| (b - a).as_secs_f64());
+    let gen_cpu = g1.zip(g0).map_or(0.0, |(b, a)| (b - a).as_secs_f64());
+    Ok(Figures {
+        rts,
+        mbs: rts * load.size as f64 / 1e6,
+        p50: m.p50_us,
+        p99: m.p99_us,
+        p999: m.p999_us,
+        cpu_us_per_rt: if m.round_trips > 0 {
+            server_cpu * 1e6 / m.round_trips as f64
+        } else {
+            f64::NAN
+        },
+        gen_cpu_pct: gen_cpu / secs * 100.0,
+        errors: m.errors,
+        load1,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn matrix(full: bool, reps: usize, secs: u64, only: Option<String>) -> ExitCode {
+    let conns: &[usize] = if full {
+        &[1, 100, 1000, 10_000]
+    } else {
+        &[1, 100, 1000]
+    };
+    let sizes: &[usize] = if full {
+        &[64, 4096, 65_536]
+    } else {
+        &[64, 4096]
+    };
+    let depths: &[usize] = if full { &[1, 8] } else { &[1] };
+    let pins: &[bool] = if full { &[true, false] } else { &[true] };
+    let servers: Vec<Server> = servers()
+        .into_iter()
+        .filter(|s| only.as_deref().is_none_or(|o| s.name.contains(o)))
+        .collect();
+    println!("# proactor-echo benchmark\n");
+    println!(
+        "{} CPUs; {reps} interleaved repetitions per cell, medians; 1 s warm-up + {secs} s measured; \
+         pinned = server on CPU 0, generator on CPU 1 (taskset); load average before each run recorded.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut port = 19_000u16;
+    let mut failed = false;
+    for &pinned in pins {
+        for &depth in depths {
+            for &size in sizes {
+                for &c in conns {
+                    let load = Load {
+                        addr: "127.0.0.1:0".parse().expect("addr"),
+                        conns: c,
+                        size,
+                        depth,
+                        warmup: Duration::from_secs(1),
+                        duration: Duration::from_secs(secs),
+                    };
+                    let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); servers.len()];
+                    for _ in 0..reps {
+                        for (i, s) in servers.iter().enumerate() {
+                            port = if port >= 19_900 { 19_000 } else { port + 1 };
+                            match run_once(s, &load, port, pinned) {
+                                Ok(f) => runs[i].push(f),
+                                Err(e) => {
+                                    eprintln!("{}: {e}", s.name);
+                                    failed = true;
+                                }
+                            }
+                        }
+                    }
+                    print_cell(&servers, &runs, c, size, depth, pinned);
+                }
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn print_cell(
+    servers: &[Server],
+    runs: &[Vec<Figures>],
+    conns: usize,
+    size: usize,
+    depth: usize,
+    pinned: bool,
+) {
+    let med = |i: usize, f: fn(&Figures) -> f64| median(runs[i].iter().map(f).collect());
+    // The best peer: lowest server CPU per round trip among the servers that are not proactor.
+    let best = (0..servers.len())
+        .filter(|&i| !is_proactor(servers[i].name))
+        .map(|i| med(i, |f| f.cpu_us_per_rt))
+        .filter(|x| x.is_finite())
+        .fold(f64::INFINITY, f64::min);
+    println!(
+        "## {conns} connections, {size} B, depth {depth}, {}\n",
+        if pinned { "pinned" } else { "unpinned" }
+    );
+    println!(
+        "| server | round trips/s | MB/s | p50 µs | p99 µs | p999 µs | server CPU µs/rt | vs best peer | generator CPU % | errors | load |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (i, s) in servers.iter().enumerate() {
+        let cpu = med(i, |f| f.cpu_us_per_rt);
+        let errors: u64 = runs[i].iter().map(|f| f.errors).sum();
+        println!(
+            "| {} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2}x | {:.0} | {} | {:.2} |",
+            s.name,
+            med(i, |f| f.rts),
+            med(i, |f| f.mbs),
+            med(i, |f| f.p50),
+            med(i, |f| f.p99),
+            med(i, |f| f.p999),
+            cpu,
+            cpu / best,
+            med(i, |f| f.gen_cpu_pct),
+            errors,
+            med(i, |f| f.load1),
+        );
+    }
+    println!();
+}
+
+fn memory(conns: usize) -> ExitCode {
+    println!("## Resident memory per idle connection ({conns} connections)\n");
+    println!("| server | RSS before KiB | RSS with connections KiB | bytes per connection |");
+    println!("|---|---:|---:|---:|");
+    let mut port = 19_950u16;
+    for s in servers() {
+        port += 1;
+        let Ok(running) = start(&s, port, None) else {
+            println!("| {} | failed to start | | |", s.name);
+            continue;
+        };
+        let pid = running.child.id();
+        std::thread::sleep(Duration::from_millis(300));
+        let before = procstat::rss_kib(pid).unwrap_or(0);
+        let held: Vec<TcpStream> = (0..conns)
+            .filter_map(|_| TcpStream::connect(running.addr).ok())
+            .collect();
+        std::thread::sleep(Duration::from_secs(2));
+        let after = procstat::rss_kib(pid).unwrap_or(0);
+        let per = (after.saturating_sub(before) * 1024) as f64 / held.len().max(1) as f64;
+        println!("| {} | {before} | {after} | {per:.0} |", s.name);
+        drop(held);
+    }
+    ExitCode::SUCCESS
+}
+
+pub fn main() -> ExitCode {
+    match Cli::parse().what {
+        What::Matrix {
+            full,
+            reps,
+            secs,
+            only,
+        } => matrix(full, reps, secs, only),
+        What::Memory { conns } => memory(conns),
+    }
+}
