@@ -15,7 +15,7 @@ use std::{
     ptr,
     sync::{
         Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering, fence},
     },
     time::{Duration, Instant},
 };
@@ -53,6 +53,8 @@ pub(crate) struct Uring {
     table: Table<usize>,
     /// Set while dropping: finished operations end instead of continuing.
     closing: AtomicBool,
+    /// Threads blocked in `io_uring_enter` right now.
+    waiters: AtomicUsize,
 }
 
 fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
@@ -97,11 +99,18 @@ impl Uring {
             cq: Mutex::new(()),
             table: Table::new(),
             closing: AtomicBool::new(false),
+            waiters: AtomicUsize::new(0),
         })
     }
 
-    /// Queues one SQE and tells the kernel.
-    fn push(&self, sqe: &Entry) {
+    /// Queues one SQE. With `now`, or when a thread is blocked in `io_uring_enter` (which would
+    /// not see it), the kernel is told at once; otherwise the next thread to dequeue, cancel or
+    /// close submits it together with the others: one syscall for a batch.
+    ///
+    /// Either this thread sees a waiter, or the waiter's enter sees this SQE: the waiter bumps
+    /// `waiters` before reading the queue's length, this thread publishes the SQE before
+    /// reading `waiters`, both with sequentially consistent ordering.
+    fn push(&self, sqe: &Entry, now: bool) {
         {
             let _sq = lock(&self.sq);
             // SAFETY: holding the sq lock makes this the only SubmissionQueue in existence.
@@ -117,6 +126,10 @@ impl Uring {
                 let _ = self.ring.submit();
                 sq.sync();
             }
+        }
+        fence(Ordering::SeqCst);
+        if !now && self.waiters.load(Ordering::SeqCst) == 0 {
+            return; // the next enter submits it
         }
         // Errors here (EINTR, EBUSY while the CQ overflows) leave the SQE queued; the next
         // enter, from any thread, submits it.
@@ -227,7 +240,7 @@ impl Uring {
         let sqe = Self::prepare(&mut op);
         let id = op.id;
         self.table.insert(id, Box::into_raw(op) as usize);
-        self.push(&sqe);
+        self.push(&sqe, false);
     }
 
     /// Takes back the record of a reaped CQE and finishes it; `None` for proactor's own CQEs
@@ -302,13 +315,17 @@ impl Uring {
         out.len() - before
     }
 
-    /// Waits in the kernel for at least one CQE, at most until `deadline`. False on timeout.
+    /// Submits what is queued and waits in the kernel for at least one CQE, at most until
+    /// `deadline`. False on timeout.
     fn wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
         let result = match deadline {
             None => self.ring.submit_and_wait(1),
             Some(at) => {
                 let left = at.saturating_duration_since(Instant::now());
                 if left.is_zero() {
+                    self.waiters.fetch_sub(1, Ordering::SeqCst);
+                    let _ = self.ring.submit(); // a poll still starts what was queued
                     return Ok(false);
                 }
                 let ts = Timespec::new()
@@ -319,6 +336,7 @@ impl Uring {
                     .submit_with_args(1, &SubmitArgs::new().timespec(&ts))
             }
         };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
         match result {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(false),
@@ -414,7 +432,7 @@ impl Driver for Uring {
 
     fn cancel(&self, id: OpId) -> bool {
         let cancel = opcode::AsyncCancel::new(id.as_u64()).build().user_data(0);
-        self.table.with(id, |_| self.push(&cancel)).is_some()
+        self.table.with(id, |_| self.push(&cancel, true)).is_some()
     }
 
     /// Cancels every operation on `fd` and returns once they are done with it: the caller
@@ -457,11 +475,10 @@ impl Drop for Uring {
     fn drop(&mut self) {
         // Cancel everything, then reap until every record is back or the time is up.
         self.closing.store(true, Ordering::Relaxed);
-        self.push(
-            &opcode::AsyncCancel2::new(CancelBuilder::any().all())
-                .build()
-                .user_data(0),
-        );
+        let cancel_all = opcode::AsyncCancel2::new(CancelBuilder::any().all())
+            .build()
+            .user_data(0);
+        self.push(&cancel_all, true);
         let deadline = Instant::now() + DRAIN_TIMEOUT;
         let mut sink = Vec::new();
         while self.table.len() > 0 && Instant::now() < deadline {
