@@ -20,6 +20,11 @@ use crate::{Associate, Completion, Handle, OpId, sys};
 /// [`Completion`] that hands everything back. Operations that finish at once (see
 /// `ARCHITECTURE.md` on skip-on-success) come through `get_completion` like the others.
 ///
+/// On Linux's io_uring backend submissions are batched: an operation reaches the kernel at
+/// once if a thread is waiting in this port, and otherwise with the next call that enters it
+/// (a dequeue, a cancel, a handle's drop), so keep dequeuing after submitting, as every
+/// completion-port program does.
+///
 /// # Drop
 ///
 /// Dropping the port cancels every operation still in flight, waits up to five seconds for the
