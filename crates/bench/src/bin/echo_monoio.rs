@@ -1,0 +1,54 @@
+//! A monoio echo server (io_uring, thread-per-core): a task per connection, one owned buffer.
+
+#[cfg(target_os = "linux")]
+fn main() -> std::io::Result<()> {
+    use clap::Parser;
+    use monoio::{
+        io::{AsyncReadRent, AsyncWriteRentExt},
+        net::TcpListener,
+    };
+
+    #[derive(Parser)]
+    struct Args {
+        #[arg(long, default_value_t = 9100)]
+        port: u16,
+        #[arg(long, default_value_t = 65_536)]
+        buffer_size: usize,
+    }
+    let args = Args::parse();
+    let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = TcpListener::bind(("127.0.0.1", args.port))?;
+        println!("listening on {}", listener.local_addr()?);
+        loop {
+            let (mut stream, _) = listener.accept().await?;
+            let size = args.buffer_size;
+            monoio::spawn(async move {
+                let mut buf: Vec<u8> = Vec::with_capacity(size);
+                loop {
+                    let (res, b) = stream.read(buf).await;
+                    buf = b;
+                    match res {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {
+                            let (res, b) = stream.write_all(buf).await;
+                            buf = b;
+                            if res.is_err() {
+                                return;
+                            }
+                            buf.clear();
+                        }
+                    }
+                }
+            });
+        }
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn main() {
+    eprintln!("echo-monoio: benchmarks run on Linux");
+    std::process::exit(1);
+}
