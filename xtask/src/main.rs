@@ -156,24 +156,20 @@ fn ci() -> Result<()> {
     step("tests (native)");
     let mut native = run_tests(cargo().args(["test", "--workspace"]))?;
     if cfg!(target_os = "linux") {
-        // The same suite again on the epoll fallback.
-        step("tests (native, PROACTOR_BACKEND=epoll)");
-        let epoll = run_tests(
-            cargo()
-                .args(["test", "--workspace"])
-                .env("PROACTOR_BACKEND", "epoll"),
-        )?;
-        println!("epoll: {} passed, {} failed", epoll.passed, epoll.failed);
-        native.add(epoll);
-        // And on io_uring with a submission-polling kernel thread.
-        step("tests (native, PROACTOR_SQPOLL=50)");
-        let sqpoll = run_tests(
-            cargo()
-                .args(["test", "--workspace"])
-                .env("PROACTOR_SQPOLL", "50"),
-        )?;
-        println!("sqpoll: {} passed, {} failed", sqpoll.passed, sqpoll.failed);
-        native.add(sqpoll);
+        // The same suite again on the epoll fallback, and on io_uring with a submission-polling
+        // kernel thread.
+        for (label, var, value) in [
+            ("epoll", "PROACTOR_BACKEND", "epoll"),
+            ("sqpoll", "PROACTOR_SQPOLL", "50"),
+        ] {
+            step(&format!("tests (native, {var}={value})"));
+            let totals = run_tests(cargo().args(["test", "--workspace"]).env(var, value))?;
+            println!(
+                "{label}: {} passed, {} failed",
+                totals.passed, totals.failed
+            );
+            native.add(totals);
+        }
     }
     step("rustdoc -D warnings");
     run(cargo()
