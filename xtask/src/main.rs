@@ -138,6 +138,16 @@ fn bench(args: &[String]) -> Result<()> {
     run(Command::new(root().join("target/release/bench")).args(&args))
 }
 
+/// Clippy over every crate and target, warnings denied: the same for both targets.
+const CLIPPY: [&str; 6] = [
+    "clippy",
+    "--workspace",
+    "--all-targets",
+    "--",
+    "-D",
+    "warnings",
+];
+
 fn ci() -> Result<()> {
     if cfg!(target_os = "linux") {
         wine::install_missing()?;
@@ -145,14 +155,7 @@ fn ci() -> Result<()> {
     step("cargo fmt --check");
     run(cargo().args(["fmt", "--all", "--check"]))?;
     step("clippy (native)");
-    run(cargo().args([
-        "clippy",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))?;
+    run(cargo().args(CLIPPY))?;
     step("tests (native)");
     let mut native = run_tests(cargo().args(["test", "--workspace"]))?;
     if cfg!(target_os = "linux") {
@@ -179,14 +182,7 @@ fn ci() -> Result<()> {
     if cfg!(target_os = "linux") {
         let wine = wine::prepare()?;
         step("clippy (x86_64-pc-windows-gnu)");
-        run(wine.cargo().args([
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ]))?;
+        run(wine.cargo().args(CLIPPY))?;
         step("Windows test suite under Wine");
         let windows = wine.run_tests(&[])?;
         println!("wine: {} passed, {} failed", windows.passed, windows.failed);

@@ -1,6 +1,10 @@
 //! A compio echo server (io_uring, thread-per-core): a task per connection, one owned buffer.
 
 #[cfg(target_os = "linux")]
+#[path = "../peer.rs"]
+mod peer;
+
+#[cfg(target_os = "linux")]
 fn main() -> std::io::Result<()> {
     use clap::Parser;
     use compio::{
@@ -9,14 +13,7 @@ fn main() -> std::io::Result<()> {
         net::TcpListener,
     };
 
-    #[derive(Parser)]
-    struct Args {
-        #[arg(long, default_value_t = 9100)]
-        port: u16,
-        #[arg(long, default_value_t = 65_536)]
-        buffer_size: usize,
-    }
-    let args = Args::parse();
+    let args = peer::Args::parse();
     compio::runtime::Runtime::new()?.block_on(async move {
         let listener = TcpListener::bind(("127.0.0.1", args.port)).await?;
         println!("listening on {}", listener.local_addr()?);

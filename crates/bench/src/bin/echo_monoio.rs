@@ -1,6 +1,10 @@
 //! A monoio echo server (io_uring, thread-per-core): a task per connection, one owned buffer.
 
 #[cfg(target_os = "linux")]
+#[path = "../peer.rs"]
+mod peer;
+
+#[cfg(target_os = "linux")]
 fn main() -> std::io::Result<()> {
     use clap::Parser;
     use monoio::{
@@ -8,14 +12,7 @@ fn main() -> std::io::Result<()> {
         net::TcpListener,
     };
 
-    #[derive(Parser)]
-    struct Args {
-        #[arg(long, default_value_t = 9100)]
-        port: u16,
-        #[arg(long, default_value_t = 65_536)]
-        buffer_size: usize,
-    }
-    let args = Args::parse();
+    let args = peer::Args::parse();
     let mut runtime = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .enable_timer()
         .build()?;

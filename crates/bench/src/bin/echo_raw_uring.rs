@@ -4,19 +4,16 @@
 //! partial send stopped), then the next receive: the same design as proactor-echo.
 
 #[cfg(target_os = "linux")]
+#[path = "../peer.rs"]
+mod peer;
+
+#[cfg(target_os = "linux")]
 fn main() -> std::io::Result<()> {
     use std::{net::TcpListener, os::fd::AsRawFd, os::fd::FromRawFd, os::fd::OwnedFd};
 
     use clap::Parser;
     use io_uring::{IoUring, opcode, squeue, types::Fd};
 
-    #[derive(Parser)]
-    struct Args {
-        #[arg(long, default_value_t = 9100)]
-        port: u16,
-        #[arg(long, default_value_t = 65_536)]
-        buffer_size: usize,
-    }
     const ACCEPT: u64 = 0;
     const RECV: u64 = 1;
     const SEND: u64 = 2;
@@ -28,7 +25,7 @@ fn main() -> std::io::Result<()> {
         sent: usize,
     }
 
-    let args = Args::parse();
+    let args = peer::Args::parse();
     let listener = TcpListener::bind(("127.0.0.1", args.port))?;
     println!("listening on {}", listener.local_addr()?);
     let mut ring = IoUring::new(4096)?;

@@ -2,20 +2,22 @@
 //! buffer each. `--flavor multi` (a worker per CPU, or `--workers N`) or `--flavor current`.
 
 #[cfg(target_os = "linux")]
+#[path = "../peer.rs"]
+mod peer;
+
+#[cfg(target_os = "linux")]
 fn main() -> std::io::Result<()> {
     use clap::Parser;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[derive(Parser)]
     struct Args {
-        #[arg(long, default_value_t = 9100)]
-        port: u16,
+        #[command(flatten)]
+        common: peer::Args,
         #[arg(long, default_value = "multi")]
         flavor: String,
         #[arg(long)]
         workers: Option<usize>,
-        #[arg(long, default_value_t = 65_536)]
-        buffer_size: usize,
     }
     let args = Args::parse();
     let runtime = match args.flavor.as_str() {
@@ -31,11 +33,11 @@ fn main() -> std::io::Result<()> {
         }
     };
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.port)).await?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.common.port)).await?;
         println!("listening on {}", listener.local_addr()?);
         loop {
             let (mut stream, _) = listener.accept().await?;
-            let size = args.buffer_size;
+            let size = args.common.buffer_size;
             tokio::spawn(async move {
                 let mut buf = vec![0u8; size];
                 loop {

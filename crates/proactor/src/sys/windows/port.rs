@@ -31,7 +31,7 @@ use windows_sys::{
     Win32::{
         Foundation::{
             ERROR_INVALID_HANDLE, ERROR_INVALID_PARAMETER, FALSE, HANDLE, INVALID_HANDLE_VALUE,
-            WAIT_TIMEOUT,
+            NTSTATUS, WAIT_TIMEOUT,
         },
         Storage::FileSystem::SetFileCompletionNotificationModes,
         System::{
@@ -339,7 +339,7 @@ impl Port {
                 let mut op = unsafe { OpBox::from_raw(raw) };
                 // A warning completion (Wine: no packet follows) still moved bytes.
                 let (status, bytes) = op.status();
-                let bytes = if (status as u32) >> 30 == 2 { bytes } else { 0 };
+                let bytes = if is_warning(status) { bytes } else { 0 };
                 op.immediate = Some((bytes, Some(error::from_code(code, None))));
                 tracing::trace!(op = kind.name(), %id, code, "submitted, failed at once");
                 self.push_ready(op);
@@ -647,8 +647,13 @@ impl Drop for Port {
 fn warning_queues_packet(op: *mut Op) -> bool {
     // SAFETY: the call has returned and completed synchronously: the kernel wrote the status
     // and touches the OVERLAPPED no more; a packet, if any, only carries its address.
-    let status = unsafe { (*overlapped(op)).Internal } as u32;
-    status >> 30 == 2 && !net::running_on_wine()
+    let status = unsafe { (*overlapped(op)).Internal } as NTSTATUS;
+    is_warning(status) && !net::running_on_wine()
+}
+
+/// Whether an NTSTATUS is a warning (severity 2: `0x8000_0000..0xC000_0000`).
+fn is_warning(status: NTSTATUS) -> bool {
+    (status as u32) >> 30 == 2
 }
 
 /// What a blocking wait produced.
