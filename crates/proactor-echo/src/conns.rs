@@ -65,6 +65,7 @@ impl Conns {
         }
     }
 
+    /// The connection for `ctx`, unless it was closed (and its slot perhaps reused) meanwhile.
     pub fn get_mut(&mut self, ctx: usize) -> Option<&mut Conn> {
         self.slot_mut(ctx)?.conn.as_mut()
     }
@@ -77,6 +78,7 @@ impl Conns {
         Some(conn)
     }
 
+    /// How many connections are being served.
     pub fn len(&self) -> usize {
         self.live
     }
