@@ -3,13 +3,18 @@
 //! On Linux it installs what is missing (as root, through apt), checks formatting, runs clippy
 //! with `-D warnings`, the tests and the doc tests natively, then cross-compiles for
 //! `x86_64-pc-windows-gnu` with Debian's rustc and `-Zbuild-std`, runs clippy for that target,
-//! and runs the Windows test suite under Wine. On Windows it runs the same suite natively.
+//! runs the Windows test suite under Wine, and checks that proactor-echo makes no more
+//! Win32/WinSock calls per echoed message than a hand-written windows-sys echo. On Windows it
+//! runs the same suite natively.
 //!
 //! Commands:
 //! - `cargo xtask ci`: everything above.
 //! - `cargo xtask wine [cargo test args...]`: only the Windows suite under Wine, for iterating.
+//! - `cargo xtask calls`: Win32/WinSock calls per echoed message under Wine's relay trace,
+//!   proactor-echo against a hand-written windows-sys echo (part of `ci`).
 //! - `cargo xtask bench [matrix|memory] [args...]`: the benchmarks (Linux, release build).
 
+mod calls;
 mod wine;
 
 use std::{
@@ -23,9 +28,10 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
-                Some("wine") => wine::prepare().and_then(|w| w.run_tests(&args[1..]).map(drop)),
+        Some("wine") => wine::prepare().and_then(|w| w.run_tests(&args[1..]).map(drop)),
+        Some("calls") => wine::prepare().and_then(|w| calls::calls(&w)),
         Some("bench") => bench(&args[1..]),
-        _ => Err("usage: cargo xtask ci | cargo xtask wine [cargo test args...] | cargo xtask bench [matrix|memory] [args...]".into()),
+        _ => Err("usage: cargo xtask ci | cargo xtask wine [cargo test args...] | cargo xtask calls | cargo xtask bench [matrix|memory] [args...]".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -190,6 +196,8 @@ fn ci() -> Result<()> {
             return Err("the Windows suite ran no test under Wine".into());
         }
         all.add(windows);
+        step("Win32/WinSock calls per echoed message (Wine relay trace)");
+        calls::calls(&wine)?;
     }
     println!("native: {} passed, {} failed", native.passed, native.failed);
     println!(

@@ -15,7 +15,7 @@ use std::{
 use crate::{Result, Totals, root, run, run_tests, step};
 
 const TARGET: &str = "x86_64-pc-windows-gnu";
-const WINE: &str = "/usr/lib/wine/wine64";
+pub const WINE: &str = "/usr/lib/wine/wine64";
 const WINESERVER: &str = "/usr/lib/wine/wineserver";
 
 /// Debian packages, each with a file that shows it is installed.
@@ -115,7 +115,7 @@ pub fn prepare() -> Result<Wine> {
 
 impl Wine {
     /// A command with the Wine environment.
-    fn command(&self, program: &str) -> Command {
+    pub fn command(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
         cmd.current_dir(root())
             .env("WINEPREFIX", &self.prefix)
@@ -138,6 +138,11 @@ impl Wine {
             .env("CARGO_BUILD_TARGET", TARGET)
             .env("CARGO_UNSTABLE_BUILD_STD", "std,panic_abort");
         cmd
+    }
+
+    /// Where the Windows build's artifacts go.
+    pub fn target_dir(&self) -> &std::path::Path {
+        &self.target_dir
     }
 
     /// Runs the library's and the echo server's tests for Windows under Wine.

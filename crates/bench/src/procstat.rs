@@ -21,6 +21,25 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU time the whole machine spent running tasks (user, nice, system) and lost to the
+/// hypervisor (steal), from `/proc/stat`'s `cpu` line: `(running, steal)`. Interrupt time is left
+/// out: loopback traffic's softirq work belongs to the run being measured.
+pub fn machine_busy() -> Option<(Duration, Duration)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let (running, steal) = (v.first()? + v.get(1)? + v.get(2)?, *v.get(7)?);
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let time = |ticks: u64| Duration::from_micros(ticks * 1_000_000 / hz);
+    Some((time(running), time(steal)))
+}
+
 /// The one-minute load average.
 pub fn load1() -> f64 {
     std::fs::read_to_string("/proc/loadavg")
@@ -40,5 +59,6 @@ mod tests {
         while spin.elapsed() < Duration::from_millis(50) {}
         assert!(cpu_time(me).unwrap() > Duration::ZERO);
         assert!(rss_kib(me).unwrap() > 0);
+        assert!(machine_busy().unwrap().0 > Duration::ZERO);
     }
 }

@@ -5,6 +5,7 @@
 //! connection is in flight, and a client that does not read is slowed by TCP, never buffered
 //! without limit).
 
+mod clock;
 mod conns;
 mod server;
 mod shutdown;

@@ -18,6 +18,7 @@ use proactor_echo::steplog::{
 };
 
 use crate::{
+    clock::Clock,
     conns::{Conn, Conns},
     shutdown::Stop,
 };
@@ -44,6 +45,8 @@ struct Server {
     port: Iocp,
     listener: Mutex<Option<Handle<TcpListener>>>,
     conns: Mutex<Conns>,
+    /// When each connection was last active, for idle timeouts, without a clock call per message.
+    clock: Clock,
     config: Config,
     stopping: AtomicBool,
     served: AtomicU64,
@@ -79,6 +82,7 @@ pub fn run(
         port,
         listener: Mutex::new(None),
         conns: Mutex::new(Conns::default()),
+        clock: Clock::new(),
         config,
         stopping: AtomicBool::new(false),
         served: AtomicU64::new(0),
@@ -111,6 +115,7 @@ pub fn run(
             (t / 4).clamp(Duration::from_millis(50), Duration::from_millis(100))
         });
     while !stop.wait(tick) {
+        server.clock.tick();
         if let Some(idle) = server.config.idle_timeout {
             server.close_idle(idle);
         }
@@ -240,7 +245,7 @@ impl Server {
         let conn = Conn {
             handle,
             peer: accepted.peer_addr,
-            last_active: Instant::now(),
+            last_active: self.clock.now(),
         };
         self.recv(&conn, ctx, Vec::with_capacity(self.config.buffer_size));
         conns.insert(ctx, conn);
@@ -257,7 +262,7 @@ impl Server {
                 conns.remove(ctx);
             }
             Ok(_) => {
-                conn.last_active = Instant::now();
+                conn.last_active = self.clock.now();
                 let buf = done.take_buffer().unwrap_or_default();
                 self.send(conn, ctx, buf);
             }
@@ -274,7 +279,7 @@ impl Server {
         match done.result() {
             Ok(n) => {
                 self.echoed.fetch_add(n as u64, Ordering::SeqCst);
-                conn.last_active = Instant::now();
+                conn.last_active = self.clock.now();
                 if n < buf.len() {
                     buf.drain(..n); // a partial send: send the rest before receiving more
                     self.send(conn, ctx, buf);
@@ -301,7 +306,7 @@ impl Server {
     }
 
     fn close_idle(&self, idle: Duration) {
-        let Some(cutoff) = Instant::now().checked_sub(idle) else {
+        let Some(cutoff) = self.clock.now().checked_sub(idle) else {
             return;
         };
         let mut conns = lock(&self.conns);

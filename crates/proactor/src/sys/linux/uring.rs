@@ -295,7 +295,8 @@ impl Uring {
 
     /// Reaps up to `max` CQEs into `out`; returns how many completions were added.
     fn reap(&self, out: &mut Vec<Completion>, max: usize) -> usize {
-        let mut cqes = [(0u64, 0i32); 64];
+        // Small chunks: the array is initialised on every call, and most calls find few CQEs.
+        let mut cqes = [(0u64, 0i32); 16];
         let n = {
             let _cq = lock(&self.cq);
             // SAFETY: holding the cq lock makes this the only CompletionQueue in existence.
@@ -313,6 +314,22 @@ impl Uring {
             out.extend(self.finish(user_data, res));
         }
         out.len() - before
+    }
+
+    /// Reaps CQEs one at a time until one ends an operation; `None` once the CQ is empty.
+    fn reap_one(&self) -> Option<Completion> {
+        loop {
+            let (user_data, res) = {
+                let _cq = lock(&self.cq);
+                // SAFETY: holding the cq lock makes this the only CompletionQueue in existence.
+                let mut cq = unsafe { self.ring.completion_shared() };
+                let cqe = cq.next()?;
+                (cqe.user_data(), cqe.result())
+            };
+            if let Some(done) = self.finish(user_data, res) {
+                return Some(done);
+            }
+        }
     }
 
     /// Submits what is queued and waits in the kernel for at least one CQE, at most until
@@ -389,16 +406,12 @@ impl Driver for Uring {
 
     fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let mut one = Vec::with_capacity(1);
         loop {
-            if self.reap(&mut one, 1) == 1 {
-                return Ok(one.pop().expect("reaped one"));
+            if let Some(done) = self.reap_one() {
+                return Ok(done);
             }
-            if !self.wait(deadline)? && self.reap(&mut one, 1) == 0 {
-                return Err(timed_out());
-            }
-            if let Some(c) = one.pop() {
-                return Ok(c);
+            if !self.wait(deadline)? {
+                return self.reap_one().ok_or_else(timed_out);
             }
         }
     }

@@ -4,6 +4,7 @@ mod error;
 mod foreign;
 mod net;
 mod overlapped;
+mod pool;
 mod port;
 mod submit;
 

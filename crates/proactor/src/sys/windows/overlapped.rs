@@ -14,7 +14,7 @@
 use std::{
     cell::UnsafeCell,
     io,
-    mem::{self, offset_of},
+    mem::{self, MaybeUninit, offset_of},
     ptr,
     sync::Arc,
 };
@@ -25,7 +25,7 @@ use windows_sys::Win32::{
     System::IO::OVERLAPPED,
 };
 
-use super::{Life, RawIo, Route, foreign::ForeignOp};
+use super::{Life, RawIo, Route, foreign::ForeignOp, pool::RecordPool};
 use crate::{OpId, OpKind, op::LiveCount};
 
 /// Room for one address in an `AcceptEx` buffer: the largest sockaddr plus the 16 bytes
@@ -133,8 +133,10 @@ pub(crate) struct OpBox(Box<Op>);
 unsafe impl Send for OpBox {}
 
 impl OpBox {
-    /// A new record; `offset` is where a read or write starts (ignored by sockets).
+    /// A new record, in memory from `pool`; `offset` is where a read or write starts (ignored
+    /// by sockets).
     pub(crate) fn new(
+        pool: &RecordPool,
         id: OpId,
         kind: OpKind,
         context: usize,
@@ -146,7 +148,8 @@ impl OpBox {
         let mut overlapped: OVERLAPPED = unsafe { mem::zeroed() };
         overlapped.Anonymous.Anonymous.Offset = offset as u32;
         overlapped.Anonymous.Anonymous.OffsetHigh = (offset >> 32) as u32;
-        OpBox(Box::new(Op {
+        let mut memory = pool.take();
+        memory.write(Op {
             overlapped: UnsafeCell::new(overlapped),
             id,
             kind,
@@ -157,7 +160,9 @@ impl OpBox {
             foreign: None,
             data,
             _live: LiveCount::new(),
-        }))
+        });
+        // SAFETY: the whole record was just written.
+        OpBox(unsafe { memory.assume_init() })
     }
 
     /// Puts `event` in the `OVERLAPPED`'s `hEvent` (before the record goes to the kernel).
@@ -193,9 +198,16 @@ impl OpBox {
         (ov.Internal as NTSTATUS, ov.InternalHigh)
     }
 
-    /// Consumes the box, returning the record.
-    pub(crate) fn into_inner(self) -> Op {
-        *self.0
+    /// Consumes the box, returning the record and keeping its memory in `pool`.
+    pub(crate) fn into_inner(self, pool: &RecordPool) -> Op {
+        let raw = Box::into_raw(self.0);
+        // SAFETY: `raw` is the initialised record this box owned; reading moves it out, and the
+        // memory is treated as uninitialised from here on.
+        let op = unsafe { ptr::read(raw) };
+        // SAFETY: the same allocation, retyped to MaybeUninit<Op> (same layout), so that
+        // dropping or reusing it never drops the record a second time.
+        pool.give(unsafe { Box::from_raw(raw.cast::<MaybeUninit<Op>>()) });
+        op
     }
 }
 

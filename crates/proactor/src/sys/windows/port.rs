@@ -18,7 +18,10 @@ use std::{
     ptr,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst},
+        atomic::{
+            AtomicBool, AtomicU64, AtomicUsize,
+            Ordering::{Relaxed, SeqCst},
+        },
     },
     time::{Duration, Instant},
 };
@@ -51,6 +54,7 @@ use super::{
     foreign::{self, EventPool, ForeignOp},
     net,
     overlapped::{Op, OpBox, OpData, op_of, overlapped},
+    pool::RecordPool,
 };
 use crate::{Completion, OpId, OpKind, error::explained, table::Table};
 
@@ -60,8 +64,10 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Entries read from the kernel by one `GetQueuedCompletionStatusEx` call.
 const BATCH: usize = 128;
 
-/// After this many completions in a row from the ready queue, look at the kernel's queue first,
-/// so that operations ending at submission cannot starve the ones the kernel completed.
+/// After this many completions in a row from the ready queue with no look at the kernel's queue,
+/// look there first, so that operations ending at submission cannot starve the ones the kernel
+/// completed. Every dequeue from the kernel starts a new streak: traffic that alternates between
+/// the two (an echo's immediate send, then a pending receive) never pays for the extra look.
 const READY_STREAK: usize = 16;
 
 /// What the table knows of an operation in flight: enough to cancel it.
@@ -91,7 +97,9 @@ pub(crate) struct Port {
     ready: Mutex<VecDeque<OpBox>>,
     ready_len: AtomicUsize,
     waiters: AtomicUsize,
+    /// Completions taken from the ready queue since a thread last looked at the kernel's queue.
     streak: AtomicUsize,
+    pub(crate) records: RecordPool,
     skip_on_success: AtomicBool,
     immediate: AtomicU64,
     events: EventPool,
@@ -118,6 +126,7 @@ impl Port {
             ready_len: AtomicUsize::new(0),
             waiters: AtomicUsize::new(0),
             streak: AtomicUsize::new(0),
+            records: RecordPool::new(),
             skip_on_success: AtomicBool::new(true),
             immediate: AtomicU64::new(0),
             events: EventPool::default(),
@@ -226,6 +235,7 @@ impl Port {
     pub(crate) fn post(&self, context: usize, value: usize) -> io::Result<OpId> {
         let id = OpId::next();
         let op = OpBox::new(
+            &self.records,
             id,
             OpKind::Post,
             context,
@@ -438,7 +448,7 @@ impl Port {
         let deadline = Deadline::new(timeout);
         loop {
             if self.ready_len.load(SeqCst) > 0 {
-                let fair = self.streak.fetch_add(1, SeqCst) % READY_STREAK == READY_STREAK - 1;
+                let fair = self.streak.fetch_add(1, Relaxed) + 1 >= READY_STREAK;
                 if fair {
                     let mut entry = [empty_entry()];
                     if self.dequeue(&mut entry, 0)? == 1 {
@@ -524,6 +534,7 @@ impl Port {
 
     /// One `GetQueuedCompletionStatusEx`: the number of entries filled, 0 on timeout.
     fn dequeue(&self, entries: &mut [OVERLAPPED_ENTRY], millis: u32) -> io::Result<usize> {
+        self.streak.store(0, Relaxed);
         let mut n = 0u32;
         // SAFETY: `entries` is writable for its length; the port is open.
         let ok = unsafe {

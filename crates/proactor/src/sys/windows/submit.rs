@@ -91,7 +91,15 @@ fn wsabuf_data(buf: &[u8]) -> WSABUF {
 
 impl Port {
     fn record(&self, target: &Target, kind: OpKind, offset: u64, data: OpData) -> OpBox {
-        OpBox::new(OpId::next(), kind, target.context, target.raw, offset, data)
+        OpBox::new(
+            &self.records,
+            OpId::next(),
+            kind,
+            target.context,
+            target.raw,
+            offset,
+            data,
+        )
     }
 
     /// `WSARecv` into the spare capacity of `buf`.
@@ -453,7 +461,7 @@ impl Port {
         restarts: u32,
     ) -> OpId {
         let raw_io = RawIo::Socket(listener);
-        let record = |data| OpBox::new(id, OpKind::Accept, context, raw_io, 0, data);
+        let record = |data| OpBox::new(&self.records, id, OpKind::Accept, context, raw_io, 0, data);
         // SAFETY: the listener is open: the caller borrows its Handle or holds its Life open.
         let borrowed = unsafe { net::borrow(listener) };
         let domain = net::domain_of(&SockRef::from(&borrowed));
@@ -558,7 +566,7 @@ impl Port {
             target,
             data,
             ..
-        } = op.into_inner();
+        } = op.into_inner(&self.records);
         let mut error = error;
         let mut bytes = bytes;
         let mut peer = None;
