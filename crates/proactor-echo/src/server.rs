@@ -29,6 +29,8 @@ const PENDING_ACCEPTS: usize = 16;
 const LISTENER: usize = usize::MAX;
 /// A posted packet with this context asks the workers to stop.
 const STOP: usize = usize::MAX - 1;
+/// Completions a worker takes from the port at once, at most.
+const BATCH: usize = 64;
 
 /// What the command line decided.
 pub struct Config {
@@ -150,42 +152,61 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Server {
     fn work(&self) {
+        // Completions are taken in batches: one wait in the kernel (and one look at the
+        // completion queue) serves every connection that became ready meanwhile.
+        let mut batch = Vec::with_capacity(BATCH);
         loop {
-            let done = match self.port.get_completion(None) {
-                Ok(done) => done,
-                Err(e) => {
-                    tracing::error!(error = %e, "dequeue failed");
-                    return;
-                }
-            };
-            if self.config.trace {
-                eprintln!(
-                    "[{}] Completion received. BytesTransferred: {}, Key: {}, Overlapped: {:#x}",
-                    timestamp(),
-                    done.bytes_transferred(),
-                    done.context(),
-                    completed_overlapped(&done)
-                );
-                eprintln!(
-                    "[{}] Operation type: {}",
-                    timestamp(),
-                    operation_type(done.kind())
-                );
+            if let Err(e) = self.port.get_completions(&mut batch, BATCH, None) {
+                tracing::error!(error = %e, "dequeue failed");
+                return;
             }
-            match (done.kind(), done.context()) {
-                (OpKind::Post, STOP) => return,
-                // Draining: nothing new starts, but bytes already echoed still count.
-                (OpKind::Send, _) if self.stopping.load(Ordering::SeqCst) => {
-                    self.echoed
-                        .fetch_add(done.result().unwrap_or(0) as u64, Ordering::SeqCst);
+            let mut stops = 0;
+            for done in batch.drain(..) {
+                stops += usize::from(self.handle(done));
+            }
+            if stops > 0 {
+                // One stop packet is posted per worker: pass on the ones this batch took from
+                // the others.
+                for _ in 1..stops {
+                    if let Err(e) = self.port.post(STOP, 0) {
+                        tracing::error!(error = %e, "cannot pass a stop request on");
+                    }
                 }
-                _ if self.stopping.load(Ordering::SeqCst) => {}
-                (OpKind::Accept, _) => self.accepted(done),
-                (OpKind::Recv, ctx) => self.received(ctx, done),
-                (OpKind::Send, ctx) => self.sent(ctx, done),
-                (kind, ctx) => tracing::warn!(%kind, ctx, "unexpected completion"),
+                return;
             }
         }
+    }
+
+    /// Acts on one completion; true when it asks this worker to stop.
+    fn handle(&self, done: Completion) -> bool {
+        if self.config.trace {
+            eprintln!(
+                "[{}] Completion received. BytesTransferred: {}, Key: {}, Overlapped: {:#x}",
+                timestamp(),
+                done.bytes_transferred(),
+                done.context(),
+                completed_overlapped(&done)
+            );
+            eprintln!(
+                "[{}] Operation type: {}",
+                timestamp(),
+                operation_type(done.kind())
+            );
+        }
+        match (done.kind(), done.context()) {
+            (OpKind::Post, STOP) => return true,
+            // Draining: nothing new starts, but bytes already echoed still count.
+            (OpKind::Send, _) if self.stopping.load(Ordering::SeqCst) => {
+                self.echoed
+                    .fetch_add(done.result().unwrap_or(0) as u64, Ordering::SeqCst);
+            }
+            _ if self.stopping.load(Ordering::SeqCst) => {}
+            (OpKind::Accept, _) => self.accepted(done),
+            (OpKind::Recv, ctx) => self.received(ctx, done),
+            (OpKind::Send, ctx) => self.sent(ctx, done),
+            (kind, ctx) => tracing::warn!(%kind, ctx, "unexpected completion"),
+        }
+        false
     }
 
     /// Logs a submission when tracing.
