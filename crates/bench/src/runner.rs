@@ -39,6 +39,18 @@ enum What {
         /// Only the servers whose name contains one of these (comma-separated).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// Connection counts to run instead of the matrix's (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        conns: Vec<usize>,
+        /// Message sizes in bytes to run instead of the matrix's (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        sizes: Vec<usize>,
+        /// Messages in flight per connection to run instead of the matrix's (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        depths: Vec<usize>,
+        /// Run unpinned only (the quick matrix runs pinned only; `--full` runs both).
+        #[arg(long)]
+        unpinned: bool,
     },
     /// Resident memory per idle connection.
     Memory {
@@ -255,19 +267,52 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn matrix(full: bool, reps: usize, secs: u64, only: Vec<String>) -> ExitCode {
-    let conns: &[usize] = if full {
-        &[1, 100, 1000, 10_000]
-    } else {
-        &[1, 100, 1000]
-    };
-    let sizes: &[usize] = if full {
-        &[64, 4096, 65_536]
-    } else {
-        &[64, 4096]
-    };
-    let depths: &[usize] = if full { &[1, 8] } else { &[1] };
-    let pins: &[bool] = if full { &[true, false] } else { &[true] };
+/// Which cells a matrix run covers.
+struct Cells {
+    conns: Vec<usize>,
+    sizes: Vec<usize>,
+    depths: Vec<usize>,
+    pins: Vec<bool>,
+}
+
+impl Cells {
+    /// The quick or full matrix, with any dimension the command line names replaced.
+    fn new(
+        full: bool,
+        conns: Vec<usize>,
+        sizes: Vec<usize>,
+        depths: Vec<usize>,
+        unpinned: bool,
+    ) -> Cells {
+        let or = |given: Vec<usize>, full_set: &[usize], quick: &[usize]| {
+            if !given.is_empty() {
+                given
+            } else if full {
+                full_set.to_vec()
+            } else {
+                quick.to_vec()
+            }
+        };
+        Cells {
+            conns: or(conns, &[1, 100, 1000, 10_000], &[1, 100, 1000]),
+            sizes: or(sizes, &[64, 4096, 65_536], &[64, 4096]),
+            depths: or(depths, &[1, 8], &[1]),
+            pins: match (unpinned, full) {
+                (true, _) => vec![false],
+                (false, true) => vec![true, false],
+                (false, false) => vec![true],
+            },
+        }
+    }
+}
+
+fn matrix(cells: Cells, reps: usize, secs: u64, only: Vec<String>) -> ExitCode {
+    let Cells {
+        conns,
+        sizes,
+        depths,
+        pins,
+    } = &cells;
     let servers: Vec<Server> = servers()
         .into_iter()
         .filter(|s| only.is_empty() || only.iter().any(|o| s.name.contains(o.as_str())))
@@ -424,7 +469,16 @@ pub fn main() -> ExitCode {
             reps,
             secs,
             only,
-        } => matrix(full, reps, secs, only),
+            conns,
+            sizes,
+            depths,
+            unpinned,
+        } => matrix(
+            Cells::new(full, conns, sizes, depths, unpinned),
+            reps,
+            secs,
+            only,
+        ),
         What::Memory { conns } => memory(conns),
     }
 }

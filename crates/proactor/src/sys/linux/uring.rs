@@ -36,6 +36,16 @@ use crate::{Completion, OpId, OpKind, table::Table};
 /// Ring size: how many operations can be submitted before the kernel consumes them.
 const ENTRIES: u32 = 4096;
 
+/// `IORING_RECVSEND_POLL_FIRST` for stream receives: wait for readiness before the first
+/// attempt instead of after it failing. A receive usually follows a send (a response, an echo)
+/// and finds nothing yet; trying first costs a socket lock and an `EAGAIN` in the kernel. The
+/// flag changes no outcome: the poll is armed by checking readiness, so a receive whose data is
+/// already queued completes at once. Measured in BENCHMARKS.md (3-4% less server CPU per round
+/// trip at depth 1, no change at depth 8).
+/// (`include/uapi/linux/io_uring.h`, Linux 5.19; the `io-uring` crate sets it through `ioprio`
+/// but does not export the name.)
+const POLL_FIRST: u16 = 1 << 0;
+
 /// How long dropping the port waits for cancelled operations before leaking their records.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -161,7 +171,9 @@ impl Uring {
                 | OpKind::ConnectPipe => opcode::Nop::new().build(),
                 OpKind::Recv => {
                     let (ptr, len) = op.spare();
-                    opcode::Recv::new(fd, ptr, clamp(len)).build()
+                    opcode::Recv::new(fd, ptr, clamp(len))
+                        .ioprio(POLL_FIRST)
+                        .build()
                 }
                 OpKind::Read => {
                     let (ptr, len) = op.spare();
@@ -187,7 +199,7 @@ impl Uring {
                         _ => ptr::null_mut(),
                     };
                     if op.kind == OpKind::RecvVectored {
-                        opcode::RecvMsg::new(fd, msg).build()
+                        opcode::RecvMsg::new(fd, msg).ioprio(POLL_FIRST).build()
                     } else {
                         opcode::SendMsg::new(fd, msg)
                             .flags(libc::MSG_NOSIGNAL as u32)
