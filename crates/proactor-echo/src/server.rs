@@ -16,6 +16,7 @@ use proactor::{Completion, Handle, Iocp, OpId, OpKind};
 use proactor_echo::steplog::{
     completed_overlapped, operation_type, raw_socket, submitted_overlapped, timestamp,
 };
+use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::{
     clock::Clock,
@@ -31,6 +32,9 @@ const LISTENER: usize = usize::MAX;
 const STOP: usize = usize::MAX - 1;
 /// Completions a worker takes from the port at once, at most.
 const BATCH: usize = 64;
+/// Connections the kernel queues for accepting. std's `TcpListener::bind` asks for 128, which a
+/// burst of a few thousand connects overflows (dropped SYNs retry only after a second or more).
+const BACKLOG: i32 = 1024;
 
 /// What the command line decided.
 pub struct Config {
@@ -76,7 +80,7 @@ pub fn run(
         }
         _ => e,
     })?;
-    let listener = TcpListener::bind(config.addr)
+    let listener = listen(config.addr)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr)))?;
     let local = listener.local_addr()?;
     let listener = port.add_handle(listener, LISTENER)?;
@@ -144,6 +148,18 @@ pub fn run(
     };
     tracing::info!(summary.connections, summary.bytes_echoed, "stopped");
     Ok(summary)
+}
+
+/// A listening socket on `addr` with [`BACKLOG`]. On Unix it reuses the address as std does
+/// (a restarted server binds at once); on Windows that option would let another socket take the
+/// port, so it is left off.
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -348,6 +364,22 @@ mod tests {
     };
 
     use super::*;
+
+    /// A burst of connects beyond std's backlog of 128 is queued, not dropped: with 128, the
+    /// 130th connect's SYN is dropped and retried only after a second, past the timeout here.
+    #[test]
+    fn the_listener_queues_a_burst_of_connects_before_any_accept() {
+        let listener = listen("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let burst = 600; // well above 128, below the 1024 asked for and any default fd limit
+        let clients: Vec<TcpStream> = (0..burst)
+            .map(|i| {
+                TcpStream::connect_timeout(&addr, Duration::from_millis(500))
+                    .unwrap_or_else(|e| panic!("connect {i} of {burst} not queued: {e}"))
+            })
+            .collect();
+        assert_eq!(clients.len(), burst);
+    }
 
     /// Graceful shutdown: what a Ctrl+C or Ctrl+Break triggers (the console event itself cannot
     /// be generated under Wine, see ARCHITECTURE.md).

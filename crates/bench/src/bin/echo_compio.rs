@@ -15,7 +15,7 @@ fn main() -> std::io::Result<()> {
 
     let args = peer::Args::parse();
     compio::runtime::Runtime::new()?.block_on(async move {
-        let listener = TcpListener::bind(("127.0.0.1", args.port)).await?;
+        let listener = TcpListener::from_std(peer::listen(args.port)?)?;
         println!("listening on {}", listener.local_addr()?);
         loop {
             let (mut stream, _) = listener.accept().await?;

@@ -17,7 +17,7 @@ fn main() -> std::io::Result<()> {
         .enable_timer()
         .build()?;
     runtime.block_on(async move {
-        let listener = TcpListener::bind(("127.0.0.1", args.port))?;
+        let listener = TcpListener::from_std(peer::listen(args.port)?)?;
         println!("listening on {}", listener.local_addr()?);
         loop {
             let (mut stream, _) = listener.accept().await?;

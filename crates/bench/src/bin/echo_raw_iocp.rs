@@ -74,7 +74,7 @@ mod iocp {
     unsafe impl Send for Port {}
 
     pub fn serve(port_number: u16, buffer_size: usize) -> io::Result<()> {
-        let listener = TcpListener::bind(("127.0.0.1", port_number))?;
+        let listener = super::peer::listen(port_number)?;
         println!("listening on {}", listener.local_addr()?);
         // SAFETY: creating a port passes no pointers.
         let port = unsafe { CreateIoCompletionPort(INVALID_HANDLE_VALUE, ptr::null_mut(), 0, 1) };

@@ -9,7 +9,7 @@ mod peer;
 
 #[cfg(target_os = "linux")]
 fn main() -> std::io::Result<()> {
-    use std::{net::TcpListener, os::fd::AsRawFd, os::fd::FromRawFd, os::fd::OwnedFd};
+    use std::{os::fd::AsRawFd, os::fd::FromRawFd, os::fd::OwnedFd};
 
     use clap::Parser;
     use io_uring::{IoUring, opcode, squeue, types::Fd};
@@ -26,7 +26,7 @@ fn main() -> std::io::Result<()> {
     }
 
     let args = peer::Args::parse();
-    let listener = TcpListener::bind(("127.0.0.1", args.port))?;
+    let listener = peer::listen(args.port)?;
     println!("listening on {}", listener.local_addr()?);
     let mut ring = IoUring::new(4096)?;
     let mut conns: Vec<Option<Conn>> = Vec::new();

@@ -33,7 +33,9 @@ fn main() -> std::io::Result<()> {
         }
     };
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", args.common.port)).await?;
+        let std_listener = peer::listen(args.common.port)?;
+        std_listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(std_listener)?;
         println!("listening on {}", listener.local_addr()?);
         loop {
             let (mut stream, _) = listener.accept().await?;
