@@ -124,6 +124,14 @@ fn is_proactor(name: &str) -> bool {
     name.starts_with("proactor")
 }
 
+/// The zero-overhead reference, compared against separately from the peers.
+const RAW: &str = "raw io_uring";
+
+/// A peer: a runtime's echo server, neither proactor nor the raw reference.
+fn is_peer(name: &str) -> bool {
+    !is_proactor(name) && name != RAW
+}
+
 /// A started server: killed when dropped.
 struct Running {
     child: Child,
@@ -325,6 +333,7 @@ fn matrix(cells: Cells, reps: usize, secs: u64, only: Vec<String>) -> ExitCode {
     );
     let mut port = 19_000u16;
     let mut failed = false;
+    let mut checks = Vec::new();
     // The first run of a process measures about 10x slower whatever the server (seen with
     // every server first): run one and throw it away.
     if let Some(first) = servers.first() {
@@ -373,11 +382,19 @@ fn matrix(cells: Cells, reps: usize, secs: u64, only: Vec<String>) -> ExitCode {
                             }
                         }
                     }
-                    print_cell(&servers, &runs, c, size, depth, pinned, dropped);
+                    let cell = Cell {
+                        conns: c,
+                        size,
+                        depth,
+                        pinned,
+                    };
+                    print_cell(&servers, &runs, &cell, dropped);
+                    checks.extend(Check::of(&servers, &runs, cell));
                 }
             }
         }
     }
+    print_checks(&checks);
     if failed {
         ExitCode::FAILURE
     } else {
@@ -385,22 +402,125 @@ fn matrix(cells: Cells, reps: usize, secs: u64, only: Vec<String>) -> ExitCode {
     }
 }
 
-fn print_cell(
-    servers: &[Server],
-    runs: &[Vec<Figures>],
+/// One cell of the matrix.
+#[derive(Clone, Copy)]
+struct Cell {
     conns: usize,
     size: usize,
     depth: usize,
     pinned: bool,
-    dropped: usize,
-) {
+}
+
+/// A cell's figures against the targets: the proactor row with the lowest server CPU per round
+/// trip, against the best peer (tokio, compio, monoio: lowest CPU, highest throughput, lowest
+/// p99, each taken separately) and against the raw io_uring echo.
+struct Check {
+    cell: Cell,
+    proactor: &'static str,
+    cpu_vs_peer: f64,
+    rts_vs_peer: f64,
+    p99_vs_peer: f64,
+    rts_vs_raw: f64,
+    cpu_vs_raw: f64,
+}
+
+impl Check {
+    fn of(servers: &[Server], runs: &[Vec<Figures>], cell: Cell) -> Option<Check> {
+        let med = |i: usize, f: fn(&Figures) -> f64| median(runs[i].iter().map(f).collect());
+        let best_of = |keep: fn(&str) -> bool, f: fn(&Figures) -> f64, lowest: bool| {
+            (0..servers.len())
+                .filter(|&i| keep(servers[i].name))
+                .map(|i| (i, med(i, f)))
+                .filter(|(_, x)| x.is_finite())
+                .min_by(|a, b| {
+                    let order = a.1.total_cmp(&b.1);
+                    if lowest { order } else { order.reverse() }
+                })
+        };
+        let cpu = |f: &Figures| f.cpu_us_per_rt;
+        let rts = |f: &Figures| f.rts;
+        let p99 = |f: &Figures| f.p99;
+        let (ours, our_cpu) = best_of(is_proactor, cpu, true)?;
+        let raw = servers.iter().position(|s| s.name == RAW);
+        let vs_raw = |f: fn(&Figures) -> f64| raw.map_or(f64::NAN, |r| med(ours, f) / med(r, f));
+        Some(Check {
+            cell,
+            proactor: servers[ours].name,
+            cpu_vs_peer: our_cpu / best_of(is_peer, cpu, true).map_or(f64::NAN, |b| b.1),
+            rts_vs_peer: med(ours, rts) / best_of(is_peer, rts, false).map_or(f64::NAN, |b| b.1),
+            p99_vs_peer: med(ours, p99) / best_of(is_peer, p99, true).map_or(f64::NAN, |b| b.1),
+            rts_vs_raw: vs_raw(rts),
+            cpu_vs_raw: vs_raw(cpu),
+        })
+    }
+}
+
+/// `ratio` with a mark saying whether it meets its target, where the target applies.
+fn verdict(ratio: f64, meets: bool, applies: bool) -> String {
+    match (applies, meets) {
+        (false, _) => format!("{ratio:.2}x"),
+        (true, true) => format!("{ratio:.2}x met"),
+        (true, false) => format!("**{ratio:.2}x missed**"),
+    }
+}
+
+/// The targets table: one row per cell (the peer CPU and throughput targets apply from 100
+/// connections, the p99 target at 100 and 1,000, the raw echo's in every cell).
+fn print_checks(checks: &[Check]) {
+    if checks.is_empty() {
+        return;
+    }
+    println!(
+        "## Targets per cell
+"
+    );
+    println!(
+        "The proactor row with the lowest server CPU per round trip against the best peer (tokio, compio, monoio; \
+         each figure's best taken separately) and the raw io_uring echo. Targets: CPU ≤ 0.90x and throughput ≥ 1.00x \
+         the best peer from 100 connections, p99 ≤ 1.00x at 100 and 1,000 connections, throughput ≥ 0.95x \
+         and CPU ≤ 1.05x (1/0.95) raw in every cell.\n"
+    );
+    println!(
+        "| connections | size | depth | pinned | proactor row | CPU vs peer | throughput vs peer | p99 vs peer | throughput vs raw | CPU vs raw |"
+    );
+    println!("|---:|---:|---:|---|---|---:|---:|---:|---:|---:|");
+    for c in checks {
+        let from_100 = c.cell.conns >= 100;
+        let p99_cell = matches!(c.cell.conns, 100 | 1000);
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            c.cell.conns,
+            c.cell.size,
+            c.cell.depth,
+            if c.cell.pinned { "yes" } else { "no" },
+            c.proactor,
+            verdict(c.cpu_vs_peer, c.cpu_vs_peer <= 0.90, from_100),
+            verdict(c.rts_vs_peer, c.rts_vs_peer >= 1.0, from_100),
+            verdict(c.p99_vs_peer, c.p99_vs_peer <= 1.0, p99_cell),
+            verdict(c.rts_vs_raw, c.rts_vs_raw >= 0.95, true),
+            verdict(c.cpu_vs_raw, c.cpu_vs_raw <= 1.0 / 0.95, true),
+        );
+    }
+    println!();
+}
+
+fn print_cell(servers: &[Server], runs: &[Vec<Figures>], cell: &Cell, dropped: usize) {
+    let Cell {
+        conns,
+        size,
+        depth,
+        pinned,
+    } = *cell;
     let med = |i: usize, f: fn(&Figures) -> f64| median(runs[i].iter().map(f).collect());
-    // The best peer: lowest server CPU per round trip among the servers that are not proactor.
+    // The best peer: lowest server CPU per round trip among tokio, compio and monoio.
     let best = (0..servers.len())
-        .filter(|&i| !is_proactor(servers[i].name))
+        .filter(|&i| is_peer(servers[i].name))
         .map(|i| med(i, |f| f.cpu_us_per_rt))
         .filter(|x| x.is_finite())
         .fold(f64::INFINITY, f64::min);
+    let raw = (0..servers.len())
+        .find(|&i| servers[i].name == RAW)
+        .map_or(f64::NAN, |i| med(i, |f| f.cpu_us_per_rt));
     println!(
         "## {conns} connections, {size} B, depth {depth}, {}\n",
         if pinned { "pinned" } else { "unpinned" }
@@ -411,14 +531,14 @@ fn print_cell(
         );
     }
     println!(
-        "| server | round trips/s | MB/s | p50 µs | p99 µs | p999 µs | server CPU µs/rt | vs best peer | generator CPU % | other CPU % | errors | load |"
+        "| server | round trips/s | MB/s | p50 µs | p99 µs | p999 µs | server CPU µs/rt | vs best peer | vs raw | generator CPU % | other CPU % | errors | load |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, s) in servers.iter().enumerate() {
         let cpu = med(i, |f| f.cpu_us_per_rt);
         let errors: u64 = runs[i].iter().map(|f| f.errors).sum();
         println!(
-            "| {} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2}x | {:.0} | {:.0} | {} | {:.2} |",
+            "| {} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2}x | {:.2}x | {:.0} | {:.0} | {} | {:.2} |",
             s.name,
             med(i, |f| f.rts),
             med(i, |f| f.mbs),
@@ -427,6 +547,7 @@ fn print_cell(
             med(i, |f| f.p999),
             cpu,
             cpu / best,
+            cpu / raw,
             med(i, |f| f.gen_cpu_pct),
             med(i, |f| f.other_pct),
             errors,

@@ -7,6 +7,19 @@
 //! files have no readiness: their reads and writes run at submission (`pread`/`pwrite`), as
 //! most event loops do. Nothing is ever owned by the kernel here, so cancelling or dropping
 //! frees a queued operation at once.
+//!
+//! # Reads that would fail are not tried
+//!
+//! A TCP receive that returns fewer bytes than it asked for has drained the socket: the kernel
+//! copies until the buffer is full or the receive queue is empty. Edge-triggered epoll reports
+//! every later arrival of data, so until it reports `EPOLLIN` again, a read-side operation on
+//! that socket waits in its queue without being tried: in a request/response exchange the
+//! receive that follows a send would fail with `EAGAIN`, one wasted syscall per message (what
+//! io_uring's `IORING_RECVSEND_POLL_FIRST` saves on the other backend). What could make a short
+//! read leave something behind ends this for the socket for good: `EPOLLRDHUP`, `EPOLLHUP` or
+//! `EPOLLERR` (a FIN or an error after the data) and `EPOLLPRI` (urgent data, which stops a read
+//! at its mark). Unix stream sockets (which stop short at credential boundaries), datagram
+//! sockets and pipes are always tried.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -43,6 +56,49 @@ struct Queues {
     kind: Kind,
     read: VecDeque<Box<Op>>,
     write: VecDeque<Box<Op>>,
+    /// Whether a read-side operation may succeed without a new `EPOLLIN` (see the module docs).
+    readable: Readable,
+}
+
+/// What is known about a descriptor's receive queue.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Readable {
+    /// Not a TCP socket, or one that reported a hang-up, an error or urgent data: always try.
+    Always,
+    /// A TCP socket that may have data: try.
+    Maybe,
+    /// A TCP socket drained by a short receive (or one that would block), with no `EPOLLIN`
+    /// since: wait for it.
+    Drained,
+}
+
+impl Readable {
+    /// What an epoll event says: anything reported ends a drain, a hang-up, error or urgent
+    /// data ends tracking.
+    fn on_event(&mut self, events: u32) {
+        let sticky = (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR | libc::EPOLLPRI) as u32;
+        if events & sticky != 0 {
+            *self = Readable::Always;
+        } else if events & libc::EPOLLIN as u32 != 0 && *self == Readable::Drained {
+            *self = Readable::Maybe;
+        }
+    }
+
+    /// What trying a read-side operation showed: a short receive (`got` of `wanted`, both
+    /// non-zero) or one that would block drained the socket. End of file keeps it readable (a
+    /// receive after it returns 0 again at once).
+    fn after_read(&mut self, kind: OpKind, wanted: usize, attempt: &Attempt) {
+        if *self != Readable::Maybe {
+            return;
+        }
+        match attempt {
+            Attempt::WouldBlock => *self = Readable::Drained,
+            Attempt::Done(Ok(got)) if kind == OpKind::Recv && 0 < *got && *got < wanted => {
+                *self = Readable::Drained;
+            }
+            Attempt::Done(_) => {}
+        }
+    }
 }
 
 /// How trying an operation went.
@@ -317,21 +373,31 @@ impl Epoll {
         }
     }
 
-    /// Runs the queued operations of `fd` that can run now; returns their completions.
-    fn drive(&self, fd: RawFd, out: &mut Vec<Completion>) {
+    /// Runs the queued operations of `fd` that can run now, after an event saying `events`;
+    /// returns their completions.
+    fn drive(&self, fd: RawFd, events: u32, out: &mut Vec<Completion>) {
         let mut fds = lock(&self.fds);
         let Some(q) = fds.get_mut(&fd) else { return };
-        for queue in [&mut q.read, &mut q.write] {
-            while let Some(op) = queue.front_mut() {
-                match Self::attempt(op) {
-                    Attempt::WouldBlock => break,
-                    Attempt::Done(result) => {
-                        let op = queue.pop_front().expect("front exists");
-                        self.table.remove(op.id);
-                        out.push(complete(*op, result, 0));
-                    }
-                }
-            }
+        q.readable.on_event(events);
+        while q.readable != Readable::Drained {
+            let Some(op) = q.read.front_mut() else { break };
+            let wanted = op.spare().1;
+            let attempt = Self::attempt(op);
+            q.readable.after_read(op.kind, wanted, &attempt);
+            let Attempt::Done(result) = attempt else {
+                break;
+            };
+            let op = q.read.pop_front().expect("front exists");
+            self.table.remove(op.id);
+            out.push(complete(*op, result, 0));
+        }
+        while let Some(op) = q.write.front_mut() {
+            let Attempt::Done(result) = Self::attempt(op) else {
+                break;
+            };
+            let op = q.write.pop_front().expect("front exists");
+            self.table.remove(op.id);
+            out.push(complete(*op, result, 0));
         }
     }
 
@@ -370,7 +436,7 @@ impl Epoll {
                 // SAFETY: reads 8 bytes into a local, resetting the eventfd.
                 unsafe { libc::read(self.wake.as_raw_fd(), (&raw mut count).cast(), 8) };
             } else {
-                self.drive(data as RawFd, &mut done);
+                self.drive(data as RawFd, ev.events, &mut done);
             }
         }
         self.push_ready(done);
@@ -410,21 +476,7 @@ fn advance(iov: &mut [libc::iovec], msg: &mut libc::msghdr, sent: usize) {
 
 /// Whether a connect issued earlier has finished: `SO_ERROR`, then whether there is a peer.
 fn connect_result(fd: RawFd) -> io::Result<usize> {
-    let mut err: libc::c_int = 0;
-    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: reads an int-sized option into a local.
-    let r = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&raw mut err).cast(),
-            &mut len,
-        )
-    };
-    if r < 0 {
-        return Err(last_error());
-    }
+    let err = socket_option(fd, libc::SO_ERROR)?;
     if err != 0 {
         return Err(from_errno(err));
     }
@@ -475,8 +527,13 @@ impl Driver for Epoll {
                 | OpKind::Read
         );
         let queue = if reads { &mut q.read } else { &mut q.write };
-        if queue.is_empty() {
-            if let Attempt::Done(result) = Self::attempt(&mut op) {
+        if queue.is_empty() && !(reads && q.readable == Readable::Drained) {
+            let wanted = op.spare().1;
+            let attempt = Self::attempt(&mut op);
+            if reads {
+                q.readable.after_read(op.kind, wanted, &attempt);
+            }
+            if let Attempt::Done(result) = attempt {
                 drop(fds);
                 self.push_ready([complete(*op, result, 0)]);
                 return;
@@ -563,10 +620,11 @@ impl Driver for Epoll {
         self.table.len() + self.ready_len.load(SeqCst)
     }
 
-    fn associate(&self, fd: RawFd, _socket: bool) -> io::Result<()> {
+    fn associate(&self, fd: RawFd, socket: bool) -> io::Result<()> {
         // SAFETY: F_GETFL/F_SETFL on an open descriptor.
         let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-        let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP) as u32;
+        // EPOLLPRI: urgent data ends read tracking (see the module docs).
+        let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLPRI) as u32;
         let kind = match self.register(fd, fd as u64, events) {
             Ok(()) => {
                 if flags >= 0 {
@@ -589,12 +647,18 @@ impl Driver for Epoll {
             }
             Err(e) => return Err(e),
         };
+        let readable = if kind == Kind::Stream && socket && is_tcp(fd) {
+            Readable::Maybe
+        } else {
+            Readable::Always
+        };
         lock(&self.fds).insert(
             fd,
             Queues {
                 kind,
                 read: VecDeque::new(),
                 write: VecDeque::new(),
+                readable,
             },
         );
         Ok(())
@@ -616,6 +680,35 @@ impl Driver for Epoll {
             };
         }
     }
+}
+
+/// An int-valued `SOL_SOCKET` option of `fd`.
+fn socket_option(fd: RawFd, name: libc::c_int) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: reads an int-sized option of a descriptor into a local of that size.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            name,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(last_error());
+    }
+    Ok(value)
+}
+
+/// Whether `fd` is a TCP socket: an IPv4 or IPv6 stream socket.
+fn is_tcp(fd: RawFd) -> bool {
+    socket_option(fd, libc::SO_TYPE).ok() == Some(libc::SOCK_STREAM)
+        && matches!(
+            socket_option(fd, libc::SO_DOMAIN),
+            Ok(libc::AF_INET | libc::AF_INET6)
+        )
 }
 
 /// A read or write on a regular file, at submission.
