@@ -67,6 +67,9 @@ struct Server {
     env: Vec<(&'static str, &'static str)>,
 }
 
+/// proactor-echo's connection limit (default 10,000, the largest cell): the peers have none.
+const MAX_CONNS: &str = "100000";
+
 fn servers() -> Vec<Server> {
     let n = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
@@ -81,25 +84,25 @@ fn servers() -> Vec<Server> {
         s(
             "proactor io_uring 1w",
             "proactor-echo",
-            &["--workers", "1"],
+            &["--workers", "1", "--max-connections", MAX_CONNS],
             &[("PROACTOR_BACKEND", "io_uring")],
         ),
         s(
             "proactor io_uring Nw",
             "proactor-echo",
-            &["--workers", &n],
+            &["--workers", &n, "--max-connections", MAX_CONNS],
             &[("PROACTOR_BACKEND", "io_uring")],
         ),
         s(
             "proactor epoll 1w",
             "proactor-echo",
-            &["--workers", "1"],
+            &["--workers", "1", "--max-connections", MAX_CONNS],
             &[("PROACTOR_BACKEND", "epoll")],
         ),
         s(
             "proactor epoll Nw",
             "proactor-echo",
-            &["--workers", &n],
+            &["--workers", &n, "--max-connections", MAX_CONNS],
             &[("PROACTOR_BACKEND", "epoll")],
         ),
         s(
@@ -119,6 +122,10 @@ fn servers() -> Vec<Server> {
         s("raw io_uring", "echo-raw-uring", &[], &[]),
     ]
 }
+
+/// Every server reads and writes up to this many bytes at a time. proactor-echo's default is
+/// 65,535 (its specification's maximum read), which would split each 64 KiB message in two.
+const BUFFER_SIZE: &str = "65536";
 
 fn is_proactor(name: &str) -> bool {
     name.starts_with("proactor")
@@ -164,6 +171,7 @@ fn start(server: &Server, port: u16, cpu: Option<usize>) -> std::io::Result<Runn
         None => Command::new(&program),
     };
     cmd.args(["--port", &port.to_string()])
+        .args(["--buffer-size", BUFFER_SIZE])
         .args(&server.args)
         .envs(server.env.iter().copied())
         .stdout(Stdio::piped())
