@@ -65,6 +65,8 @@ struct Server {
     program: &'static str,
     args: Vec<String>,
     env: Vec<(&'static str, &'static str)>,
+    /// Run only when `--only` names it: the raw echo's kernel-feature variants.
+    variant: bool,
 }
 
 /// proactor-echo's connection limit (default 10,000, the largest cell): the peers have none.
@@ -79,6 +81,11 @@ fn servers() -> Vec<Server> {
         program,
         args: args.iter().map(|a| a.to_string()).collect(),
         env: env.to_vec(),
+        variant: false,
+    };
+    let variant = |name, args: &[&str]| Server {
+        variant: true,
+        ..s(name, "echo-raw-uring", args, &[])
     };
     vec![
         s(
@@ -120,6 +127,12 @@ fn servers() -> Vec<Server> {
         s("compio", "echo-compio", &[], &[]),
         s("monoio", "echo-monoio", &[], &[]),
         s("raw io_uring", "echo-raw-uring", &[], &[]),
+        variant("raw+pf", &["--poll-first"]),
+        variant("raw+pf+fixed", &["--poll-first", "--fixed-files"]),
+        variant(
+            "raw+pf+fixed+defer",
+            &["--poll-first", "--fixed-files", "--defer-taskrun"],
+        ),
     ]
 }
 
@@ -134,9 +147,9 @@ fn is_proactor(name: &str) -> bool {
 /// The zero-overhead reference, compared against separately from the peers.
 const RAW: &str = "raw io_uring";
 
-/// A peer: a runtime's echo server, neither proactor nor the raw reference.
+/// A peer: a runtime's echo server, neither proactor nor the raw reference (or its variants).
 fn is_peer(name: &str) -> bool {
-    !is_proactor(name) && name != RAW
+    !is_proactor(name) && !name.starts_with("raw")
 }
 
 /// A started server: killed when dropped.
@@ -331,7 +344,13 @@ fn matrix(cells: Cells, reps: usize, secs: u64, only: Vec<String>) -> ExitCode {
     } = &cells;
     let servers: Vec<Server> = servers()
         .into_iter()
-        .filter(|s| only.is_empty() || only.iter().any(|o| s.name.contains(o.as_str())))
+        .filter(|s| {
+            if s.variant {
+                only.iter().any(|o| s.name == o.as_str())
+            } else {
+                only.is_empty() || only.iter().any(|o| s.name.contains(o.as_str()))
+            }
+        })
         .collect();
     println!("# proactor-echo benchmark\n");
     println!(
@@ -570,7 +589,7 @@ fn memory(conns: usize) -> ExitCode {
     println!("| server | RSS before KiB | RSS with connections KiB | bytes per connection |");
     println!("|---|---:|---:|---:|");
     let mut port = 19_950u16;
-    for s in servers() {
+    for s in servers().into_iter().filter(|s| !s.variant) {
         port += 1;
         let Ok(running) = start(&s, port, None) else {
             println!("| {} | failed to start | | |", s.name);

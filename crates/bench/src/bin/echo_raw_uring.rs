@@ -2,6 +2,13 @@
 //! thread, one ring, no abstraction. A connection is a slot with one buffer; `user_data` is
 //! `slot << 8 | operation`. One receive, then one send of what arrived (resent from where a
 //! partial send stopped), then the next receive: the same design as proactor-echo.
+//!
+//! Three kernel features can be switched on, to measure what each is worth to a server that
+//! could use them (BENCHMARKS.md): `--poll-first` (`IORING_RECVSEND_POLL_FIRST` on receives, as
+//! proactor does), `--fixed-files` (every connection in the ring's registered file table, no
+//! file reference taken per operation) and `--defer-taskrun` (`SINGLE_ISSUER | DEFER_TASKRUN`:
+//! completion work runs only when the one thread waits, which a ring shared by several threads,
+//! like an `Iocp`, cannot use).
 
 #[cfg(target_os = "linux")]
 #[path = "../peer.rs"]
@@ -12,7 +19,10 @@ fn main() -> std::io::Result<()> {
     use std::{os::fd::AsRawFd, os::fd::FromRawFd, os::fd::OwnedFd};
 
     use clap::Parser;
-    use io_uring::{IoUring, opcode, squeue, types::Fd};
+    use io_uring::{
+        IoUring, opcode, squeue,
+        types::{Fd, Fixed},
+    };
 
     const ACCEPT: u64 = 0;
     const RECV: u64 = 1;
@@ -25,10 +35,49 @@ fn main() -> std::io::Result<()> {
         sent: usize,
     }
 
-    let args = peer::Args::parse();
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        common: peer::Args,
+        /// Receives wait for readiness before their first attempt.
+        #[arg(long)]
+        poll_first: bool,
+        /// Connections are used through the registered file table.
+        #[arg(long)]
+        fixed_files: bool,
+        /// `IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN`.
+        #[arg(long)]
+        defer_taskrun: bool,
+    }
+
+    /// Slots in the registered file table (the most connections a run opens, and some).
+    const FIXED: u32 = 16_384;
+
+    let cli = Cli::parse();
+    let args = cli.common;
     let listener = peer::listen(args.port)?;
     println!("listening on {}", listener.local_addr()?);
-    let mut ring = IoUring::new(4096)?;
+    let mut builder = IoUring::builder();
+    if cli.defer_taskrun {
+        builder.setup_single_issuer().setup_defer_taskrun();
+    }
+    let mut ring = builder.build(4096)?;
+    if cli.fixed_files {
+        ring.submitter().register_files_sparse(FIXED)?;
+    }
+    let recv_flags: u16 = if cli.poll_first { 1 } else { 0 }; // IORING_RECVSEND_POLL_FIRST
+    // Builds an SQE on a connection's registered slot or on its descriptor.
+    macro_rules! on {
+        ($slot:expr, $c:expr, |$t:ident| $build:expr) => {
+            if cli.fixed_files {
+                let $t = Fixed($slot as u32);
+                $build
+            } else {
+                let $t = Fd($c.fd.as_raw_fd());
+                $build
+            }
+        };
+    }
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut free: Vec<usize> = Vec::new();
     let lfd = Fd(listener.as_raw_fd());
@@ -84,18 +133,29 @@ fn main() -> std::io::Result<()> {
                         }
                     };
                     let c = conns[slot].as_mut().expect("just set");
-                    let e = opcode::Recv::new(
-                        Fd(c.fd.as_raw_fd()),
+                    if cli.fixed_files {
+                        assert!(slot < FIXED as usize, "more connections than fixed slots");
+                        ring.submitter()
+                            .register_files_update(slot as u32, &[c.fd.as_raw_fd()])?;
+                    }
+                    let e = on!(slot, c, |t| opcode::Recv::new(
+                        t,
                         c.buf.as_mut_ptr(),
-                        c.buf.len() as u32,
-                    );
-                    push(&mut ring, e.build().user_data((slot as u64) << 8 | RECV));
+                        c.buf.len() as u32
+                    )
+                    .ioprio(recv_flags)
+                    .build());
+                    push(&mut ring, e.user_data((slot as u64) << 8 | RECV));
                 }
                 RECV | SEND => {
                     let Some(c) = conns[slot].as_mut() else {
                         continue;
                     };
                     if res <= 0 {
+                        if cli.fixed_files {
+                            // The table holds a reference: without this the socket stays open.
+                            ring.submitter().register_files_update(slot as u32, &[-1])?;
+                        }
                         conns[slot] = None; // EOF or error: close
                         free.push(slot);
                         continue;
@@ -106,17 +166,25 @@ fn main() -> std::io::Result<()> {
                     } else {
                         c.sent += res as usize;
                     }
-                    let fd = Fd(c.fd.as_raw_fd());
                     let e = if c.sent < c.len {
                         let rest = &c.buf[c.sent..c.len];
-                        opcode::Send::new(fd, rest.as_ptr(), rest.len() as u32)
-                            .flags(libc::MSG_NOSIGNAL)
-                            .build()
-                            .user_data((slot as u64) << 8 | SEND)
+                        on!(slot, c, |t| opcode::Send::new(
+                            t,
+                            rest.as_ptr(),
+                            rest.len() as u32
+                        )
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build())
+                        .user_data((slot as u64) << 8 | SEND)
                     } else {
-                        opcode::Recv::new(fd, c.buf.as_mut_ptr(), c.buf.len() as u32)
-                            .build()
-                            .user_data((slot as u64) << 8 | RECV)
+                        on!(slot, c, |t| opcode::Recv::new(
+                            t,
+                            c.buf.as_mut_ptr(),
+                            c.buf.len() as u32
+                        )
+                        .ioprio(recv_flags)
+                        .build())
+                        .user_data((slot as u64) << 8 | RECV)
                     };
                     push(&mut ring, e);
                 }
