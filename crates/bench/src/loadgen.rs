@@ -10,7 +10,7 @@ use std::{
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -33,9 +33,18 @@ pub struct Load {
     pub duration: Duration,
 }
 
+/// Connects in flight at once: a burst of thousands overflows any listen backlog, and a dropped
+/// SYN is retried only after a second or more.
+const CONNECTS_IN_FLIGHT: usize = 256;
+
+/// How long all connections may take to be established before the warm-up starts anyway.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
+
 /// What the generator measured in the measuring window.
 #[derive(Debug, Default, Clone)]
 pub struct Measured {
+    /// Connections established before the warm-up (all of them unless some failed).
+    pub connected: usize,
     pub round_trips: u64,
     pub errors: u64,
     pub elapsed: Duration,
@@ -45,6 +54,10 @@ pub struct Measured {
 }
 
 struct Shared {
+    connects: Semaphore,
+    /// Connections that tried to connect (whether or not they succeeded), and those that did.
+    settled: AtomicUsize,
+    connected: AtomicUsize,
     measuring: AtomicBool,
     stop: AtomicBool,
     round_trips: AtomicU64,
@@ -80,13 +93,19 @@ fn check(conn: usize, seq: u64, got: &[u8]) -> bool {
 }
 
 async fn connection(id: usize, load: Load, shared: Arc<Shared>) {
-    let stream = match TcpStream::connect(load.addr).await {
-        Ok(s) => s,
-        Err(_) => {
-            shared.errors.fetch_add(1, Ordering::Relaxed);
-            return;
+    let stream = {
+        let _permit = shared.connects.acquire().await.expect("never closed");
+        let stream = TcpStream::connect(load.addr).await;
+        shared.settled.fetch_add(1, Ordering::SeqCst);
+        match stream {
+            Ok(s) => s,
+            Err(_) => {
+                shared.errors.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
         }
     };
+    shared.connected.fetch_add(1, Ordering::SeqCst);
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let credit = Arc::new(Semaphore::new(load.depth));
@@ -150,6 +169,9 @@ async fn connection(id: usize, load: Load, shared: Arc<Shared>) {
 /// server's CPU time).
 pub fn run(load: &Load, threads: usize, mut window: impl FnMut(bool)) -> Measured {
     let shared = Arc::new(Shared {
+        connects: Semaphore::new(CONNECTS_IN_FLIGHT),
+        settled: AtomicUsize::new(0),
+        connected: AtomicUsize::new(0),
         measuring: AtomicBool::new(false),
         stop: AtomicBool::new(false),
         round_trips: AtomicU64::new(0),
@@ -170,7 +192,17 @@ pub fn run(load: &Load, threads: usize, mut window: impl FnMut(bool)) -> Measure
     let tasks: Vec<_> = (0..load.conns)
         .map(|id| runtime.spawn(connection(id, load.clone(), shared.clone())))
         .collect();
-    runtime.block_on(async { tokio::time::sleep(load.warmup).await });
+    // Every connection established (or failed) first, then the warm-up: otherwise a cell with
+    // thousands of connections measures the ramp, not that many connections being served.
+    runtime.block_on(async {
+        let deadline = tokio::time::Instant::now() + CONNECT_DEADLINE;
+        while shared.settled.load(Ordering::SeqCst) < load.conns
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(load.warmup).await
+    });
     window(true);
     shared.measuring.store(true, Ordering::SeqCst);
     let start = Instant::now();
@@ -185,6 +217,7 @@ pub fn run(load: &Load, threads: usize, mut window: impl FnMut(bool)) -> Measure
     runtime.shutdown_timeout(Duration::from_secs(2));
     let h = shared.latency.lock().unwrap();
     Measured {
+        connected: shared.connected.load(Ordering::SeqCst),
         round_trips: shared.round_trips.load(Ordering::SeqCst),
         errors: shared.errors.load(Ordering::SeqCst),
         elapsed,

@@ -220,6 +220,8 @@ fn pin_self(cpu: Option<usize>) {
 /// One run's figures.
 #[derive(Clone, Copy, Default)]
 struct Figures {
+    /// Connections established before the warm-up.
+    connected: f64,
     rts: f64,
     mbs: f64,
     p50: f64,
@@ -270,6 +272,7 @@ fn run_once(server: &Server, load: &Load, port: u16, pinned: bool) -> std::io::R
         running.max(0.0) + (steal1 - steal0).as_secs_f64()
     });
     Ok(Figures {
+        connected: m.connected as f64,
         rts,
         mbs: rts * load.size as f64 / 1e6,
         p50: m.p50_us,
@@ -558,15 +561,16 @@ fn print_cell(servers: &[Server], runs: &[Vec<Figures>], cell: &Cell, dropped: u
         );
     }
     println!(
-        "| server | round trips/s | MB/s | p50 µs | p99 µs | p999 µs | server CPU µs/rt | vs best peer | vs raw | generator CPU % | other CPU % | errors | load |"
+        "| server | connected | round trips/s | MB/s | p50 µs | p99 µs | p999 µs | server CPU µs/rt | vs best peer | vs raw | generator CPU % | other CPU % | errors | load |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (i, s) in servers.iter().enumerate() {
         let cpu = med(i, |f| f.cpu_us_per_rt);
         let errors: u64 = runs[i].iter().map(|f| f.errors).sum();
         println!(
-            "| {} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2}x | {:.2}x | {:.0} | {:.0} | {} | {:.2} |",
+            "| {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2}x | {:.2}x | {:.0} | {:.0} | {} | {:.2} |",
             s.name,
+            med(i, |f| f.connected),
             med(i, |f| f.rts),
             med(i, |f| f.mbs),
             med(i, |f| f.p50),
