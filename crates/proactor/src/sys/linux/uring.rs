@@ -40,8 +40,9 @@ const ENTRIES: u32 = 4096;
 /// attempt instead of after it failing. A receive usually follows a send (a response, an echo)
 /// and finds nothing yet; trying first costs a socket lock and an `EAGAIN` in the kernel. The
 /// flag changes no outcome: the poll is armed by checking readiness, so a receive whose data is
-/// already queued completes at once. Measured in BENCHMARKS.md (3-4% less server CPU per round
-/// trip at depth 1, no change at depth 8).
+/// already queued still completes, through a task-work hop instead of inline. Measured in
+/// BENCHMARKS.md: 3-4% less server CPU per round trip at depth 1, no change at depth 8, and a
+/// dearer receive when data is waiting (the micro-benchmark).
 /// (`include/uapi/linux/io_uring.h`, Linux 5.19; the `io-uring` crate sets it through `ioprio`
 /// but does not export the name.)
 const POLL_FIRST: u16 = 1 << 0;
