@@ -48,6 +48,36 @@ pub fn load1() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// The kernel's TCP memory pressure threshold in bytes: the middle value of
+/// `net.ipv4.tcp_mem` (pages). Above it the kernel shrinks socket buffers, prunes receive
+/// queues and drops segments; past the third value it aborts connections.
+pub fn tcp_mem_pressure_bytes() -> Option<u64> {
+    let mem = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_mem").ok()?;
+    let pages: u64 = mem.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+    Some(pages * page)
+}
+
+/// How many times TCP has entered memory pressure since boot (`TCPMemoryPressures` in
+/// `/proc/net/netstat`).
+pub fn tcp_memory_pressures() -> Option<u64> {
+    netstat_counter(
+        &std::fs::read_to_string("/proc/net/netstat").ok()?,
+        "TcpExt:",
+        "TCPMemoryPressures",
+    )
+}
+
+/// One counter of `/proc/net/netstat`, which lists each group as a line of names followed by a
+/// line of values, both starting with the group's prefix.
+fn netstat_counter(netstat: &str, group: &str, name: &str) -> Option<u64> {
+    let mut lines = netstat.lines().filter(|l| l.starts_with(group));
+    let (names, values) = (lines.next()?, lines.next()?);
+    let at = names.split_whitespace().position(|n| n == name)?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,5 +90,25 @@ mod tests {
         assert!(cpu_time(me).unwrap() > Duration::ZERO);
         assert!(rss_kib(me).unwrap() > 0);
         assert!(machine_busy().unwrap().0 > Duration::ZERO);
+        assert!(tcp_mem_pressure_bytes().unwrap() > 0);
+        assert!(tcp_memory_pressures().is_some());
+    }
+
+    #[test]
+    fn finds_a_netstat_counter_by_name() {
+        let netstat = "TcpExt: SyncookiesSent TCPMemoryPressures PruneCalled\n\
+                       TcpExt: 1 312 7\n\
+                       IpExt: InNoRoutes TCPMemoryPressures\n\
+                       IpExt: 5 9\n";
+        assert_eq!(
+            netstat_counter(netstat, "TcpExt:", "TCPMemoryPressures"),
+            Some(312)
+        );
+        assert_eq!(netstat_counter(netstat, "TcpExt:", "PruneCalled"), Some(7));
+        assert_eq!(
+            netstat_counter(netstat, "IpExt:", "TCPMemoryPressures"),
+            Some(9)
+        );
+        assert_eq!(netstat_counter(netstat, "TcpExt:", "Missing"), None);
     }
 }
