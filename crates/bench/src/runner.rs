@@ -496,8 +496,12 @@ impl Check {
     }
 }
 
-/// `ratio` with a mark saying whether it meets its target, where the target applies.
+/// `ratio` with a mark saying whether it meets its target, where the target applies; a dash
+/// where there was nothing to compare with (no peer, or no raw echo, among `--only`'s servers).
 fn verdict(ratio: f64, meets: bool, applies: bool) -> String {
+    if !ratio.is_finite() {
+        return "–".to_string();
+    }
     match (applies, meets) {
         (false, _) => format!("{ratio:.2}x"),
         (true, true) => format!("{ratio:.2}x met"),
@@ -545,6 +549,15 @@ fn print_checks(checks: &[Check]) {
     println!();
 }
 
+/// A ratio as `1.23x`, or a dash where there was nothing to divide by.
+fn times(ratio: f64) -> String {
+    if ratio.is_finite() {
+        format!("{ratio:.2}x")
+    } else {
+        "–".to_string()
+    }
+}
+
 fn heading(cell: &Cell) -> String {
     let Cell {
         conns,
@@ -587,7 +600,7 @@ fn print_cell(
         .filter(|&i| is_peer(servers[i].name))
         .map(|i| med(i, |f| f.cpu_us_per_rt))
         .filter(|x| x.is_finite())
-        .fold(f64::INFINITY, f64::min);
+        .fold(f64::NAN, f64::min);
     let raw = (0..servers.len())
         .find(|&i| servers[i].name == RAW)
         .map_or(f64::NAN, |i| med(i, |f| f.cpu_us_per_rt));
@@ -611,7 +624,7 @@ fn print_cell(
         let cpu = med(i, |f| f.cpu_us_per_rt);
         let errors: u64 = runs[i].iter().map(|f| f.errors).sum();
         println!(
-            "| {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2}x | {:.2}x | {:.0} | {:.0} | {} | {:.2} |",
+            "| {} | {:.0} | {:.0} | {:.1} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} | {:.0} | {:.0} | {} | {:.2} |",
             s.name,
             med(i, |f| f.connected),
             med(i, |f| f.rts),
@@ -620,8 +633,8 @@ fn print_cell(
             med(i, |f| f.p99),
             med(i, |f| f.p999),
             cpu,
-            cpu / best,
-            cpu / raw,
+            times(cpu / best),
+            times(cpu / raw),
             med(i, |f| f.gen_cpu_pct),
             med(i, |f| f.other_pct),
             errors,
@@ -675,5 +688,27 @@ pub fn main() -> ExitCode {
             only,
         ),
         What::Memory { conns } => memory(conns),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_without_a_denominator_print_a_dash() {
+        // `--only "io_uring 1w,raw io_uring"` has no peer: no best peer to divide by.
+        let no_peer = [f64::NAN, 5.0]
+            .into_iter()
+            .filter(|x| x.is_finite())
+            .fold(f64::NAN, f64::min);
+        assert_eq!(no_peer, 5.0);
+        let none: f64 = std::iter::empty::<f64>().fold(f64::NAN, f64::min);
+        assert_eq!(times(10.0 / none), "–");
+        assert_eq!(verdict(10.0 / none, false, true), "–");
+        assert_eq!(times(10.93 / 10.0), "1.09x");
+        assert_eq!(verdict(0.5, true, true), "0.50x met");
+        assert_eq!(verdict(1.2, false, true), "**1.20x missed**");
+        assert_eq!(verdict(1.2, false, false), "1.20x");
     }
 }
