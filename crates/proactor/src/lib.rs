@@ -72,6 +72,7 @@
 
 mod completion;
 mod error;
+mod failpoint;
 mod handle;
 mod iocp;
 mod life;
