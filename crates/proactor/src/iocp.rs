@@ -87,6 +87,12 @@ impl Iocp {
     /// Creates a completion port that lets at most `threads` threads run completions at once
     /// (the port's concurrency value; 0 means one per processor).
     ///
+    /// Only Windows enforces the limit: the kernel releases a thread from
+    /// `GetQueuedCompletionStatus` only while fewer than `threads` threads of the port run. The
+    /// Linux backends (io_uring, epoll) have no such accounting and ignore `threads`: every
+    /// thread waiting in [`Iocp::get_completion`] may be given a completion. Bound the number of
+    /// threads you start instead.
+    ///
     /// ```no_run
     /// let port = proactor::Iocp::with_concurrency(2)?;
     /// # Ok::<(), std::io::Error>(())

@@ -28,26 +28,33 @@
 //!     let mut done = port.get_completion(None)?;
 //!     match done.kind() {
 //!         OpKind::Accept => {
-//!             let accepted = done.take_accepted().expect("accept completed");
-//!             let conn = port.add_handle(accepted.stream, connections.len() + 1)?;
-//!             port.recv(&conn, Vec::with_capacity(4096));
-//!             connections.push(Some(conn));
+//!             // A failed accept (a client gone, descriptors exhausted) leaves the listener
+//!             // usable: accept again (a real server backs off on exhaustion).
+//!             if let Some(accepted) = done.take_accepted() {
+//!                 let conn = port.add_handle(accepted.stream, connections.len() + 1)?;
+//!                 port.recv(&conn, Vec::with_capacity(4096));
+//!                 connections.push(Some(conn));
+//!             }
 //!             port.accept(&listener);
 //!         }
-//!         OpKind::Recv => {
-//!             let n = done.result()?;
-//!             let conn = connections[done.context() - 1].as_ref().unwrap();
-//!             if n == 0 {
-//!                 connections[done.context() - 1] = None; // EOF: close.
-//!             } else {
-//!                 port.send(conn, done.take_buffer().unwrap());
+//!         OpKind::Recv => match done.result() {
+//!             // End of file, a reset or any other error ends this connection, not the server.
+//!             Ok(0) | Err(_) => connections[done.context() - 1] = None,
+//!             Ok(_) => {
+//!                 if let Some(conn) = &connections[done.context() - 1] {
+//!                     port.send(conn, done.take_buffer().unwrap());
+//!                 }
 //!             }
-//!         }
+//!         },
 //!         OpKind::Send => {
-//!             let conn = connections[done.context() - 1].as_ref().unwrap();
 //!             let mut buf = done.take_buffer().unwrap();
 //!             buf.clear();
-//!             port.recv(conn, buf);
+//!             match (done.result(), &connections[done.context() - 1]) {
+//!                 (Ok(_), Some(conn)) => {
+//!                     port.recv(conn, buf);
+//!                 }
+//!                 _ => connections[done.context() - 1] = None,
+//!             }
 //!         }
 //!         _ => {}
 //!     }
