@@ -226,8 +226,7 @@ fn clone_error(err: &io::Error) -> io::Error {
         .get_ref()
         .and_then(|e| e.downcast_ref::<crate::error::OsError>())
     {
-        Some(os) if os.cancelled => crate::error::cancelled(os.code, os.ntstatus),
-        Some(os) => crate::error::corrected(err.kind(), os.code, os.ntstatus),
+        Some(os) => io::Error::new(err.kind(), os.clone()),
         None => io::Error::new(err.kind(), err.to_string()),
     }
 }
@@ -267,6 +266,10 @@ mod tests {
         let c = completion(Some(crate::error::cancelled(995, None)), Output::None);
         assert!(c.is_cancelled());
         assert!(crate::is_cancelled(&c.result().unwrap_err()));
+        let c = completion(Some(crate::error::truncated(90, None)), Output::None);
+        let e = c.result().unwrap_err();
+        assert!(crate::is_truncated(&e), "{e}");
+        assert_eq!(e.to_string(), c.error().unwrap().to_string());
     }
 
     #[test]

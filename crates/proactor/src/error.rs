@@ -9,7 +9,7 @@
 use std::{error::Error, fmt, io};
 
 /// An OS error code whose [`io::ErrorKind`] proactor corrected.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct OsError {
     /// The OS code (a Win32 or WinSock error on Windows, an errno on Linux).
     pub(crate) code: i32,
@@ -17,6 +17,8 @@ pub(crate) struct OsError {
     pub(crate) ntstatus: Option<i32>,
     /// Whether the operation was cancelled locally.
     pub(crate) cancelled: bool,
+    /// Whether a datagram was longer than the buffer and was cut short.
+    pub(crate) truncated: bool,
     /// What the code means here, when the OS's own message would not say it.
     pub(crate) note: Option<&'static str>,
 }
@@ -41,6 +43,7 @@ impl fmt::Display for OsError {
 impl Error for OsError {}
 
 /// Builds the error for `code` with a corrected `kind`.
+#[cfg_attr(not(windows), allow(dead_code))]
 pub(crate) fn corrected(kind: io::ErrorKind, code: i32, ntstatus: Option<i32>) -> io::Error {
     io::Error::new(
         kind,
@@ -48,6 +51,7 @@ pub(crate) fn corrected(kind: io::ErrorKind, code: i32, ntstatus: Option<i32>) -
             code,
             ntstatus,
             cancelled: false,
+            truncated: false,
             note: None,
         },
     )
@@ -62,6 +66,7 @@ pub(crate) fn explained(kind: io::ErrorKind, code: i32, note: &'static str) -> i
             code,
             ntstatus: None,
             cancelled: false,
+            truncated: false,
             note: Some(note),
         },
     )
@@ -69,16 +74,33 @@ pub(crate) fn explained(kind: io::ErrorKind, code: i32, note: &'static str) -> i
 
 /// Builds the error for an operation that was cancelled locally, as OS `code` reported it.
 ///
-/// Its kind is [`io::ErrorKind::Interrupted`]: the one kind that only a local action causes, so
-/// that it can never be mistaken for a remote reset, an EOF or a timeout.
+/// Its kind is [`io::ErrorKind::Other`]: never a remote reset, an EOF or a timeout, and never
+/// [`io::ErrorKind::Interrupted`], which `read_exact`, `write_all`, `io::copy` and most retry
+/// loops take as "try again" (an adapter would resubmit a cancelled operation forever).
+/// [`is_cancelled`] tells it apart.
 pub(crate) fn cancelled(code: i32, ntstatus: Option<i32>) -> io::Error {
+    io::Error::other(OsError {
+        code,
+        ntstatus,
+        cancelled: true,
+        truncated: false,
+        note: None,
+    })
+}
+
+/// Builds the error of a datagram receive whose datagram did not fit: kind
+/// [`io::ErrorKind::InvalidData`], OS `code` kept (`EMSGSIZE` on Linux, `WSAEMSGSIZE` on
+/// Windows), recognised by [`is_truncated`].
+#[cfg_attr(not(any(windows, target_os = "linux")), allow(dead_code))]
+pub(crate) fn truncated(code: i32, ntstatus: Option<i32>) -> io::Error {
     io::Error::new(
-        io::ErrorKind::Interrupted,
+        io::ErrorKind::InvalidData,
         OsError {
             code,
             ntstatus,
-            cancelled: true,
-            note: None,
+            cancelled: false,
+            truncated: true,
+            note: Some("datagram truncated"),
         },
     )
 }
@@ -150,8 +172,10 @@ pub(crate) fn ntstatus(err: &io::Error) -> Option<i32> {
 /// Whether `err` reports an operation that was cancelled locally: by [`Iocp::cancel`],
 /// [`Iocp::cancel_all`], dropping its [`Handle`] or dropping the port.
 ///
-/// A cancelled operation's error has kind [`io::ErrorKind::Interrupted`] and keeps the OS code
-/// (`995` `ERROR_OPERATION_ABORTED` on Windows).
+/// A cancelled operation's error has kind [`io::ErrorKind::Other`] and keeps the OS code
+/// (`995` `ERROR_OPERATION_ABORTED` on Windows, `125` `ECANCELED` on Linux). It is never
+/// [`io::ErrorKind::Interrupted`], which std's `read_exact`, `write_all` and `io::copy` retry:
+/// a cancelled operation is over, and an adapter that resubmitted it would loop forever.
 ///
 /// [`Iocp::cancel`]: crate::Iocp::cancel
 /// [`Iocp::cancel_all`]: crate::Iocp::cancel_all
@@ -163,6 +187,22 @@ pub(crate) fn ntstatus(err: &io::Error) -> Option<i32> {
 /// ```
 pub fn is_cancelled(err: &io::Error) -> bool {
     os_error(err).is_some_and(|e| e.cancelled)
+}
+
+/// Whether `err` reports a datagram that was longer than the receive buffer
+/// ([`Iocp::recv_from`]): the completion still carries the bytes that fit and the source
+/// address. Its OS code is `EMSGSIZE` (90) on Linux and `WSAEMSGSIZE` (10040) on Windows; this
+/// predicate saves hard-coding either, and is false for the same code from a send of a datagram
+/// too large to send.
+///
+/// [`Iocp::recv_from`]: crate::Iocp::recv_from
+///
+/// ```
+/// use std::io;
+/// assert!(!proactor::is_truncated(&io::Error::from(io::ErrorKind::InvalidData)));
+/// ```
+pub fn is_truncated(err: &io::Error) -> bool {
+    os_error(err).is_some_and(|e| e.truncated)
 }
 
 #[cfg(test)]
@@ -187,9 +227,25 @@ mod tests {
     fn cancelled_errors_are_distinguishable() {
         let err = cancelled(995, None);
         assert!(is_cancelled(&err));
-        assert_eq!(err.kind(), io::ErrorKind::Interrupted);
+        assert_eq!(err.kind(), io::ErrorKind::Other);
+        assert_ne!(err.kind(), io::ErrorKind::Interrupted, "std would retry it");
         assert_eq!(raw_os_error(&err), Some(995));
+        assert!(!is_truncated(&err));
         assert!(err.to_string().starts_with("operation cancelled"), "{err}");
+    }
+
+    #[test]
+    fn truncated_datagrams_are_recognised() {
+        let err = truncated(90, None);
+        assert!(is_truncated(&err));
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert_eq!(raw_os_error(&err), Some(90));
+        assert!(!is_cancelled(&err));
+        assert!(!is_truncated(&corrected(
+            io::ErrorKind::InvalidData,
+            90,
+            None
+        )));
     }
 
     #[test]

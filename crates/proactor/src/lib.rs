@@ -91,7 +91,7 @@ mod table;
 pub mod windows;
 
 pub use completion::{Accepted, Completion};
-pub use error::{is_cancelled, raw_os_error};
+pub use error::{is_cancelled, is_truncated, raw_os_error};
 pub use handle::{Associate, Handle};
 pub use iocp::Iocp;
 pub use op::{OpId, OpKind};

@@ -57,6 +57,7 @@ fn a_truncated_datagram_is_an_error_that_keeps_its_bytes_and_source() {
     let mut c = next_of(&port, OpKind::RecvFrom);
     let err = c.result().unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
+    assert!(proactor::is_truncated(&err), "{err}");
     let code = proactor::raw_os_error(&err).unwrap();
     assert_eq!(
         code,

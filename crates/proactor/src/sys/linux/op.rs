@@ -259,11 +259,7 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Com
                 if bytes > spare {
                     // MSG_TRUNC made the kernel report the datagram's real length: it was
                     // truncated. An error, as on Windows, that keeps what arrived.
-                    error = Some(crate::error::corrected(
-                        io::ErrorKind::InvalidData,
-                        libc::EMSGSIZE,
-                        None,
-                    ));
+                    error = Some(crate::error::truncated(libc::EMSGSIZE, None));
                     bytes = spare;
                 }
                 // SAFETY: the kernel wrote min(bytes, spare) bytes at the start of the spare

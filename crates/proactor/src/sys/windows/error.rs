@@ -6,7 +6,7 @@
 //! | code | std says | proactor says |
 //! |---|---|---|
 //! | 64 `ERROR_NETNAME_DELETED` (from `STATUS_CONNECTION_RESET`) | uncategorized | `ConnectionReset` |
-//! | 995 `ERROR_OPERATION_ABORTED`, 676 `ERROR_HANDLES_CLOSED`, 1223 `ERROR_CANCELLED` | `TimedOut` / uncategorized | cancelled (`Interrupted`, [`is_cancelled`](crate::is_cancelled)) |
+//! | 995 `ERROR_OPERATION_ABORTED`, 676 `ERROR_HANDLES_CLOSED`, 1223 `ERROR_CANCELLED` | `TimedOut` / uncategorized | cancelled (`Other`, never `Interrupted`; [`is_cancelled`](crate::is_cancelled)) |
 //! | 1225 `ERROR_CONNECTION_REFUSED` | uncategorized | `ConnectionRefused` |
 //! | 1236 `ERROR_CONNECTION_ABORTED` | uncategorized | `ConnectionAborted` |
 //! | 6 `ERROR_INVALID_HANDLE`, 10038 `WSAENOTSOCK` | uncategorized | `InvalidInput` |

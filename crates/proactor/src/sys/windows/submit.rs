@@ -597,11 +597,13 @@ impl Port {
             OpData::RecvFrom { mut buf, from } => {
                 // A truncated datagram (ERROR_MORE_DATA from the port) still carries its bytes
                 // and its source: report it as WinSock does, WSAEMSGSIZE.
-                if error
-                    .as_ref()
-                    .is_some_and(|e| crate::raw_os_error(e) == Some(ERROR_MORE_DATA as i32))
-                {
-                    error = Some(super::error::from_code(WSAEMSGSIZE as u32, None));
+                if error.as_ref().is_some_and(|e| {
+                    matches!(
+                        crate::raw_os_error(e),
+                        Some(c) if c == ERROR_MORE_DATA as i32 || c == WSAEMSGSIZE
+                    )
+                }) {
+                    error = Some(crate::error::truncated(WSAEMSGSIZE, None));
                 }
                 // SAFETY: the kernel wrote `bytes` bytes (the datagram, or as much as fitted) at
                 // the start of the spare capacity.
