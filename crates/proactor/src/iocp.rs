@@ -20,6 +20,28 @@ use crate::{Associate, Completion, Handle, OpId, sys};
 /// [`Completion`] that hands everything back. Operations that finish at once (see
 /// `ARCHITECTURE.md` on skip-on-success) come through `get_completion` like the others.
 ///
+/// # What each operation is on each backend
+///
+/// The names in this documentation are Win32's; the same operation on Linux is:
+///
+/// | operation | Windows | Linux io_uring | Linux epoll fallback |
+/// |---|---|---|---|
+/// | [`accept`](Iocp::accept) | `AcceptEx` | `IORING_OP_ACCEPT` | `accept4` when readable |
+/// | [`connect`](Iocp::connect) | `ConnectEx` | `IORING_OP_CONNECT` | `connect`, then writable |
+/// | [`recv`](Iocp::recv) | `WSARecv` | `IORING_OP_RECV` | `recv` when readable |
+/// | [`recv_vectored`](Iocp::recv_vectored) | `WSARecv`, several `WSABUF`s | `IORING_OP_RECVMSG` | `recvmsg` when readable |
+/// | [`readable`](Iocp::readable) | zero-byte `WSARecv` | `IORING_OP_POLL_ADD` | readiness |
+/// | [`send`](Iocp::send), [`send_vectored`](Iocp::send_vectored) | `WSASend` | `IORING_OP_SEND` / `SENDMSG`, continued until all is sent | `send` / `sendmsg` when writable, until all is sent |
+/// | [`recv_from`](Iocp::recv_from), [`send_to`](Iocp::send_to) | `WSARecvFrom` / `WSASendTo` | `IORING_OP_RECVMSG` / `SENDMSG` | `recvmsg` / `sendmsg` |
+/// | [`read_at`](Iocp::read_at), [`write_at`](Iocp::write_at) | `ReadFile` / `WriteFile` | `IORING_OP_READ` / `WRITE` | regular files: `pread` / `pwrite` at submission, on the submitting thread; pipes: `read` / `write` when ready |
+/// | [`cancel`](Iocp::cancel) | `CancelIoEx` | `IORING_OP_ASYNC_CANCEL` | removed from its queue |
+/// | [`post`](Iocp::post) | `PostQueuedCompletionStatus` | `IORING_OP_NOP` | the port's ready queue |
+/// | [`get_completions`](Iocp::get_completions) | `GetQueuedCompletionStatusEx` | reaping the completion queue | `epoll_wait` |
+/// | [`ioctl`](Iocp::ioctl), [`transmit_file`](Iocp::transmit_file), [`disconnect`](Iocp::disconnect) | `WSAIoctl` / `DeviceIoControl`, `TransmitFile`, `DisconnectEx` | [`io::ErrorKind::Unsupported`] | [`io::ErrorKind::Unsupported`] |
+///
+/// Open files with [`crate::open_file`] so that the same code opens them for overlapped I/O on
+/// Windows.
+///
 /// On Linux's io_uring backend submissions are batched: an operation reaches the kernel at
 /// once if a thread is waiting in this port, and otherwise with the next call that enters it
 /// (a dequeue, a cancel, a handle's drop), so keep dequeuing after submitting, as every
@@ -373,6 +395,39 @@ impl Iocp {
     /// ```
     pub fn connect<T: Associate>(&self, socket: &Handle<T>, addr: SocketAddr) -> OpId {
         self.port.connect(&socket.target, addr)
+    }
+
+    /// Connects to `addr` from a new TCP socket: creates the socket for `addr`'s family,
+    /// associates it with this port under `context` and submits the connect. Returns the socket
+    /// as a `Handle<TcpStream>` and the connect's [`OpId`]; its completion
+    /// ([`OpKind::Connect`](crate::OpKind::Connect)) says whether it connected, and the stream
+    /// is usable once it has. This needs no `socket2` (the general [`connect`](Iocp::connect)
+    /// takes a socket you made, for options to set before connecting; [`crate::socket2`] is the
+    /// version proactor uses).
+    ///
+    /// # Errors
+    ///
+    /// The OS error if the socket cannot be created or associated. The connect's own outcome
+    /// is in its completion.
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// let port = proactor::Iocp::new()?;
+    /// let (conn, _id) = port.connect_to("127.0.0.1:8080".parse().unwrap(), 1)?;
+    /// port.get_completion(None)?.result()?; // connected
+    /// port.send(&conn, b"hello".to_vec());
+    /// # Ok(()) }
+    /// ```
+    pub fn connect_to(
+        &self,
+        addr: SocketAddr,
+        context: usize,
+    ) -> io::Result<(Handle<std::net::TcpStream>, OpId)> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        let stream = self.add_handle(std::net::TcpStream::from(socket), context)?;
+        let id = self.connect(&stream, addr);
+        Ok((stream, id))
     }
 
     /// Issues a control code (`WSAIoctl` on a socket, `DeviceIoControl` on any other handle)

@@ -68,8 +68,14 @@
 //! epoll emulation of the same completion semantics where io_uring is unavailable (set
 //! `PROACTOR_BACKEND=epoll` to force it, `PROACTOR_BACKEND=io_uring` to forbid it);
 //! [`Iocp::backend`] says which runs. On other systems [`Iocp::new`] returns an error of kind
-//! [`std::io::ErrorKind::Unsupported`]. `ARCHITECTURE.md` says what each backend guarantees.
+//! [`std::io::ErrorKind::Unsupported`]. `ARCHITECTURE.md` says what each backend guarantees,
+//! and [`Iocp`]'s documentation what each operation is on each backend.
+//!
+//! The module `proactor::windows` (overlapped operations on handles another completion port
+//! owns, control codes, named pipes, `TransmitFile`, skip-on-success) exists only when building
+//! for Windows, and is documented on the Windows target's pages (docs.rs builds both).
 #![cfg_attr(not(any(windows, target_os = "linux")), allow(dead_code))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(
     unsafe_op_in_unsafe_fn,
     missing_docs,
@@ -80,6 +86,7 @@
 mod completion;
 mod error;
 mod failpoint;
+mod fs;
 mod handle;
 mod iocp;
 mod life;
@@ -88,13 +95,20 @@ mod sys;
 mod table;
 
 #[cfg(windows)]
+#[cfg_attr(docsrs, doc(cfg(windows)))]
 pub mod windows;
 
 pub use completion::{Accepted, Completion};
 pub use error::{is_cancelled, is_truncated, raw_os_error};
+pub use fs::open_file;
 pub use handle::{Associate, Handle};
 pub use iocp::Iocp;
 pub use op::{OpId, OpKind};
+
+/// The `socket2` crate, at the version proactor associates (`socket2::Socket` is an
+/// [`Associate`] type): build sockets with it for [`Iocp::connect`] without depending on a
+/// matching version yourself.
+pub use socket2;
 
 /// How many operations this process has submitted whose memory has not been reclaimed yet,
 /// across every port.

@@ -5,7 +5,7 @@ mod common;
 
 use std::fs::OpenOptions;
 
-use common::{next_of, overlapped_file};
+use common::{TempPath, next_of, overlapped_file};
 use proactor::{Iocp, OpKind};
 
 #[test]
@@ -38,4 +38,35 @@ fn write_and_read_at_offsets_then_eof() {
         assert!(c.take_buffer().unwrap().is_empty());
     }
     drop(f);
+}
+
+/// `proactor::open_file` opens a file every backend can use (on Windows: overlapped), with the
+/// caller's options kept (here: create and truncate).
+#[test]
+fn open_file_works_on_every_backend() {
+    let path = TempPath(std::env::temp_dir().join(format!("proactor-{}-open", std::process::id())));
+    std::fs::write(&path.0, b"old contents, longer").unwrap();
+    let file = proactor::open_file(
+        &path.0,
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true),
+    )
+    .unwrap();
+    let port = Iocp::new().unwrap();
+    let f = port
+        .add_handle(file, 3)
+        .expect("associated: opened for overlapped I/O");
+    port.write_at(&f, b"new".to_vec(), 0);
+    assert_eq!(next_of(&port, OpKind::Write).result().unwrap(), 3);
+    port.read_at(&f, Vec::with_capacity(64), 0);
+    assert_eq!(next_of(&port, OpKind::Read).take_buffer().unwrap(), b"new");
+    drop(f);
+    assert_eq!(
+        std::fs::read(&path.0).unwrap(),
+        b"new",
+        "truncated, then written"
+    );
 }
