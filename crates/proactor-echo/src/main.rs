@@ -19,7 +19,9 @@ use clap::Parser;
 #[command(version, about)]
 struct Args {
     /// TCP port to listen on (1024 to 65535).
-    #[arg(long, default_value_t = 8080, value_parser = parse_port)]
+    // Negative numbers are taken as the value (`--port -1`), so the range check names the range
+    // instead of clap reporting an unknown option.
+    #[arg(long, default_value_t = 8080, value_parser = parse_port, allow_negative_numbers = true)]
     port: u16,
     /// Address to bind (IPv4 or IPv6).
     #[arg(long, default_value = "127.0.0.1")]
@@ -120,5 +122,8 @@ mod tests {
                 "{bad}"
             );
         }
+        // The negative value reaches the range check, not clap's unknown-option error.
+        let err = Args::try_parse_from(["proactor-echo", "--port", "-1"]).unwrap_err();
+        assert!(err.to_string().contains("1024 to 65535"), "{err}");
     }
 }
