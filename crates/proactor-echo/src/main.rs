@@ -5,8 +5,10 @@
 //! connection is in flight, and a client that does not read is slowed by TCP, never buffered
 //! without limit).
 
+mod accepting;
 mod clock;
 mod conns;
+mod limits;
 mod server;
 mod shutdown;
 
@@ -29,7 +31,9 @@ struct Args {
     /// Worker threads dequeuing the port [default: logical CPUs].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     workers: Option<u32>,
-    /// Connections served at once; beyond it new clients are accepted and closed.
+    /// Connections served at once; beyond it new clients are accepted and closed. (On Unix the
+    /// descriptor limit is raised to the hard limit at start; a warning says if this is still
+    /// above it: clients beyond wait in the listen queue until descriptors free up.)
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
     /// Receive buffer size per connection, in bytes.
@@ -74,6 +78,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    #[cfg(unix)]
+    check_descriptor_limit(args.max_connections);
     let config = server::Config {
         addr: (args.bind, args.port).into(),
         workers: args.workers.map_or_else(
@@ -94,6 +100,31 @@ fn main() -> ExitCode {
             eprintln!("proactor-echo: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one, and says once if `--max-connections` still
+/// does not fit. The maximum is kept, not capped: clients beyond what fits wait in the listen
+/// queue while accepting pauses, and are served as descriptors free up, rather than being
+/// accepted and closed (and once the limit is raised outside, the maximum asked for holds).
+#[cfg(unix)]
+fn check_descriptor_limit(max_connections: u32) {
+    match limits::raise_nofile() {
+        Ok((before, nofile)) => {
+            if nofile > before {
+                tracing::debug!(before, nofile, "descriptor limit raised to the hard limit");
+            }
+            let fits = limits::connections_fitting(nofile);
+            if u64::from(max_connections) > fits {
+                tracing::warn!(
+                    max_connections,
+                    nofile,
+                    fits,
+                    "--max-connections is above what the descriptor limit allows (raise the hard limit: ulimit -Hn, LimitNOFILE=); beyond it, new clients wait in the listen queue until descriptors free up"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the descriptor limit"),
     }
 }
 
