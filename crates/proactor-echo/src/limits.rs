@@ -1,5 +1,6 @@
 //! The descriptor limit: each connection holds one descriptor, and the usual soft limit (1,024)
-//! is far below the default `--max-connections` (10,000).
+//! is far below the default `--max-connections` (10,000). Unix only: Windows has no such limit
+//! on sockets.
 
 /// Descriptors the server holds besides its connections: the standard streams, the port (a ring
 /// or an epoll instance, and an eventfd), the listener, and a margin.
@@ -7,7 +8,6 @@ pub const RESERVED: u64 = 16;
 
 /// The soft limit on open descriptors before and after raising it as far as the hard limit
 /// allows (an unprivileged process may raise its soft limit up to the hard one).
-#[cfg(unix)]
 #[allow(clippy::unnecessary_cast)] // rlim_t is u64 on 64-bit targets only
 pub fn raise_nofile() -> std::io::Result<(u64, u64)> {
     let mut limit = libc::rlimit {
@@ -38,7 +38,7 @@ pub fn connections_fitting(nofile: u64) -> u64 {
     nofile.saturating_sub(RESERVED)
 }
 
-#[cfg(all(test, unix))]
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -8,6 +8,7 @@
 mod accepting;
 mod clock;
 mod conns;
+#[cfg(unix)]
 mod limits;
 mod server;
 mod shutdown;
