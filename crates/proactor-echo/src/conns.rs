@@ -33,11 +33,34 @@ pub struct Conns {
     slots: Vec<Slot>,
     free: Vec<u32>,
     live: usize,
+    /// Set by [`drain`](Conns::drain): the server is shutting down and admits no one.
+    closed: bool,
+}
+
+/// Why a new connection was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// The table was drained for shutdown: nothing would ever close a connection added now.
+    ShuttingDown,
+    /// As many connections as allowed are being served.
+    Full,
 }
 
 impl Conns {
-    /// Reserves a slot and returns the context value for it.
-    pub fn reserve(&mut self) -> usize {
+    /// Reserves a slot for a new connection and returns the context value for it, unless the
+    /// table was drained (shutdown) or holds `max` connections. The caller decides and inserts
+    /// under one lock, so a connection accepted as shutdown drains is closed, never inserted.
+    pub fn admit(&mut self, max: usize) -> Result<usize, Refused> {
+        if self.closed {
+            Err(Refused::ShuttingDown)
+        } else if self.live >= max {
+            Err(Refused::Full)
+        } else {
+            Ok(self.reserve())
+        }
+    }
+
+    fn reserve(&mut self) -> usize {
         let index = self.free.pop().unwrap_or_else(|| {
             self.slots.push(Slot {
                 generation: 0,
@@ -50,8 +73,11 @@ impl Conns {
         context(index, slot.generation)
     }
 
-    /// Fills a reserved slot.
+    /// Fills a slot reserved by [`admit`](Conns::admit); once drained, drops `conn` (closing it).
     pub fn insert(&mut self, ctx: usize, conn: Conn) {
+        if self.closed {
+            return;
+        }
         if let Some(slot) = self.slot_mut(ctx) {
             slot.conn = Some(conn);
             self.live += 1;
@@ -79,6 +105,7 @@ impl Conns {
     }
 
     /// How many connections are being served.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.live
     }
@@ -93,8 +120,9 @@ impl Conns {
             .collect()
     }
 
-    /// Removes every connection.
+    /// Removes every connection, for shutdown: from now on [`admit`](Conns::admit) refuses.
     pub fn drain(&mut self) -> Vec<Conn> {
+        self.closed = true;
         let all: Vec<Conn> = self
             .slots
             .iter_mut()
@@ -114,4 +142,23 @@ impl Conns {
 
 fn context(index: u32, generation: u32) -> usize {
     ((generation as usize) << 32) | index as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shutdown decision: before the drain a connection is admitted (and the drain takes
+    /// it); after it, every new connection is refused, whatever the room.
+    #[test]
+    fn after_the_drain_nothing_is_admitted() {
+        let mut conns = Conns::default();
+        let before = conns.admit(10).unwrap();
+        conns.release(before);
+        assert!(conns.drain().is_empty());
+        assert_eq!(conns.admit(10), Err(Refused::ShuttingDown));
+        assert_eq!(conns.len(), 0);
+        let mut full = Conns::default();
+        assert_eq!(full.admit(0), Err(Refused::Full));
+    }
 }

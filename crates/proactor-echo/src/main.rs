@@ -5,8 +5,11 @@
 //! connection is in flight, and a client that does not read is slowed by TCP, never buffered
 //! without limit).
 
+mod accepting;
 mod clock;
 mod conns;
+#[cfg(unix)]
+mod limits;
 mod server;
 mod shutdown;
 
@@ -19,7 +22,9 @@ use clap::Parser;
 #[command(version, about)]
 struct Args {
     /// TCP port to listen on (1024 to 65535).
-    #[arg(long, default_value_t = 8080, value_parser = parse_port)]
+    // Negative numbers are taken as the value (`--port -1`), so the range check names the range
+    // instead of clap reporting an unknown option.
+    #[arg(long, default_value_t = 8080, value_parser = parse_port, allow_negative_numbers = true)]
     port: u16,
     /// Address to bind (IPv4 or IPv6).
     #[arg(long, default_value = "127.0.0.1")]
@@ -27,7 +32,9 @@ struct Args {
     /// Worker threads dequeuing the port [default: logical CPUs].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     workers: Option<u32>,
-    /// Connections served at once; beyond it new clients are accepted and closed.
+    /// Connections served at once; beyond it new clients are accepted and closed. (On Unix the
+    /// descriptor limit is raised to the hard limit at start; a warning says if this is still
+    /// above it: clients beyond wait in the listen queue until descriptors free up.)
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     max_connections: u32,
     /// Receive buffer size per connection, in bytes.
@@ -72,6 +79,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .init();
+    #[cfg(unix)]
+    check_descriptor_limit(args.max_connections);
     let config = server::Config {
         addr: (args.bind, args.port).into(),
         workers: args.workers.map_or_else(
@@ -92,6 +101,31 @@ fn main() -> ExitCode {
             eprintln!("proactor-echo: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft descriptor limit to the hard one, and says once if `--max-connections` still
+/// does not fit. The maximum is kept, not capped: clients beyond what fits wait in the listen
+/// queue while accepting pauses, and are served as descriptors free up, rather than being
+/// accepted and closed (and once the limit is raised outside, the maximum asked for holds).
+#[cfg(unix)]
+fn check_descriptor_limit(max_connections: u32) {
+    match limits::raise_nofile() {
+        Ok((before, nofile)) => {
+            if nofile > before {
+                tracing::debug!(before, nofile, "descriptor limit raised to the hard limit");
+            }
+            let fits = limits::connections_fitting(nofile);
+            if u64::from(max_connections) > fits {
+                tracing::warn!(
+                    max_connections,
+                    nofile,
+                    fits,
+                    "--max-connections is above what the descriptor limit allows (raise the hard limit: ulimit -Hn, LimitNOFILE=); beyond it, new clients wait in the listen queue until descriptors free up"
+                );
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the descriptor limit"),
     }
 }
 
@@ -120,5 +154,8 @@ mod tests {
                 "{bad}"
             );
         }
+        // The negative value reaches the range check, not clap's unknown-option error.
+        let err = Args::try_parse_from(["proactor-echo", "--port", "-1"]).unwrap_err();
+        assert!(err.to_string().contains("1024 to 65535"), "{err}");
     }
 }

@@ -6,22 +6,28 @@ fn echo() -> Command {
     Command::new(env!("CARGO_BIN_EXE_proactor-echo"))
 }
 
+/// Each bad port both as `--port=VALUE` and as `--port VALUE` (the form where clap took `-1`
+/// for an unknown option and said "unexpected argument '-1'").
 #[test]
 fn every_bad_port_exits_2_with_one_line_naming_the_range() {
-    for bad in ["80", "0", "1023", "65536", "abc", "-1", ""] {
-        let out = echo().arg(format!("--port={bad}")).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "--port={bad}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            err.trim_end().lines().count(),
-            1,
-            "one line for --port={bad}: {err}"
-        );
-        assert!(
-            err.contains("1024 to 65535"),
-            "names the range for --port={bad}: {err}"
-        );
-        assert!(out.stdout.is_empty());
+    for bad in ["80", "0", "1023", "65536", "abc", "-1", "-80000", "-0", ""] {
+        let joined = [format!("--port={bad}")];
+        let split = ["--port".to_string(), bad.to_string()];
+        for args in [&joined[..], &split[..]] {
+            let out = echo().args(args).output().unwrap();
+            assert_eq!(out.status.code(), Some(2), "{args:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(
+                err.trim_end().lines().count(),
+                1,
+                "one line for {args:?}: {err}"
+            );
+            assert!(
+                err.contains("1024 to 65535"),
+                "names the range for {args:?}: {err}"
+            );
+            assert!(out.stdout.is_empty());
+        }
     }
 }
 

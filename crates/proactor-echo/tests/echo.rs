@@ -21,6 +21,11 @@ struct Server {
 
 impl Server {
     fn start(args: &[&str]) -> Server {
+        Server::start_with(args, &[])
+    }
+
+    /// Starts the server with extra environment variables (`RUST_LOG`).
+    fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -29,6 +34,7 @@ impl Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_proactor-echo"))
             .args(["--port", &port.to_string()])
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -100,9 +106,14 @@ fn hello_iocp_is_echoed() {
     round_trip(&mut server.connect(), b"Hello, IOCP!");
 }
 
+/// A client reset is the client's doing: logged at DEBUG (never one WARN line per client), counted
+/// in the summary, and the server goes on serving.
 #[test]
 fn an_empty_client_and_a_reset_do_not_disturb_others() {
-    let server = Server::start(&["--workers", "2"]);
+    let server = Server::start_with(
+        &["--workers", "2"],
+        &[("RUST_LOG", "info,proactor_echo=debug")],
+    );
     let mut steady = server.connect();
     round_trip(&mut steady, b"before");
     drop(server.connect()); // connects, sends nothing, closes
@@ -115,11 +126,9 @@ fn an_empty_client_and_a_reset_do_not_disturb_others() {
         .set_linger(Some(Duration::ZERO))
         .unwrap();
     drop(rude);
-    let log = server.wait_log("disconnection error");
-    let line = log
-        .lines()
-        .find(|l| l.contains("disconnection error"))
-        .unwrap();
+    let log = server.wait_log("client reset");
+    let line = log.lines().find(|l| l.contains("client reset")).unwrap();
+    assert!(line.contains(" DEBUG "), "below WARN: {line}");
     assert!(
         line.contains("socket=0x") && line.contains("peer="),
         "socket identified: {line}"
@@ -128,8 +137,25 @@ fn an_empty_client_and_a_reset_do_not_disturb_others() {
         line.contains("code=64") || line.contains("code=10054") || line.contains("code=104"),
         "{line}"
     );
+    assert!(
+        !log.contains(" WARN "),
+        "no warning for a client's reset:\n{log}"
+    );
     round_trip(&mut steady, b"after");
     round_trip(&mut server.connect(), b"and new clients");
+    #[cfg(unix)]
+    {
+        let mut server = server;
+        // SAFETY: sends a signal to our own child process.
+        assert_eq!(
+            unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) },
+            0
+        );
+        assert!(server.child.wait().unwrap().success());
+        let log = server.wait_log("stopped");
+        assert!(log.contains("resets=1"), "the reset is counted:\n{log}");
+        assert!(!log.contains(" WARN "), "{log}");
+    }
 }
 
 #[test]
