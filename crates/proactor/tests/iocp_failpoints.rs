@@ -5,15 +5,15 @@
 #![cfg(all(windows, feature = "failpoints"))]
 
 use std::{
-    io::{ErrorKind, Read},
+    io::{ErrorKind, Read, Write},
     net::{TcpListener, TcpStream},
-    os::windows::io::AsRawSocket,
+    os::windows::io::{AsRawSocket, AsSocket},
     sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc},
     thread,
     time::Duration,
 };
 
-use proactor::{Iocp, OpKind};
+use proactor::{Iocp, OpKind, windows::Foreign};
 
 /// The `fail` registry is global: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -69,6 +69,52 @@ impl Drop for Gate {
     fn drop(&mut self) {
         self.open();
     }
+}
+
+fn raw_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (owned, _) = l.accept().unwrap();
+    (owned, peer)
+}
+
+/// Issue 13, item 4: the foreign operation's event fires and a worker finishes the record
+/// while the submitter is between `RegisterWaitForSingleObject` returning and publishing the
+/// wait handle. The completion is delivered (no worker spins waiting for the handle), once.
+#[test]
+fn a_foreign_completion_finished_before_its_wait_is_published_is_delivered_once() {
+    let _serial = serial();
+    let (owned, mut peer) = raw_pair();
+    let port = Arc::new(Iocp::new().unwrap());
+    let borrowed = port
+        .add_handle(Foreign::socket(owned.as_socket()), 4)
+        .unwrap();
+    let gate = Gate::new("iocp::foreign_arm");
+    thread::scope(|s| {
+        let submitter = s.spawn(|| port.recv(&borrowed, Vec::with_capacity(16)));
+        gate.arrived(); // the wait is registered, its handle not yet published
+        peer.write_all(b"early").unwrap();
+        // A worker of its own (not scoped: before the fix it spun forever).
+        let (tx, rx) = mpsc::channel();
+        let worker_port = port.clone();
+        thread::spawn(move || {
+            let _ = tx.send(worker_port.get_completion(Some(Duration::from_secs(20))));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        gate.open();
+        let id = submitter.join().unwrap();
+        let mut c = got
+            .expect("the completion is delivered while the submitter is held (no endless spin)")
+            .unwrap();
+        assert_eq!((c.id(), c.kind(), c.context()), (id, OpKind::Recv, 4));
+        assert_eq!(c.take_buffer().unwrap(), b"early");
+    });
+    assert!(
+        port.get_completion(Some(Duration::from_millis(300)))
+            .is_err(),
+        "delivered once"
+    );
+    assert_eq!(port.operations_in_flight(), 0);
 }
 
 /// Issue 13, item 8: an accept completes; before `SO_UPDATE_ACCEPT_CONTEXT` is applied with the
