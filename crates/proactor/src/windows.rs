@@ -249,9 +249,11 @@ pub fn ntstatus(err: &io::Error) -> Option<i32> {
 /// `Foreign` to [`Iocp::add_handle`] instead: it is not associated, and every operation on the
 /// returned handle puts an event whose low-order bit is set in its `OVERLAPPED`. No packet then
 /// reaches the owning port (whose owner would not recognise the `OVERLAPPED`), and the
-/// completion is delivered to this port like any other, with its buffers. Dropping the handle
-/// cancels proactor's operations on it, and only those; the owner's are untouched, and the
-/// owner keeps the object open and closes it.
+/// completion is delivered to this port like any other, with its buffers. Dropping the handle,
+/// or [`Iocp::cancel_all`] on it, cancels proactor's operations on it, and only those; the
+/// owner's are untouched, and the owner keeps the object open and closes it. The port may be
+/// dropped first: it cancels and reclaims its operations, and the handle's drop then does
+/// nothing.
 ///
 /// ```no_run
 /// use proactor::{windows::Foreign, Iocp, OpKind};

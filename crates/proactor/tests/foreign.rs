@@ -2,6 +2,7 @@
 #![cfg(windows)]
 
 mod common;
+mod win_owner;
 
 use std::{
     io::{Read, Write},
@@ -19,6 +20,7 @@ use proactor::{
     Iocp, OpKind,
     windows::{Foreign, IocpExt},
 };
+use win_owner::OwnerRecv;
 
 /// A port standing for the runtime that owns a socket, with a thread dequeuing it and
 /// counting every packet it receives.
@@ -192,4 +194,41 @@ fn dropping_the_port_with_a_foreign_operation_pending_is_safe() {
     assert_eq!(&buf, b"later");
     thread::sleep(Duration::from_millis(200));
     assert_eq!(runtime.packets(), 0);
+}
+
+/// A connected pair of plain std streams, neither associated with any port: `owned` stands for
+/// a runtime's socket, `peer` for the remote end.
+fn raw_pair() -> (std::net::TcpStream, std::net::TcpStream) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (owned, _) = l.accept().unwrap();
+    (owned, peer)
+}
+
+#[test]
+fn cancel_all_on_a_foreign_socket_cancels_ours_and_not_the_owners() {
+    let (owned, mut peer) = raw_pair();
+    // The owner's receive, issued directly with its own OVERLAPPED and event.
+    let owner = OwnerRecv::start(&owned);
+    let port = Iocp::new().unwrap();
+    let borrowed = port
+        .add_handle(Foreign::socket(owned.as_socket()), 9)
+        .unwrap();
+    let ours = port.recv(&borrowed, Vec::with_capacity(16));
+    thread::sleep(Duration::from_millis(100));
+    assert!(owner.pending());
+
+    port.cancel_all(&borrowed).unwrap();
+    let c = next_of(&port, OpKind::Recv);
+    assert_eq!(c.id(), ours);
+    assert!(c.is_cancelled(), "ours is cancelled: {c:?}");
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        owner.pending(),
+        "the owner's receive is untouched by cancel_all"
+    );
+
+    peer.write_all(b"owner").unwrap();
+    assert_eq!(owner.wait(20_000).unwrap(), b"owner");
+    assert_eq!(port.operations_in_flight(), 0);
 }

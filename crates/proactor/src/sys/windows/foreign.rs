@@ -12,8 +12,17 @@
 //! operation that ends at once goes to the ready queue. The event returns to the pool when the
 //! completion is dequeued.
 //!
+//! The wait's handle is known only after `RegisterWaitForSingleObject` returns, and by then the
+//! callback may have posted the record and another thread finished it. So the handle is
+//! published in a [`WaitSlot`] the submitter and the record share (an `Arc`, never the record
+//! itself): both sides swap, and whichever comes second unregisters the wait. Nobody spins,
+//! and the submitter never writes into a record it no longer owns.
+//!
 //! Each foreign handle keeps the addresses of our operations in flight on it, so that dropping
-//! it cancels ours alone (`CancelIoEx` with each `OVERLAPPED`), never the owner's operations.
+//! it (or `Iocp::cancel_all`) cancels ours alone (`CancelIoEx` with each `OVERLAPPED`), never the
+//! owner's operations. A port that drops before its foreign handles unregisters every wait
+//! (waiting for running callbacks), reclaims or leaks every record, and kills the handles'
+//! registries: dropping a handle later cancels nothing.
 
 use std::{
     ffi::c_void,
@@ -75,27 +84,96 @@ impl EventPool {
 }
 
 /// Our operations in flight on one foreign handle: their `OVERLAPPED` addresses.
+///
+/// An address is added before its record goes to the kernel and removed, under this lock,
+/// before the record is freed or reused, so every address listed names a live record. Once the
+/// port that made the registry is dropped it is *dead*: the port reclaimed or leaked every
+/// record, and a later drop of the `Foreign` handle cancels nothing.
 #[derive(Debug, Default)]
 pub(crate) struct Registry {
-    ops: Mutex<Vec<usize>>,
+    ops: Mutex<Ops>,
+}
+
+#[derive(Debug, Default)]
+struct Ops {
+    addresses: Vec<usize>,
+    dead: bool,
 }
 
 impl Registry {
     pub(crate) fn add(&self, op: usize) {
-        lock(&self.ops).push(op);
+        lock(&self.ops).addresses.push(op);
     }
 
     pub(crate) fn remove(&self, op: usize) {
-        lock(&self.ops).retain(|&o| o != op);
+        let mut ops = lock(&self.ops);
+        if let Some(i) = ops.addresses.iter().position(|&o| o == op) {
+            ops.addresses.swap_remove(i);
+        }
     }
 
-    /// Cancels each of our operations on `handle`, and only those.
+    /// Cancels each of our operations on `handle`, and only those (the owner's operations on
+    /// it are never touched).
     pub(crate) fn cancel_all(&self, handle: RawIo) {
         let ops = lock(&self.ops);
-        for &op in ops.iter() {
+        if ops.dead {
+            return;
+        }
+        for &op in &ops.addresses {
             // SAFETY: an address stays in the registry until its record is finished, which
             // takes this lock first: the record is live. CancelIoEx only matches addresses.
             unsafe { CancelIoEx(handle.handle(), overlapped(op as *mut Op)) };
+        }
+    }
+
+    /// The port that made this registry is gone: forget every address (each record was
+    /// reclaimed, or leaked and never freed) and cancel nothing from now on.
+    pub(crate) fn kill(&self) {
+        let mut ops = lock(&self.ops);
+        ops.dead = true;
+        ops.addresses = Vec::new();
+    }
+}
+
+/// `WaitSlot` value: the thread that finished the record has been (the wait is unregistered by
+/// whoever comes second).
+const FINISHED: usize = usize::MAX;
+
+/// The registered wait's handle, in memory the submitter and the thread that finishes the
+/// record share (the record itself may be freed before the submitter is done with it).
+///
+/// 0 until the submitter publishes the handle `RegisterWaitForSingleObject` returned, then that
+/// handle; [`FINISHED`] once the record is finished. Both sides swap, and whichever comes second
+/// unregisters the wait: nobody waits for the other.
+#[derive(Debug, Default)]
+pub(crate) struct WaitSlot(AtomicUsize);
+
+impl WaitSlot {
+    /// The submitter's side: publishes `wait`; if the record was already finished, ends the
+    /// wait itself (its callback already posted the packet).
+    fn publish(&self, wait: HANDLE) {
+        if self.0.swap(wait as usize, Ordering::AcqRel) == FINISHED {
+            // SAFETY: a wait registered by `arm`, unregistered once (the finisher saw no
+            // handle); a null completion event makes the call non-blocking (the callback has
+            // posted its packet and returns).
+            unsafe { UnregisterWaitEx(wait, ptr::null_mut()) };
+        }
+    }
+
+    /// The finishing side: ends the wait if the submitter published it; otherwise the submitter
+    /// will. `blocking` waits for a callback still running (needed before the port closes).
+    pub(crate) fn finish(&self, blocking: bool) {
+        let wait = self.0.swap(FINISHED, Ordering::AcqRel);
+        if wait != 0 && wait != FINISHED {
+            let event = if blocking {
+                INVALID_HANDLE_VALUE
+            } else {
+                ptr::null_mut()
+            };
+            // SAFETY: a wait registered by `arm` and published, unregistered once (the swap
+            // above took it). INVALID_HANDLE_VALUE blocks until a running callback returns;
+            // null does not block.
+            unsafe { UnregisterWaitEx(wait as HANDLE, event) };
         }
     }
 }
@@ -103,8 +181,8 @@ impl Registry {
 /// What a foreign operation owns besides the usual record.
 pub(crate) struct ForeignOp {
     pub(crate) event: OwnedHandle,
-    /// The registered wait, once armed (0 until then).
-    pub(crate) wait: AtomicUsize,
+    /// The registered wait, shared with the submitter.
+    pub(crate) wait: Arc<WaitSlot>,
     /// The port the completion is posted to.
     pub(crate) port: usize,
     pub(crate) registry: Arc<Registry>,
@@ -116,27 +194,27 @@ pub(crate) fn tagged(event: &OwnedHandle) -> HANDLE {
     (event.as_raw_handle() as usize | 1) as HANDLE
 }
 
-/// Registers the wait that posts a pending foreign operation into our port when it completes.
+/// Registers the wait that posts a pending foreign operation into our port when it completes,
+/// and publishes its handle in `slot`.
+///
+/// From the registration on, the callback may post the record and another thread finish and
+/// free it: nothing here touches the record after `RegisterWaitForSingleObject`, only `slot`,
+/// which the caller keeps alive.
 ///
 /// # Safety
 ///
-/// `op` must be a record given to the kernel with a `ForeignOp` whose event is the one in its
-/// `OVERLAPPED`, and the operation must be pending: the record stays allocated until the
-/// posted packet is dequeued.
-pub(crate) unsafe fn arm(op: *mut Op) -> io::Result<()> {
-    // SAFETY: the record is live (caller); the kernel never touches `foreign`, and nothing else
-    // does until the posted packet is dequeued; addr_of creates no reference to the whole record.
-    let foreign = unsafe { &*ptr::addr_of!((*op).foreign) };
-    let Some(foreign) = foreign else {
-        return Ok(());
-    };
+/// `op` must be a pending record given to the kernel whose `ForeignOp` holds `event` (the one
+/// in its `OVERLAPPED`) and `slot`; the record stays allocated until the posted packet is
+/// dequeued.
+pub(crate) unsafe fn arm(op: *mut Op, event: HANDLE, slot: &WaitSlot) -> io::Result<()> {
     let mut wait: HANDLE = ptr::null_mut();
-    // SAFETY: the event is open; `on_event` is valid for the life of the process; the context
-    // is the record, alive until its packet is dequeued (after the callback posted it).
+    // SAFETY: the event is open (the record owns it and is not finished before the callback
+    // ran); `on_event` is valid for the life of the process; the context is the record, alive
+    // until its packet is dequeued (after the callback posted it).
     let ok = unsafe {
         RegisterWaitForSingleObject(
             &mut wait,
-            foreign.event.as_raw_handle(),
+            event,
             Some(on_event),
             op.cast_const().cast(),
             INFINITE,
@@ -146,7 +224,9 @@ pub(crate) unsafe fn arm(op: *mut Op) -> io::Result<()> {
     if ok == FALSE {
         return Err(error::last_error());
     }
-    foreign.wait.store(wait as usize, Ordering::Release);
+    // The window of issue 13, item 4: the record may be finished (even freed) from here on.
+    crate::failpoint::failpoint!("iocp::foreign_arm");
+    slot.publish(wait);
     Ok(())
 }
 
@@ -163,22 +243,10 @@ unsafe extern "system" fn on_event(context: *mut c_void, _timed_out: bool) {
         (port, (*op).context, ov.InternalHigh)
     };
     // SAFETY: the port handle stays open while operations are in flight (the port's drop
-    // unregisters this wait before closing it). The packet carries the record's OVERLAPPED,
-    // which the port takes back when dequeuing.
+    // unregisters this wait, waiting for the callback, before closing it). The packet carries
+    // the record's OVERLAPPED, which the port takes back when dequeuing. Nothing touches the
+    // record after this call: another thread may be finishing it.
     unsafe { PostQueuedCompletionStatus(port as HANDLE, bytes as u32, key, overlapped(op)) };
-}
-
-/// Ends the registered wait of a dequeued foreign operation (its callback already ran: it
-/// posted the packet). Waits briefly for the submitter to have stored the wait handle.
-pub(crate) fn disarm(foreign: &ForeignOp) {
-    let mut wait = foreign.wait.load(Ordering::Acquire);
-    while wait == 0 {
-        std::thread::yield_now();
-        wait = foreign.wait.load(Ordering::Acquire);
-    }
-    // SAFETY: a wait registered by `arm`, unregistered once; a null completion event makes the
-    // call non-blocking (the callback has finished or is returning).
-    unsafe { UnregisterWaitEx(wait as HANDLE, ptr::null_mut()) };
 }
 
 /// Stops a wait whose operation is being leaked at port drop: after this returns the callback
@@ -186,16 +254,11 @@ pub(crate) fn disarm(foreign: &ForeignOp) {
 ///
 /// # Safety
 ///
-/// `op` must be a live record (a leaked one is).
+/// `op` must be a live record (a leaked one is) that no other thread uses.
 pub(crate) unsafe fn abandon(op: *mut Op) {
-    // SAFETY: the record is live (caller).
+    // SAFETY: the record is live (caller); the kernel never touches `foreign`.
     let foreign = unsafe { &*ptr::addr_of!((*op).foreign) };
     if let Some(f) = foreign {
-        let wait = f.wait.load(Ordering::Acquire);
-        if wait != 0 {
-            // SAFETY: a registered wait; INVALID_HANDLE_VALUE blocks until any running callback
-            // has returned.
-            unsafe { UnregisterWaitEx(wait as HANDLE, INVALID_HANDLE_VALUE) };
-        }
+        f.wait.finish(true);
     }
 }

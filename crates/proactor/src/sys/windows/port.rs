@@ -17,7 +17,7 @@ use std::{
     os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle},
     ptr,
     sync::{
-        Arc, Mutex, PoisonError,
+        Arc, Mutex, PoisonError, Weak,
         atomic::{
             AtomicBool, AtomicU64, AtomicUsize,
             Ordering::{Relaxed, SeqCst},
@@ -51,7 +51,7 @@ use windows_sys::{
 
 use super::{
     Life, RawIo, Route, Target, error,
-    foreign::{self, EventPool, ForeignOp},
+    foreign::{self, EventPool, ForeignOp, Registry, WaitSlot},
     net,
     overlapped::{Op, OpBox, OpData, op_of, overlapped},
     pool::RecordPool,
@@ -103,6 +103,9 @@ pub(crate) struct Port {
     skip_on_success: AtomicBool,
     immediate: AtomicU64,
     events: EventPool,
+    /// The registries of the `Foreign` handles this port made, killed when it drops (a handle
+    /// may outlive its port).
+    registries: Mutex<Vec<Weak<Registry>>>,
 }
 
 impl Port {
@@ -130,6 +133,7 @@ impl Port {
             skip_on_success: AtomicBool::new(true),
             immediate: AtomicU64::new(0),
             events: EventPool::default(),
+            registries: Mutex::new(Vec::new()),
         };
         tracing::debug!(port = ?port.raw_handle(), concurrency, "created I/O completion port");
         Ok(port)
@@ -154,13 +158,25 @@ impl Port {
         if foreign {
             // Another port owns it: no association, completions come through events.
             tracing::debug!(handle = raw.value(), context, "adopted foreign handle");
+            let registry = Arc::<Registry>::default();
+            {
+                let mut registries = self
+                    .registries
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if registries.len() == registries.capacity() {
+                    // Forget the handles already dropped before growing: amortised O(1).
+                    registries.retain(|r| r.strong_count() > 0);
+                }
+                registries.push(Arc::downgrade(&registry));
+            }
             return Ok(Target {
                 context,
                 raw,
                 port: self.id,
                 route: Route {
                     skip_on_success: false,
-                    foreign: Some(Arc::default()),
+                    foreign: Some(registry),
                 },
                 life: Arc::new(Life::new()),
             });
@@ -276,6 +292,10 @@ impl Port {
         mut op: OpBox,
         call: impl FnOnce(*mut Op) -> Started,
     ) -> OpId {
+        // A foreign operation's event and wait slot, kept here too: once the wait is
+        // registered the record may be finished and freed by another thread before `arm`
+        // returns, so the submitter never reads them from the record afterwards.
+        let mut armed: Option<(HANDLE, Arc<WaitSlot>)> = None;
         if let Some(registry) = &route.foreign {
             let event = match self.events.get() {
                 Ok(event) => event,
@@ -283,7 +303,8 @@ impl Port {
             };
             op.set_event(foreign::tagged(&event));
             let port = self.raw_handle() as usize;
-            let wait = AtomicUsize::new(0);
+            let wait = Arc::new(WaitSlot::default());
+            armed = Some((event.as_raw_handle(), wait.clone()));
             op.foreign = Some(ForeignOp {
                 event,
                 wait,
@@ -308,8 +329,12 @@ impl Port {
         let skip_on_success = route.skip_on_success || route.foreign.is_some();
         match call(raw) {
             Started::Pending if route.foreign.is_some() => {
-                // SAFETY: a pending record whose ForeignOp event is the one in its OVERLAPPED.
-                if let Err(e) = unsafe { foreign::arm(raw) } {
+                let armed = armed.as_ref().map(|(event, slot)| {
+                    // SAFETY: a pending record whose ForeignOp holds `event` (the one in its
+                    // OVERLAPPED) and `slot` (set above for every foreign route).
+                    unsafe { foreign::arm(raw, *event, slot) }
+                });
+                if let Some(Err(e)) = armed {
                     // Nothing would deliver it: it stays in the table, cancelled and then
                     // leaked at port drop. Never expected (RegisterWaitForSingleObject failing).
                     tracing::error!(op = kind.name(), %id, error = %e, "cannot wait for a foreign operation");
@@ -430,6 +455,12 @@ impl Port {
     pub(crate) fn cancel_all(&self, target: &Target) -> io::Result<()> {
         if let Some(err) = self.check(target, false) {
             return Err(err);
+        }
+        if let Some(registry) = &target.route.foreign {
+            // Another port's handle: CancelIoEx(handle, NULL) would cancel the owner's I/O
+            // too. Cancel ours one by one, by address, under the registry's lock.
+            registry.cancel_all(target.raw);
+            return Ok(());
         }
         // SAFETY: the handle is open (the caller holds its owner); a null OVERLAPPED cancels all.
         if unsafe { CancelIoEx(target.raw.handle(), ptr::null()) } == FALSE {
@@ -583,13 +614,7 @@ impl Port {
     /// Ends an operation whose record the kernel no longer uses.
     fn finish(&self, mut op: OpBox, packet_bytes: Option<usize>) -> Option<Completion> {
         let address = self.table.remove(op.id).map_or(0, |e| e.op);
-        if let Some(f) = op.foreign.take() {
-            if packet_bytes.is_some() {
-                foreign::disarm(&f); // it came through the registered wait
-            }
-            f.registry.remove(address);
-            self.events.put(f.event);
-        }
+        self.reclaim_foreign(&mut op, packet_bytes.is_some(), false);
         let (bytes, error) = match (op.immediate.take(), packet_bytes) {
             (Some(outcome), _) => outcome,
             (None, bytes) => {
@@ -604,6 +629,20 @@ impl Port {
         };
         tracing::trace!(op = op.kind.name(), id = %op.id, bytes, error = ?error, "completed");
         self.complete(op, bytes, error, address)
+    }
+
+    /// Ends what a foreign record owns besides its memory: its registered wait (if it came
+    /// through one, `waited`), its registry entry (before the record can be freed or reused),
+    /// its event. `blocking`: wait for a wait callback still returning (the port is closing).
+    fn reclaim_foreign(&self, op: &mut OpBox, waited: bool, blocking: bool) {
+        let record = ptr::from_ref::<Op>(op) as usize;
+        if let Some(f) = op.foreign.take() {
+            if waited {
+                f.wait.finish(blocking);
+            }
+            f.registry.remove(record);
+            self.events.put(f.event);
+        }
     }
 
     /// The address of an operation's record (its `OVERLAPPED`) while it is in flight.
@@ -624,8 +663,9 @@ impl Drop for Port {
             }
         });
         let ready = mem::take(&mut *self.ready.lock().unwrap_or_else(PoisonError::into_inner));
-        for op in ready {
+        for mut op in ready {
             self.table.remove(op.id);
+            self.reclaim_foreign(&mut op, false, true);
         }
         let deadline = Deadline::new(Some(DRAIN_TIMEOUT));
         let mut entries = [empty_entry(); BATCH];
@@ -638,18 +678,34 @@ impl Drop for Port {
                     continue;
                 }
                 // SAFETY: as in `finish_packet`: a dequeued record, taken back once.
-                let op = unsafe { OpBox::from_raw(op_of(entry.lpOverlapped)) };
+                let mut op = unsafe { OpBox::from_raw(op_of(entry.lpOverlapped)) };
                 self.table.remove(op.id);
+                // A foreign record came through its registered wait: end it (waiting for the
+                // callback to return, before the port handle closes) and drop its address from
+                // the registry before the memory is freed.
+                self.reclaim_foreign(&mut op, true, true);
             }
         }
         let left = self.table.len();
         // Records being leaked: make sure no registered wait posts them after the port closes.
         self.table.for_each(|_, e| {
             if e.op != 0 {
-                // SAFETY: a record still in the table is live (it is leaked, never freed).
+                // SAFETY: a record still in the table is live (it is leaked, never freed), and
+                // no other thread uses the port.
                 unsafe { foreign::abandon(e.op as *mut Op) };
             }
         });
+        // The `Foreign` handles may outlive the port: their registries forget every address
+        // (reclaimed above, or leaked), so that dropping them later cancels nothing.
+        let registries = mem::take(
+            &mut *self
+                .registries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for registry in registries.iter().filter_map(Weak::upgrade) {
+            registry.kill();
+        }
         if left > 0 {
             // The kernel may still write these records: leaking them is the only safe choice.
             tracing::warn!(

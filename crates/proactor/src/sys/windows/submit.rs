@@ -653,13 +653,27 @@ impl Port {
                     Output::None
                 }
                 Some(_) => Output::None,
-                None => match finish_accept(listener, socket, &addrs) {
-                    Ok(a) => Output::Accepted(a),
-                    Err(e) => {
-                        error = Some(e);
-                        Output::None
+                None => {
+                    crate::failpoint::failpoint!("iocp::accept_update");
+                    // SO_UPDATE_ACCEPT_CONTEXT names the listener by its number: only while it
+                    // is open (after its Handle is dropped the number may name another
+                    // socket). A closed listener ends the accept as aborted, and the accepted
+                    // socket (moved into the closure) is closed.
+                    match life.while_open(|| finish_accept(listener, socket, &addrs)) {
+                        Some(Ok(a)) => Output::Accepted(a),
+                        Some(Err(e)) => {
+                            error = Some(e);
+                            Output::None
+                        }
+                        None => {
+                            error = Some(super::error::from_code(
+                                windows_sys::Win32::Foundation::ERROR_OPERATION_ABORTED,
+                                None,
+                            ));
+                            Output::None
+                        }
                     }
-                },
+                }
             },
             OpData::Connect { life, .. } => {
                 if let (None, RawIo::Socket(socket)) = (&error, target) {

@@ -1,0 +1,169 @@
+//! Failpoints in the Windows backend: each test holds a thread inside a window where a record
+//! changes hands and does the damaging thing meanwhile.
+//!
+//! `cargo xtask wine --features failpoints --test iocp_failpoints`
+#![cfg(all(windows, feature = "failpoints"))]
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{TcpListener, TcpStream},
+    os::windows::io::{AsRawSocket, AsSocket},
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc},
+    thread,
+    time::Duration,
+};
+
+use proactor::{Iocp, OpKind, windows::Foreign};
+
+/// The `fail` registry is global: one test at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Holds every thread that reaches the failpoint `name` until opened; says when one arrived.
+struct Gate {
+    name: &'static str,
+    arrived: mpsc::Receiver<()>,
+    open: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Gate {
+    fn new(name: &'static str) -> Gate {
+        let (tx, arrived) = mpsc::channel();
+        let open = Arc::new((Mutex::new(false), Condvar::new()));
+        let shared = open.clone();
+        fail::cfg_callback(name, move || {
+            let _ = tx.send(());
+            let (lock, cv) = &*shared;
+            let mut open = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            while !*open {
+                open = cv.wait(open).unwrap_or_else(PoisonError::into_inner);
+            }
+        })
+        .unwrap();
+        Gate {
+            name,
+            arrived,
+            open,
+        }
+    }
+
+    /// Waits until a thread is held at the point.
+    fn arrived(&self) {
+        self.arrived
+            .recv_timeout(Duration::from_secs(20))
+            .expect("a thread reached the failpoint");
+    }
+
+    fn open(&self) {
+        fail::remove(self.name);
+        let (lock, cv) = &*self.open;
+        *lock.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        cv.notify_all();
+    }
+}
+
+impl Drop for Gate {
+    fn drop(&mut self) {
+        self.open();
+    }
+}
+
+fn raw_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (owned, _) = l.accept().unwrap();
+    (owned, peer)
+}
+
+/// Issue 13, item 4: the foreign operation's event fires and a worker finishes the record
+/// while the submitter is between `RegisterWaitForSingleObject` returning and publishing the
+/// wait handle. The completion is delivered (no worker spins waiting for the handle), once.
+#[test]
+fn a_foreign_completion_finished_before_its_wait_is_published_is_delivered_once() {
+    let _serial = serial();
+    let (owned, mut peer) = raw_pair();
+    let port = Arc::new(Iocp::new().unwrap());
+    let borrowed = port
+        .add_handle(Foreign::socket(owned.as_socket()), 4)
+        .unwrap();
+    let gate = Gate::new("iocp::foreign_arm");
+    thread::scope(|s| {
+        let submitter = s.spawn(|| port.recv(&borrowed, Vec::with_capacity(16)));
+        gate.arrived(); // the wait is registered, its handle not yet published
+        peer.write_all(b"early").unwrap();
+        // A worker of its own (not scoped: before the fix it spun forever).
+        let (tx, rx) = mpsc::channel();
+        let worker_port = port.clone();
+        thread::spawn(move || {
+            let _ = tx.send(worker_port.get_completion(Some(Duration::from_secs(20))));
+        });
+        let got = rx.recv_timeout(Duration::from_secs(10));
+        gate.open();
+        let id = submitter.join().unwrap();
+        let mut c = got
+            .expect("the completion is delivered while the submitter is held (no endless spin)")
+            .unwrap();
+        assert_eq!((c.id(), c.kind(), c.context()), (id, OpKind::Recv, 4));
+        assert_eq!(c.take_buffer().unwrap(), b"early");
+    });
+    assert!(
+        port.get_completion(Some(Duration::from_millis(300)))
+            .is_err(),
+        "delivered once"
+    );
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+/// Issue 13, item 8: an accept completes; before `SO_UPDATE_ACCEPT_CONTEXT` is applied with the
+/// listener's number, the listener is dropped and another socket may take the number. The
+/// accept completes with an error, and nothing is applied through the old number.
+#[test]
+fn an_accept_whose_listener_closed_before_its_update_completes_with_an_error() {
+    let _serial = serial();
+    let port = Arc::new(Iocp::new().unwrap());
+    let listener = port
+        .add_handle(TcpListener::bind("127.0.0.1:0").unwrap(), 8)
+        .unwrap();
+    let number = listener.as_raw_socket();
+    let addr = listener.local_addr().unwrap();
+    let gate = Gate::new("iocp::accept_update");
+    let id = port.accept(&listener);
+    let mut client = TcpStream::connect(addr).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let worker = {
+        let port = port.clone();
+        thread::spawn(move || port.get_completion(Some(Duration::from_secs(20))))
+    };
+    gate.arrived(); // the accept completed; its update not yet applied
+    drop(listener);
+    // Another listening socket, likely to take the freed number.
+    let other = TcpListener::bind("127.0.0.1:0").unwrap();
+    eprintln!(
+        "listener {number:#x}; the new socket is {:#x}",
+        other.as_raw_socket()
+    );
+    gate.open();
+    let mut c = worker.join().unwrap().unwrap();
+    assert_eq!((c.id(), c.kind()), (id, OpKind::Accept));
+    assert!(c.is_cancelled(), "{c:?}");
+    assert!(c.take_accepted().is_none());
+    // The accepted socket was closed: the client sees the connection end.
+    match client.read(&mut [0u8; 1]) {
+        Ok(0) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+            ) => {}
+        other => panic!("the accepted socket is closed: {other:?}"),
+    }
+    // The other socket is untouched and still works.
+    let _b = TcpStream::connect(other.local_addr().unwrap()).unwrap();
+    other.accept().unwrap();
+    assert_eq!(port.operations_in_flight(), 0);
+}
