@@ -15,7 +15,7 @@ use std::{
     os::fd::AsRawFd,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc::{self, Receiver, Sender},
     },
     thread::{self, JoinHandle},
@@ -416,5 +416,81 @@ fn close_with_a_queued_sqe_behind_a_refused_one() {
     let rest = driver.finish(Duration::from_millis(200));
     assert!(rest.iter().all(|c| c.id() != recv), "one completion only");
     let _ = refused; // completes with the kernel's refusal, before or after the receive
+    assert_no_live_operations(&port);
+}
+
+/// (g) `cancel_all` lands between reaping a partial send's CQE and re-submitting the rest: the
+/// send completes once, cancelled, instead of going on.
+#[test]
+fn cancel_all_between_a_partial_send_and_its_rest() {
+    let _serial = serial();
+    let Some(port) = uring_port() else { return };
+    let (ours, mut theirs) = small_buffered_pair();
+    let ours = port.add_handle(ours, 1).unwrap();
+    let mut pause = Pause::at("uring::resubmit");
+    let driver = Driver::start(&port);
+    let data = pattern(8 << 20);
+    let id = port.send(&ours, data.clone());
+    pause.wait_hit();
+
+    port.cancel_all(&ours).unwrap();
+    pause.release();
+
+    let c = completion_of(&driver, id);
+    assert!(c.is_cancelled(), "{c:?}: {:?}", c.result());
+    let sent = c.bytes_transferred();
+    drop(ours);
+    let got = read_all(&mut theirs, Duration::from_secs(2));
+    assert_eq!(got.len(), sent);
+    assert!(got == data[..sent]);
+    let rest = driver.finish(Duration::from_millis(200));
+    assert!(rest.iter().all(|c| c.id() != id), "one completion only");
+    assert_no_live_operations(&port);
+}
+
+/// (h) A partial send's CQE is reaped while its handle is closing (held between draining the
+/// submission queue and the synchronous cancel): the rest is not queued behind the close's
+/// back; the send completes once, cancelled, and the peer gets exactly what it reports.
+#[test]
+fn partial_send_reaped_while_its_handle_closes() {
+    let _serial = serial();
+    let Some(port) = uring_port() else { return };
+    let (ours, mut theirs) = small_buffered_pair();
+    let ours = port.add_handle(ours, 1).unwrap();
+    let driver = Driver::start(&port);
+    let data = pattern(8 << 20);
+    let id = port.send(&ours, data.clone());
+    thread::sleep(Duration::from_millis(100)); // the send waits for room in the socket
+
+    let reaped = Arc::new(AtomicUsize::new(0));
+    let counter = reaped.clone();
+    fail::cfg_callback("uring::resubmit", move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+    })
+    .unwrap();
+    let mut pause = Pause::at("uring::cancel_fd");
+    let closing = thread::spawn(move || drop(ours));
+    pause.wait_hit();
+    // Room in the socket: the kernel sends more and posts the CQE of a partial send, whose
+    // rest must wait for the close (the peer then reads nothing more until it is released).
+    let first = read_all(&mut theirs, Duration::from_millis(300));
+    assert!(!first.is_empty());
+    assert!(
+        reaped.load(Ordering::SeqCst) > 0,
+        "a partial send was reaped during the close"
+    );
+    pause.release();
+    fail::remove("uring::resubmit");
+    closing.join().unwrap();
+
+    let c = completion_of(&driver, id);
+    assert!(c.is_cancelled(), "{c:?}: {:?}", c.result());
+    let sent = c.bytes_transferred();
+    let mut got = first;
+    got.extend(read_all(&mut theirs, Duration::from_secs(2)));
+    assert_eq!(got.len(), sent, "the peer got what the send reports");
+    assert!(got == data[..sent]);
+    let rest = driver.finish(Duration::from_millis(200));
+    assert!(rest.iter().all(|c| c.id() != id), "one completion only");
     assert_no_live_operations(&port);
 }

@@ -189,3 +189,29 @@ fn accept_on_a_unix_listener_passed_as_owned_fd() {
     drop(c);
     assert_eq!(proactor::live_operations(), 0);
 }
+
+/// A `UnixListener` is associated as itself, and so is the `UnixStream` an accept hands over:
+/// a receive on it gets what the client sent.
+#[test]
+fn accept_on_a_unix_listener_then_receive() {
+    let _serial = serial();
+    let port = Iocp::new().unwrap();
+    let path = socket_path("listener");
+    let listener = port
+        .add_handle(std::os::unix::net::UnixListener::bind(&path).unwrap(), 1)
+        .unwrap();
+    port.accept(&listener);
+    let mut client = UnixStream::connect(&path).unwrap();
+    let mut c = next_of(&port, OpKind::Accept);
+    let (server, _) = c.take_accepted_unix().expect("the Unix connection");
+    let server = port.add_handle(server, 2).unwrap();
+    client.write_all(b"over the unix socket").unwrap();
+    port.recv(&server, Vec::with_capacity(64));
+    let mut r = next_of(&port, OpKind::Recv);
+    assert_eq!(r.take_buffer().unwrap(), b"over the unix socket");
+    drop((server, listener));
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(port.operations_in_flight(), 0);
+    drop((c, r));
+    assert_eq!(proactor::live_operations(), 0);
+}

@@ -4,17 +4,26 @@
 //! # Ownership
 //!
 //! Every operation's `user_data` is its `OpId`, a number never reused, and the table maps it to
-//! the record's address from submission until its CQE is reaped. The record (a `Box<Op>`) is
-//! leaked to the kernel at submission and taken back, once, by whoever removes it from the
-//! table. A cancel names the id, so it can never reach another operation, even one at the same
-//! address. CQEs with `user_data` 0 belong to proactor's own cancel requests and are dropped.
+//! the record's address from submission until its last CQE is reaped. The record (a `Box<Op>`)
+//! is leaked to the kernel at submission and taken back, once, by the thread that reaps its
+//! last CQE and removes it from the table. A cancel names the id, so it can never reach another
+//! operation, even one at the same address. CQEs with `user_data` 0 belong to proactor's own
+//! cancel requests and are dropped.
+//!
+//! An operation re-submitted from the completion path (the rest of a send, vectored send or
+//! write; an accept after a client reset) keeps its table entry throughout and queues its next
+//! SQE holding the guards its submission held: the table shard's lock, under which `start`
+//! queues the first SQE and `cancel` marks the entry and queues its `ASYNC_CANCEL`, and the
+//! handle's open guard, under which the handle's close cancels everything on the descriptor
+//! before closing it. A cancel or close that came first ends the operation instead (as
+//! cancelled, with what it transferred and its buffers); one that comes after finds the new SQE.
 
 use std::{
     io,
     os::fd::RawFd,
     ptr,
     sync::{
-        Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicUsize, Ordering, fence},
     },
     time::{Duration, Instant},
@@ -27,7 +36,7 @@ use io_uring::{
 };
 
 use super::{
-    Driver,
+    Driver, Life,
     error::from_errno,
     op::{ACCEPT_RESTARTS, Op, OpData, complete, is_client_reset},
 };
@@ -360,27 +369,32 @@ impl Uring {
         }
         let id = OpId::from_u64(user_data);
         let address = self.table.with(id, |slot| slot.address)?;
-        let result = {
+        let next = {
             // SAFETY: the record stays allocated while it is in the table (from `start` until
             // the removal below or in `resubmit`), and this thread is the only one using it: an
             // operation has one SQE in the kernel at a time, whose CQE this thread reaped, and
-            // a cancel touches the table's slot, never the record.
+            // a cancel touches the table's slot, never the record. The reference ends before
+            // any new SQE names the record (after which another thread may reap and free it).
             let op = unsafe { &mut *(address as *mut Op) };
             #[cfg(feature = "failpoints")]
             let res = inject_client_reset(op, res);
             match self.next(op, res) {
-                Next::Complete(result) => {
-                    self.table.remove(id);
-                    result
+                Next::Complete(result) => Ok(result),
+                Next::Continue(sqe) => Err((sqe, op.kind, op.life.clone())),
+            }
+        };
+        let result = match next {
+            Ok(result) => {
+                self.table.remove(id);
+                result
+            }
+            Err((sqe, kind, life)) => {
+                if self.resubmit(id, kind, life, &sqe) {
+                    return None;
                 }
-                Next::Continue(sqe) => {
-                    if self.resubmit(id, op, &sqe) {
-                        return None;
-                    }
-                    // The handle closed or a cancel came: the operation ends here, with what
-                    // it transferred so far (`resubmit` removed it from the table).
-                    Err(from_errno(libc::ECANCELED))
-                }
+                // The handle closed or a cancel came: the operation ends here, with what it
+                // transferred so far (`resubmit` removed it from the table).
+                Err(from_errno(libc::ECANCELED))
             }
         };
         // SAFETY: this thread removed the record's address from the table (once per record),
@@ -441,16 +455,18 @@ impl Uring {
     /// the entry after the SQE is queued) and the handle's open guard (a close either came
     /// before, or waits until the SQE is queued and then cancels it). True if it went on;
     /// false if it must end (the entry is then removed).
-    fn resubmit(&self, id: OpId, op: &Op, sqe: &Entry) -> bool {
-        if op.kind == OpKind::Accept {
+    ///
+    /// Takes no reference into the record: once the SQE is queued another thread may reap its
+    /// CQE and free the record. `life` is the record's own, cloned.
+    fn resubmit(&self, id: OpId, kind: OpKind, life: Option<Arc<Life>>, sqe: &Entry) -> bool {
+        if kind == OpKind::Accept {
             crate::failpoint::failpoint!("uring::accept_restart");
         } else {
             crate::failpoint::failpoint!("uring::resubmit");
         }
         let kept = self.table.keep_or_remove(id, |slot| {
             !slot.cancel
-                && op
-                    .life
+                && life
                     .as_deref()
                     .and_then(|life| life.while_open(|| self.enqueue(sqe)))
                     .is_some()
