@@ -126,6 +126,43 @@ fn vectored_send_of_32_mib_to_a_slow_reader_arrives_whole() {
     assert_eq!(proactor::live_operations(), 0);
 }
 
+/// A vectored send of more buffers than one `sendmsg` takes (`IOV_MAX`, 1,024): 3,000
+/// buffers, 6 MiB, arrive whole and in order (Windows takes any number of `WSABUF`s).
+#[test]
+fn vectored_send_of_more_buffers_than_iov_max_arrives_whole() {
+    let _serial = serial();
+    let port = Iocp::new().unwrap();
+    let total = 6 << 20;
+    let mut rand = lcg(3000);
+    let mut count = 0;
+    let bufs = oracle_buffers(total, || {
+        count += 1;
+        if count == 3000 {
+            usize::MAX
+        } else if count % 1000 == 0 {
+            1 << 20
+        } else {
+            1 + (rand() % 2000) as usize
+        }
+    });
+    assert_eq!(bufs.len(), 3000);
+    let l = TcpListener::bind(SocketAddr::new(each_ip_v4(), 0)).unwrap();
+    let theirs = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (ours, _) = l.accept().unwrap();
+    let ours = port.add_handle(ours, 1).unwrap();
+    let id = port.send_vectored(&ours, bufs);
+    let reader = thread::spawn(move || check_stream(theirs));
+    let mut c = next_of(&port, OpKind::SendVectored);
+    assert_eq!(c.id(), id);
+    assert_eq!(c.result().unwrap(), total, "the send completes whole");
+    assert_eq!(c.take_buffers().map(|b| b.len()), Some(3000));
+    drop(ours);
+    assert_eq!(reader.join().unwrap(), total as u64, "every byte, once");
+    assert_eq!(port.operations_in_flight(), 0);
+    drop(c);
+    assert_eq!(proactor::live_operations(), 0);
+}
+
 /// A 1 MiB write into a pipe (64 KiB of capacity) whose reader reads slowly completes whole,
 /// `Ok(1 MiB)`, with the bytes intact and in order.
 #[test]
