@@ -450,32 +450,44 @@ impl Uring {
         Next::Continue(Self::prepare(op))
     }
 
-    /// Re-submits `op` with `sqe` from the completion path, holding the guards its submission
-    /// held: the table shard's lock (a cancel either came before, and set `cancel`, or finds
-    /// the entry after the SQE is queued) and the handle's open guard (a close either came
-    /// before, or waits until the SQE is queued and then cancels it). True if it went on;
-    /// false if it must end (the entry is then removed).
+    /// Re-submits operation `id` with `sqe` from the completion path, holding the guards its
+    /// submission held: the handle's open guard (a close either came before, or waits until
+    /// the SQE is queued and then cancels it) and the table shard's lock (a cancel either came
+    /// before, and marked the slot, or finds the entry after the SQE is queued). True if it
+    /// went on; false if it must end (the entry is then removed).
     ///
     /// Takes no reference into the record: once the SQE is queued another thread may reap its
-    /// CQE and free the record. `life` is the record's own, cloned.
+    /// CQE and free the record. `life` is the record's own, cloned. The open guard is taken
+    /// before the shard's lock, so a close that holds it (while it cancels and waits) blocks
+    /// this thread only, not every operation of the shard.
     fn resubmit(&self, id: OpId, kind: OpKind, life: Option<Arc<Life>>, sqe: &Entry) -> bool {
         if kind == OpKind::Accept {
             crate::failpoint::failpoint!("uring::accept_restart");
         } else {
             crate::failpoint::failpoint!("uring::resubmit");
         }
-        let kept = self.table.keep_or_remove(id, |slot| {
-            !slot.cancel
-                && life
-                    .as_deref()
-                    .and_then(|life| life.while_open(|| self.enqueue(sqe)))
-                    .is_some()
+        let queued = life.as_deref().and_then(|life| {
+            life.while_open(|| {
+                self.table.keep_or_remove(id, |slot| {
+                    if slot.cancel {
+                        return false;
+                    }
+                    self.enqueue(sqe);
+                    true
+                })
+            })
         });
-        if kept == Some(true) {
-            self.kick(false);
-            return true;
+        match queued {
+            Some(Some(true)) => {
+                self.kick(false);
+                true
+            }
+            Some(_) => false, // cancelled: removed from the table
+            None => {
+                self.table.remove(id); // the handle closed
+                false
+            }
         }
-        false
     }
 
     /// Reaps up to `max` CQEs into `out`; returns how many completions were added.
