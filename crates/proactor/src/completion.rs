@@ -15,6 +15,12 @@ pub(crate) enum Output {
     Buffers(Vec<Vec<u8>>),
     /// The connection an accept produced.
     Accepted(Accepted),
+    /// The connection an accept on a Unix-domain listener produced, and its client's address.
+    #[cfg(target_os = "linux")]
+    AcceptedUnix(
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::SocketAddr,
+    ),
     /// An ioctl's input and output buffers.
     Ioctl { input: Vec<u8>, output: Vec<u8> },
 }
@@ -161,10 +167,52 @@ impl Completion {
         }
     }
 
-    /// Takes the accepted connection of a successful accept.
+    /// Takes the accepted connection of a successful accept on a TCP listener; `None` for one
+    /// on a Unix-domain listener (see `take_accepted_unix`, on Linux).
     pub fn take_accepted(&mut self) -> Option<Accepted> {
         match std::mem::replace(&mut self.output, Output::None) {
             Output::Accepted(a) => Some(a),
+            other => {
+                self.output = other;
+                None
+            }
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Completion {
+    /// Takes the connection of a successful accept on a Unix-domain listener (a
+    /// `std::os::unix::net::UnixListener`, or its descriptor as an `OwnedFd`), with the client's
+    /// address (unnamed unless the client bound one); `None` for other operations, for an accept
+    /// on a TCP listener (see [`take_accepted`](Completion::take_accepted)), or when already
+    /// taken. Linux only.
+    ///
+    /// Like an [`Accepted`] stream, the connection is not yet associated with any port.
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// use std::os::unix::net::UnixListener;
+    ///
+    /// let port = proactor::Iocp::new()?;
+    /// let listener = port.add_handle(UnixListener::bind("/tmp/echo.sock")?, 0)?;
+    /// port.accept(&listener);
+    /// let mut done = port.get_completion(None)?;
+    /// done.result()?;
+    /// let (stream, peer) = done.take_accepted_unix().expect("a Unix-domain connection");
+    /// println!("client {peer:?}");
+    /// let conn = port.add_handle(stream, 1)?;
+    /// port.recv(&conn, Vec::with_capacity(4096));
+    /// # Ok(()) }
+    /// ```
+    pub fn take_accepted_unix(
+        &mut self,
+    ) -> Option<(
+        std::os::unix::net::UnixStream,
+        std::os::unix::net::SocketAddr,
+    )> {
+        match std::mem::replace(&mut self.output, Output::None) {
+            Output::AcceptedUnix(stream, peer) => Some((stream, peer)),
             other => {
                 self.output = other;
                 None

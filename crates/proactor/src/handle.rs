@@ -25,7 +25,8 @@ mod sealed {
 /// [`std::net::UdpSocket`], [`std::fs::File`] (files and pipes opened with
 /// `FILE_FLAG_OVERLAPPED`), `std::os::windows::io::OwnedSocket`,
 /// `std::os::windows::io::OwnedHandle` and `socket2::Socket`; on other systems for the
-/// same socket and file types and `OwnedFd`.
+/// same socket and file types and `OwnedFd`, and on Linux for
+/// `std::os::unix::net::UnixListener` and `UnixStream`.
 ///
 /// The trait is sealed: the port must know whether an object is a socket or another kind of
 /// handle, which only these types say.

@@ -74,6 +74,15 @@ impl<V> Table<V> {
         self.shard(id).insert(id, value);
     }
 
+    /// Inserts `value` for `id` and runs `f` before the shard's lock is released: whoever finds
+    /// the entry (a cancel) acts after `f` did (queued the operation's SQE).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn insert_then<R>(&self, id: OpId, value: V, f: impl FnOnce() -> R) -> R {
+        let mut shard = self.shard(id);
+        shard.insert(id, value);
+        f()
+    }
+
     pub(crate) fn remove(&self, id: OpId) -> Option<V> {
         self.shard(id).remove(&id)
     }
@@ -82,6 +91,38 @@ impl<V> Table<V> {
     /// cannot be completed and freed while `f` runs.
     pub(crate) fn with<R>(&self, id: OpId, f: impl FnOnce(&V) -> R) -> Option<R> {
         self.shard(id).get(&id).map(f)
+    }
+
+    /// Runs `f` on the entry for `id`, if there is one, with its shard locked; `f` may change it.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn with_mut<R>(&self, id: OpId, f: impl FnOnce(&mut V) -> R) -> Option<R> {
+        self.shard(id).get_mut(&id).map(f)
+    }
+
+    /// Runs `keep` on the entry for `id` with its shard locked and removes the entry unless it
+    /// returns true: `Some(true)` if kept, `Some(false)` if removed, `None` if there was none.
+    /// What `keep` decides and does cannot interleave with another lookup of the entry.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn keep_or_remove(
+        &self,
+        id: OpId,
+        keep: impl FnOnce(&mut V) -> bool,
+    ) -> Option<bool> {
+        let mut shard = self.shard(id);
+        let kept = keep(shard.get_mut(&id)?);
+        if !kept {
+            shard.remove(&id);
+        }
+        Some(kept)
+    }
+
+    /// Runs `f` on every entry, one shard locked at a time; `f` may change it.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    pub(crate) fn for_each_mut(&self, mut f: impl FnMut(&mut V)) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+            shard.values_mut().for_each(&mut f);
+        }
     }
 
     /// Runs `f` on every entry, one shard locked at a time.
@@ -120,9 +161,17 @@ mod tests {
         assert_eq!(t.remove(ids[7]), Some(7));
         assert_eq!(t.remove(ids[7]), None);
         assert_eq!(t.with(ids[7], |v| *v), None);
+        assert_eq!(t.with_mut(ids[8], |v| std::mem::replace(v, 80)), Some(8));
+        assert_eq!(t.keep_or_remove(ids[8], |v| *v == 80), Some(true));
+        assert_eq!(t.keep_or_remove(ids[8], |v| *v != 80), Some(false));
+        assert_eq!(t.keep_or_remove(ids[8], |_| true), None);
+        assert_eq!(t.insert_then(ids[8], 8, || 1), 1);
+        t.for_each_mut(|v| *v += 1000);
+        assert_eq!(t.with(ids[8], |v| *v), Some(1008));
         let mut seen = 0;
         t.for_each(|_, _| seen += 1);
         assert_eq!(seen, 199);
+        assert_eq!(t.remove(ids[8]), Some(1008));
     }
 
     /// The ids one shard holds hash to distinct slots and varied tags (see [`IdHasher`]).

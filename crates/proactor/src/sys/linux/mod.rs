@@ -16,7 +16,10 @@ use std::{
     fs::File,
     io,
     net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::{AsRawFd, OwnedFd, RawFd},
+    os::{
+        fd::{AsRawFd, OwnedFd, RawFd},
+        unix::net::{UnixListener, UnixStream},
+    },
     sync::{Arc, Weak, atomic::AtomicU64, atomic::Ordering},
     time::Duration,
 };
@@ -49,8 +52,12 @@ pub(crate) trait Driver: Send + Sync {
     ) -> io::Result<usize>;
     /// Asks to cancel one operation; `false` if it is no longer in flight.
     fn cancel(&self, id: OpId) -> bool;
-    /// Cancels every operation on `fd`.
+    /// Cancels every operation on `fd`, just before its owner closes it.
     fn cancel_fd(&self, fd: RawFd);
+    /// Cancels every operation on `fd`, which stays open (`Iocp::cancel_all`).
+    fn cancel_all(&self, fd: RawFd) {
+        self.cancel_fd(fd);
+    }
     fn in_flight(&self) -> usize;
     /// Prepares `fd` for operations (the epoll backend registers it).
     fn associate(&self, fd: RawFd, socket: bool) -> io::Result<()>;
@@ -207,6 +214,9 @@ impl Port {
     ) -> OpId {
         let id = OpId::next();
         let mut op = Op::new(id, kind, target.context, target.raw.0, offset, data);
+        if Op::may_continue(kind) {
+            op.life = Some(target.life.clone());
+        }
         if target.port != self.id {
             op.refused = Some(crate::error::other_port());
         } else if needs_socket && !target.socket {
@@ -289,7 +299,6 @@ impl Port {
     }
     pub(crate) fn accept(&self, target: &Target) -> OpId {
         let data = OpData::Accept {
-            life: target.life.clone(),
             restarts: 0,
             peer: op::PeerAddr::new(),
         };
@@ -366,7 +375,7 @@ impl Port {
         if target.port != self.id {
             return Err(crate::error::other_port());
         }
-        self.driver.cancel_fd(target.raw.0);
+        self.driver.cancel_all(target.raw.0);
         Ok(())
     }
 
@@ -412,5 +421,7 @@ fd_objects!(
     UdpSocket,
     File,
     OwnedFd,
-    socket2::Socket
+    socket2::Socket,
+    UnixListener,
+    UnixStream
 );

@@ -7,7 +7,10 @@
 use std::{
     io, mem,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpStream},
-    os::fd::{FromRawFd, RawFd},
+    os::{
+        fd::{FromRawFd, RawFd},
+        unix::net::UnixStream,
+    },
     sync::Arc,
 };
 
@@ -34,11 +37,7 @@ pub(crate) enum OpData {
     Readable,
     /// An accept; `restarts` counts clients that went away before they were accepted; `peer`
     /// is where the kernel writes the client's address.
-    Accept {
-        life: Arc<Life>,
-        restarts: u32,
-        peer: Box<PeerAddr>,
-    },
+    Accept { restarts: u32, peer: Box<PeerAddr> },
     /// A connect and its address.
     Connect { addr: Box<socket2::SockAddr> },
     /// A datagram receive: the buffer, the `msghdr` and `iovec` the kernel reads, and where it
@@ -74,9 +73,13 @@ pub(crate) struct Op {
     pub(crate) offset: u64,
     /// Set when the operation was refused before reaching the kernel.
     pub(crate) refused: Option<io::Error>,
-    /// The epoll backend's progress: bytes of a vectored send already sent, or 1 once a
-    /// connect was issued.
+    /// Bytes of a vectored send already sent (both backends); for the epoll backend, 1 once a
+    /// connect was issued, or the clients an accept saw go away.
     pub(crate) progress: usize,
+    /// Whether the handle is still open, for operations the io_uring backend may re-submit from
+    /// the completion path (the rest of a send or write, an accept after a client reset): set
+    /// for those kinds only (see `Op::may_continue`).
+    pub(crate) life: Option<Arc<Life>>,
     pub(crate) data: OpData,
     _live: LiveCount,
 }
@@ -102,6 +105,7 @@ impl Op {
             offset,
             refused: None,
             progress: 0,
+            life: None,
             data,
             _live: LiveCount::new(),
         })
@@ -118,6 +122,49 @@ impl Op {
         }
     }
 
+    /// Whether an operation of `kind` may be re-submitted from the completion path, and so
+    /// needs its handle's open guard.
+    pub(crate) fn may_continue(kind: OpKind) -> bool {
+        matches!(
+            kind,
+            OpKind::Send | OpKind::SendVectored | OpKind::Write | OpKind::Accept
+        )
+    }
+
+    /// Points a vectored send's `msghdr` at what is left after its first `self.progress` bytes
+    /// and returns how many bytes that covers (0 once everything was sent).
+    ///
+    /// Rebuilt from the buffers each time, never advanced in place, so no position is counted
+    /// twice: the buffers sent whole are skipped, the first `iovec` starts past the part of its
+    /// buffer already sent, and at most `IOV_MAX` buffers are covered (the kernel refuses more
+    /// with `EMSGSIZE`; the rest goes in a later call).
+    pub(crate) fn aim_at_unsent(&mut self) -> usize {
+        let OpData::Buffers { bufs, iov, msg } = &mut self.data else {
+            return 0;
+        };
+        let mut skip = self.progress;
+        let mut first = 0;
+        while first < bufs.len() && skip >= bufs[first].len() {
+            skip -= bufs[first].len();
+            first += 1;
+        }
+        let end = bufs.len().min(first + IOV_MAX);
+        let mut covered = 0;
+        for i in first..end {
+            let from = if i == first { skip } else { 0 };
+            let rest = &bufs[i][from..];
+            iov[i] = libc::iovec {
+                iov_base: rest.as_ptr().cast_mut().cast(),
+                iov_len: rest.len(),
+            };
+            covered += rest.len();
+        }
+        // `first` <= iov.len() (the buffers and iovecs are as many): in bounds or one past.
+        msg.msg_iov = iov[first..].as_mut_ptr();
+        msg.msg_iovlen = (end - first) as _;
+        covered
+    }
+
     /// What is left to send of a send's or write's buffer.
     pub(crate) fn unsent(&self) -> (*const u8, usize) {
         match &self.data {
@@ -126,6 +173,9 @@ impl Op {
         }
     }
 }
+
+/// The most `iovec`s one `sendmsg` takes (`UIO_MAXIOV`).
+const IOV_MAX: usize = 1024;
 
 /// Builds a datagram receive into the spare capacity of `buf`.
 pub(crate) fn datagram_recv(mut buf: Vec<u8>) -> OpData {
@@ -200,6 +250,7 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Com
         context,
         data,
         refused,
+        progress,
         ..
     } = op;
     let result = match refused {
@@ -233,15 +284,24 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Com
             if kind == OpKind::RecvVectored && error.is_none() {
                 // SAFETY: recvmsg scatters `bytes` bytes over the spare capacities in order.
                 unsafe { grow_vectored_by(&mut bufs, bytes) };
+            } else if kind == OpKind::SendVectored {
+                bytes = progress.max(bytes); // also what a failed or cancelled send had sent
             }
             Output::Buffers(bufs)
         }
         OpData::Accept { peer, .. } if error.is_none() => {
-            // SAFETY: a successful accept returns a new descriptor that nothing else owns.
-            let stream = unsafe { TcpStream::from_raw_fd(bytes as RawFd) };
+            let fd = bytes as RawFd;
             bytes = 0;
-            match accepted(stream, &peer) {
-                Ok(a) => Output::Accepted(a),
+            let result = if i32::from(peer.storage.ss_family) == libc::AF_UNIX {
+                // SAFETY: a successful accept returns a new descriptor that nothing else owns,
+                // and the address family says it is a Unix-domain socket.
+                accepted_unix(unsafe { UnixStream::from_raw_fd(fd) })
+            } else {
+                // SAFETY: a successful accept returns a new descriptor that nothing else owns.
+                accepted(unsafe { TcpStream::from_raw_fd(fd) }, &peer)
+            };
+            match result {
+                Ok(a) => a,
                 Err(e) => {
                     error = Some(e);
                     Output::None
@@ -332,12 +392,19 @@ impl PeerAddr {
     }
 }
 
-fn accepted(stream: TcpStream, peer: &PeerAddr) -> io::Result<Accepted> {
-    Ok(Accepted {
+fn accepted(stream: TcpStream, peer: &PeerAddr) -> io::Result<Output> {
+    Ok(Output::Accepted(Accepted {
         local_addr: stream.local_addr()?,
         peer_addr: peer.decode()?,
         stream,
-    })
+    }))
+}
+
+/// A connection accepted on a Unix-domain listener, with its client's address (the kernel's
+/// `getpeername`, which still answers after the client closed).
+fn accepted_unix(stream: UnixStream) -> io::Result<Output> {
+    let peer = stream.peer_addr()?;
+    Ok(Output::AcceptedUnix(stream, peer))
 }
 
 /// An accept failure that means the client went away, not that the listener is broken.

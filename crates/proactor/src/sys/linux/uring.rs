@@ -4,17 +4,26 @@
 //! # Ownership
 //!
 //! Every operation's `user_data` is its `OpId`, a number never reused, and the table maps it to
-//! the record's address from submission until its CQE is reaped. The record (a `Box<Op>`) is
-//! leaked to the kernel at submission and taken back, once, by whoever removes it from the
-//! table. A cancel names the id, so it can never reach another operation, even one at the same
-//! address. CQEs with `user_data` 0 belong to proactor's own cancel requests and are dropped.
+//! the record's address from submission until its last CQE is reaped. The record (a `Box<Op>`)
+//! is leaked to the kernel at submission and taken back, once, by the thread that reaps its
+//! last CQE and removes it from the table. A cancel names the id, so it can never reach another
+//! operation, even one at the same address. CQEs with `user_data` 0 belong to proactor's own
+//! cancel requests and are dropped.
+//!
+//! An operation re-submitted from the completion path (the rest of a send, vectored send or
+//! write; an accept after a client reset) keeps its table entry throughout and queues its next
+//! SQE holding the guards its submission held: the table shard's lock, under which `start`
+//! queues the first SQE and `cancel` marks the entry and queues its `ASYNC_CANCEL`, and the
+//! handle's open guard, under which the handle's close cancels everything on the descriptor
+//! before closing it. A cancel or close that came first ends the operation instead (as
+//! cancelled, with what it transferred and its buffers); one that comes after finds the new SQE.
 
 use std::{
     io,
     os::fd::RawFd,
     ptr,
     sync::{
-        Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicUsize, Ordering, fence},
     },
     time::{Duration, Instant},
@@ -27,7 +36,7 @@ use io_uring::{
 };
 
 use super::{
-    Driver,
+    Driver, Life,
     error::from_errno,
     op::{ACCEPT_RESTARTS, Op, OpData, complete, is_client_reset},
 };
@@ -59,30 +68,64 @@ const SYNC_CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The io_uring completion port.
 pub(crate) struct Uring {
     ring: IoUring,
-    sq: Mutex<()>,
+    /// The submission queue's lock, and how many SQEs were ever queued: less the queue's
+    /// length, how many the kernel has consumed.
+    sq: Mutex<u64>,
     cq: Mutex<()>,
-    table: Table<usize>,
+    table: Table<Slot>,
     /// Set while dropping: finished operations end instead of continuing.
     closing: AtomicBool,
     /// Threads blocked in `io_uring_enter` right now.
     waiters: AtomicUsize,
 }
 
-fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
+/// An operation in flight, as the table knows it.
+#[derive(Clone, Copy)]
+struct Slot {
+    /// The record, from `Box::into_raw`.
+    address: usize,
+    /// Its descriptor, for `cancel_all`.
+    fd: RawFd,
+    /// A cancel asked for the operation to end: it is not re-submitted from the completion
+    /// path (set and read under the table shard's lock).
+    cancel: bool,
+}
+
+/// What a reaped CQE leads to.
+enum Next {
+    /// The operation ends with this result.
+    Complete(io::Result<usize>),
+    /// The operation goes on with this SQE (the rest of a send, an accept after a client reset).
+    Continue(Entry),
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Uring {
     /// A new ring, if the kernel offers io_uring with cancel-by-descriptor (Linux 5.19).
     pub(crate) fn new() -> io::Result<Uring> {
-        let mut builder = IoUring::builder();
-        builder.setup_clamp();
-        if let Some(idle_ms) = sqpoll_idle()? {
-            // A kernel thread consumes the submission queue: submitting then needs no syscall
-            // while that thread is awake (the crate's `submit` enters only to wake it).
-            builder.setup_sqpoll(idle_ms);
-        }
-        let ring = builder.build(ENTRIES)?;
+        let idle = sqpoll_idle()?;
+        let build = |submit_all: bool| {
+            let mut builder = IoUring::builder();
+            builder.setup_clamp();
+            if submit_all {
+                // A refused SQE does not end the batch: every queued SQE is consumed by one
+                // enter, so none can wait past its descriptor's close (Linux 5.18).
+                builder.setup_submit_all();
+            }
+            if let Some(idle_ms) = idle {
+                // A kernel thread consumes the submission queue: submitting then needs no
+                // syscall while that thread is awake (the crate's `submit` enters only to wake it).
+                builder.setup_sqpoll(idle_ms);
+            }
+            builder.build(ENTRIES)
+        };
+        let ring = match build(true) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => build(false)?,
+            other => other?,
+        };
         let mut probe = io_uring::Probe::new();
         ring.submitter().register_probe(&mut probe)?;
         let needed = [
@@ -106,7 +149,7 @@ impl Uring {
         }
         Ok(Uring {
             ring,
-            sq: Mutex::new(()),
+            sq: Mutex::new(0),
             cq: Mutex::new(()),
             table: Table::new(),
             closing: AtomicBool::new(false),
@@ -114,30 +157,34 @@ impl Uring {
         })
     }
 
-    /// Queues one SQE. With `now`, or when a thread is blocked in `io_uring_enter` (which would
-    /// not see it), the kernel is told at once; otherwise the next thread to dequeue, cancel or
-    /// close submits it together with the others: one syscall for a batch.
-    ///
-    /// Either this thread sees a waiter, or the waiter's enter sees this SQE: the waiter bumps
-    /// `waiters` before reading the queue's length, this thread publishes the SQE before
-    /// reading `waiters`, both with sequentially consistent ordering.
-    fn push(&self, sqe: &Entry, now: bool) {
-        {
-            let _sq = lock(&self.sq);
-            // SAFETY: holding the sq lock makes this the only SubmissionQueue in existence.
-            let mut sq = unsafe { self.ring.submission_shared() };
-            loop {
-                // SAFETY: every pointer in an SQE points into a record that stays allocated
-                // until its CQE is reaped (or into nothing, for NOPs and cancels).
-                if unsafe { sq.push(sqe) }.is_ok() {
-                    break;
-                }
-                // Full: let the kernel consume what is queued, then retry.
-                sq.sync();
-                let _ = self.ring.submit();
-                sq.sync();
+    /// Queues one SQE without telling the kernel (see `kick`).
+    fn enqueue(&self, sqe: &Entry) {
+        let mut queued = lock(&self.sq);
+        // SAFETY: holding the sq lock makes this the only SubmissionQueue in existence.
+        let mut sq = unsafe { self.ring.submission_shared() };
+        loop {
+            // SAFETY: every pointer in an SQE points into a record that stays allocated
+            // until its CQE is reaped (or into nothing, for NOPs and cancels).
+            if unsafe { sq.push(sqe) }.is_ok() {
+                break;
             }
+            // Full: let the kernel consume what is queued, then retry.
+            sq.sync();
+            let _ = self.ring.submit();
+            sq.sync();
         }
+        *queued += 1;
+        // `sq` drops first, publishing the new tail while the lock is held.
+    }
+
+    /// Hands queued SQEs to the kernel: with `now`, or when a thread is blocked in
+    /// `io_uring_enter` (which would not see them); otherwise the next thread to dequeue,
+    /// cancel or close submits them together with the others: one syscall for a batch.
+    ///
+    /// Either this thread sees a waiter, or the waiter's enter sees the SQE: the waiter bumps
+    /// `waiters` before reading the queue's length, this thread published the SQE (in
+    /// `enqueue`) before reading `waiters`, both with sequentially consistent ordering.
+    fn kick(&self, now: bool) {
         fence(Ordering::SeqCst);
         if !now && self.waiters.load(Ordering::SeqCst) == 0 {
             return; // the next enter submits it
@@ -149,17 +196,62 @@ impl Uring {
         }
     }
 
-    /// Whether the kernel has consumed every queued SQE.
-    fn sq_empty(&self) -> bool {
-        let _sq = lock(&self.sq);
+    /// Queues one SQE and, if needed, submits it (`enqueue`, then `kick`).
+    fn push(&self, sqe: &Entry, now: bool) {
+        self.enqueue(sqe);
+        self.kick(now);
+    }
+
+    /// How many SQEs were ever queued, and how many of them the kernel has consumed.
+    fn sq_progress(&self) -> (u64, u64) {
+        let queued = lock(&self.sq);
         // SAFETY: holding the sq lock makes this the only SubmissionQueue in existence.
         let mut sq = unsafe { self.ring.submission_shared() };
         sq.sync();
-        sq.is_empty()
+        (*queued, *queued - sq.len() as u64)
+    }
+
+    /// Returns once the kernel has consumed every SQE queued before the call (the queue is
+    /// consumed in order), or after `SQ_DRAIN_TIMEOUT` with a warning. Only a consumed SQE can
+    /// be cancelled; one consumed after its descriptor's close would name a closed or reused
+    /// number. With `IORING_SETUP_SUBMIT_ALL` one enter consumes them all; without it a refused
+    /// SQE ends the batch and the next enter goes on; with SQPOLL the kernel thread does.
+    fn drain_submissions(&self) {
+        let (target, _) = self.sq_progress();
+        let deadline = Instant::now() + SQ_DRAIN_TIMEOUT;
+        let mut last_error = None;
+        loop {
+            // With SQPOLL this only wakes the polling thread if it sleeps.
+            if let Err(e) = self.ring.submit() {
+                last_error = Some(e);
+            }
+            let (_, consumed) = self.sq_progress();
+            if consumed >= target {
+                return;
+            }
+            if Instant::now() >= deadline {
+                tracing::warn!(
+                    left = target - consumed,
+                    error = ?last_error,
+                    "io_uring: queued SQEs not consumed before a handle's close"
+                );
+                return;
+            }
+            std::thread::yield_now();
+        }
     }
 
     /// The SQE that starts `op`.
     fn prepare(op: &mut Op) -> Entry {
+        // Test-only: an SQE the kernel refuses at submission (`IOSQE_BUFFER_SELECT` on a NOP),
+        // which ends a submission batch unless the ring has `IORING_SETUP_SUBMIT_ALL`.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("uring::bad_sqe", |_| {
+            opcode::Nop::new()
+                .build()
+                .flags(io_uring::squeue::Flags::BUFFER_SELECT)
+                .user_data(op.id.as_u64())
+        });
         let fd = Fd(op.fd);
         let entry = if op.refused.is_some() {
             opcode::Nop::new().build()
@@ -195,6 +287,9 @@ impl Uring {
                         .build()
                 }
                 OpKind::RecvVectored | OpKind::SendVectored => {
+                    if op.kind == OpKind::SendVectored {
+                        op.aim_at_unsent();
+                    }
                     let msg = match &mut op.data {
                         OpData::Buffers { msg, .. } => &mut **msg as *mut libc::msghdr,
                         _ => ptr::null_mut(),
@@ -249,61 +344,150 @@ impl Uring {
         entry.user_data(op.id.as_u64())
     }
 
+    /// Enters `op` in the table and queues its SQE under the table shard's lock, so that a
+    /// cancel that finds the entry queues its `ASYNC_CANCEL` behind the SQE it targets; then
+    /// submits if a thread waits.
     fn start(&self, mut op: Box<Op>) {
         let sqe = Self::prepare(&mut op);
-        let id = op.id;
-        self.table.insert(id, Box::into_raw(op) as usize);
-        self.push(&sqe, false);
+        let (id, fd) = (op.id, op.fd);
+        let slot = Slot {
+            address: Box::into_raw(op) as usize,
+            fd,
+            cancel: false,
+        };
+        self.table.insert_then(id, slot, || self.enqueue(&sqe));
+        crate::failpoint::failpoint!("uring::start");
+        self.kick(false);
     }
 
-    /// Takes back the record of a reaped CQE and finishes it; `None` for proactor's own CQEs
-    /// and for operations that continue (the rest of a send, an accept after a client reset).
+    /// Finishes the operation of a reaped CQE: ends it (removed from the table, its record
+    /// taken back) or re-submits it (the rest of a send, an accept after a client reset);
+    /// `None` for proactor's own CQEs and for operations that continue.
     fn finish(&self, user_data: u64, res: i32) -> Option<Completion> {
         if user_data == 0 {
             return None;
         }
-        let address = self.table.remove(OpId::from_u64(user_data))?;
-        // SAFETY: the table held this address from `Box::into_raw` in `start` until the removal
-        // above, which happens once per record; its CQE is reaped, so the kernel is done with it.
-        let mut op = unsafe { Box::from_raw(address as *mut Op) };
+        let id = OpId::from_u64(user_data);
+        let address = self.table.with(id, |slot| slot.address)?;
+        let next = {
+            // SAFETY: the record stays allocated while it is in the table (from `start` until
+            // the removal below or in `resubmit`), and this thread is the only one using it: an
+            // operation has one SQE in the kernel at a time, whose CQE this thread reaped, and
+            // a cancel touches the table's slot, never the record. The reference ends before
+            // any new SQE names the record (after which another thread may reap and free it).
+            let op = unsafe { &mut *(address as *mut Op) };
+            #[cfg(feature = "failpoints")]
+            let res = inject_client_reset(op, res);
+            match self.next(op, res) {
+                Next::Complete(result) => Ok(result),
+                Next::Continue(sqe) => Err((sqe, op.kind, op.life.clone())),
+            }
+        };
+        let result = match next {
+            Ok(result) => {
+                self.table.remove(id);
+                result
+            }
+            Err((sqe, kind, life)) => {
+                if self.resubmit(id, kind, life, &sqe) {
+                    return None;
+                }
+                // The handle closed or a cancel came: the operation ends here, with what it
+                // transferred so far (`resubmit` removed it from the table).
+                Err(from_errno(libc::ECANCELED))
+            }
+        };
+        // SAFETY: this thread removed the record's address from the table (once per record),
+        // and no SQE names it: it is ours again, from `Box::into_raw` in `start`.
+        let op = unsafe { Box::from_raw(address as *mut Op) };
+        Some(complete(*op, result, address))
+    }
+
+    /// What the CQE result `res` of `op` leads to; advances a partial send or write past what
+    /// the kernel transferred and prepares the SQE for the rest.
+    fn next(&self, op: &mut Op, res: i32) -> Next {
         if op.refused.is_some() || self.closing.load(Ordering::Relaxed) {
-            let result = if res >= 0 {
+            return Next::Complete(if res >= 0 {
                 Ok(res as usize)
             } else {
                 Err(from_errno(-res))
-            };
-            return Some(complete(*op, result, address));
+            });
         }
-        if res >= 0 {
-            if op.kind == OpKind::Send {
-                if let OpData::Buffer { buf, done } = &mut op.data {
-                    *done += res as usize;
-                    if res > 0 && *done < buf.len() {
-                        self.start(op); // send the rest: a send completes whole, as on Windows
-                        return None;
+        if res < 0 {
+            let errno = -res;
+            if op.kind == OpKind::Accept && is_client_reset(errno) {
+                if let OpData::Accept { restarts, peer } = &mut op.data {
+                    if *restarts < ACCEPT_RESTARTS {
+                        *restarts += 1; // the client went away: accept the next one
+                        peer.len = std::mem::size_of::<libc::sockaddr_storage>() as _;
+                        return Next::Continue(Self::prepare(op));
                     }
                 }
             }
-            return Some(complete(*op, Ok(res as usize), address));
+            return Next::Complete(Err(from_errno(errno)));
         }
-        let errno = -res;
-        if op.kind == OpKind::Accept && is_client_reset(errno) {
-            if let OpData::Accept { life, restarts, .. } = &mut op.data {
-                if *restarts < ACCEPT_RESTARTS {
-                    *restarts += 1;
-                    let life = life.clone();
-                    let mut op = Some(op);
-                    life.while_open(|| self.start(op.take().expect("once")));
-                    match op {
-                        None => return None,
-                        Some(back) => {
-                            return Some(complete(*back, Err(from_errno(errno)), address));
-                        }
+        // A send, vectored send or write the kernel did in part goes on with the rest: it
+        // completes whole, as on Windows. One that moved nothing ends (a write of 0 bytes
+        // would otherwise repeat for ever).
+        let n = res as usize;
+        let more = match (op.kind, &mut op.data) {
+            (OpKind::Send | OpKind::Write, OpData::Buffer { buf, done }) => {
+                *done += n;
+                n > 0 && *done < buf.len()
+            }
+            (OpKind::SendVectored, OpData::Buffers { bufs, .. }) => {
+                op.progress += n;
+                n > 0 && op.progress < bufs.iter().map(Vec::len).sum::<usize>()
+            }
+            _ => false,
+        };
+        if !more {
+            return Next::Complete(Ok(n));
+        }
+        if op.kind == OpKind::Write && op.offset != u64::MAX {
+            op.offset += n as u64; // u64::MAX (-1) is the file's own position: it moved itself
+        }
+        Next::Continue(Self::prepare(op))
+    }
+
+    /// Re-submits operation `id` with `sqe` from the completion path, holding the guards its
+    /// submission held: the handle's open guard (a close either came before, or waits until
+    /// the SQE is queued and then cancels it) and the table shard's lock (a cancel either came
+    /// before, and marked the slot, or finds the entry after the SQE is queued). True if it
+    /// went on; false if it must end (the entry is then removed).
+    ///
+    /// Takes no reference into the record: once the SQE is queued another thread may reap its
+    /// CQE and free the record. `life` is the record's own, cloned. The open guard is taken
+    /// before the shard's lock, so a close that holds it (while it cancels and waits) blocks
+    /// this thread only, not every operation of the shard.
+    fn resubmit(&self, id: OpId, kind: OpKind, life: Option<Arc<Life>>, sqe: &Entry) -> bool {
+        if kind == OpKind::Accept {
+            crate::failpoint::failpoint!("uring::accept_restart");
+        } else {
+            crate::failpoint::failpoint!("uring::resubmit");
+        }
+        let queued = life.as_deref().and_then(|life| {
+            life.while_open(|| {
+                self.table.keep_or_remove(id, |slot| {
+                    if slot.cancel {
+                        return false;
                     }
-                }
+                    self.enqueue(sqe);
+                    true
+                })
+            })
+        });
+        match queued {
+            Some(Some(true)) => {
+                self.kick(false);
+                true
+            }
+            Some(_) => false, // cancelled: removed from the table
+            None => {
+                self.table.remove(id); // the handle closed
+                false
             }
         }
-        Some(complete(*op, Err(from_errno(errno)), address))
     }
 
     /// Reaps up to `max` CQEs into `out`; returns how many completions were added.
@@ -383,6 +567,20 @@ impl Uring {
     }
 }
 
+/// Test-only: turns an accept's result into `ECONNABORTED` (a client that went away), closing
+/// the descriptor it accepted, when `uring::accept_reset` is configured to `return`.
+#[cfg(feature = "failpoints")]
+fn inject_client_reset(op: &Op, res: i32) -> i32 {
+    fail::fail_point!("uring::accept_reset", op.kind == OpKind::Accept, |_| {
+        if res >= 0 {
+            // SAFETY: a successful accept's result is a new descriptor nothing else owns.
+            unsafe { libc::close(res) };
+        }
+        -libc::ECONNABORTED
+    });
+    res
+}
+
 /// `PROACTOR_SQPOLL=<idle milliseconds>`: submit through a kernel polling thread.
 fn sqpoll_idle() -> io::Result<Option<u32>> {
     match std::env::var("PROACTOR_SQPOLL") {
@@ -456,24 +654,44 @@ impl Driver for Uring {
         }
     }
 
+    /// Marks the operation cancelled and queues an `ASYNC_CANCEL` for it, under the table
+    /// shard's lock: the cancel is queued behind the operation's SQE (see `start`), and if the
+    /// operation is between two SQEs (its CQE reaped, the next not yet queued) the mark ends
+    /// it instead of the re-submission (see `resubmit`).
     fn cancel(&self, id: OpId) -> bool {
         let cancel = opcode::AsyncCancel::new(id.as_u64()).build().user_data(0);
-        self.table.with(id, |_| self.push(&cancel, true)).is_some()
+        let found = self
+            .table
+            .with_mut(id, |slot| {
+                slot.cancel = true;
+                self.enqueue(&cancel);
+            })
+            .is_some();
+        if found {
+            self.kick(true);
+        }
+        found
+    }
+
+    /// Marks every operation on `fd` cancelled (one between two SQEs then ends instead of
+    /// going on), then cancels them in the kernel.
+    fn cancel_all(&self, fd: RawFd) {
+        self.table.for_each_mut(|slot| {
+            if slot.fd == fd {
+                slot.cancel = true;
+            }
+        });
+        self.cancel_fd(fd);
     }
 
     /// Cancels every operation on `fd` and returns once they are done with it: the caller
     /// closes the descriptor next, and an SQE consumed after that would name a closed (or
-    /// reused) descriptor number.
+    /// reused) descriptor number. No SQE for `fd` can be queued meanwhile: the handle's owner
+    /// is closing it, and re-submissions wait for its open guard, which the close holds.
     fn cancel_fd(&self, fd: RawFd) {
-        // Only consumed SQEs can be cancelled: hand the kernel everything queued first.
-        let _ = self.ring.submit();
-        if self.ring.params().is_setup_sqpoll() {
-            let deadline = Instant::now() + SQ_DRAIN_TIMEOUT;
-            while !self.sq_empty() && Instant::now() < deadline {
-                let _ = self.ring.submit(); // wakes the polling thread if it sleeps
-                std::thread::yield_now();
-            }
-        }
+        // Only consumed SQEs can be cancelled: have the kernel consume everything queued first.
+        self.drain_submissions();
+        crate::failpoint::failpoint!("uring::cancel_fd");
         let wait = Timespec::new().sec(SYNC_CANCEL_TIMEOUT.as_secs());
         match self
             .ring

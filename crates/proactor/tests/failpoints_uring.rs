@@ -1,0 +1,496 @@
+//! The io_uring backend's windows where an operation record changes hands, each forced open with
+//! a failpoint while another thread does the damaging thing: drops the handle and lets a new
+//! connection take its descriptor number, cancels the operation by id, cancels everything on
+//! the handle, or closes it while queued SQEs wait behind one the kernel refuses.
+//!
+//! Run with `cargo test -p proactor --features failpoints --test failpoints_uring`. The tests
+//! need the io_uring backend and return early (saying so) on epoll.
+#![cfg(all(target_os = "linux", feature = "failpoints"))]
+
+mod common;
+
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc::{self, Receiver, Sender},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use common::{each_ip_v4, pattern};
+use proactor::{Completion, Iocp, OpId, OpKind};
+
+/// The `fail` registry is global: one test of this file at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A port on io_uring, or `None` (with a note) when the environment selects epoll.
+fn uring_port() -> Option<Arc<Iocp>> {
+    let port = Iocp::new().expect("port");
+    if port.backend() != "io_uring" {
+        eprintln!(
+            "skipped: the io_uring backend's failpoints, on {}",
+            port.backend()
+        );
+        return None;
+    }
+    Some(Arc::new(port))
+}
+
+/// Holds the first thread that reaches failpoint `name` until released; later passes go on.
+struct Pause {
+    name: &'static str,
+    hit: Receiver<()>,
+    release: Option<Sender<()>>,
+}
+
+impl Pause {
+    fn at(name: &'static str) -> Pause {
+        let (hit_tx, hit) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let hit_tx = Mutex::new(Some(hit_tx));
+        let release_rx = Mutex::new(release_rx);
+        fail::cfg_callback(name, move || {
+            let first = hit_tx.lock().unwrap().take();
+            if let Some(tx) = first {
+                let _ = tx.send(());
+                let _ = release_rx
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(30));
+            }
+        })
+        .expect("configure the failpoint");
+        Pause {
+            name,
+            hit,
+            release: Some(release),
+        }
+    }
+
+    /// Waits until a thread is held at the point.
+    fn wait_hit(&self) {
+        self.hit
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no thread reached {}", self.name));
+    }
+
+    fn release(&mut self) {
+        fail::remove(self.name);
+        if let Some(r) = self.release.take() {
+            let _ = r.send(());
+        }
+    }
+}
+
+impl Drop for Pause {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// A thread dequeuing from `port` and forwarding every completion, until stopped.
+struct Driver {
+    port: Arc<Iocp>,
+    stop: Arc<AtomicBool>,
+    done: Receiver<Completion>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Driver {
+    fn start(port: &Arc<Iocp>) -> Driver {
+        let (tx, done) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (port, stop) = (port.clone(), stop.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok(c) = port.get_completion(Some(Duration::from_millis(50))) {
+                        let _ = tx.send(c);
+                    }
+                }
+            })
+        };
+        Driver {
+            port: port.clone(),
+            stop,
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    /// The next completion, within `wait`.
+    fn next(&self, wait: Duration) -> Option<Completion> {
+        self.done.recv_timeout(wait).ok()
+    }
+
+    /// Stops the thread and returns every completion still to come within `quiet`.
+    fn finish(mut self, quiet: Duration) -> Vec<Completion> {
+        let mut rest: Vec<Completion> = Vec::new();
+        let end = Instant::now() + quiet;
+        while let Some(c) = self.next(end.saturating_duration_since(Instant::now())) {
+            rest.push(c);
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            t.join().expect("driver thread");
+        }
+        rest.extend(self.done.try_iter());
+        while let Ok(c) = self.port.get_completion(Some(Duration::ZERO)) {
+            rest.push(c);
+        }
+        rest
+    }
+}
+
+/// Waits for the completion of `id`, failing the test if none arrives in time.
+fn completion_of(driver: &Driver, id: OpId) -> Completion {
+    let end = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let c = driver
+            .next(left)
+            .unwrap_or_else(|| panic!("{id:?} did not complete"));
+        if c.id() == id {
+            return c;
+        }
+    }
+}
+
+/// Reads from `peer` until EOF or `quiet` passes with nothing; returns what arrived.
+fn read_all(peer: &mut TcpStream, quiet: Duration) -> Vec<u8> {
+    peer.set_read_timeout(Some(quiet)).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = vec![0; 1 << 16];
+    loop {
+        match peer.read(&mut chunk) {
+            Ok(0) => return got,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return got;
+            }
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return got,
+            Err(e) => panic!("reading the peer: {e}"),
+        }
+    }
+}
+
+/// A connected pair whose `ours` end has a 4 KiB send buffer, so a large send completes in
+/// many parts.
+fn small_buffered_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind(SocketAddr::new(each_ip_v4(), 0)).unwrap();
+    let theirs = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (ours, _) = l.accept().unwrap();
+    socket2::SockRef::from(&ours)
+        .set_send_buffer_size(4096)
+        .unwrap();
+    socket2::SockRef::from(&theirs)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    (ours, theirs)
+}
+
+/// A new connection, one end of which takes descriptor number `fd` (the lowest free one):
+/// returns (the end with `fd`, its peer).
+fn connection_at(fd: i32, listener: &TcpListener) -> (TcpStream, TcpStream) {
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    if client.as_raw_fd() == fd {
+        (client, server)
+    } else if server.as_raw_fd() == fd {
+        (server, client)
+    } else {
+        panic!(
+            "the new connection did not reuse descriptor {fd} ({} and {})",
+            client.as_raw_fd(),
+            server.as_raw_fd()
+        );
+    }
+}
+
+fn assert_no_live_operations(port: &Iocp) {
+    assert_eq!(port.operations_in_flight(), 0);
+    assert_eq!(proactor::live_operations(), 0);
+}
+
+/// (a) The handle is dropped between reaping a partial send's CQE and re-submitting the rest,
+/// and a new connection takes its descriptor number: the rest must not go to the new
+/// connection, and the send completes once, cancelled, with what it sent and its buffer.
+#[test]
+fn handle_dropped_before_the_rest_of_a_send_is_resubmitted() {
+    let _serial = serial();
+    let Some(port) = uring_port() else { return };
+    let (ours, mut theirs) = small_buffered_pair();
+    let ours = port.add_handle(ours, 1).unwrap();
+    let fd = ours.as_raw_fd();
+    let reuse = TcpListener::bind(SocketAddr::new(each_ip_v4(), 0)).unwrap();
+    let mut pause = Pause::at("uring::resubmit");
+    let driver = Driver::start(&port);
+    let data = pattern(8 << 20);
+    let id = port.send(&ours, data.clone());
+    pause.wait_hit();
+
+    drop(ours);
+    let (_reused, mut new_peer) = connection_at(fd, &reuse);
+    pause.release();
+
+    let mut c = completion_of(&driver, id);
+    assert!(c.is_cancelled(), "{c:?}: {:?}", c.result());
+    let sent = c.bytes_transferred();
+    assert!(sent > 0 && sent < data.len(), "sent {sent}");
+    assert_eq!(c.take_buffer().as_deref(), Some(&data[..]));
+    let got = read_all(&mut theirs, Duration::from_secs(2));
+    assert_eq!(got.len(), sent, "the old peer got what the send reports");
+    assert!(
+        got == data[..sent],
+        "the old peer got a prefix of its stream"
+    );
+    let stolen = read_all(&mut new_peer, Duration::from_millis(300));
+    assert!(
+        stolen.is_empty(),
+        "the new connection received {} bytes of the old one's stream",
+        stolen.len()
+    );
+    let rest = driver.finish(Duration::from_millis(200));
+    assert!(rest.iter().all(|c| c.id() != id), "one completion only");
+    assert_no_live_operations(&port);
+}
+
+/// (b) `cancel(id)` lands between reaping a partial send's CQE and re-submitting the rest: the
+/// operation is still in flight, so the cancel succeeds, and the send completes once, cancelled.
+#[test]
+fn cancel_between_a_partial_send_and_its_rest() {
+    let _serial = serial();
+    let Some(port) = uring_port() else { return };
+    let (ours, mut theirs) = small_buffered_pair();
+    let ours = port.add_handle(ours, 1).unwrap();
+    let mut pause = Pause::at("uring::resubmit");
+    let driver = Driver::start(&port);
+    let data = pattern(8 << 20);
+    let id = port.send(&ours, data.clone());
+    pause.wait_hit();
+
+    port.cancel(id).expect("the send is still in flight");
+    pause.release();
+
+    let mut c = completion_of(&driver, id);
+    assert!(c.is_cancelled(), "{c:?}: {:?}", c.result());
+    let sent = c.bytes_transferred();
+    assert_eq!(c.take_buffer().as_deref(), Some(&data[..]));
+    drop(ours);
+    let got = read_all(&mut theirs, Duration::from_secs(2));
+    assert_eq!(got.len(), sent);
+    assert!(got == data[..sent]);
+    let rest = driver.finish(Duration::from_millis(200));
+    assert!(rest.iter().all(|c| c.id() != id), "one completion only");
+    assert_no_live_operations(&port);
+}
+
+/// Configures the next accept's result to be a client that went away (`ECONNABORTED`).
+fn next_accept_resets() {
+    fail::cfg("uring::accept_reset", "1*return").unwrap();
+}
+
+/// (c) The listener is dropped while an accept restarts after a client reset, and a new
+/// listener takes its descriptor number: the accept completes once, cancelled, and the new
+/// listener's client is left for it.
+#[test]
+fn listener_dropped_while_an_accept_restarts() {
+    let _serial = serial();
+    let Some(port) = uring_port() else { return };
+    let listener = TcpListener::bind(SocketAddr::new(each_ip_v4(), 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let listener = port.add_handle(listener, 1).unwrap();
+    let fd = listener.as_raw_fd();
+    next_accept_resets();
+    let mut pause = Pause::at("uring::accept_restart");
+    let driver = Driver::start(&port);
+    let id = port.accept(&listener);
+    let _gone = TcpStream::connect(addr).unwrap();
+    pause.wait_hit();
+
+    drop(listener);
+    let reused = TcpListener::bind(SocketAddr::new(each_ip_v4(), 0)).unwrap();
+    assert_eq!(reused.as_raw_fd(), fd, "the new listener reuses the number");
+    let _client = TcpStream::connect(reused.local_addr().unwrap()).unwrap();
+    pause.release();
+
+    let c = completion_of(&driver, id);
+    assert_eq!(c.kind(), OpKind::Accept);
+    assert!(c.is_cancelled(), "{c:?}: {:?}", c.result());
+    reused.set_nonblocking(true).unwrap();
+    thread::sleep(Duration::from_millis(100));
+    reused
+        .accept()
+        .expect("the new listener's client is still queued for it");
+    fail::remove("uring::accept_reset");
+    let rest = driver.finish(Duration::from_millis(200));
+    assert!(rest.iter().all(|c| c.id() != id), "one completion only");
+    assert_no_live_operations(&port);
+}
+
+/// (d) `cancel(id)` lands while an accept restarts after a client reset: it succeeds and the
+/// accept completes once, cancelled (it used to be lost, leaving the accept pending for good).
+#[test]
+fn cancel_while_an_accept_restarts() {
+    let _serial = serial();
+    let Some(port) = uring_port() else { return };
+    let listener = TcpListener::bind(SocketAddr::new(each_ip_v4(), 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let listener = port.add_handle(listener, 1).unwrap();
+    next_accept_resets();
+    let mut pause = Pause::at("uring::accept_restart");
+    let driver = Driver::start(&port);
+    let id = port.accept(&listener);
+    let _gone = TcpStream::connect(addr).unwrap();
+    pause.wait_hit();
+
+    port.cancel(id).expect("the accept is still in flight");
+    pause.release();
+
+    let c = completion_of(&driver, id);
+    assert!(c.is_cancelled(), "{c:?}: {:?}", c.result());
+    fail::remove("uring::accept_reset");
+    let rest = driver.finish(Duration::from_millis(200));
+    assert!(rest.iter().all(|c| c.id() != id), "one completion only");
+    drop(listener);
+    assert_no_live_operations(&port);
+}
+
+/// (e) `cancel_all` runs while another thread is inside `recv`, its record already in the
+/// table (counted in flight) but its SQE not yet handed to the kernel: the cancel reaches it.
+#[test]
+fn cancel_all_while_an_operation_is_being_submitted() {
+    let _serial = serial();
+    let Some(port) = uring_port() else { return };
+    let (ours, _theirs) = small_buffered_pair();
+    let ours = port.add_handle(ours, 1).unwrap();
+    let driver = Driver::start(&port);
+    let mut pause = Pause::at("uring::start");
+    let id = thread::scope(|s| {
+        let submit = s.spawn(|| port.recv(&ours, Vec::with_capacity(64)));
+        pause.wait_hit();
+        assert_eq!(port.operations_in_flight(), 1);
+        port.cancel_all(&ours).unwrap();
+        pause.release();
+        submit.join().unwrap()
+    });
+    let c = completion_of(&driver, id);
+    assert!(c.is_cancelled(), "{c:?}: {:?}", c.result());
+    let rest = driver.finish(Duration::from_millis(200));
+    assert!(rest.iter().all(|c| c.id() != id), "one completion only");
+    drop(ours);
+    assert_no_live_operations(&port);
+}
+
+/// (f) A handle is closed while its receive's SQE waits in the submission queue behind an SQE
+/// the kernel refuses: the receive must be consumed and cancelled before the descriptor is
+/// closed, never consumed afterwards on a new connection that took the number.
+#[test]
+fn close_with_a_queued_sqe_behind_a_refused_one() {
+    let _serial = serial();
+    let Some(port) = uring_port() else { return };
+    let (ours, _theirs) = small_buffered_pair();
+    let ours = port.add_handle(ours, 1).unwrap();
+    let fd = ours.as_raw_fd();
+    let reuse = TcpListener::bind(SocketAddr::new(each_ip_v4(), 0)).unwrap();
+    // No thread waits in the port, so both SQEs stay queued until the close submits them.
+    fail::cfg("uring::bad_sqe", "1*return").unwrap();
+    let refused = port.post(1, 7).unwrap();
+    fail::remove("uring::bad_sqe");
+    let recv = port.recv(&ours, Vec::with_capacity(64));
+    drop(ours);
+    let (_reused, mut new_peer) = connection_at(fd, &reuse);
+    new_peer.write_all(b"for the new connection").unwrap();
+
+    let driver = Driver::start(&port);
+    let c = completion_of(&driver, recv);
+    assert!(c.is_cancelled(), "{c:?}: {:?}", c.result());
+    let rest = driver.finish(Duration::from_millis(200));
+    assert!(rest.iter().all(|c| c.id() != recv), "one completion only");
+    let _ = refused; // completes with the kernel's refusal, before or after the receive
+    assert_no_live_operations(&port);
+}
+
+/// (g) `cancel_all` lands between reaping a partial send's CQE and re-submitting the rest: the
+/// send completes once, cancelled, instead of going on.
+#[test]
+fn cancel_all_between_a_partial_send_and_its_rest() {
+    let _serial = serial();
+    let Some(port) = uring_port() else { return };
+    let (ours, mut theirs) = small_buffered_pair();
+    let ours = port.add_handle(ours, 1).unwrap();
+    let mut pause = Pause::at("uring::resubmit");
+    let driver = Driver::start(&port);
+    let data = pattern(8 << 20);
+    let id = port.send(&ours, data.clone());
+    pause.wait_hit();
+
+    port.cancel_all(&ours).unwrap();
+    pause.release();
+
+    let c = completion_of(&driver, id);
+    assert!(c.is_cancelled(), "{c:?}: {:?}", c.result());
+    let sent = c.bytes_transferred();
+    drop(ours);
+    let got = read_all(&mut theirs, Duration::from_secs(2));
+    assert_eq!(got.len(), sent);
+    assert!(got == data[..sent]);
+    let rest = driver.finish(Duration::from_millis(200));
+    assert!(rest.iter().all(|c| c.id() != id), "one completion only");
+    assert_no_live_operations(&port);
+}
+
+/// (h) A partial send's CQE is reaped while its handle is closing (held between draining the
+/// submission queue and the synchronous cancel): the rest is not queued behind the close's
+/// back; the send completes once, cancelled, and the peer gets exactly what it reports.
+#[test]
+fn partial_send_reaped_while_its_handle_closes() {
+    let _serial = serial();
+    let Some(port) = uring_port() else { return };
+    let (ours, mut theirs) = small_buffered_pair();
+    let ours = port.add_handle(ours, 1).unwrap();
+    let driver = Driver::start(&port);
+    let data = pattern(8 << 20);
+    let id = port.send(&ours, data.clone());
+    thread::sleep(Duration::from_millis(100)); // the send waits for room in the socket
+
+    let reaped = Arc::new(AtomicUsize::new(0));
+    let counter = reaped.clone();
+    fail::cfg_callback("uring::resubmit", move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+    })
+    .unwrap();
+    let mut pause = Pause::at("uring::cancel_fd");
+    let closing = thread::spawn(move || drop(ours));
+    pause.wait_hit();
+    // Room in the socket: the kernel sends more and posts the CQE of a partial send, whose
+    // rest must wait for the close (the peer then reads nothing more until it is released).
+    let first = read_all(&mut theirs, Duration::from_millis(300));
+    assert!(!first.is_empty());
+    assert!(
+        reaped.load(Ordering::SeqCst) > 0,
+        "a partial send was reaped during the close"
+    );
+    pause.release();
+    fail::remove("uring::resubmit");
+    closing.join().unwrap();
+
+    let c = completion_of(&driver, id);
+    assert!(c.is_cancelled(), "{c:?}: {:?}", c.result());
+    let sent = c.bytes_transferred();
+    let mut got = first;
+    got.extend(read_all(&mut theirs, Duration::from_secs(2)));
+    assert_eq!(got.len(), sent, "the peer got what the send reports");
+    assert!(got == data[..sent]);
+    let rest = driver.finish(Duration::from_millis(200));
+    assert!(rest.iter().all(|c| c.id() != id), "one completion only");
+    assert_no_live_operations(&port);
+}
