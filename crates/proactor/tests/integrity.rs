@@ -39,7 +39,7 @@ use proactor::{Completion, Handle, Iocp, OpId, OpKind};
 const WINE: bool = cfg!(windows);
 
 /// Seeds per test and how long one seed may take before it counts as stuck.
-const SEEDS: usize = if WINE { 2 } else { 3 };
+const SEEDS: usize = if WINE { 2 } else { 4 };
 const SEED_DEADLINE: Duration = Duration::from_secs(if WINE { 60 } else { 25 });
 
 /// Sizes that cross the interesting boundaries: a word, a page, the 64 KiB pipe, 4 KiB socket
