@@ -136,12 +136,14 @@ fn tcp_pair(ip: IpAddr, small: bool) -> (TcpStream, TcpStream) {
     )
     .unwrap();
     if small {
-        s.set_recv_buffer_size(4096).unwrap();
         s.set_send_buffer_size(4096).unwrap();
         // Loopback's 64 KiB segments against a 4 KiB window stall TCP itself (the sender
         // waits for a window of one segment, the persist timer backs off): small segments.
+        // Wine's sockets are the host's, but Windows has no settable MSS: there only the send
+        // buffers shrink.
         #[cfg(unix)]
         {
+            s.set_recv_buffer_size(4096).unwrap();
             s.set_tcp_mss(1024).unwrap();
             socket2::SockRef::from(&l).set_tcp_mss(1024).unwrap();
         }
@@ -152,6 +154,7 @@ fn tcp_pair(ip: IpAddr, small: bool) -> (TcpStream, TcpStream) {
     if small {
         let r = socket2::SockRef::from(&ours);
         r.set_send_buffer_size(4096).unwrap();
+        #[cfg(unix)]
         r.set_recv_buffer_size(4096).unwrap();
     }
     theirs.set_read_timeout(common::WAIT).unwrap();
@@ -433,62 +436,77 @@ fn plan_sends(rng: &mut Rng, single: bool, large: bool, huge: Option<usize>) -> 
     plan
 }
 
-/// The send scenario: `conns` connections (TCP, and pipes on Linux), up to `depth` sends in
-/// flight on each, two workers, a chaos thread cancelling and dropping.
+/// Opens connection `c` (a pipe for every third on Linux) with its plan and its reading peer.
+fn open_send_conn(
+    port: &Iocp,
+    c: usize,
+    rng: &mut Rng,
+    depth: usize,
+    huge: bool,
+) -> (SendConn, mpsc::Receiver<(Vec<u8>, String)>) {
+    let pipe = cfg!(target_os = "linux") && c % 3 == 2;
+    let small = rng.chance(50);
+    let late = if rng.chance(30) {
+        Duration::from_millis(rng.range(50, 300) as u64)
+    } else {
+        Duration::ZERO
+    };
+    // The slow, bursty reader gets modest plans; the big sends go to a reader that keeps up.
+    let huge = huge.then(|| (32 << 20) + (rng.range(0, 2)));
+    let sleepy = rng.chance(40) && huge.is_none();
+    let small = small && huge.is_none();
+    let large = !(sleepy || (small && WINE));
+    // Queued sends are single buffers, so that what shows is their order, not the vectored
+    // send's own defects (which the one-at-a-time test shows).
+    let plan = plan_sends(rng, pipe || depth > 1, large, huge);
+    let (tx, rx) = mpsc::channel();
+    let peer_rng = rng.fork();
+    let sink = if pipe {
+        #[cfg(target_os = "linux")]
+        {
+            let (r, w) = os_pipe();
+            let r = std::fs::File::from(r);
+            thread::spawn(move || tx.send(slow_reader(r, peer_rng, late, sleepy)));
+            Sink::Pipe(port.add_handle(w, c).expect("associate"))
+        }
+        #[cfg(not(target_os = "linux"))]
+        unreachable!()
+    } else {
+        let (ours, theirs) = tcp_pair(ip_for(c), small);
+        thread::spawn(move || tx.send(slow_reader(theirs, peer_rng, late, sleepy)));
+        Sink::Tcp(port.add_handle(ours, c).expect("associate"))
+    };
+    let conn = SendConn {
+        sink: Some(sink),
+        pipe,
+        plan,
+        next: 0,
+        records: Vec::new(),
+        in_flight: 0,
+        stopped: false,
+        dropped: false,
+    };
+    (conn, rx)
+}
+
+/// The send scenario: connections (TCP, and pipes on Linux), up to `depth` sends in flight on
+/// each, two workers, a chaos thread cancelling and dropping handles; after a drop it opens a
+/// new connection at once, which likely takes the closed descriptor's number, so a send that
+/// outlives its handle's close shows as another connection's bytes.
 fn run_sends(fails: &Fails, rng: &mut Rng, depth: usize, huge: bool) -> Arc<Iocp> {
     let port = Arc::new(Iocp::new().expect("port"));
     let conns = if WINE { 3 } else { 5 };
     let deadline = Instant::now() + SEED_DEADLINE;
-    let mut peers = Vec::new();
+    let peers = Arc::new(Mutex::new(Vec::new()));
     let mut state = SendState {
         conns: Vec::new(),
         ops: HashMap::new(),
         depth,
     };
     for c in 0..conns {
-        let pipe = cfg!(target_os = "linux") && c % 3 == 2;
-        let small = rng.chance(50);
-        let late = if rng.chance(30) {
-            Duration::from_millis(rng.range(50, 300) as u64)
-        } else {
-            Duration::ZERO
-        };
-        // The slow, bursty reader gets modest plans; the big sends go to a reader that keeps up.
-        let huge = (huge && c == 0).then(|| (32 << 20) + (rng.range(0, 2)));
-        let sleepy = rng.chance(40) && huge.is_none();
-        let small = small && huge.is_none();
-        let large = !(sleepy || (small && WINE));
-        // Queued sends are single buffers, so that what shows is their order, not the vectored
-        // send's own defects (which the one-at-a-time test shows).
-        let plan = plan_sends(rng, pipe || depth > 1, large, huge);
-        let (tx, rx) = mpsc::channel();
-        let peer_rng = rng.fork();
-        let sink = if pipe {
-            #[cfg(target_os = "linux")]
-            {
-                let (r, w) = os_pipe();
-                let r = std::fs::File::from(r);
-                thread::spawn(move || tx.send(slow_reader(r, peer_rng, late, sleepy)));
-                Sink::Pipe(port.add_handle(w, c).expect("associate"))
-            }
-            #[cfg(not(target_os = "linux"))]
-            unreachable!()
-        } else {
-            let (ours, theirs) = tcp_pair(ip_for(c), small);
-            thread::spawn(move || tx.send(slow_reader(theirs, peer_rng, late, sleepy)));
-            Sink::Tcp(port.add_handle(ours, c).expect("associate"))
-        };
-        peers.push(rx);
-        state.conns.push(SendConn {
-            sink: Some(sink),
-            pipe,
-            plan,
-            next: 0,
-            records: Vec::new(),
-            in_flight: 0,
-            stopped: false,
-            dropped: false,
-        });
+        let (conn, rx) = open_send_conn(&port, c, rng, depth, huge && c == 0);
+        lock(&peers).push(rx);
+        state.conns.push(conn);
     }
     let state = Arc::new(Mutex::new(state));
     let handler = {
@@ -510,8 +528,13 @@ fn run_sends(fails: &Fails, rng: &mut Rng, depth: usize, huge: bool) -> Arc<Iocp
     }
     let finished = Arc::new(AtomicBool::new(false));
     let chaos = {
-        let (state, port, finished, fails) =
-            (state.clone(), port.clone(), finished.clone(), fails.clone());
+        let (state, port, finished, fails, peers) = (
+            state.clone(),
+            port.clone(),
+            finished.clone(),
+            fails.clone(),
+            peers.clone(),
+        );
         let mut rng = rng.fork();
         thread::spawn(move || {
             let mut drops = 0;
@@ -520,7 +543,7 @@ fn run_sends(fails: &Fails, rng: &mut Rng, depth: usize, huge: bool) -> Arc<Iocp
                 let mut st = lock(&state);
                 if rng.chance(15) && drops < conns / 2 {
                     // Drop a handle with operations in flight, from this thread.
-                    let busy: Vec<usize> = (0..conns)
+                    let busy: Vec<usize> = (0..st.conns.len())
                         .filter(|&c| st.conns[c].sink.is_some() && st.conns[c].in_flight > 0)
                         .collect();
                     if busy.is_empty() {
@@ -534,6 +557,15 @@ fn run_sends(fails: &Fails, rng: &mut Rng, depth: usize, huge: bool) -> Arc<Iocp
                     drop(st);
                     drop(sink);
                     drops += 1;
+                    // A new connection at once, on the descriptor number just freed.
+                    let mut st = lock(&state);
+                    let c = st.conns.len();
+                    let (conn, rx) = open_send_conn(&port, c, &mut rng, depth, false);
+                    lock(&peers).push(rx);
+                    st.conns.push(conn);
+                    let sink = st.pump(&port, c);
+                    drop(st);
+                    drop(sink);
                 } else if rng.chance(40) {
                     let mut ids: Vec<OpId> = st.ops.keys().copied().collect();
                     if ids.is_empty() {
@@ -604,7 +636,7 @@ fn run_sends(fails: &Fails, rng: &mut Rng, depth: usize, huge: bool) -> Arc<Iocp
     });
     pool.stop(&port, fails);
     let st = lock(&state);
-    for (c, rx) in peers.iter().enumerate() {
+    for (c, rx) in lock(&peers).iter().enumerate() {
         let Some((got, err)) = join_peer(rx, deadline) else {
             fails.fail(format!(
                 "connection {c}: the peer never saw the end of the stream"
