@@ -84,6 +84,12 @@ fn each_seed(test: &'static str, body: impl Fn(&Fails, &mut Rng) -> Arc<Iocp>) {
         let fds = open_fds();
         let started = Instant::now();
         let port = body(&fails, &mut Rng::new(seed));
+        // Every operation was matched to one completion: anything left is a second one.
+        if let Ok(extra) = port.get_completion(Some(Duration::from_millis(20))) {
+            fails.fail(format!(
+                "a completion after every operation completed: {extra:?}"
+            ));
+        }
         if port.operations_in_flight() != 0 {
             fails.fail(format!(
                 "{} operations still in flight after every completion was dequeued",
