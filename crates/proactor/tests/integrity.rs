@@ -24,7 +24,7 @@ use std::{
     io::{self, Read, Write},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, Weak,
         atomic::{AtomicBool, Ordering},
         mpsc,
     },
@@ -931,7 +931,16 @@ impl RecvState {
 }
 
 /// Writes connection `c`'s bytes, `total` of them, in random bursts; maybe starting late.
-fn slow_writer(mut w: impl Write, c: usize, total: u64, mut rng: Rng, late: Duration) -> u64 {
+/// `after` runs after each chunk (the queued-receive test cancels from there, right after data
+/// arrived).
+fn slow_writer(
+    mut w: impl Write,
+    c: usize,
+    total: u64,
+    mut rng: Rng,
+    late: Duration,
+    mut after: impl FnMut(&mut Rng),
+) -> u64 {
     thread::sleep(late);
     let mut at = 0u64;
     while at < total {
@@ -947,6 +956,7 @@ fn slow_writer(mut w: impl Write, c: usize, total: u64, mut rng: Rng, late: Dura
             }
         }
         at += n as u64;
+        after(&mut rng);
         if rng.chance(5) {
             thread::sleep(Duration::from_millis(rng.range(1, 8) as u64));
         }
@@ -954,16 +964,45 @@ fn slow_writer(mut w: impl Write, c: usize, total: u64, mut rng: Rng, late: Dura
     at
 }
 
+/// With two receives queued on connection `c`, cancels the later one: called by the peer right
+/// after it wrote, when the data is there but maybe not yet seen by the port, the moment a
+/// cancel must not hand the data to the receive behind the front one.
+fn cancel_the_later(state: &Weak<Mutex<RecvState>>, port: &Weak<Iocp>, c: usize, fails: &Fails) {
+    let (Some(state), Some(port)) = (state.upgrade(), port.upgrade()) else {
+        return;
+    };
+    let id = {
+        let mut st = lock(&state);
+        let mine: Vec<(OpId, usize)> = st
+            .ops
+            .iter()
+            .filter(|(_, (conn, _))| *conn == c)
+            .map(|(id, (_, slot))| (*id, *slot))
+            .collect();
+        if mine.len() < 2 {
+            return;
+        }
+        let (id, slot) = *mine.iter().max().unwrap();
+        st.conns[c].slots[slot].cancel_requested = true;
+        id
+    };
+    match port.cancel(id) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => fails.fail(format!("cancel({id:?}) failed: {e}")),
+    }
+}
+
 fn run_receives(fails: &Fails, rng: &mut Rng, depth: usize) -> Arc<Iocp> {
     let port = Arc::new(Iocp::new().expect("port"));
     let conns = if WINE { 3 } else { 5 };
     let deadline = Instant::now() + SEED_DEADLINE;
-    let mut state = RecvState {
+    let state = Arc::new(Mutex::new(RecvState {
         conns: Vec::new(),
         ops: HashMap::new(),
         depth,
         rng: rng.fork(),
-    };
+    }));
     let mut writers = Vec::new();
     for c in 0..conns {
         let pipe = cfg!(target_os = "linux") && c % 3 == 2;
@@ -980,12 +1019,21 @@ fn run_receives(fails: &Fails, rng: &mut Rng, depth: usize) -> Arc<Iocp> {
         };
         let peer_rng = rng.fork();
         let (tx, rx) = mpsc::channel();
+        let after = {
+            let (state, port, fails) =
+                (Arc::downgrade(&state), Arc::downgrade(&port), fails.clone());
+            move |rng: &mut Rng| {
+                if depth > 1 && rng.chance(30) {
+                    cancel_the_later(&state, &port, c, &fails);
+                }
+            }
+        };
         let src = if pipe {
             #[cfg(target_os = "linux")]
             {
                 let (r, w) = os_pipe();
                 let w = std::fs::File::from(w);
-                thread::spawn(move || tx.send(slow_writer(w, c, total, peer_rng, late)));
+                thread::spawn(move || tx.send(slow_writer(w, c, total, peer_rng, late, after)));
                 Source::Pipe(port.add_handle(r, c).expect("associate"))
             }
             #[cfg(not(target_os = "linux"))]
@@ -993,7 +1041,7 @@ fn run_receives(fails: &Fails, rng: &mut Rng, depth: usize) -> Arc<Iocp> {
         } else {
             let (ours, theirs) = tcp_pair(ip_for(c), small);
             thread::spawn(move || {
-                let written = slow_writer(&theirs, c, total, peer_rng, late);
+                let written = slow_writer(&theirs, c, total, peer_rng, late, after);
                 let _ = theirs.shutdown(Shutdown::Write);
                 // Hold the socket until our side closes (EOF here), so closing it never
                 // resets a connection whose last bytes are still unread.
@@ -1004,7 +1052,7 @@ fn run_receives(fails: &Fails, rng: &mut Rng, depth: usize) -> Arc<Iocp> {
             Source::Tcp(port.add_handle(ours, c).expect("associate"))
         };
         writers.push(rx);
-        state.conns.push(RecvConn {
+        lock(&state).conns.push(RecvConn {
             src: Some(src),
             pipe,
             slots: Vec::new(),
@@ -1014,7 +1062,6 @@ fn run_receives(fails: &Fails, rng: &mut Rng, depth: usize) -> Arc<Iocp> {
             written: None,
         });
     }
-    let state = Arc::new(Mutex::new(state));
     let handler = {
         let (state, port, fails) = (state.clone(), port.clone(), fails.clone());
         Arc::new(move |done: Completion| {
