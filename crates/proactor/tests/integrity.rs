@@ -778,8 +778,11 @@ impl RecvState {
                     },
                 ),
                 Source::Tcp(h) if roll < 50 => {
+                    // Mostly a few buffers, sometimes many (each tiny or large).
+                    let most = if rng.chance(20) { 100 } else { 8 };
+                    let count = rng.range(2, most);
                     let (bufs, prefixes): (Vec<_>, Vec<_>) =
-                        (0..rng.range(2, 8)).map(|_| buffer(rng)).unzip();
+                        (0..count).map(|_| buffer(rng)).unzip();
                     let caps = bufs.iter().map(Vec::capacity).collect();
                     (
                         port.recv_vectored(h, bufs),
