@@ -1197,7 +1197,7 @@ fn run_receives(fails: &Fails, rng: &mut Rng, depth: usize) -> Arc<Iocp> {
             fails.fail(format!(
                 "{what} {c}: received byte {i} is not the byte sent there: {}; receives in \
                  submission order: {}",
-                common::oracle::describe(&got, i, i as u64),
+                common::oracle::describe(&got, i, i as u64, c as u64),
                 kinds.join(", ")
             ));
         }
@@ -1379,7 +1379,7 @@ fn file_writes_and_reads_at_offsets() {
                     } else if let Some(i) = common::oracle::mismatch(tag, off, data) {
                         fails.fail(format!(
                             "read_at at {off}: byte {i} is not the file's: {}",
-                            common::oracle::describe(data, i, off + i as u64)
+                            common::oracle::describe(data, i, off + i as u64, tag)
                         ));
                     }
                 }
@@ -1416,7 +1416,7 @@ fn file_writes_and_reads_at_offsets() {
         } else if let Some(i) = common::oracle::mismatch(tag, 0, &whole) {
             fails.fail(format!(
                 "the file's byte {i} is wrong: {}",
-                common::oracle::describe(&whole, i, i as u64)
+                common::oracle::describe(&whole, i, i as u64, tag)
             ));
         }
         port

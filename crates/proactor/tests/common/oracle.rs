@@ -163,25 +163,26 @@ pub fn mismatch(conn: u64, start: u64, data: &[u8]) -> Option<usize> {
     None
 }
 
-/// What the received bytes at `at` look like (the expected stream position there is `pos`):
-/// the connection and offset they were sent as, found by trying the 8 alignments for a word that
-/// decodes as a plausible `connection << 40 | offset`.
-pub fn describe(data: &[u8], at: usize, pos: u64) -> String {
+/// What the received bytes at `at` look like (connection `conn`'s stream position `pos` was
+/// expected there): the connection and offset they were sent as, found by trying the 8
+/// alignments for a word that decodes as `connection << 40 | offset` (this connection's first).
+pub fn describe(data: &[u8], at: usize, pos: u64, conn: u64) -> String {
     let expected = format!("stream offset {pos} of the sender expected");
-    for back in 0..8usize {
-        let Some(s) = at.checked_sub(back).filter(|s| s + 8 <= data.len()) else {
-            continue;
-        };
-        let w = u64::from_le_bytes(data[s..s + 8].try_into().unwrap());
-        let (conn, off) = (w >> 40, w & ((1 << 40) - 1));
-        if conn < 4096 && off % 8 == 0 && off < 1 << 36 {
-            return format!(
-                "{expected}, got the bytes sent as connection {conn}'s offset {}",
-                off + back as u64
-            );
+    let words: Vec<(u64, u64)> = (0..8usize)
+        .filter_map(|back| {
+            let s = at.checked_sub(back).filter(|s| s + 8 <= data.len())?;
+            let w = u64::from_le_bytes(data[s..s + 8].try_into().unwrap());
+            let (c, off) = (w >> 40, w & ((1 << 40) - 1));
+            // Connection ids are small and streams shorter than 256 MiB.
+            (c < 1024 && off % 8 == 0 && off < 1 << 28).then_some((c, off + back as u64))
+        })
+        .collect();
+    match words.iter().find(|w| w.0 == conn).or(words.first()) {
+        Some((c, off)) => {
+            format!("{expected}, got the bytes sent as connection {c}'s offset {off}")
         }
+        None => format!("{expected}, got byte {:#04x}", data[at]),
     }
-    format!("{expected}, got byte {:#04x}", data[at])
 }
 
 /// Checks that `got` is exactly the concatenation of connection `conn`'s segments
@@ -198,7 +199,7 @@ pub fn check_stream(conn: u64, segments: &[(u64, usize)], got: &[u8]) -> Result<
                  report {want}",
                 at + i,
                 start + i as u64,
-                describe(got, at + i, start + i as u64),
+                describe(got, at + i, start + i as u64, conn),
                 got.len()
             ));
         }
@@ -215,7 +216,7 @@ pub fn check_stream(conn: u64, segments: &[(u64, usize)], got: &[u8]) -> Result<
                 "missing at the end"
             },
             if got.len() > want {
-                describe(got, want, 0)
+                describe(got, want, 0, conn)
             } else {
                 String::new()
             }
