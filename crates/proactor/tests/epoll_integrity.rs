@@ -81,7 +81,7 @@ fn small_receive_buffer(s: &TcpStream) {
 /// pauses between them, checking every byte against the stream tagged `tag`. Joins to the byte
 /// count, or to where and how the stream went wrong.
 fn checking_reader(
-    mut peer: TcpStream,
+    mut peer: impl Read + Send + 'static,
     tag: u64,
     delay: Duration,
     seed: u64,
@@ -205,6 +205,115 @@ fn send_vectored_keeps_the_stream_whole_through_a_late_bursty_reader() {
             assert!(b == &stream(1, at, b.len()), "a buffer came back changed");
             at += b.len() as u64;
         }
+    });
+}
+
+/// A 4 MiB send through a 4 KiB send buffer to a reader that starts 300 ms late and reads in
+/// bursts: every byte in order, exactly once, and the send completes whole.
+#[test]
+fn send_keeps_the_stream_whole_through_a_late_bursty_reader() {
+    let mut rng = Rng::seeded("send_keeps_the_stream_whole");
+    each_ip(|ip| {
+        let port = Iocp::new().unwrap();
+        let (ours, theirs) = pair(&port, ip, 1);
+        small_send_buffer(&ours);
+        let len = 4 * 1024 * 1024 + rng.range(0, 4096);
+        let reader = checking_reader(theirs, 1, Duration::from_millis(300), rng.next());
+        let id = port.send(&ours, stream(1, 0, len));
+        let mut c = port
+            .get_completion(Some(Duration::from_secs(60)))
+            .expect("the send's completion");
+        drop(ours);
+        assert_eq!(reader.join().unwrap(), Ok(len as u64));
+        assert_eq!(c.id(), id);
+        assert_eq!(c.result().unwrap(), len, "{c:?}");
+        assert!(c.take_buffer().unwrap() == stream(1, 0, len));
+    });
+}
+
+/// A 4 MiB write through a pipe (64 KiB of capacity) to a reader that starts 300 ms late and
+/// reads in bursts: every byte in order, exactly once, and the write completes whole.
+#[test]
+fn a_pipe_write_keeps_the_stream_whole() {
+    let mut rng = Rng::seeded("a_pipe_write_keeps_the_stream_whole");
+    let (r, w) = std::io::pipe().unwrap();
+    let port = Iocp::new().unwrap();
+    let writer = port.add_handle(OwnedFd::from(w), 1).unwrap();
+    let len = 4 * 1024 * 1024 + rng.range(0, 4096);
+    let reader = checking_reader(r, 1, Duration::from_millis(300), rng.next());
+    let id = port.write_at(&writer, stream(1, 0, len), 0);
+    let c = port
+        .get_completion(Some(Duration::from_secs(60)))
+        .expect("the write's completion");
+    if known_uring_defect(&port, "issue 13 item 6: a pipe write completes part-way") {
+        return;
+    }
+    drop(writer);
+    assert_eq!(reader.join().unwrap(), Ok(len as u64));
+    assert_eq!(c.id(), id);
+    assert_eq!(c.result().unwrap(), len, "{c:?}");
+}
+
+/// Gather receives into random sets of small buffers (some already holding bytes, which stay)
+/// while the peer writes 2 MiB in random pieces: concatenated, the received bytes are the
+/// stream, in order, exactly once.
+#[test]
+fn recv_vectored_receives_the_stream_in_order() {
+    let mut rng = Rng::seeded("recv_vectored_receives_the_stream_in_order");
+    each_ip(|ip| {
+        let port = Iocp::new().unwrap();
+        let (ours, mut theirs) = pair(&port, ip, 1);
+        let len = 2 * 1024 * 1024;
+        let mut wrng = Rng(rng.next() | 1);
+        let writer = thread::spawn(move || {
+            let data = stream(1, 0, len);
+            let mut at = 0;
+            while at < len {
+                let n = wrng.range(1, 64 * 1024).min(len - at);
+                std::io::Write::write_all(&mut theirs, &data[at..at + n]).unwrap();
+                at += n;
+                if wrng.range(0, 3) == 0 {
+                    thread::sleep(Duration::from_micros(wrng.range(0, 2000) as u64));
+                }
+            }
+            theirs // closed by the test once everything arrived
+        });
+        let mut offset = 0u64;
+        while offset < len as u64 {
+            let bufs: Vec<Vec<u8>> = (0..rng.range(1, 8))
+                .map(|_| {
+                    let mut b = Vec::with_capacity(rng.range(1, 8192));
+                    b.extend(std::iter::repeat_n(
+                        0xA5,
+                        rng.range(0, 2).min(b.capacity() - 1),
+                    ));
+                    b
+                })
+                .collect();
+            let before: Vec<usize> = bufs.iter().map(Vec::len).collect();
+            let id = port.recv_vectored(&ours, bufs);
+            let mut c = next(&port);
+            assert_eq!(c.id(), id);
+            let n = c.result().unwrap();
+            assert!(n > 0, "EOF at {offset} of {len}");
+            let mut got = Vec::new();
+            for (b, pre) in c.take_buffers().unwrap().iter().zip(before) {
+                assert!(
+                    b[..pre].iter().all(|&x| x == 0xA5),
+                    "bytes already there changed"
+                );
+                got.extend_from_slice(&b[pre..]);
+            }
+            assert_eq!(got.len(), n);
+            assert!(
+                got == stream(1, offset, n),
+                "bytes {offset}..{} are not the stream's",
+                offset + n as u64
+            );
+            offset += n as u64;
+        }
+        assert_eq!(offset, len as u64);
+        drop(writer.join().unwrap());
     });
 }
 
