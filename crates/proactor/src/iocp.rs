@@ -128,6 +128,11 @@ impl Iocp {
     /// Associates `io` with the port. Every completion of an operation on it carries
     /// `context`.
     ///
+    /// On Linux's epoll fallback a pipe, FIFO or terminal is made non-blocking (`O_NONBLOCK`),
+    /// and so is a socket at its first accept or connect, until the handle is dropped, which
+    /// restores the flag. The flag is shared by every descriptor duplicated from the same
+    /// open file (`try_clone`, a child's inherited pipe).
+    ///
     /// # Errors
     ///
     /// - [`io::ErrorKind::AlreadyExists`] if the OS object is already associated with a port

@@ -157,8 +157,11 @@ fn cancel_racing_completion_delivers_exactly_one_completion() {
         );
     }
     assert_eq!(data + cancelled, 300);
+    // epoll runs an operation only while a thread drives the port and a cancel never runs it
+    // (epoll.rs): with no thread driving, the cancel wins even when the data came first.
+    let data_can_win = port.backend() != "epoll";
     assert!(
-        data > 0 && cancelled > 0,
+        (data > 0 || !data_can_win) && cancelled > 0,
         "both outcomes seen: {data} data, {cancelled} cancelled"
     );
     eprintln!("cancel race: {data} completed first, {cancelled} cancelled");

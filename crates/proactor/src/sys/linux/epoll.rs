@@ -8,6 +8,30 @@
 //! most event loops do. Nothing is ever owned by the kernel here, so cancelling or dropping
 //! frees a queued operation at once.
 //!
+//! # Who may touch a descriptor
+//!
+//! Every attempt on a queued operation (and the first attempt at submission) runs holding the
+//! lock of the descriptor table (`fds`), and only while the descriptor has its entry there.
+//! Closing a handle cancels its operations and then removes the entry (`cancel_fd`, then
+//! `forget`, under the handle's `Life`), both under that lock, before the owner closes the
+//! descriptor: once `forget` returned, no thread is in an attempt on it and none will start, so
+//! a descriptor number reused by the next connection never receives an old operation's bytes.
+//! A cancel takes the operation off its queue wherever it is and completes it as cancelled; it
+//! never performs the I/O (a cancelled second send must not write into the first one's
+//! remainder, a cancelled second receive must not take the first one's data). A send cancelled
+//! part-way says how many bytes it sent. Regular files are the exception: their reads and writes
+//! run at submission outside the lock, by the thread that borrows the handle to submit, so the
+//! handle cannot be closed meanwhile.
+//!
+//! # Blocking mode
+//!
+//! Sockets keep their mode: sends and receives pass `MSG_DONTWAIT`. Pipes, FIFOs and terminals
+//! have no such flag, so `add_handle` sets `O_NONBLOCK` on them, and a listener or a connecting
+//! socket gets it at its first accept or connect (`accept4` and `connect` have no per-call
+//! flag). The flag belongs to the open file description, which descriptors duplicated from it
+//! (`try_clone`, a child's inherited pipe) share: while the handle lives they see a
+//! non-blocking description. Closing the handle clears the flag again where the backend set it.
+//!
 //! # Reads that would fail are not tried
 //!
 //! A TCP receive that returns fewer bytes than it asked for has drained the socket: the kernel
@@ -58,6 +82,10 @@ struct Queues {
     write: VecDeque<Box<Op>>,
     /// Whether a read-side operation may succeed without a new `EPOLLIN` (see the module docs).
     readable: Readable,
+    /// Whether the description is known to be non-blocking (set by us or already so).
+    nonblocking: bool,
+    /// Whether we set `O_NONBLOCK`, to be cleared when the handle is closed.
+    restore: bool,
 }
 
 /// What is known about a descriptor's receive queue.
@@ -185,6 +213,19 @@ impl Epoll {
         Ok(())
     }
 
+    /// Removes `fd` from the epoll set (it is still open: its owner closes it after this).
+    fn deregister(&self, fd: RawFd) {
+        // SAFETY: both descriptors are open; EPOLL_CTL_DEL takes no event.
+        unsafe {
+            libc::epoll_ctl(
+                self.epfd.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
+    }
+
     fn push_ready(&self, done: impl IntoIterator<Item = Completion>) {
         let mut pushed = false;
         {
@@ -306,28 +347,28 @@ impl Epoll {
                     Err(e) => break Err(e),
                 }
             },
-            OpKind::SendVectored => loop {
-                let (msg, total) = match &mut op.data {
-                    OpData::Buffers { msg, iov, .. } => {
-                        advance(iov, msg, op.progress);
-                        (
-                            &mut **msg as *mut libc::msghdr,
-                            iov.iter().map(|v| v.iov_len).sum::<usize>(),
-                        )
-                    }
-                    _ => return Attempt::Done(Ok(0)),
+            OpKind::SendVectored => {
+                // The iovecs are the state: `advance` moves them past each byte sent, once.
+                let OpData::Buffers { msg, iov, .. } = &mut op.data else {
+                    return Attempt::Done(Ok(0));
                 };
-                if total == 0 {
-                    break Ok(op.progress);
+                loop {
+                    if msg.msg_iovlen == 0 {
+                        break Ok(op.progress);
+                    }
+                    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+                    let hdr: *const libc::msghdr = &**msg;
+                    // SAFETY: the msghdr and its iovecs point into buffers the record owns.
+                    match retry(|| unsafe { libc::sendmsg(fd, hdr, flags) }) {
+                        Ok(n) => {
+                            op.progress += n;
+                            advance(iov, msg, n);
+                        }
+                        Err(e) if would_block(&e) => return Attempt::WouldBlock,
+                        Err(e) => break Err(e),
+                    }
                 }
-                let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
-                // SAFETY: the msghdr and its iovecs point into buffers the record owns.
-                match retry(|| unsafe { libc::sendmsg(fd, msg, flags) }) {
-                    Ok(n) => op.progress += n,
-                    Err(e) if would_block(&e) => return Attempt::WouldBlock,
-                    Err(e) => break Err(e),
-                }
-            },
+            }
             OpKind::Accept => loop {
                 let (addr, len) = match &mut op.data {
                     OpData::Accept { peer, .. } => (&raw mut peer.storage, &raw mut peer.len),
@@ -382,6 +423,7 @@ impl Epoll {
         while q.readable != Readable::Drained {
             let Some(op) = q.read.front_mut() else { break };
             let wanted = op.spare().1;
+            crate::failpoint::failpoint!("epoll::attempt");
             let attempt = Self::attempt(op);
             q.readable.after_read(op.kind, wanted, &attempt);
             let Attempt::Done(result) = attempt else {
@@ -389,15 +431,16 @@ impl Epoll {
             };
             let op = q.read.pop_front().expect("front exists");
             self.table.remove(op.id);
-            out.push(complete(*op, result, 0));
+            out.push(finish(*op, result));
         }
         while let Some(op) = q.write.front_mut() {
+            crate::failpoint::failpoint!("epoll::attempt");
             let Attempt::Done(result) = Self::attempt(op) else {
                 break;
             };
             let op = q.write.pop_front().expect("front exists");
             self.table.remove(op.id);
-            out.push(complete(*op, result, 0));
+            out.push(finish(*op, result));
         }
     }
 
@@ -444,6 +487,22 @@ impl Epoll {
     }
 }
 
+/// The completion of a finished record. A gather send that fails or is cancelled part-way
+/// says how much it sent, as a send does.
+fn finish(op: Op, result: io::Result<usize>) -> Completion {
+    let (kind, sent) = (op.kind, op.progress);
+    let mut c = complete(op, result, 0);
+    if kind == OpKind::SendVectored && c.error.is_some() {
+        c.bytes = sent;
+    }
+    c
+}
+
+/// A queued operation's completion as cancelled.
+fn cancelled_now(op: Op) -> Completion {
+    finish(op, Err(cancelled(libc::ECANCELED, None)))
+}
+
 /// The bytes a send or write has sent so far.
 fn op_done(op: &Op) -> usize {
     match &op.data {
@@ -452,26 +511,59 @@ fn op_done(op: &Op) -> usize {
     }
 }
 
-/// Moves the iovecs past the first `sent` bytes (already sent).
-fn advance(iov: &mut [libc::iovec], msg: &mut libc::msghdr, sent: usize) {
-    let mut skip = sent;
-    let mut first = 0;
-    for v in iov.iter_mut() {
-        if skip == 0 {
-            break;
-        }
-        let n = skip.min(v.iov_len);
+/// Moves the `msghdr`'s window of iovecs past the `sent` bytes the last call sent: shortens
+/// the iovecs at its front and drops those left empty, so the window is empty once everything
+/// was sent. Called once per successful call, with what that call sent: the iovecs are the only
+/// record of progress.
+fn advance(iov: &mut [libc::iovec], msg: &mut libc::msghdr, mut sent: usize) {
+    // SAFETY: `msg_iov` points into `iov`, at or one past an element: `vectored` set it to the
+    // start and every call here keeps it within (or one past) the same array.
+    let mut first = unsafe { msg.msg_iov.offset_from(iov.as_ptr()) } as usize;
+    while let Some(v) = iov.get_mut(first) {
+        let n = sent.min(v.iov_len);
         // SAFETY: stays within the buffer the iovec describes (n <= iov_len).
         v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
         v.iov_len -= n;
-        skip -= n;
-        if v.iov_len == 0 {
-            first += 1;
+        sent -= n;
+        if v.iov_len > 0 {
+            break;
         }
+        first += 1;
     }
+    debug_assert_eq!(sent, 0, "sent more than the iovecs hold");
     // SAFETY: `first` <= iov.len(): the pointer stays within (or one past) the array.
     msg.msg_iov = unsafe { iov.as_mut_ptr().add(first) };
     msg.msg_iovlen = (iov.len() - first) as _;
+}
+
+/// Sets `O_NONBLOCK` on `fd`'s file description; true if it was blocking (so the flag is ours
+/// to clear).
+fn set_nonblocking(fd: RawFd) -> io::Result<bool> {
+    // SAFETY: F_GETFL on an open descriptor.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(last_error());
+    }
+    if flags & libc::O_NONBLOCK != 0 {
+        return Ok(false);
+    }
+    // SAFETY: F_SETFL on an open descriptor: non-blocking, other flags kept.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(last_error());
+    }
+    Ok(true)
+}
+
+/// Clears the `O_NONBLOCK` that `set_nonblocking` set, keeping any flag changed since.
+fn clear_nonblocking(fd: RawFd) {
+    // SAFETY: F_GETFL/F_SETFL on a descriptor that is still open (its owner closes it after
+    // `forget`); a failure leaves the flags as they are, nothing to undo.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 && flags & libc::O_NONBLOCK != 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
 }
 
 /// Whether a connect issued earlier has finished: `SO_ERROR`, then whether there is a peer.
@@ -517,6 +609,20 @@ impl Driver for Epoll {
             self.push_ready([complete(*op, result, 0)]);
             return;
         }
+        if matches!(op.kind, OpKind::Accept | OpKind::Connect) && !q.nonblocking {
+            // `accept4` and `connect` have no per-call non-blocking flag (see the module docs).
+            match set_nonblocking(op.fd) {
+                Ok(ours) => {
+                    q.nonblocking = true;
+                    q.restore |= ours;
+                }
+                Err(e) => {
+                    drop(fds);
+                    self.push_ready([complete(*op, Err(e), 0)]);
+                    return;
+                }
+            }
+        }
         let reads = matches!(
             op.kind,
             OpKind::Recv
@@ -535,7 +641,7 @@ impl Driver for Epoll {
             }
             if let Attempt::Done(result) = attempt {
                 drop(fds);
-                self.push_ready([complete(*op, result, 0)]);
+                self.push_ready([finish(*op, result)]);
                 return;
             }
         }
@@ -574,6 +680,8 @@ impl Driver for Epoll {
         }
     }
 
+    /// Takes the operation off its queue, wherever it is in it, and completes it as cancelled
+    /// without trying it (see the module docs): the I/O it did before, if any, is all it does.
     fn cancel(&self, id: OpId) -> bool {
         let Some(fd) = self.table.with(id, |fd| *fd) else {
             return false;
@@ -583,37 +691,37 @@ impl Driver for Epoll {
             let Some(q) = fds.get_mut(&fd) else {
                 return false;
             };
-            let mut found = None;
-            for queue in [&mut q.read, &mut q.write] {
-                if let Some(i) = queue.iter().position(|op| op.id == id) {
-                    found = queue.remove(i);
-                }
+            let found = [&mut q.read, &mut q.write].into_iter().find_map(|queue| {
+                let i = queue.iter().position(|op| op.id == id)?;
+                queue.remove(i)
+            });
+            if found.is_some() {
+                self.table.remove(id);
             }
             found
         };
-        let Some(mut op) = op else { return false };
-        self.table.remove(id);
-        // The kernel would already have completed an operation that can run now (its data
-        // arrived while no thread was driving the port): let it finish rather than cancel.
-        let (result, cancelled_now) = match Self::attempt(&mut op) {
-            Attempt::Done(result) => (result, false),
-            Attempt::WouldBlock => (Err(cancelled(libc::ECANCELED, None)), true),
-        };
-        self.push_ready([complete(*op, result, 0)]);
-        cancelled_now
+        let Some(op) = op else { return false };
+        // Off its queue, no lock held: nothing may use the descriptor from here on.
+        crate::failpoint::failpoint!("epoll::cancel");
+        self.push_ready([cancelled_now(*op)]);
+        true
     }
 
     fn cancel_fd(&self, fd: RawFd) {
         let ops: Vec<Box<Op>> = {
             let mut fds = lock(&self.fds);
             let Some(q) = fds.get_mut(&fd) else { return };
-            q.read.drain(..).chain(q.write.drain(..)).collect()
+            let ops: Vec<Box<Op>> = q.read.drain(..).chain(q.write.drain(..)).collect();
+            for op in &ops {
+                self.table.remove(op.id);
+            }
+            ops
         };
-        let done = ops.into_iter().map(|op| {
-            self.table.remove(op.id);
-            complete(*op, Err(cancelled(libc::ECANCELED, None)), 0)
-        });
-        self.push_ready(done.collect::<Vec<_>>());
+        self.push_ready(
+            ops.into_iter()
+                .map(|op| cancelled_now(*op))
+                .collect::<Vec<_>>(),
+        );
     }
 
     fn in_flight(&self) -> usize {
@@ -621,17 +729,20 @@ impl Driver for Epoll {
     }
 
     fn associate(&self, fd: RawFd, socket: bool) -> io::Result<()> {
-        // SAFETY: F_GETFL/F_SETFL on an open descriptor.
-        let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
         // EPOLLPRI: urgent data ends read tracking (see the module docs).
         let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLPRI) as u32;
+        let mut restore = false;
         let kind = match self.register(fd, fd as u64, events) {
             Ok(()) => {
-                if flags >= 0 {
-                    // SAFETY: F_SETFL on an open descriptor: non-blocking, other flags kept.
-                    let set = unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) };
-                    if set < 0 {
-                        return Err(last_error());
+                // Pipes, FIFOs, terminals: no MSG_DONTWAIT, so the description goes
+                // non-blocking until the handle is closed (sockets keep their mode).
+                if !socket {
+                    match set_nonblocking(fd) {
+                        Ok(ours) => restore = ours,
+                        Err(e) => {
+                            self.deregister(fd);
+                            return Err(e);
+                        }
                     }
                 }
                 Kind::Stream
@@ -659,25 +770,33 @@ impl Driver for Epoll {
                 read: VecDeque::new(),
                 write: VecDeque::new(),
                 readable,
+                nonblocking: !socket,
+                restore,
             },
         );
         Ok(())
     }
 
+    /// Removes the descriptor's entry (under the lock every attempt holds, so none is running
+    /// or will start), then deregisters it and clears the `O_NONBLOCK` we set: the descriptors
+    /// that share its description find it as it was.
     fn forget(&self, fd: RawFd) {
-        if lock(&self.fds)
-            .remove(&fd)
-            .is_some_and(|q| q.kind == Kind::Stream)
-        {
-            // SAFETY: the descriptor is still open (its owner closes it after this).
-            unsafe {
-                libc::epoll_ctl(
-                    self.epfd.as_raw_fd(),
-                    libc::EPOLL_CTL_DEL,
-                    fd,
-                    std::ptr::null_mut(),
-                )
-            };
+        let Some(mut q) = lock(&self.fds).remove(&fd) else {
+            return;
+        };
+        // `Target::close` cancels first, so this is empty; were it not, each still completes.
+        let left: Vec<Completion> = (q.read.drain(..).chain(q.write.drain(..)))
+            .map(|op| {
+                self.table.remove(op.id);
+                cancelled_now(*op)
+            })
+            .collect();
+        self.push_ready(left);
+        if q.kind == Kind::Stream {
+            self.deregister(fd);
+        }
+        if q.restore {
+            clear_nonblocking(fd);
         }
     }
 }
