@@ -484,6 +484,9 @@ impl Iocp {
     /// Cancels every operation in flight on `handle`. Each still completes, as a cancelled
     /// error unless it finished first. Nothing in flight is not an error.
     ///
+    /// Only this port's operations are cancelled: on a `proactor::windows::Foreign` handle, the
+    /// owner's own I/O on the same handle (a runtime's) is left alone.
+    ///
     /// # Errors
     ///
     /// The OS error if the request itself fails (the handle is not associated with this port:

@@ -152,7 +152,13 @@ impl WaitSlot {
     /// The submitter's side: publishes `wait`; if the record was already finished, ends the
     /// wait itself (its callback already posted the packet).
     fn publish(&self, wait: HANDLE) {
-        if self.0.swap(wait as usize, Ordering::AcqRel) == FINISHED {
+        // Only 0 becomes the handle: once FINISHED, the slot stays FINISHED, so a second
+        // `finish` could never unregister the wait again.
+        if self
+            .0
+            .compare_exchange(0, wait as usize, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
             // SAFETY: a wait registered by `arm`, unregistered once (the finisher saw no
             // handle); a null completion event makes the call non-blocking (the callback has
             // posted its packet and returns).
