@@ -16,6 +16,12 @@ macro_rules! failpoint {
         #[cfg(feature = "failpoints")]
         ::fail::fail_point!($name);
     };
+    // With a `return` action configured, returns `$ret(argument)` from the enclosing function:
+    // how a test makes an OS call fail that cannot be made to fail for real.
+    ($name:literal, $ret:expr) => {
+        #[cfg(feature = "failpoints")]
+        ::fail::fail_point!($name, $ret);
+    };
 }
 
 #[allow(unused_imports)]

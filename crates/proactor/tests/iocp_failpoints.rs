@@ -117,6 +117,36 @@ fn a_foreign_completion_finished_before_its_wait_is_published_is_delivered_once(
     assert_eq!(port.operations_in_flight(), 0);
 }
 
+/// A foreign operation goes pending but its wait cannot be registered (the thread pool out of
+/// resources): nothing would ever deliver it. It is cancelled and delivered as a cancel, once,
+/// and nothing leaks.
+#[test]
+fn a_foreign_operation_whose_wait_cannot_be_registered_completes_cancelled() {
+    let _serial = serial();
+    let (owned, _peer) = raw_pair();
+    let port = Iocp::new().unwrap();
+    let borrowed = port
+        .add_handle(Foreign::socket(owned.as_socket()), 6)
+        .unwrap();
+    fail::cfg("iocp::foreign_register", "return").unwrap();
+    let id = port.recv(&borrowed, Vec::with_capacity(16));
+    fail::remove("iocp::foreign_register");
+    let mut c = port
+        .get_completion(Some(Duration::from_secs(20)))
+        .expect("delivered although no wait was registered");
+    assert_eq!((c.id(), c.kind(), c.context()), (id, OpKind::Recv, 6));
+    assert!(c.is_cancelled(), "{c:?}");
+    assert!(c.take_buffer().unwrap().is_empty());
+    assert!(
+        port.get_completion(Some(Duration::from_millis(300)))
+            .is_err(),
+        "delivered once"
+    );
+    assert_eq!(port.operations_in_flight(), 0);
+    // The socket still works for the next operation.
+    drop(borrowed);
+}
+
 /// Issue 13, item 8: an accept completes; before `SO_UPDATE_ACCEPT_CONTEXT` is applied with the
 /// listener's number, the listener is dropped and another socket may take the number. The
 /// accept completes with an error, and nothing is applied through the old number.

@@ -41,7 +41,7 @@ use windows_sys::Win32::{
         IO::{CancelIoEx, PostQueuedCompletionStatus},
         Threading::{
             CreateEventW, INFINITE, RegisterWaitForSingleObject, ResetEvent, UnregisterWaitEx,
-            WT_EXECUTEONLYONCE,
+            WT_EXECUTEONLYONCE, WaitForSingleObject,
         },
     },
 };
@@ -213,6 +213,10 @@ pub(crate) fn tagged(event: &OwnedHandle) -> HANDLE {
 /// in its `OVERLAPPED`) and `slot`; the record stays allocated until the posted packet is
 /// dequeued.
 pub(crate) unsafe fn arm(op: *mut Op, event: HANDLE, slot: &WaitSlot) -> io::Result<()> {
+    // A registration the thread pool refuses (out of resources), for the test of that path.
+    crate::failpoint::failpoint!("iocp::foreign_register", |_| Err(io::Error::other(
+        "failpoint: RegisterWaitForSingleObject refused"
+    )));
     let mut wait: HANDLE = ptr::null_mut();
     // SAFETY: the event is open (the record owns it and is not finished before the callback
     // ran); `on_event` is valid for the life of the process; the context is the record, alive
@@ -234,6 +238,26 @@ pub(crate) unsafe fn arm(op: *mut Op, event: HANDLE, slot: &WaitSlot) -> io::Res
     crate::failpoint::failpoint!("iocp::foreign_arm");
     slot.publish(wait);
     Ok(())
+}
+
+/// Delivers a pending foreign operation whose wait could not be registered (the thread pool
+/// out of resources): nothing else would ever post it. Cancels it, waits on its event until
+/// the kernel is done with the record, then posts it to our port as the wait's callback would
+/// have; the port finishes it like any other (a cancel, or its outcome if it won the race).
+/// Blocks the submitting thread for as long as the cancel takes: a path never expected.
+///
+/// # Safety
+///
+/// `op` is a record whose operation on `handle` went pending with `event` (untagged) in its
+/// `OVERLAPPED`, and for which [`arm`] failed: nothing else posts or finishes it.
+pub(crate) unsafe fn deliver_unarmed(op: *mut Op, handle: HANDLE, event: HANDLE) {
+    // SAFETY: the record is live and pending (see above); CancelIoEx only matches its address.
+    unsafe { CancelIoEx(handle, overlapped(op)) };
+    // SAFETY: the event is open (the record owns it); the kernel sets it when the operation
+    // ends, after which it no longer touches the record.
+    unsafe { WaitForSingleObject(event, INFINITE) };
+    // SAFETY: the operation has ended; `on_event` posts the record exactly as the wait would.
+    unsafe { on_event(op.cast(), false) };
 }
 
 /// The registered wait's callback: the foreign operation completed; post it to our port.

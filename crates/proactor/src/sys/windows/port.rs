@@ -329,15 +329,16 @@ impl Port {
         let skip_on_success = route.skip_on_success || route.foreign.is_some();
         match call(raw) {
             Started::Pending if route.foreign.is_some() => {
-                let armed = armed.as_ref().map(|(event, slot)| {
+                if let Some((event, slot)) = &armed {
                     // SAFETY: a pending record whose ForeignOp holds `event` (the one in its
                     // OVERLAPPED) and `slot` (set above for every foreign route).
-                    unsafe { foreign::arm(raw, *event, slot) }
-                });
-                if let Some(Err(e)) = armed {
-                    // Nothing would deliver it: it stays in the table, cancelled and then
-                    // leaked at port drop. Never expected (RegisterWaitForSingleObject failing).
-                    tracing::error!(op = kind.name(), %id, error = %e, "cannot wait for a foreign operation");
+                    if let Err(e) = unsafe { foreign::arm(raw, *event, slot) } {
+                        // Nothing would deliver it: cancel it and deliver it from here.
+                        tracing::error!(op = kind.name(), %id, error = %e, "cannot wait for a foreign operation: cancelling it");
+                        // SAFETY: `raw` went pending with `event` in its OVERLAPPED and its
+                        // wait was not registered: nothing else posts or finishes it.
+                        unsafe { foreign::deliver_unarmed(raw, target.handle(), *event) };
+                    }
                 }
                 tracing::trace!(op = kind.name(), %id, handle = target.value(), "submitted (foreign), pending");
             }
