@@ -317,6 +317,73 @@ fn recv_vectored_receives_the_stream_in_order() {
     });
 }
 
+/// A gather receive into 3,000 buffers, more than one `recvmsg` takes (`IOV_MAX`, 1,024): the
+/// first 1,100 are full already (no room, some empty), the rest have room for 1 to 64 bytes
+/// each, and the peer has written more than they all hold. Each receive completes with bytes
+/// (a short one is fine), scattered in buffer order from the first with room, the bytes already
+/// there kept; repeated, the receives get the stream in order.
+#[test]
+fn recv_vectored_into_more_buffers_than_iov_max() {
+    let mut rng = Rng::seeded("recv_vectored_into_more_buffers_than_iov_max");
+    let port = Iocp::new().unwrap();
+    let (ours, mut theirs) = pair(&port, common::each_ip_v4(), 1);
+    let len = 256 * 1024;
+    std::io::Write::write_all(&mut theirs, &stream(1, 0, len)).unwrap();
+    let mut offset = 0u64;
+    while offset < len as u64 {
+        let bufs: Vec<Vec<u8>> = (0..3000)
+            .map(|i| {
+                if i < 1100 {
+                    vec![0xA5; rng.range(0, 3)] // exactly as long as its capacity: full
+                } else {
+                    let mut b = Vec::with_capacity(rng.range(1, 64) + 1);
+                    b.push(0xA5);
+                    b
+                }
+            })
+            .collect();
+        assert!(bufs[..1100].iter().all(|b| b.len() == b.capacity()));
+        let before: Vec<(usize, usize)> = bufs.iter().map(|b| (b.len(), b.capacity())).collect();
+        let id = port.recv_vectored(&ours, bufs);
+        let mut c = next(&port);
+        assert_eq!(c.id(), id);
+        if c.result().is_err()
+            && known_uring_defect(&port, "recv_vectored of more than IOV_MAX buffers fails")
+        {
+            return;
+        }
+        let n = c.result().unwrap();
+        assert!(
+            n > 0,
+            "a receive at {offset} of {len} completed with no bytes: {c:?}"
+        );
+        let back = c.take_buffers().unwrap();
+        assert_eq!(back.len(), 3000);
+        let mut got = Vec::new();
+        let mut full_so_far = true;
+        for (i, (b, &(pre, cap))) in back.iter().zip(&before).enumerate() {
+            assert!(
+                b.len() >= pre && b[..pre].iter().all(|&x| x == 0xA5),
+                "buffer {i}: the bytes already there changed"
+            );
+            assert!(
+                b.len() == pre || full_so_far,
+                "buffer {i} got bytes while an earlier one had room"
+            );
+            full_so_far = b.len() == cap;
+            got.extend_from_slice(&b[pre..]);
+        }
+        assert_eq!(got.len(), n, "the buffers grew by other than the result");
+        assert!(
+            got == stream(1, offset, n),
+            "bytes {offset}..{} are not the stream's",
+            offset + n as u64
+        );
+        offset += n as u64;
+    }
+    assert_eq!(offset, len as u64);
+}
+
 /// Two sends queued, the second cancelled while the first still waits for room (and while no
 /// thread drives the port, so the peer has drained the socket): the peer receives exactly the
 /// first send's bytes; the second completes cancelled, 0 bytes sent, with its buffer.

@@ -1167,9 +1167,12 @@ fn run_receives(fails: &Fails, rng: &mut Rng, depth: usize) -> Arc<Iocp> {
         lock(&state).ops.is_empty()
     });
     pool.stop(&port, fails);
+    // Not holding the state: a writer still going (its connection dropped) cancels through
+    // it after each chunk (`cancel_the_later`), and would wait for the lock until we gave up.
+    let written: Vec<Option<u64>> = writers.iter().map(|rx| join_peer(rx, deadline)).collect();
     let mut st = lock(&state);
-    for (c, rx) in writers.iter().enumerate() {
-        st.conns[c].written = join_peer(rx, deadline);
+    for (conn, w) in st.conns.iter_mut().zip(written) {
+        conn.written = w;
     }
     for (c, conn) in st.conns.iter().enumerate() {
         // The stream, in submission order: the connection's bytes from 0, nothing skipped

@@ -288,10 +288,11 @@ impl Epoll {
                 }
             }
             OpKind::RecvVectored => {
-                let msg = match &mut op.data {
-                    OpData::Buffers { msg, .. } => &mut **msg as *mut libc::msghdr,
-                    _ => return Attempt::Done(Ok(0)),
+                let OpData::Buffers { msg, iov, .. } = &mut op.data else {
+                    return Attempt::Done(Ok(0));
                 };
+                aim_at_room(iov, msg);
+                let msg: *mut libc::msghdr = &mut **msg;
                 // SAFETY: the msghdr and its iovecs point into buffers the record owns.
                 retry(|| unsafe { libc::recvmsg(fd, msg, libc::MSG_DONTWAIT) })
             }
@@ -347,28 +348,26 @@ impl Epoll {
                     Err(e) => break Err(e),
                 }
             },
-            OpKind::SendVectored => {
-                // The iovecs are the state: `advance` moves them past each byte sent, once.
-                let OpData::Buffers { msg, iov, .. } = &mut op.data else {
+            OpKind::SendVectored => loop {
+                // Rebuilt from the buffers and `progress` before each call, at most `IOV_MAX`
+                // iovecs at a time (the kernel refuses more with `EMSGSIZE`).
+                if op.aim_at_unsent() == 0 {
+                    break Ok(op.progress);
+                }
+                let OpData::Buffers { msg, .. } = &op.data else {
                     return Attempt::Done(Ok(0));
                 };
-                loop {
-                    if msg.msg_iovlen == 0 {
-                        break Ok(op.progress);
-                    }
-                    let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
-                    let hdr: *const libc::msghdr = &**msg;
-                    // SAFETY: the msghdr and its iovecs point into buffers the record owns.
-                    match retry(|| unsafe { libc::sendmsg(fd, hdr, flags) }) {
-                        Ok(n) => {
-                            op.progress += n;
-                            advance(iov, msg, n);
-                        }
-                        Err(e) if would_block(&e) => return Attempt::WouldBlock,
-                        Err(e) => break Err(e),
-                    }
+                let hdr: *const libc::msghdr = &**msg;
+                let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
+                // SAFETY: the msghdr and its iovecs point into buffers the record owns.
+                match retry(|| unsafe { libc::sendmsg(fd, hdr, flags) }) {
+                    // A stream socket with room takes at least a byte: 0 would repeat for ever.
+                    Ok(0) => break Ok(op.progress),
+                    Ok(n) => op.progress += n,
+                    Err(e) if would_block(&e) => return Attempt::WouldBlock,
+                    Err(e) => break Err(e),
                 }
-            }
+            },
             OpKind::Accept => loop {
                 let (addr, len) = match &mut op.data {
                     OpData::Accept { peer, .. } => (&raw mut peer.storage, &raw mut peer.len),
@@ -511,29 +510,19 @@ fn op_done(op: &Op) -> usize {
     }
 }
 
-/// Moves the `msghdr`'s window of iovecs past the `sent` bytes the last call sent: shortens
-/// the iovecs at its front and drops those left empty, so the window is empty once everything
-/// was sent. Called once per successful call, with what that call sent: the iovecs are the only
-/// record of progress.
-fn advance(iov: &mut [libc::iovec], msg: &mut libc::msghdr, mut sent: usize) {
-    // SAFETY: `msg_iov` points into `iov`, at or one past an element: `vectored` set it to the
-    // start and every call here keeps it within (or one past) the same array.
-    let mut first = unsafe { msg.msg_iov.offset_from(iov.as_ptr()) } as usize;
-    while let Some(v) = iov.get_mut(first) {
-        let n = sent.min(v.iov_len);
-        // SAFETY: stays within the buffer the iovec describes (n <= iov_len).
-        v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
-        v.iov_len -= n;
-        sent -= n;
-        if v.iov_len > 0 {
-            break;
-        }
-        first += 1;
-    }
-    debug_assert_eq!(sent, 0, "sent more than the iovecs hold");
-    // SAFETY: `first` <= iov.len(): the pointer stays within (or one past) the array.
-    msg.msg_iov = unsafe { iov.as_mut_ptr().add(first) };
-    msg.msg_iovlen = (iov.len() - first) as _;
+/// The most iovecs one `sendmsg` or `recvmsg` takes (`UIO_MAXIOV`); more fail with `EMSGSIZE`.
+const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
+
+/// Points a gather receive's `msghdr` at no more than `IOV_MAX` of its iovecs, from the first
+/// with room: the buffers before it take nothing, so one call fills the buffers in order, and
+/// one that fills `IOV_MAX` of them is a short receive. The iovecs themselves (each buffer's
+/// spare capacity) never change.
+fn aim_at_room(iov: &mut [libc::iovec], msg: &mut libc::msghdr) {
+    let first = iov.iter().position(|v| v.iov_len > 0).unwrap_or(0);
+    let end = iov.len().min(first + IOV_MAX);
+    // `first` <= iov.len(): in bounds, or one past when there are no iovecs.
+    msg.msg_iov = iov[first..].as_mut_ptr();
+    msg.msg_iovlen = (end - first) as _;
 }
 
 /// Sets `O_NONBLOCK` on `fd`'s file description; true if it was blocking (so the flag is ours
