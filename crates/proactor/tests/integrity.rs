@@ -1167,9 +1167,12 @@ fn run_receives(fails: &Fails, rng: &mut Rng, depth: usize) -> Arc<Iocp> {
         lock(&state).ops.is_empty()
     });
     pool.stop(&port, fails);
+    // Joined without the state's lock: a writer still running calls `cancel_the_later`, which
+    // takes it.
+    let written: Vec<Option<u64>> = writers.iter().map(|rx| join_peer(rx, deadline)).collect();
     let mut st = lock(&state);
-    for (c, rx) in writers.iter().enumerate() {
-        st.conns[c].written = join_peer(rx, deadline);
+    for (c, w) in written.into_iter().enumerate() {
+        st.conns[c].written = w;
     }
     for (c, conn) in st.conns.iter().enumerate() {
         // The stream, in submission order: the connection's bytes from 0, nothing skipped
