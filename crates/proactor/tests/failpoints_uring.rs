@@ -1,8 +1,8 @@
 //! The io_uring backend's windows where an operation record changes hands (a partial send's rest
-//! re-submitted, an accept restarted, a stream lane handed to a waiting operation), each forced open with
-//! a failpoint while another thread does the damaging thing: drops the handle and lets a new
-//! connection take its descriptor number, cancels the operation by id, cancels everything on
-//! the handle, or closes it while queued SQEs wait behind one the kernel refuses.
+//! re-submitted, an accept restarted, a stream lane handed to a waiting operation), each forced
+//! open with a failpoint while another thread does the damaging thing: drops the handle and lets
+//! a new connection take its descriptor number, cancels the operation by id, cancels everything
+//! on the handle, or closes it while queued SQEs wait behind one the kernel refuses.
 //!
 //! Run with `cargo test -p proactor --features failpoints --test failpoints_uring`. The tests
 //! need the io_uring backend and return early (saying so) on epoll.
