@@ -849,7 +849,8 @@ impl Driver for Uring {
     /// Cancels every operation on `fd` and returns once they are done with it: the caller
     /// closes the descriptor next, and an SQE consumed after that would name a closed (or
     /// reused) descriptor number. No SQE for `fd` can be queued meanwhile: the handle's owner
-    /// is closing it, and re-submissions wait for its open guard, which the close holds.
+    /// is closing it, and re-submissions and stream-lane hand-overs wait for its open guard,
+    /// which the close holds (the close withdrew the waiting operations just before).
     fn cancel_fd(&self, fd: RawFd) {
         // Only consumed SQEs can be cancelled: have the kernel consume everything queued first.
         self.drain_submissions();
