@@ -220,6 +220,12 @@ impl Iocp {
     /// A buffer with no spare capacity completes with [`io::ErrorKind::InvalidInput`]: a
     /// zero-byte receive is [`readable`](Iocp::readable).
     ///
+    /// Several receives may be pending on one stream (a stream socket, a pipe): they are filled
+    /// in submission order, on every backend, as overlapped receives are on Windows. The same
+    /// holds for [`recv_vectored`](Iocp::recv_vectored), [`readable`](Iocp::readable) and
+    /// [`read_at`](Iocp::read_at) on a pipe, which share that order. Datagram receives
+    /// ([`recv_from`](Iocp::recv_from)) and reads of a regular file are independent.
+    ///
     /// ```no_run
     /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
     /// let id = port.recv(conn, Vec::with_capacity(64 * 1024));
@@ -255,6 +261,13 @@ impl Iocp {
 
     /// Sends all of `buf`. The completion's byte count says how much was sent, and hands `buf`
     /// back unchanged.
+    ///
+    /// Several sends may be pending on one stream (a stream socket, a pipe): they go out whole
+    /// and in submission order, on every backend, as overlapped sends do on Windows; the same
+    /// holds for [`send_vectored`](Iocp::send_vectored) and for [`write_at`](Iocp::write_at) on
+    /// a pipe, which share that order. A cancelled send that had not started sends nothing
+    /// (one that had reports what it sent); the next one goes on. Datagram sends
+    /// ([`send_to`](Iocp::send_to)) and writes to a regular file are independent.
     ///
     /// ```no_run
     /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {

@@ -1,7 +1,8 @@
-//! The io_uring backend's windows where an operation record changes hands, each forced open with
-//! a failpoint while another thread does the damaging thing: drops the handle and lets a new
-//! connection take its descriptor number, cancels the operation by id, cancels everything on
-//! the handle, or closes it while queued SQEs wait behind one the kernel refuses.
+//! The io_uring backend's windows where an operation record changes hands (a partial send's rest
+//! re-submitted, an accept restarted, a stream lane handed to a waiting operation), each forced
+//! open with a failpoint while another thread does the damaging thing: drops the handle and lets
+//! a new connection take its descriptor number, cancels the operation by id, cancels everything
+//! on the handle, or closes it while queued SQEs wait behind one the kernel refuses.
 //!
 //! Run with `cargo test -p proactor --features failpoints --test failpoints_uring`. The tests
 //! need the io_uring backend and return early (saying so) on epoll.
@@ -492,5 +493,135 @@ fn partial_send_reaped_while_its_handle_closes() {
     assert!(got == data[..sent]);
     let rest = driver.finish(Duration::from_millis(200));
     assert!(rest.iter().all(|c| c.id() != id), "one completion only");
+    assert_no_live_operations(&port);
+}
+
+/// Three sends queued on one stream before any thread dequeues (the first holds the stream's
+/// send lane, the others wait in it): their ids, the bytes of each, and the driver, started
+/// afterwards, which submits the first and, reaping its CQE, hands the lane to the second.
+fn three_queued_sends(
+    port: &Arc<Iocp>,
+    ours: &proactor::Handle<TcpStream>,
+    sizes: [usize; 3],
+) -> (Vec<OpId>, Vec<Vec<u8>>) {
+    let bufs: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(k, &n)| pattern(n + k).split_off(k))
+        .collect();
+    let ids = bufs.iter().map(|b| port.send(ours, b.clone())).collect();
+    (ids, bufs)
+}
+
+/// Waits for the completions of `ids`, in that order, failing the test if one does not arrive
+/// in time, arrives twice, or another arrives meanwhile.
+fn completions_of(driver: &Driver, ids: &[OpId]) -> Vec<Completion> {
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut got: Vec<Option<Completion>> = ids.iter().map(|_| None).collect();
+    while got.iter().any(Option::is_none) {
+        let left = end.saturating_duration_since(Instant::now());
+        let c = driver
+            .next(left)
+            .unwrap_or_else(|| panic!("not all of {ids:?} completed: {got:?}"));
+        let at = ids.iter().position(|&id| id == c.id());
+        let at = at.unwrap_or_else(|| panic!("an unexpected completion: {c:?}"));
+        assert!(got[at].is_none(), "{:?} completed twice", c.id());
+        got[at] = Some(c);
+    }
+    got.into_iter().flatten().collect()
+}
+
+/// (i) `cancel(id)` of a waiting send lands while the send ahead of it, just ended, is handing
+/// the lane to it (taken out of the lane, not yet started): the cancel succeeds, the send never
+/// runs and completes once, cancelled, with 0 bytes and its buffer; the third send goes next.
+#[test]
+fn cancel_while_a_waiting_send_is_handed_the_lane() {
+    let _serial = serial();
+    let Some(port) = uring_port() else { return };
+    let l = TcpListener::bind(SocketAddr::new(each_ip_v4(), 0)).unwrap();
+    let mut theirs = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let ours = port.add_handle(l.accept().unwrap().0, 1).unwrap();
+    let (ids, bufs) = three_queued_sends(&port, &ours, [10, 64 << 10, 100]);
+    let mut pause = Pause::at("uring::hand_over");
+    let driver = Driver::start(&port);
+    pause.wait_hit();
+
+    port.cancel(ids[1]).expect("the waiting send is in flight");
+    pause.release();
+
+    let mut done = completions_of(&driver, &ids);
+    let c = &mut done[1];
+    assert!(c.is_cancelled(), "{c:?}: {:?}", c.result());
+    assert_eq!(c.bytes_transferred(), 0);
+    assert_eq!(c.take_buffer().as_deref(), Some(&bufs[1][..]));
+    for k in [0, 2] {
+        let c = &done[k];
+        assert_eq!(c.result().ok(), Some(bufs[k].len()), "send {k}: {c:?}");
+    }
+    let rest = driver.finish(Duration::from_millis(200));
+    assert!(rest.is_empty(), "one completion each: {rest:?}");
+    drop(ours);
+    let got = read_all(&mut theirs, Duration::from_secs(2));
+    assert!(
+        got == [&bufs[0][..], &bufs[2][..]].concat(),
+        "the peer gets the first and third sends only ({} bytes)",
+        got.len()
+    );
+    assert_no_live_operations(&port);
+}
+
+/// (j) The handle is dropped while a waiting send is being handed the lane, and a new
+/// connection takes its descriptor number: the close waits for the hand-over (which holds the
+/// open guard), then cancels the send it started and withdraws the one still waiting. Every
+/// send completes once; the waiting one cancelled with 0 bytes; nothing reaches the new
+/// connection; the old peer gets exactly what the sends report, in order.
+#[test]
+fn handle_dropped_while_a_waiting_send_is_handed_the_lane() {
+    let _serial = serial();
+    let Some(port) = uring_port() else { return };
+    let (ours, mut theirs) = small_buffered_pair();
+    let ours = port.add_handle(ours, 1).unwrap();
+    let fd = ours.as_raw_fd();
+    let reuse = TcpListener::bind(SocketAddr::new(each_ip_v4(), 0)).unwrap();
+    let (ids, bufs) = three_queued_sends(&port, &ours, [10, 8 << 20, 100]);
+    let mut pause = Pause::at("uring::hand_over");
+    let driver = Driver::start(&port);
+    pause.wait_hit();
+
+    let closing = thread::spawn(move || drop(ours));
+    thread::sleep(Duration::from_millis(100));
+    assert!(
+        !closing.is_finished(),
+        "the close waits for the hand-over's open guard"
+    );
+    pause.release();
+    closing.join().unwrap();
+    let (_reused, mut new_peer) = connection_at(fd, &reuse);
+
+    let mut done = completions_of(&driver, &ids);
+    assert_eq!(done[0].result().ok(), Some(bufs[0].len()), "{:?}", done[0]);
+    assert!(done[1].is_cancelled(), "{:?}", done[1]);
+    assert!(done[2].is_cancelled(), "{:?}", done[2]);
+    assert_eq!(done[2].bytes_transferred(), 0, "the waiting send never ran");
+    for (k, c) in done.iter_mut().enumerate() {
+        assert_eq!(c.take_buffer().as_deref(), Some(&bufs[k][..]), "send {k}");
+    }
+    let sent = done[1].bytes_transferred();
+    let got = read_all(&mut theirs, Duration::from_secs(2));
+    let want = [&bufs[0][..], &bufs[1][..sent]].concat();
+    assert!(
+        got == want,
+        "the old peer gets the first send and what the second reports ({} bytes, {} expected)",
+        got.len(),
+        want.len()
+    );
+    let stolen = read_all(&mut new_peer, Duration::from_millis(300));
+    assert!(
+        stolen.is_empty(),
+        "the new connection received {} bytes",
+        stolen.len()
+    );
+    let rest = driver.finish(Duration::from_millis(200));
+    assert!(rest.is_empty(), "one completion each: {rest:?}");
     assert_no_live_operations(&port);
 }

@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use op::{Op, OpData};
+use op::{Dir, Op, OpData, Order};
 
 pub(crate) use crate::life::Life;
 
@@ -63,6 +63,9 @@ pub(crate) trait Driver: Send + Sync {
     fn associate(&self, fd: RawFd, socket: bool) -> io::Result<()>;
     /// Forgets `fd` before its owner closes it.
     fn forget(&self, fd: RawFd);
+    /// Completes, as cancelled, the operations waiting in the lanes of a handle that is
+    /// closing (called holding its open guard, before `cancel_fd`): they never start.
+    fn withdraw_waiting(&self, _order: &Order) {}
 }
 
 /// What operations need to know about an associated handle.
@@ -71,8 +74,14 @@ pub(crate) struct Target {
     raw: RawIo,
     port: u64,
     socket: bool,
+    /// A stream (a stream socket, a pipe, a terminal), not a regular file or block device at
+    /// offsets nor a datagram socket: its sends and its receives each run one at a time, in
+    /// submission order, on io_uring (see `Order`).
+    stream: bool,
     driver: Weak<dyn Driver>,
     life: Arc<Life>,
+    /// The handle's stream lanes (io_uring).
+    order: Arc<Order>,
 }
 
 impl Target {
@@ -82,6 +91,7 @@ impl Target {
     pub(crate) fn close(&self) {
         self.life.close(|| {
             if let Some(driver) = self.driver.upgrade() {
+                driver.withdraw_waiting(&self.order);
                 driver.cancel_fd(self.raw.0);
                 driver.forget(self.raw.0);
             }
@@ -103,6 +113,9 @@ pub(crate) struct Port {
     driver: Arc<dyn Driver>,
     id: u64,
     backend: &'static str,
+    /// The driver runs stream operations one at a time per direction (io_uring: the kernel
+    /// would run them concurrently; epoll keeps its own per-descriptor queues).
+    ordered: bool,
 }
 
 /// Which backend `PROACTOR_BACKEND` asks for.
@@ -139,6 +152,7 @@ impl Port {
             driver,
             id,
             backend,
+            ordered: backend == "io_uring",
         })
     }
 
@@ -166,14 +180,21 @@ impl Port {
             ));
         }
         let socket = st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
+        let stream = match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG | libc::S_IFBLK => false,
+            libc::S_IFSOCK => socket_type(raw.0) != Some(libc::SOCK_DGRAM),
+            _ => true,
+        };
         self.driver.associate(raw.0, socket)?;
         Ok(Target {
             context,
             raw,
             port: self.id,
             socket,
+            stream,
             driver: Arc::downgrade(&self.driver),
             life: Arc::new(Life::new()),
+            order: Arc::new(Order::default()),
         })
     }
 
@@ -214,15 +235,21 @@ impl Port {
     ) -> OpId {
         let id = OpId::next();
         let mut op = Op::new(id, kind, target.context, target.raw.0, offset, data);
-        if Op::may_continue(kind) {
-            op.life = Some(target.life.clone());
-        }
         if target.port != self.id {
             op.refused = Some(crate::error::other_port());
         } else if needs_socket && !target.socket {
             op.refused = Some(crate::error::needs_socket());
         } else if nothing_to_receive(&mut op) {
             op.refused = Some(crate::error::no_spare_capacity());
+        }
+        let ordered =
+            self.ordered && target.stream && op.refused.is_none() && Dir::of(kind).is_some();
+        if ordered {
+            op.order = Some(target.order.clone());
+        }
+        if ordered || Op::may_continue(kind) {
+            // A stream operation hands its lane on under the handle's open guard.
+            op.life = Some(target.life.clone());
         }
         self.driver.submit(op);
         id
@@ -382,6 +409,23 @@ impl Port {
     pub(crate) fn in_flight(&self) -> usize {
         self.driver.in_flight()
     }
+}
+
+/// The type of socket `fd` (`SOCK_STREAM`, `SOCK_DGRAM`, ...), if the kernel says.
+fn socket_type(fd: RawFd) -> Option<i32> {
+    let mut ty: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `ty`, an int, and its length into `len`.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&raw mut ty).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(ty)
 }
 
 /// Whether a receive or read has no spare capacity to receive into.

@@ -5,13 +5,14 @@
 //! and the address of a connect, each boxed so that moving the record moves none of them.
 
 use std::{
+    collections::VecDeque,
     io, mem,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6, TcpStream},
     os::{
         fd::{FromRawFd, RawFd},
         unix::net::UnixStream,
     },
-    sync::Arc,
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
 use super::Life;
@@ -80,6 +81,10 @@ pub(crate) struct Op {
     /// the completion path (the rest of a send or write, an accept after a client reset): set
     /// for those kinds only (see `Op::may_continue`).
     pub(crate) life: Option<Arc<Life>>,
+    /// The handle's stream lanes, for a stream operation the io_uring backend runs one at a
+    /// time per direction (see `Order`); `Some` while the operation holds or waits for its
+    /// lane, `None` for every other operation and once a waiting one is withdrawn.
+    pub(crate) order: Option<Arc<Order>>,
     pub(crate) data: OpData,
     _live: LiveCount,
 }
@@ -106,6 +111,7 @@ impl Op {
             refused: None,
             progress: 0,
             life: None,
+            order: None,
             data,
             _live: LiveCount::new(),
         })
@@ -171,6 +177,62 @@ impl Op {
             OpData::Buffer { buf, done } => (buf[*done..].as_ptr(), buf.len() - done),
             _ => (std::ptr::null(), 0),
         }
+    }
+}
+
+/// The direction of a stream operation: its lane in the handle's `Order`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Dir {
+    /// Receives, reads and readiness waits: they take the stream's bytes in turn.
+    Read = 0,
+    /// Sends and writes: they put their bytes into the stream in turn.
+    Write = 1,
+}
+
+impl Dir {
+    /// The lane an operation of `kind` on a stream (a connected stream socket, a pipe, a
+    /// terminal; not a regular file, not a datagram socket) waits in; `None` for operations
+    /// that run concurrently (accepts, connects, datagrams, posts, refused kinds).
+    pub(crate) fn of(kind: OpKind) -> Option<Dir> {
+        match kind {
+            OpKind::Recv | OpKind::RecvVectored | OpKind::Read | OpKind::Readable => {
+                Some(Dir::Read)
+            }
+            OpKind::Send | OpKind::SendVectored | OpKind::Write => Some(Dir::Write),
+            _ => None,
+        }
+    }
+}
+
+/// A handle's stream lanes (io_uring backend): per direction, whether an operation is in the
+/// kernel and the operations waiting their turn, oldest first. An operation takes its lane at
+/// submission if the lane is free, or waits; the one holding it hands it, when it ends for good
+/// (not between the parts of a send), to the oldest waiting one, under the handle's open guard.
+/// So on one stream, sends go out whole and in submission order and receives are filled in
+/// submission order, as with overlapped I/O on Windows. Lock order: the handle's open guard,
+/// then a lane, then a table shard, then the submission queue.
+#[derive(Debug, Default)]
+pub(crate) struct Order {
+    lanes: [Mutex<Lane>; 2],
+}
+
+/// One direction of a handle's stream.
+#[derive(Debug, Default)]
+pub(crate) struct Lane {
+    /// An operation of this direction holds the lane (is in the kernel, or between two parts).
+    pub(crate) busy: bool,
+    /// Operations waiting for the lane, oldest first: their ids and record addresses. A waiting
+    /// record is in the port's table but has no SQE; whoever takes it out of this queue (the
+    /// hand-over, a cancel, the handle's close, the port's drop) owns it.
+    pub(crate) waiting: VecDeque<(OpId, usize)>,
+}
+
+impl Order {
+    /// The lane of direction `dir`, locked.
+    pub(crate) fn lane(&self, dir: Dir) -> MutexGuard<'_, Lane> {
+        self.lanes[dir as usize]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -17,6 +17,19 @@
 //! handle's open guard, under which the handle's close cancels everything on the descriptor
 //! before closing it. A cancel or close that came first ends the operation instead (as
 //! cancelled, with what it transferred and its buffers); one that comes after finds the new SQE.
+//!
+//! # Order on a stream
+//!
+//! The kernel runs SQEs on one socket concurrently: two sends can interleave (the rest of a
+//! partial one queued behind a later one), two receives with `POLL_FIRST` can be filled in
+//! reverse order. So the sends (and writes) of one stream handle, and its receives (and reads,
+//! readiness waits), each go to the kernel one at a time, in submission order: an operation
+//! that finds its direction's lane busy waits in the handle's `Order` (entered in the table, no
+//! SQE), and the one holding the lane hands it over when it ends for good, under the handle's
+//! open guard, then the table shard's lock, as every re-submission from the completion path.
+//! A waiting operation that is cancelled, or whose handle closes or port drops, is withdrawn
+//! from its lane and completes as cancelled through a `NOP` carrying its id, its I/O never
+//! performed. Whoever takes a record out of a lane owns it until it queues its SQE.
 
 use std::{
     io,
@@ -38,7 +51,7 @@ use io_uring::{
 use super::{
     Driver, Life,
     error::from_errno,
-    op::{ACCEPT_RESTARTS, Op, OpData, complete, is_client_reset},
+    op::{ACCEPT_RESTARTS, Dir, Op, OpData, Order, complete, is_client_reset},
 };
 use crate::{Completion, OpId, OpKind, table::Table};
 
@@ -80,7 +93,7 @@ pub(crate) struct Uring {
 }
 
 /// An operation in flight, as the table knows it.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Slot {
     /// The record, from `Box::into_raw`.
     address: usize,
@@ -89,6 +102,17 @@ struct Slot {
     /// A cancel asked for the operation to end: it is not re-submitted from the completion
     /// path (set and read under the table shard's lock).
     cancel: bool,
+    /// Set while the operation waits for its stream lane (has no SQE); cleared, under the
+    /// shard's lock, by whoever takes it out of the lane.
+    waiting: Option<Waiting>,
+}
+
+/// Where a waiting operation waits: its handle's lanes, the direction, its id.
+#[derive(Clone)]
+struct Waiting {
+    order: Arc<Order>,
+    dir: Dir,
+    id: OpId,
 }
 
 /// What a reaped CQE leads to.
@@ -347,13 +371,39 @@ impl Uring {
     /// Enters `op` in the table and queues its SQE under the table shard's lock, so that a
     /// cancel that finds the entry queues its `ASYNC_CANCEL` behind the SQE it targets; then
     /// submits if a thread waits.
+    ///
+    /// A stream operation whose lane is busy waits in it instead (see "Order on a stream"):
+    /// entered in the table first, so that whoever takes it out of the lane finds its slot.
     fn start(&self, mut op: Box<Op>) {
+        if let (Some(order), Some(dir)) = (op.order.clone(), Dir::of(op.kind)) {
+            let mut lane = order.lane(dir);
+            if lane.busy {
+                let (id, fd) = (op.id, op.fd);
+                let address = Box::into_raw(op) as usize;
+                let waiting = Waiting {
+                    order: order.clone(),
+                    dir,
+                    id,
+                };
+                let slot = Slot {
+                    address,
+                    fd,
+                    cancel: false,
+                    waiting: Some(waiting),
+                };
+                self.table.insert(id, slot);
+                lane.waiting.push_back((id, address));
+                return;
+            }
+            lane.busy = true; // this operation holds the lane until it ends
+        }
         let sqe = Self::prepare(&mut op);
         let (id, fd) = (op.id, op.fd);
         let slot = Slot {
             address: Box::into_raw(op) as usize,
             fd,
             cancel: false,
+            waiting: None,
         };
         self.table.insert_then(id, slot, || self.enqueue(&sqe));
         crate::failpoint::failpoint!("uring::start");
@@ -399,8 +449,107 @@ impl Uring {
         };
         // SAFETY: this thread removed the record's address from the table (once per record),
         // and no SQE names it: it is ours again, from `Box::into_raw` in `start`.
-        let op = unsafe { Box::from_raw(address as *mut Op) };
-        Some(complete(*op, result, address))
+        let mut op = unsafe { Box::from_raw(address as *mut Op) };
+        // A stream operation that held its lane hands it on.
+        let turn = op.order.take().zip(op.life.take()).zip(Dir::of(op.kind));
+        let done = complete(*op, result, address);
+        if let Some(((order, life), dir)) = turn {
+            self.hand_over(&order, dir, &life);
+        }
+        Some(done)
+    }
+
+    /// Hands a stream lane whose operation ended to the oldest operation waiting in it, or
+    /// frees it. Under the handle's open guard (a close either came first and withdrew every
+    /// waiting operation, or waits until the next one's SQE is queued, then cancels it); a
+    /// waiting operation cancelled meanwhile is ended as cancelled and the next one tried.
+    fn hand_over(&self, order: &Order, dir: Dir, life: &Life) {
+        life.while_open(|| {
+            loop {
+                let (id, address) = {
+                    let mut lane = order.lane(dir);
+                    match lane.waiting.pop_front() {
+                        Some(next) => next,
+                        None => {
+                            lane.busy = false;
+                            return;
+                        }
+                    }
+                };
+                // Out of the lane, not yet started: a cancel now marks the slot (found below).
+                crate::failpoint::failpoint!("uring::hand_over");
+                if self.begin(id, address) {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Queues the SQE of operation `id`, just taken out of its lane by this thread, unless a
+    /// cancel marked it (or the port is dropping): it then completes as cancelled. True if
+    /// it started (it holds the lane now).
+    fn begin(&self, id: OpId, address: usize) -> bool {
+        let sqe = {
+            // SAFETY: a waiting record stays allocated while in the table (it has no SQE, so no
+            // CQE can end it) and whoever takes it out of its lane, this thread, is the only
+            // one using it; the reference ends before its SQE is queued.
+            let op = unsafe { &mut *(address as *mut Op) };
+            Self::prepare(op)
+        };
+        let started = self.table.with_mut(id, |slot| {
+            slot.waiting = None;
+            if slot.cancel || self.closing.load(Ordering::Relaxed) {
+                return false;
+            }
+            self.enqueue(&sqe);
+            true
+        });
+        match started {
+            Some(true) => {
+                // Submitted by this thread, which dequeues, at once: an SQE consumed by a
+                // thread that then exits (one that only cancelled, say) completes `ECANCELED`
+                // when its poll fires (the kernel runs the poll's task work on the submitter).
+                self.kick(true);
+                true
+            }
+            Some(false) => {
+                self.end_waiting(id, address);
+                false
+            }
+            None => false, // not reachable: only this thread may end a record out of its lane
+        }
+    }
+
+    /// Ends operation `id`, taken out of its lane by this thread before it ever started, as
+    /// cancelled: a `NOP` carrying its id completes it through the CQ like any other, with its
+    /// buffers and 0 bytes. It no longer holds or waits for a lane.
+    fn end_waiting(&self, id: OpId, address: usize) {
+        let sqe = {
+            // SAFETY: as in `begin`: out of its lane, in the table, no SQE; the reference ends
+            // before the NOP is queued.
+            let op = unsafe { &mut *(address as *mut Op) };
+            op.refused = Some(from_errno(libc::ECANCELED));
+            op.order = None;
+            Self::prepare(op)
+        };
+        self.table.with_mut(id, |slot| {
+            slot.waiting = None;
+            self.enqueue(&sqe);
+        });
+        self.kick(false);
+    }
+
+    /// Takes operation `id` out of its lane, if it still waits there, and ends it as cancelled.
+    /// If it is no longer there, whoever took it out acts on its slot's cancel mark.
+    fn withdraw(&self, waiting: &Waiting) {
+        let taken = {
+            let mut lane = waiting.order.lane(waiting.dir);
+            let at = lane.waiting.iter().position(|&(id, _)| id == waiting.id);
+            at.and_then(|i| lane.waiting.remove(i))
+        };
+        if let Some((id, address)) = taken {
+            self.end_waiting(id, address);
+        }
     }
 
     /// What the CQE result `res` of `op` leads to; advances a partial send or write past what
@@ -658,36 +807,50 @@ impl Driver for Uring {
     /// shard's lock: the cancel is queued behind the operation's SQE (see `start`), and if the
     /// operation is between two SQEs (its CQE reaped, the next not yet queued) the mark ends
     /// it instead of the re-submission (see `resubmit`).
+    ///
+    /// An operation waiting for its stream lane has no SQE to cancel: it is taken out of the
+    /// lane and completes as cancelled at once (or, if a hand-over took it out first, the
+    /// mark makes the hand-over end it instead of starting it).
     fn cancel(&self, id: OpId) -> bool {
         let cancel = opcode::AsyncCancel::new(id.as_u64()).build().user_data(0);
-        let found = self
-            .table
-            .with_mut(id, |slot| {
-                slot.cancel = true;
+        let found = self.table.with_mut(id, |slot| {
+            slot.cancel = true;
+            if slot.waiting.is_none() {
                 self.enqueue(&cancel);
-            })
-            .is_some();
-        if found {
-            self.kick(true);
+            }
+            slot.waiting.clone()
+        });
+        let Some(waiting) = found else {
+            return false;
+        };
+        if let Some(waiting) = waiting {
+            self.withdraw(&waiting);
         }
-        found
+        self.kick(true);
+        true
     }
 
     /// Marks every operation on `fd` cancelled (one between two SQEs then ends instead of
     /// going on), then cancels them in the kernel.
     fn cancel_all(&self, fd: RawFd) {
+        let mut waiting = Vec::new();
         self.table.for_each_mut(|slot| {
             if slot.fd == fd {
                 slot.cancel = true;
+                waiting.extend(slot.waiting.clone());
             }
         });
+        for w in &waiting {
+            self.withdraw(w);
+        }
         self.cancel_fd(fd);
     }
 
     /// Cancels every operation on `fd` and returns once they are done with it: the caller
     /// closes the descriptor next, and an SQE consumed after that would name a closed (or
     /// reused) descriptor number. No SQE for `fd` can be queued meanwhile: the handle's owner
-    /// is closing it, and re-submissions wait for its open guard, which the close holds.
+    /// is closing it, and re-submissions and stream-lane hand-overs wait for its open guard,
+    /// which the close holds (the close withdrew the waiting operations just before).
     fn cancel_fd(&self, fd: RawFd) {
         // Only consumed SQEs can be cancelled: have the kernel consume everything queued first.
         self.drain_submissions();
@@ -713,12 +876,29 @@ impl Driver for Uring {
     }
 
     fn forget(&self, _fd: RawFd) {}
+
+    fn withdraw_waiting(&self, order: &Order) {
+        for dir in [Dir::Read, Dir::Write] {
+            let taken = std::mem::take(&mut order.lane(dir).waiting);
+            for (id, address) in taken {
+                self.end_waiting(id, address);
+            }
+        }
+    }
 }
 
 impl Drop for Uring {
     fn drop(&mut self) {
         // Cancel everything, then reap until every record is back or the time is up.
         self.closing.store(true, Ordering::Relaxed);
+        // Operations waiting for a stream lane have no SQE: end them (their handles may live
+        // on, so they leave their lanes too); a lane handed over from now on ends its waiters.
+        let mut waiting = Vec::new();
+        self.table
+            .for_each_mut(|slot| waiting.extend(slot.waiting.clone()));
+        for w in &waiting {
+            self.withdraw(w);
+        }
         let cancel_all = opcode::AsyncCancel2::new(CancelBuilder::any().all())
             .build()
             .user_data(0);
