@@ -121,16 +121,6 @@ fn checking_reader(
     })
 }
 
-/// Whether to stop a test on io_uring before a check that backend fails for a defect of its
-/// own, fixed outside this file (issue 13): says so on stderr. `PROACTOR_STRICT=1` checks anyway.
-fn known_uring_defect(port: &Iocp, what: &str) -> bool {
-    let skip = port.backend() == "io_uring" && std::env::var_os("PROACTOR_STRICT").is_none();
-    if skip {
-        eprintln!("KNOWN io_uring DEFECT, not checked (PROACTOR_STRICT=1 checks it): {what}");
-    }
-    skip
-}
-
 /// Dequeues until every id in `ids` completed once; fails on a duplicate or an unknown id.
 fn collect(port: &Iocp, ids: &[proactor::OpId]) -> Vec<proactor::Completion> {
     let mut done: Vec<Option<proactor::Completion>> = ids.iter().map(|_| None).collect();
@@ -189,9 +179,6 @@ fn send_vectored_keeps_the_stream_whole_through_a_late_bursty_reader() {
         let mut c = port
             .get_completion(Some(Duration::from_secs(120)))
             .expect("the gather send's completion");
-        if known_uring_defect(&port, "issue 13 item 6: send_vectored completes part-way") {
-            return;
-        }
         drop(ours);
         // The reader's verdict first: it says where the stream went wrong.
         assert_eq!(reader.join().unwrap(), Ok(total));
@@ -245,9 +232,6 @@ fn a_pipe_write_keeps_the_stream_whole() {
     let c = port
         .get_completion(Some(Duration::from_secs(60)))
         .expect("the write's completion");
-    if known_uring_defect(&port, "issue 13 item 6: a pipe write completes part-way") {
-        return;
-    }
     drop(writer);
     assert_eq!(reader.join().unwrap(), Ok(len as u64));
     assert_eq!(c.id(), id);
@@ -347,11 +331,6 @@ fn recv_vectored_into_more_buffers_than_iov_max() {
         let id = port.recv_vectored(&ours, bufs);
         let mut c = next(&port);
         assert_eq!(c.id(), id);
-        if c.result().is_err()
-            && known_uring_defect(&port, "recv_vectored of more than IOV_MAX buffers fails")
-        {
-            return;
-        }
         let n = c.result().unwrap();
         assert!(
             n > 0,
@@ -403,12 +382,6 @@ fn a_cancelled_second_send_sends_nothing() {
         thread::sleep(Duration::from_millis(300)); // the peer drains what the first put in
         port.cancel(id2).expect("the second send is still queued");
         let mut done = collect(&port, &[id1, id2]);
-        if known_uring_defect(
-            &port,
-            "issue 13 items 1/6: the rest of a partial send goes out after a later send",
-        ) {
-            return;
-        }
         drop(ours);
         assert_eq!(reader.join().unwrap(), Ok(first.len() as u64));
         assert_eq!(done[0].result().unwrap(), first.len(), "{:?}", done[0]);
@@ -436,12 +409,6 @@ fn a_cancelled_second_receive_leaves_the_data_to_the_first() {
         thread::sleep(Duration::from_millis(100));
         // io_uring completes the first receive by itself: then only the second is left.
         let _ = port.cancel(id2);
-        if known_uring_defect(
-            &port,
-            "two receives in flight on one socket: the later one gets the data first",
-        ) {
-            return;
-        }
         let mut done = collect(&port, &[id1, id2]);
         assert_eq!(done[0].result().unwrap(), 13, "{:?}", done[0]);
         assert_eq!(done[0].take_buffer().unwrap(), b"for the first");
@@ -471,11 +438,6 @@ fn a_send_cancelled_part_way_says_how_much_was_sent() {
                 port.send(&ours, stream(1, 0, len))
             };
             // Let the send reach the kernel and fill the socket; nobody reads yet.
-            if vectored
-                && known_uring_defect(&port, "issue 13 item 6: send_vectored completes part-way")
-            {
-                return;
-            }
             if let Ok(c) = port.get_completion(Some(Duration::from_millis(200))) {
                 panic!("vectored {vectored}: completed before the cancel: {c:?}");
             }
@@ -606,8 +568,6 @@ fn random_cancels_and_drops_keep_every_stream_exact() {
             })
         })
         .collect();
-    // io_uring completes a gather send part-way (issue 13 item 6): plain sends only there.
-    let gather = !known_uring_defect(&port, "issue 13 item 6: send_vectored completes part-way");
     let (mut whole, mut part, mut none) = (0, 0, 0);
     for round in 0..40u64 {
         let (ours, theirs) = pair(&port, common::each_ip_v4(), round as usize);
@@ -636,7 +596,7 @@ fn random_cancels_and_drops_keep_every_stream_exact() {
         for i in 0..rng.range(1, 6) as u64 {
             let tag = round << 8 | i;
             let data = stream(tag, 0, rng.range(1, 64 * 1024));
-            let id = if !gather || rng.range(0, 1) == 0 {
+            let id = if rng.range(0, 1) == 0 {
                 port.send(&ours, data.clone())
             } else {
                 let mut bufs = Vec::new();
@@ -691,12 +651,6 @@ fn random_cancels_and_drops_keep_every_stream_exact() {
             expected.extend_from_slice(&data[..c.bytes_transferred()]);
         }
         if received != expected {
-            if known_uring_defect(
-                &port,
-                "issue 13 items 1/6: the rest of a partial send goes out after a later send",
-            ) {
-                continue;
-            }
             let at = received
                 .iter()
                 .zip(&expected)

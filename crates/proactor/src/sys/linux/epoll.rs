@@ -59,7 +59,7 @@ use std::{
 use super::{
     Driver,
     error::{from_errno, last_error},
-    op::{ACCEPT_RESTARTS, Op, OpData, complete, is_client_reset},
+    op::{ACCEPT_RESTARTS, Op, OpData, aim_at_room, complete, is_client_reset},
 };
 use crate::{Completion, OpId, OpKind, error::cancelled, table::Table};
 
@@ -508,21 +508,6 @@ fn op_done(op: &Op) -> usize {
         OpData::Buffer { done, .. } => *done,
         _ => 0,
     }
-}
-
-/// The most iovecs one `sendmsg` or `recvmsg` takes (`UIO_MAXIOV`); more fail with `EMSGSIZE`.
-const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
-
-/// Points a gather receive's `msghdr` at no more than `IOV_MAX` of its iovecs, from the first
-/// with room: the buffers before it take nothing, so one call fills the buffers in order, and
-/// one that fills `IOV_MAX` of them is a short receive. The iovecs themselves (each buffer's
-/// spare capacity) never change.
-fn aim_at_room(iov: &mut [libc::iovec], msg: &mut libc::msghdr) {
-    let first = iov.iter().position(|v| v.iov_len > 0).unwrap_or(0);
-    let end = iov.len().min(first + IOV_MAX);
-    // `first` <= iov.len(): in bounds, or one past when there are no iovecs.
-    msg.msg_iov = iov[first..].as_mut_ptr();
-    msg.msg_iovlen = (end - first) as _;
 }
 
 /// Sets `O_NONBLOCK` on `fd`'s file description; true if it was blocking (so the flag is ours

@@ -237,7 +237,7 @@ impl Order {
 }
 
 /// The most `iovec`s one `sendmsg` takes (`UIO_MAXIOV`).
-const IOV_MAX: usize = 1024;
+const IOV_MAX: usize = libc::UIO_MAXIOV as usize;
 
 /// Builds a datagram receive into the spare capacity of `buf`.
 pub(crate) fn datagram_recv(mut buf: Vec<u8>) -> OpData {
@@ -300,8 +300,23 @@ pub(crate) fn vectored(mut bufs: Vec<Vec<u8>>, receive: bool) -> OpData {
     // SAFETY: msghdr is plain data for which zeroes mean "no address, no control data".
     let mut msg: Box<libc::msghdr> = Box::new(unsafe { mem::zeroed() });
     msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = iov.len() as _;
+    msg.msg_iovlen = iov.len().min(IOV_MAX) as _;
+    if receive {
+        aim_at_room(&mut iov, &mut msg);
+    }
     OpData::Buffers { bufs, iov, msg }
+}
+
+/// Points a gather receive's `msghdr` at no more than `IOV_MAX` of its iovecs, from the first
+/// with room: the buffers before it take nothing, so one call fills the buffers in order, and
+/// one that fills `IOV_MAX` of them is a short receive. The iovecs themselves (each buffer's
+/// spare capacity) never change. A send is aimed by [`Op::aim_at_unsent`] instead.
+pub(crate) fn aim_at_room(iov: &mut [libc::iovec], msg: &mut libc::msghdr) {
+    let first = iov.iter().position(|v| v.iov_len > 0).unwrap_or(0);
+    let end = iov.len().min(first + IOV_MAX);
+    // `first` <= iov.len(): in bounds, or one past when there are no iovecs.
+    msg.msg_iov = iov[first..].as_mut_ptr();
+    msg.msg_iovlen = (end - first) as _;
 }
 
 /// Turns a finished record and its result (bytes, or an accepted fd) into the completion.
