@@ -74,6 +74,8 @@ mod completion;
 mod error;
 mod failpoint;
 mod handle;
+#[cfg(target_os = "linux")]
+mod handshake;
 mod iocp;
 mod life;
 mod op;

@@ -15,7 +15,7 @@ use std::{
     ptr,
     sync::{
         Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, AtomicUsize, Ordering, fence},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -31,7 +31,11 @@ use super::{
     error::from_errno,
     op::{ACCEPT_RESTARTS, Op, OpData, complete, is_client_reset},
 };
-use crate::{Completion, OpId, OpKind, table::Table};
+use crate::{
+    Completion, OpId, OpKind,
+    handshake::{Ring, Submission},
+    table::Table,
+};
 
 /// Ring size: how many operations can be submitted before the kernel consumes them.
 const ENTRIES: u32 = 4096;
@@ -64,8 +68,8 @@ pub(crate) struct Uring {
     table: Table<usize>,
     /// Set while dropping: finished operations end instead of continuing.
     closing: AtomicBool,
-    /// Threads blocked in `io_uring_enter` right now.
-    waiters: AtomicUsize,
+    /// Batched submission against the threads blocked in `io_uring_enter` (model-checked).
+    submission: Submission,
 }
 
 fn lock(m: &Mutex<()>) -> MutexGuard<'_, ()> {
@@ -110,7 +114,7 @@ impl Uring {
             cq: Mutex::new(()),
             table: Table::new(),
             closing: AtomicBool::new(false),
-            waiters: AtomicUsize::new(0),
+            submission: Submission::new(),
         })
     }
 
@@ -118,35 +122,10 @@ impl Uring {
     /// not see it), the kernel is told at once; otherwise the next thread to dequeue, cancel or
     /// close submits it together with the others: one syscall for a batch.
     ///
-    /// Either this thread sees a waiter, or the waiter's enter sees this SQE: the waiter bumps
-    /// `waiters` before reading the queue's length, this thread publishes the SQE before
-    /// reading `waiters`, both with sequentially consistent ordering.
+    /// Either this thread sees a waiter, or the waiter's enter sees this SQE: the handshake is
+    /// `handshake::Submission`'s, model-checked with loom.
     fn push(&self, sqe: &Entry, now: bool) {
-        {
-            let _sq = lock(&self.sq);
-            // SAFETY: holding the sq lock makes this the only SubmissionQueue in existence.
-            let mut sq = unsafe { self.ring.submission_shared() };
-            loop {
-                // SAFETY: every pointer in an SQE points into a record that stays allocated
-                // until its CQE is reaped (or into nothing, for NOPs and cancels).
-                if unsafe { sq.push(sqe) }.is_ok() {
-                    break;
-                }
-                // Full: let the kernel consume what is queued, then retry.
-                sq.sync();
-                let _ = self.ring.submit();
-                sq.sync();
-            }
-        }
-        fence(Ordering::SeqCst);
-        if !now && self.waiters.load(Ordering::SeqCst) == 0 {
-            return; // the next enter submits it
-        }
-        // Errors here (EINTR, EBUSY while the CQ overflows) leave the SQE queued; the next
-        // enter, from any thread, submits it.
-        if let Err(e) = self.ring.submit() {
-            tracing::trace!(error = %e, "io_uring_enter: submission deferred");
-        }
+        self.submission.push(self, sqe, now);
     }
 
     /// Whether the kernel has consumed every queued SQE.
@@ -348,25 +327,22 @@ impl Uring {
     /// Submits what is queued and waits in the kernel for at least one CQE, at most until
     /// `deadline`. False on timeout.
     fn wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
-        self.waiters.fetch_add(1, Ordering::SeqCst);
         let result = match deadline {
-            None => self.ring.submit_and_wait(1),
+            None => self.submission.wait(|| self.ring.submit_and_wait(1)),
             Some(at) => {
                 let left = at.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    self.waiters.fetch_sub(1, Ordering::SeqCst);
                     let _ = self.ring.submit(); // a poll still starts what was queued
                     return Ok(false);
                 }
                 let ts = Timespec::new()
                     .sec(left.as_secs())
                     .nsec(left.subsec_nanos());
-                self.ring
-                    .submitter()
-                    .submit_with_args(1, &SubmitArgs::new().timespec(&ts))
+                let args = SubmitArgs::new().timespec(&ts);
+                self.submission
+                    .wait(|| self.ring.submitter().submit_with_args(1, &args))
             }
         };
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
         match result {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(false),
@@ -379,6 +355,37 @@ impl Uring {
                 Ok(true)
             }
             Err(e) => Err(e),
+        }
+    }
+}
+
+/// The kernel side of `Uring::push`.
+impl Ring for Uring {
+    type Entry = Entry;
+
+    fn publish(&self, sqe: &Entry) {
+        let _sq = lock(&self.sq);
+        // SAFETY: holding the sq lock makes this the only SubmissionQueue in existence.
+        let mut sq = unsafe { self.ring.submission_shared() };
+        loop {
+            // SAFETY: every pointer in an SQE points into a record that stays allocated
+            // until its CQE is reaped (or into nothing, for NOPs and cancels).
+            if unsafe { sq.push(sqe) }.is_ok() {
+                break;
+            }
+            // Full: let the kernel consume what is queued, then retry.
+            sq.sync();
+            let _ = self.ring.submit();
+            sq.sync();
+        }
+        // Dropping `sq` stores the tail with release ordering.
+    }
+
+    fn enter(&self) {
+        // Errors here (EINTR, EBUSY while the CQ overflows) leave the SQE queued; the next
+        // enter, from any thread, submits it.
+        if let Err(e) = self.ring.submit() {
+            tracing::trace!(error = %e, "io_uring_enter: submission deferred");
         }
     }
 }
