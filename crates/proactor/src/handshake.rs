@@ -72,6 +72,12 @@ impl Submission {
     /// together with the others: one syscall for a batch.
     pub(crate) fn push<R: Ring + ?Sized>(&self, ring: &R, entry: &R::Entry, now: bool) {
         ring.publish(entry);
+        self.kick(ring, now);
+    }
+
+    /// After SQEs were published (by `push`, or by the caller through [`Ring::publish`] under
+    /// a lock of its own): enters the kernel with `now`, or when a thread is blocked in it.
+    pub(crate) fn kick<R: Ring + ?Sized>(&self, ring: &R, now: bool) {
         // Pairs with the fence in `wait`: either this thread sees the waiter, or the waiter's
         // enter sees the SQE.
         fence(SeqCst);
