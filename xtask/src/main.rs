@@ -1,19 +1,28 @@
 //! Build and test automation: `cargo xtask ci` is the README's test command.
 //!
 //! On Linux it installs what is missing (as root, through apt), checks formatting, runs clippy
-//! with `-D warnings`, the tests and the doc tests natively, then cross-compiles for
+//! with `-D warnings`, the tests and the doc tests natively, then the suites that try to break
+//! the library (`adversarial.rs`: failpoint tests on io_uring, epoll and SQPOLL, the loom model
+//! of the handshakes, AddressSanitizer and LeakSanitizer over the native suite, a short fuzz
+//! run), then cross-compiles for
 //! `x86_64-pc-windows-gnu` with Debian's rustc and `-Zbuild-std`, runs clippy for that target,
 //! runs the Windows test suite under Wine, and checks that proactor-echo makes no more
 //! Win32/WinSock calls per echoed message than a hand-written windows-sys echo. On Windows it
 //! runs the same suite natively.
 //!
 //! Commands:
-//! - `cargo xtask ci`: everything above.
-//! - `cargo xtask wine [cargo test args...]`: only the Windows suite under Wine, for iterating.
+//! - `cargo xtask ci`: everything above, with the time each step took.
+//! - `cargo xtask wine [cargo test args...]`: only the Windows suite under Wine, for iterating
+//!   (`cargo xtask wine --features proactor/failpoints` adds the failpoint tests).
+//! - `cargo xtask loom`, `cargo xtask asan`, `cargo xtask failpoints`: one of the Linux suites
+//!   of `ci`.
+//! - `cargo xtask fuzz [seconds] [io_uring|epoll|sqpoll]`: the fuzz target (default 600 s on
+//!   io_uring), installing cargo-fuzz if missing.
 //! - `cargo xtask calls`: Win32/WinSock calls per echoed message under Wine's relay trace,
 //!   proactor-echo against a hand-written windows-sys echo (part of `ci`).
 //! - `cargo xtask bench [matrix|memory] [args...]`: the benchmarks (Linux, release build).
 
+mod adversarial;
 mod calls;
 mod wine;
 
@@ -22,6 +31,8 @@ use std::{
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
 };
 
 fn main() -> ExitCode {
@@ -30,9 +41,14 @@ fn main() -> ExitCode {
         Some("ci") => ci(),
         Some("wine") => wine::prepare().and_then(|w| w.run_tests(&args[1..]).map(drop)),
         Some("calls") => wine::prepare().and_then(|w| calls::calls(&w)),
+        Some("loom") => adversarial::loom().map(drop),
+        Some("asan") => adversarial::asan().map(drop),
+        Some("failpoints") => adversarial::failpoints().map(drop),
+        Some("fuzz") => adversarial::fuzz_command_line(&args[1..]),
         Some("bench") => bench(&args[1..]),
-        _ => Err("usage: cargo xtask ci | cargo xtask wine [cargo test args...] | cargo xtask calls | cargo xtask bench [matrix|memory] [args...]".into()),
+        _ => Err("usage: cargo xtask ci | cargo xtask wine [cargo test args...] | cargo xtask calls | cargo xtask loom | cargo xtask asan | cargo xtask failpoints | cargo xtask fuzz [seconds] [backend] | cargo xtask bench [matrix|memory] [args...]".into()),
     };
+    print_timings();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -59,8 +75,35 @@ fn cargo() -> Command {
     cmd
 }
 
+/// The steps run so far, each with the time it started.
+static STEPS: Mutex<Vec<(String, Instant)>> = Mutex::new(Vec::new());
+
 fn step(name: &str) {
     eprintln!("\n==> {name}");
+    STEPS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((name.to_owned(), Instant::now()));
+}
+
+/// How long each step took (until the next one started), and the total.
+fn print_timings() {
+    let steps = STEPS.lock().unwrap_or_else(|e| e.into_inner());
+    if steps.len() < 2 {
+        return;
+    }
+    let end = Instant::now();
+    eprintln!("\n==> time per step");
+    for (i, (name, start)) in steps.iter().enumerate() {
+        let until = steps.get(i + 1).map_or(end, |(_, next)| *next);
+        eprintln!("{:>8}  {name}", minutes(until - *start));
+    }
+    eprintln!("{:>8}  total", minutes(end - steps[0].1));
+}
+
+fn minutes(d: Duration) -> String {
+    let s = d.as_secs();
+    format!("{}:{:02}", s / 60, s % 60)
 }
 
 /// Runs `cmd`, failing with its description if it fails.
@@ -184,13 +227,19 @@ fn ci() -> Result<()> {
     run(cargo()
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
+    if cfg!(target_os = "linux") {
+        native.add(adversarial::failpoints()?);
+        native.add(adversarial::loom()?);
+        native.add(adversarial::asan()?);
+        adversarial::fuzz(&adversarial::FUZZ_SECONDS)?;
+    }
     let mut all = native;
     if cfg!(target_os = "linux") {
         let wine = wine::prepare()?;
         step("clippy (x86_64-pc-windows-gnu)");
         run(wine.cargo().args(CLIPPY))?;
-        step("Windows test suite under Wine");
-        let windows = wine.run_tests(&[])?;
+        step("Windows test suite under Wine (with the failpoint tests)");
+        let windows = wine.run_tests(&["--features".into(), "proactor/failpoints".into()])?;
         println!("wine: {} passed, {} failed", windows.passed, windows.failed);
         if windows.passed == 0 {
             return Err("the Windows suite ran no test under Wine".into());

@@ -88,6 +88,8 @@ mod error;
 mod failpoint;
 mod fs;
 mod handle;
+#[cfg(target_os = "linux")]
+mod handshake;
 mod iocp;
 mod life;
 mod op;

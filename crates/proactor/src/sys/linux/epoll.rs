@@ -49,10 +49,7 @@ use std::{
     collections::{HashMap, VecDeque},
     io, mem,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
-    sync::{
-        Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicUsize, Ordering::SeqCst},
-    },
+    sync::{Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
 };
 
@@ -61,7 +58,12 @@ use super::{
     error::{from_errno, last_error},
     op::{ACCEPT_RESTARTS, Op, OpData, aim_at_room, complete, is_client_reset},
 };
-use crate::{Completion, OpId, OpKind, error::cancelled, table::Table};
+use crate::{
+    Completion, OpId, OpKind,
+    error::cancelled,
+    handshake::{Ready, Wake},
+    table::Table,
+};
 
 /// The epoll data of the wake-up eventfd (descriptors are never negative).
 const WAKE: u64 = u64::MAX;
@@ -140,9 +142,8 @@ pub(crate) struct Epoll {
     epfd: OwnedFd,
     wake: OwnedFd,
     fds: Mutex<HashMap<RawFd, Queues>>,
-    ready: Mutex<VecDeque<Completion>>,
-    ready_len: AtomicUsize,
-    waiters: AtomicUsize,
+    /// Completions to dequeue, and the threads in `epoll_wait` (model-checked).
+    ready: Ready<Completion>,
     /// Queued operations: id to descriptor, for cancel.
     table: Table<RawFd>,
 }
@@ -192,9 +193,7 @@ impl Epoll {
             epfd,
             wake,
             fds: Mutex::new(HashMap::new()),
-            ready: Mutex::new(VecDeque::new()),
-            ready_len: AtomicUsize::new(0),
-            waiters: AtomicUsize::new(0),
+            ready: Ready::new(),
             table: Table::new(),
         };
         port.register(port.wake.as_raw_fd(), WAKE, libc::EPOLLIN as u32)?;
@@ -226,47 +225,15 @@ impl Epoll {
         };
     }
 
+    /// Queues completions and wakes one thread blocked in `epoll_wait`, if any. Each wake-up
+    /// reaches one thread; a thread that leaves work in the ready queue wakes the next (see
+    /// `handshake::Ready`).
     fn push_ready(&self, done: impl IntoIterator<Item = Completion>) {
-        let mut pushed = false;
-        {
-            let mut ready = lock(&self.ready);
-            for c in done {
-                ready.push_back(c);
-                self.ready_len.fetch_add(1, SeqCst);
-                pushed = true;
-            }
-        }
-        if pushed {
-            self.wake_one();
-        }
-    }
-
-    /// Wakes one thread blocked in `epoll_wait`, if any. Each wake-up reaches one thread; a
-    /// thread that leaves work in the ready queue wakes the next (see `pop_ready`).
-    fn wake_one(&self) {
-        if self.waiters.load(SeqCst) > 0 {
-            let one = 1u64;
-            // SAFETY: writes 8 bytes from `one` to our eventfd; a full counter (EAGAIN) already
-            // means a pending wake-up.
-            unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
-        }
+        self.ready.push(done, self);
     }
 
     fn pop_ready(&self, out: &mut Vec<Completion>, max: usize) -> usize {
-        if self.ready_len.load(SeqCst) == 0 {
-            return 0;
-        }
-        let (n, left) = {
-            let mut ready = lock(&self.ready);
-            let n = max.min(ready.len());
-            out.extend(ready.drain(..n));
-            self.ready_len.fetch_sub(n, SeqCst);
-            (n, ready.len())
-        };
-        if left > 0 {
-            self.wake_one();
-        }
-        n
+        self.ready.pop(out, max, self)
     }
 
     /// Tries `op` once, without blocking.
@@ -445,11 +412,6 @@ impl Epoll {
 
     /// Waits for events, at most until `deadline`; runs what became ready. False on timeout.
     fn wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
-        self.waiters.fetch_add(1, SeqCst);
-        if self.ready_len.load(SeqCst) > 0 {
-            self.waiters.fetch_sub(1, SeqCst);
-            return Ok(true);
-        }
         let millis = match deadline {
             None => -1,
             Some(at) => {
@@ -459,9 +421,14 @@ impl Epoll {
         };
         // SAFETY: epoll_event is plain data; zeroes are valid.
         let mut events: [libc::epoll_event; 64] = unsafe { mem::zeroed() };
-        // SAFETY: `events` is writable for 64 entries; the epoll descriptor is open.
-        let n = unsafe { libc::epoll_wait(self.epfd.as_raw_fd(), events.as_mut_ptr(), 64, millis) };
-        self.waiters.fetch_sub(1, SeqCst);
+        let epfd = self.epfd.as_raw_fd();
+        // Sleeps only while no completion is queued (else returns to dequeue it).
+        let Some(n) = self.ready.wait(|| {
+            // SAFETY: `events` is writable for 64 entries; the epoll descriptor is open.
+            unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), 64, millis) }
+        }) else {
+            return Ok(true);
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
             return if e.raw_os_error() == Some(libc::EINTR) {
@@ -500,6 +467,16 @@ fn finish(op: Op, result: io::Result<usize>) -> Completion {
 /// A queued operation's completion as cancelled.
 fn cancelled_now(op: Op) -> Completion {
     finish(op, Err(cancelled(libc::ECANCELED, None)))
+}
+
+/// The eventfd write that wakes one thread in `epoll_wait`.
+impl Wake for Epoll {
+    fn wake(&self) {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from `one` to our eventfd; a full counter (EAGAIN) already
+        // means a pending wake-up.
+        unsafe { libc::write(self.wake.as_raw_fd(), (&raw const one).cast(), 8) };
+    }
 }
 
 /// The bytes a send or write has sent so far.
@@ -699,7 +676,7 @@ impl Driver for Epoll {
     }
 
     fn in_flight(&self) -> usize {
-        self.table.len() + self.ready_len.load(SeqCst)
+        self.table.len() + self.ready.len()
     }
 
     fn associate(&self, fd: RawFd, socket: bool) -> io::Result<()> {

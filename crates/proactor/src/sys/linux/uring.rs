@@ -37,7 +37,7 @@ use std::{
     ptr,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, AtomicUsize, Ordering, fence},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -53,7 +53,11 @@ use super::{
     error::from_errno,
     op::{ACCEPT_RESTARTS, Dir, Op, OpData, Order, complete, is_client_reset},
 };
-use crate::{Completion, OpId, OpKind, table::Table};
+use crate::{
+    Completion, OpId, OpKind,
+    handshake::{Ring, Submission},
+    table::Table,
+};
 
 /// Ring size: how many operations can be submitted before the kernel consumes them.
 const ENTRIES: u32 = 4096;
@@ -88,8 +92,8 @@ pub(crate) struct Uring {
     table: Table<Slot>,
     /// Set while dropping: finished operations end instead of continuing.
     closing: AtomicBool,
-    /// Threads blocked in `io_uring_enter` right now.
-    waiters: AtomicUsize,
+    /// Batched submission against the threads blocked in `io_uring_enter` (model-checked).
+    submission: Submission,
 }
 
 /// An operation in flight, as the table knows it.
@@ -177,7 +181,7 @@ impl Uring {
             cq: Mutex::new(()),
             table: Table::new(),
             closing: AtomicBool::new(false),
-            waiters: AtomicUsize::new(0),
+            submission: Submission::new(),
         })
     }
 
@@ -205,25 +209,15 @@ impl Uring {
     /// `io_uring_enter` (which would not see them); otherwise the next thread to dequeue,
     /// cancel or close submits them together with the others: one syscall for a batch.
     ///
-    /// Either this thread sees a waiter, or the waiter's enter sees the SQE: the waiter bumps
-    /// `waiters` before reading the queue's length, this thread published the SQE (in
-    /// `enqueue`) before reading `waiters`, both with sequentially consistent ordering.
+    /// Either this thread sees a waiter, or the waiter's enter sees the SQE (published in
+    /// `enqueue`): the handshake is `handshake::Submission`'s, model-checked with loom.
     fn kick(&self, now: bool) {
-        fence(Ordering::SeqCst);
-        if !now && self.waiters.load(Ordering::SeqCst) == 0 {
-            return; // the next enter submits it
-        }
-        // Errors here (EINTR, EBUSY while the CQ overflows) leave the SQE queued; the next
-        // enter, from any thread, submits it.
-        if let Err(e) = self.ring.submit() {
-            tracing::trace!(error = %e, "io_uring_enter: submission deferred");
-        }
+        self.submission.kick(self, now);
     }
 
     /// Queues one SQE and, if needed, submits it (`enqueue`, then `kick`).
     fn push(&self, sqe: &Entry, now: bool) {
-        self.enqueue(sqe);
-        self.kick(now);
+        self.submission.push(self, sqe, now);
     }
 
     /// How many SQEs were ever queued, and how many of them the kernel has consumed.
@@ -681,25 +675,22 @@ impl Uring {
     /// Submits what is queued and waits in the kernel for at least one CQE, at most until
     /// `deadline`. False on timeout.
     fn wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
-        self.waiters.fetch_add(1, Ordering::SeqCst);
         let result = match deadline {
-            None => self.ring.submit_and_wait(1),
+            None => self.submission.wait(|| self.ring.submit_and_wait(1)),
             Some(at) => {
                 let left = at.saturating_duration_since(Instant::now());
                 if left.is_zero() {
-                    self.waiters.fetch_sub(1, Ordering::SeqCst);
                     let _ = self.ring.submit(); // a poll still starts what was queued
                     return Ok(false);
                 }
                 let ts = Timespec::new()
                     .sec(left.as_secs())
                     .nsec(left.subsec_nanos());
-                self.ring
-                    .submitter()
-                    .submit_with_args(1, &SubmitArgs::new().timespec(&ts))
+                let args = SubmitArgs::new().timespec(&ts);
+                self.submission
+                    .wait(|| self.ring.submitter().submit_with_args(1, &args))
             }
         };
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
         match result {
             Ok(_) => Ok(true),
             Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(false),
@@ -728,6 +719,23 @@ fn inject_client_reset(op: &Op, res: i32) -> i32 {
         -libc::ECONNABORTED
     });
     res
+}
+
+/// The kernel side of `Uring::push`.
+impl Ring for Uring {
+    type Entry = Entry;
+
+    fn publish(&self, sqe: &Entry) {
+        self.enqueue(sqe);
+    }
+
+    fn enter(&self) {
+        // Errors here (EINTR, EBUSY while the CQ overflows) leave the SQE queued; the next
+        // enter, from any thread, submits it.
+        if let Err(e) = self.ring.submit() {
+            tracing::trace!(error = %e, "io_uring_enter: submission deferred");
+        }
+    }
 }
 
 /// `PROACTOR_SQPOLL=<idle milliseconds>`: submit through a kernel polling thread.

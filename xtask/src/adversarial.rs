@@ -1,0 +1,135 @@
+//! The Linux suites that try to break proactor rather than use it (issue 13): the failpoint
+//! tests on every backend, the loom model of the lock-free handshakes, AddressSanitizer and
+//! LeakSanitizer over the native suite, and a short run of the fuzz target. Each has its own
+//! target directory (its flags would otherwise rebuild the main one).
+
+use std::process::Command;
+
+use crate::{Result, Totals, cargo, root, run, run_tests, step};
+
+/// The backends a Linux test runs on: io_uring, the epoll fallback, io_uring with SQPOLL.
+pub const BACKENDS: [(&str, &str, &str); 3] = [
+    ("io_uring", "PROACTOR_BACKEND", "io_uring"),
+    ("epoll", "PROACTOR_BACKEND", "epoll"),
+    ("sqpoll", "PROACTOR_SQPOLL", "50"),
+];
+
+/// The native target, named so that `RUSTFLAGS` reach only the target's crates, never the
+/// build scripts and proc macros.
+const HOST: &str = "x86_64-unknown-linux-gnu";
+
+/// How long the fuzz target runs in `ci` on each backend, in seconds.
+pub const FUZZ_SECONDS: [(&str, u32); 2] = [("io_uring", 60), ("epoll", 30)];
+
+/// `cargo test -p proactor --features failpoints` on each backend: every test, with the tests
+/// that hold a thread inside each window where a record changes hands.
+pub fn failpoints() -> Result<Totals> {
+    let mut all = Totals::default();
+    for (label, var, value) in BACKENDS {
+        step(&format!("failpoint tests ({label})"));
+        let totals = run_tests(
+            cargo()
+                .args(["test", "-p", "proactor", "--features", "failpoints"])
+                .env(var, value),
+        )?;
+        println!("failpoints, {label}: {} passed", totals.passed);
+        all.add(totals);
+    }
+    Ok(all)
+}
+
+/// The loom model check of `crates/proactor/src/handshake.rs` (release: loom explores
+/// thousands of interleavings).
+pub fn loom() -> Result<Totals> {
+    step("loom model check of the handshakes (--cfg loom)");
+    let totals = run_tests(
+        cargo()
+            .args(["test", "-p", "proactor", "--lib", "--release", "handshake"])
+            .env("RUSTFLAGS", "--cfg loom")
+            .env("CARGO_TARGET_DIR", root().join("target/loom")),
+    )?;
+    if totals.passed == 0 {
+        return Err("the loom step ran no model".into());
+    }
+    Ok(totals)
+}
+
+/// The native suite (with the failpoint tests) under AddressSanitizer, whose LeakSanitizer
+/// fails a test binary that leaks, on io_uring and epoll. Library, integration tests and the
+/// micro-benchmarks run once; doc tests are not built with the sanitizer.
+pub fn asan() -> Result<Totals> {
+    let mut all = Totals::default();
+    for (label, var, value) in &BACKENDS[..2] {
+        step(&format!("AddressSanitizer + LeakSanitizer ({label})"));
+        let totals = run_tests(
+            cargo()
+                .args(["test", "-p", "proactor", "--features", "failpoints"])
+                .args(["--target", HOST, "--lib", "--tests"])
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env("RUSTFLAGS", "-Zsanitizer=address")
+                .env("ASAN_OPTIONS", "detect_leaks=1")
+                .env("CARGO_TARGET_DIR", root().join("target/asan"))
+                .env(var, value),
+        )?;
+        println!("asan, {label}: {} passed", totals.passed);
+        all.add(totals);
+    }
+    Ok(all)
+}
+
+/// Installs cargo-fuzz from crates.io if `cargo fuzz` is missing.
+fn install_cargo_fuzz() -> Result<()> {
+    let present = cargo()
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if present {
+        return Ok(());
+    }
+    step("cargo install cargo-fuzz");
+    run(cargo().args(["install", "cargo-fuzz", "--locked"]))
+}
+
+/// `cargo fuzz run ops` from `crates/proactor`: the fuzz target, under AddressSanitizer, for
+/// `seconds` on each backend given, starting from the kept corpus and the seeds.
+pub fn fuzz(runs: &[(&str, u32)]) -> Result<()> {
+    install_cargo_fuzz()?;
+    for (label, seconds) in runs {
+        let (_, var, value) = BACKENDS
+            .iter()
+            .find(|(name, ..)| name == label)
+            .ok_or_else(|| format!("no backend {label}: io_uring, epoll or sqpoll"))?;
+        step(&format!("fuzz target ops ({label}, {seconds} s)"));
+        run(fuzz_command()
+            .arg("run")
+            .arg("--target-dir")
+            .arg(root().join("target/fuzz"))
+            .args(["ops", "fuzz/corpus/ops", "fuzz/seeds", "--", "-timeout=60"])
+            .arg(format!("-max_total_time={seconds}"))
+            .env(var, value))?;
+    }
+    Ok(())
+}
+
+/// `cargo fuzz` in `crates/proactor` (its sanitizer flags need `RUSTC_BOOTSTRAP` on stable).
+fn fuzz_command() -> Command {
+    let crate_dir = root().join("crates/proactor");
+    let _ = std::fs::create_dir_all(crate_dir.join("fuzz/corpus/ops"));
+    let mut cmd = cargo();
+    cmd.current_dir(crate_dir)
+        .arg("fuzz")
+        .env("RUSTC_BOOTSTRAP", "1");
+    cmd
+}
+
+/// `cargo xtask fuzz [seconds] [backend]`: a longer run (default 600 s on io_uring).
+pub fn fuzz_command_line(args: &[String]) -> Result<()> {
+    let seconds = match args.first() {
+        None => 600,
+        Some(s) => s
+            .parse()
+            .map_err(|_| format!("fuzz: {s}: expected seconds"))?,
+    };
+    let backend = args.get(1).map_or("io_uring", String::as_str);
+    fuzz(&[(backend, seconds)])
+}
