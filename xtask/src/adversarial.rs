@@ -1,7 +1,8 @@
-//! The Linux suites that try to break proactor rather than use it (issue 13): the failpoint
-//! tests on every backend, the loom model of the lock-free handshakes, AddressSanitizer and
-//! LeakSanitizer over the native suite, and a short run of the fuzz target. Each has its own
-//! target directory (its flags would otherwise rebuild the main one).
+//! The Linux suites that try to break proactor rather than use it (issue 13): the loom model of
+//! the lock-free handshakes, AddressSanitizer and LeakSanitizer over the native suite, and a
+//! short run of the fuzz target, each with its own target directory (its flags would otherwise
+//! rebuild the main one); and, for `cargo xtask failpoints`, the crate's suite with the failpoint
+//! tests on every backend (`ci` runs them within its native test steps).
 
 use std::process::Command;
 
@@ -21,8 +22,8 @@ const HOST: &str = "x86_64-unknown-linux-gnu";
 /// How long the fuzz target runs in `ci` on each backend, in seconds.
 pub const FUZZ_SECONDS: [(&str, u32); 2] = [("io_uring", 60), ("epoll", 30)];
 
-/// `cargo test -p proactor --features failpoints` on each backend: every test, with the tests
-/// that hold a thread inside each window where a record changes hands.
+/// `cargo test -p proactor --features failpoints` on each backend: every test of the crate,
+/// with the tests that hold a thread inside each window where a record changes hands.
 pub fn failpoints() -> Result<Totals> {
     let mut all = Totals::default();
     for (label, var, value) in BACKENDS {

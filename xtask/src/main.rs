@@ -1,10 +1,10 @@
 //! Build and test automation: `cargo xtask ci` is the README's test command.
 //!
 //! On Linux it installs what is missing (as root, through apt), checks formatting, runs clippy
-//! with `-D warnings`, the tests and the doc tests natively, then the suites that try to break
-//! the library (`adversarial.rs`: failpoint tests on io_uring, epoll and SQPOLL, the loom model
-//! of the handshakes, AddressSanitizer and LeakSanitizer over the native suite, a short fuzz
-//! run), then cross-compiles for
+//! with `-D warnings`, the tests (with the failpoint tests, on io_uring, epoll and SQPOLL) and
+//! the doc tests natively, then the suites that try to break the library (`adversarial.rs`: the
+//! loom model of the handshakes, AddressSanitizer and LeakSanitizer over the native suite, a
+//! short fuzz run), then cross-compiles for
 //! `x86_64-pc-windows-gnu` with Debian's rustc and `-Zbuild-std`, runs clippy for that target,
 //! runs the Windows test suite under Wine, and checks that proactor-echo makes no more
 //! Win32/WinSock calls per echoed message than a hand-written windows-sys echo. On Windows it
@@ -197,6 +197,9 @@ const CLIPPY: [&str; 6] = [
     "warnings",
 ];
 
+/// `cargo test` arguments that compile in the failpoints, so the failpoint tests run.
+const FAILPOINTS: [&str; 2] = ["--features", "proactor/failpoints"];
+
 fn ci() -> Result<()> {
     if cfg!(target_os = "linux") {
         wine::install_missing()?;
@@ -205,8 +208,10 @@ fn ci() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
     step("clippy (native)");
     run(cargo().args(CLIPPY))?;
-    step("tests (native)");
-    let mut native = run_tests(cargo().args(["test", "--workspace"]))?;
+    // The failpoint tests (`tests/failpoints_*.rs`) are part of the suite: the feature only
+    // compiles the points in, which do nothing unless a test configures them.
+    step("tests (native, with failpoints)");
+    let mut native = run_tests(cargo().args(["test", "--workspace"]).args(FAILPOINTS))?;
     if cfg!(target_os = "linux") {
         // The same suite again on the epoll fallback, and on io_uring with a submission-polling
         // kernel thread.
@@ -214,8 +219,13 @@ fn ci() -> Result<()> {
             ("epoll", "PROACTOR_BACKEND", "epoll"),
             ("sqpoll", "PROACTOR_SQPOLL", "50"),
         ] {
-            step(&format!("tests (native, {var}={value})"));
-            let totals = run_tests(cargo().args(["test", "--workspace"]).env(var, value))?;
+            step(&format!("tests (native, with failpoints, {var}={value})"));
+            let totals = run_tests(
+                cargo()
+                    .args(["test", "--workspace"])
+                    .args(FAILPOINTS)
+                    .env(var, value),
+            )?;
             println!(
                 "{label}: {} passed, {} failed",
                 totals.passed, totals.failed
@@ -228,7 +238,6 @@ fn ci() -> Result<()> {
         .args(["doc", "--workspace", "--no-deps"])
         .env("RUSTDOCFLAGS", "-D warnings"))?;
     if cfg!(target_os = "linux") {
-        native.add(adversarial::failpoints()?);
         native.add(adversarial::loom()?);
         native.add(adversarial::asan()?);
         adversarial::fuzz(&adversarial::FUZZ_SECONDS)?;
@@ -239,7 +248,7 @@ fn ci() -> Result<()> {
         step("clippy (x86_64-pc-windows-gnu)");
         run(wine.cargo().args(CLIPPY))?;
         step("Windows test suite under Wine (with the failpoint tests)");
-        let windows = wine.run_tests(&["--features".into(), "proactor/failpoints".into()])?;
+        let windows = wine.run_tests(&FAILPOINTS.map(String::from))?;
         println!("wine: {} passed, {} failed", windows.passed, windows.failed);
         if windows.passed == 0 {
             return Err("the Windows suite ran no test under Wine".into());
