@@ -5,7 +5,8 @@
 //! on the handle, or closes it while queued SQEs wait behind one the kernel refuses.
 //!
 //! Run with `cargo test -p proactor --features failpoints --test failpoints_uring`. The tests
-//! need the io_uring backend and return early (saying so) on epoll.
+//! need the io_uring backend: they return early (saying so) under `PROACTOR_BACKEND=epoll`,
+//! and fail on any other backend.
 #![cfg(all(target_os = "linux", feature = "failpoints"))]
 
 mod common;
@@ -32,10 +33,18 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A port on io_uring, or `None` (with a note) when the environment selects epoll.
+/// A port on io_uring, or `None` (with a note) when the environment selects epoll
+/// (`PROACTOR_BACKEND=epoll`). Any other backend fails the test: a kernel without io_uring
+/// must not turn these tests into silent passes.
 fn uring_port() -> Option<Arc<Iocp>> {
     let port = Iocp::new().expect("port");
     if port.backend() != "io_uring" {
+        assert_eq!(
+            std::env::var("PROACTOR_BACKEND").as_deref(),
+            Ok("epoll"),
+            "the io_uring failpoint tests got the {} backend without PROACTOR_BACKEND=epoll",
+            port.backend()
+        );
         eprintln!(
             "skipped: the io_uring backend's failpoints, on {}",
             port.backend()
