@@ -110,7 +110,7 @@ const DOORBELL_AGAIN: Duration = Duration::from_millis(1);
 static NEXT_PORT: AtomicU64 = AtomicU64::new(1);
 
 thread_local! {
-    /// The port this thread last dequeued from (the fast path of `is_dequeuer`).
+    /// The port this thread last dequeued from (the fast path of `submits_here`).
     static LAST_DEQUEUED: Cell<u64> = const { Cell::new(0) };
     /// Every port this thread has dequeued from.
     static DEQUEUED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
@@ -131,7 +131,7 @@ pub(crate) struct Uring {
     closing: AtomicBool,
     /// Batched submission against the threads blocked in `io_uring_enter` (model-checked).
     submission: Submission,
-    /// This port's number (see `is_dequeuer`).
+    /// This port's number (see `dequeues`).
     id: u64,
     /// A kernel thread polls the submission queue (`PROACTOR_SQPOLL`): it submits everything.
     sqpoll: bool,
