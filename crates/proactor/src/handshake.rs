@@ -50,7 +50,8 @@ pub(crate) trait Ring {
     /// Queues `entry` where the next `io_uring_enter` sees it (the SQ tail, stored with
     /// release ordering).
     fn publish(&self, entry: &Self::Entry);
-    /// Enters the kernel to submit what is queued, without waiting.
+    /// Has what is queued submitted, without waiting: enters the kernel, or (io_uring, from a
+    /// thread that does not dequeue) wakes a thread blocked in it, whose loop submits it.
     fn enter(&self);
 }
 
@@ -85,6 +86,14 @@ impl Submission {
             return; // the next enter submits it
         }
         ring.enter();
+    }
+
+    /// Whether a thread is counted as blocked in the kernel now (after this thread's own
+    /// publish and a full fence, as in `kick`: if it reads false, a waiter that comes later
+    /// sees what was published).
+    pub(crate) fn waiting(&self) -> bool {
+        fence(SeqCst);
+        self.waiters.load(SeqCst) > 0
     }
 
     /// Runs `enter`, a blocking `io_uring_enter` that submits what is queued and then sleeps,

@@ -42,10 +42,16 @@ use crate::{Associate, Completion, Handle, OpId, sys};
 /// Open files with [`crate::open_file`] so that the same code opens them for overlapped I/O on
 /// Windows.
 ///
-/// On Linux's io_uring backend submissions are batched: an operation reaches the kernel at
-/// once if a thread is waiting in this port, and otherwise with the next call that enters it
-/// (a dequeue, a cancel, a handle's drop), so keep dequeuing after submitting, as every
-/// completion-port program does.
+/// On Linux's io_uring backend submissions are batched and made by the threads that dequeue
+/// (call [`get_completion`](Iocp::get_completion) or [`get_completions`](Iocp::get_completions)
+/// on this port): an operation reaches the kernel at once if a thread is waiting in this port
+/// (a thread that does not dequeue wakes it to submit), and otherwise with the next dequeue, so
+/// keep dequeuing after submitting, as every completion-port program does. The kernel ties each
+/// operation to the thread that submitted it: threads that only start, cancel or close things
+/// may exit freely, but a dequeuing thread that exits while operations it submitted still wait
+/// (a receive for data, an accept for a client) makes them complete with a cancelled error.
+/// Keep the dequeuing threads for the port's life (the worker-pool pattern), or set
+/// `PROACTOR_SQPOLL=<idle ms>`, whose kernel thread submits everything.
 ///
 /// # Drop
 ///

@@ -5,7 +5,8 @@
 //! on the handle, or closes it while queued SQEs wait behind one the kernel refuses.
 //!
 //! Run with `cargo test -p proactor --features failpoints --test failpoints_uring`. The tests
-//! need the io_uring backend and return early (saying so) on epoll.
+//! need the io_uring backend: they return early (saying so) under `PROACTOR_BACKEND=epoll`,
+//! and fail on any other backend.
 #![cfg(all(target_os = "linux", feature = "failpoints"))]
 
 mod common;
@@ -32,10 +33,18 @@ fn serial() -> MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A port on io_uring, or `None` (with a note) when the environment selects epoll.
+/// A port on io_uring, or `None` (with a note) when the environment selects epoll
+/// (`PROACTOR_BACKEND=epoll`). Any other backend fails the test: a kernel without io_uring
+/// must not turn these tests into silent passes.
 fn uring_port() -> Option<Arc<Iocp>> {
     let port = Iocp::new().expect("port");
     if port.backend() != "io_uring" {
+        assert_eq!(
+            std::env::var("PROACTOR_BACKEND").as_deref(),
+            Ok("epoll"),
+            "the io_uring failpoint tests got the {} backend without PROACTOR_BACKEND=epoll",
+            port.backend()
+        );
         eprintln!(
             "skipped: the io_uring backend's failpoints, on {}",
             port.backend()
@@ -623,5 +632,60 @@ fn handle_dropped_while_a_waiting_send_is_handed_the_lane() {
     );
     let rest = driver.finish(Duration::from_millis(200));
     assert!(rest.is_empty(), "one completion each: {rest:?}");
+    assert_no_live_operations(&port);
+}
+
+/// (k) A thread that does not dequeue closes a handle while another handle's receive waits in
+/// the submission queue (its submitter held between queuing and submitting) and a worker waits
+/// in the port. The close must have the worker submit the queue (the doorbell) and wait until
+/// the kernel consumed it, not submit it itself: the closing thread then exits, and a request
+/// it submitted would complete cancelled. So the other receive completes with its data, the
+/// closed handle's receive completes cancelled, and nothing reaches the connection that takes
+/// the closed descriptor's number.
+#[test]
+fn close_from_a_thread_that_exits_while_another_receive_is_queued() {
+    let _serial = serial();
+    let Some(port) = uring_port() else { return };
+    let driver = Driver::start(&port);
+    let (victim, mut victim_peer) = small_buffered_pair();
+    let victim = Arc::new(port.add_handle(victim, 1).unwrap());
+    let (closed, _closed_peer) = small_buffered_pair();
+    let closed = port.add_handle(closed, 2).unwrap();
+    let fd = closed.as_raw_fd();
+    let reuse = TcpListener::bind(SocketAddr::new(each_ip_v4(), 0)).unwrap();
+    let pending = port.recv(&closed, Vec::with_capacity(64));
+    thread::sleep(Duration::from_millis(20)); // submitted; the worker waits again
+
+    let mut held = Pause::at("uring::start");
+    let submitter = {
+        let (port, victim) = (port.clone(), victim.clone());
+        thread::spawn(move || port.recv(&victim, Vec::with_capacity(64)))
+    };
+    held.wait_hit(); // the victim's receive is queued, not submitted
+    thread::spawn(move || drop(closed)).join().unwrap();
+    held.release();
+    let recv = submitter.join().unwrap();
+    let (mut reused, mut new_peer) = connection_at(fd, &reuse);
+    new_peer.write_all(b"not yours").unwrap();
+
+    let c = completion_of(&driver, pending);
+    assert!(c.is_cancelled(), "{c:?}: {:?}", c.result());
+    victim_peer.write_all(b"hello").unwrap();
+    let mut c = completion_of(&driver, recv);
+    assert!(
+        !c.is_cancelled(),
+        "the queued receive completed cancelled: the closing thread submitted it and exited"
+    );
+    assert_eq!(c.result().ok(), Some(5), "{c:?}");
+    assert_eq!(c.take_buffer().as_deref(), Some(&b"hello"[..]));
+    reused
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = [0u8; 9];
+    reused.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"not yours", "the new connection keeps its bytes");
+    let rest = driver.finish(Duration::from_millis(200));
+    assert!(rest.is_empty(), "one completion each: {rest:?}");
+    drop(victim);
     assert_no_live_operations(&port);
 }

@@ -18,6 +18,23 @@
 //! before closing it. A cancel or close that came first ends the operation instead (as
 //! cancelled, with what it transferred and its buffers); one that comes after finds the new SQE.
 //!
+//! # Which thread submits
+//!
+//! The kernel ties each request to the thread that submitted it (`io_uring_enter` with SQEs to
+//! submit): when that thread exits, a request still waiting for readiness (a poll-armed receive,
+//! send or accept) completes `ECANCELED`. So only the threads that dequeue from the port (have
+//! called `get_completion(s)` on it: the worker pool, alive for the port's life) submit. Any
+//! other thread that queues an SQE, cancels, or closes never enters the main ring with SQEs: if
+//! a thread waits in the kernel, it rings the doorbell (an `IORING_OP_MSG_RING` through a tiny
+//! private ring, complete before the call returns, so that thread owns nothing that outlives
+//! it), which posts a CQE with `user_data` 0 to the main ring and wakes the waiter, whose loop
+//! re-enters and submits what is queued as its own; if none waits, the next dequeuer to enter
+//! submits it (the handshake of `handshake::Submission`). A close from such a thread waits
+//! until the kernel has consumed every SQE queued before it (see `drain_submissions`). With
+//! SQPOLL the kernel's polling thread submits everything and owns every request: any thread
+//! only wakes it. The remaining case is documented on `Iocp`: a dequeuing thread that exits
+//! while requests it submitted wait.
+//!
 //! # Order on a stream
 //!
 //! The kernel runs SQEs on one socket concurrently: two sends can interleave (the rest of a
@@ -32,19 +49,20 @@
 //! performed. Whoever takes a record out of a lane owns it until it queues its SQE.
 
 use std::{
+    cell::{Cell, RefCell},
     io,
-    os::fd::RawFd,
+    os::fd::{AsRawFd, RawFd},
     ptr,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use io_uring::{
     IoUring, opcode,
-    squeue::Entry,
+    squeue::{Entry, Flags},
     types::{CancelBuilder, Fd, SubmitArgs, Timespec},
 };
 
@@ -76,8 +94,27 @@ const POLL_FIRST: u16 = 1 << 0;
 /// How long dropping the port waits for cancelled operations before leaking their records.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How long closing a handle waits for the polling thread to consume queued SQEs.
+/// How long closing a handle waits for queued SQEs to be consumed before it warns (once; with
+/// SQPOLL it goes on waiting for the polling thread), or, from a thread that does not dequeue,
+/// submits them itself.
 const SQ_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a close from a thread that does not dequeue waits, while no thread waits in the
+/// kernel, for a dequeuer to come back and submit, before it submits itself.
+const NO_WAITER_GRACE: Duration = Duration::from_millis(2);
+
+/// How often that close rings the doorbell again while the queue is not consumed.
+const DOORBELL_AGAIN: Duration = Duration::from_millis(1);
+
+/// Port numbers, never reused: which ports the current thread dequeues from.
+static NEXT_PORT: AtomicU64 = AtomicU64::new(1);
+
+thread_local! {
+    /// The port this thread last dequeued from (the fast path of `submits_here`).
+    static LAST_DEQUEUED: Cell<u64> = const { Cell::new(0) };
+    /// Every port this thread has dequeued from.
+    static DEQUEUED: RefCell<Vec<u64>> = const { RefCell::new(Vec::new()) };
+}
 
 /// How long closing a handle waits for its operations to be cancelled.
 const SYNC_CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -94,6 +131,13 @@ pub(crate) struct Uring {
     closing: AtomicBool,
     /// Batched submission against the threads blocked in `io_uring_enter` (model-checked).
     submission: Submission,
+    /// This port's number (see `dequeues`).
+    id: u64,
+    /// A kernel thread polls the submission queue (`PROACTOR_SQPOLL`): it submits everything.
+    sqpoll: bool,
+    /// The doorbell: a private two-entry ring through which a thread that does not dequeue
+    /// sends an `IORING_OP_MSG_RING` to the main ring (`None` with SQPOLL).
+    doorbell: Option<Mutex<IoUring>>,
 }
 
 /// An operation in flight, as the table knows it.
@@ -167,7 +211,8 @@ impl Uring {
             opcode::Read::CODE,
             opcode::Write::CODE,
             opcode::AsyncCancel::CODE,
-            opcode::SendZc::CODE, // 6.0: implies cancel-by-descriptor (5.19) is there
+            opcode::MsgRingData::CODE, // 5.18
+            opcode::SendZc::CODE,      // 6.0: implies cancel-by-descriptor (5.19) is there
         ];
         if let Some(op) = needed.iter().find(|op| !probe.is_supported(**op)) {
             return Err(io::Error::new(
@@ -175,6 +220,10 @@ impl Uring {
                 format!("io_uring lacks opcode {op}: Linux 6.0 or later is needed"),
             ));
         }
+        let doorbell = match idle {
+            Some(_) => None,
+            None => Some(Mutex::new(IoUring::new(2)?)),
+        };
         Ok(Uring {
             ring,
             sq: Mutex::new(0),
@@ -182,7 +231,70 @@ impl Uring {
             table: Table::new(),
             closing: AtomicBool::new(false),
             submission: Submission::new(),
+            id: NEXT_PORT.fetch_add(1, Ordering::Relaxed),
+            sqpoll: idle.is_some(),
+            doorbell,
         })
+    }
+
+    /// Records that the current thread dequeues from this port: from now on it submits.
+    fn dequeues(&self) {
+        if LAST_DEQUEUED.get() == self.id {
+            return;
+        }
+        LAST_DEQUEUED.set(self.id);
+        DEQUEUED.with_borrow_mut(|ports| {
+            if !ports.contains(&self.id) {
+                ports.push(self.id);
+            }
+        });
+    }
+
+    /// Whether the current thread may submit: it dequeues from this port (it is expected to
+    /// live as long as the port serves), or the polling thread submits for everyone.
+    fn submits_here(&self) -> bool {
+        self.sqpoll
+            || LAST_DEQUEUED.get() == self.id
+            || DEQUEUED.with_borrow(|ports| ports.contains(&self.id))
+    }
+
+    /// Wakes the threads blocked in the main ring with a CQE of `user_data` 0 (dropped by
+    /// `finish`), so that one re-enters and submits what is queued. The `MSG_RING` completes
+    /// before this returns: the calling thread owns nothing in either ring afterwards. If the
+    /// doorbell fails, submits from this thread instead (the SQEs then belong to it).
+    fn ring_doorbell(&self) {
+        let rung = self.doorbell.as_ref().map(|bell| {
+            let mut bell = lock(bell);
+            let msg = opcode::MsgRingData::new(Fd(self.ring.as_raw_fd()), 0, 0, None)
+                .build()
+                .user_data(0)
+                .flags(Flags::SKIP_SUCCESS);
+            // SAFETY: the SQE points at no memory; the lock makes this the ring's only user.
+            let pushed = unsafe { bell.submission().push(&msg) }.is_ok();
+            let result = if pushed {
+                bell.submit_and_wait(0).map(|_| ())
+            } else {
+                Err(io::Error::from_raw_os_error(libc::EBUSY))
+            };
+            // Only a failed MSG_RING posts a CQE here (SKIP_SUCCESS).
+            let failed = bell.completion().map(|cqe| cqe.result()).find(|&r| r < 0);
+            match (result, failed) {
+                (Ok(()), None) => Ok(()),
+                (Err(e), _) => Err(e),
+                (_, Some(res)) => Err(io::Error::from_raw_os_error(-res)),
+            }
+        });
+        match rung {
+            Some(Ok(())) => {}
+            other => {
+                if let Some(Err(e)) = other {
+                    tracing::warn!(error = %e, "io_uring doorbell failed: submitting from this thread");
+                }
+                if let Err(e) = self.ring.submit() {
+                    tracing::trace!(error = %e, "io_uring_enter: submission deferred");
+                }
+            }
+        }
     }
 
     /// Queues one SQE without telling the kernel (see `kick`).
@@ -196,9 +308,16 @@ impl Uring {
             if unsafe { sq.push(sqe) }.is_ok() {
                 break;
             }
-            // Full: let the kernel consume what is queued, then retry.
+            // Full: let the kernel consume what is queued, then retry. A thread that does not
+            // dequeue has a waiter submit it; with none, it submits itself (nothing serves the
+            // port: the SQEs then belong to this thread).
             sq.sync();
-            let _ = self.ring.submit();
+            if self.submits_here() || !self.submission.waiting() {
+                let _ = self.ring.submit();
+            } else {
+                self.ring_doorbell();
+                std::thread::yield_now();
+            }
             sq.sync();
         }
         *queued += 1;
@@ -230,30 +349,64 @@ impl Uring {
     }
 
     /// Returns once the kernel has consumed every SQE queued before the call (the queue is
-    /// consumed in order), or after `SQ_DRAIN_TIMEOUT` with a warning. Only a consumed SQE can
-    /// be cancelled; one consumed after its descriptor's close would name a closed or reused
-    /// number. With `IORING_SETUP_SUBMIT_ALL` one enter consumes them all; without it a refused
-    /// SQE ends the batch and the next enter goes on; with SQPOLL the kernel thread does.
+    /// consumed in order). Only a consumed SQE can be cancelled; one consumed after its
+    /// descriptor's close would name a closed or reused number, so there is no deadline: after
+    /// `SQ_DRAIN_TIMEOUT` it warns once and goes on. With `IORING_SETUP_SUBMIT_ALL` one enter
+    /// consumes them all; without it a refused SQE ends the batch and the next enter goes on;
+    /// with SQPOLL the kernel thread does.
+    ///
+    /// A dequeuing thread (and any thread with SQPOLL) submits. Another thread has a dequeuer
+    /// submit, so that the SQEs, other handles' operations among them, do not end with it (see
+    /// "Which thread submits"): it rings the doorbell while a thread waits in the kernel. When
+    /// none has waited for `NO_WAITER_GRACE`, or after `SQ_DRAIN_TIMEOUT`, it submits itself:
+    /// the queued SQEs then belong to this thread and complete cancelled if it exits while they
+    /// wait. That happens when no thread serves the port (at shutdown, or before the first
+    /// dequeue) or every worker stays busy.
     fn drain_submissions(&self) {
-        let (target, _) = self.sq_progress();
-        let deadline = Instant::now() + SQ_DRAIN_TIMEOUT;
+        let (target, consumed) = self.sq_progress();
+        if consumed >= target {
+            return;
+        }
+        let start = Instant::now();
+        let mut own = self.submits_here();
+        let mut no_waiter_since: Option<Instant> = None;
+        let mut rung: Option<Instant> = None;
         let mut last_error = None;
+        let mut warned = false;
         loop {
-            // With SQPOLL this only wakes the polling thread if it sleeps.
-            if let Err(e) = self.ring.submit() {
-                last_error = Some(e);
+            if own {
+                // With SQPOLL this only wakes the polling thread if it sleeps.
+                if let Err(e) = self.ring.submit() {
+                    last_error = Some(e);
+                }
+            } else if self.submission.waiting() {
+                no_waiter_since = None;
+                if rung.is_none_or(|at| at.elapsed() >= DOORBELL_AGAIN) {
+                    self.ring_doorbell();
+                    rung = Some(Instant::now());
+                }
+            } else if no_waiter_since.get_or_insert_with(Instant::now).elapsed() >= NO_WAITER_GRACE
+            {
+                own = true;
+                continue;
             }
             let (_, consumed) = self.sq_progress();
             if consumed >= target {
                 return;
             }
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    left = target - consumed,
-                    error = ?last_error,
-                    "io_uring: queued SQEs not consumed before a handle's close"
-                );
-                return;
+            if start.elapsed() >= SQ_DRAIN_TIMEOUT {
+                if !own {
+                    own = true; // no dequeuer submitted in time
+                    continue;
+                }
+                if !warned {
+                    warned = true;
+                    tracing::warn!(
+                        left = target - consumed,
+                        error = ?last_error,
+                        "io_uring: queued SQEs not consumed yet; a handle's close waits for them"
+                    );
+                }
             }
             std::thread::yield_now();
         }
@@ -673,7 +826,8 @@ impl Uring {
     }
 
     /// Submits what is queued and waits in the kernel for at least one CQE, at most until
-    /// `deadline`. False on timeout.
+    /// `deadline`. False on timeout. A doorbell wakes it with a CQE of `user_data` 0: the
+    /// caller's loop reaps (drops) it and comes back here, submitting what was queued.
     fn wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
         let result = match deadline {
             None => self.submission.wait(|| self.ring.submit_and_wait(1)),
@@ -729,7 +883,16 @@ impl Ring for Uring {
         self.enqueue(sqe);
     }
 
+    /// A dequeuing thread (or any, with SQPOLL) submits; another rings the doorbell if a
+    /// thread waits in the kernel (`kick` calls this with `now` even when none does: then the
+    /// next dequeuer to enter submits, as the handshake guarantees).
     fn enter(&self) {
+        if !self.submits_here() {
+            if self.submission.waiting() {
+                self.ring_doorbell();
+            }
+            return;
+        }
         // Errors here (EINTR, EBUSY while the CQ overflows) leave the SQE queued; the next
         // enter, from any thread, submits it.
         if let Err(e) = self.ring.submit() {
@@ -773,6 +936,7 @@ impl Driver for Uring {
     }
 
     fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion> {
+        self.dequeues();
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             if let Some(done) = self.reap_one() {
@@ -790,6 +954,7 @@ impl Driver for Uring {
         max: usize,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
+        self.dequeues();
         let deadline = timeout.map(|t| Instant::now() + t);
         let max = max.max(1);
         let mut got = 0;
