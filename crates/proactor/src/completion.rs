@@ -67,6 +67,8 @@ pub struct Accepted {
 /// ```
 pub struct Completion {
     pub(crate) context: usize,
+    /// The operation's own value ([`Iocp::with_user`](crate::Iocp::with_user)); 0 if none.
+    pub(crate) user: usize,
     pub(crate) id: OpId,
     pub(crate) kind: OpKind,
     pub(crate) bytes: usize,
@@ -86,6 +88,13 @@ impl Completion {
     /// [`Iocp::post`](crate::Iocp::post).
     pub fn context(&self) -> usize {
         self.context
+    }
+
+    /// The operation's own user value, given at submission through
+    /// [`Iocp::with_user`](crate::Iocp::with_user); 0 for an operation submitted without one
+    /// and for a posted packet.
+    pub fn user(&self) -> usize {
+        self.user
     }
 
     /// The id [`Iocp`](crate::Iocp) returned when the operation was submitted.
@@ -225,6 +234,7 @@ impl fmt::Debug for Completion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Completion")
             .field("context", &self.context)
+            .field("user", &self.user)
             .field("id", &self.id)
             .field("kind", &self.kind)
             .field("bytes", &self.bytes)
@@ -286,6 +296,7 @@ mod tests {
     fn completion(error: Option<io::Error>, output: Output) -> Completion {
         Completion {
             context: 3,
+            user: 0,
             id: OpId::next(),
             kind: OpKind::Recv,
             bytes: 5,

@@ -2,7 +2,7 @@
 
 use std::{fmt, io, net::SocketAddr, time::Duration};
 
-use crate::{Associate, Completion, Handle, OpId, sys};
+use crate::{Associate, Completion, Handle, OpId, Submit, sys};
 
 /// An I/O completion port: associate handles with it, submit operations through it, and
 /// dequeue their completions from any number of threads.
@@ -219,6 +219,27 @@ impl Iocp {
         self.port.get_completions(out, max, timeout)
     }
 
+    /// The next operation, with a user value of its own: `port.with_user(7).recv(&conn, buf)`
+    /// submits a receive whose [`Completion::user`] is 7. See [`Submit`].
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, file: &proactor::Handle<std::fs::File>) -> std::io::Result<()> {
+    /// // Read four blocks at once; each completion says which block it was.
+    /// for block in 0..4u64 {
+    ///     port.with_user(block as usize)
+    ///         .read_at(file, Vec::with_capacity(4096), block * 4096);
+    /// }
+    /// for _ in 0..4 {
+    ///     let mut done = port.get_completion(None)?;
+    ///     let data = done.take_buffer().unwrap();
+    ///     println!("block {}: {} bytes", done.user(), data.len());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn with_user(&self, user: usize) -> Submit<'_> {
+        Submit::new(self, user)
+    }
+
     /// Receives into the spare capacity of `buf` (from its length to its capacity). The
     /// completion hands `buf` back with its length grown by the bytes received; `Ok(0)` is the
     /// peer's graceful close.
@@ -238,7 +259,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn recv<T: Associate>(&self, handle: &Handle<T>, buf: Vec<u8>) -> OpId {
-        self.port.recv(&handle.target, buf)
+        self.port.recv(&handle.target, 0, buf)
     }
 
     /// Receives into the spare capacity of each buffer in turn (a scatter receive).
@@ -249,7 +270,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn recv_vectored<T: Associate>(&self, handle: &Handle<T>, bufs: Vec<Vec<u8>>) -> OpId {
-        self.port.recv_vectored(&handle.target, bufs)
+        self.port.recv_vectored(&handle.target, 0, bufs)
     }
 
     /// Waits until the socket has something to read (data, EOF or an error) without holding a
@@ -262,7 +283,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn readable<T: Associate>(&self, handle: &Handle<T>) -> OpId {
-        self.port.readable(&handle.target)
+        self.port.readable(&handle.target, 0)
     }
 
     /// Sends all of `buf`. The completion's byte count says how much was sent, and hands `buf`
@@ -281,7 +302,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn send<T: Associate>(&self, handle: &Handle<T>, buf: Vec<u8>) -> OpId {
-        self.port.send(&handle.target, buf)
+        self.port.send(&handle.target, 0, buf)
     }
 
     /// Sends each buffer in turn (a gather send).
@@ -292,7 +313,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn send_vectored<T: Associate>(&self, handle: &Handle<T>, bufs: Vec<Vec<u8>>) -> OpId {
-        self.port.send_vectored(&handle.target, bufs)
+        self.port.send_vectored(&handle.target, 0, bufs)
     }
 
     /// Receives one datagram into the spare capacity of `buf`, and its source address
@@ -306,7 +327,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn recv_from<T: Associate>(&self, handle: &Handle<T>, buf: Vec<u8>) -> OpId {
-        self.port.recv_from(&handle.target, buf)
+        self.port.recv_from(&handle.target, 0, buf)
     }
 
     /// Sends `buf` as one datagram to `addr`.
@@ -322,7 +343,7 @@ impl Iocp {
         buf: Vec<u8>,
         addr: SocketAddr,
     ) -> OpId {
-        self.port.send_to(&handle.target, buf, addr)
+        self.port.send_to(&handle.target, 0, buf, addr)
     }
 
     /// Sends `len` bytes of `file`, from `offset`, on a connected socket (`TransmitFile`; 0
@@ -344,7 +365,8 @@ impl Iocp {
         offset: u64,
         len: u32,
     ) -> OpId {
-        self.port.transmit_file(&socket.target, file, offset, len)
+        self.port
+            .transmit_file(&socket.target, 0, file, offset, len)
     }
 
     /// Disconnects a connected socket gracefully (`DisconnectEx`): the peer sees the end of the
@@ -358,7 +380,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn disconnect<T: Associate>(&self, socket: &Handle<T>) -> OpId {
-        self.port.disconnect(&socket.target)
+        self.port.disconnect(&socket.target, 0)
     }
 
     /// Reads into the spare capacity of `buf` at `offset` (`ReadFile`); any handle opened for
@@ -371,7 +393,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn read_at<T: Associate>(&self, handle: &Handle<T>, buf: Vec<u8>, offset: u64) -> OpId {
-        self.port.read_at(&handle.target, buf, offset)
+        self.port.read_at(&handle.target, 0, buf, offset)
     }
 
     /// Writes all of `buf` at `offset` (`WriteFile`).
@@ -382,7 +404,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn write_at<T: Associate>(&self, handle: &Handle<T>, buf: Vec<u8>, offset: u64) -> OpId {
-        self.port.write_at(&handle.target, buf, offset)
+        self.port.write_at(&handle.target, 0, buf, offset)
     }
 
     /// Accepts one connection on a listening socket (`AcceptEx`). The completion carries the
@@ -400,7 +422,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn accept<T: Associate>(&self, listener: &Handle<T>) -> OpId {
-        self.port.accept(&listener.target)
+        self.port.accept(&listener.target, 0)
     }
 
     /// Connects a socket to `addr` (`ConnectEx`), binding it to an ephemeral port first if it is
@@ -418,7 +440,7 @@ impl Iocp {
     /// # Ok(()) }
     /// ```
     pub fn connect<T: Associate>(&self, socket: &Handle<T>, addr: SocketAddr) -> OpId {
-        self.port.connect(&socket.target, addr)
+        self.port.connect(&socket.target, 0, addr)
     }
 
     /// Connects to `addr` from a new TCP socket: creates the socket for `addr`'s family,
@@ -476,7 +498,7 @@ impl Iocp {
         input: Vec<u8>,
         output: Vec<u8>,
     ) -> OpId {
-        self.port.ioctl(&handle.target, code, input, output)
+        self.port.ioctl(&handle.target, 0, code, input, output)
     }
 
     /// Cancels one operation (`CancelIoEx` with its `OVERLAPPED`). Its completion still

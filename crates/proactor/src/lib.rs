@@ -93,6 +93,7 @@ mod handshake;
 mod iocp;
 mod life;
 mod op;
+mod submit;
 mod sys;
 mod table;
 
@@ -106,6 +107,7 @@ pub use fs::open_file;
 pub use handle::{Associate, Handle};
 pub use iocp::Iocp;
 pub use op::{OpId, OpKind};
+pub use submit::Submit;
 
 /// The `socket2` crate, at the version proactor associates (`socket2::Socket` is an
 /// [`Associate`] type): build sockets with it for [`Iocp::connect`] without depending on a

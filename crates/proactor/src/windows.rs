@@ -149,7 +149,7 @@ impl IocpExt for Iocp {
     }
 
     fn connect_named_pipe<T: Associate>(&self, pipe: &Handle<T>) -> OpId {
-        self.sys().connect_pipe(&pipe.target)
+        self.sys().connect_pipe(&pipe.target, 0)
     }
 
     fn extension_function<T: Associate>(&self, socket: &Handle<T>, guid: u128) -> OpId {

@@ -71,46 +71,88 @@ impl Port {
     ) -> io::Result<usize> {
         match *self {}
     }
-    pub(crate) fn recv(&self, _target: &Target, _buf: Vec<u8>) -> OpId {
+    pub(crate) fn recv(&self, _target: &Target, _user: usize, _buf: Vec<u8>) -> OpId {
         match *self {}
     }
-    pub(crate) fn recv_vectored(&self, _target: &Target, _bufs: Vec<Vec<u8>>) -> OpId {
+    pub(crate) fn recv_vectored(
+        &self,
+        _target: &Target,
+        _user: usize,
+        _bufs: Vec<Vec<u8>>,
+    ) -> OpId {
         match *self {}
     }
-    pub(crate) fn readable(&self, _target: &Target) -> OpId {
+    pub(crate) fn readable(&self, _target: &Target, _user: usize) -> OpId {
         match *self {}
     }
-    pub(crate) fn send(&self, _target: &Target, _buf: Vec<u8>) -> OpId {
+    pub(crate) fn send(&self, _target: &Target, _user: usize, _buf: Vec<u8>) -> OpId {
         match *self {}
     }
-    pub(crate) fn send_vectored(&self, _target: &Target, _bufs: Vec<Vec<u8>>) -> OpId {
+    pub(crate) fn send_vectored(
+        &self,
+        _target: &Target,
+        _user: usize,
+        _bufs: Vec<Vec<u8>>,
+    ) -> OpId {
         match *self {}
     }
-    pub(crate) fn read_at(&self, _target: &Target, _buf: Vec<u8>, _offset: u64) -> OpId {
+    pub(crate) fn read_at(
+        &self,
+        _target: &Target,
+        _user: usize,
+        _buf: Vec<u8>,
+        _offset: u64,
+    ) -> OpId {
         match *self {}
     }
-    pub(crate) fn write_at(&self, _target: &Target, _buf: Vec<u8>, _offset: u64) -> OpId {
+    pub(crate) fn write_at(
+        &self,
+        _target: &Target,
+        _user: usize,
+        _buf: Vec<u8>,
+        _offset: u64,
+    ) -> OpId {
         match *self {}
     }
-    pub(crate) fn accept(&self, _target: &Target) -> OpId {
+    pub(crate) fn accept(&self, _target: &Target, _user: usize) -> OpId {
         match *self {}
     }
-    pub(crate) fn connect(&self, _target: &Target, _addr: SocketAddr) -> OpId {
+    pub(crate) fn connect(&self, _target: &Target, _user: usize, _addr: SocketAddr) -> OpId {
         match *self {}
     }
-    pub(crate) fn ioctl(&self, _t: &Target, _code: u32, _input: Vec<u8>, _output: Vec<u8>) -> OpId {
+    pub(crate) fn ioctl(
+        &self,
+        _t: &Target,
+        _user: usize,
+        _code: u32,
+        _input: Vec<u8>,
+        _output: Vec<u8>,
+    ) -> OpId {
         match *self {}
     }
-    pub(crate) fn recv_from(&self, _target: &Target, _buf: Vec<u8>) -> OpId {
+    pub(crate) fn recv_from(&self, _target: &Target, _user: usize, _buf: Vec<u8>) -> OpId {
         match *self {}
     }
-    pub(crate) fn send_to(&self, _target: &Target, _buf: Vec<u8>, _addr: SocketAddr) -> OpId {
+    pub(crate) fn send_to(
+        &self,
+        _target: &Target,
+        _user: usize,
+        _buf: Vec<u8>,
+        _addr: SocketAddr,
+    ) -> OpId {
         match *self {}
     }
-    pub(crate) fn transmit_file(&self, _t: &Target, _f: &std::fs::File, _o: u64, _l: u32) -> OpId {
+    pub(crate) fn transmit_file(
+        &self,
+        _t: &Target,
+        _user: usize,
+        _f: &std::fs::File,
+        _o: u64,
+        _l: u32,
+    ) -> OpId {
         match *self {}
     }
-    pub(crate) fn disconnect(&self, _target: &Target) -> OpId {
+    pub(crate) fn disconnect(&self, _target: &Target, _user: usize) -> OpId {
         match *self {}
     }
     pub(crate) fn cancel(&self, _id: OpId) -> io::Result<()> {

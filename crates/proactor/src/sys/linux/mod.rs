@@ -228,6 +228,7 @@ impl Port {
     fn start(
         &self,
         target: &Target,
+        user: usize,
         kind: OpKind,
         offset: u64,
         data: OpData,
@@ -235,6 +236,7 @@ impl Port {
     ) -> OpId {
         let id = OpId::next();
         let mut op = Op::new(id, kind, target.context, target.raw.0, offset, data);
+        op.user = user;
         if target.port != self.id {
             op.refused = Some(crate::error::other_port());
         } else if needs_socket && !target.socket {
@@ -255,92 +257,113 @@ impl Port {
         id
     }
 
-    pub(crate) fn recv(&self, target: &Target, buf: Vec<u8>) -> OpId {
+    pub(crate) fn recv(&self, target: &Target, user: usize, buf: Vec<u8>) -> OpId {
         self.start(
             target,
+            user,
             OpKind::Recv,
             0,
             OpData::Buffer { buf, done: 0 },
             true,
         )
     }
-    pub(crate) fn recv_vectored(&self, target: &Target, bufs: Vec<Vec<u8>>) -> OpId {
+    pub(crate) fn recv_vectored(&self, target: &Target, user: usize, bufs: Vec<Vec<u8>>) -> OpId {
         self.start(
             target,
+            user,
             OpKind::RecvVectored,
             0,
             op::vectored(bufs, true),
             true,
         )
     }
-    pub(crate) fn readable(&self, target: &Target) -> OpId {
-        self.start(target, OpKind::Readable, 0, OpData::Readable, true)
+    pub(crate) fn readable(&self, target: &Target, user: usize) -> OpId {
+        self.start(target, user, OpKind::Readable, 0, OpData::Readable, true)
     }
-    pub(crate) fn send(&self, target: &Target, buf: Vec<u8>) -> OpId {
+    pub(crate) fn send(&self, target: &Target, user: usize, buf: Vec<u8>) -> OpId {
         self.start(
             target,
+            user,
             OpKind::Send,
             0,
             OpData::Buffer { buf, done: 0 },
             true,
         )
     }
-    pub(crate) fn send_vectored(&self, target: &Target, bufs: Vec<Vec<u8>>) -> OpId {
+    pub(crate) fn send_vectored(&self, target: &Target, user: usize, bufs: Vec<Vec<u8>>) -> OpId {
         self.start(
             target,
+            user,
             OpKind::SendVectored,
             0,
             op::vectored(bufs, false),
             true,
         )
     }
-    pub(crate) fn recv_from(&self, target: &Target, buf: Vec<u8>) -> OpId {
-        self.start(target, OpKind::RecvFrom, 0, op::datagram_recv(buf), true)
-    }
-    pub(crate) fn send_to(&self, target: &Target, buf: Vec<u8>, addr: SocketAddr) -> OpId {
+    pub(crate) fn recv_from(&self, target: &Target, user: usize, buf: Vec<u8>) -> OpId {
         self.start(
             target,
+            user,
+            OpKind::RecvFrom,
+            0,
+            op::datagram_recv(buf),
+            true,
+        )
+    }
+    pub(crate) fn send_to(
+        &self,
+        target: &Target,
+        user: usize,
+        buf: Vec<u8>,
+        addr: SocketAddr,
+    ) -> OpId {
+        self.start(
+            target,
+            user,
             OpKind::SendTo,
             0,
             op::datagram_send(buf, addr),
             true,
         )
     }
-    pub(crate) fn read_at(&self, target: &Target, buf: Vec<u8>, offset: u64) -> OpId {
+    pub(crate) fn read_at(&self, target: &Target, user: usize, buf: Vec<u8>, offset: u64) -> OpId {
         self.start(
             target,
+            user,
             OpKind::Read,
             offset,
             OpData::Buffer { buf, done: 0 },
             false,
         )
     }
-    pub(crate) fn write_at(&self, target: &Target, buf: Vec<u8>, offset: u64) -> OpId {
+    pub(crate) fn write_at(&self, target: &Target, user: usize, buf: Vec<u8>, offset: u64) -> OpId {
         self.start(
             target,
+            user,
             OpKind::Write,
             offset,
             OpData::Buffer { buf, done: 0 },
             false,
         )
     }
-    pub(crate) fn accept(&self, target: &Target) -> OpId {
+    pub(crate) fn accept(&self, target: &Target, user: usize) -> OpId {
         let data = OpData::Accept {
             restarts: 0,
             peer: op::PeerAddr::new(),
         };
-        self.start(target, OpKind::Accept, 0, data, true)
+        self.start(target, user, OpKind::Accept, 0, data, true)
     }
-    pub(crate) fn connect(&self, target: &Target, addr: SocketAddr) -> OpId {
+    pub(crate) fn connect(&self, target: &Target, user: usize, addr: SocketAddr) -> OpId {
         let data = OpData::Connect {
             addr: Box::new(addr.into()),
         };
-        self.start(target, OpKind::Connect, 0, data, true)
+        self.start(target, user, OpKind::Connect, 0, data, true)
     }
 
     pub(crate) fn ioctl(
         &self,
         target: &Target,
+        user: usize,
         _code: u32,
         input: Vec<u8>,
         output: Vec<u8>,
@@ -348,6 +371,7 @@ impl Port {
         let data = OpData::Ioctl { input, output };
         self.unsupported(
             target,
+            user,
             OpKind::Ioctl,
             data,
             "ioctl control codes are Windows' (WSAIoctl, DeviceIoControl)",
@@ -357,21 +381,24 @@ impl Port {
     pub(crate) fn transmit_file(
         &self,
         target: &Target,
+        user: usize,
         _file: &File,
         _offset: u64,
         _len: u32,
     ) -> OpId {
         self.unsupported(
             target,
+            user,
             OpKind::TransmitFile,
             OpData::Readable,
             "TransmitFile is Windows'",
         )
     }
 
-    pub(crate) fn disconnect(&self, target: &Target) -> OpId {
+    pub(crate) fn disconnect(&self, target: &Target, user: usize) -> OpId {
         self.unsupported(
             target,
+            user,
             OpKind::Disconnect,
             OpData::Readable,
             "DisconnectEx is Windows' (use shutdown)",
@@ -379,9 +406,17 @@ impl Port {
     }
 
     /// An operation Linux has no equivalent for: it completes with `Unsupported`.
-    fn unsupported(&self, target: &Target, kind: OpKind, data: OpData, what: &str) -> OpId {
+    fn unsupported(
+        &self,
+        target: &Target,
+        user: usize,
+        kind: OpKind,
+        data: OpData,
+        what: &str,
+    ) -> OpId {
         let id = OpId::next();
         let mut op = Op::new(id, kind, target.context, target.raw.0, 0, data);
+        op.user = user;
         op.refused = Some(io::Error::new(
             io::ErrorKind::Unsupported,
             format!("{what}: not available on Linux"),

@@ -70,6 +70,8 @@ pub(crate) struct Op {
     pub(crate) id: OpId,
     pub(crate) kind: OpKind,
     pub(crate) context: usize,
+    /// The operation's own user value ([`crate::Submit::user`]), handed back by its completion.
+    pub(crate) user: usize,
     pub(crate) fd: RawFd,
     pub(crate) offset: u64,
     /// Set when the operation was refused before reaching the kernel.
@@ -106,6 +108,7 @@ impl Op {
             id,
             kind,
             context,
+            user: 0,
             fd,
             offset,
             refused: None,
@@ -325,6 +328,7 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Com
         id,
         kind,
         context,
+        user,
         data,
         refused,
         progress,
@@ -416,6 +420,7 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Com
     };
     Completion {
         context,
+        user,
         id,
         kind,
         bytes,

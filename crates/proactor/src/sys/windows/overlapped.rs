@@ -108,6 +108,8 @@ pub(crate) struct Op {
     pub(crate) id: OpId,
     pub(crate) kind: OpKind,
     pub(crate) context: usize,
+    /// The operation's own user value ([`crate::Submit`]), handed back by its completion.
+    pub(crate) user: usize,
     pub(crate) target: RawIo,
     /// `WSARecv` flags, in and out; kept here because the provider may write them at completion.
     pub(crate) flags: u32,
@@ -154,6 +156,7 @@ impl OpBox {
             id,
             kind,
             context,
+            user: 0,
             target,
             flags: 0,
             immediate: None,

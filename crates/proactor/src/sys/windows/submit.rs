@@ -90,8 +90,15 @@ fn wsabuf_data(buf: &[u8]) -> WSABUF {
 }
 
 impl Port {
-    fn record(&self, target: &Target, kind: OpKind, offset: u64, data: OpData) -> OpBox {
-        OpBox::new(
+    fn record(
+        &self,
+        target: &Target,
+        user: usize,
+        kind: OpKind,
+        offset: u64,
+        data: OpData,
+    ) -> OpBox {
+        let mut op = OpBox::new(
             &self.records,
             OpId::next(),
             kind,
@@ -99,13 +106,15 @@ impl Port {
             target.raw,
             offset,
             data,
-        )
+        );
+        op.user = user;
+        op
     }
 
     /// `WSARecv` into the spare capacity of `buf`.
-    pub(crate) fn recv(&self, target: &Target, mut buf: Vec<u8>) -> OpId {
+    pub(crate) fn recv(&self, target: &Target, user: usize, mut buf: Vec<u8>) -> OpId {
         let wsabuf = wsabuf_spare(&mut buf);
-        let op = self.record(target, OpKind::Recv, 0, OpData::Buffer(buf));
+        let op = self.record(target, user, OpKind::Recv, 0, OpData::Buffer(buf));
         if let Some(err) = self.check(target, true) {
             return self.fail(op, err);
         }
@@ -116,9 +125,14 @@ impl Port {
     }
 
     /// `WSARecv` into the spare capacity of each buffer in turn.
-    pub(crate) fn recv_vectored(&self, target: &Target, mut bufs: Vec<Vec<u8>>) -> OpId {
+    pub(crate) fn recv_vectored(
+        &self,
+        target: &Target,
+        user: usize,
+        mut bufs: Vec<Vec<u8>>,
+    ) -> OpId {
         let wsabufs: Vec<WSABUF> = bufs.iter_mut().map(wsabuf_spare).collect();
-        let op = self.record(target, OpKind::RecvVectored, 0, OpData::Buffers(bufs));
+        let op = self.record(target, user, OpKind::RecvVectored, 0, OpData::Buffers(bufs));
         if let Some(err) = self.check(target, true) {
             return self.fail(op, err);
         }
@@ -129,8 +143,8 @@ impl Port {
     }
 
     /// A zero-byte `WSARecv`: completes when the socket has data, EOF or an error.
-    pub(crate) fn readable(&self, target: &Target) -> OpId {
-        let op = self.record(target, OpKind::Readable, 0, OpData::Readable);
+    pub(crate) fn readable(&self, target: &Target, user: usize) -> OpId {
+        let op = self.record(target, user, OpKind::Readable, 0, OpData::Readable);
         if let Some(err) = self.check(target, true) {
             return self.fail(op, err);
         }
@@ -167,16 +181,16 @@ impl Port {
     }
 
     /// `WSASend` of all of `buf`.
-    pub(crate) fn send(&self, target: &Target, buf: Vec<u8>) -> OpId {
+    pub(crate) fn send(&self, target: &Target, user: usize, buf: Vec<u8>) -> OpId {
         let wsabuf = wsabuf_data(&buf);
-        let op = self.record(target, OpKind::Send, 0, OpData::Buffer(buf));
+        let op = self.record(target, user, OpKind::Send, 0, OpData::Buffer(buf));
         self.send_bufs(target, op, &[wsabuf])
     }
 
     /// `WSASend` of every buffer in turn.
-    pub(crate) fn send_vectored(&self, target: &Target, bufs: Vec<Vec<u8>>) -> OpId {
+    pub(crate) fn send_vectored(&self, target: &Target, user: usize, bufs: Vec<Vec<u8>>) -> OpId {
         let wsabufs: Vec<WSABUF> = bufs.iter().map(|b| wsabuf_data(b)).collect();
-        let op = self.record(target, OpKind::SendVectored, 0, OpData::Buffers(bufs));
+        let op = self.record(target, user, OpKind::SendVectored, 0, OpData::Buffers(bufs));
         self.send_bufs(target, op, &wsabufs)
     }
 
@@ -204,9 +218,15 @@ impl Port {
     }
 
     /// `ReadFile` into the spare capacity of `buf`, at `offset`.
-    pub(crate) fn read_at(&self, target: &Target, mut buf: Vec<u8>, offset: u64) -> OpId {
+    pub(crate) fn read_at(
+        &self,
+        target: &Target,
+        user: usize,
+        mut buf: Vec<u8>,
+        offset: u64,
+    ) -> OpId {
         let spare = wsabuf_spare(&mut buf);
-        let op = self.record(target, OpKind::Read, offset, OpData::Buffer(buf));
+        let op = self.record(target, user, OpKind::Read, offset, OpData::Buffer(buf));
         if let Some(err) = self.check(target, false) {
             return self.fail(op, err);
         }
@@ -231,9 +251,9 @@ impl Port {
     }
 
     /// `WriteFile` of all of `buf`, at `offset`.
-    pub(crate) fn write_at(&self, target: &Target, buf: Vec<u8>, offset: u64) -> OpId {
+    pub(crate) fn write_at(&self, target: &Target, user: usize, buf: Vec<u8>, offset: u64) -> OpId {
         let data = wsabuf_data(&buf);
-        let op = self.record(target, OpKind::Write, offset, OpData::Buffer(buf));
+        let op = self.record(target, user, OpKind::Write, offset, OpData::Buffer(buf));
         if let Some(err) = self.check(target, false) {
             return self.fail(op, err);
         }
@@ -247,11 +267,17 @@ impl Port {
     }
 
     /// `WSARecvFrom` into the spare capacity of `buf`, with the source address.
-    pub(crate) fn recv_from(&self, target: &Target, mut buf: Vec<u8>) -> OpId {
+    pub(crate) fn recv_from(&self, target: &Target, user: usize, mut buf: Vec<u8>) -> OpId {
         let wsabuf = wsabuf_spare(&mut buf);
         let mut from = FromAddr::new();
         let (from_ptr, len_ptr) = (&raw mut from.storage, &raw mut from.len);
-        let op = self.record(target, OpKind::RecvFrom, 0, OpData::RecvFrom { buf, from });
+        let op = self.record(
+            target,
+            user,
+            OpKind::RecvFrom,
+            0,
+            OpData::RecvFrom { buf, from },
+        );
         if let Some(err) = self.check(target, true) {
             return self.fail(op, err);
         }
@@ -280,11 +306,17 @@ impl Port {
     }
 
     /// `WSASendTo` of all of `buf` to `addr`.
-    pub(crate) fn send_to(&self, target: &Target, buf: Vec<u8>, addr: SocketAddr) -> OpId {
+    pub(crate) fn send_to(
+        &self,
+        target: &Target,
+        user: usize,
+        buf: Vec<u8>,
+        addr: SocketAddr,
+    ) -> OpId {
         let wsabuf = wsabuf_data(&buf);
         let to = Box::new(SockAddr::from(addr));
         let (to_ptr, to_len) = (to.as_ptr().cast::<SOCKADDR>(), to.len());
-        let op = self.record(target, OpKind::SendTo, 0, OpData::SendTo { buf, to });
+        let op = self.record(target, user, OpKind::SendTo, 0, OpData::SendTo { buf, to });
         if let Some(err) = self.check(target, true) {
             return self.fail(op, err);
         }
@@ -313,11 +345,12 @@ impl Port {
     pub(crate) fn transmit_file(
         &self,
         target: &Target,
+        user: usize,
         file: &std::fs::File,
         offset: u64,
         len: u32,
     ) -> OpId {
-        let record = |data| self.record(target, OpKind::TransmitFile, offset, data);
+        let record = |data| self.record(target, user, OpKind::TransmitFile, offset, data);
         if let Some(err) = self.check(target, true) {
             return self.fail(record(OpData::None), err);
         }
@@ -338,8 +371,8 @@ impl Port {
     }
 
     /// `DisconnectEx`: a graceful disconnect.
-    pub(crate) fn disconnect(&self, target: &Target) -> OpId {
-        let op = self.record(target, OpKind::Disconnect, 0, OpData::None);
+    pub(crate) fn disconnect(&self, target: &Target, user: usize) -> OpId {
+        let op = self.record(target, user, OpKind::Disconnect, 0, OpData::None);
         if let Some(err) = self.check(target, true) {
             return self.fail(op, err);
         }
@@ -356,8 +389,8 @@ impl Port {
     }
 
     /// `ConnectNamedPipe`: waits for a client on a named pipe's server end.
-    pub(crate) fn connect_pipe(&self, target: &Target) -> OpId {
-        let op = self.record(target, OpKind::ConnectPipe, 0, OpData::None);
+    pub(crate) fn connect_pipe(&self, target: &Target, user: usize) -> OpId {
+        let op = self.record(target, user, OpKind::ConnectPipe, 0, OpData::None);
         if let Some(err) = self.check(target, false) {
             return self.fail(op, err);
         }
@@ -377,6 +410,7 @@ impl Port {
     pub(crate) fn ioctl(
         &self,
         target: &Target,
+        user: usize,
         code: u32,
         input: Vec<u8>,
         mut output: Vec<u8>,
@@ -385,6 +419,7 @@ impl Port {
         let out = wsabuf_spare(&mut output);
         let op = self.record(
             target,
+            user,
             OpKind::Ioctl,
             0,
             OpData::Ioctl {
@@ -437,13 +472,17 @@ impl Port {
     }
 
     /// `AcceptEx` on the listening socket `target`.
-    pub(crate) fn accept(&self, target: &Target) -> OpId {
+    pub(crate) fn accept(&self, target: &Target, user: usize) -> OpId {
         if let Some(err) = self.check(target, true) {
-            return self.fail(self.record(target, OpKind::Accept, 0, OpData::None), err);
+            return self.fail(
+                self.record(target, user, OpKind::Accept, 0, OpData::None),
+                err,
+            );
         }
         self.accept_on(
             OpId::next(),
             target.context,
+            user,
             socket_of(target),
             &target.route,
             &target.life,
@@ -451,17 +490,23 @@ impl Port {
         )
     }
 
+    #[allow(clippy::too_many_arguments)] // an accept's record, rebuilt on a restart
     fn accept_on(
         &self,
         id: OpId,
         context: usize,
+        user: usize,
         listener: SOCKET,
         route: &Route,
         life: &Arc<Life>,
         restarts: u32,
     ) -> OpId {
         let raw_io = RawIo::Socket(listener);
-        let record = |data| OpBox::new(&self.records, id, OpKind::Accept, context, raw_io, 0, data);
+        let record = |data| {
+            let mut op = OpBox::new(&self.records, id, OpKind::Accept, context, raw_io, 0, data);
+            op.user = user;
+            op
+        };
         // SAFETY: the listener is open: the caller borrows its Handle or holds its Life open.
         let borrowed = unsafe { net::borrow(listener) };
         let domain = net::domain_of(&SockRef::from(&borrowed));
@@ -503,14 +548,14 @@ impl Port {
     }
 
     /// `ConnectEx` of the socket `target` to `addr`, binding it first if needed.
-    pub(crate) fn connect(&self, target: &Target, addr: SocketAddr) -> OpId {
+    pub(crate) fn connect(&self, target: &Target, user: usize, addr: SocketAddr) -> OpId {
         let addr = Box::new(SockAddr::from(addr));
         let addr_ptr: *const SockAddr = &*addr;
         let data = OpData::Connect {
             life: target.life.clone(),
             addr,
         };
-        let op = self.record(target, OpKind::Connect, 0, data);
+        let op = self.record(target, user, OpKind::Connect, 0, data);
         if let Some(err) = self.check(target, true) {
             return self.fail(op, err);
         }
@@ -563,6 +608,7 @@ impl Port {
             id,
             kind,
             context,
+            user,
             target,
             data,
             ..
@@ -645,7 +691,7 @@ impl Port {
                     tracing::debug!(%id, error = %e, "accept: client reset; accepting again");
                     drop(socket);
                     let restarted = life.while_open(|| {
-                        self.accept_on(id, context, listener, &route, &life, restarts + 1)
+                        self.accept_on(id, context, user, listener, &route, &life, restarts + 1)
                     });
                     if restarted.is_some() {
                         return None;
@@ -693,6 +739,7 @@ impl Port {
         };
         Some(Completion {
             context,
+            user,
             id,
             kind,
             bytes,
