@@ -11,8 +11,7 @@
 mod common;
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    io::Write,
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, Ordering},
@@ -196,7 +195,11 @@ fn receive_survives_the_thread_that_submitted_it() {
 #[cfg(target_os = "linux")]
 #[test]
 fn close_from_a_thread_that_exits_while_the_worker_waits() {
-    use std::os::fd::AsRawFd;
+    use std::{
+        io::Read,
+        net::{SocketAddr, TcpListener, TcpStream},
+        os::fd::AsRawFd,
+    };
 
     let _serial = serial();
     let port = port();
