@@ -185,7 +185,14 @@ impl Iocp {
     /// # Errors
     ///
     /// [`io::ErrorKind::TimedOut`] when the timeout passes first. Errors of the operations
-    /// themselves are in the [`Completion`], not here.
+    /// themselves are in the [`Completion`], not here: an operation's deadline
+    /// ([`Submit::deadline`]) is its completion's error ([`crate::is_deadline`]), never this
+    /// timeout.
+    ///
+    /// The threads in `get_completion` and [`get_completions`](Iocp::get_completions) also serve
+    /// the port's deadlines and timers: each waits no longer than the earliest of them, then
+    /// cancels the operations whose deadline passed and returns the timers that are due. They
+    /// fire only while some thread dequeues.
     ///
     /// ```no_run
     /// # fn f(port: &proactor::Iocp) {
@@ -691,7 +698,8 @@ impl Iocp {
         self.port.cancel_all(&handle.target)
     }
 
-    /// How many operations are in flight: submitted, completion not yet dequeued.
+    /// How many operations are in flight: submitted, completion not yet dequeued. Pending
+    /// [`timer`](Iocp::timer)s count; the port's internal wake packets do not.
     ///
     /// ```no_run
     /// # fn f(port: &proactor::Iocp) {
