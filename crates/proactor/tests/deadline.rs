@@ -320,3 +320,73 @@ fn the_callers_own_timeout_still_times_out_with_a_far_deadline_pending() {
     assert_eq!(seen[&timer], OpKind::Timer);
     assert_eq!(port.operations_in_flight(), 0);
 }
+
+#[test]
+fn deadlines_and_timers_from_a_pool_of_threads_complete_once_and_not_early() {
+    let _serial = serial();
+    let port = Arc::new(Iocp::new().unwrap());
+    let pairs: Vec<_> = (0..10).map(|i| pair(&port, v4(), i)).collect();
+    let total = 120;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let (port, seen) = (port.clone(), seen.clone());
+            thread::spawn(move || {
+                let mut batch = Vec::new();
+                while seen.lock().unwrap().len() < total {
+                    match port.get_completions(&mut batch, 4, Some(Duration::from_millis(50))) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::TimedOut => continue,
+                        Err(e) => panic!("{e}"),
+                    }
+                    let now = Instant::now();
+                    let mut seen = seen.lock().unwrap();
+                    for c in batch.drain(..) {
+                        seen.push((c.user(), c.kind(), c.result().map_err(|e| e.kind()), now));
+                    }
+                }
+            })
+        })
+        .collect();
+    // Deadlines in shuffled order, each later or earlier than the one before.
+    let start = Instant::now();
+    let mut due = HashMap::new();
+    for i in 0..total {
+        let after = Duration::from_millis(((i * 37) % 60 + 5) as u64);
+        due.insert(i, start + after);
+        if i % 3 == 0 {
+            port.with_user(i).timer(after);
+        } else {
+            let (ours, _) = &pairs[i % pairs.len()];
+            port.with_user(i)
+                .deadline(start + after)
+                .recv(ours, Vec::with_capacity(8));
+        }
+        thread::sleep(Duration::from_micros(200));
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), total);
+    let mut users: Vec<_> = seen.iter().map(|s| s.0).collect();
+    users.sort();
+    assert_eq!(
+        users,
+        (0..total).collect::<Vec<_>>(),
+        "exactly one completion each"
+    );
+    for (user, kind, result, at) in seen.iter() {
+        assert!(*at >= due[user], "#{user} completed before its deadline");
+        if user % 3 == 0 {
+            assert_eq!((*kind, *result), (OpKind::Timer, Ok(0)));
+        } else {
+            assert_eq!(
+                (*kind, *result),
+                (OpKind::Recv, Err(io::ErrorKind::TimedOut))
+            );
+        }
+    }
+    assert_quiet(&port, Duration::from_millis(100));
+    assert_eq!(port.operations_in_flight(), 0);
+}
