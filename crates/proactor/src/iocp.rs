@@ -205,9 +205,9 @@ impl Iocp {
     /// # }
     /// ```
     pub fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion> {
-        let mut out = Vec::with_capacity(1);
-        self.dequeue(&mut out, 1, timeout)?;
-        Ok(out.pop().expect("dequeue returns at least one completion"))
+        let mut one = None;
+        self.dequeue(&mut Out::One(&mut one), timeout)?;
+        Ok(one.expect("dequeue returns at least one completion"))
     }
 
     /// Waits for completions and appends up to `max` of them to `out` in one batch
@@ -232,20 +232,18 @@ impl Iocp {
         max: usize,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
-        self.dequeue(out, max, timeout)
+        self.dequeue(&mut Out::Many(out, max.max(1)), timeout)
     }
 
     /// The dequeue of [`get_completion`](Iocp::get_completion) and
     /// [`get_completions`](Iocp::get_completions) with the port's timers: waits in the backend
     /// at most until the earliest deadline or timer (and the caller's timeout), expires what is
     /// due, and returns the caller's `TimedOut` only at the caller's own timeout.
-    fn dequeue(
-        &self,
-        out: &mut Vec<Completion>,
-        max: usize,
-        timeout: Option<Duration>,
-    ) -> io::Result<usize> {
-        let max = max.max(1);
+    fn dequeue(&self, out: &mut Out<'_>, timeout: Option<Duration>) -> io::Result<usize> {
+        let max = match out {
+            Out::One(_) => 1,
+            Out::Many(_, max) => *max,
+        };
         let end = timeout.map(|t| Instant::now().checked_add(t));
         loop {
             let now = Instant::now();
@@ -258,7 +256,10 @@ impl Iocp {
             if !expired.timers.is_empty() {
                 self.timers.leave();
                 let n = expired.timers.len();
-                out.extend(expired.timers);
+                match out {
+                    Out::One(one) => **one = expired.timers.into_iter().next(),
+                    Out::Many(out, _) => out.extend(expired.timers),
+                }
                 return Ok(n);
             }
             // The caller's end (`None` inside: too far to represent, so forever).
@@ -269,28 +270,35 @@ impl Iocp {
                 (None, Some(o)) => (Some(o), false),
                 (c, _) => (c, true),
             };
-            let start = out.len();
-            let result = if max == 1 {
-                self.port.get_completion(wait).map(|done| {
-                    out.push(done);
-                    1
-                })
-            } else {
-                self.port.get_completions(out, max, wait)
+            let result = match out {
+                Out::One(one) => self.port.get_completion(wait).map(|mut done| {
+                    if self.timers.filter(&mut done) {
+                        **one = Some(done);
+                        1
+                    } else {
+                        0
+                    }
+                }),
+                Out::Many(out, max) => {
+                    let start = out.len();
+                    self.port.get_completions(out, *max, wait).map(|_| {
+                        let mut kept = start;
+                        for i in start..out.len() {
+                            if self.timers.filter(&mut out[i]) {
+                                out.swap(kept, i);
+                                kept += 1;
+                            }
+                        }
+                        out.truncate(kept);
+                        kept - start
+                    })
+                }
             };
             self.timers.leave();
             match result {
-                Ok(_) => {
-                    let mut kept = start;
-                    for i in start..out.len() {
-                        if self.timers.filter(&mut out[i]) {
-                            out.swap(kept, i);
-                            kept += 1;
-                        }
-                    }
-                    out.truncate(kept);
-                    if kept > start {
-                        return Ok(kept - start);
+                Ok(n) => {
+                    if n > 0 {
+                        return Ok(n);
                     }
                     // Only wake packets: wait again, unless the caller's time is up.
                     if end.flatten().is_some_and(|e| Instant::now() >= e) {
@@ -726,6 +734,13 @@ impl Iocp {
     pub(crate) fn sys(&self) -> &sys::Port {
         &self.port
     }
+}
+
+/// Where [`Iocp::dequeue`] puts what it dequeues: one completion (no allocation), or a batch of
+/// at most `.1`.
+enum Out<'a> {
+    One(&'a mut Option<Completion>),
+    Many(&'a mut Vec<Completion>, usize),
 }
 
 impl fmt::Debug for Iocp {
