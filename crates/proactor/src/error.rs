@@ -19,6 +19,8 @@ pub(crate) struct OsError {
     pub(crate) cancelled: bool,
     /// Whether a datagram was longer than the buffer and was cut short.
     pub(crate) truncated: bool,
+    /// The port cancelled the operation because its deadline passed ([`is_deadline`]).
+    pub(crate) deadline: bool,
     /// What the code means here, when the OS's own message would not say it.
     pub(crate) note: Option<&'static str>,
 }
@@ -27,6 +29,9 @@ impl fmt::Display for OsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.cancelled {
             f.write_str("operation cancelled: ")?;
+        }
+        if self.deadline {
+            f.write_str("operation deadline passed: ")?;
         }
         if let Some(note) = self.note {
             write!(f, "{note}: ")?;
@@ -52,6 +57,7 @@ pub(crate) fn corrected(kind: io::ErrorKind, code: i32, ntstatus: Option<i32>) -
             ntstatus,
             cancelled: false,
             truncated: false,
+            deadline: false,
             note: None,
         },
     )
@@ -67,6 +73,7 @@ pub(crate) fn explained(kind: io::ErrorKind, code: i32, note: &'static str) -> i
             ntstatus: None,
             cancelled: false,
             truncated: false,
+            deadline: false,
             note: Some(note),
         },
     )
@@ -84,6 +91,7 @@ pub(crate) fn cancelled(code: i32, ntstatus: Option<i32>) -> io::Error {
         ntstatus,
         cancelled: true,
         truncated: false,
+        deadline: false,
         note: None,
     })
 }
@@ -91,6 +99,30 @@ pub(crate) fn cancelled(code: i32, ntstatus: Option<i32>) -> io::Error {
 /// Builds the error of a datagram receive whose datagram did not fit: kind
 /// [`io::ErrorKind::InvalidData`], OS `code` kept (`EMSGSIZE` on Linux, `WSAEMSGSIZE` on
 /// Windows), recognised by [`is_truncated`].
+/// The error of an operation the port cancelled because its deadline passed: kind
+/// [`io::ErrorKind::TimedOut`], the cancel's OS code (`code`: 995 or `ECANCELED`), and
+/// [`is_deadline`] true while [`is_cancelled`] is false.
+pub(crate) fn deadline(code: i32, ntstatus: Option<i32>) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        OsError {
+            code,
+            ntstatus,
+            cancelled: false,
+            truncated: false,
+            deadline: true,
+            note: None,
+        },
+    )
+}
+
+/// The cancelled error made into a deadline error, keeping its code; `None` if `err` is not a
+/// cancel.
+pub(crate) fn cancel_to_deadline(err: &io::Error) -> Option<io::Error> {
+    let os = os_error(err).filter(|e| e.cancelled)?;
+    Some(deadline(os.code, os.ntstatus))
+}
+
 #[cfg_attr(not(any(windows, target_os = "linux")), allow(dead_code))]
 pub(crate) fn truncated(code: i32, ntstatus: Option<i32>) -> io::Error {
     io::Error::new(
@@ -100,6 +132,7 @@ pub(crate) fn truncated(code: i32, ntstatus: Option<i32>) -> io::Error {
             ntstatus,
             cancelled: false,
             truncated: true,
+            deadline: false,
             note: Some("datagram truncated"),
         },
     )
@@ -205,6 +238,29 @@ pub fn is_truncated(err: &io::Error) -> bool {
     os_error(err).is_some_and(|e| e.truncated)
 }
 
+/// Whether `err` is the error of an operation whose deadline passed
+/// ([`Submit::deadline`](crate::Submit::deadline), [`Submit::timeout`](crate::Submit::timeout)):
+/// the port cancelled it. Its kind is [`io::ErrorKind::TimedOut`] and it keeps the cancel's OS
+/// code (995 `ERROR_OPERATION_ABORTED` on Windows, 125 `ECANCELED` on Linux), so it is told apart
+/// from a cancel ([`is_cancelled`] is false for it) and from a timeout the OS itself reports
+/// (`WSAETIMEDOUT`, `ETIMEDOUT`: a connect that got no answer, for which this is false).
+///
+/// ```no_run
+/// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) -> std::io::Result<()> {
+/// use std::time::Duration;
+/// port.with_timeout(Duration::from_secs(5)).recv(conn, Vec::with_capacity(4096));
+/// let done = port.get_completion(None)?;
+/// match done.result() {
+///     Err(e) if proactor::is_deadline(&e) => println!("no request within 5 s"),
+///     Err(e) => println!("failed: {e}"),
+///     Ok(n) => println!("{n} bytes"),
+/// }
+/// # Ok(()) }
+/// ```
+pub fn is_deadline(err: &io::Error) -> bool {
+    os_error(err).is_some_and(|e| e.deadline)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,6 +302,18 @@ mod tests {
             90,
             None
         )));
+    }
+
+    #[test]
+    fn deadline_errors_are_neither_cancels_nor_os_timeouts() {
+        let err = cancel_to_deadline(&cancelled(125, None)).expect("a cancel");
+        assert!(is_deadline(&err));
+        assert!(!is_cancelled(&err));
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(raw_os_error(&err), Some(125));
+        assert!(!is_deadline(&io::Error::from(io::ErrorKind::TimedOut)));
+        assert!(!is_deadline(&cancelled(995, None)));
+        assert!(cancel_to_deadline(&corrected(io::ErrorKind::Other, 5, None)).is_none());
     }
 
     #[test]

@@ -1,8 +1,12 @@
 //! The completion port as the application sees it.
 
-use std::{fmt, io, net::SocketAddr, time::Duration};
+use std::{
+    fmt, io,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
-use crate::{Associate, Completion, Handle, OpId, Submit, sys};
+use crate::{Associate, Completion, Handle, OpId, Submit, sys, timers::Timers};
 
 /// An I/O completion port: associate handles with it, submit operations through it, and
 /// dequeue their completions from any number of threads.
@@ -88,6 +92,8 @@ use crate::{Associate, Completion, Handle, OpId, Submit, sys};
 /// ```
 pub struct Iocp {
     port: sys::Port,
+    /// Deadlines and timers: see `src/timers.rs`.
+    timers: Timers,
 }
 
 const _: fn() = || {
@@ -128,6 +134,7 @@ impl Iocp {
     pub fn with_concurrency(threads: u32) -> io::Result<Iocp> {
         Ok(Iocp {
             port: sys::Port::new(threads)?,
+            timers: Timers::default(),
         })
     }
 
@@ -178,7 +185,14 @@ impl Iocp {
     /// # Errors
     ///
     /// [`io::ErrorKind::TimedOut`] when the timeout passes first. Errors of the operations
-    /// themselves are in the [`Completion`], not here.
+    /// themselves are in the [`Completion`], not here: an operation's deadline
+    /// ([`Submit::deadline`]) is its completion's error ([`crate::is_deadline`]), never this
+    /// timeout.
+    ///
+    /// The threads in `get_completion` and [`get_completions`](Iocp::get_completions) also serve
+    /// the port's deadlines and timers: each waits no longer than the earliest of them, then
+    /// cancels the operations whose deadline passed and returns the timers that are due. They
+    /// fire only while some thread dequeues.
     ///
     /// ```no_run
     /// # fn f(port: &proactor::Iocp) {
@@ -191,7 +205,9 @@ impl Iocp {
     /// # }
     /// ```
     pub fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion> {
-        self.port.get_completion(timeout)
+        let mut one = None;
+        self.dequeue(&mut Out::One(&mut one), timeout)?;
+        Ok(one.expect("dequeue returns at least one completion"))
     }
 
     /// Waits for completions and appends up to `max` of them to `out` in one batch
@@ -216,7 +232,83 @@ impl Iocp {
         max: usize,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
-        self.port.get_completions(out, max, timeout)
+        self.dequeue(&mut Out::Many(out, max.max(1)), timeout)
+    }
+
+    /// The dequeue of [`get_completion`](Iocp::get_completion) and
+    /// [`get_completions`](Iocp::get_completions) with the port's timers: waits in the backend
+    /// at most until the earliest deadline or timer (and the caller's timeout), expires what is
+    /// due, and returns the caller's `TimedOut` only at the caller's own timeout.
+    fn dequeue(&self, out: &mut Out<'_>, timeout: Option<Duration>) -> io::Result<usize> {
+        let max = match out {
+            Out::One(_) => 1,
+            Out::Many(_, max) => *max,
+        };
+        let end = timeout.map(|t| Instant::now().checked_add(t));
+        loop {
+            let now = Instant::now();
+            let (expired, next) = self.timers.enter(now, max);
+            for id in expired.cancel {
+                if self.port.cancel(id).is_err() {
+                    self.timers.not_cancelled(id);
+                }
+            }
+            if !expired.timers.is_empty() {
+                self.timers.leave();
+                let n = expired.timers.len();
+                match out {
+                    Out::One(one) => **one = expired.timers.into_iter().next(),
+                    Out::Many(out, _) => out.extend(expired.timers),
+                }
+                return Ok(n);
+            }
+            // The caller's end (`None` inside: too far to represent, so forever).
+            let caller = end.flatten().map(|e| e.saturating_duration_since(now));
+            let ours = next.map(|n| n.saturating_duration_since(now));
+            let (wait, for_caller) = match (caller, ours) {
+                (Some(c), Some(o)) if o < c => (Some(o), false),
+                (None, Some(o)) => (Some(o), false),
+                (c, _) => (c, true),
+            };
+            let result = match out {
+                Out::One(one) => self.port.get_completion(wait).map(|mut done| {
+                    if self.timers.filter(&mut done) {
+                        **one = Some(done);
+                        1
+                    } else {
+                        0
+                    }
+                }),
+                Out::Many(out, max) => {
+                    let start = out.len();
+                    self.port.get_completions(out, *max, wait).map(|_| {
+                        let mut kept = start;
+                        for i in start..out.len() {
+                            if self.timers.filter(&mut out[i]) {
+                                out.swap(kept, i);
+                                kept += 1;
+                            }
+                        }
+                        out.truncate(kept);
+                        kept - start
+                    })
+                }
+            };
+            self.timers.leave();
+            match result {
+                Ok(n) => {
+                    if n > 0 {
+                        return Ok(n);
+                    }
+                    // Only wake packets: wait again, unless the caller's time is up.
+                    if end.flatten().is_some_and(|e| Instant::now() >= e) {
+                        return Err(io::ErrorKind::TimedOut.into());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut && !for_caller => {}
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The next operation, with a user value of its own: `port.with_user(7).recv(&conn, buf)`
@@ -238,6 +330,75 @@ impl Iocp {
     /// ```
     pub fn with_user(&self, user: usize) -> Submit<'_> {
         Submit::new(self, user)
+    }
+
+    /// A [`Submit`] with user value 0 whose operation must complete by `at`:
+    /// `port.with_deadline(at)` is `port.with_user(0).deadline(at)`. See [`Submit::deadline`].
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// use std::time::{Duration, Instant};
+    /// let at = Instant::now() + Duration::from_secs(30);
+    /// port.with_deadline(at).send(conn, b"response".to_vec());
+    /// # }
+    /// ```
+    pub fn with_deadline(&self, at: Instant) -> Submit<'_> {
+        Submit::new(self, 0).deadline(at)
+    }
+
+    /// A [`Submit`] with user value 0 whose operation must complete within `after`:
+    /// `port.with_timeout(d)` is `port.with_user(0).timeout(d)`. See [`Submit::timeout`].
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// use std::time::Duration;
+    /// port.with_timeout(Duration::from_secs(5)).recv(conn, Vec::with_capacity(4096));
+    /// # }
+    /// ```
+    pub fn with_timeout(&self, after: Duration) -> Submit<'_> {
+        Submit::new(self, 0).timeout(after)
+    }
+
+    /// Starts a timer: an operation of kind [`OpKind::Timer`](crate::OpKind::Timer) that
+    /// completes `Ok(0)` once `after` has passed (the completion-port way to schedule work: it
+    /// comes to a thread in [`get_completion`](Iocp::get_completion) like any completion). It
+    /// carries user value 0 and context 0; [`Submit::timer`] gives it a user value.
+    /// [`cancel`](Iocp::cancel) ends it early, as a cancelled completion.
+    ///
+    /// The port keeps its timers itself (a min-heap; no thread and no OS timer object per
+    /// timer): the threads in `get_completion` wait no longer than the earliest one, so a timer
+    /// fires only while a thread is dequeuing, like every completion of the port. Timers fire
+    /// in the order of their instants; a timer is not early, and late by the time a thread
+    /// needs to come back from the kernel.
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// use std::time::Duration;
+    /// let port = proactor::Iocp::new()?;
+    /// let slow = port.timer(Duration::from_millis(50));
+    /// let fast = port.timer(Duration::from_millis(10));
+    /// assert_eq!(port.get_completion(None)?.id(), fast);
+    /// port.cancel(slow)?;
+    /// assert!(port.get_completion(None)?.is_cancelled());
+    /// # Ok(()) }
+    /// ```
+    pub fn timer(&self, after: Duration) -> OpId {
+        self.start_timer(0, after)
+    }
+
+    pub(crate) fn start_timer(&self, user: usize, after: Duration) -> OpId {
+        let id = OpId::next();
+        let now = Instant::now();
+        let at = now
+            .checked_add(after)
+            .unwrap_or(now + Duration::from_secs(86_400 * 365 * 30));
+        self.timers.add_timer(id, at, user, || self.port.post(0, 0));
+        id
+    }
+
+    /// Gives operation `id`, just submitted, the deadline `at`.
+    pub(crate) fn set_deadline(&self, id: OpId, at: Instant) {
+        self.timers.add_deadline(id, at, || self.port.post(0, 0));
     }
 
     /// Receives into the spare capacity of `buf` (from its length to its capacity). The
@@ -519,6 +680,9 @@ impl Iocp {
     /// # }
     /// ```
     pub fn cancel(&self, id: OpId) -> io::Result<()> {
+        if self.timers.cancel_timer(id, || self.port.post(0, 0)) {
+            return Ok(());
+        }
         self.port.cancel(id)
     }
 
@@ -542,7 +706,8 @@ impl Iocp {
         self.port.cancel_all(&handle.target)
     }
 
-    /// How many operations are in flight: submitted, completion not yet dequeued.
+    /// How many operations are in flight: submitted, completion not yet dequeued. Pending
+    /// [`timer`](Iocp::timer)s count; the port's internal wake packets do not.
     ///
     /// ```no_run
     /// # fn f(port: &proactor::Iocp) {
@@ -550,7 +715,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn operations_in_flight(&self) -> usize {
-        self.port.in_flight()
+        self.timers.adjust_in_flight(self.port.in_flight())
     }
 
     /// Which backend runs this port: `"iocp"` on Windows; `"io_uring"`, or `"epoll"` where
@@ -569,6 +734,13 @@ impl Iocp {
     pub(crate) fn sys(&self) -> &sys::Port {
         &self.port
     }
+}
+
+/// Where [`Iocp::dequeue`] puts what it dequeues: one completion (no allocation), or a batch of
+/// at most `.1`.
+enum Out<'a> {
+    One(&'a mut Option<Completion>),
+    Many(&'a mut Vec<Completion>, usize),
 }
 
 impl fmt::Debug for Iocp {

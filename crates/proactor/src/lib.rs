@@ -96,13 +96,14 @@ mod op;
 mod submit;
 mod sys;
 mod table;
+mod timers;
 
 #[cfg(windows)]
 #[cfg_attr(docsrs, doc(cfg(windows)))]
 pub mod windows;
 
 pub use completion::{Accepted, Completion};
-pub use error::{is_cancelled, is_truncated, raw_os_error};
+pub use error::{is_cancelled, is_deadline, is_truncated, raw_os_error};
 pub use fs::open_file;
 pub use handle::{Associate, Handle};
 pub use iocp::Iocp;

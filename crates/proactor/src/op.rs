@@ -95,6 +95,16 @@ pub enum OpKind {
     Disconnect,
     /// Waiting for a client on a named pipe (`ConnectNamedPipe`).
     ConnectPipe,
+    /// A timer ([`Iocp::timer`](crate::Iocp::timer)): completes `Ok(0)` once its duration has
+    /// passed, or cancelled if [`Iocp::cancel`](crate::Iocp::cancel) came first.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp) -> std::io::Result<()> {
+    /// port.timer(std::time::Duration::from_millis(10));
+    /// assert_eq!(port.get_completion(None)?.kind(), proactor::OpKind::Timer);
+    /// # Ok(()) }
+    /// ```
+    Timer,
 }
 
 impl OpKind {
@@ -117,6 +127,7 @@ impl OpKind {
             OpKind::TransmitFile => "transmit_file",
             OpKind::Disconnect => "disconnect",
             OpKind::ConnectPipe => "connect_pipe",
+            OpKind::Timer => "timer",
         }
     }
 }

@@ -372,7 +372,8 @@ impl Epoll {
             | OpKind::Ioctl
             | OpKind::TransmitFile
             | OpKind::Disconnect
-            | OpKind::ConnectPipe => Ok(0),
+            | OpKind::ConnectPipe
+            | OpKind::Timer => Ok(0),
         };
         match result {
             Err(e) if would_block(&e) => Attempt::WouldBlock,

@@ -432,7 +432,8 @@ impl Uring {
                 | OpKind::Ioctl
                 | OpKind::TransmitFile
                 | OpKind::Disconnect
-                | OpKind::ConnectPipe => opcode::Nop::new().build(),
+                | OpKind::ConnectPipe
+                | OpKind::Timer => opcode::Nop::new().build(),
                 OpKind::Recv => {
                     let (ptr, len) = op.spare();
                     opcode::Recv::new(fd, ptr, clamp(len))
