@@ -274,9 +274,9 @@ impl Iocp {
                 Out::One(one) => self.port.get_completion(wait).map(|mut done| {
                     if self.timers.filter(&mut done) {
                         **one = Some(done);
-                        1
+                        (1, 0)
                     } else {
-                        0
+                        (0, 1)
                     }
                 }),
                 Out::Many(out, max) => {
@@ -289,12 +289,22 @@ impl Iocp {
                                 kept += 1;
                             }
                         }
+                        let swallowed = out.len() - kept;
                         out.truncate(kept);
-                        kept - start
+                        (kept - start, swallowed)
                     })
                 }
             };
             self.timers.leave();
+            let result = match result {
+                // A wake taken along with completions this thread returns: the thread it was
+                // meant for may still wait with a stale time.
+                Ok((n, swallowed)) if n > 0 && swallowed > 0 => {
+                    self.timers.rewake(|| self.port.post(0, 0));
+                    Ok(n)
+                }
+                other => other.map(|(n, _)| n),
+            };
             match result {
                 Ok(n) => {
                     if n > 0 {

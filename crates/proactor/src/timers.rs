@@ -22,7 +22,7 @@ use std::{
     io,
     sync::{
         Mutex, MutexGuard,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering, fence},
     },
     time::Instant,
 };
@@ -114,7 +114,11 @@ impl Timers {
 
     fn rearm(&self, state: &State) {
         let n = state.entries.len() + state.expired.len() + state.packets.len();
-        self.armed.store(n, Ordering::Release);
+        // SeqCst, and a fence before `push` reads `blocked`: with `enter`'s fetch_add, fence
+        // and load of `armed`, either the pusher sees the blocked thread (and wakes it) or that
+        // thread sees the entry (and waits no longer than it). Release/Acquire alone allow
+        // both to read the old values (the store-buffering pattern of `handshake.rs`).
+        self.armed.store(n, Ordering::SeqCst);
     }
 
     /// Pushes an entry; returns whether a blocked thread must be woken (the entry is the new
@@ -122,10 +126,35 @@ impl Timers {
     fn push(&self, state: &mut State, id: OpId, entry: Entry) -> bool {
         let at = entry.at();
         let earliest = state.next().is_none_or(|next| at < next);
+        // Operations that finish first leave their heap entries behind until they reach the
+        // top: rebuild once they outnumber the live ones, so steady per-request deadlines keep
+        // the heap bounded by what is pending.
+        if state.heap.len() > 2 * state.entries.len() + 64 {
+            let live: Vec<_> = state
+                .entries
+                .iter()
+                .map(|(id, e)| Reverse((e.at(), *id)))
+                .collect();
+            state.heap = live.into();
+        }
         state.heap.push(Reverse((at, id)));
         state.entries.insert(id, entry);
         self.rearm(state);
+        fence(Ordering::SeqCst);
         earliest && state.wakes == 0 && self.blocked.load(Ordering::SeqCst) > 0
+    }
+
+    /// A wake packet was taken by a thread that returns to its caller with other completions:
+    /// the thread it was meant for may still wait with a stale time. Posts another if threads
+    /// wait and something is pending.
+    pub(crate) fn rewake(&self, post: impl FnOnce() -> io::Result<OpId>) {
+        if self.armed.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let mut state = self.lock();
+        if state.wakes == 0 && self.blocked.load(Ordering::SeqCst) > 0 && state.next().is_some() {
+            self.wake(&mut state, post);
+        }
     }
 
     /// Records that `id` is to be cancelled as a deadline at `at`. `post` posts a wake packet.
@@ -178,10 +207,18 @@ impl Timers {
     /// posted (through `post`) for a dequeuing thread.
     pub(crate) fn cancel_timer(&self, id: OpId, post: impl FnOnce() -> io::Result<OpId>) -> bool {
         let mut state = self.lock();
-        let Some(Entry::Timer { user, .. }) = state.entries.get(&id) else {
-            return false;
+        let user = match state.entries.get(&id) {
+            Some(Entry::Timer { user, .. }) => *user,
+            Some(Entry::Deadline(_)) => {
+                // The user's cancel comes before the deadline: the operation ends as a plain
+                // cancel (the caller cancels it through the backend), never as a deadline.
+                state.entries.remove(&id);
+                self.rearm(&state);
+                return false;
+            }
+            None => return false,
         };
-        let done = timer_completion(id, *user, Some(crate::error::cancelled(CANCEL_CODE, None)));
+        let done = timer_completion(id, user, Some(crate::error::cancelled(CANCEL_CODE, None)));
         match post() {
             Ok(packet) => {
                 state.entries.remove(&id);
@@ -201,11 +238,13 @@ impl Timers {
     /// (at most `max` timers), and returns the earliest instant still pending.
     pub(crate) fn enter(&self, now: Instant, max: usize) -> (Expired, Option<Instant>) {
         self.blocked.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the fence in `push` (see `rearm`).
+        fence(Ordering::SeqCst);
         let mut expired = Expired {
             cancel: Vec::new(),
             timers: Vec::new(),
         };
-        if self.armed.load(Ordering::Acquire) == 0 {
+        if self.armed.load(Ordering::SeqCst) == 0 {
             return (expired, None);
         }
         let mut state = self.lock();

@@ -390,3 +390,21 @@ fn deadlines_and_timers_from_a_pool_of_threads_complete_once_and_not_early() {
     assert_quiet(&port, Duration::from_millis(100));
     assert_eq!(port.operations_in_flight(), 0);
 }
+
+/// A user's cancel before the deadline is a plain cancel, even when the deadline passes before
+/// the cancelled completion is dequeued.
+#[test]
+fn a_cancel_before_the_deadline_stays_a_cancel() {
+    let port = Iocp::new().unwrap();
+    let (ours, _theirs) = common::pair(&port, common::each_ip_v4(), 1);
+    let id = port
+        .with_timeout(Duration::from_millis(50))
+        .recv(&ours, Vec::with_capacity(8));
+    port.cancel(id).unwrap();
+    std::thread::sleep(Duration::from_millis(150)); // the deadline passes, nothing dequeued
+    let c = common::next(&port);
+    assert_eq!(c.id(), id);
+    let err = c.result().unwrap_err();
+    assert!(proactor::is_cancelled(&err), "{err}");
+    assert!(!proactor::is_deadline(&err), "{err}");
+}
