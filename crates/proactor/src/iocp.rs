@@ -6,7 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{Associate, Completion, Handle, OpId, Submit, sys, timers::Timers};
+use crate::{
+    Associate, Completion, Handle, OpId, Submit, sys,
+    timers::{Clock, Timers},
+};
 
 /// An I/O completion port: associate handles with it, submit operations through it, and
 /// dequeue their completions from any number of threads.
@@ -246,8 +249,8 @@ impl Iocp {
         };
         let end = timeout.map(|t| Instant::now().checked_add(t));
         loop {
-            let now = Instant::now();
-            let (expired, next) = self.timers.enter(now, max);
+            let mut clock = Clock::default();
+            let (expired, next) = self.timers.enter(&mut clock, max);
             for id in expired.cancel {
                 if self.port.cancel(id).is_err() {
                     self.timers.not_cancelled(id);
@@ -263,8 +266,10 @@ impl Iocp {
                 return Ok(n);
             }
             // The caller's end (`None` inside: too far to represent, so forever).
-            let caller = end.flatten().map(|e| e.saturating_duration_since(now));
-            let ours = next.map(|n| n.saturating_duration_since(now));
+            let caller = end
+                .flatten()
+                .map(|e| e.saturating_duration_since(clock.now()));
+            let ours = next.map(|n| n.saturating_duration_since(clock.now()));
             let (wait, for_caller) = match (caller, ours) {
                 (Some(c), Some(o)) if o < c => (Some(o), false),
                 (None, Some(o)) => (Some(o), false),

@@ -89,6 +89,16 @@ impl State {
     }
 }
 
+/// The time of one pass of a dequeue, read from the clock at most once and only if needed.
+#[derive(Default)]
+pub(crate) struct Clock(Option<Instant>);
+
+impl Clock {
+    pub(crate) fn now(&mut self) -> Instant {
+        *self.0.get_or_insert_with(Instant::now)
+    }
+}
+
 /// What a thread must do after expiring the due entries.
 pub(crate) struct Expired {
     /// Operations to cancel (outside the lock), already recorded as expired.
@@ -235,8 +245,10 @@ impl Timers {
     }
 
     /// Marks the calling thread as about to wait in the kernel, expires what is due at `now`
-    /// (at most `max` timers), and returns the earliest instant still pending.
-    pub(crate) fn enter(&self, now: Instant, max: usize) -> (Expired, Option<Instant>) {
+    /// (at most `max` timers), and returns the earliest instant still pending. Reads the clock
+    /// (`now`) only when something is pending: a port without deadlines or timers makes no
+    /// clock call per dequeue.
+    pub(crate) fn enter(&self, now: &mut Clock, max: usize) -> (Expired, Option<Instant>) {
         self.blocked.fetch_add(1, Ordering::SeqCst);
         // Pairs with the fence in `push` (see `rearm`).
         fence(Ordering::SeqCst);
@@ -247,6 +259,7 @@ impl Timers {
         if self.armed.load(Ordering::SeqCst) == 0 {
             return (expired, None);
         }
+        let now = now.now();
         let mut state = self.lock();
         while let Some(at) = state.next() {
             if at > now || expired.timers.len() >= max {
