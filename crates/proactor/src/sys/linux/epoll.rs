@@ -270,8 +270,11 @@ impl Epoll {
                     }
                     _ => return Attempt::Done(Ok(0)),
                 };
-                let flags = if op.kind == OpKind::RecvFrom {
+                let flags = if op.kind == OpKind::RecvFrom && op.datagram {
                     libc::MSG_DONTWAIT | libc::MSG_TRUNC // the real length shows truncation
+                } else if op.kind == OpKind::RecvFrom {
+                    // A stream socket: MSG_TRUNC would discard the bytes without copying them.
+                    libc::MSG_DONTWAIT
                 } else {
                     libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL
                 };

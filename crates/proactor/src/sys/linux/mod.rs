@@ -78,6 +78,9 @@ pub(crate) struct Target {
     /// offsets nor a datagram socket: its sends and its receives each run one at a time, in
     /// submission order, on io_uring (see `Order`).
     stream: bool,
+    /// A socket that keeps message boundaries (datagram, seqpacket, raw, RDM): `MSG_TRUNC`
+    /// reports a truncated message, a send is one message, and an empty send is a message.
+    datagram: bool,
     driver: Weak<dyn Driver>,
     life: Arc<Life>,
     /// The handle's stream lanes (io_uring).
@@ -180,11 +183,13 @@ impl Port {
             ));
         }
         let socket = st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
+        let ty = if socket { socket_type(raw.0) } else { None };
         let stream = match st.st_mode & libc::S_IFMT {
             libc::S_IFREG | libc::S_IFBLK => false,
-            libc::S_IFSOCK => socket_type(raw.0) != Some(libc::SOCK_DGRAM),
+            libc::S_IFSOCK => ty != Some(libc::SOCK_DGRAM),
             _ => true,
         };
+        let datagram = socket && ty.is_some_and(|t| t != libc::SOCK_STREAM);
         self.driver.associate(raw.0, socket)?;
         Ok(Target {
             context,
@@ -192,6 +197,7 @@ impl Port {
             port: self.id,
             socket,
             stream,
+            datagram,
             driver: Arc::downgrade(&self.driver),
             life: Arc::new(Life::new()),
             order: Arc::new(Order::default()),
@@ -237,6 +243,7 @@ impl Port {
         let id = OpId::next();
         let mut op = Op::new(id, kind, target.context, target.raw.0, offset, data);
         op.user = user;
+        op.datagram = target.datagram;
         if target.port != self.id {
             op.refused = Some(crate::error::other_port());
         } else if needs_socket && !target.socket {
