@@ -797,15 +797,27 @@ fn file_io(op: &mut Op) -> io::Result<usize> {
             // SAFETY: `ptr` is the spare capacity of a buffer the record owns, `len` long.
             retry(|| unsafe { libc::pread(fd, ptr.cast(), len, offset) })
         }
-        OpKind::Write => {
+        // Writes all of the buffer: one `pwrite` takes at most 2 GiB less a page, and may take
+        // less (a full disk, a signal): continue until done, an error or a write of 0 bytes.
+        OpKind::Write => loop {
             let (ptr, len) = op.unsent();
-            // SAFETY: `ptr` points at a buffer the record owns, `len` long.
-            let n = retry(|| unsafe { libc::pwrite(fd, ptr.cast(), len, offset) })?;
-            if let OpData::Buffer { done, .. } = &mut op.data {
-                *done = n;
+            let done = op_done(op);
+            if len == 0 {
+                break Ok(done);
             }
-            Ok(n)
-        }
+            let at = offset + done as libc::off_t;
+            // SAFETY: `ptr` points at the unsent part of a buffer the record owns, `len` long.
+            match retry(|| unsafe { libc::pwrite(fd, ptr.cast(), len, at) }) {
+                Ok(0) => break Ok(done),
+                Ok(n) => {
+                    if let OpData::Buffer { done, .. } = &mut op.data {
+                        *done += n;
+                    }
+                }
+                // What was written is kept: `complete` reports the larger of the two.
+                Err(e) => break Err(e),
+            }
+        },
         _ => Err(crate::error::misuse(
             io::ErrorKind::InvalidInput,
             "this operation needs a socket",
