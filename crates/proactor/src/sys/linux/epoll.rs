@@ -293,9 +293,10 @@ impl Epoll {
                 // SAFETY: peeks at most one byte into a local.
                 retry(|| unsafe { libc::recv(fd, (&raw mut byte).cast(), 1, peek) }).map(|_| 0)
             }
+            // On a message socket one call sends one datagram, whatever its length (also 0).
             OpKind::Send | OpKind::Write => loop {
                 let (ptr, len) = op.unsent();
-                if len == 0 {
+                if len == 0 && !op.datagram {
                     break Ok(op_done(op));
                 }
                 let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
@@ -313,6 +314,9 @@ impl Epoll {
                         if let OpData::Buffer { done, .. } = &mut op.data {
                             *done += n;
                         }
+                        if op.datagram {
+                            break Ok(op_done(op));
+                        }
                     }
                     Err(e) if would_block(&e) => return Attempt::WouldBlock,
                     Err(e) => break Err(e),
@@ -320,8 +324,9 @@ impl Epoll {
             },
             OpKind::SendVectored => loop {
                 // Rebuilt from the buffers and `progress` before each call, at most `IOV_MAX`
-                // iovecs at a time (the kernel refuses more with `EMSGSIZE`).
-                if op.aim_at_unsent() == 0 {
+                // iovecs at a time (the kernel refuses more with `EMSGSIZE`). On a message
+                // socket, one call: one datagram, also an empty one.
+                if op.aim_at_unsent() == 0 && !op.datagram {
                     break Ok(op.progress);
                 }
                 let OpData::Buffers { msg, .. } = &op.data else {
@@ -333,6 +338,7 @@ impl Epoll {
                 match retry(|| unsafe { libc::sendmsg(fd, hdr, flags) }) {
                     // A stream socket with room takes at least a byte: 0 would repeat for ever.
                     Ok(0) => break Ok(op.progress),
+                    Ok(n) if op.datagram => break Ok(op.progress + n),
                     Ok(n) => op.progress += n,
                     Err(e) if would_block(&e) => return Attempt::WouldBlock,
                     Err(e) => break Err(e),

@@ -1,0 +1,43 @@
+//! A send on a datagram socket is one datagram, on both Linux backends (review of the Linux
+//! backends, items 4 and 5): an empty send or gather send sends an empty datagram (the epoll
+//! backend sent nothing).
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::{net::UdpSocket, time::Duration};
+
+use common::next;
+use proactor::Iocp;
+
+/// A connected pair: `a` (to be associated) sends to `b`, which reads with a short timeout.
+fn connected() -> (UdpSocket, UdpSocket) {
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    a.connect(b.local_addr().unwrap()).unwrap();
+    b.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    (a, b)
+}
+
+#[test]
+fn an_empty_send_sends_an_empty_datagram() {
+    let port = Iocp::new().unwrap();
+    let (a, b) = connected();
+    let h = port.add_handle(a, 1).unwrap();
+    let id = port.send(&h, Vec::new());
+    let c = next(&port);
+    assert_eq!((c.id(), c.result().unwrap()), (id, 0), "{c:?}");
+    let mut buf = [0u8; 16];
+    let r = b.recv(&mut buf);
+    assert!(matches!(r, Ok(0)), "{}: peer got {r:?}", port.backend());
+    let id = port.send_vectored(&h, vec![Vec::new(), Vec::new()]);
+    let c = next(&port);
+    assert_eq!((c.id(), c.result().unwrap()), (id, 0), "{c:?}");
+    let r = b.recv(&mut buf);
+    assert!(
+        matches!(r, Ok(0)),
+        "{}: peer got {r:?} (vectored)",
+        port.backend()
+    );
+}
