@@ -250,6 +250,10 @@ impl Port {
             op.refused = Some(crate::error::needs_socket());
         } else if nothing_to_receive(&mut op) {
             op.refused = Some(crate::error::no_spare_capacity());
+        } else if op.datagram && too_many_buffers(&op) {
+            // One datagram per call, and a call takes at most IOV_MAX buffers: sending the
+            // rest in a second call would split the message (as the kernel would refuse it).
+            op.refused = Some(error::from_errno(libc::EMSGSIZE));
         }
         let ordered =
             self.ordered && target.stream && op.refused.is_none() && Dir::of(kind).is_some();
@@ -468,6 +472,12 @@ fn socket_type(fd: RawFd) -> Option<i32> {
         )
     };
     (r == 0).then_some(ty)
+}
+
+/// Whether a gather send has more buffers than one `sendmsg` takes (`IOV_MAX`).
+fn too_many_buffers(op: &Op) -> bool {
+    op.kind == OpKind::SendVectored
+        && matches!(&op.data, OpData::Buffers { bufs, .. } if bufs.len() > libc::UIO_MAXIOV as usize)
 }
 
 /// Whether a receive or read has no spare capacity to receive into.
