@@ -785,13 +785,15 @@ fn socket_option(fd: RawFd, name: libc::c_int) -> io::Result<libc::c_int> {
     Ok(value)
 }
 
-/// Whether `fd` is a TCP socket: an IPv4 or IPv6 stream socket.
+/// Whether `fd` is a TCP socket: an IPv4 or IPv6 stream socket whose protocol is TCP (not
+/// SCTP's one-to-one style nor MPTCP, whose receives may stop short with data left).
 fn is_tcp(fd: RawFd) -> bool {
     socket_option(fd, libc::SO_TYPE).ok() == Some(libc::SOCK_STREAM)
         && matches!(
             socket_option(fd, libc::SO_DOMAIN),
             Ok(libc::AF_INET | libc::AF_INET6)
         )
+        && socket_option(fd, libc::SO_PROTOCOL).ok() == Some(libc::IPPROTO_TCP)
 }
 
 /// A read or write on a regular file, at submission.
@@ -828,5 +830,33 @@ fn file_io(op: &mut Op) -> io::Result<usize> {
             io::ErrorKind::InvalidInput,
             "this operation needs a socket",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::is_tcp;
+
+    /// Only TCP gets the short-read tracking: another protocol's stream socket on IPv4 (MPTCP
+    /// here, where the kernel has it; SCTP where loaded) is always tried.
+    #[test]
+    fn is_tcp_requires_the_tcp_protocol() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(is_tcp(tcp.as_raw_fd()));
+        let (unix, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(!is_tcp(unix.as_raw_fd()));
+        let mut tried = 0;
+        for protocol in [libc::IPPROTO_MPTCP, libc::IPPROTO_SCTP] {
+            let ty = socket2::Type::STREAM;
+            let protocol = Some(socket2::Protocol::from(protocol));
+            let Ok(other) = socket2::Socket::new(socket2::Domain::IPV4, ty, protocol) else {
+                continue;
+            };
+            tried += 1;
+            assert!(!is_tcp(other.as_raw_fd()), "{protocol:?} counted as TCP");
+        }
+        eprintln!("non-TCP stream protocols available: {tried}");
     }
 }
