@@ -144,10 +144,13 @@ impl Iocp {
     /// Associates `io` with the port. Every completion of an operation on it carries
     /// `context`.
     ///
-    /// On Linux's epoll fallback a pipe, FIFO or terminal is made non-blocking (`O_NONBLOCK`),
-    /// and so is a socket at its first accept or connect, until the handle is dropped, which
-    /// restores the flag. The flag is shared by every descriptor duplicated from the same
-    /// open file (`try_clone`, a child's inherited pipe).
+    /// On Linux's epoll fallback a listener or a connecting socket is made non-blocking
+    /// (`O_NONBLOCK`) before each accept or connect, and stays non-blocking after the handle is
+    /// dropped (`accept4` and `connect` have no per-call flag, and clearing it could make another
+    /// descriptor of the same open file block). The flag is shared by every descriptor
+    /// duplicated from the same open file (`try_clone`, a child's inherited socket). Pipes and
+    /// FIFOs, and sockets' sends and receives, keep their mode (a terminal, which refuses
+    /// `RWF_NOWAIT`, is made non-blocking at its first read or write).
     ///
     /// # Errors
     ///

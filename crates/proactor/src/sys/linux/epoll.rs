@@ -25,12 +25,18 @@
 //!
 //! # Blocking mode
 //!
-//! Sockets keep their mode: sends and receives pass `MSG_DONTWAIT`. Pipes, FIFOs and terminals
-//! have no such flag, so `add_handle` sets `O_NONBLOCK` on them, and a listener or a connecting
-//! socket gets it at its first accept or connect (`accept4` and `connect` have no per-call
-//! flag). The flag belongs to the open file description, which descriptors duplicated from it
-//! (`try_clone`, a child's inherited pipe) share: while the handle lives they see a
-//! non-blocking description. Closing the handle clears the flag again where the backend set it.
+//! No attempt may block, whatever the description's flags: it runs holding the port-wide `fds`
+//! lock, so one blocked attempt would stop every operation of the port. The flags belong to the
+//! open file description, which other descriptors share (a `try_clone`, perhaps associated with
+//! another port, a child's inherited pipe) and which the user can change through the handle, so
+//! nothing here relies on a flag it does not check at the call. Sockets' sends and receives pass
+//! `MSG_DONTWAIT`; pipes and FIFOs are read and written with `preadv2`/`pwritev2` and
+//! `RWF_NOWAIT`: neither changes the description. `accept4` and `connect` have no per-call flag,
+//! so a listener or a connecting socket gets `O_NONBLOCK` before each accept or connect (one
+//! `F_GETFL`, and an `F_SETFL` if someone cleared it) and keeps it for good: it is never cleared,
+//! since clearing it under another handle of the description would make that one block. Where
+//! `RWF_NOWAIT` is refused (`EOPNOTSUPP`, e.g. a terminal) the same is done before each read or
+//! write.
 //!
 //! # Reads that would fail are not tried
 //!
@@ -84,10 +90,6 @@ struct Queues {
     write: VecDeque<Box<Op>>,
     /// Whether a read-side operation may succeed without a new `EPOLLIN` (see the module docs).
     readable: Readable,
-    /// Whether the description is known to be non-blocking (set by us or already so).
-    nonblocking: bool,
-    /// Whether we set `O_NONBLOCK`, to be cleared when the handle is closed.
-    restore: bool,
 }
 
 /// What is known about a descriptor's receive queue.
@@ -246,10 +248,9 @@ impl Epoll {
                 let received =
                     retry(|| unsafe { libc::recv(fd, ptr.cast(), len, libc::MSG_DONTWAIT) });
                 match received {
-                    // Not a socket (a pipe): a plain read, on a non-blocking descriptor.
+                    // Not a socket (a pipe): a read that cannot block.
                     Err(e) if crate::raw_os_error(&e) == Some(libc::ENOTSOCK) => {
-                        // SAFETY: as above.
-                        retry(|| unsafe { libc::read(fd, ptr.cast(), len) })
+                        nowait_io(fd, ptr, len, false)
                     }
                     other => other,
                 }
@@ -270,8 +271,11 @@ impl Epoll {
                     }
                     _ => return Attempt::Done(Ok(0)),
                 };
-                let flags = if op.kind == OpKind::RecvFrom {
+                let flags = if op.kind == OpKind::RecvFrom && op.datagram {
                     libc::MSG_DONTWAIT | libc::MSG_TRUNC // the real length shows truncation
+                } else if op.kind == OpKind::RecvFrom {
+                    // A stream socket: MSG_TRUNC would discard the bytes without copying them.
+                    libc::MSG_DONTWAIT
                 } else {
                     libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL
                 };
@@ -289,19 +293,19 @@ impl Epoll {
                 // SAFETY: peeks at most one byte into a local.
                 retry(|| unsafe { libc::recv(fd, (&raw mut byte).cast(), 1, peek) }).map(|_| 0)
             }
+            // On a message socket one call sends one datagram, whatever its length (also 0).
             OpKind::Send | OpKind::Write => loop {
                 let (ptr, len) = op.unsent();
-                if len == 0 {
+                if len == 0 && !op.datagram {
                     break Ok(op_done(op));
                 }
                 let flags = libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT;
                 // SAFETY: `ptr` points at the unsent part of a buffer the record owns.
                 let sent = retry(|| unsafe { libc::send(fd, ptr.cast(), len, flags) });
                 let sent = match sent {
-                    // Not a socket (a pipe): a plain write, on a non-blocking descriptor.
+                    // Not a socket (a pipe): a write that cannot block.
                     Err(e) if crate::raw_os_error(&e) == Some(libc::ENOTSOCK) => {
-                        // SAFETY: as above.
-                        retry(|| unsafe { libc::write(fd, ptr.cast(), len) })
+                        nowait_io(fd, ptr.cast_mut(), len, true)
                     }
                     other => other,
                 };
@@ -310,6 +314,9 @@ impl Epoll {
                         if let OpData::Buffer { done, .. } = &mut op.data {
                             *done += n;
                         }
+                        if op.datagram {
+                            break Ok(op_done(op));
+                        }
                     }
                     Err(e) if would_block(&e) => return Attempt::WouldBlock,
                     Err(e) => break Err(e),
@@ -317,8 +324,9 @@ impl Epoll {
             },
             OpKind::SendVectored => loop {
                 // Rebuilt from the buffers and `progress` before each call, at most `IOV_MAX`
-                // iovecs at a time (the kernel refuses more with `EMSGSIZE`).
-                if op.aim_at_unsent() == 0 {
+                // iovecs at a time (the kernel refuses more with `EMSGSIZE`). On a message
+                // socket, one call: one datagram, also an empty one.
+                if op.aim_at_unsent() == 0 && !op.datagram {
                     break Ok(op.progress);
                 }
                 let OpData::Buffers { msg, .. } = &op.data else {
@@ -330,6 +338,7 @@ impl Epoll {
                 match retry(|| unsafe { libc::sendmsg(fd, hdr, flags) }) {
                     // A stream socket with room takes at least a byte: 0 would repeat for ever.
                     Ok(0) => break Ok(op.progress),
+                    Ok(n) if op.datagram => break Ok(op.progress + n),
                     Ok(n) => op.progress += n,
                     Err(e) if would_block(&e) => return Attempt::WouldBlock,
                     Err(e) => break Err(e),
@@ -340,6 +349,11 @@ impl Epoll {
                     OpData::Accept { peer, .. } => (&raw mut peer.storage, &raw mut peer.len),
                     _ => return Attempt::Done(Ok(0)),
                 };
+                // No per-call flag: the description must be non-blocking now, whoever may have
+                // cleared the flag since the last accept (see the module docs).
+                if let Err(e) = ensure_nonblocking(fd) {
+                    break Err(e);
+                }
                 let flags = libc::SOCK_CLOEXEC;
                 // SAFETY: the address buffer is owned by the record and sized by `len`.
                 match retry(|| unsafe { libc::accept4(fd, addr.cast(), len, flags) } as isize) {
@@ -361,6 +375,10 @@ impl Epoll {
                         }
                         _ => return Attempt::Done(Ok(0)),
                     };
+                    // As for accept: no per-call flag.
+                    if let Err(e) = ensure_nonblocking(fd) {
+                        return Attempt::Done(Err(e));
+                    }
                     // SAFETY: the address is owned by the record, `len` bytes long.
                     retry(|| unsafe { libc::connect(fd, addr, len) } as isize)
                 } else {
@@ -488,33 +506,60 @@ fn op_done(op: &Op) -> usize {
     }
 }
 
-/// Sets `O_NONBLOCK` on `fd`'s file description; true if it was blocking (so the flag is ours
-/// to clear).
-fn set_nonblocking(fd: RawFd) -> io::Result<bool> {
-    // SAFETY: F_GETFL on an open descriptor.
+/// Makes `fd`'s file description non-blocking if it is not (someone may have cleared the flag
+/// since we last set it: the caller checks right before a call that has no per-call flag). The
+/// flag is never cleared again (see the module docs).
+fn ensure_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: F_GETFL on an open descriptor (attempts run while it has its table entry).
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
     if flags < 0 {
         return Err(last_error());
     }
     if flags & libc::O_NONBLOCK != 0 {
-        return Ok(false);
+        return Ok(());
     }
     // SAFETY: F_SETFL on an open descriptor: non-blocking, other flags kept.
     if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
         return Err(last_error());
     }
-    Ok(true)
+    Ok(())
 }
 
-/// Clears the `O_NONBLOCK` that `set_nonblocking` set, keeping any flag changed since.
-fn clear_nonblocking(fd: RawFd) {
-    // SAFETY: F_GETFL/F_SETFL on a descriptor that is still open (its owner closes it after
-    // `forget`); a failure leaves the flags as they are, nothing to undo.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 && flags & libc::O_NONBLOCK != 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+/// A read into (or a write from) `len` bytes at `ptr` on a pipe, FIFO or terminal that cannot
+/// block whatever the description's flags: `preadv2`/`pwritev2` at the current position with
+/// `RWF_NOWAIT`; where that is refused (`EOPNOTSUPP`: terminals, some character devices), a
+/// plain read or write after making the description non-blocking.
+fn nowait_io(fd: RawFd, ptr: *mut u8, len: usize, write: bool) -> io::Result<usize> {
+    let iov = libc::iovec {
+        iov_base: ptr.cast(),
+        iov_len: len,
+    };
+    let nowait = retry(|| {
+        // SAFETY: `iov` describes `len` bytes of a buffer the caller's record owns (written by a
+        // read, read by a write); offset -1 is the current position.
+        unsafe {
+            if write {
+                libc::pwritev2(fd, &iov, 1, -1, libc::RWF_NOWAIT)
+            } else {
+                libc::preadv2(fd, &iov, 1, -1, libc::RWF_NOWAIT)
+            }
         }
+    });
+    match nowait {
+        Err(e) if crate::raw_os_error(&e) == Some(libc::EOPNOTSUPP) => {
+            ensure_nonblocking(fd)?;
+            retry(|| {
+                // SAFETY: as above.
+                unsafe {
+                    if write {
+                        libc::write(fd, ptr.cast(), len)
+                    } else {
+                        libc::read(fd, ptr.cast(), len)
+                    }
+                }
+            })
+        }
+        other => other,
     }
 }
 
@@ -560,20 +605,6 @@ impl Driver for Epoll {
             let result = file_io(&mut op);
             self.push_ready([complete(*op, result, 0)]);
             return;
-        }
-        if matches!(op.kind, OpKind::Accept | OpKind::Connect) && !q.nonblocking {
-            // `accept4` and `connect` have no per-call non-blocking flag (see the module docs).
-            match set_nonblocking(op.fd) {
-                Ok(ours) => {
-                    q.nonblocking = true;
-                    q.restore |= ours;
-                }
-                Err(e) => {
-                    drop(fds);
-                    self.push_ready([complete(*op, Err(e), 0)]);
-                    return;
-                }
-            }
         }
         let reads = matches!(
             op.kind,
@@ -683,22 +714,9 @@ impl Driver for Epoll {
     fn associate(&self, fd: RawFd, socket: bool) -> io::Result<()> {
         // EPOLLPRI: urgent data ends read tracking (see the module docs).
         let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLPRI) as u32;
-        let mut restore = false;
         let kind = match self.register(fd, fd as u64, events) {
-            Ok(()) => {
-                // Pipes, FIFOs, terminals: no MSG_DONTWAIT, so the description goes
-                // non-blocking until the handle is closed (sockets keep their mode).
-                if !socket {
-                    match set_nonblocking(fd) {
-                        Ok(ours) => restore = ours,
-                        Err(e) => {
-                            self.deregister(fd);
-                            return Err(e);
-                        }
-                    }
-                }
-                Kind::Stream
-            }
+            // Its flags are left as they are (see the module docs).
+            Ok(()) => Kind::Stream,
             // Regular files: epoll refuses them; they are read and written at submission.
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => Kind::File,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
@@ -722,16 +740,14 @@ impl Driver for Epoll {
                 read: VecDeque::new(),
                 write: VecDeque::new(),
                 readable,
-                nonblocking: !socket,
-                restore,
             },
         );
         Ok(())
     }
 
     /// Removes the descriptor's entry (under the lock every attempt holds, so none is running
-    /// or will start), then deregisters it and clears the `O_NONBLOCK` we set: the descriptors
-    /// that share its description find it as it was.
+    /// or will start), then deregisters it. Its flags are not touched: another descriptor of the
+    /// same description may be in use (see the module docs).
     fn forget(&self, fd: RawFd) {
         let Some(mut q) = lock(&self.fds).remove(&fd) else {
             return;
@@ -746,9 +762,6 @@ impl Driver for Epoll {
         self.push_ready(left);
         if q.kind == Kind::Stream {
             self.deregister(fd);
-        }
-        if q.restore {
-            clear_nonblocking(fd);
         }
     }
 }
@@ -773,13 +786,15 @@ fn socket_option(fd: RawFd, name: libc::c_int) -> io::Result<libc::c_int> {
     Ok(value)
 }
 
-/// Whether `fd` is a TCP socket: an IPv4 or IPv6 stream socket.
+/// Whether `fd` is a TCP socket: an IPv4 or IPv6 stream socket whose protocol is TCP (not
+/// SCTP's one-to-one style nor MPTCP, whose receives may stop short with data left).
 fn is_tcp(fd: RawFd) -> bool {
     socket_option(fd, libc::SO_TYPE).ok() == Some(libc::SOCK_STREAM)
         && matches!(
             socket_option(fd, libc::SO_DOMAIN),
             Ok(libc::AF_INET | libc::AF_INET6)
         )
+        && socket_option(fd, libc::SO_PROTOCOL).ok() == Some(libc::IPPROTO_TCP)
 }
 
 /// A read or write on a regular file, at submission.
@@ -791,18 +806,58 @@ fn file_io(op: &mut Op) -> io::Result<usize> {
             // SAFETY: `ptr` is the spare capacity of a buffer the record owns, `len` long.
             retry(|| unsafe { libc::pread(fd, ptr.cast(), len, offset) })
         }
-        OpKind::Write => {
+        // Writes all of the buffer: one `pwrite` takes at most 2 GiB less a page, and may take
+        // less (a full disk, a signal): continue until done, an error or a write of 0 bytes.
+        OpKind::Write => loop {
             let (ptr, len) = op.unsent();
-            // SAFETY: `ptr` points at a buffer the record owns, `len` long.
-            let n = retry(|| unsafe { libc::pwrite(fd, ptr.cast(), len, offset) })?;
-            if let OpData::Buffer { done, .. } = &mut op.data {
-                *done = n;
+            let done = op_done(op);
+            if len == 0 {
+                break Ok(done);
             }
-            Ok(n)
-        }
+            let at = offset + done as libc::off_t;
+            // SAFETY: `ptr` points at the unsent part of a buffer the record owns, `len` long.
+            match retry(|| unsafe { libc::pwrite(fd, ptr.cast(), len, at) }) {
+                Ok(0) => break Ok(done),
+                Ok(n) => {
+                    if let OpData::Buffer { done, .. } = &mut op.data {
+                        *done += n;
+                    }
+                }
+                // What was written is kept: `complete` reports the larger of the two.
+                Err(e) => break Err(e),
+            }
+        },
         _ => Err(crate::error::misuse(
             io::ErrorKind::InvalidInput,
             "this operation needs a socket",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::is_tcp;
+
+    /// Only TCP gets the short-read tracking: another protocol's stream socket on IPv4 (MPTCP
+    /// here, where the kernel has it; SCTP where loaded) is always tried.
+    #[test]
+    fn is_tcp_requires_the_tcp_protocol() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(is_tcp(tcp.as_raw_fd()));
+        let (unix, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert!(!is_tcp(unix.as_raw_fd()));
+        let mut tried = 0;
+        for protocol in [libc::IPPROTO_MPTCP, libc::IPPROTO_SCTP] {
+            let ty = socket2::Type::STREAM;
+            let protocol = Some(socket2::Protocol::from(protocol));
+            let Ok(other) = socket2::Socket::new(socket2::Domain::IPV4, ty, protocol) else {
+                continue;
+            };
+            tried += 1;
+            assert!(!is_tcp(other.as_raw_fd()), "{protocol:?} counted as TCP");
+        }
+        eprintln!("non-TCP stream protocols available: {tried}");
     }
 }

@@ -78,6 +78,9 @@ pub(crate) struct Target {
     /// offsets nor a datagram socket: its sends and its receives each run one at a time, in
     /// submission order, on io_uring (see `Order`).
     stream: bool,
+    /// A socket that keeps message boundaries (datagram, seqpacket, raw, RDM): `MSG_TRUNC`
+    /// reports a truncated message, a send is one message, and an empty send is a message.
+    datagram: bool,
     driver: Weak<dyn Driver>,
     life: Arc<Life>,
     /// The handle's stream lanes (io_uring).
@@ -180,11 +183,13 @@ impl Port {
             ));
         }
         let socket = st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
+        let ty = if socket { socket_type(raw.0) } else { None };
         let stream = match st.st_mode & libc::S_IFMT {
             libc::S_IFREG | libc::S_IFBLK => false,
-            libc::S_IFSOCK => socket_type(raw.0) != Some(libc::SOCK_DGRAM),
+            libc::S_IFSOCK => ty != Some(libc::SOCK_DGRAM),
             _ => true,
         };
+        let datagram = socket && ty.is_some_and(|t| t != libc::SOCK_STREAM);
         self.driver.associate(raw.0, socket)?;
         Ok(Target {
             context,
@@ -192,6 +197,7 @@ impl Port {
             port: self.id,
             socket,
             stream,
+            datagram,
             driver: Arc::downgrade(&self.driver),
             life: Arc::new(Life::new()),
             order: Arc::new(Order::default()),
@@ -237,12 +243,17 @@ impl Port {
         let id = OpId::next();
         let mut op = Op::new(id, kind, target.context, target.raw.0, offset, data);
         op.user = user;
+        op.datagram = target.datagram;
         if target.port != self.id {
             op.refused = Some(crate::error::other_port());
         } else if needs_socket && !target.socket {
             op.refused = Some(crate::error::needs_socket());
         } else if nothing_to_receive(&mut op) {
             op.refused = Some(crate::error::no_spare_capacity());
+        } else if op.datagram && too_many_buffers(&op) {
+            // One datagram per call, and a call takes at most IOV_MAX buffers: sending the
+            // rest in a second call would split the message (as the kernel would refuse it).
+            op.refused = Some(error::from_errno(libc::EMSGSIZE));
         }
         let ordered =
             self.ordered && target.stream && op.refused.is_none() && Dir::of(kind).is_some();
@@ -461,6 +472,12 @@ fn socket_type(fd: RawFd) -> Option<i32> {
         )
     };
     (r == 0).then_some(ty)
+}
+
+/// Whether a gather send has more buffers than one `sendmsg` takes (`IOV_MAX`).
+fn too_many_buffers(op: &Op) -> bool {
+    op.kind == OpKind::SendVectored
+        && matches!(&op.data, OpData::Buffers { bufs, .. } if bufs.len() > libc::UIO_MAXIOV as usize)
 }
 
 /// Whether a receive or read has no spare capacity to receive into.

@@ -79,6 +79,10 @@ pub(crate) struct Op {
     /// Bytes of a vectored send already sent (both backends); for the epoll backend, 1 once a
     /// connect was issued, or the clients an accept saw go away.
     pub(crate) progress: usize,
+    /// The descriptor is a socket that keeps message boundaries (datagram, seqpacket): a
+    /// datagram receive passes `MSG_TRUNC` (on a stream socket that flag discards the data
+    /// without copying it), a send is one call, whatever its length.
+    pub(crate) datagram: bool,
     /// Whether the handle is still open, for operations the io_uring backend may re-submit from
     /// the completion path (the rest of a send or write, an accept after a client reset): set
     /// for those kinds only (see `Op::may_continue`).
@@ -113,6 +117,7 @@ impl Op {
             offset,
             refused: None,
             progress: 0,
+            datagram: false,
             life: None,
             order: None,
             data,
@@ -398,13 +403,14 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Com
             if error.is_none() {
                 let spare = buf.capacity() - buf.len();
                 if bytes > spare {
-                    // MSG_TRUNC made the kernel report the datagram's real length: it was
-                    // truncated. An error, as on Windows, that keeps what arrived.
+                    // MSG_TRUNC (passed on message sockets only) made the kernel report the
+                    // datagram's real length: it was truncated. An error, as on Windows, that
+                    // keeps what arrived.
                     error = Some(crate::error::truncated(libc::EMSGSIZE, None));
                     bytes = spare;
                 }
-                // SAFETY: the kernel wrote min(bytes, spare) bytes at the start of the spare
-                // capacity.
+                // SAFETY: the receive succeeded, and the kernel copied min(real length, spare)
+                // bytes at the start of the spare capacity: `bytes` is that, never more.
                 unsafe { grow_by(&mut buf, bytes) };
                 from.len = msg.msg_namelen;
                 peer = from.decode().ok();

@@ -482,10 +482,15 @@ impl Uring {
                         _ => ptr::null_mut(),
                     };
                     if op.kind == OpKind::RecvFrom {
-                        // MSG_TRUNC: the result is the datagram's real length, so truncation shows.
-                        opcode::RecvMsg::new(fd, msg)
-                            .flags(libc::MSG_TRUNC as u32)
-                            .build()
+                        // MSG_TRUNC: the result is the datagram's real length, so truncation
+                        // shows. Message sockets only: on a stream socket it discards the bytes
+                        // without copying them.
+                        let flags = if op.datagram {
+                            libc::MSG_TRUNC as u32
+                        } else {
+                            0
+                        };
+                        opcode::RecvMsg::new(fd, msg).flags(flags).build()
                     } else {
                         opcode::SendMsg::new(fd, msg)
                             .flags(libc::MSG_NOSIGNAL as u32)
