@@ -88,3 +88,25 @@ fn recv_from_on_a_tcp_stream_loses_nothing() {
         );
     }
 }
+
+/// On a stream, `recv_from` takes its turn with the other receives: queued together, they are
+/// filled in submission order on every backend.
+#[test]
+fn recv_from_on_a_stream_is_filled_in_order_with_other_receives() {
+    let port = Iocp::new().unwrap();
+    let (ours, mut theirs) = common::pair(&port, common::each_ip_v4(), 3);
+    let first = port.recv_from(&ours, Vec::with_capacity(4));
+    let second = port.recv(&ours, Vec::with_capacity(4));
+    let third = port.recv_from(&ours, Vec::with_capacity(4));
+    // Let every receive reach the kernel before any data does.
+    let _ = port.get_completion(Some(std::time::Duration::from_millis(100)));
+    std::io::Write::write_all(&mut theirs, b"aaaabbbbcccc").unwrap();
+    let mut got = std::collections::HashMap::new();
+    for _ in 0..3 {
+        let mut c = common::next(&port);
+        got.insert(c.id(), c.take_buffer().unwrap());
+    }
+    assert_eq!(got[&first], b"aaaa");
+    assert_eq!(got[&second], b"bbbb");
+    assert_eq!(got[&third], b"cccc");
+}

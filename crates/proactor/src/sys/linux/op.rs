@@ -203,10 +203,16 @@ impl Dir {
     /// that run concurrently (accepts, connects, datagrams, posts, refused kinds).
     pub(crate) fn of(kind: OpKind) -> Option<Dir> {
         match kind {
-            OpKind::Recv | OpKind::RecvVectored | OpKind::Read | OpKind::Readable => {
-                Some(Dir::Read)
+            // `recv_from`/`send_to` on a stream socket are a receive and a send like the others
+            // (on a datagram socket nothing is ordered: its handle is not a stream).
+            OpKind::Recv
+            | OpKind::RecvVectored
+            | OpKind::Read
+            | OpKind::Readable
+            | OpKind::RecvFrom => Some(Dir::Read),
+            OpKind::Send | OpKind::SendVectored | OpKind::Write | OpKind::SendTo => {
+                Some(Dir::Write)
             }
-            OpKind::Send | OpKind::SendVectored | OpKind::Write => Some(Dir::Write),
             _ => None,
         }
     }
