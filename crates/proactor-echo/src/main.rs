@@ -30,18 +30,18 @@ struct Args {
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
     /// Worker threads dequeuing the port [default: logical CPUs].
-    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024), allow_negative_numbers = true)]
     workers: Option<u32>,
     /// Connections served at once; beyond it new clients are accepted and closed. (On Unix the
     /// descriptor limit is raised to the hard limit at start; a warning says if this is still
     /// above it: clients beyond wait in the listen queue until descriptors free up.)
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
     max_connections: u32,
     /// Receive buffer size per connection, in bytes.
-    #[arg(long, default_value_t = 65_535, value_parser = clap::value_parser!(u32).range(1..=(64 << 20)))]
+    #[arg(long, default_value_t = 65_535, value_parser = clap::value_parser!(u32).range(1..=(64 << 20)), allow_negative_numbers = true)]
     buffer_size: u32,
     /// Close connections idle for this many seconds [default: off].
-    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..), allow_negative_numbers = true)]
     idle_timeout: Option<u64>,
     /// Log every operation submitted and completed.
     #[arg(long)]

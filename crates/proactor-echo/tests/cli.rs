@@ -70,3 +70,22 @@ fn a_bad_backend_request_is_one_clear_error() {
     );
     assert!(out.stdout.is_empty());
 }
+
+/// A negative value for any numeric option is a bad value of that option (exit 2, one line
+/// naming it), not an unknown argument.
+#[test]
+fn negative_numbers_are_bad_values_of_their_option() {
+    for opt in [
+        "--workers",
+        "--max-connections",
+        "--buffer-size",
+        "--idle-timeout",
+    ] {
+        let out = echo().args([opt, "-1"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{opt}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{opt}: {err}");
+        assert!(err.contains(opt), "names {opt}: {err}");
+        assert!(!err.contains("unexpected argument"), "{opt}: {err}");
+    }
+}
