@@ -15,23 +15,31 @@ pub(crate) struct OsError {
     pub(crate) code: i32,
     /// The NTSTATUS the code was translated from, where there was one.
     pub(crate) ntstatus: Option<i32>,
-    /// Whether the operation was cancelled locally.
-    pub(crate) cancelled: bool,
-    /// Whether a datagram was longer than the buffer and was cut short.
-    pub(crate) truncated: bool,
-    /// The port cancelled the operation because its deadline passed ([`is_deadline`]).
-    pub(crate) deadline: bool,
+    /// What proactor knows of the error beyond its code.
+    pub(crate) cause: Cause,
     /// What the code means here, when the OS's own message would not say it.
     pub(crate) note: Option<&'static str>,
 }
 
+/// What an [`OsError`] means beyond its code: at most one of these holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// Only the code.
+    Os,
+    /// The operation was cancelled locally ([`is_cancelled`]).
+    Cancelled,
+    /// A datagram was longer than the buffer and was cut short ([`is_truncated`]).
+    Truncated,
+    /// The port cancelled the operation because its deadline passed ([`is_deadline`]).
+    Deadline,
+}
+
 impl fmt::Display for OsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.cancelled {
-            f.write_str("operation cancelled: ")?;
-        }
-        if self.deadline {
-            f.write_str("operation deadline passed: ")?;
+        match self.cause {
+            Cause::Cancelled => f.write_str("operation cancelled: ")?,
+            Cause::Deadline => f.write_str("operation deadline passed: ")?,
+            Cause::Os | Cause::Truncated => {}
         }
         if let Some(note) = self.note {
             write!(f, "{note}: ")?;
@@ -47,36 +55,35 @@ impl fmt::Display for OsError {
 
 impl Error for OsError {}
 
-/// Builds the error for `code` with a corrected `kind`.
-#[cfg_attr(not(windows), allow(dead_code))]
-pub(crate) fn corrected(kind: io::ErrorKind, code: i32, ntstatus: Option<i32>) -> io::Error {
+/// The one way an [`OsError`] is built.
+fn os(
+    kind: io::ErrorKind,
+    code: i32,
+    ntstatus: Option<i32>,
+    cause: Cause,
+    note: Option<&'static str>,
+) -> io::Error {
     io::Error::new(
         kind,
         OsError {
             code,
             ntstatus,
-            cancelled: false,
-            truncated: false,
-            deadline: false,
-            note: None,
+            cause,
+            note,
         },
     )
+}
+
+/// Builds the error for `code` with a corrected `kind`.
+#[cfg_attr(not(windows), allow(dead_code))]
+pub(crate) fn corrected(kind: io::ErrorKind, code: i32, ntstatus: Option<i32>) -> io::Error {
+    os(kind, code, ntstatus, Cause::Os, None)
 }
 
 /// Builds the error for `code` with a corrected `kind` and a note saying what it means here.
 #[cfg_attr(not(windows), allow(dead_code))]
 pub(crate) fn explained(kind: io::ErrorKind, code: i32, note: &'static str) -> io::Error {
-    io::Error::new(
-        kind,
-        OsError {
-            code,
-            ntstatus: None,
-            cancelled: false,
-            truncated: false,
-            deadline: false,
-            note: Some(note),
-        },
-    )
+    os(kind, code, None, Cause::Os, Some(note))
 }
 
 /// Builds the error for an operation that was cancelled locally, as OS `code` reported it.
@@ -86,55 +93,40 @@ pub(crate) fn explained(kind: io::ErrorKind, code: i32, note: &'static str) -> i
 /// loops take as "try again" (an adapter would resubmit a cancelled operation forever).
 /// [`is_cancelled`] tells it apart.
 pub(crate) fn cancelled(code: i32, ntstatus: Option<i32>) -> io::Error {
-    io::Error::other(OsError {
-        code,
-        ntstatus,
-        cancelled: true,
-        truncated: false,
-        deadline: false,
-        note: None,
-    })
+    os(io::ErrorKind::Other, code, ntstatus, Cause::Cancelled, None)
 }
 
-/// Builds the error of a datagram receive whose datagram did not fit: kind
-/// [`io::ErrorKind::InvalidData`], OS `code` kept (`EMSGSIZE` on Linux, `WSAEMSGSIZE` on
-/// Windows), recognised by [`is_truncated`].
 /// The error of an operation the port cancelled because its deadline passed: kind
 /// [`io::ErrorKind::TimedOut`], the cancel's OS code (`code`: 995 or `ECANCELED`), and
 /// [`is_deadline`] true while [`is_cancelled`] is false.
 pub(crate) fn deadline(code: i32, ntstatus: Option<i32>) -> io::Error {
-    io::Error::new(
+    os(
         io::ErrorKind::TimedOut,
-        OsError {
-            code,
-            ntstatus,
-            cancelled: false,
-            truncated: false,
-            deadline: true,
-            note: None,
-        },
+        code,
+        ntstatus,
+        Cause::Deadline,
+        None,
     )
 }
 
 /// The cancelled error made into a deadline error, keeping its code; `None` if `err` is not a
 /// cancel.
 pub(crate) fn cancel_to_deadline(err: &io::Error) -> Option<io::Error> {
-    let os = os_error(err).filter(|e| e.cancelled)?;
-    Some(deadline(os.code, os.ntstatus))
+    let e = os_error(err).filter(|e| e.cause == Cause::Cancelled)?;
+    Some(deadline(e.code, e.ntstatus))
 }
 
+/// Builds the error of a datagram receive whose datagram did not fit: kind
+/// [`io::ErrorKind::InvalidData`], OS `code` kept (`EMSGSIZE` on Linux, `WSAEMSGSIZE` on
+/// Windows), recognised by [`is_truncated`].
 #[cfg_attr(not(any(windows, target_os = "linux")), allow(dead_code))]
 pub(crate) fn truncated(code: i32, ntstatus: Option<i32>) -> io::Error {
-    io::Error::new(
+    os(
         io::ErrorKind::InvalidData,
-        OsError {
-            code,
-            ntstatus,
-            cancelled: false,
-            truncated: true,
-            deadline: false,
-            note: Some("datagram truncated"),
-        },
+        code,
+        ntstatus,
+        Cause::Truncated,
+        Some("datagram truncated"),
     )
 }
 
@@ -219,7 +211,7 @@ pub(crate) fn ntstatus(err: &io::Error) -> Option<i32> {
 /// assert!(!proactor::is_cancelled(&io::Error::from(io::ErrorKind::ConnectionReset)));
 /// ```
 pub fn is_cancelled(err: &io::Error) -> bool {
-    os_error(err).is_some_and(|e| e.cancelled)
+    os_error(err).is_some_and(|e| e.cause == Cause::Cancelled)
 }
 
 /// Whether `err` reports a datagram that was longer than the receive buffer
@@ -235,7 +227,7 @@ pub fn is_cancelled(err: &io::Error) -> bool {
 /// assert!(!proactor::is_truncated(&io::Error::from(io::ErrorKind::InvalidData)));
 /// ```
 pub fn is_truncated(err: &io::Error) -> bool {
-    os_error(err).is_some_and(|e| e.truncated)
+    os_error(err).is_some_and(|e| e.cause == Cause::Truncated)
 }
 
 /// Whether `err` is the error of an operation whose deadline passed
@@ -258,7 +250,7 @@ pub fn is_truncated(err: &io::Error) -> bool {
 /// # Ok(()) }
 /// ```
 pub fn is_deadline(err: &io::Error) -> bool {
-    os_error(err).is_some_and(|e| e.deadline)
+    os_error(err).is_some_and(|e| e.cause == Cause::Deadline)
 }
 
 #[cfg(test)]

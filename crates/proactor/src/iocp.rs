@@ -438,7 +438,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn recv<T: Associate>(&self, handle: &Handle<T>, buf: Vec<u8>) -> OpId {
-        self.port.recv(&handle.target, 0, buf)
+        self.with_user(0).recv(handle, buf)
     }
 
     /// Receives into the spare capacity of each buffer in turn (a scatter receive).
@@ -449,7 +449,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn recv_vectored<T: Associate>(&self, handle: &Handle<T>, bufs: Vec<Vec<u8>>) -> OpId {
-        self.port.recv_vectored(&handle.target, 0, bufs)
+        self.with_user(0).recv_vectored(handle, bufs)
     }
 
     /// Waits until the socket has something to read (data, EOF or an error) without holding a
@@ -462,7 +462,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn readable<T: Associate>(&self, handle: &Handle<T>) -> OpId {
-        self.port.readable(&handle.target, 0)
+        self.with_user(0).readable(handle)
     }
 
     /// Sends all of `buf`. The completion's byte count says how much was sent, and hands `buf`
@@ -481,7 +481,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn send<T: Associate>(&self, handle: &Handle<T>, buf: Vec<u8>) -> OpId {
-        self.port.send(&handle.target, 0, buf)
+        self.with_user(0).send(handle, buf)
     }
 
     /// Sends each buffer in turn (a gather send).
@@ -492,7 +492,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn send_vectored<T: Associate>(&self, handle: &Handle<T>, bufs: Vec<Vec<u8>>) -> OpId {
-        self.port.send_vectored(&handle.target, 0, bufs)
+        self.with_user(0).send_vectored(handle, bufs)
     }
 
     /// Receives one datagram into the spare capacity of `buf`, and its source address
@@ -506,7 +506,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn recv_from<T: Associate>(&self, handle: &Handle<T>, buf: Vec<u8>) -> OpId {
-        self.port.recv_from(&handle.target, 0, buf)
+        self.with_user(0).recv_from(handle, buf)
     }
 
     /// Sends `buf` as one datagram to `addr`.
@@ -522,7 +522,7 @@ impl Iocp {
         buf: Vec<u8>,
         addr: SocketAddr,
     ) -> OpId {
-        self.port.send_to(&handle.target, 0, buf, addr)
+        self.with_user(0).send_to(handle, buf, addr)
     }
 
     /// Sends `len` bytes of `file`, from `offset`, on a connected socket (`TransmitFile`; 0
@@ -559,7 +559,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn disconnect<T: Associate>(&self, socket: &Handle<T>) -> OpId {
-        self.port.disconnect(&socket.target, 0)
+        self.with_user(0).disconnect(socket)
     }
 
     /// Reads into the spare capacity of `buf` at `offset` (`ReadFile`); any handle opened for
@@ -572,7 +572,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn read_at<T: Associate>(&self, handle: &Handle<T>, buf: Vec<u8>, offset: u64) -> OpId {
-        self.port.read_at(&handle.target, 0, buf, offset)
+        self.with_user(0).read_at(handle, buf, offset)
     }
 
     /// Writes all of `buf` at `offset` (`WriteFile`).
@@ -583,7 +583,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn write_at<T: Associate>(&self, handle: &Handle<T>, buf: Vec<u8>, offset: u64) -> OpId {
-        self.port.write_at(&handle.target, 0, buf, offset)
+        self.with_user(0).write_at(handle, buf, offset)
     }
 
     /// Accepts one connection on a listening socket (`AcceptEx`). The completion carries the
@@ -601,7 +601,7 @@ impl Iocp {
     /// # }
     /// ```
     pub fn accept<T: Associate>(&self, listener: &Handle<T>) -> OpId {
-        self.port.accept(&listener.target, 0)
+        self.with_user(0).accept(listener)
     }
 
     /// Connects a socket to `addr` (`ConnectEx`), binding it to an ephemeral port first if it is
@@ -619,7 +619,7 @@ impl Iocp {
     /// # Ok(()) }
     /// ```
     pub fn connect<T: Associate>(&self, socket: &Handle<T>, addr: SocketAddr) -> OpId {
-        self.port.connect(&socket.target, 0, addr)
+        self.with_user(0).connect(socket, addr)
     }
 
     /// Connects to `addr` from a new TCP socket: creates the socket for `addr`'s family,
@@ -677,7 +677,7 @@ impl Iocp {
         input: Vec<u8>,
         output: Vec<u8>,
     ) -> OpId {
-        self.port.ioctl(&handle.target, 0, code, input, output)
+        self.with_user(0).ioctl(handle, code, input, output)
     }
 
     /// Cancels one operation (`CancelIoEx` with its `OVERLAPPED`). Its completion still
