@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use common::{each_ip, next, pair};
+use common::{collect, each_ip, next, pair};
 use proactor::{Iocp, OpKind};
 
 /// A small seeded generator (xorshift64*): the seed is printed so a failure replays with
@@ -119,26 +119,6 @@ fn checking_reader(
             thread::sleep(Duration::from_micros(rng.range(0, 3000) as u64));
         }
     })
-}
-
-/// Dequeues until every id in `ids` completed once; fails on a duplicate or an unknown id.
-fn collect(port: &Iocp, ids: &[proactor::OpId]) -> Vec<proactor::Completion> {
-    let mut done: Vec<Option<proactor::Completion>> = ids.iter().map(|_| None).collect();
-    while done.iter().any(Option::is_none) {
-        let c = next(port);
-        let i = ids
-            .iter()
-            .position(|&id| id == c.id())
-            .unwrap_or_else(|| panic!("unexpected completion {c:?}"));
-        assert!(done[i].is_none(), "completed twice: {c:?}");
-        done[i] = Some(c);
-    }
-    assert!(
-        port.get_completion(Some(Duration::from_millis(50)))
-            .is_err(),
-        "a completion nobody asked for"
-    );
-    done.into_iter().map(Option::unwrap).collect()
 }
 
 /// 12 MiB and more in one gather send of many small buffers (some empty) and a few huge ones,

@@ -23,8 +23,8 @@ use std::{
     time::Duration,
 };
 
-use common::WAIT;
-use proactor::{Completion, Iocp, OpId};
+use common::{WAIT, collect};
+use proactor::Iocp;
 
 /// The `fail` registry is global: one test at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -132,27 +132,6 @@ fn received_nothing(a: &TcpStream, b: &TcpStream) {
             ),
         }
     }
-}
-
-/// Dequeues until every id in `ids` completed once; fails on a duplicate, an unknown id or a
-/// completion nobody asked for.
-fn collect(port: &Iocp, ids: &[OpId]) -> Vec<Completion> {
-    let mut done: Vec<Option<Completion>> = ids.iter().map(|_| None).collect();
-    while done.iter().any(Option::is_none) {
-        let c = port.get_completion(WAIT).expect("a completion in time");
-        let i = ids
-            .iter()
-            .position(|&id| id == c.id())
-            .unwrap_or_else(|| panic!("unexpected completion {c:?}"));
-        assert!(done[i].is_none(), "completed twice: {c:?}");
-        done[i] = Some(c);
-    }
-    assert!(
-        port.get_completion(Some(Duration::from_millis(50)))
-            .is_err(),
-        "a completion nobody asked for"
-    );
-    done.into_iter().map(Option::unwrap).collect()
 }
 
 /// A pause at a failpoint: `arrived` fires when a thread reaches it, which then waits for `go`.

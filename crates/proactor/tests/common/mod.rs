@@ -96,3 +96,24 @@ impl Drop for TempPath {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// Dequeues until every id in `ids` completed once, in `ids`' order; fails on a duplicate, an
+/// unknown id, or a completion nobody asked for (50 ms later).
+pub fn collect(port: &Iocp, ids: &[proactor::OpId]) -> Vec<Completion> {
+    let mut done: Vec<Option<Completion>> = ids.iter().map(|_| None).collect();
+    while done.iter().any(Option::is_none) {
+        let c = next(port);
+        let i = ids
+            .iter()
+            .position(|&id| id == c.id())
+            .unwrap_or_else(|| panic!("unexpected completion {c:?}"));
+        assert!(done[i].is_none(), "completed twice: {c:?}");
+        done[i] = Some(c);
+    }
+    assert!(
+        port.get_completion(Some(Duration::from_millis(50)))
+            .is_err(),
+        "a completion nobody asked for"
+    );
+    done.into_iter().map(Option::unwrap).collect()
+}
