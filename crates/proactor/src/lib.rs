@@ -92,7 +92,9 @@ mod handle;
 mod handshake;
 mod iocp;
 mod life;
+mod local;
 mod op;
+mod pool;
 mod submit;
 mod sys;
 mod table;
@@ -107,7 +109,9 @@ pub use error::{is_cancelled, is_deadline, is_truncated, raw_os_error};
 pub use fs::open_file;
 pub use handle::{Associate, Handle};
 pub use iocp::Iocp;
+pub use local::{LocalCompletion, LocalHandle, LocalPort, LocalSubmit};
 pub use op::{OpId, OpKind};
+pub use pool::PooledBuf;
 pub use submit::Submit;
 
 /// The `socket2` crate, at the version proactor associates (`socket2::Socket` is an

@@ -105,6 +105,11 @@ pub enum OpKind {
     /// # Ok(()) }
     /// ```
     Timer,
+    /// A receive into a buffer of a [`LocalPort`](crate::LocalPort)'s pool
+    /// ([`LocalPort::recv_pooled`](crate::LocalPort::recv_pooled)).
+    RecvPooled,
+    /// A send of a pool buffer ([`LocalPort::send_pooled`](crate::LocalPort::send_pooled)).
+    SendPooled,
 }
 
 impl OpKind {
@@ -128,6 +133,8 @@ impl OpKind {
             OpKind::Disconnect => "disconnect",
             OpKind::ConnectPipe => "connect_pipe",
             OpKind::Timer => "timer",
+            OpKind::RecvPooled => "recv_pooled",
+            OpKind::SendPooled => "send_pooled",
         }
     }
 }

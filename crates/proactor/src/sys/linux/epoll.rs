@@ -391,7 +391,9 @@ impl Epoll {
             | OpKind::TransmitFile
             | OpKind::Disconnect
             | OpKind::ConnectPipe
-            | OpKind::Timer => Ok(0),
+            | OpKind::Timer
+            | OpKind::RecvPooled
+            | OpKind::SendPooled => Ok(0),
         };
         match result {
             Err(e) if would_block(&e) => Attempt::WouldBlock,

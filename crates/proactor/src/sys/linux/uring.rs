@@ -433,7 +433,9 @@ impl Uring {
                 | OpKind::TransmitFile
                 | OpKind::Disconnect
                 | OpKind::ConnectPipe
-                | OpKind::Timer => opcode::Nop::new().build(),
+                | OpKind::Timer
+                | OpKind::RecvPooled
+                | OpKind::SendPooled => opcode::Nop::new().build(),
                 OpKind::Recv => {
                     let (ptr, len) = op.spare();
                     opcode::Recv::new(fd, ptr, clamp(len))

@@ -133,3 +133,46 @@ impl Associate for OwnedSocket {}
 impl Associate for socket2::Socket {}
 impl Associate for File {}
 impl Associate for OwnedHandle {}
+
+/// Receives what is already there, without waiting: the second half of a pooled receive (a
+/// zero-byte `WSARecv` first). The first time for a socket (`first`), the socket is set
+/// non-blocking (`FIONBIO`), which overlapped operations ignore: plain `recv` then returns
+/// `WSAEWOULDBLOCK` instead of waiting when the readiness was stale.
+///
+/// # Safety
+///
+/// `dst` must be valid for writes of `len` bytes.
+pub(crate) unsafe fn recv_now(
+    raw: RawIo,
+    dst: *mut u8,
+    len: usize,
+    first: bool,
+) -> std::io::Result<usize> {
+    use windows_sys::Win32::Networking::WinSock::{
+        FIONBIO, SOCKET_ERROR, WSAGetLastError, ioctlsocket, recv,
+    };
+    let RawIo::Socket(s) = raw else {
+        return Err(crate::error::needs_socket());
+    };
+    if first {
+        let mut on = 1u32;
+        // SAFETY: `s` is a live socket owned by the handle; FIONBIO reads one u32.
+        if unsafe { ioctlsocket(s, FIONBIO, &mut on) } == SOCKET_ERROR {
+            // SAFETY: reads the calling thread's last WinSock error.
+            return Err(std::io::Error::from_raw_os_error(unsafe {
+                WSAGetLastError()
+            }));
+        }
+    }
+    let len = len.min(i32::MAX as usize) as i32;
+    // SAFETY: the caller guarantees `dst` is writable for `len` bytes.
+    let n = unsafe { recv(s, dst, len, 0) };
+    if n == SOCKET_ERROR {
+        // SAFETY: reads the calling thread's last WinSock error.
+        Err(std::io::Error::from_raw_os_error(unsafe {
+            WSAGetLastError()
+        }))
+    } else {
+        Ok(n as usize)
+    }
+}

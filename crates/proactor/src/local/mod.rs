@@ -1,0 +1,683 @@
+//! The completion port owned by one thread: [`LocalPort`], its handles and its submissions.
+//!
+//! `LocalPort` has the operations, completions and guarantees of [`Iocp`](crate::Iocp), for
+//! one thread: it is neither `Send` nor `Sync`, so the thread that builds it is the only one
+//! that submits and dequeues (the thread-per-core design). That lets each backend use what a
+//! shared port cannot (see `engine`). On top it has pooled receive: a receive that takes no
+//! buffer and completes with one of the port's pool.
+//!
+//! Two engines run it: on Linux with io_uring, a ring of its own (`crate::sys::Ring`); on the
+//! epoll fallback and on Windows, a shared port ([`Iocp`](crate::Iocp)) that this thread alone
+//! uses, with pooled receive built on readiness (`shared.rs`).
+
+mod completion;
+mod shared;
+mod submit;
+
+use std::{
+    fmt, io,
+    net::SocketAddr,
+    ops::Deref,
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+pub use completion::LocalCompletion;
+pub use submit::LocalSubmit;
+
+use crate::{Associate, OpId, PooledBuf, pool::Pool};
+
+/// The pool a [`LocalPort::new`] port gets: 1,024 buffers of 16 KiB (16 MiB, of which only
+/// buffers that have held data are resident).
+const DEFAULT_POOL: (u16, usize) = (1024, 16 * 1024);
+
+/// What an operation of a [`LocalPort`] owns, handed to its engine.
+#[derive(Debug)]
+pub(crate) enum LocalOp {
+    Recv(Vec<u8>),
+    RecvVectored(Vec<Vec<u8>>),
+    Readable,
+    RecvPooled,
+    Send(Vec<u8>),
+    SendVectored(Vec<Vec<u8>>),
+    SendPooled(PooledBuf),
+    RecvFrom(Vec<u8>),
+    SendTo(Vec<u8>, SocketAddr),
+    ReadAt(Vec<u8>, u64),
+    WriteAt(Vec<u8>, u64),
+    Accept,
+    Connect(SocketAddr),
+}
+
+/// The engine that runs a port.
+enum Engine {
+    Shared(shared::Shared),
+}
+
+/// What a port's handles share with it: the engine, kept alive by the last of them.
+struct Inner {
+    engine: Engine,
+}
+
+/// A completion port owned by one thread: associate handles, submit operations and dequeue
+/// their completions, all from the thread that built it.
+///
+/// It offers what [`Iocp`](crate::Iocp) offers (every operation ends as exactly one completion
+/// that hands its buffers back; memory the kernel may use is never freed early; dropping a
+/// handle cancels what is in flight on it), for a single thread, which is what a
+/// thread-per-core server runs: one `LocalPort` per worker thread, each with its own
+/// connections. It is neither `Send` nor `Sync`; neither are its handles, completions and pool
+/// buffers.
+///
+/// # What one thread buys
+///
+/// | backend | what the port is |
+/// |---|---|
+/// | Linux io_uring | a ring of its own, set up `SINGLE_ISSUER \| DEFER_TASKRUN` (falling back to `COOP_TASKRUN`, then neither: [`setup`](LocalPort::setup) says which), with handles registered as fixed files, operations in a slab (no lock, hash or allocation per receive or send), a multishot accept per listener, and pooled receive as one multishot receive per connection over a provided-buffer ring |
+/// | Linux epoll fallback | the epoll backend's port, used by this thread only; pooled receive waits for readiness, then receives into a pool buffer |
+/// | Windows | an I/O completion port dequeued by this thread only; pooled receive is a zero-byte `WSARecv`, then a non-blocking receive into a pool buffer, so an idle connection pins no buffer |
+///
+/// # Pooled receive
+///
+/// [`recv_pooled`](LocalPort::recv_pooled) takes no buffer: it completes with one of the
+/// port's pool ([`LocalCompletion::take_pooled`]), which goes back to the pool when dropped, or
+/// is sent without a copy by [`send_pooled`](LocalPort::send_pooled). Memory is the pool's
+/// (fixed at [`with_pool`](LocalPort::with_pool)), not one buffer per connection. While the
+/// pool is empty, pooled receives wait for buffers to come back: nothing is lost, nothing
+/// fails for that. On one handle use pooled receives or receives with buffers of your own, not
+/// both at once: a receive with a buffer on a handle with a pooled receive pending completes
+/// with [`io::ErrorKind::InvalidInput`] (the two would take bytes out of order).
+///
+/// # Example: an echo server's thread
+///
+/// ```no_run
+/// use std::net::TcpListener;
+/// use proactor::{LocalPort, OpKind};
+///
+/// # fn main() -> std::io::Result<()> {
+/// let port = LocalPort::new()?;
+/// let listener = port.add_handle(TcpListener::bind("127.0.0.1:0")?, 0)?;
+/// port.accept(&listener);
+/// let mut conns = std::collections::HashMap::new();
+/// let mut next = 1;
+/// loop {
+///     let mut done = port.get_completion(None)?;
+///     match done.kind() {
+///         OpKind::Accept => {
+///             if let Some(accepted) = done.take_accepted() {
+///                 let conn = port.add_handle(accepted.stream, next)?;
+///                 port.recv_pooled(&conn);
+///                 conns.insert(next, conn);
+///                 next += 1;
+///             }
+///             port.accept(&listener);
+///         }
+///         OpKind::RecvPooled => match (done.take_pooled(), conns.get(&done.context())) {
+///             (Some(data), Some(conn)) => {
+///                 port.send_pooled(conn, data);
+///                 port.recv_pooled(conn);
+///             }
+///             // End of stream, a reset: dropping the handle closes the connection.
+///             _ => drop(conns.remove(&done.context())),
+///         },
+///         _ => {} // a send's completion: its buffer went back to the pool
+///     }
+/// }
+/// # }
+/// ```
+pub struct LocalPort {
+    inner: Rc<Inner>,
+}
+
+impl LocalPort {
+    /// A port with the default pool: 1,024 buffers of 16 KiB.
+    ///
+    /// # Errors
+    ///
+    /// What the OS says when no port can be built (io_uring unavailable and epoll failing, a
+    /// descriptor limit), or [`io::ErrorKind::Unsupported`] on systems other than Windows and
+    /// Linux.
+    ///
+    /// ```no_run
+    /// let port = proactor::LocalPort::new()?;
+    /// println!("{} ({})", port.backend(), port.setup());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn new() -> io::Result<LocalPort> {
+        LocalPort::with_pool(DEFAULT_POOL.0, DEFAULT_POOL.1)
+    }
+
+    /// A port whose pool has `buffers` buffers (a power of two, at most 32,768) of `size`
+    /// bytes each (at most 1 GiB).
+    ///
+    /// The pool is allocated once, here; pages of it become resident as buffers first hold
+    /// data.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::InvalidInput`] for a count that is not a power of two or sizes out of
+    /// range, and [`LocalPort::new`]'s errors.
+    ///
+    /// ```no_run
+    /// // 256 buffers of 64 KiB: large messages, few connections.
+    /// let port = proactor::LocalPort::with_pool(256, 64 * 1024)?;
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn with_pool(buffers: u16, size: usize) -> io::Result<LocalPort> {
+        let engine = Engine::Shared(shared::Shared::new(Pool::new(buffers, size, true)?)?);
+        Ok(LocalPort {
+            inner: Rc::new(Inner { engine }),
+        })
+    }
+
+    /// Which backend runs the port: `"io_uring"`, `"epoll"` or `"iocp"`, the words of
+    /// [`Iocp::backend`](crate::Iocp::backend).
+    ///
+    /// ```no_run
+    /// let port = proactor::LocalPort::new()?;
+    /// assert!(["io_uring", "epoll", "iocp"].contains(&port.backend()));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn backend(&self) -> &'static str {
+        match &self.inner.engine {
+            Engine::Shared(s) => s.backend(),
+        }
+    }
+
+    /// How the backend was set up: on io_uring the ring's flags
+    /// (`"single_issuer+defer_taskrun"`, `"coop_taskrun"` or `"plain"`, the best the kernel
+    /// accepted); `"shared port"` where the port is a shared port this thread alone uses (the
+    /// epoll fallback, Windows, or io_uring when a ring of its own could not be built).
+    ///
+    /// ```no_run
+    /// let port = proactor::LocalPort::new()?;
+    /// println!("io_uring setup: {}", port.setup());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn setup(&self) -> &'static str {
+        match &self.inner.engine {
+            Engine::Shared(_) => "shared port",
+        }
+    }
+
+    /// Associates `io` with the port, with `context` carried by the completion of every
+    /// operation on it.
+    ///
+    /// # Errors
+    ///
+    /// What the OS says when the object cannot be associated (on io_uring: registered as a
+    /// fixed file), e.g. a handle already associated with another port on Windows.
+    ///
+    /// ```no_run
+    /// let port = proactor::LocalPort::new()?;
+    /// let conn = port.add_handle(std::net::TcpStream::connect("127.0.0.1:7")?, 1)?;
+    /// assert_eq!(conn.context(), 1);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn add_handle<T: Associate>(&self, io: T, context: usize) -> io::Result<LocalHandle<T>> {
+        let key = match &self.inner.engine {
+            Engine::Shared(s) => s.register(io.raw_io(), io.foreign(), context)?,
+        };
+        Ok(LocalHandle {
+            port: self.inner.clone(),
+            key,
+            context,
+            io,
+        })
+    }
+
+    /// Queues a packet that is dequeued as a completion of kind
+    /// [`OpKind::Post`](crate::OpKind::Post), with `context` and, as its bytes transferred,
+    /// `value`: how a port's thread schedules work for itself.
+    ///
+    /// ```no_run
+    /// let port = proactor::LocalPort::new()?;
+    /// port.post(7, 42);
+    /// let done = port.get_completion(None)?;
+    /// assert_eq!((done.context(), done.bytes_transferred()), (7, 42));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn post(&self, context: usize, value: usize) -> OpId {
+        match &self.inner.engine {
+            Engine::Shared(s) => s.post(context, value),
+        }
+    }
+
+    /// An operation carrying `user`, handed back by its completion's
+    /// [`user`](crate::Completion::user) (see [`Submit`](crate::Submit), its `Iocp`
+    /// counterpart).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) -> std::io::Result<()> {
+    /// port.with_user(5).send(conn, b"hello".to_vec());
+    /// assert_eq!(port.get_completion(None)?.user(), 5);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_user(&self, user: usize) -> LocalSubmit<'_> {
+        LocalSubmit::new(self, user)
+    }
+
+    /// An operation that completes with the deadline error ([`crate::is_deadline`], kind
+    /// [`io::ErrorKind::TimedOut`]) if it has not completed by `at`; see
+    /// [`Submit::deadline`](crate::Submit::deadline).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) {
+    /// use std::time::{Duration, Instant};
+    /// port.with_deadline(Instant::now() + Duration::from_secs(5)).recv_pooled(conn);
+    /// # }
+    /// ```
+    pub fn with_deadline(&self, at: Instant) -> LocalSubmit<'_> {
+        LocalSubmit::new(self, 0).deadline(at)
+    }
+
+    /// An operation with a deadline `after` from now; see [`with_deadline`](LocalPort::with_deadline).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) {
+    /// port.with_timeout(std::time::Duration::from_secs(5)).recv_pooled(conn);
+    /// # }
+    /// ```
+    pub fn with_timeout(&self, after: Duration) -> LocalSubmit<'_> {
+        LocalSubmit::new(self, 0).timeout(after)
+    }
+
+    /// A timer: completes `Ok(0)`, kind [`OpKind::Timer`](crate::OpKind::Timer), once `after`
+    /// has passed (or cancelled, if [`cancel`](LocalPort::cancel) comes first).
+    ///
+    /// ```no_run
+    /// let port = proactor::LocalPort::new()?;
+    /// port.timer(std::time::Duration::from_millis(10));
+    /// assert_eq!(port.get_completion(None)?.kind(), proactor::OpKind::Timer);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn timer(&self, after: Duration) -> OpId {
+        self.with_user(0).timer(after)
+    }
+
+    /// Receives into `buf`'s spare capacity ([`Iocp::recv`](crate::Iocp::recv)).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) {
+    /// port.recv(conn, Vec::with_capacity(4096));
+    /// # }
+    /// ```
+    pub fn recv<T: Associate>(&self, handle: &LocalHandle<T>, buf: Vec<u8>) -> OpId {
+        self.with_user(0).recv(handle, buf)
+    }
+
+    /// Receives into several buffers ([`Iocp::recv_vectored`](crate::Iocp::recv_vectored)).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) {
+    /// port.recv_vectored(conn, vec![Vec::with_capacity(16), Vec::with_capacity(4096)]);
+    /// # }
+    /// ```
+    pub fn recv_vectored<T: Associate>(&self, handle: &LocalHandle<T>, bufs: Vec<Vec<u8>>) -> OpId {
+        self.with_user(0).recv_vectored(handle, bufs)
+    }
+
+    /// Waits until the socket has something to receive ([`Iocp::readable`](crate::Iocp::readable)).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) {
+    /// port.readable(conn);
+    /// # }
+    /// ```
+    pub fn readable<T: Associate>(&self, handle: &LocalHandle<T>) -> OpId {
+        self.with_user(0).readable(handle)
+    }
+
+    /// Receives into a buffer of the port's pool: see [Pooled receive](LocalPort#pooled-receive).
+    /// Completes `Ok(n)` with the `n` bytes in [`LocalCompletion::take_pooled`], `Ok(0)` at the
+    /// end of the stream, or the error, kind [`OpKind::RecvPooled`](crate::OpKind::RecvPooled).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) -> std::io::Result<()> {
+    /// port.recv_pooled(conn);
+    /// let mut done = port.get_completion(None)?;
+    /// let n = done.result()?;
+    /// if let Some(data) = done.take_pooled() {
+    ///     assert_eq!(data.len(), n);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn recv_pooled<T: Associate>(&self, handle: &LocalHandle<T>) -> OpId {
+        self.with_user(0).recv_pooled(handle)
+    }
+
+    /// Sends `buf` ([`Iocp::send`](crate::Iocp::send)).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) {
+    /// port.send(conn, b"hello".to_vec());
+    /// # }
+    /// ```
+    pub fn send<T: Associate>(&self, handle: &LocalHandle<T>, buf: Vec<u8>) -> OpId {
+        self.with_user(0).send(handle, buf)
+    }
+
+    /// Sends several buffers in order ([`Iocp::send_vectored`](crate::Iocp::send_vectored)).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) {
+    /// port.send_vectored(conn, vec![b"head".to_vec(), b"body".to_vec()]);
+    /// # }
+    /// ```
+    pub fn send_vectored<T: Associate>(&self, handle: &LocalHandle<T>, bufs: Vec<Vec<u8>>) -> OpId {
+        self.with_user(0).send_vectored(handle, bufs)
+    }
+
+    /// Sends a pool buffer's bytes, all of them, without copying them; the completion (kind
+    /// [`OpKind::SendPooled`](crate::OpKind::SendPooled)) hands the buffer back through
+    /// [`LocalCompletion::take_pooled`]. A buffer of another port's pool completes with
+    /// [`io::ErrorKind::InvalidInput`].
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>, data: proactor::PooledBuf) {
+    /// port.send_pooled(conn, data);
+    /// # }
+    /// ```
+    pub fn send_pooled<T: Associate>(&self, handle: &LocalHandle<T>, buf: PooledBuf) -> OpId {
+        self.with_user(0).send_pooled(handle, buf)
+    }
+
+    /// Receives a datagram and its source ([`Iocp::recv_from`](crate::Iocp::recv_from)).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, udp: &proactor::LocalHandle<std::net::UdpSocket>) {
+    /// port.recv_from(udp, Vec::with_capacity(1500));
+    /// # }
+    /// ```
+    pub fn recv_from<T: Associate>(&self, handle: &LocalHandle<T>, buf: Vec<u8>) -> OpId {
+        self.with_user(0).recv_from(handle, buf)
+    }
+
+    /// Sends a datagram to `addr` ([`Iocp::send_to`](crate::Iocp::send_to)).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, udp: &proactor::LocalHandle<std::net::UdpSocket>) {
+    /// port.send_to(udp, b"ping".to_vec(), "127.0.0.1:9".parse().unwrap());
+    /// # }
+    /// ```
+    pub fn send_to<T: Associate>(
+        &self,
+        handle: &LocalHandle<T>,
+        buf: Vec<u8>,
+        addr: SocketAddr,
+    ) -> OpId {
+        self.with_user(0).send_to(handle, buf, addr)
+    }
+
+    /// Reads at `offset` ([`Iocp::read_at`](crate::Iocp::read_at)).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, file: &proactor::LocalHandle<std::fs::File>) {
+    /// port.read_at(file, Vec::with_capacity(4096), 0);
+    /// # }
+    /// ```
+    pub fn read_at<T: Associate>(
+        &self,
+        handle: &LocalHandle<T>,
+        buf: Vec<u8>,
+        offset: u64,
+    ) -> OpId {
+        self.with_user(0).read_at(handle, buf, offset)
+    }
+
+    /// Writes at `offset` ([`Iocp::write_at`](crate::Iocp::write_at)).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, file: &proactor::LocalHandle<std::fs::File>) {
+    /// port.write_at(file, b"data".to_vec(), 0);
+    /// # }
+    /// ```
+    pub fn write_at<T: Associate>(
+        &self,
+        handle: &LocalHandle<T>,
+        buf: Vec<u8>,
+        offset: u64,
+    ) -> OpId {
+        self.with_user(0).write_at(handle, buf, offset)
+    }
+
+    /// Accepts one connection ([`Iocp::accept`](crate::Iocp::accept)); take it with
+    /// [`Completion::take_accepted`](crate::Completion::take_accepted).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, listener: &proactor::LocalHandle<std::net::TcpListener>) {
+    /// port.accept(listener);
+    /// # }
+    /// ```
+    pub fn accept<T: Associate>(&self, listener: &LocalHandle<T>) -> OpId {
+        self.with_user(0).accept(listener)
+    }
+
+    /// Connects a socket ([`Iocp::connect`](crate::Iocp::connect)).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort) -> std::io::Result<()> {
+    /// use proactor::socket2::{Domain, Socket, Type};
+    /// let socket = port.add_handle(Socket::new(Domain::IPV4, Type::STREAM, None)?, 1)?;
+    /// port.connect(&socket, "127.0.0.1:8080".parse().unwrap());
+    /// # Ok(()) }
+    /// ```
+    pub fn connect<T: Associate>(&self, socket: &LocalHandle<T>, addr: SocketAddr) -> OpId {
+        self.with_user(0).connect(socket, addr)
+    }
+
+    /// Cancels operation `id`: it completes with an error for which
+    /// [`crate::is_cancelled`] is true (unless it completed first), handing its buffers back.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::NotFound`] if the operation is no longer in flight.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) {
+    /// let id = port.recv_pooled(conn);
+    /// let _ = port.cancel(id);
+    /// # }
+    /// ```
+    pub fn cancel(&self, id: OpId) -> io::Result<()> {
+        match &self.inner.engine {
+            Engine::Shared(s) => s.cancel(id),
+        }
+    }
+
+    /// Cancels every operation in flight on `handle`, which stays open.
+    ///
+    /// # Errors
+    ///
+    /// What the OS says if the cancel cannot be requested.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) -> std::io::Result<()> {
+    /// port.cancel_all(conn)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn cancel_all<T: Associate>(&self, handle: &LocalHandle<T>) -> io::Result<()> {
+        if !handle.belongs_to(self) {
+            return Err(crate::error::other_port());
+        }
+        match &self.inner.engine {
+            Engine::Shared(s) => s.cancel_all(handle.key),
+        }
+    }
+
+    /// Waits for the next completion, at most `timeout` (`None`: forever).
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::TimedOut`] when the timeout passes first.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort) {
+    /// match port.get_completion(Some(std::time::Duration::from_millis(100))) {
+    ///     Ok(done) => println!("{done:?}"),
+    ///     Err(e) => println!("{e}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn get_completion(&self, timeout: Option<Duration>) -> io::Result<LocalCompletion> {
+        let mut one = Vec::with_capacity(1);
+        self.get_completions(&mut one, 1, timeout)?;
+        Ok(one
+            .pop()
+            .expect("get_completions returns at least one completion"))
+    }
+
+    /// Waits for completions and appends up to `max` of them to `out`, returning how many.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::TimedOut`] when the timeout passes before the first completion;
+    /// [`io::ErrorKind::InvalidInput`] for a `max` of 0.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort) -> std::io::Result<()> {
+    /// let mut batch = Vec::with_capacity(64);
+    /// port.get_completions(&mut batch, 64, None)?;
+    /// for done in batch.drain(..) {
+    ///     println!("{done:?}");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn get_completions(
+        &self,
+        out: &mut Vec<LocalCompletion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        if max == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "get_completions needs room for at least one completion",
+            ));
+        }
+        match &self.inner.engine {
+            Engine::Shared(s) => s.get_completions(out, max, timeout),
+        }
+    }
+
+    /// Operations submitted and not yet dequeued.
+    ///
+    /// ```no_run
+    /// let port = proactor::LocalPort::new()?;
+    /// assert_eq!(port.operations_in_flight(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn operations_in_flight(&self) -> usize {
+        match &self.inner.engine {
+            Engine::Shared(s) => s.in_flight(),
+        }
+    }
+
+    /// Starts `op` on `handle`: every engine's one way in.
+    fn start<T: Associate>(
+        &self,
+        handle: &LocalHandle<T>,
+        user: usize,
+        deadline: Option<Instant>,
+        op: LocalOp,
+    ) -> OpId {
+        let key = handle.belongs_to(self).then_some(handle.key);
+        match &self.inner.engine {
+            Engine::Shared(s) => s.start(key, handle.context, user, deadline, op),
+        }
+    }
+
+    fn start_timer(&self, user: usize, after: Duration) -> OpId {
+        match &self.inner.engine {
+            Engine::Shared(s) => s.timer(user, after),
+        }
+    }
+}
+
+impl fmt::Debug for LocalPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalPort")
+            .field("backend", &self.backend())
+            .field("setup", &self.setup())
+            .field("in_flight", &self.operations_in_flight())
+            .finish()
+    }
+}
+
+/// An OS object associated with a [`LocalPort`], with the application's context value.
+///
+/// Made by [`LocalPort::add_handle`]. It owns the object: dropping it cancels every operation
+/// still in flight on it (each still completes, cancelled, handing its buffers back, at a later
+/// [`LocalPort::get_completion`]), gives pooled data not yet received back to the pool, then
+/// closes the object. It dereferences to the object. It belongs to the port's thread.
+///
+/// ```no_run
+/// let port = proactor::LocalPort::new()?;
+/// let conn = port.add_handle(std::net::TcpStream::connect("127.0.0.1:7")?, 42)?;
+/// println!("{} talks to {}", conn.context(), conn.peer_addr()?);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub struct LocalHandle<T: Associate> {
+    port: Rc<Inner>,
+    /// The engine's key for the handle.
+    key: u32,
+    context: usize,
+    // Declared last: closed after `Drop::drop` cancelled what was in flight on it.
+    io: T,
+}
+
+impl<T: Associate> LocalHandle<T> {
+    /// The context given to [`LocalPort::add_handle`], carried by every completion of an
+    /// operation on this handle.
+    ///
+    /// ```no_run
+    /// # fn f(conn: &proactor::LocalHandle<std::net::TcpStream>) {
+    /// println!("connection {}", conn.context());
+    /// # }
+    /// ```
+    pub fn context(&self) -> usize {
+        self.context
+    }
+
+    /// The associated object.
+    ///
+    /// ```no_run
+    /// # fn f(conn: &proactor::LocalHandle<std::net::TcpStream>) -> std::io::Result<()> {
+    /// conn.get_ref().set_nodelay(true)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn get_ref(&self) -> &T {
+        &self.io
+    }
+
+    /// Whether the handle was associated with `port` (an operation on another port's handle
+    /// completes with an error instead of reaching the wrong engine).
+    fn belongs_to(&self, port: &LocalPort) -> bool {
+        Rc::ptr_eq(&self.port, &port.inner)
+    }
+}
+
+impl<T: Associate> Deref for LocalHandle<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.get_ref()
+    }
+}
+
+impl<T: Associate> Drop for LocalHandle<T> {
+    fn drop(&mut self) {
+        match &self.port.engine {
+            Engine::Shared(s) => s.close(self.key),
+        }
+    }
+}
+
+impl<T: Associate + fmt::Debug> fmt::Debug for LocalHandle<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalHandle")
+            .field("context", &self.context)
+            .field("io", self.get_ref())
+            .finish()
+    }
+}

@@ -1,0 +1,636 @@
+//! The engine of a [`LocalPort`](crate::LocalPort) over a shared port that its thread alone
+//! uses: the epoll fallback, Windows, and io_uring where a ring of the port's own cannot be
+//! built.
+//!
+//! Every operation but the pooled ones goes straight to the shared port. A pooled receive
+//! waits for readiness with the port's `readable` (a zero-byte `WSARecv` on Windows, readiness
+//! on epoll), then receives what is there, without waiting, into a pool buffer: an idle
+//! connection pins no buffer. One readiness wait serves a handle's pooled receives in order; a
+//! stale readiness (nothing there after all) waits again. A pooled send copies the buffer into
+//! a recycled `Vec` for the shared port and keeps the pool buffer until the send completes.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::{HashMap, VecDeque},
+    io,
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use super::{LocalCompletion, LocalOp};
+use crate::{
+    Completion, Iocp, OpId, OpKind, PooledBuf,
+    completion::Output,
+    pool::Pool,
+    sys::{self, RawIo, Target},
+};
+
+/// The shared-port engine.
+pub(crate) struct Shared {
+    port: Iocp,
+    pool: Rc<Pool>,
+    slots: RefCell<Vec<Option<Slot>>>,
+    free_keys: RefCell<Vec<u32>>,
+    /// Operations of this engine inside the shared port, whose completions it turns into
+    /// others (a readiness wait of a pooled receive, the copy a pooled send sends).
+    internal: RefCell<HashMap<OpId, Internal>>,
+    /// Pooled receives not yet completed, to their handle's key.
+    pooled: RefCell<HashMap<OpId, u32>>,
+    /// Completions made by this engine, delivered before the shared port's.
+    ready: RefCell<VecDeque<LocalCompletion>>,
+    /// `Vec`s pooled sends copied into, for the next.
+    spare: RefCell<Vec<Vec<u8>>>,
+    /// Handles whose data is there but whose pooled receive found the pool empty.
+    starved: RefCell<VecDeque<u32>>,
+    /// Pooled receives in flight (the shared port counts the rest).
+    waiting: Cell<usize>,
+}
+
+/// A handle of the engine.
+struct Slot {
+    target: Target,
+    raw: RawIo,
+    context: usize,
+    /// Pooled receives in submission order.
+    waiters: VecDeque<Waiter>,
+    /// The readiness wait in flight for them.
+    armed: Option<OpId>,
+    /// Whether a pooled receive already ran on it (Windows sets the socket non-blocking then).
+    received: bool,
+    /// In `Shared::starved`.
+    starved: bool,
+}
+
+struct Waiter {
+    id: OpId,
+    user: usize,
+    deadline: Option<Instant>,
+}
+
+enum Internal {
+    /// The readiness wait of the pooled receives of handle `key`.
+    Readable(u32),
+    /// A pooled send's buffer, handed back by its completion.
+    SendPooled(PooledBuf),
+}
+
+/// Another engine's key, or a handle already closed: nothing to do.
+fn mixing() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "a receive with a buffer on a handle with a pooled receive pending (the two would take bytes out of order)",
+    )
+}
+
+fn foreign_buffer() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "send_pooled with a buffer of another port's pool",
+    )
+}
+
+impl Shared {
+    pub(crate) fn new(pool: Rc<Pool>) -> io::Result<Shared> {
+        Ok(Shared {
+            port: Iocp::new()?,
+            pool,
+            slots: RefCell::new(Vec::new()),
+            free_keys: RefCell::new(Vec::new()),
+            internal: RefCell::new(HashMap::new()),
+            pooled: RefCell::new(HashMap::new()),
+            ready: RefCell::new(VecDeque::new()),
+            spare: RefCell::new(Vec::new()),
+            starved: RefCell::new(VecDeque::new()),
+            waiting: Cell::new(0),
+        })
+    }
+
+    pub(crate) fn backend(&self) -> &'static str {
+        self.port.backend()
+    }
+
+    pub(crate) fn register(&self, raw: RawIo, foreign: bool, context: usize) -> io::Result<u32> {
+        let target = self.port.sys().associate(raw, foreign, context)?;
+        let slot = Slot {
+            target,
+            raw,
+            context,
+            waiters: VecDeque::new(),
+            armed: None,
+            received: false,
+            starved: false,
+        };
+        let mut slots = self.slots.borrow_mut();
+        match self.free_keys.borrow_mut().pop() {
+            Some(key) => {
+                slots[key as usize] = Some(slot);
+                Ok(key)
+            }
+            None => {
+                slots.push(Some(slot));
+                Ok(slots.len() as u32 - 1)
+            }
+        }
+    }
+
+    /// Cancels everything in flight on handle `key` and forgets it; its owner closes the
+    /// object right after.
+    pub(crate) fn close(&self, key: u32) {
+        let Some(slot) = self.slots.borrow_mut()[key as usize].take() else {
+            return;
+        };
+        self.free_keys.borrow_mut().push(key);
+        for w in &slot.waiters {
+            self.pooled.borrow_mut().remove(&w.id);
+            self.complete_waiter(&slot, w, Err(cancelled()), None);
+        }
+        // The readiness wait ends cancelled by the close below; its completion finds no slot
+        // (or a new handle's, told apart by the `internal` entry's id) and is dropped.
+        slot.target.close();
+    }
+
+    pub(crate) fn start(
+        &self,
+        key: Option<u32>,
+        context: usize,
+        user: usize,
+        deadline: Option<Instant>,
+        op: LocalOp,
+    ) -> OpId {
+        let Some(key) = key else {
+            return self.refuse(context, user, op, crate::error::other_port());
+        };
+        if matches!(op, LocalOp::RecvPooled) {
+            return self.recv_pooled(key, user, deadline);
+        }
+        let mixes = matches!(
+            op,
+            LocalOp::Recv(_) | LocalOp::RecvVectored(_) | LocalOp::RecvFrom(_)
+        ) && self.with_slot(key, |s| !s.waiters.is_empty());
+        if mixes {
+            return self.refuse(context, user, op, mixing());
+        }
+        if let LocalOp::SendPooled(buf) = op {
+            if !buf.is_from(&self.pool) {
+                return self.refuse(context, user, LocalOp::SendPooled(buf), foreign_buffer());
+            }
+            let mut copy = self.spare.borrow_mut().pop().unwrap_or_default();
+            copy.clear();
+            copy.extend_from_slice(&buf);
+            let id = self.with_target(key, |port, t| port.send(t, user, copy));
+            self.internal
+                .borrow_mut()
+                .insert(id, Internal::SendPooled(buf));
+            return self.arm_deadline(id, deadline);
+        }
+        let id = self.with_target(key, |port, t| match op {
+            LocalOp::Recv(buf) => port.recv(t, user, buf),
+            LocalOp::RecvVectored(bufs) => port.recv_vectored(t, user, bufs),
+            LocalOp::Readable => port.readable(t, user),
+            LocalOp::Send(buf) => port.send(t, user, buf),
+            LocalOp::SendVectored(bufs) => port.send_vectored(t, user, bufs),
+            LocalOp::RecvFrom(buf) => port.recv_from(t, user, buf),
+            LocalOp::SendTo(buf, addr) => port.send_to(t, user, buf, addr),
+            LocalOp::ReadAt(buf, offset) => port.read_at(t, user, buf, offset),
+            LocalOp::WriteAt(buf, offset) => port.write_at(t, user, buf, offset),
+            LocalOp::Accept => port.accept(t, user),
+            LocalOp::Connect(addr) => port.connect(t, user, addr),
+            LocalOp::RecvPooled | LocalOp::SendPooled(_) => unreachable!("handled above"),
+        });
+        self.arm_deadline(id, deadline)
+    }
+
+    pub(crate) fn timer(&self, user: usize, after: Duration) -> OpId {
+        self.port.start_timer(user, after)
+    }
+
+    pub(crate) fn post(&self, context: usize, value: usize) -> OpId {
+        let id = OpId::next();
+        self.ready.borrow_mut().push_back(LocalCompletion::new(
+            Completion {
+                context,
+                user: 0,
+                id,
+                kind: OpKind::Post,
+                bytes: value,
+                error: None,
+                output: Output::None,
+                peer: None,
+                address: 0,
+            },
+            None,
+        ));
+        id
+    }
+
+    pub(crate) fn cancel(&self, id: OpId) -> io::Result<()> {
+        let key = self.pooled.borrow_mut().remove(&id);
+        match key {
+            Some(key) => {
+                self.end_waiter(key, id, Err(cancelled()));
+                Ok(())
+            }
+            None => self.port.cancel(id),
+        }
+    }
+
+    pub(crate) fn cancel_all(&self, key: u32) -> io::Result<()> {
+        let ids: Vec<OpId> = self.with_slot(key, |s| s.waiters.iter().map(|w| w.id).collect());
+        for id in ids {
+            let _ = self.cancel(id);
+        }
+        let slots = self.slots.borrow();
+        match slots.get(key as usize).and_then(Option::as_ref) {
+            Some(slot) => self.port.sys().cancel_all(&slot.target),
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        self.port.operations_in_flight() - self.readiness_waits()
+            + self.waiting.get()
+            + self.ready.borrow().len()
+    }
+
+    /// Readiness waits of this engine's own in the shared port (not the user's operations).
+    fn readiness_waits(&self) -> usize {
+        self.internal
+            .borrow()
+            .values()
+            .filter(|i| matches!(i, Internal::Readable(_)))
+            .count()
+    }
+
+    pub(crate) fn get_completions(
+        &self,
+        out: &mut Vec<LocalCompletion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let until = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut batch = Vec::with_capacity(max.min(256));
+        loop {
+            self.feed_starved();
+            let mut n = 0;
+            while n < max {
+                let Some(c) = self.ready.borrow_mut().pop_front() else {
+                    break;
+                };
+                out.push(c);
+                n += 1;
+            }
+            if n > 0 {
+                return Ok(n);
+            }
+            // Nothing of ours is ready: wait in the shared port (not at all while a starved
+            // handle waits for a buffer that a completion may give back).
+            let wait = until.map(|at| at.saturating_duration_since(Instant::now()));
+            let wait = if self.starved.borrow().is_empty() {
+                wait
+            } else {
+                Some(wait.map_or(Duration::from_millis(1), |w| {
+                    w.min(Duration::from_millis(1))
+                }))
+            };
+            batch.clear();
+            match self.port.get_completions(&mut batch, max, wait) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    if until.is_some_and(|at| Instant::now() >= at) {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            for c in batch.drain(..) {
+                self.turn(c);
+            }
+        }
+    }
+
+    /// Turns a completion of the shared port into the port's: user operations go through,
+    /// the engine's own are finished here.
+    fn turn(&self, mut c: Completion) {
+        let internal = self.internal.borrow_mut().remove(&c.id);
+        match internal {
+            None => self
+                .ready
+                .borrow_mut()
+                .push_back(LocalCompletion::new(c, None)),
+            Some(Internal::SendPooled(buf)) => {
+                if let Some(copy) = c.take_buffer() {
+                    self.spare.borrow_mut().push(copy);
+                }
+                c.kind = OpKind::SendPooled;
+                self.ready
+                    .borrow_mut()
+                    .push_back(LocalCompletion::new(c, Some(buf)));
+            }
+            Some(Internal::Readable(key)) => self.readiness(key, c),
+        }
+    }
+
+    /// The readiness wait of handle `key` ended with `c`.
+    fn readiness(&self, key: u32, c: Completion) {
+        let current = self.with_slot_opt(key, |s| {
+            if s.armed == Some(c.id) {
+                s.armed = None;
+                true
+            } else {
+                false
+            }
+        });
+        if current != Some(true) {
+            return; // the handle closed (or its key was reused) meanwhile
+        }
+        match c.result() {
+            Ok(_) => self.receive(key),
+            Err(e) if crate::is_deadline(&e) => {
+                // The oldest receive's deadline passed (the wait carried it).
+                if let Some(id) = self.with_slot(key, |s| s.waiters.front().map(|w| w.id)) {
+                    self.pooled.borrow_mut().remove(&id);
+                    self.end_waiter(key, id, Err(e));
+                }
+                self.rearm(key);
+            }
+            // Cancelled because its last receive was: nothing to do (re-armed if needed).
+            Err(e) if crate::is_cancelled(&e) => self.rearm(key),
+            Err(e) => {
+                if let Some(id) = self.with_slot(key, |s| s.waiters.front().map(|w| w.id)) {
+                    self.pooled.borrow_mut().remove(&id);
+                    self.end_waiter(key, id, Err(e));
+                }
+                self.rearm(key);
+            }
+        }
+    }
+
+    /// Receives, without waiting, what handle `key` has, for its oldest pooled receive.
+    fn receive(&self, key: u32) {
+        let Some((raw, first)) = self
+            .with_slot_opt(key, |s| {
+                let first = !s.received;
+                s.received = true;
+                (!s.waiters.is_empty()).then_some((s.raw, first))
+            })
+            .flatten()
+        else {
+            return;
+        };
+        let Some(index) = self.pool.pop_free() else {
+            self.starve(key);
+            return;
+        };
+        // SAFETY: buffer `index` came off the free list: this engine owns it, and the pool
+        // holds `size` bytes there.
+        let got = unsafe { sys::recv_now(raw, self.pool.addr(index), self.pool.size(), first) };
+        let id = self.with_slot(key, |s| s.waiters.front().map(|w| w.id));
+        let Some(id) = id else {
+            self.pool.put_free(index);
+            return;
+        };
+        match got {
+            Ok(0) => {
+                self.pool.put_free(index);
+                self.pooled.borrow_mut().remove(&id);
+                self.end_waiter(key, id, Ok(0));
+            }
+            Ok(n) => {
+                // SAFETY: `recv_now` wrote `n` bytes into buffer `index`, which this engine
+                // owns and now hands to the `PooledBuf`.
+                let buf = unsafe { self.pool.hold(index, n) };
+                self.pooled.borrow_mut().remove(&id);
+                self.end_waiter_with(key, id, Ok(n), Some(buf));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.pool.put_free(index),
+            Err(e) => {
+                self.pool.put_free(index);
+                self.pooled.borrow_mut().remove(&id);
+                self.end_waiter(key, id, Err(e));
+            }
+        }
+        self.rearm(key);
+    }
+
+    /// Handle `key` has data but the pool is empty: it waits for a buffer.
+    fn starve(&self, key: u32) {
+        let newly = self
+            .with_slot_opt(key, |s| !std::mem::replace(&mut s.starved, true))
+            .unwrap_or(false);
+        if newly {
+            self.starved.borrow_mut().push_back(key);
+        }
+    }
+
+    /// Gives buffers that came back to the handles waiting for one, oldest first.
+    fn feed_starved(&self) {
+        while self.pool.has_free() {
+            let Some(key) = self.starved.borrow_mut().pop_front() else {
+                return;
+            };
+            if self
+                .with_slot_opt(key, |s| std::mem::replace(&mut s.starved, false))
+                .unwrap_or(false)
+            {
+                self.receive(key);
+            }
+        }
+    }
+
+    fn recv_pooled(&self, key: u32, user: usize, deadline: Option<Instant>) -> OpId {
+        let id = OpId::next();
+        let live = self
+            .with_slot_opt(key, |s| s.waiters.push_back(Waiter { id, user, deadline }))
+            .is_some();
+        if !live {
+            self.ready.borrow_mut().push_back(refused(
+                0,
+                user,
+                id,
+                OpKind::RecvPooled,
+                cancelled(),
+                None,
+            ));
+            return id;
+        }
+        self.pooled.borrow_mut().insert(id, key);
+        self.waiting.set(self.waiting.get() + 1);
+        self.rearm(key);
+        id
+    }
+
+    /// Starts a readiness wait for handle `key` if it has pooled receives and none runs, with
+    /// the deadline of the oldest.
+    fn rearm(&self, key: u32) {
+        let mut slots = self.slots.borrow_mut();
+        let Some(slot) = slots.get_mut(key as usize).and_then(Option::as_mut) else {
+            return;
+        };
+        if slot.armed.is_some() || slot.starved {
+            return;
+        }
+        let Some(front) = slot.waiters.front() else {
+            return;
+        };
+        let deadline = front.deadline;
+        let id = self.port.sys().readable(&slot.target, 0);
+        slot.armed = Some(id);
+        drop(slots);
+        self.internal
+            .borrow_mut()
+            .insert(id, Internal::Readable(key));
+        if let Some(at) = deadline {
+            self.port.set_deadline(id, at);
+        }
+    }
+
+    /// Ends pooled receive `id` of handle `key` (already out of `pooled`) with `result`.
+    fn end_waiter(&self, key: u32, id: OpId, result: io::Result<usize>) {
+        self.end_waiter_with(key, id, result, None);
+    }
+
+    fn end_waiter_with(
+        &self,
+        key: u32,
+        id: OpId,
+        result: io::Result<usize>,
+        buf: Option<PooledBuf>,
+    ) {
+        let (waiter, context, idle, armed) = {
+            let mut slots = self.slots.borrow_mut();
+            let Some(slot) = slots.get_mut(key as usize).and_then(Option::as_mut) else {
+                return;
+            };
+            let Some(at) = slot.waiters.iter().position(|w| w.id == id) else {
+                return;
+            };
+            let w = slot.waiters.remove(at).expect("present");
+            (w, slot.context, slot.waiters.is_empty(), slot.armed)
+        };
+        self.deliver(context, &waiter, result, buf);
+        // A wait for nobody: cancel it (its completion is dropped in `readiness`).
+        if idle && let Some(armed) = armed {
+            let _ = self.port.cancel(armed);
+        }
+    }
+
+    /// Completes a waiter of a slot being closed (already out of the slab).
+    fn complete_waiter(
+        &self,
+        slot: &Slot,
+        w: &Waiter,
+        result: io::Result<usize>,
+        buf: Option<PooledBuf>,
+    ) {
+        self.deliver(slot.context, w, result, buf);
+    }
+
+    fn deliver(
+        &self,
+        context: usize,
+        w: &Waiter,
+        result: io::Result<usize>,
+        buf: Option<PooledBuf>,
+    ) {
+        self.waiting.set(self.waiting.get() - 1);
+        let (bytes, error) = match result {
+            Ok(n) => (n, None),
+            Err(e) => (0, Some(e)),
+        };
+        self.ready.borrow_mut().push_back(LocalCompletion::new(
+            Completion {
+                context,
+                user: w.user,
+                id: w.id,
+                kind: OpKind::RecvPooled,
+                bytes,
+                error,
+                output: Output::None,
+                peer: None,
+                address: 0,
+            },
+            buf,
+        ));
+    }
+
+    /// Completes, refused with `error`, an operation that never starts, handing back what it
+    /// owned.
+    fn refuse(&self, context: usize, user: usize, op: LocalOp, error: io::Error) -> OpId {
+        let id = OpId::next();
+        let (kind, output, pooled) = match op {
+            LocalOp::Recv(b) => (OpKind::Recv, Output::Buffer(b), None),
+            LocalOp::RecvVectored(b) => (OpKind::RecvVectored, Output::Buffers(b), None),
+            LocalOp::Readable => (OpKind::Readable, Output::None, None),
+            LocalOp::RecvPooled => (OpKind::RecvPooled, Output::None, None),
+            LocalOp::Send(b) => (OpKind::Send, Output::Buffer(b), None),
+            LocalOp::SendVectored(b) => (OpKind::SendVectored, Output::Buffers(b), None),
+            LocalOp::SendPooled(b) => (OpKind::SendPooled, Output::None, Some(b)),
+            LocalOp::RecvFrom(b) => (OpKind::RecvFrom, Output::Buffer(b), None),
+            LocalOp::SendTo(b, _) => (OpKind::SendTo, Output::Buffer(b), None),
+            LocalOp::ReadAt(b, _) => (OpKind::Read, Output::Buffer(b), None),
+            LocalOp::WriteAt(b, _) => (OpKind::Write, Output::Buffer(b), None),
+            LocalOp::Accept => (OpKind::Accept, Output::None, None),
+            LocalOp::Connect(_) => (OpKind::Connect, Output::None, None),
+        };
+        let mut c = refused(context, user, id, kind, error, pooled);
+        c.output = output;
+        self.ready.borrow_mut().push_back(c);
+        id
+    }
+
+    fn arm_deadline(&self, id: OpId, deadline: Option<Instant>) -> OpId {
+        if let Some(at) = deadline {
+            self.port.set_deadline(id, at);
+        }
+        id
+    }
+
+    fn with_target<R>(&self, key: u32, f: impl FnOnce(&sys::Port, &Target) -> R) -> R {
+        let slots = self.slots.borrow();
+        let slot = slots[key as usize].as_ref().expect("a live handle's key");
+        f(self.port.sys(), &slot.target)
+    }
+
+    fn with_slot<R: Default>(&self, key: u32, f: impl FnOnce(&mut Slot) -> R) -> R {
+        self.with_slot_opt(key, f).unwrap_or_default()
+    }
+
+    fn with_slot_opt<R>(&self, key: u32, f: impl FnOnce(&mut Slot) -> R) -> Option<R> {
+        let mut slots = self.slots.borrow_mut();
+        slots.get_mut(key as usize).and_then(Option::as_mut).map(f)
+    }
+}
+
+/// The error of a pooled receive cancelled by `cancel`, `cancel_all` or its handle's drop.
+fn cancelled() -> io::Error {
+    #[cfg(windows)]
+    let code = 995; // ERROR_OPERATION_ABORTED
+    #[cfg(not(windows))]
+    let code = 125; // ECANCELED
+    crate::error::cancelled(code, None)
+}
+
+fn refused(
+    context: usize,
+    user: usize,
+    id: OpId,
+    kind: OpKind,
+    error: io::Error,
+    pooled: Option<PooledBuf>,
+) -> LocalCompletion {
+    LocalCompletion::new(
+        Completion {
+            context,
+            user,
+            id,
+            kind,
+            bytes: 0,
+            error: Some(error),
+            output: Output::None,
+            peer: None,
+            address: 0,
+        },
+        pooled,
+    )
+}
