@@ -88,6 +88,9 @@ struct TargetsArgs {
     /// Where the tables go [default: bench-results/<UTC time>].
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Print the cells and the estimated runtime, and run nothing.
+    #[arg(long)]
+    estimate: bool,
 }
 
 /// What a server is compared as.
@@ -1138,6 +1141,9 @@ fn targets(t: TargetsArgs) -> ExitCode {
         (estimate / 60.0).floor(),
         estimate % 60.0
     );
+    if t.estimate {
+        return ExitCode::SUCCESS;
+    }
     let began = std::time::Instant::now();
     let mut session = Session {
         port: 19_000,
