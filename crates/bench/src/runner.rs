@@ -226,7 +226,8 @@ fn bin_dir() -> PathBuf {
         .to_path_buf()
 }
 
-fn start(server: &Server, port: u16, cpu: Option<usize>) -> std::io::Result<Running> {
+/// The command that starts `server` on `port`, pinned to `cpu` (unless it is run bare).
+fn command(server: &Server, port: u16, cpu: Option<usize>) -> Command {
     let program = bin_dir().join(server.program);
     let cpu = if server.bare { None } else { cpu };
     let mut cmd = match cpu {
@@ -248,6 +249,11 @@ fn start(server: &Server, port: u16, cpu: Option<usize>) -> std::io::Result<Runn
         .envs(server.env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
+    cmd
+}
+
+fn start(server: &Server, port: u16, cpu: Option<usize>) -> std::io::Result<Running> {
+    let mut cmd = command(server, port, cpu);
     let mut child = cmd.spawn()?;
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
@@ -1449,10 +1455,47 @@ mod tests {
         assert!(targets[18].met(1.0) && !targets[18].met(0.99));
     }
 
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
     #[test]
-    fn the_no_flags_row_gets_only_the_port() {
-        let s = named(&["proactor (no flags)"]);
-        assert!(s[0].bare && s[0].args.is_empty() && s[0].env.is_empty());
+    fn the_no_flags_row_gets_only_the_port_and_is_never_pinned() {
+        let s = named(&["proactor (no flags)", "proactor 1w", "proactor epoll 1w"]);
+        let bare = command(&s[1], 19_001, Some(0));
+        assert!(
+            bare.get_program()
+                .to_string_lossy()
+                .ends_with("proactor-echo")
+        );
+        assert_eq!(args(&bare), ["--port", "19001"]);
+        // No PROACTOR_* variable from the harness's environment.
+        let removed: Vec<_> = bare.get_envs().filter(|(_, v)| v.is_none()).collect();
+        assert_eq!(removed.len(), PROACTOR_VARS.len());
+        // The others: pinned, the harness's buffer and connection limit.
+        let one = command(&s[0], 19_002, Some(0));
+        assert_eq!(one.get_program(), "taskset");
+        assert_eq!(
+            args(&one)[3..],
+            [
+                "--port",
+                "19002",
+                "--buffer-size",
+                "65536",
+                "--workers",
+                "1",
+                "--max-connections",
+                MAX_CONNS
+            ]
+        );
+        let epoll = command(&s[2], 19_003, None);
+        assert!(
+            epoll
+                .get_envs()
+                .any(|(k, v)| k == "PROACTOR_BACKEND" && v == Some("epoll".as_ref()))
+        );
     }
 
     #[test]
