@@ -20,7 +20,7 @@
 //!   io_uring), installing cargo-fuzz if missing.
 //! - `cargo xtask calls`: Win32/WinSock calls per echoed message under Wine's relay trace,
 //!   proactor-echo against a hand-written windows-sys echo (part of `ci`).
-//! - `cargo xtask bench [matrix|memory] [args...]`: the benchmarks (Linux, release build).
+//! - `cargo xtask bench [matrix|memory|targets] [args...]`: the benchmarks (Linux, release build).
 
 mod adversarial;
 mod calls;
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         Some("failpoints") => adversarial::failpoints().map(drop),
         Some("fuzz") => adversarial::fuzz_command_line(&args[1..]),
         Some("bench") => bench(&args[1..]),
-        _ => Err("usage: cargo xtask ci | cargo xtask wine [cargo test args...] | cargo xtask calls | cargo xtask loom | cargo xtask asan | cargo xtask failpoints | cargo xtask fuzz [seconds] [backend] | cargo xtask bench [matrix|memory] [args...]".into()),
+        _ => Err("usage: cargo xtask ci | cargo xtask wine [cargo test args...] | cargo xtask calls | cargo xtask loom | cargo xtask asan | cargo xtask failpoints | cargo xtask fuzz [seconds] [backend] | cargo xtask bench [matrix|memory|targets] [args...]".into()),
     };
     print_timings();
     match result {
@@ -168,7 +168,8 @@ fn run_tests(cmd: &mut Command) -> Result<Totals> {
     Ok(totals)
 }
 
-/// Builds the servers and the harness in release mode and runs `bench` (default: `matrix`).
+/// Builds the servers and the harness in release mode and runs `bench` (default: `matrix`) from
+/// the workspace root.
 fn bench(args: &[String]) -> Result<()> {
     step("build (release)");
     run(cargo().args([
@@ -184,7 +185,10 @@ fn bench(args: &[String]) -> Result<()> {
     } else {
         args.to_vec()
     };
-    run(Command::new(root().join("target/release/bench")).args(&args))
+    // From the workspace root: `bench targets` writes its tables under `bench-results/`.
+    run(Command::new(root().join("target/release/bench"))
+        .args(&args)
+        .current_dir(root()))
 }
 
 /// Clippy over every crate and target, warnings denied: the same for both targets.

@@ -4,6 +4,9 @@
 //!
 //! - `bench matrix [--full] [--reps N] [--secs S]`: the throughput/latency/CPU matrix;
 //! - `bench memory [--conns N]`: resident memory per idle connection.
+//! - `bench targets [--reps N] [--secs S] [--cells 1,2] [--only NAME,...]`: the cells of the
+//!   performance targets, one headline table on stdout, the per-cell tables into
+//!   `bench-results/<UTC time>/`.
 
 #[cfg(target_os = "linux")]
 mod loadgen;
