@@ -97,6 +97,7 @@ mod submit;
 mod sys;
 mod table;
 mod timers;
+mod unix;
 
 #[cfg(windows)]
 #[cfg_attr(docsrs, doc(cfg(windows)))]
