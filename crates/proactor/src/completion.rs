@@ -49,7 +49,8 @@ pub struct Accepted {
 /// ([`id`](Completion::id) and [`kind`](Completion::kind)), how many bytes moved and whether it
 /// failed ([`result`](Completion::result)), and hands back what the operation owned
 /// ([`take_buffer`](Completion::take_buffer), [`take_buffers`](Completion::take_buffers),
-/// [`take_accepted`](Completion::take_accepted)).
+/// [`take_accepted`](Completion::take_accepted),
+/// [`take_accepted_socket`](Completion::take_accepted_socket)).
 ///
 /// A receive's buffer comes back with its length grown by the bytes received; a send's buffer
 /// comes back unchanged. A receive that completes with `Ok(0)` on a stream socket is the peer's
@@ -207,14 +208,9 @@ impl Completion {
     ///
     /// ```no_run
     /// # fn main() -> std::io::Result<()> {
-    /// use proactor::socket2::{Domain, SockAddr, Socket, Type};
-    ///
-    /// let path = std::env::temp_dir().join("proactor-echo.sock");
-    /// let listener = Socket::new(Domain::UNIX, Type::STREAM, None)?;
-    /// listener.bind(&SockAddr::unix(&path)?)?;
-    /// listener.listen(128)?;
     /// let port = proactor::Iocp::new()?;
-    /// let listener = port.add_handle(listener, 0)?;
+    /// // A socket2::Socket of Domain::UNIX, bound, listening and associated.
+    /// let listener = port.bind_unix(std::env::temp_dir().join("proactor-echo.sock"), 0)?;
     /// port.accept(&listener);
     /// let mut done = port.get_completion(None)?;
     /// done.result()?;
@@ -281,7 +277,8 @@ impl Completion {
     /// `std::os::unix::net::UnixListener`, or its descriptor as an `OwnedFd`), with the client's
     /// address (unnamed unless the client bound one); `None` for other operations, for an accept
     /// on a TCP listener (see [`take_accepted`](Completion::take_accepted)), or when already
-    /// taken. Linux only.
+    /// taken. Linux only: [`take_accepted_socket`](Completion::take_accepted_socket) is the
+    /// portable form.
     ///
     /// Like an [`Accepted`] stream, the connection is not yet associated with any port.
     ///
