@@ -296,3 +296,21 @@ fn a_std_unix_listener_through_take_accepted_socket() {
     assert!(peer.is_unnamed());
     port.add_handle(stream, 2).unwrap();
 }
+
+/// On Linux a client bound to an abstract name (no file) is accepted with that name.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_client_with_an_abstract_name() {
+    use std::{ffi::OsStr, os::unix::ffi::OsStrExt};
+    let port = Iocp::new().unwrap();
+    let path = SocketPath::new("abstract");
+    let listener = port.bind_unix(&path.0, 1).unwrap();
+    port.accept(&listener);
+    let name = format!("proactor-abstract-{}", std::process::id());
+    let abstract_name: Vec<u8> = std::iter::once(0).chain(name.bytes()).collect();
+    let _theirs = client(&path.0, Some(Path::new(OsStr::from_bytes(&abstract_name))));
+    let mut c = next_of(&port, OpKind::Accept);
+    let (_stream, peer) = c.take_accepted_socket().expect("the connection");
+    assert_eq!(peer.as_abstract_namespace(), Some(name.as_bytes()));
+    assert!(peer.as_pathname().is_none());
+}
