@@ -21,6 +21,10 @@ pub(crate) enum Output {
         std::os::unix::net::UnixStream,
         std::os::unix::net::SocketAddr,
     ),
+    /// The connection an accept on a Unix-domain (`AF_UNIX`) listener produced, and its
+    /// client's address.
+    #[cfg(windows)]
+    AcceptedSocket(socket2::Socket, socket2::SockAddr),
     /// An ioctl's input and output buffers.
     Ioctl { input: Vec<u8>, output: Vec<u8> },
 }
@@ -45,7 +49,8 @@ pub struct Accepted {
 /// ([`id`](Completion::id) and [`kind`](Completion::kind)), how many bytes moved and whether it
 /// failed ([`result`](Completion::result)), and hands back what the operation owned
 /// ([`take_buffer`](Completion::take_buffer), [`take_buffers`](Completion::take_buffers),
-/// [`take_accepted`](Completion::take_accepted)).
+/// [`take_accepted`](Completion::take_accepted),
+/// [`take_accepted_socket`](Completion::take_accepted_socket)).
 ///
 /// A receive's buffer comes back with its length grown by the bytes received; a send's buffer
 /// comes back unchanged. A receive that completes with `Ok(0)` on a stream socket is the peer's
@@ -177,7 +182,8 @@ impl Completion {
     }
 
     /// Takes the accepted connection of a successful accept on a TCP listener; `None` for one
-    /// on a Unix-domain listener (see `take_accepted_unix`, on Linux).
+    /// on a Unix-domain listener (see [`take_accepted_socket`](Completion::take_accepted_socket),
+    /// on every system, and `take_accepted_unix`, on Linux).
     pub fn take_accepted(&mut self) -> Option<Accepted> {
         match std::mem::replace(&mut self.output, Output::None) {
             Output::Accepted(a) => Some(a),
@@ -187,6 +193,82 @@ impl Completion {
             }
         }
     }
+
+    /// Takes the connection of any successful accept, TCP or Unix-domain, as a
+    /// [`socket2::Socket`] with its client's address; `None` for other operations or when
+    /// already taken. The portable way to accept on a Unix-domain listener: on Windows, which
+    /// has no `std` Unix socket types, the listener is a `socket2::Socket` of
+    /// [`Domain::UNIX`](socket2::Domain::UNIX) (Windows 10 1803 and later; Wine 8 also has
+    /// `AF_UNIX`); on Linux it may also be a `std::os::unix::net::UnixListener`.
+    ///
+    /// The address is the client's as the kernel reports it: an IP address and port for TCP;
+    /// for a Unix-domain socket its path, or an unnamed address (only the family, as
+    /// `SockAddr::is_unnamed` says on Unix) when the client did not bind one. Like an
+    /// [`Accepted`] stream, the connection is not yet associated with any port.
+    ///
+    /// ```no_run
+    /// # fn main() -> std::io::Result<()> {
+    /// let port = proactor::Iocp::new()?;
+    /// // A socket2::Socket of Domain::UNIX, bound, listening and associated.
+    /// let listener = port.bind_unix(std::env::temp_dir().join("proactor-echo.sock"), 0)?;
+    /// port.accept(&listener);
+    /// let mut done = port.get_completion(None)?;
+    /// done.result()?;
+    /// let (stream, peer) = done.take_accepted_socket().expect("a connection");
+    /// println!("client of family {}", peer.family());
+    /// let conn = port.add_handle(stream, 1)?;
+    /// port.recv(&conn, Vec::with_capacity(4096));
+    /// # Ok(()) }
+    /// ```
+    pub fn take_accepted_socket(&mut self) -> Option<(socket2::Socket, socket2::SockAddr)> {
+        match std::mem::replace(&mut self.output, Output::None) {
+            Output::Accepted(a) => Some((
+                socket2::Socket::from(a.stream),
+                socket2::SockAddr::from(a.peer_addr),
+            )),
+            #[cfg(target_os = "linux")]
+            Output::AcceptedUnix(stream, peer) => Some((
+                socket2::Socket::from(std::os::fd::OwnedFd::from(stream)),
+                unix_sockaddr(&peer),
+            )),
+            #[cfg(windows)]
+            Output::AcceptedSocket(socket, peer) => Some((socket, peer)),
+            other => {
+                self.output = other;
+                None
+            }
+        }
+    }
+}
+
+/// A Unix-domain address as socket2's: a path, an abstract name (a leading NUL, as socket2
+/// spells it) or unnamed (the family alone).
+#[cfg(target_os = "linux")]
+fn unix_sockaddr(addr: &std::os::unix::net::SocketAddr) -> socket2::SockAddr {
+    use std::os::{linux::net::SocketAddrExt, unix::ffi::OsStrExt};
+    let (bytes, pathname): (Vec<u8>, bool) = match (addr.as_pathname(), addr.as_abstract_name()) {
+        (Some(path), _) => (path.as_os_str().as_bytes().to_vec(), true),
+        (None, Some(name)) => (
+            std::iter::once(0).chain(name.iter().copied()).collect(),
+            false,
+        ),
+        (None, None) => (Vec::new(), false),
+    };
+    let mut storage = socket2::SockAddrStorage::zeroed();
+    // SAFETY: sockaddr_un is one of this platform's socket address types (view_as checks that
+    // it fits in the storage).
+    let un = unsafe { storage.view_as::<libc::sockaddr_un>() };
+    un.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let n = bytes.len().min(un.sun_path.len());
+    for (to, from) in un.sun_path.iter_mut().zip(&bytes) {
+        *to = *from as libc::c_char;
+    }
+    // A path keeps its terminating NUL when it has room (a 108-byte path has none, as the
+    // kernel allows).
+    let nul = usize::from(pathname && n < un.sun_path.len());
+    let len = std::mem::offset_of!(libc::sockaddr_un, sun_path) + n + nul;
+    // SAFETY: the storage is zeroed and the first `len` bytes hold the address just written.
+    unsafe { socket2::SockAddr::new(storage, len as libc::socklen_t) }
 }
 
 #[cfg(target_os = "linux")]
@@ -195,7 +277,8 @@ impl Completion {
     /// `std::os::unix::net::UnixListener`, or its descriptor as an `OwnedFd`), with the client's
     /// address (unnamed unless the client bound one); `None` for other operations, for an accept
     /// on a TCP listener (see [`take_accepted`](Completion::take_accepted)), or when already
-    /// taken. Linux only.
+    /// taken. Linux only: [`take_accepted_socket`](Completion::take_accepted_socket) is the
+    /// portable form.
     ///
     /// Like an [`Accepted`] stream, the connection is not yet associated with any port.
     ///

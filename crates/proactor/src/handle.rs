@@ -26,7 +26,9 @@ mod sealed {
 /// `FILE_FLAG_OVERLAPPED`), `std::os::windows::io::OwnedSocket`,
 /// `std::os::windows::io::OwnedHandle` and `socket2::Socket`; on other systems for the
 /// same socket and file types and `OwnedFd`, and on Linux for
-/// `std::os::unix::net::UnixListener` and `UnixStream`.
+/// `std::os::unix::net::UnixListener` and `UnixStream`. A Unix-domain socket on any system
+/// (Windows 10 1803 and later included) is a `socket2::Socket`: see
+/// [`Iocp::bind_unix`](crate::Iocp::bind_unix).
 ///
 /// The trait is sealed: the port must know whether an object is a socket or another kind of
 /// handle, which only these types say.

@@ -588,7 +588,10 @@ impl Iocp {
 
     /// Accepts one connection on a listening socket (`AcceptEx`). The completion carries the
     /// new connection with its local and peer addresses
-    /// ([`Completion::take_accepted`]), ready for [`add_handle`](Iocp::add_handle).
+    /// ([`Completion::take_accepted`]), ready for [`add_handle`](Iocp::add_handle). On a
+    /// Unix-domain listener ([`bind_unix`](Iocp::bind_unix)) it carries the connection as a
+    /// `socket2::Socket` with its client's address
+    /// ([`Completion::take_accepted_socket`], which takes a TCP connection too).
     ///
     /// A client that resets before it is accepted does not end the operation: it goes on
     /// accepting the next client, and the listener is never closed.

@@ -71,6 +71,12 @@
 //! [`std::io::ErrorKind::Unsupported`]. `ARCHITECTURE.md` says what each backend guarantees,
 //! and [`Iocp`]'s documentation what each operation is on each backend.
 //!
+//! Unix-domain stream sockets are first-class on Linux and on Windows 10 1803 and later:
+//! [`Iocp::bind_unix`] and [`Iocp::connect_unix`] make them, and an accept hands over the
+//! connection with its client's address ([`Completion::take_accepted_socket`]); see
+//! `examples/unix_echo.rs`, which also tags each operation with its own user value
+//! ([`Iocp::with_user`]).
+//!
 //! The module `proactor::windows` (overlapped operations on handles another completion port
 //! owns, control codes, named pipes, `TransmitFile`, skip-on-success) exists only when building
 //! for Windows, and is documented on the Windows target's pages (docs.rs builds both).
@@ -99,6 +105,7 @@ mod submit;
 mod sys;
 mod table;
 mod timers;
+mod unix;
 
 #[cfg(windows)]
 #[cfg_attr(docsrs, doc(cfg(windows)))]

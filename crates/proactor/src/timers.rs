@@ -15,6 +15,13 @@
 //!
 //! Entries are invalidated lazily: an operation that completes first is removed from the map,
 //! and its heap entry is dropped when it reaches the top.
+//!
+//! The lock is for the operations that have a deadline, not for every completion: while
+//! anything is pending, a dequeued completion takes it only if its id's slot in a small table
+//! of counts (ids with a deadline pending or expired, by id modulo [`SLOTS`]) is nonzero, or if
+//! it is a posted packet while internal packets are on their way; and a thread entering the
+//! wait reads the earliest instant from an atomic copy, taking the lock only when something is
+//! due.
 
 use std::{
     cmp::Reverse,
@@ -22,9 +29,9 @@ use std::{
     io,
     sync::{
         Mutex, MutexGuard,
-        atomic::{AtomicUsize, Ordering, fence},
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use crate::{Completion, OpId, OpKind, completion::Output, op::LiveCount};
@@ -107,14 +114,46 @@ pub(crate) struct Expired {
     pub(crate) timers: Vec<Completion>,
 }
 
+/// Slots of the table of deadline counts: 1 KiB per port. Ids are sequential, so operations
+/// with deadlines spread evenly; a completion whose slot another operation's deadline occupies
+/// only takes the lock for nothing.
+const SLOTS: usize = 256;
+
+/// `next_at` when no entry is pending.
+const NONE_PENDING: u64 = u64::MAX;
+
 /// The timer structure of one port.
-#[derive(Default)]
 pub(crate) struct Timers {
     state: Mutex<State>,
     /// Nonzero while the state holds anything: completions skip the lock when it is 0.
     armed: AtomicUsize,
     /// Threads in (or about to enter) the backend's wait.
     blocked: AtomicUsize,
+    /// Per slot (`id % SLOTS`), how many operations with that slot have a deadline pending
+    /// (in `entries`) or expired (in `expired`). Changed under the lock only; a completion whose
+    /// slot reads 0 has no deadline to forget or rewrite, and skips the lock.
+    timed: Box<[AtomicU32]>,
+    /// Internal packets being posted or posted and not yet dequeued (`packets`, counted from
+    /// before the post, so that a dequeuer that gets one at once still takes the lock).
+    posting: AtomicUsize,
+    /// The earliest pending instant, as nanoseconds after `base`, or [`NONE_PENDING`]: a
+    /// thread entering the wait takes the lock only once it has passed.
+    next_at: AtomicU64,
+    base: Instant,
+}
+
+impl Default for Timers {
+    fn default() -> Timers {
+        Timers {
+            state: Mutex::default(),
+            armed: AtomicUsize::new(0),
+            blocked: AtomicUsize::new(0),
+            timed: (0..SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            posting: AtomicUsize::new(0),
+            next_at: AtomicU64::new(NONE_PENDING),
+            base: Instant::now(),
+        }
+    }
 }
 
 impl Timers {
@@ -122,12 +161,35 @@ impl Timers {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn rearm(&self, state: &State) {
+    fn slot(&self, id: OpId) -> &AtomicU32 {
+        &self.timed[(id.as_u64() % SLOTS as u64) as usize]
+    }
+
+    /// `id` gained a deadline (pending or expired). Under the lock.
+    fn timed(&self, id: OpId) {
+        self.slot(id).fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// `id` left `entries` as a deadline, or `expired`. Under the lock.
+    fn untimed(&self, id: OpId) {
+        self.slot(id).fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// `at` as nanoseconds after `base` (0 for an instant before it).
+    fn offset(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos())
+            .unwrap_or(NONE_PENDING - 1)
+    }
+
+    fn rearm(&self, state: &mut State) {
         let n = state.entries.len() + state.expired.len() + state.packets.len();
+        let next = state.next().map_or(NONE_PENDING, |at| self.offset(at));
         // SeqCst, and a fence before `push` reads `blocked`: with `enter`'s fetch_add, fence
-        // and load of `armed`, either the pusher sees the blocked thread (and wakes it) or that
-        // thread sees the entry (and waits no longer than it). Release/Acquire alone allow
-        // both to read the old values (the store-buffering pattern of `handshake.rs`).
+        // and loads of `armed` and `next_at`, either the pusher sees the blocked thread (and
+        // wakes it) or that thread sees the entry (and waits no longer than it). Release/Acquire
+        // alone allow both to read the old values (the store-buffering pattern of
+        // `handshake.rs`).
+        self.next_at.store(next, Ordering::SeqCst);
         self.armed.store(n, Ordering::SeqCst);
     }
 
@@ -148,7 +210,13 @@ impl Timers {
             state.heap = live.into();
         }
         state.heap.push(Reverse((at, id)));
-        state.entries.insert(id, entry);
+        let deadline = matches!(entry, Entry::Deadline(_));
+        let replaced = state.entries.insert(id, entry);
+        match (deadline, matches!(replaced, Some(Entry::Deadline(_)))) {
+            (true, false) => self.timed(id),
+            (false, true) => self.untimed(id),
+            _ => {}
+        }
         self.rearm(state);
         fence(Ordering::SeqCst);
         earliest && state.wakes == 0 && self.blocked.load(Ordering::SeqCst) > 0
@@ -202,6 +270,7 @@ impl Timers {
 
     /// Posts a wake packet, while holding the lock so that its dequeuer finds it recorded.
     fn wake(&self, state: &mut State, post: impl FnOnce() -> io::Result<OpId>) {
+        self.posting.fetch_add(1, Ordering::SeqCst);
         match post() {
             Ok(id) => {
                 state.packets.insert(id, Packet::Wake);
@@ -209,7 +278,10 @@ impl Timers {
                 self.rearm(state);
             }
             // The blocked thread wakes at its own time instead; nothing is lost but promptness.
-            Err(e) => tracing::warn!(error = %e, "could not wake a thread for a new deadline"),
+            Err(e) => {
+                self.posting.fetch_sub(1, Ordering::SeqCst);
+                tracing::warn!(error = %e, "could not wake a thread for a new deadline")
+            }
         }
     }
 
@@ -223,12 +295,14 @@ impl Timers {
                 // The user's cancel comes before the deadline: the operation ends as a plain
                 // cancel (the caller cancels it through the backend), never as a deadline.
                 state.entries.remove(&id);
-                self.rearm(&state);
+                self.untimed(id);
+                self.rearm(&mut state);
                 return false;
             }
             None => return false,
         };
         let done = timer_completion(id, user, Some(crate::error::cancelled(CANCEL_CODE, None)));
+        self.posting.fetch_add(1, Ordering::SeqCst);
         match post() {
             Ok(packet) => {
                 state.entries.remove(&id);
@@ -236,11 +310,14 @@ impl Timers {
                 state
                     .packets
                     .insert(packet, Packet::Deliver(Box::new(done)));
-                self.rearm(&state);
+                self.rearm(&mut state);
                 true
             }
             // The timer stays and completes at its time.
-            Err(_) => false,
+            Err(_) => {
+                self.posting.fetch_sub(1, Ordering::SeqCst);
+                false
+            }
         }
     }
 
@@ -259,7 +336,16 @@ impl Timers {
         if self.armed.load(Ordering::SeqCst) == 0 {
             return (expired, None);
         }
+        // Nothing due: no lock (the copy is exact to the nanosecond, and never later than the
+        // instant it stands for).
+        let next_at = self.next_at.load(Ordering::SeqCst);
+        if next_at == NONE_PENDING {
+            return (expired, None);
+        }
         let now = now.now();
+        if self.offset(now) < next_at {
+            return (expired, Some(self.base + Duration::from_nanos(next_at)));
+        }
         let mut state = self.lock();
         while let Some(at) = state.next() {
             if at > now || expired.timers.len() >= max {
@@ -281,7 +367,7 @@ impl Timers {
             }
         }
         let next = state.next();
-        self.rearm(&state);
+        self.rearm(&mut state);
         (expired, next)
     }
 
@@ -293,8 +379,10 @@ impl Timers {
     /// A deadline's cancel failed: the operation had already finished.
     pub(crate) fn not_cancelled(&self, id: OpId) {
         let mut state = self.lock();
-        state.expired.remove(&id);
-        self.rearm(&state);
+        if state.expired.remove(&id) {
+            self.untimed(id);
+        }
+        self.rearm(&mut state);
     }
 
     /// Applies the structure to a dequeued completion: swallows a wake (false), replaces a
@@ -304,17 +392,25 @@ impl Timers {
         if self.armed.load(Ordering::Acquire) == 0 {
             return true;
         }
+        let packet = done.kind == OpKind::Post && self.posting.load(Ordering::SeqCst) > 0;
+        if !packet && self.slot(done.id).load(Ordering::SeqCst) == 0 {
+            return true; // no deadline: nothing to forget or rewrite
+        }
         let mut state = self.lock();
         if done.kind == OpKind::Post {
-            match state.packets.remove(&done.id) {
+            let taken = state.packets.remove(&done.id);
+            if taken.is_some() {
+                self.posting.fetch_sub(1, Ordering::SeqCst);
+            }
+            match taken {
                 Some(Packet::Wake) => {
                     state.wakes -= 1;
-                    self.rearm(&state);
+                    self.rearm(&mut state);
                     return false;
                 }
                 Some(Packet::Deliver(timer)) => {
                     *done = *timer;
-                    self.rearm(&state);
+                    self.rearm(&mut state);
                     return true;
                 }
                 None => {}
@@ -322,8 +418,10 @@ impl Timers {
         }
         if matches!(state.entries.get(&done.id), Some(Entry::Deadline(_))) {
             state.entries.remove(&done.id);
+            self.untimed(done.id);
         }
         if state.expired.remove(&done.id) {
+            self.untimed(done.id);
             if let Some(err) = done
                 .error
                 .as_ref()
@@ -332,7 +430,7 @@ impl Timers {
                 done.error = Some(err);
             }
         }
-        self.rearm(&state);
+        self.rearm(&mut state);
         true
     }
 
@@ -358,5 +456,122 @@ fn timer_completion(id: OpId, user: usize, error: Option<io::Error>) -> Completi
         output: Output::None,
         peer: None,
         address: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::mpsc, thread, time::Duration};
+
+    use super::*;
+
+    fn completion(id: OpId, kind: OpKind, error: Option<io::Error>) -> Completion {
+        Completion {
+            context: 0,
+            user: 0,
+            id,
+            kind,
+            bytes: 0,
+            error,
+            output: Output::None,
+            peer: None,
+            address: 0,
+        }
+    }
+
+    /// Whether `f` finishes on another thread while this one holds the timers' lock.
+    fn runs_without_the_lock(timers: &Timers, f: impl FnOnce(&Timers) + Send) -> bool {
+        thread::scope(|s| {
+            let guard = timers.lock();
+            let (tx, rx) = mpsc::channel();
+            s.spawn(move || {
+                f(timers);
+                let _ = tx.send(());
+            });
+            let finished = rx.recv_timeout(Duration::from_millis(500)).is_ok();
+            drop(guard);
+            finished
+        })
+    }
+
+    fn no_post() -> io::Result<OpId> {
+        Err(io::Error::other("no wake is expected"))
+    }
+
+    /// With a deadline pending, the completion of an operation without one, and a thread
+    /// entering the wait before the deadline, leave the lock alone; the deadline's own
+    /// operation takes it and is forgotten.
+    #[test]
+    fn only_operations_with_a_deadline_take_the_lock() {
+        let timers = Timers::default();
+        let (timed, other) = (OpId::from_u64(1000), OpId::from_u64(1001));
+        let at = Instant::now() + Duration::from_secs(3600);
+        timers.add_deadline(timed, at, no_post);
+        assert!(runs_without_the_lock(&timers, |t| {
+            assert!(t.filter(&mut completion(other, OpKind::Recv, None)));
+        }));
+        assert!(runs_without_the_lock(&timers, |t| {
+            let (expired, next) = t.enter(&mut Clock::default(), 8);
+            t.leave();
+            assert!(expired.cancel.is_empty() && expired.timers.is_empty());
+            let next = next.expect("the deadline is pending");
+            assert!(
+                next <= at && at - next < Duration::from_micros(1),
+                "{next:?} {at:?}"
+            );
+        }));
+        // The operation with the deadline completes first: its entry goes, and with it
+        // everything the structure held.
+        assert!(timers.filter(&mut completion(timed, OpKind::Recv, None)));
+        assert_eq!(timers.armed.load(Ordering::SeqCst), 0);
+        assert!(timers.timed.iter().all(|n| n.load(Ordering::SeqCst) == 0));
+    }
+
+    /// A deadline that passed is expired under the lock, and the cancelled completion of its
+    /// operation is rewritten into the deadline error; a user's post meanwhile is untouched.
+    #[test]
+    fn an_expired_deadline_still_rewrites_its_cancel() {
+        let timers = Timers::default();
+        let timed = OpId::from_u64(2000);
+        timers.add_deadline(timed, Instant::now(), no_post);
+        let (expired, _) = timers.enter(&mut Clock::default(), 8);
+        timers.leave();
+        assert_eq!(expired.cancel, [timed]);
+        let mut post = completion(OpId::from_u64(2001), OpKind::Post, None);
+        assert!(timers.filter(&mut post));
+        assert!(post.error.is_none());
+        let cancel = crate::error::cancelled(CANCEL_CODE, None);
+        let mut done = completion(timed, OpKind::Recv, Some(cancel));
+        assert!(timers.filter(&mut done));
+        let err = done.error.expect("the deadline error");
+        assert!(crate::is_deadline(&err), "{err}");
+        assert_eq!(timers.armed.load(Ordering::SeqCst), 0);
+        assert!(timers.timed.iter().all(|n| n.load(Ordering::SeqCst) == 0));
+    }
+
+    /// A wake packet dequeued at once, before its poster recorded it, is still swallowed: the
+    /// count of internal packets is raised before the post.
+    #[test]
+    fn a_wake_dequeued_before_it_is_recorded_is_swallowed() {
+        let timers = Timers::default();
+        timers.blocked.fetch_add(1, Ordering::SeqCst); // a thread waits in the kernel
+        let wake = OpId::from_u64(3000);
+        let swallowed = thread::scope(|s| {
+            let (tx, rx) = mpsc::channel();
+            let timers = &timers;
+            let poster = s.spawn(move || {
+                timers.add_deadline(OpId::from_u64(3001), Instant::now(), || {
+                    // The dequeuer gets the packet while the poster still holds the lock.
+                    tx.send(()).unwrap();
+                    thread::sleep(Duration::from_millis(50));
+                    Ok(wake)
+                })
+            });
+            rx.recv().unwrap();
+            let kept = timers.filter(&mut completion(wake, OpKind::Post, None));
+            poster.join().unwrap();
+            !kept
+        });
+        assert!(swallowed, "an internal wake reached the application");
     }
 }

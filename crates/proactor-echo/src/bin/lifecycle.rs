@@ -36,6 +36,30 @@ struct Args {
 const LISTENER_KEY: usize = 0;
 const GREETING: &[u8] = b"Hello from the IOCP lifecycle demo!\r\n";
 
+/// What each operation is for, carried as its per-operation user value (`Iocp::with_user`)
+/// and handed back by its completion (`Completion::user`): the handle's key says which client,
+/// this says which of its operations (a greeting's write from an echo's), with no table of
+/// operation ids.
+#[derive(Clone, Copy)]
+enum Purpose {
+    Accept = 1,
+    Read,
+    Greeting,
+    Echo,
+}
+
+impl Purpose {
+    fn of(user: usize) -> &'static str {
+        match user {
+            u if u == Purpose::Accept as usize => "accept",
+            u if u == Purpose::Read as usize => "read",
+            u if u == Purpose::Greeting as usize => "greeting",
+            u if u == Purpose::Echo as usize => "echo",
+            _ => "unknown",
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(&args) {
@@ -68,7 +92,7 @@ fn run(args: &Args) -> std::io::Result<()> {
     step!("Listening socket created. Handle: {listener_raw:#x}");
     step!("Associating listening socket {listener_raw:#x} with IOCP...");
     let listener = port.add_handle(listener, LISTENER_KEY)?;
-    let id = port.accept(&listener);
+    let id = port.with_user(Purpose::Accept as usize).accept(&listener);
     step!(
         "Accept submitted. Overlapped: {:#x}",
         submitted_overlapped(&port, id)
@@ -100,7 +124,7 @@ fn worker(
             completed_overlapped(&done)
         );
         let kind = operation_type(done.kind());
-        step!("Operation type: {kind}");
+        step!("Operation type: {kind}, for: {}", Purpose::of(done.user()));
         let key = done.context();
         if let Err(e) = done.result() {
             let socket = clients.get(&key).map_or(0, |c| raw(c.get_ref()));
@@ -109,7 +133,7 @@ fn worker(
                 error_code(&e)
             );
             if done.kind() == OpKind::Accept {
-                port.accept(listener);
+                port.with_user(Purpose::Accept as usize).accept(listener);
             } else if clients.remove(&key).is_some() {
                 step!("Closing client socket {socket:#x}.");
                 gone += 1;
@@ -128,11 +152,11 @@ fn worker(
                 );
                 let client = port.add_handle(accepted.stream, next_key)?;
                 step!("Associated client socket {socket:#x} with IOCP. Key: {next_key}");
-                submit(port, &client, Vec::with_capacity(4096), "Read");
-                submit(port, &client, GREETING.to_vec(), "Write");
+                submit(port, &client, Vec::with_capacity(4096), Purpose::Read);
+                submit(port, &client, GREETING.to_vec(), Purpose::Greeting);
                 clients.insert(next_key, client);
                 next_key += 1;
-                port.accept(listener);
+                port.with_user(Purpose::Accept as usize).accept(listener);
             }
             OpKind::Recv if done.bytes_transferred() == 0 => {
                 if let Some(client) = clients.remove(&key) {
@@ -146,24 +170,30 @@ fn worker(
                 let data = done.take_buffer().unwrap_or_default();
                 if let Some(client) = clients.get(&key) {
                     step!("Received: {:?}", String::from_utf8_lossy(&data));
-                    submit(port, client, data, "Write"); // echo it back
-                    submit(port, client, Vec::with_capacity(4096), "Read");
+                    submit(port, client, data, Purpose::Echo);
+                    submit(port, client, Vec::with_capacity(4096), Purpose::Read);
                 }
             }
+            OpKind::Send => step!(
+                "Write completed: {} ({} bytes)",
+                Purpose::of(done.user()),
+                done.bytes_transferred()
+            ),
             _ => {}
         }
     }
     Ok(())
 }
 
-fn submit(port: &Iocp, client: &Handle<TcpStream>, buf: Vec<u8>, what: &str) {
-    let id = if what == "Read" {
-        port.recv(client, buf)
-    } else {
-        port.send(client, buf)
+fn submit(port: &Iocp, client: &Handle<TcpStream>, buf: Vec<u8>, purpose: Purpose) {
+    let op = port.with_user(purpose as usize);
+    let (id, what) = match purpose {
+        Purpose::Read => (op.recv(client, buf), "Read"),
+        _ => (op.send(client, buf), "Write"),
     };
     step!(
-        "{what} submitted. Overlapped: {:#x}",
+        "{what} submitted ({}). Overlapped: {:#x}",
+        Purpose::of(purpose as usize),
         submitted_overlapped(port, id)
     );
 }

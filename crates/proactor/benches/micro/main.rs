@@ -99,6 +99,20 @@ fn post_dequeue(c: &mut Criterion) {
             black_box(done.context());
         })
     });
+    // The same with a timer pending for the whole run: the port's timer structure is armed,
+    // and each dequeue must still stay off its lock (only operations with a deadline take it).
+    let timed = Iocp::new().expect("port");
+    timed.timer(Duration::from_secs(3600));
+    group.bench_function(
+        format!("proactor {}, a timer pending", timed.backend()),
+        |b| {
+            b.iter(|| {
+                timed.post(1, 2).expect("post");
+                let done = timed.get_completion(None).expect("dequeue");
+                black_box(done.context());
+            })
+        },
+    );
     direct::post_dequeue(&mut group);
     group.finish();
 }

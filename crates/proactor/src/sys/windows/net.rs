@@ -11,11 +11,11 @@ use std::{
 use socket2::{Domain, SockAddr, SockRef};
 use windows_sys::{
     Win32::Networking::WinSock::{
-        AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SIO_GET_EXTENSION_FUNCTION_POINTER,
-        SIO_UDP_CONNRESET, SO_UPDATE_ACCEPT_CONTEXT, SO_UPDATE_CONNECT_CONTEXT, SOCKADDR,
-        SOCKADDR_IN, SOCKADDR_IN6, SOCKET, SOCKET_ERROR, SOL_SOCKET, WSAEINVAL, WSAENOBUFS,
-        WSAEnumProtocolsW, WSAGetLastError, WSAID_CONNECTEX, WSAID_DISCONNECTEX, WSAIoctl,
-        WSAPROTOCOL_INFOW, XP1_IFS_HANDLES, setsockopt,
+        AF_INET, AF_INET6, AF_UNIX, IPPROTO_TCP, IPPROTO_UDP, SIO_GET_EXTENSION_FUNCTION_POINTER,
+        SIO_UDP_CONNRESET, SO_PROTOCOL_INFOW, SO_UPDATE_ACCEPT_CONTEXT, SO_UPDATE_CONNECT_CONTEXT,
+        SOCKADDR, SOCKADDR_IN, SOCKADDR_IN6, SOCKADDR_UN, SOCKET, SOCKET_ERROR, SOL_SOCKET,
+        WSAEINVAL, WSAENOBUFS, WSAEnumProtocolsW, WSAGetLastError, WSAID_CONNECTEX,
+        WSAID_DISCONNECTEX, WSAIoctl, WSAPROTOCOL_INFOW, XP1_IFS_HANDLES, getsockopt, setsockopt,
     },
     core::GUID,
 };
@@ -56,6 +56,30 @@ pub(crate) fn providers_are_ifs() -> bool {
         );
         ifs
     })
+}
+
+/// Whether this socket's own provider hands out IFS handles (`SO_PROTOCOL_INFOW`), for a
+/// family [`providers_are_ifs`] does not cover: the Unix-domain (`AF_UNIX`) provider. An IP
+/// socket, or one whose provider cannot say, answers `true` (the providers' check decides).
+pub(crate) fn socket_is_ifs(socket: SOCKET) -> bool {
+    // SAFETY: all zeros is a valid WSAPROTOCOL_INFOW (integers, arrays and a GUID).
+    let mut info: WSAPROTOCOL_INFOW = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<WSAPROTOCOL_INFOW>() as i32;
+    // SAFETY: the socket is open (the caller is associating it); the output buffer has room
+    // for `len` bytes.
+    let rc = unsafe {
+        getsockopt(
+            socket,
+            SOL_SOCKET,
+            SO_PROTOCOL_INFOW,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || i32::from(AF_UNIX) != info.iAddressFamily {
+        return true;
+    }
+    info.dwServiceFlags1 & XP1_IFS_HANDLES != 0
 }
 
 /// Borrows a raw socket, for socket2's safe calls through `SockRef::from(&borrowed)`.
@@ -244,6 +268,32 @@ pub(crate) unsafe fn socket_addr(addr: *const SOCKADDR, len: i32) -> io::Result<
         }
         _ => Err(invalid()),
     }
+}
+
+/// Copies a Unix-domain (`AF_UNIX`) address the kernel wrote; `None` for another family.
+///
+/// The family alone (an unnamed client, which did not bind) is kept as it is: socket2 reads
+/// it as an `AF_UNIX` address with no path.
+///
+/// # Safety
+///
+/// `addr` must point to `len` readable bytes holding a socket address, or be null.
+pub(crate) unsafe fn unix_addr(addr: *const SOCKADDR, len: i32) -> Option<SockAddr> {
+    let len = usize::try_from(len).unwrap_or(0);
+    if addr.is_null() || len < mem::size_of::<u16>() {
+        return None;
+    }
+    // SAFETY: at least the family field is readable (checked above); it may be unaligned.
+    if unsafe { ptr::read_unaligned(addr) }.sa_family != AF_UNIX {
+        return None;
+    }
+    let len = len.min(mem::size_of::<SOCKADDR_UN>());
+    let mut storage = socket2::SockAddrStorage::zeroed();
+    // SAFETY: the caller guarantees `len` readable bytes at `addr`; the storage is larger than
+    // a SOCKADDR_UN, and `len` is no longer than one.
+    unsafe { ptr::copy_nonoverlapping(addr.cast::<u8>(), (&raw mut storage).cast::<u8>(), len) };
+    // SAFETY: the first `len` bytes of the storage hold the address just copied.
+    Some(unsafe { SockAddr::new(storage, len as i32) })
 }
 
 /// Turns `SIO_UDP_CONNRESET` off on a datagram socket, so that an ICMP port-unreachable for

@@ -206,7 +206,12 @@ impl Port {
             net::udp_connreset_off(s);
         }
         let skip_on_success = self.skip_on_success.load(SeqCst)
-            && (matches!(raw, RawIo::Handle(_)) || net::providers_are_ifs())
+            && match raw {
+                RawIo::Handle(_) => true,
+                // The TCP and UDP providers, and a Unix-domain socket's own.
+                RawIo::Socket(s) => net::providers_are_ifs() && net::socket_is_ifs(s),
+                RawIo::None => net::providers_are_ifs(),
+            }
             // SAFETY: `raw` is open; the flags are the documented mode bits.
             && unsafe {
                 SetFileCompletionNotificationModes(

@@ -706,7 +706,7 @@ impl Port {
                     // socket). A closed listener ends the accept as aborted, and the accepted
                     // socket (moved into the closure) is closed.
                     match life.while_open(|| finish_accept(listener, socket, &addrs)) {
-                        Some(Ok(a)) => Output::Accepted(a),
+                        Some(Ok(output)) => output,
                         Some(Err(e)) => {
                             error = Some(e);
                             Output::None
@@ -777,12 +777,13 @@ fn is_client_reset(err: &io::Error) -> bool {
 /// so that a listener that fails this way for good cannot keep a worker busy forever.
 const ACCEPT_RESTARTS: u32 = 64;
 
-/// Makes the accepted socket usable and decodes its addresses.
+/// Makes the accepted socket usable and decodes its addresses: a TCP connection becomes an
+/// [`Accepted`], a Unix-domain (`AF_UNIX`) one a `socket2::Socket` with its client's address.
 fn finish_accept(
     listener: SOCKET,
     socket: Socket,
     addrs: &[u8; 2 * ACCEPT_ADDR_LEN],
-) -> io::Result<Accepted> {
+) -> io::Result<Output> {
     net::update_accept_context(socket_of_socket(&socket), listener)?;
     let (mut local, mut peer): (*mut SOCKADDR, *mut SOCKADDR) = (ptr::null_mut(), ptr::null_mut());
     let (mut local_len, mut peer_len) = (0i32, 0i32);
@@ -801,14 +802,18 @@ fn finish_accept(
         )
     };
     // SAFETY: GetAcceptExSockaddrs pointed both inside `addrs`, with their lengths.
+    if let Some(peer_addr) = unsafe { net::unix_addr(peer, peer_len) } {
+        return Ok(Output::AcceptedSocket(socket, peer_addr));
+    }
+    // SAFETY: as above.
     let local_addr = unsafe { net::socket_addr(local, local_len) }?;
     // SAFETY: as above.
     let peer_addr = unsafe { net::socket_addr(peer, peer_len) }?;
-    Ok(Accepted {
+    Ok(Output::Accepted(Accepted {
         stream: TcpStream::from(socket),
         local_addr,
         peer_addr,
-    })
+    }))
 }
 
 const _: () = assert!(mem::size_of::<SOCKET>() == mem::size_of::<usize>());
