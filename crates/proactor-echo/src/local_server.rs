@@ -275,9 +275,10 @@ fn loopback_udp() -> io::Result<UdpSocket> {
 }
 
 /// A worker's pool: buffers of `--buffer-size` bytes, as many as its share of
-/// `--max-connections` (each connection has at most one buffer in flight at a time, see
-/// [`crate::worker`]), a power of two, within [`POOL_BUDGET`]. When every buffer is in flight,
-/// receives wait for one to come back.
+/// `--max-connections` (a connection echoing holds one buffer, two at most while its client
+/// reads slowly, see [`crate::worker::PIPELINE`]; an idle one holds none), a power of two,
+/// within [`POOL_BUDGET`]. When every buffer is in flight, receives wait for one to come back
+/// (a send completes, or a connection stuck in one ends at the idle timeout).
 fn pool_for(config: &Config, workers: usize) -> (u16, usize) {
     let size = config.buffer_size.max(1);
     let share = config.max_connections.div_ceil(workers).max(1);
