@@ -438,6 +438,36 @@ mod tests {
         }
     }
 
+    /// The idle timeout is per receive and send, renewed by each: a client active every
+    /// 300 ms outlives a 1 s timeout for 2 s; once silent, it is closed after about a second.
+    #[test]
+    fn an_active_connection_outlives_the_idle_timeout_and_a_silent_one_does_not() {
+        let (stop, addr, server) = start(
+            Config {
+                idle_timeout: Some(Duration::from_secs(1)),
+                ..config(2)
+            },
+            Spread::native(),
+        );
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let start = Instant::now();
+        let mut silent = start;
+        while start.elapsed() < Duration::from_secs(2) {
+            thread::sleep(Duration::from_millis(300));
+            round_trip(&mut s, b"still here");
+            silent = Instant::now();
+        }
+        assert_eq!(s.read(&mut [0u8; 1]).unwrap_or(0), 0, "closed once silent");
+        let after = silent.elapsed();
+        assert!(
+            after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+            "closed {after:?} after the last message"
+        );
+        stop.request();
+        server.join().unwrap().unwrap();
+    }
+
     #[test]
     fn pools_fit_the_share_of_connections_within_the_budget() {
         let c = |max_connections, buffer_size| Config {
