@@ -22,15 +22,16 @@ impl Conn {
     }
 }
 
-struct Slot {
+struct Slot<C> {
     generation: u32,
-    conn: Option<Conn>,
+    conn: Option<C>,
 }
 
 /// Connections by context value: the slot index in the low 32 bits, its generation above.
-#[derive(Default)]
-pub struct Conns {
-    slots: Vec<Slot>,
+/// `C` is what the server keeps per connection: [`Conn`] for the shared port, the worker's own
+/// for a port per worker.
+pub struct Conns<C = Conn> {
+    slots: Vec<Slot<C>>,
     free: Vec<u32>,
     live: usize,
     /// Set by [`drain`](Conns::drain): the server is shutting down and admits no one.
@@ -46,7 +47,18 @@ pub enum Refused {
     Full,
 }
 
-impl Conns {
+impl<C> Default for Conns<C> {
+    fn default() -> Self {
+        Conns {
+            slots: Vec::new(),
+            free: Vec::new(),
+            live: 0,
+            closed: false,
+        }
+    }
+}
+
+impl<C> Conns<C> {
     /// Reserves a slot for a new connection and returns the context value for it, unless the
     /// table was drained (shutdown) or holds `max` connections. The caller decides and inserts
     /// under one lock, so a connection accepted as shutdown drains is closed, never inserted.
@@ -74,7 +86,7 @@ impl Conns {
     }
 
     /// Fills a slot reserved by [`admit`](Conns::admit); once drained, drops `conn` (closing it).
-    pub fn insert(&mut self, ctx: usize, conn: Conn) {
+    pub fn insert(&mut self, ctx: usize, conn: C) {
         if self.closed {
             return;
         }
@@ -92,12 +104,12 @@ impl Conns {
     }
 
     /// The connection for `ctx`, unless it was closed (and its slot perhaps reused) meanwhile.
-    pub fn get_mut(&mut self, ctx: usize) -> Option<&mut Conn> {
+    pub fn get_mut(&mut self, ctx: usize) -> Option<&mut C> {
         self.slot_mut(ctx)?.conn.as_mut()
     }
 
     /// Removes a connection; dropping it cancels its operations and closes the socket.
-    pub fn remove(&mut self, ctx: usize) -> Option<Conn> {
+    pub fn remove(&mut self, ctx: usize) -> Option<C> {
         let conn = self.slot_mut(ctx)?.conn.take()?;
         self.live -= 1;
         self.free.push(ctx as u32);
@@ -110,20 +122,10 @@ impl Conns {
         self.live
     }
 
-    /// Contexts of connections idle since before `cutoff`.
-    pub fn idle_since(&self, cutoff: Instant) -> Vec<usize> {
-        (self.slots.iter().enumerate())
-            .filter_map(|(i, s)| {
-                let c = s.conn.as_ref()?;
-                (c.last_active < cutoff).then(|| context(i as u32, s.generation))
-            })
-            .collect()
-    }
-
     /// Removes every connection, for shutdown: from now on [`admit`](Conns::admit) refuses.
-    pub fn drain(&mut self) -> Vec<Conn> {
+    pub fn drain(&mut self) -> Vec<C> {
         self.closed = true;
-        let all: Vec<Conn> = self
+        let all: Vec<C> = self
             .slots
             .iter_mut()
             .filter_map(|s| s.conn.take())
@@ -132,11 +134,23 @@ impl Conns {
         all
     }
 
-    fn slot_mut(&mut self, ctx: usize) -> Option<&mut Slot> {
+    fn slot_mut(&mut self, ctx: usize) -> Option<&mut Slot<C>> {
         let (index, generation) = ((ctx & 0xffff_ffff) as u32, (ctx >> 32) as u32);
         self.slots
             .get_mut(index as usize)
             .filter(|s| s.generation == generation)
+    }
+}
+
+impl Conns<Conn> {
+    /// Contexts of connections idle since before `cutoff`.
+    pub fn idle_since(&self, cutoff: Instant) -> Vec<usize> {
+        (self.slots.iter().enumerate())
+            .filter_map(|(i, s)| {
+                let c = s.conn.as_ref()?;
+                (c.last_active < cutoff).then(|| context(i as u32, s.generation))
+            })
+            .collect()
     }
 }
 
@@ -152,13 +166,13 @@ mod tests {
     /// it); after it, every new connection is refused, whatever the room.
     #[test]
     fn after_the_drain_nothing_is_admitted() {
-        let mut conns = Conns::default();
+        let mut conns = Conns::<Conn>::default();
         let before = conns.admit(10).unwrap();
         conns.release(before);
         assert!(conns.drain().is_empty());
         assert_eq!(conns.admit(10), Err(Refused::ShuttingDown));
         assert_eq!(conns.len(), 0);
-        let mut full = Conns::default();
+        let mut full = Conns::<Conn>::default();
         assert_eq!(full.admit(0), Err(Refused::Full));
     }
 }

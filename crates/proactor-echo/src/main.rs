@@ -1,17 +1,27 @@
 //! `proactor-echo`: an asynchronous TCP echo server on proactor's completion ports.
 //!
-//! The classic IOCP design: one port, a pool of worker threads dequeuing completions, several
-//! accepts kept pending, one receive then one send per connection (so at most one buffer per
-//! connection is in flight, and a client that does not read is slowed by TCP, never buffered
-//! without limit).
+//! By default, thread-per-core: each worker thread owns a [`proactor::LocalPort`] and serves
+//! its own connections with pooled receive (the received pool buffer is sent back as it is, no
+//! copy; an idle connection holds no buffer). On Linux every worker listens on the address with
+//! a socket of its own (`SO_REUSEPORT`); elsewhere one worker accepts and hands the connections
+//! round-robin to the others (see `local_server.rs`).
+//!
+//! With `--shared`, the classic IOCP design: one port, a pool of worker threads dequeuing
+//! completions, several accepts kept pending (`server.rs`).
+//!
+//! Both keep at most a bounded number of buffers per connection in flight (one receive then
+//! one send with `--shared`; at most two pooled sends by default), so a client that does not
+//! read is slowed by TCP, never buffered without limit.
 
 mod accepting;
 mod clock;
 mod conns;
 #[cfg(unix)]
 mod limits;
+mod local_server;
 mod server;
 mod shutdown;
+mod worker;
 
 use std::{net::IpAddr, process::ExitCode, time::Duration};
 
@@ -29,7 +39,8 @@ struct Args {
     /// Address to bind (IPv4 or IPv6).
     #[arg(long, default_value = "127.0.0.1")]
     bind: IpAddr,
-    /// Worker threads dequeuing the port [default: logical CPUs].
+    /// Worker threads, each with a port of its own (with --shared: dequeuing the one port)
+    /// [default: logical CPUs].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024), allow_negative_numbers = true)]
     workers: Option<u32>,
     /// Connections served at once; beyond it new clients are accepted and closed. (On Unix the
@@ -37,7 +48,8 @@ struct Args {
     /// above it: clients beyond wait in the listen queue until descriptors free up.)
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..), allow_negative_numbers = true)]
     max_connections: u32,
-    /// Receive buffer size per connection, in bytes.
+    /// Receive buffer size, in bytes (by default the size of the pool buffers a receive
+    /// completes with; with --shared, each connection's own buffer).
     #[arg(long, default_value_t = 65_535, value_parser = clap::value_parser!(u32).range(1..=(64 << 20)), allow_negative_numbers = true)]
     buffer_size: u32,
     /// Close connections idle for this many seconds [default: off].
@@ -46,6 +58,9 @@ struct Args {
     /// Log every operation submitted and completed.
     #[arg(long)]
     trace: bool,
+    /// Run the classic design instead: one port shared by every worker thread.
+    #[arg(long)]
+    shared: bool,
 }
 
 /// A port from 1024 to 65535; the error names the range whatever was wrong.
@@ -92,9 +107,12 @@ fn main() -> ExitCode {
         idle_timeout: args.idle_timeout.map(Duration::from_secs),
         trace: args.trace,
     };
-    let run = server::run(config, shutdown::on_signal, |addr| {
-        println!("listening on {addr}")
-    });
+    let ready = |addr| println!("listening on {addr}");
+    let run = if args.shared {
+        server::run(config, shutdown::on_signal, ready)
+    } else {
+        local_server::run(config, shutdown::on_signal, ready)
+    };
     match run {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
@@ -139,8 +157,8 @@ mod tests {
         assert_eq!((args.bind, args.port), ("127.0.0.1".parse().unwrap(), 8080));
         assert_eq!((args.max_connections, args.buffer_size), (10_000, 65_535));
         assert_eq!(
-            (args.workers, args.idle_timeout, args.trace),
-            (None, None, false)
+            (args.workers, args.idle_timeout, args.trace, args.shared),
+            (None, None, false, false)
         );
     }
 

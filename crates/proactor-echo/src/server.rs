@@ -26,13 +26,13 @@ use crate::{
 };
 
 /// Accepts kept pending at all times.
-const PENDING_ACCEPTS: usize = 16;
+pub(crate) const PENDING_ACCEPTS: usize = 16;
 /// The listener's context; connection contexts never reach it (their generation is below 2^31).
 const LISTENER: usize = usize::MAX;
 /// A posted packet with this context asks the workers to stop.
 const STOP: usize = usize::MAX - 1;
 /// Completions a worker takes from the port at once, at most.
-const BATCH: usize = 64;
+pub(crate) const BATCH: usize = 64;
 /// Connections the kernel queues for accepting. std's `TcpListener::bind` asks for 128, which a
 /// burst of a few thousand connects overflows (dropped SYNs retry only after a second or more).
 const BACKLOG: i32 = 1024;
@@ -183,17 +183,32 @@ pub fn run(
 /// (a restarted server binds at once); on Windows that option would let another socket take the
 /// port, so it is left off.
 fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    bind(addr, false, true)
+}
+
+/// A socket bound to `addr` (reusing the address on Unix, see [`listen`]), with `SO_REUSEPORT`
+/// if `reuse_port` (Unix: several sockets then listen on one address, and the kernel spreads
+/// the connections among them), listening with [`BACKLOG`] if `listening`.
+pub(crate) fn bind(addr: SocketAddr, reuse_port: bool, listening: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     #[cfg(unix)]
     socket.set_reuse_address(true)?;
+    #[cfg(unix)]
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    #[cfg(not(unix))]
+    let _ = reuse_port;
     socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
+    if listening {
+        socket.listen(BACKLOG)?;
+    }
     Ok(socket.into())
 }
 
 /// A connection the client ended abruptly: a reset (`ECONNRESET`, `WSAECONNRESET`,
 /// `ERROR_NETNAME_DELETED`), an abort, or a send to a client that closed.
-fn is_client_reset(e: &io::Error) -> bool {
+pub(crate) fn is_client_reset(e: &io::Error) -> bool {
     matches!(
         e.kind(),
         io::ErrorKind::ConnectionReset
@@ -202,7 +217,7 @@ fn is_client_reset(e: &io::Error) -> bool {
     )
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

@@ -90,8 +90,8 @@ pub fn raw_socket<T: std::os::fd::AsRawFd>(s: &T) -> u64 {
 /// The demo's name for an operation kind.
 pub fn operation_type(kind: proactor::OpKind) -> &'static str {
     match kind {
-        proactor::OpKind::Recv => "Read",
-        proactor::OpKind::Send => "Write",
+        proactor::OpKind::Recv | proactor::OpKind::RecvPooled => "Read",
+        proactor::OpKind::Send | proactor::OpKind::SendPooled => "Write",
         proactor::OpKind::Accept => "Accept",
         other => other.name(),
     }

@@ -13,7 +13,8 @@ fn every_bad_port_exits_2_with_one_line_naming_the_range() {
     for bad in ["80", "0", "1023", "65536", "abc", "-1", "-80000", "-0", ""] {
         let joined = [format!("--port={bad}")];
         let split = ["--port".to_string(), bad.to_string()];
-        for args in [&joined[..], &split[..]] {
+        let shared = ["--shared".to_string(), format!("--port={bad}")];
+        for args in [&joined[..], &split[..], &shared[..]] {
             let out = echo().args(args).output().unwrap();
             assert_eq!(out.status.code(), Some(2), "{args:?}");
             let err = String::from_utf8_lossy(&out.stderr);
@@ -54,21 +55,25 @@ fn without_a_backend_it_says_so_in_one_line() {
     assert!(out.stdout.is_empty(), "never claims to listen");
 }
 
+/// In both modes: a port per worker (the default) and `--shared`.
 #[cfg(target_os = "linux")]
 #[test]
 fn a_bad_backend_request_is_one_clear_error() {
-    let out = echo()
-        .args(["--port", "18082"])
-        .env("PROACTOR_BACKEND", "kqueue")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("PROACTOR_BACKEND=kqueue: expected io_uring or epoll"),
-        "{err}"
-    );
-    assert!(out.stdout.is_empty());
+    for mode in [&[][..], &["--shared"]] {
+        let out = echo()
+            .args(["--port", "18082"])
+            .args(mode)
+            .env("PROACTOR_BACKEND", "kqueue")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{mode:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("PROACTOR_BACKEND=kqueue: expected io_uring or epoll"),
+            "{mode:?}: {err}"
+        );
+        assert!(out.stdout.is_empty());
+    }
 }
 
 /// A negative value for any numeric option is a bad value of that option (exit 2, one line
@@ -81,11 +86,13 @@ fn negative_numbers_are_bad_values_of_their_option() {
         "--buffer-size",
         "--idle-timeout",
     ] {
-        let out = echo().args([opt, "-1"]).output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{opt}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(err.trim_end().lines().count(), 1, "{opt}: {err}");
-        assert!(err.contains(opt), "names {opt}: {err}");
-        assert!(!err.contains("unexpected argument"), "{opt}: {err}");
+        for mode in [&[][..], &["--shared"]] {
+            let out = echo().args(mode).args([opt, "-1"]).output().unwrap();
+            assert_eq!(out.status.code(), Some(2), "{opt} {mode:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(err.trim_end().lines().count(), 1, "{opt}: {err}");
+            assert!(err.contains(opt), "names {opt}: {err}");
+            assert!(!err.contains("unexpected argument"), "{opt}: {err}");
+        }
     }
 }

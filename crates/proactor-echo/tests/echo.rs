@@ -12,6 +12,19 @@ use std::{
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(20));
 
+/// Runs each test function named in both modes of the server: `port_per_worker::NAME` in the
+/// default one (a port per worker thread), `shared_port::NAME` with `--shared`.
+macro_rules! in_both_modes {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
+        mod port_per_worker {
+            $($(#[$attr])* #[test] fn $name() { super::$name(&[]) })*
+        }
+        mod shared_port {
+            $($(#[$attr])* #[test] fn $name() { super::$name(&["--shared"]) })*
+        }
+    };
+}
+
 /// A running server, killed when dropped; its stderr is collected.
 struct Server {
     child: Child,
@@ -20,12 +33,13 @@ struct Server {
 }
 
 impl Server {
-    fn start(args: &[&str]) -> Server {
-        Server::start_with(args, &[])
+    /// Starts the server in `mode` (see [`in_both_modes`]) with `args`.
+    fn start(mode: &[&str], args: &[&str]) -> Server {
+        Server::start_with(mode, args, &[])
     }
 
     /// Starts the server with extra environment variables (`RUST_LOG`).
-    fn start_with(args: &[&str], env: &[(&str, &str)]) -> Server {
+    fn start_with(mode: &[&str], args: &[&str], env: &[(&str, &str)]) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -33,6 +47,7 @@ impl Server {
             .port();
         let mut child = Command::new(env!("CARGO_BIN_EXE_proactor-echo"))
             .args(["--port", &port.to_string()])
+            .args(mode)
             .args(args)
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
@@ -100,19 +115,18 @@ fn pattern(len: usize) -> Vec<u8> {
     (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
 }
 
-#[test]
-fn hello_iocp_is_echoed() {
-    let server = Server::start(&[]);
+fn hello_iocp_is_echoed(mode: &[&str]) {
+    let server = Server::start(mode, &[]);
     round_trip(&mut server.connect(), b"Hello, IOCP!");
 }
 
 /// A client reset is the client's doing: logged at DEBUG (never one WARN line per client), counted
 /// in the summary, and the server goes on serving.
-#[test]
-fn an_empty_client_and_a_reset_do_not_disturb_others() {
+fn an_empty_client_and_a_reset_do_not_disturb_others(mode: &[&str]) {
     // A --max-connections that fits any descriptor limit: the default (10,000) is warned about
     // where the hard limit is lower, and this test checks that nothing else warns.
     let server = Server::start_with(
+        mode,
         &["--workers", "2", "--max-connections", "100"],
         &[("RUST_LOG", "info,proactor_echo=debug")],
     );
@@ -160,9 +174,8 @@ fn an_empty_client_and_a_reset_do_not_disturb_others() {
     }
 }
 
-#[test]
-fn trace_logs_every_operation_in_the_lifecycle_format() {
-    let server = Server::start(&["--trace"]);
+fn trace_logs_every_operation_in_the_lifecycle_format(mode: &[&str]) {
+    let server = Server::start(mode, &["--trace"]);
     round_trip(&mut server.connect(), b"hello");
     let mut log = String::new();
     for expected in [
@@ -187,9 +200,8 @@ fn trace_logs_every_operation_in_the_lifecycle_format() {
     }
 }
 
-#[test]
-fn a_65535_byte_message_and_a_4_mib_stream_come_back_intact() {
-    let server = Server::start(&[]);
+fn a_65535_byte_message_and_a_4_mib_stream_come_back_intact(mode: &[&str]) {
+    let server = Server::start(mode, &[]);
     round_trip(&mut server.connect(), &pattern(65_535));
     let data = pattern(4 << 20);
     let mut s = server.connect();
@@ -204,9 +216,8 @@ fn a_65535_byte_message_and_a_4_mib_stream_come_back_intact() {
     assert!(check.join().unwrap(), "4 MiB echoed in order");
 }
 
-#[test]
-fn half_close_gets_everything_echoed_then_eof() {
-    let server = Server::start(&[]);
+fn half_close_gets_everything_echoed_then_eof(mode: &[&str]) {
+    let server = Server::start(mode, &[]);
     let mut s = server.connect();
     let data = pattern(200_000);
     s.write_all(&data).unwrap();
@@ -216,9 +227,8 @@ fn half_close_gets_everything_echoed_then_eof() {
     assert!(got == data, "all {} bytes, then EOF", data.len());
 }
 
-#[test]
-fn one_thousand_simultaneous_clients_each_echo() {
-    let server = Server::start(&["--workers", "2"]);
+fn one_thousand_simultaneous_clients_each_echo(mode: &[&str]) {
+    let server = Server::start(mode, &["--workers", "2"]);
     let mut clients: Vec<TcpStream> = (0..1000).map(|_| server.connect()).collect();
     for (i, c) in clients.iter_mut().enumerate() {
         c.write_all(format!("client {i:04}").as_bytes()).unwrap();
@@ -230,9 +240,8 @@ fn one_thousand_simultaneous_clients_each_echo() {
     }
 }
 
-#[test]
-fn beyond_max_connections_new_clients_are_closed_and_others_served() {
-    let server = Server::start(&["--max-connections", "2"]);
+fn beyond_max_connections_new_clients_are_closed_and_others_served(mode: &[&str]) {
+    let server = Server::start(mode, &["--max-connections", "2"]);
     let mut a = server.connect();
     let mut b = server.connect();
     round_trip(&mut a, b"a");
@@ -244,11 +253,11 @@ fn beyond_max_connections_new_clients_are_closed_and_others_served() {
     round_trip(&mut a, b"still served");
 }
 
-#[test]
-fn a_port_in_use_exits_non_zero_naming_the_address() {
+fn a_port_in_use_exits_non_zero_naming_the_address(mode: &[&str]) {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let out = Command::new(env!("CARGO_BIN_EXE_proactor-echo"))
+        .args(mode)
         .args(["--port", &port.to_string()])
         .output()
         .unwrap();
@@ -262,9 +271,8 @@ fn a_port_in_use_exits_non_zero_naming_the_address() {
     assert!(out.stdout.is_empty(), "never claims to listen");
 }
 
-#[test]
-fn idle_connections_are_closed_after_the_timeout() {
-    let server = Server::start(&["--idle-timeout", "1"]);
+fn idle_connections_are_closed_after_the_timeout(mode: &[&str]) {
+    let server = Server::start(mode, &["--idle-timeout", "1"]);
     let mut idle = server.connect();
     round_trip(&mut idle, b"hi");
     let mut buf = [0u8; 1];
@@ -277,9 +285,8 @@ fn idle_connections_are_closed_after_the_timeout() {
 
 /// A client that sends without reading is slowed by TCP: the server holds at most one buffer
 /// for it, so the client's writes stall long before it has sent everything.
-#[test]
-fn a_client_that_never_reads_is_held_back_by_tcp_not_buffered() {
-    let server = Server::start(&["--buffer-size", "65535"]);
+fn a_client_that_never_reads_is_held_back_by_tcp_not_buffered(mode: &[&str]) {
+    let server = Server::start(mode, &["--buffer-size", "65535"]);
     let s = server.connect();
     s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
     let chunk = vec![7u8; 64 * 1024];
@@ -309,17 +316,16 @@ fn a_client_that_never_reads_is_held_back_by_tcp_not_buffered() {
     round_trip(&mut other, b"others are served meanwhile");
 }
 
-#[test]
-fn ipv6_bind_serves() {
-    let server = Server::start(&["--bind", "::1"]);
+fn ipv6_bind_serves(mode: &[&str]) {
+    let server = Server::start(mode, &["--bind", "::1"]);
     assert!(server.addr.is_ipv6(), "{}", server.addr);
     round_trip(&mut server.connect(), b"over IPv6");
 }
 
-#[test]
-fn an_address_that_cannot_be_bound_exits_non_zero_naming_it() {
+fn an_address_that_cannot_be_bound_exits_non_zero_naming_it(mode: &[&str]) {
     // 192.0.2.1 (TEST-NET-1) is never a local address: binding fails, nothing is sent.
     let out = Command::new(env!("CARGO_BIN_EXE_proactor-echo"))
+        .args(mode)
         .args(["--bind", "192.0.2.1", "--port", "18081"])
         .output()
         .unwrap();
@@ -333,10 +339,9 @@ fn an_address_that_cannot_be_bound_exits_non_zero_naming_it() {
 /// SIGTERM and SIGINT stop the real server gracefully: connections closed, summary logged,
 /// exit 0 within 5 seconds.
 #[cfg(unix)]
-#[test]
-fn sigterm_and_sigint_shut_down_gracefully() {
+fn sigterm_and_sigint_shut_down_gracefully(mode: &[&str]) {
     for signal in [libc::SIGTERM, libc::SIGINT] {
-        let mut server = Server::start(&[]);
+        let mut server = Server::start(mode, &[]);
         let mut client = server.connect();
         round_trip(&mut client, b"12345");
         let start = std::time::Instant::now();
@@ -370,3 +375,82 @@ fn sigterm_and_sigint_shut_down_gracefully() {
         );
     }
 }
+
+/// Many connections at once on two workers, each streaming bytes of its own in uneven writes
+/// while another thread reads: every byte comes back, in order, on its own connection. With a
+/// port per worker, both workers served some.
+fn many_connections_on_two_workers_echo_every_byte(mode: &[&str]) {
+    const CONNS: usize = 64;
+    const BYTES: usize = 256 << 10;
+    let server = Server::start_with(
+        mode,
+        &["--workers", "2", "--max-connections", "1000"],
+        &[("RUST_LOG", "info,proactor_echo=debug")],
+    );
+    let clients: Vec<_> = (0..CONNS)
+        .map(|i| {
+            let s = server.connect();
+            let data: Vec<u8> = (0..BYTES)
+                .map(|j| ((j as u64 * 2_654_435_761 + i as u64 * 97) >> 11) as u8)
+                .collect();
+            let mut reader = s.try_clone().unwrap();
+            let expected = data.clone();
+            let read = thread::spawn(move || {
+                let mut got = vec![0u8; expected.len()];
+                reader.read_exact(&mut got).unwrap();
+                got.iter().zip(&expected).position(|(a, b)| a != b)
+            });
+            let write = thread::spawn(move || {
+                let mut s = s;
+                let mut at = 0;
+                for step in 0.. {
+                    if at == data.len() {
+                        break;
+                    }
+                    let n = (1 + step * 997 % 9000).min(data.len() - at);
+                    s.write_all(&data[at..at + n]).unwrap();
+                    at += n;
+                }
+                s
+            });
+            (read, write)
+        })
+        .collect();
+    for (i, (read, write)) in clients.into_iter().enumerate() {
+        let _open = write.join().unwrap();
+        assert_eq!(
+            read.join().unwrap(),
+            None,
+            "connection {i}: first wrong byte"
+        );
+    }
+    if mode.is_empty() {
+        let log = server.wait_log("connected");
+        let connected = |w: &str| {
+            log.lines()
+                .any(|l| l.contains(" connected") && l.contains(&format!("worker={w}")))
+        };
+        assert!(
+            connected("0") && connected("1"),
+            "both workers served:\n{log}"
+        );
+    }
+}
+
+in_both_modes!(
+    hello_iocp_is_echoed,
+    an_empty_client_and_a_reset_do_not_disturb_others,
+    trace_logs_every_operation_in_the_lifecycle_format,
+    a_65535_byte_message_and_a_4_mib_stream_come_back_intact,
+    half_close_gets_everything_echoed_then_eof,
+    one_thousand_simultaneous_clients_each_echo,
+    many_connections_on_two_workers_echo_every_byte,
+    beyond_max_connections_new_clients_are_closed_and_others_served,
+    a_port_in_use_exits_non_zero_naming_the_address,
+    idle_connections_are_closed_after_the_timeout,
+    a_client_that_never_reads_is_held_back_by_tcp_not_buffered,
+    ipv6_bind_serves,
+    an_address_that_cannot_be_bound_exits_non_zero_naming_it,
+    #[cfg(unix)]
+    sigterm_and_sigint_shut_down_gracefully,
+);

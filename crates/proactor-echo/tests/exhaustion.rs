@@ -31,7 +31,8 @@ struct Server {
 }
 
 impl Server {
-    fn start() -> Server {
+    /// Starts the server in `mode`: `[]` (a port per worker) or `["--shared"]`.
+    fn start(mode: &[&str]) -> Server {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -40,6 +41,7 @@ impl Server {
         let mut command = Command::new(env!("CARGO_BIN_EXE_proactor-echo"));
         command
             .args(["--port", &port.to_string(), "--workers", "2"])
+            .args(mode)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -182,7 +184,16 @@ fn echoed(waiting: &mut Vec<Client>, at_least: usize, within: Duration) -> Vec<C
 
 #[test]
 fn at_descriptor_exhaustion_it_backs_off_keeps_serving_and_resumes() {
-    let server = Server::start();
+    at_descriptor_exhaustion(&[]);
+}
+
+#[test]
+fn at_descriptor_exhaustion_the_shared_port_backs_off_keeps_serving_and_resumes() {
+    at_descriptor_exhaustion(&["--shared"]);
+}
+
+fn at_descriptor_exhaustion(mode: &[&str]) {
+    let server = Server::start(mode);
     let mut waiting: Vec<Client> = (0..CLIENTS)
         .map(|i| {
             let mut stream = TcpStream::connect(server.addr).unwrap();

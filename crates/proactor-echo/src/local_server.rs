@@ -1,0 +1,484 @@
+//! The default design: a [`proactor::LocalPort`] per worker thread (thread-per-core), each
+//! serving its own connections from start to end with pooled receive (the received pool buffer
+//! is sent back as it is: no copy, and an idle connection holds no buffer).
+//!
+//! How connections reach the workers:
+//!
+//! - Linux: each worker listens on a socket of its own bound to the same address with
+//!   `SO_REUSEPORT`; the kernel spreads new connections among them.
+//! - elsewhere (Windows: `SO_REUSEPORT` does not spread connections there): worker 0 accepts and
+//!   hands the accepted sockets round-robin to the workers (itself included) through their
+//!   inboxes, waking the worker whose inbox it filled.
+//!
+//! A worker's port belongs to its thread: nothing else can post to it. Each worker therefore
+//! also waits on a loopback UDP socket of its own (its waker): a datagram wakes it to look at
+//! its inbox and at the stop flag. Idle, nothing spins: workers sleep in their port, the main
+//! thread checks the stop flag every 100 ms (signal handlers only set it).
+//!
+//! What the shared-port server guarantees holds here too: the connection limit counts every
+//! worker's connections; idle connections are closed by deadlines on their receives and sends;
+//! accepting pauses with back-off at descriptor exhaustion ([`crate::accepting`], per listener);
+//! shutdown closes every connection and drains every port, then logs the summary.
+
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, UdpSocket},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        mpsc,
+    },
+    thread,
+    time::Duration,
+};
+
+use proactor::Accepted;
+
+use crate::{
+    accepting::Throttle,
+    server::{self, Config, Summary, lock},
+    shutdown::Stop,
+    worker::{Counts, Worker},
+};
+
+/// Virtual memory a worker's buffer pool may take at most. Only buffers that have held data
+/// become resident; an idle connection holds none.
+const POOL_BUDGET: usize = 256 << 20;
+
+/// How accepted connections reach the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Spread {
+    /// A listener per worker, `SO_REUSEPORT` (Linux).
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    ReusePort,
+    /// One acceptor (worker 0) hands connections round-robin to the workers.
+    #[cfg_attr(target_os = "linux", allow(dead_code))]
+    Handoff,
+}
+
+impl Spread {
+    /// What this platform uses.
+    fn native() -> Spread {
+        if cfg!(target_os = "linux") {
+            Spread::ReusePort
+        } else {
+            Spread::Handoff
+        }
+    }
+}
+
+/// What the workers share.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub spread: Spread,
+    /// Set once the server is stopping: each worker checks it after every batch.
+    pub stopping: AtomicBool,
+    /// Connections served now, by every worker: the connection limit's count.
+    live: AtomicUsize,
+    /// Warnings that the connection limit was reached, at most one a minute.
+    pub full: Mutex<Throttle>,
+    /// Warnings that accepting paused, at most one a minute whichever worker's listener failed.
+    pub pauses: Mutex<Throttle>,
+    /// Connections handed to each worker and not yet taken (the handoff spread).
+    inboxes: Vec<Mutex<Vec<Accepted>>>,
+    /// Each worker's waker address, and the socket that sends to them.
+    wakers: Vec<SocketAddr>,
+    waker: UdpSocket,
+}
+
+impl Shared {
+    /// Counts a new connection in, unless `max_connections` are being served.
+    pub fn admit(&self) -> bool {
+        let max = self.config.max_connections;
+        self.live
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Counts a connection out (closed, or never registered).
+    pub fn release(&self) {
+        self.live.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Hands an accepted connection to worker `to`, waking it if its inbox was empty (a worker
+    /// empties its inbox whenever it wakes).
+    pub fn hand_to(&self, to: usize, accepted: Accepted) {
+        let was_empty = {
+            let mut inbox = lock(&self.inboxes[to]);
+            inbox.push(accepted);
+            inbox.len() == 1
+        };
+        if was_empty {
+            self.wake(to);
+        }
+    }
+
+    /// The connections handed to worker `at`.
+    pub fn take_inbox(&self, at: usize) -> Vec<Accepted> {
+        std::mem::take(&mut *lock(&self.inboxes[at]))
+    }
+
+    /// Wakes worker `at` (a datagram to its waker).
+    pub fn wake(&self, at: usize) {
+        if let Err(e) = self.waker.send_to(&[1], self.wakers[at]) {
+            tracing::error!(worker = at, error = %e, "cannot wake a worker");
+        }
+    }
+}
+
+/// Serves until `stop` is requested, then shuts down gracefully: every worker stops accepting,
+/// closes its connections and drains its port. `ready` is called with the bound address once
+/// every worker accepts connections.
+pub fn run(
+    config: Config,
+    stop: impl FnOnce() -> io::Result<Arc<Stop>>,
+    ready: impl FnOnce(SocketAddr),
+) -> io::Result<Summary> {
+    run_with(config, Spread::native(), stop, ready).map(|(summary, _)| summary)
+}
+
+/// [`run`] with the spread given, returning what each worker did too.
+pub(crate) fn run_with(
+    config: Config,
+    spread: Spread,
+    stop: impl FnOnce() -> io::Result<Arc<Stop>>,
+    ready: impl FnOnce(SocketAddr),
+) -> io::Result<(Summary, Vec<Counts>)> {
+    let workers = config.workers.max(1);
+    let listeners = match spread {
+        Spread::ReusePort => listen_all(config.addr, workers),
+        Spread::Handoff => server::bind(config.addr, false, true).map(|l| vec![l]),
+    }
+    .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr)))?;
+    let local = listeners[0].local_addr()?;
+    let wakes = (0..workers)
+        .map(|_| loopback_udp())
+        .collect::<io::Result<Vec<_>>>()?;
+    let shared = Arc::new(Shared {
+        spread,
+        stopping: AtomicBool::new(false),
+        live: AtomicUsize::new(0),
+        full: Mutex::new(Throttle::default()),
+        pauses: Mutex::new(Throttle::default()),
+        inboxes: (0..workers).map(|_| Mutex::new(Vec::new())).collect(),
+        wakers: wakes
+            .iter()
+            .map(UdpSocket::local_addr)
+            .collect::<io::Result<_>>()?,
+        waker: loopback_udp()?,
+        config,
+    });
+    let stop = stop()?;
+    let pool = pool_for(&shared.config, workers);
+    let (started, starts) = mpsc::channel();
+    let mut listeners = listeners.into_iter();
+    let threads: Vec<_> = wakes
+        .into_iter()
+        .enumerate()
+        .map(|(at, wake)| {
+            let (shared, started, listener) = (shared.clone(), started.clone(), listeners.next());
+            thread::Builder::new()
+                .name(format!("echo-worker-{at}"))
+                .spawn(move || Worker::run(&shared, at, pool, listener, wake, &started))
+        })
+        .collect::<io::Result<_>>()?;
+    drop(started);
+    let mut failed = None;
+    let mut engine = ("", "");
+    for _ in 0..workers {
+        match starts.recv() {
+            Ok(Ok(e)) => engine = e,
+            Ok(Err(e)) => failed = failed.or(Some(e)),
+            Err(_) => failed = failed.or(Some(io::Error::other("a worker ended at start"))),
+        }
+    }
+    if let Some(e) = failed {
+        stop_workers(&shared);
+        join(threads);
+        return Err(match e.kind() {
+            io::ErrorKind::Unsupported => {
+                io::Error::new(e.kind(), "no completion-port backend on this platform")
+            }
+            _ => e,
+        });
+    }
+    tracing::info!(
+        backend = engine.0,
+        setup = engine.1,
+        workers,
+        spread = ?spread,
+        pool_buffers = pool.0,
+        "serving: a port per worker"
+    );
+    ready(local);
+
+    // Signals only set a flag: check it every 100 ms.
+    while !stop.wait(Duration::from_millis(100)) {}
+
+    tracing::info!("shutting down: no new connections, closing every connection");
+    stop_workers(&shared);
+    let counts = join(threads);
+    let total = counts.iter().fold(Counts::default(), |a, c| a.plus(c));
+    let summary = Summary {
+        connections: total.served,
+        bytes_echoed: total.echoed,
+        resets: total.resets,
+        refused: total.refused,
+    };
+    tracing::info!(
+        summary.connections,
+        summary.bytes_echoed,
+        summary.resets,
+        summary.refused,
+        "stopped"
+    );
+    Ok((summary, counts))
+}
+
+/// Tells every worker to stop, and wakes them.
+fn stop_workers(shared: &Shared) {
+    shared.stopping.store(true, Ordering::SeqCst);
+    for at in 0..shared.wakers.len() {
+        shared.wake(at);
+    }
+}
+
+/// Waits for the workers; what each did (nothing for one that panicked).
+fn join(threads: Vec<thread::JoinHandle<Counts>>) -> Vec<Counts> {
+    threads
+        .into_iter()
+        .map(|t| {
+            t.join().unwrap_or_else(|_| {
+                tracing::error!("a worker panicked");
+                Counts::default()
+            })
+        })
+        .collect()
+}
+
+/// `n` sockets listening on `addr` with `SO_REUSEPORT`.
+///
+/// First a socket without it binds the address: an address in use fails there as it does
+/// for the shared port (even when the one using it set `SO_REUSEPORT` too: another server of
+/// the same user would otherwise silently share its connections with this one), and port 0
+/// gets its port, which every listener then binds.
+fn listen_all(addr: SocketAddr, n: usize) -> io::Result<Vec<TcpListener>> {
+    let addr = server::bind(addr, false, false)?.local_addr()?; // the probe closes here
+    (0..n).map(|_| server::bind(addr, true, true)).collect()
+}
+
+/// A UDP socket on a loopback address, any port.
+fn loopback_udp() -> io::Result<UdpSocket> {
+    UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).or_else(|_| UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)))
+}
+
+/// A worker's pool: buffers of `--buffer-size` bytes, as many as its share of
+/// `--max-connections` (a connection echoing holds one buffer, two at most while its client
+/// reads slowly, see [`crate::worker::PIPELINE`]; an idle one holds none), a power of two,
+/// within [`POOL_BUDGET`]. When every buffer is in flight, receives wait for one to come back
+/// (a send completes, or a connection stuck in one ends at the idle timeout).
+fn pool_for(config: &Config, workers: usize) -> (u16, usize) {
+    let size = config.buffer_size.max(1);
+    let share = config.max_connections.div_ceil(workers).max(1);
+    let wanted = share.checked_next_power_of_two().unwrap_or(usize::MAX);
+    let affordable = (POOL_BUDGET / size).max(1);
+    let affordable = 1 << (usize::BITS - 1 - affordable.leading_zeros()); // a power of two
+    (wanted.min(affordable).min(1 << 15) as u16, size)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read, Write},
+        net::TcpStream,
+        time::Instant,
+    };
+
+    use super::*;
+
+    fn config(workers: usize) -> Config {
+        Config {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            workers,
+            max_connections: 100,
+            buffer_size: 1024,
+            idle_timeout: None,
+            trace: false,
+        }
+    }
+
+    type Running = (
+        Arc<Stop>,
+        SocketAddr,
+        thread::JoinHandle<io::Result<(Summary, Vec<Counts>)>>,
+    );
+
+    fn start(config: Config, spread: Spread) -> Running {
+        let stop = Arc::new(Stop::default());
+        let (tx, rx) = mpsc::channel();
+        let server = {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                run_with(config, spread, || Ok(stop), |addr| tx.send(addr).unwrap())
+            })
+        };
+        let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        (stop, addr, server)
+    }
+
+    fn round_trip(s: &mut TcpStream, msg: &[u8]) {
+        s.write_all(msg).unwrap();
+        let mut got = vec![0u8; msg.len()];
+        s.read_exact(&mut got).unwrap();
+        assert_eq!(got, msg);
+    }
+
+    /// The acceptor hands connections round-robin: with 3 workers and 30 clients, each serves
+    /// 10, every one echoed; the summary adds the workers up; stop drains every worker.
+    #[test]
+    fn handoff_spreads_connections_round_robin_and_stops_every_worker() {
+        let (stop, addr, server) = start(config(3), Spread::Handoff);
+        let mut clients: Vec<TcpStream> = (0..30)
+            .map(|_| {
+                let s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                s
+            })
+            .collect();
+        for (i, c) in clients.iter_mut().enumerate() {
+            round_trip(c, format!("client {i:02}").as_bytes());
+        }
+        let start = Instant::now();
+        stop.request();
+        let (summary, counts) = server.join().unwrap().unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            start.elapsed()
+        );
+        let served: Vec<u64> = counts.iter().map(|c| c.served).collect();
+        assert_eq!(served, [10, 10, 10]);
+        assert_eq!((summary.connections, summary.bytes_echoed), (30, 30 * 9));
+        for mut c in clients {
+            assert_eq!(c.read(&mut [0u8; 1]).unwrap_or(0), 0, "closed at shutdown");
+        }
+    }
+
+    /// With SO_REUSEPORT every worker has its listener on the one address (port 0 resolved
+    /// once), and the kernel spreads 64 connections over both workers.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn every_worker_listens_on_the_one_port_and_gets_connections() {
+        let (stop, addr, server) = start(config(2), Spread::ReusePort);
+        assert_ne!(addr.port(), 0);
+        let mut clients: Vec<TcpStream> = (0..64)
+            .map(|_| {
+                let s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                s
+            })
+            .collect();
+        for c in &mut clients {
+            round_trip(c, b"x");
+        }
+        stop.request();
+        let (summary, counts) = server.join().unwrap().unwrap();
+        assert_eq!(summary.connections, 64);
+        assert!(counts.iter().all(|c| c.served > 0), "{counts:?}");
+    }
+
+    /// The connection limit counts every worker's connections: beyond it, whichever worker
+    /// accepts closes the client; a closed connection makes room again.
+    #[test]
+    fn the_limit_is_across_workers() {
+        for spread in [Spread::ReusePort, Spread::Handoff] {
+            if spread == Spread::ReusePort && !cfg!(target_os = "linux") {
+                continue;
+            }
+            let (stop, addr, server) = start(
+                Config {
+                    max_connections: 3,
+                    ..config(2)
+                },
+                spread,
+            );
+            let mut kept: Vec<TcpStream> = (0..3)
+                .map(|_| {
+                    let mut s = TcpStream::connect(addr).unwrap();
+                    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    round_trip(&mut s, b"in");
+                    s
+                })
+                .collect();
+            for _ in 0..4 {
+                let mut extra = TcpStream::connect(addr).unwrap();
+                extra
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                assert_eq!(extra.read(&mut [0u8; 1]).unwrap_or(0), 0, "{spread:?}");
+            }
+            drop(kept.pop());
+            let room = Instant::now() + Duration::from_secs(5);
+            loop {
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                s.write_all(b"again").unwrap();
+                let mut got = [0u8; 5];
+                if s.read_exact(&mut got).is_ok() {
+                    break;
+                }
+                assert!(Instant::now() < room, "room again once one closed");
+                thread::sleep(Duration::from_millis(20));
+            }
+            stop.request();
+            let (summary, _) = server.join().unwrap().unwrap();
+            assert!(summary.refused >= 4, "{spread:?} {summary:?}");
+        }
+    }
+
+    /// The idle timeout is per receive and send, renewed by each: a client active every
+    /// 300 ms outlives a 1 s timeout for 2 s; once silent, it is closed after about a second.
+    #[test]
+    fn an_active_connection_outlives_the_idle_timeout_and_a_silent_one_does_not() {
+        let (stop, addr, server) = start(
+            Config {
+                idle_timeout: Some(Duration::from_secs(1)),
+                ..config(2)
+            },
+            Spread::native(),
+        );
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let start = Instant::now();
+        let mut silent = start;
+        while start.elapsed() < Duration::from_secs(2) {
+            thread::sleep(Duration::from_millis(300));
+            round_trip(&mut s, b"still here");
+            silent = Instant::now();
+        }
+        assert_eq!(s.read(&mut [0u8; 1]).unwrap_or(0), 0, "closed once silent");
+        let after = silent.elapsed();
+        assert!(
+            after >= Duration::from_millis(900) && after < Duration::from_secs(3),
+            "closed {after:?} after the last message"
+        );
+        stop.request();
+        server.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn pools_fit_the_share_of_connections_within_the_budget() {
+        let c = |max_connections, buffer_size| Config {
+            max_connections,
+            buffer_size,
+            ..config(2)
+        };
+        assert_eq!(pool_for(&c(100, 1024), 2), (64, 1024));
+        assert_eq!(pool_for(&c(10_000, 65_535), 2), (4096, 65_535));
+        assert_eq!(pool_for(&c(10_000, 64 << 20), 2), (4, 64 << 20));
+        assert_eq!(pool_for(&c(1_000_000, 1), 2), (1 << 15, 1));
+        assert_eq!(pool_for(&c(1, 1), 8), (1, 1));
+    }
+}

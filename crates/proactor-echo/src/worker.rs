@@ -1,0 +1,527 @@
+//! One worker of the default design: a [`LocalPort`] of its own, its listener (or, for the
+//! handoff spread, its inbox), its connections, its waker.
+//!
+//! Per connection: a pooled receive; its buffer is sent back as it is (`send_pooled`) and the
+//! next pooled receive is issued at once, unless [`PIPELINE`] sends are in flight, in which
+//! case it waits for one of them to complete. So a connection holds at most `PIPELINE` pool
+//! buffers, and a client that does not read is slowed by TCP, never buffered without limit.
+//! At the end of the stream the connection closes once everything received was echoed.
+
+use std::{
+    io,
+    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    sync::{atomic::Ordering, mpsc},
+    time::{Duration, Instant},
+};
+
+use proactor::{Accepted, LocalCompletion, LocalHandle, LocalPort, OpId, OpKind, PooledBuf};
+use proactor_echo::steplog::{completed_overlapped, operation_type, raw_socket, timestamp};
+
+use crate::{
+    accepting::{Accepting, Failed, Level},
+    conns::Conns,
+    local_server::{Shared, Spread},
+    server::{BATCH, PENDING_ACCEPTS, is_client_reset, lock},
+};
+
+/// Pool buffers a connection may have in its sends at once.
+pub const PIPELINE: u8 = 2;
+/// The listener's context; connection contexts never reach it (nor the waker's).
+const LISTENER: usize = usize::MAX;
+/// The waker's context.
+const WAKER: usize = usize::MAX - 1;
+/// How long a stopping worker waits for its port to drain.
+const DRAIN: Duration = Duration::from_secs(3);
+
+/// What a worker did, added up in the summary.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    /// Connections served.
+    pub served: u64,
+    pub echoed: u64,
+    pub resets: u64,
+    pub refused: u64,
+}
+
+impl Counts {
+    pub fn plus(self, o: &Counts) -> Counts {
+        Counts {
+            served: self.served + o.served,
+            echoed: self.echoed + o.echoed,
+            resets: self.resets + o.resets,
+            refused: self.refused + o.refused,
+        }
+    }
+}
+
+/// One connection of a worker.
+struct Conn {
+    handle: LocalHandle<TcpStream>,
+    peer: SocketAddr,
+    socket: u64,
+    /// Pooled sends in flight.
+    sends: u8,
+    /// Whether a pooled receive is in flight.
+    receiving: bool,
+    /// The client ended its stream: close once the sends are done.
+    eof: bool,
+}
+
+/// The port and how to submit to it.
+struct Io {
+    port: LocalPort,
+    idle: Option<Duration>,
+    trace: bool,
+}
+
+impl Io {
+    /// Logs a submission when tracing.
+    fn submitted(&self, what: &str, key: usize, id: OpId) -> OpId {
+        if self.trace {
+            eprintln!(
+                "[{}] {what} submitted. Key: {key}, Overlapped: {:#x}",
+                timestamp(),
+                id.as_u64()
+            );
+        }
+        id
+    }
+
+    fn trace_completion(&self, done: &LocalCompletion) {
+        if self.trace {
+            eprintln!(
+                "[{}] Completion received. BytesTransferred: {}, Key: {}, Overlapped: {:#x}",
+                timestamp(),
+                done.bytes_transferred(),
+                done.context(),
+                completed_overlapped(done)
+            );
+            eprintln!(
+                "[{}] Operation type: {}",
+                timestamp(),
+                operation_type(done.kind())
+            );
+        }
+    }
+
+    /// A pooled receive, with the idle deadline if there is one.
+    fn recv(&self, ctx: usize, conn: &mut Conn) {
+        let id = match self.idle {
+            Some(idle) => self.port.with_timeout(idle).recv_pooled(&conn.handle),
+            None => self.port.recv_pooled(&conn.handle),
+        };
+        conn.receiving = true;
+        self.submitted("Read", ctx, id);
+    }
+
+    /// Sends a received buffer back, with the idle deadline if there is one.
+    fn send(&self, ctx: usize, conn: &mut Conn, buf: PooledBuf) {
+        let id = match self.idle {
+            Some(idle) => self.port.with_timeout(idle).send_pooled(&conn.handle, buf),
+            None => self.port.send_pooled(&conn.handle, buf),
+        };
+        conn.sends += 1;
+        self.submitted("Write", ctx, id);
+    }
+}
+
+pub struct Worker<'a> {
+    shared: &'a Shared,
+    at: usize,
+    io: Io,
+    listener: Option<LocalHandle<TcpListener>>,
+    waker: Option<LocalHandle<UdpSocket>>,
+    conns: Conns<Conn>,
+    /// The accepts held back by a failure, and the pause's back-off (this worker's listener).
+    accepting: Accepting,
+    /// Whether accepting is paused: the worker then waits for completions at most until the
+    /// next probe is due.
+    paused: bool,
+    /// The worker the next accepted connection goes to (handoff spread).
+    next: usize,
+    counts: Counts,
+}
+
+impl<'a> Worker<'a> {
+    /// The worker's thread: builds the port, reports (backend, setup) or the error on
+    /// `started`, then serves until the server stops.
+    pub fn run(
+        shared: &'a Shared,
+        at: usize,
+        pool: (u16, usize),
+        listener: Option<TcpListener>,
+        waker: UdpSocket,
+        started: &mpsc::Sender<io::Result<(&'static str, &'static str)>>,
+    ) -> Counts {
+        let worker = (|| {
+            let port = LocalPort::with_pool(pool.0, pool.1)?;
+            let listener = listener.map(|l| port.add_handle(l, LISTENER)).transpose()?;
+            let waker = port.add_handle(waker, WAKER)?;
+            io::Result::Ok(Worker {
+                shared,
+                at,
+                io: Io {
+                    port,
+                    idle: shared.config.idle_timeout,
+                    trace: shared.config.trace,
+                },
+                listener,
+                waker: Some(waker),
+                conns: Conns::default(),
+                accepting: Accepting::default(),
+                paused: false,
+                next: 0,
+                counts: Counts::default(),
+            })
+        })();
+        let mut worker = match worker {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = started.send(Err(e));
+                return Counts::default();
+            }
+        };
+        if let Some(listener) = &worker.listener {
+            for _ in 0..PENDING_ACCEPTS {
+                worker
+                    .io
+                    .submitted("Accept", LISTENER, worker.io.port.accept(listener));
+            }
+        }
+        worker.arm_waker();
+        let _ = started.send(Ok((worker.io.port.backend(), worker.io.port.setup())));
+        worker.serve();
+        worker.drain();
+        worker.counts
+    }
+
+    fn serve(&mut self) {
+        // Completions are taken in batches: one wait serves every connection ready meanwhile.
+        let mut batch = Vec::with_capacity(BATCH);
+        while !self.shared.stopping.load(Ordering::Relaxed) {
+            let timeout = self.probe_accept();
+            match self.io.port.get_completions(&mut batch, BATCH, timeout) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => continue,
+                Err(e) => {
+                    tracing::error!(worker = self.at, error = %e, "dequeue failed");
+                    return;
+                }
+            }
+            for done in batch.drain(..) {
+                self.handle(done);
+            }
+        }
+    }
+
+    /// Stops accepting, closes every connection (cancelling what is in flight), and waits for
+    /// the port to drain, counting the bytes of sends that still completed.
+    fn drain(&mut self) {
+        drop(self.listener.take());
+        drop(self.conns.drain());
+        drop(self.waker.take());
+        drop(self.shared.take_inbox(self.at)); // handed over, never served: closed
+        let deadline = Instant::now() + DRAIN;
+        let mut batch = Vec::with_capacity(BATCH);
+        while self.io.port.operations_in_flight() > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero()
+                || (self.io.port)
+                    .get_completions(&mut batch, BATCH, Some(left))
+                    .is_err()
+            {
+                break;
+            }
+            for done in batch.drain(..) {
+                self.io.trace_completion(&done);
+                if done.kind() == OpKind::SendPooled {
+                    self.counts.echoed += done.result().unwrap_or(0) as u64;
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, done: LocalCompletion) {
+        self.io.trace_completion(&done);
+        match (done.kind(), done.context()) {
+            (_, WAKER) => self.woken(&done),
+            (OpKind::Accept, LISTENER) => self.accepted(done),
+            (OpKind::RecvPooled, ctx) => self.received(ctx, done),
+            (OpKind::SendPooled, ctx) => self.sent(ctx, done),
+            (kind, ctx) => tracing::warn!(%kind, ctx, "unexpected completion"),
+        }
+    }
+
+    /// Waits for the next datagram on the waker.
+    fn arm_waker(&self) {
+        if let Some(waker) = &self.waker {
+            self.io.port.recv_from(waker, Vec::with_capacity(16));
+        }
+    }
+
+    /// Woken (or the waker's receive failed: Windows reports an earlier datagram's ICMP
+    /// unreachable as a reset): take the connections handed over; the serve loop then looks at
+    /// the stop flag.
+    fn woken(&mut self, done: &LocalCompletion) {
+        if let Err(e) = done.result() {
+            tracing::debug!(worker = self.at, error = %e, "waker receive failed");
+        }
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        self.arm_waker();
+        for accepted in self.shared.take_inbox(self.at) {
+            self.register(accepted);
+        }
+    }
+
+    fn accepted(&mut self, mut done: LocalCompletion) {
+        let accepted = match done.result() {
+            Ok(_) => done.take_accepted(),
+            Err(e) => return self.accept_failed(done.id(), &e),
+        };
+        self.accept_succeeded();
+        let Some(accepted) = accepted else { return };
+        if !self.shared.admit() {
+            self.counts.refused += 1;
+            let max = self.shared.config.max_connections;
+            match lock(&self.shared.full).allow(Instant::now()) {
+                Some(unwarned) => tracing::warn!(
+                    peer = %accepted.peer_addr,
+                    max,
+                    unwarned,
+                    "connection limit reached: closing new connections (warned at most once a minute; the summary counts them)"
+                ),
+                None => tracing::debug!(
+                    peer = %accepted.peer_addr,
+                    max,
+                    "connection limit reached: closing the new connection"
+                ),
+            }
+            return; // dropping the stream closes it
+        }
+        let to = match self.shared.spread {
+            Spread::ReusePort => self.at,
+            Spread::Handoff => {
+                let to = self.next;
+                self.next = (self.next + 1) % self.shared.config.workers.max(1);
+                to
+            }
+        };
+        if to == self.at {
+            self.register(accepted);
+        } else {
+            self.shared.hand_to(to, accepted);
+        }
+    }
+
+    /// Serves a connection admitted (counted in) by an acceptor.
+    fn register(&mut self, accepted: Accepted) {
+        let Ok(ctx) = self.conns.admit(usize::MAX) else {
+            self.shared.release(); // stopping: dropping the stream closes it
+            return;
+        };
+        let handle = match self.io.port.add_handle(accepted.stream, ctx) {
+            Ok(h) => h,
+            Err(e) => {
+                self.conns.release(ctx);
+                self.shared.release();
+                tracing::warn!(peer = %accepted.peer_addr, error = %e, "cannot associate");
+                return;
+            }
+        };
+        self.counts.served += 1;
+        let socket = raw_socket(handle.get_ref());
+        tracing::debug!(
+            peer = %accepted.peer_addr,
+            socket = %format!("{socket:#x}"),
+            worker = self.at,
+            "connected"
+        );
+        let mut conn = Conn {
+            handle,
+            peer: accepted.peer_addr,
+            socket,
+            sends: 0,
+            receiving: false,
+            eof: false,
+        };
+        self.io.recv(ctx, &mut conn);
+        self.conns.insert(ctx, conn);
+    }
+
+    fn received(&mut self, ctx: usize, mut done: LocalCompletion) {
+        let Some(conn) = self.conns.get_mut(ctx) else {
+            return; // closed meanwhile
+        };
+        conn.receiving = false;
+        match (done.result(), done.take_pooled()) {
+            (Ok(n), Some(buf)) if n > 0 => {
+                self.io.send(ctx, conn, buf);
+                if conn.sends < PIPELINE {
+                    self.io.recv(ctx, conn);
+                }
+            }
+            (Ok(_), _) => {
+                conn.eof = true;
+                if conn.sends == 0 {
+                    tracing::debug!(
+                        peer = %conn.peer,
+                        socket = %format!("{:#x}", conn.socket),
+                        "client closed; everything echoed"
+                    );
+                    self.close(ctx);
+                }
+            }
+            // Still sending, so the client reads: not idle. The next receive is issued when a
+            // send completes.
+            (Err(e), _) if proactor::is_deadline(&e) && conn.sends > 0 => {}
+            (Err(e), _) if proactor::is_deadline(&e) => self.idle_close(ctx),
+            (Err(e), _) => self.disconnect(ctx, &e),
+        }
+    }
+
+    fn sent(&mut self, ctx: usize, done: LocalCompletion) {
+        // The buffer goes back to the pool with `done`.
+        let Some(conn) = self.conns.get_mut(ctx) else {
+            return;
+        };
+        conn.sends -= 1;
+        match done.result() {
+            Ok(n) => {
+                self.counts.echoed += n as u64;
+                if !conn.eof {
+                    if !conn.receiving {
+                        self.io.recv(ctx, conn);
+                    }
+                } else if conn.sends == 0 {
+                    tracing::debug!(
+                        peer = %conn.peer,
+                        socket = %format!("{:#x}", conn.socket),
+                        "client closed; everything echoed"
+                    );
+                    self.close(ctx);
+                }
+            }
+            Err(e) if proactor::is_deadline(&e) => self.idle_close(ctx),
+            Err(e) => self.disconnect(ctx, &e),
+        }
+    }
+
+    /// Closes a connection: dropping its handle cancels what is in flight and closes it.
+    fn close(&mut self, ctx: usize) -> Option<Conn> {
+        let conn = self.conns.remove(ctx)?;
+        self.shared.release();
+        Some(conn)
+    }
+
+    fn idle_close(&mut self, ctx: usize) {
+        if let Some(conn) = self.close(ctx) {
+            tracing::info!(
+                peer = %conn.peer,
+                socket = %format!("{:#x}", conn.socket),
+                "idle timeout: closing"
+            );
+        }
+    }
+
+    fn disconnect(&mut self, ctx: usize, e: &io::Error) {
+        let Some(conn) = self.close(ctx) else { return };
+        let socket = format!("{:#x}", conn.socket);
+        if proactor::is_cancelled(e) {
+            // closed by the server
+        } else if is_client_reset(e) {
+            // The client's doing, not the server's: counted in the summary.
+            self.counts.resets += 1;
+            tracing::debug!(
+                peer = %conn.peer,
+                %socket,
+                code = proactor::raw_os_error(e),
+                "client reset: {e}"
+            );
+        } else {
+            tracing::warn!(
+                peer = %conn.peer,
+                %socket,
+                code = proactor::raw_os_error(e),
+                "disconnection error: {e}"
+            );
+        }
+    }
+
+    /// An accept succeeded: issue one in its place (keeping the number pending constant), and
+    /// if accepting was paused, resume: issue the ones held back too.
+    fn accept_succeeded(&mut self) {
+        let resumed = self.accepting.succeeded(Instant::now());
+        if let Some(r) = resumed {
+            self.paused = false;
+            let ms = r.paused_for.as_millis() as u64;
+            match r.level {
+                Level::Debug => {
+                    tracing::debug!(
+                        retries = r.retries,
+                        paused_ms = ms,
+                        worker = self.at,
+                        "accepting again"
+                    )
+                }
+                _ => tracing::info!(
+                    retries = r.retries,
+                    paused_ms = ms,
+                    worker = self.at,
+                    "accepting again"
+                ),
+            }
+        }
+        if let Some(listener) = &self.listener {
+            for _ in 0..1 + resumed.map_or(0, |r| r.reissue) {
+                self.io
+                    .submitted("Accept", LISTENER, self.io.port.accept(listener));
+            }
+        }
+    }
+
+    /// An accept failed (out of descriptors or memory, most likely): hold it back and pause
+    /// accepting, rather than re-issuing it to fail again at once.
+    fn accept_failed(&mut self, id: OpId, e: &io::Error) {
+        if proactor::is_cancelled(e) {
+            return; // the listener was dropped
+        }
+        let now = Instant::now();
+        if let Failed::Paused { level, unwarned } = self.accepting.failed(now, id.as_u64()) {
+            self.paused = true;
+            // Warned at most once a minute across the workers, whose listeners run out of
+            // descriptors together.
+            let shared = match level {
+                Level::Warn => lock(&self.shared.pauses).allow(now),
+                _ => None,
+            };
+            let code = proactor::raw_os_error(e);
+            const PAUSED: &str = "accept failed: accepting paused, retrying with back-off (10 ms doubling to 1 s); connections already accepted are still served";
+            match shared {
+                Some(others) => {
+                    tracing::warn!(error = %e, code, unwarned = unwarned + others, worker = self.at, "{PAUSED}")
+                }
+                None => tracing::debug!(error = %e, code, worker = self.at, "{PAUSED}"),
+            }
+        }
+    }
+
+    /// While accepting is paused: issues the probe accept when it is due, and returns how long
+    /// the worker may wait for completions before the next one is.
+    fn probe_accept(&mut self) -> Option<Duration> {
+        if !self.paused {
+            return None;
+        }
+        let now = Instant::now();
+        if self.accepting.probe_due(now) {
+            let id = self.listener.as_ref().map(|l| {
+                self.io
+                    .submitted("Accept", LISTENER, self.io.port.accept(l))
+                    .as_u64()
+            });
+            self.accepting.probing(now, id);
+        }
+        self.accepting.next_probe(now)
+    }
+}
