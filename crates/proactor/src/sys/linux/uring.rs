@@ -73,7 +73,7 @@ use super::{
 };
 use crate::{
     Completion, OpId, OpKind,
-    handshake::{Ring, Submission},
+    handshake::{Lead, Ring, Submission, Turn},
     table::Table,
 };
 
@@ -131,6 +131,9 @@ pub(crate) struct Uring {
     closing: AtomicBool,
     /// Batched submission against the threads blocked in `io_uring_enter` (model-checked).
     submission: Submission,
+    /// Leader/followers: one dequeuing thread waits in `io_uring_enter`, the others park
+    /// (model-checked).
+    lead: Lead,
     /// This port's number (see `dequeues`).
     id: u64,
     /// A kernel thread polls the submission queue (`PROACTOR_SQPOLL`): it submits everything.
@@ -231,6 +234,7 @@ impl Uring {
             table: Table::new(),
             closing: AtomicBool::new(false),
             submission: Submission::new(),
+            lead: Lead::new(),
             id: NEXT_PORT.fetch_add(1, Ordering::Relaxed),
             sqpoll: idle.is_some(),
             doorbell,
@@ -794,11 +798,12 @@ impl Uring {
         }
     }
 
-    /// Reaps up to `max` CQEs into `out`; returns how many completions were added.
-    fn reap(&self, out: &mut Vec<Completion>, max: usize) -> usize {
+    /// Reaps up to `max` CQEs (at most 16) into `out`; returns how many completions were
+    /// added and whether CQEs are left in the ring.
+    fn reap(&self, out: &mut Vec<Completion>, max: usize) -> (usize, bool) {
         // Small chunks: the array is initialised on every call, and most calls find few CQEs.
         let mut cqes = [(0u64, 0i32); 16];
-        let n = {
+        let (n, more) = {
             let _cq = lock(&self.cq);
             // SAFETY: holding the cq lock makes this the only CompletionQueue in existence.
             let mut cq = unsafe { self.ring.completion_shared() };
@@ -808,29 +813,83 @@ impl Uring {
                 cqes[n] = (cqe.user_data(), cqe.result());
                 n += 1;
             }
-            n
+            (n, !cq.is_empty())
         };
         let before = out.len();
         for &(user_data, res) in &cqes[..n] {
             out.extend(self.finish(user_data, res));
         }
-        out.len() - before
+        (out.len() - before, more)
     }
 
-    /// Reaps CQEs one at a time until one ends an operation; `None` once the CQ is empty.
-    fn reap_one(&self) -> Option<Completion> {
+    /// Reaps up to `max` completions into `out` (chunks of `reap` while the ring has CQEs);
+    /// returns how many and whether CQEs are left in the ring.
+    fn reap_many(&self, out: &mut Vec<Completion>, max: usize) -> (usize, bool) {
+        let mut got = 0;
         loop {
-            let (user_data, res) = {
+            let (n, more) = self.reap(out, max - got);
+            got += n;
+            if !more || got >= max {
+                return (got, more);
+            }
+        }
+    }
+
+    /// Reaps CQEs one at a time until one ends an operation; `None` once the CQ is empty. With
+    /// the completion, whether CQEs are left in the ring.
+    fn reap_one(&self) -> Option<(Completion, bool)> {
+        loop {
+            let (user_data, res, more) = {
                 let _cq = lock(&self.cq);
                 // SAFETY: holding the cq lock makes this the only CompletionQueue in existence.
                 let mut cq = unsafe { self.ring.completion_shared() };
                 let cqe = cq.next()?;
-                (cqe.user_data(), cqe.result())
+                (cqe.user_data(), cqe.result(), !cq.is_empty())
             };
             if let Some(done) = self.finish(user_data, res) {
-                return Some(done);
+                return Some((done, more));
             }
         }
+    }
+
+    /// The dequeue loop of `get_completion(s)` with leader/followers (`handshake::Lead`):
+    /// `reap` takes what the ring holds (completions and whether CQEs are left); when it finds
+    /// nothing, the thread waits in the kernel if it leads, else takes the lead or parks until
+    /// a leader hands over or `deadline` passes. A thread that returns while CQEs are left
+    /// wakes a parked one to reap them; a leader that returns releases the lead, waking a
+    /// parked thread to take it. `None` on timeout (after a last reap found nothing).
+    fn dequeue<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut reap: impl FnMut() -> Option<(T, bool)>,
+    ) -> io::Result<Option<T>> {
+        self.dequeues();
+        let mut leading = false;
+        let result = loop {
+            if let Some(done) = reap() {
+                break Ok(Some(done));
+            }
+            if !leading {
+                match self.lead.follow(deadline) {
+                    Turn::Lead => leading = true,
+                    Turn::Woken => {}
+                    Turn::TimedOut => break Ok(reap()),
+                }
+                continue; // reap again first: a CQE may have come since
+            }
+            match self.wait(deadline) {
+                Ok(true) => {}
+                Ok(false) => break Ok(reap()),
+                Err(e) => break Err(e),
+            }
+        };
+        let more = matches!(result, Ok(Some((_, true))));
+        if leading {
+            self.lead.release(more);
+        } else if more {
+            self.lead.hand_on();
+        }
+        result.map(|done| done.map(|(done, _)| done))
     }
 
     /// Submits what is queued and waits in the kernel for at least one CQE, at most until
@@ -944,16 +1003,9 @@ impl Driver for Uring {
     }
 
     fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion> {
-        self.dequeues();
         let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            if let Some(done) = self.reap_one() {
-                return Ok(done);
-            }
-            if !self.wait(deadline)? {
-                return self.reap_one().ok_or_else(timed_out);
-            }
-        }
+        self.dequeue(deadline, || self.reap_one())?
+            .ok_or_else(timed_out)
     }
 
     fn get_completions(
@@ -962,26 +1014,13 @@ impl Driver for Uring {
         max: usize,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
-        self.dequeues();
         let deadline = timeout.map(|t| Instant::now() + t);
         let max = max.max(1);
-        let mut got = 0;
-        loop {
-            while got < max {
-                let n = self.reap(out, max - got);
-                if n == 0 {
-                    break;
-                }
-                got += n;
-            }
-            if got > 0 {
-                return Ok(got);
-            }
-            if !self.wait(deadline)? {
-                got += self.reap(out, max);
-                return if got > 0 { Ok(got) } else { Err(timed_out()) };
-            }
-        }
+        self.dequeue(deadline, || match self.reap_many(out, max) {
+            (0, _) => None,
+            (n, more) => Some((n, more)),
+        })?
+        .ok_or_else(timed_out)
     }
 
     /// Marks the operation cancelled and queues an `ASYNC_CANCEL` for it, under the table
@@ -1088,7 +1127,7 @@ impl Drop for Uring {
         let mut sink = Vec::new();
         while self.table.len() > 0 && Instant::now() < deadline {
             let soon = Some(Instant::now() + Duration::from_millis(100));
-            if self.reap(&mut sink, 64) == 0 && self.wait(soon).is_err() {
+            if self.reap_many(&mut sink, 64).0 == 0 && self.wait(soon).is_err() {
                 break;
             }
             sink.clear();
