@@ -387,6 +387,8 @@ mod loom_tests {
     struct KernelState {
         head: usize,
         cqes: usize,
+        /// Doorbell CQEs (`MSG_RING` from a thread that does not dequeue), among `cqes`.
+        doorbells: usize,
     }
 
     impl Kernel {
@@ -413,14 +415,31 @@ mod loom_tests {
             self.reap_left().is_some()
         }
 
-        /// Takes one CQE; whether CQEs are left after it (`None`: the CQ was empty).
+        /// Takes CQEs until one is a completion; whether CQEs are left after it (`None`: the
+        /// CQ is empty). A doorbell CQE is no completion: its reaper submits what is queued
+        /// (`Uring::finish`), as the thread it woke may sleep on once its CQE is gone.
         fn reap_left(&self) -> Option<bool> {
             let mut state = lock(&self.state);
-            if state.cqes == 0 {
-                return None;
+            loop {
+                if state.cqes == 0 {
+                    return None;
+                }
+                state.cqes -= 1;
+                if state.doorbells > 0 {
+                    state.doorbells -= 1;
+                    self.consume(&mut state);
+                    continue;
+                }
+                return Some(state.cqes > 0);
             }
-            state.cqes -= 1;
-            Some(state.cqes > 0)
+        }
+
+        /// `IORING_OP_MSG_RING` from the doorbell: a CQE that wakes the waiter.
+        fn ring_doorbell(&self) {
+            let mut state = lock(&self.state);
+            state.cqes += 1;
+            state.doorbells += 1;
+            self.cqe_posted.notify_all();
         }
     }
 
@@ -436,6 +455,27 @@ mod loom_tests {
         fn enter(&self) {
             let mut state = lock(&self.state);
             self.consume(&mut state);
+        }
+    }
+
+    /// The main ring as a thread that does not dequeue sees it (`Uring`'s `Ring::enter`): it
+    /// never submits; it rings the doorbell if a thread waits in the kernel.
+    struct Outsider<'a> {
+        kernel: &'a Kernel,
+        sub: &'a Submission,
+    }
+
+    impl Ring for Outsider<'_> {
+        type Entry = ();
+
+        fn publish(&self, entry: &()) {
+            self.kernel.publish(entry);
+        }
+
+        fn enter(&self) {
+            if self.sub.waiting() {
+                self.kernel.ring_doorbell();
+            }
         }
     }
 
@@ -562,6 +602,33 @@ mod loom_tests {
             }
             sub.kick(&*kernel, false);
             dequeue_led(&sub, &lead, &kernel, 1);
+            for d in dequeuers {
+                d.join().unwrap();
+            }
+        });
+    }
+
+    /// Two dequeuers and a thread that does not dequeue pushing two SQEs (the doorbell when a
+    /// thread waits in the kernel): the leader's doorbell CQE may be reaped by the other
+    /// thread, which then parks; it must submit, or the leader sleeps on with the SQE queued.
+    #[test]
+    fn handshake_lead_doorbell_reaped_by_a_follower() {
+        model(|| {
+            let sub = Arc::new(Submission::new());
+            let lead = Arc::new(Lead::new());
+            let kernel = Arc::new(Kernel::default());
+            let dequeuers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (sub, lead, kernel) = (sub.clone(), lead.clone(), kernel.clone());
+                    thread::spawn(move || dequeue_led(&sub, &lead, &kernel, 1))
+                })
+                .collect();
+            let outsider = Outsider {
+                kernel: &kernel,
+                sub: &sub,
+            };
+            sub.push(&outsider, &(), false);
+            sub.push(&outsider, &(), false);
             for d in dequeuers {
                 d.join().unwrap();
             }

@@ -8,7 +8,7 @@
 //! is leaked to the kernel at submission and taken back, once, by the thread that reaps its
 //! last CQE and removes it from the table. A cancel names the id, so it can never reach another
 //! operation, even one at the same address. CQEs with `user_data` 0 belong to proactor's own
-//! cancel requests and are dropped.
+//! cancel requests and are dropped; `DOORBELL` marks the doorbell's (below).
 //!
 //! An operation re-submitted from the completion path (the rest of a send, vectored send or
 //! write; an accept after a client reset) keeps its table entry throughout and queues its next
@@ -27,8 +27,10 @@
 //! other thread that queues an SQE, cancels, or closes never enters the main ring with SQEs: if
 //! a thread waits in the kernel, it rings the doorbell (an `IORING_OP_MSG_RING` through a tiny
 //! private ring, complete before the call returns, so that thread owns nothing that outlives
-//! it), which posts a CQE with `user_data` 0 to the main ring and wakes the waiter, whose loop
-//! re-enters and submits what is queued as its own; if none waits, the next dequeuer to enter
+//! it), which posts a CQE with `user_data` `DOORBELL` to the main ring and wakes the waiter,
+//! whose loop re-enters and submits what is queued as its own; whichever dequeuing thread reaps
+//! that CQE submits (the waiter, woken, sleeps on if another thread took the CQE first: a
+//! thread that only reaps, and then parks, would otherwise leave the SQEs queued); if none waits, the next dequeuer to enter
 //! submits it (the handshake of `handshake::Submission`). A close from such a thread waits
 //! until the kernel has consumed every SQE queued before it (see `drain_submissions`). With
 //! SQPOLL the kernel's polling thread submits everything and owns every request: any thread
@@ -76,6 +78,9 @@ use crate::{
     handshake::{Lead, Ring, Submission, Turn},
     table::Table,
 };
+
+/// The `user_data` of the doorbell's CQE on the main ring (never an `OpId`: they count from 1).
+const DOORBELL: u64 = u64::MAX;
 
 /// Ring size: how many operations can be submitted before the kernel consumes them.
 const ENTRIES: u32 = 4096;
@@ -262,14 +267,14 @@ impl Uring {
             || DEQUEUED.with_borrow(|ports| ports.contains(&self.id))
     }
 
-    /// Wakes the threads blocked in the main ring with a CQE of `user_data` 0 (dropped by
-    /// `finish`), so that one re-enters and submits what is queued. The `MSG_RING` completes
+    /// Wakes the thread blocked in the main ring with a CQE of `user_data` `DOORBELL`, so that
+    /// it (or whichever thread reaps the CQE: see `finish`) submits what is queued. The `MSG_RING` completes
     /// before this returns: the calling thread owns nothing in either ring afterwards. If the
     /// doorbell fails, submits from this thread instead (the SQEs then belong to it).
     fn ring_doorbell(&self) {
         let rung = self.doorbell.as_ref().map(|bell| {
             let mut bell = lock(bell);
-            let msg = opcode::MsgRingData::new(Fd(self.ring.as_raw_fd()), 0, 0, None)
+            let msg = opcode::MsgRingData::new(Fd(self.ring.as_raw_fd()), 0, DOORBELL, None)
                 .build()
                 .user_data(0)
                 .flags(Flags::SKIP_SUCCESS);
@@ -574,6 +579,15 @@ impl Uring {
     /// `None` for proactor's own CQEs and for operations that continue.
     fn finish(&self, user_data: u64, res: i32) -> Option<Completion> {
         if user_data == 0 {
+            return None;
+        }
+        if user_data == DOORBELL {
+            // A thread that does not dequeue rang for its SQEs to be submitted. The thread in
+            // the kernel sleeps on if this one took the CQE before it looked: submit them here
+            // (this thread dequeues, or the port is dropping).
+            if let Err(e) = self.ring.submit() {
+                tracing::trace!(error = %e, "io_uring_enter: submission deferred");
+            }
             return None;
         }
         let id = OpId::from_u64(user_data);
@@ -893,8 +907,8 @@ impl Uring {
     }
 
     /// Submits what is queued and waits in the kernel for at least one CQE, at most until
-    /// `deadline`. False on timeout. A doorbell wakes it with a CQE of `user_data` 0: the
-    /// caller's loop reaps (drops) it and comes back here, submitting what was queued.
+    /// `deadline`. False on timeout. A doorbell wakes it with a CQE of `user_data` `DOORBELL`:
+    /// the caller's loop reaps it (submitting what was queued) and comes back here.
     fn wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
         let result = match deadline {
             None => self.submission.wait(|| self.ring.submit_and_wait(1)),
