@@ -79,6 +79,23 @@ use crate::{
     table::Table,
 };
 
+/// The lead of `handshake::Lead` while a thread holds it in `Uring::dequeue`: released when
+/// the thread returns, or unwinds (the parked threads would otherwise wait for ever).
+struct Leading<'a> {
+    lead: &'a Lead,
+    held: bool,
+    /// CQEs are left in the ring: wake one more parked thread.
+    more: bool,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.lead.release(self.more);
+        }
+    }
+}
+
 /// The `user_data` of the doorbell's CQE on the main ring (never an `OpId`: they count from 1).
 const DOORBELL: u64 = u64::MAX;
 
@@ -878,14 +895,18 @@ impl Uring {
         mut reap: impl FnMut() -> Option<(T, bool)>,
     ) -> io::Result<Option<T>> {
         self.dequeues();
-        let mut leading = false;
+        let mut leading = Leading {
+            lead: &self.lead,
+            held: false,
+            more: false,
+        };
         let result = loop {
             if let Some(done) = reap() {
                 break Ok(Some(done));
             }
-            if !leading {
+            if !leading.held {
                 match self.lead.follow(deadline) {
-                    Turn::Lead => leading = true,
+                    Turn::Lead => leading.held = true,
                     Turn::Woken => {}
                     Turn::TimedOut => break Ok(reap()),
                 }
@@ -897,12 +918,11 @@ impl Uring {
                 Err(e) => break Err(e),
             }
         };
-        let more = matches!(result, Ok(Some((_, true))));
-        if leading {
-            self.lead.release(more);
-        } else if more {
+        leading.more = matches!(result, Ok(Some((_, true))));
+        if leading.more && !leading.held {
             self.lead.hand_on();
         }
+        drop(leading);
         result.map(|done| done.map(|(done, _)| done))
     }
 
