@@ -608,26 +608,31 @@ impl Uring {
             return None;
         }
         let id = OpId::from_u64(user_data);
-        let address = self.table.with(id, |slot| slot.address)?;
-        let next = {
+        // One lookup for both: the outcome is decided under the shard's lock, and an operation
+        // that ends leaves the table in the same critical section (one that goes on keeps its
+        // entry, as `resubmit` needs).
+        let mut address = 0;
+        let mut next = None;
+        self.table.keep_or_remove(id, |slot| {
+            address = slot.address;
             // SAFETY: the record stays allocated while it is in the table (from `start` until
-            // the removal below or in `resubmit`), and this thread is the only one using it: an
+            // its removal here or in `resubmit`), and this thread is the only one using it: an
             // operation has one SQE in the kernel at a time, whose CQE this thread reaped, and
             // a cancel touches the table's slot, never the record. The reference ends before
             // any new SQE names the record (after which another thread may reap and free it).
             let op = unsafe { &mut *(address as *mut Op) };
             #[cfg(feature = "failpoints")]
             let res = inject_client_reset(op, res);
-            match self.next(op, res) {
-                Next::Complete(result) => Ok(result),
-                Next::Continue(sqe) => Err((sqe, op.kind, op.life.clone())),
-            }
-        };
+            let (keep, outcome) = match self.next(op, res) {
+                Next::Complete(result) => (false, Ok(result)),
+                Next::Continue(sqe) => (true, Err((sqe, op.kind, op.life.clone()))),
+            };
+            next = Some(outcome);
+            keep
+        })?;
+        let next = next?;
         let result = match next {
-            Ok(result) => {
-                self.table.remove(id);
-                result
-            }
+            Ok(result) => result, // removed above
             Err((sqe, kind, life)) => {
                 if self.resubmit(id, kind, life, &sqe) {
                     return None;
