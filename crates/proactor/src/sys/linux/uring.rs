@@ -1,5 +1,16 @@
 //! The io_uring backend: one ring, its submission and completion queues each behind a short lock,
-//! any number of threads waiting in `io_uring_enter` at once.
+//! one dequeuing thread at a time waiting in `io_uring_enter`.
+//!
+//! # Leader/followers
+//!
+//! Any number of threads dequeue; a thread that finds CQEs reaps them without a syscall or any
+//! other lock. One that finds the ring empty waits in the kernel if no other thread does (it
+//! leads), else parks in user space (`handshake::Lead`, model-checked with loom) until its own
+//! timeout or until it is woken: a leader that returns to its caller hands the lead to a parked
+//! thread, and a thread that returns while CQEs are left in the ring wakes one to reap them. So
+//! each CQE wakes one thread, and more threads run only while the ring fills faster than one
+//! keeps up with. A parked thread's timeout is its own (`get_completion(s)`'s, which the port's
+//! timers shorten to their earliest instant), and a timer's wake packet reaches the leader.
 //!
 //! # Ownership
 //!
