@@ -3,8 +3,8 @@
 //!
 //! # Leader/followers
 //!
-//! Any number of threads dequeue; a thread that finds CQEs reaps them without a syscall or any
-//! other lock. One that finds the ring empty waits in the kernel if no other thread does (it
+//! Any number of threads dequeue; a thread that finds CQEs reaps them without a syscall. One
+//! that finds the ring empty waits in the kernel if no other thread does (it
 //! leads), else parks in user space (`handshake::Lead`, model-checked with loom) until its own
 //! timeout or until it is woken: a leader that returns to its caller hands the lead to a parked
 //! thread, and a thread that returns while CQEs are left in the ring wakes one to reap them. So
@@ -41,11 +41,11 @@
 //! it), which posts a CQE with `user_data` `DOORBELL` to the main ring and wakes the waiter,
 //! whose loop re-enters and submits what is queued as its own; whichever dequeuing thread reaps
 //! that CQE submits (the waiter, woken, sleeps on if another thread took the CQE first: a
-//! thread that only reaps, and then parks, would otherwise leave the SQEs queued); if none waits, the next dequeuer to enter
-//! submits it (the handshake of `handshake::Submission`). A close from such a thread waits
-//! until the kernel has consumed every SQE queued before it (see `drain_submissions`). With
-//! SQPOLL the kernel's polling thread submits everything and owns every request: any thread
-//! only wakes it. The remaining case is documented on `Iocp`: a dequeuing thread that exits
+//! thread that only reaps, and then parks, would otherwise leave the SQEs queued); if none
+//! waits, the next dequeuer to enter submits it (the handshake of `handshake::Submission`). A
+//! close from such a thread waits until the kernel has consumed every SQE queued before it (see
+//! `drain_submissions`). With SQPOLL the kernel's polling thread submits everything and owns
+//! every request: any thread only wakes it. The remaining case is documented on `Iocp`: a dequeuing thread that exits
 //! while requests it submitted wait.
 //!
 //! # Order on a stream
@@ -296,9 +296,10 @@ impl Uring {
     }
 
     /// Wakes the thread blocked in the main ring with a CQE of `user_data` `DOORBELL`, so that
-    /// it (or whichever thread reaps the CQE: see `finish`) submits what is queued. The `MSG_RING` completes
-    /// before this returns: the calling thread owns nothing in either ring afterwards. If the
-    /// doorbell fails, submits from this thread instead (the SQEs then belong to it).
+    /// it (or whichever thread reaps the CQE: see `finish`) submits what is queued. The
+    /// `MSG_RING` completes before this returns: the calling thread owns nothing in either ring
+    /// afterwards. If the doorbell fails, submits from this thread instead (the SQEs then belong
+    /// to it).
     fn ring_doorbell(&self) {
         let rung = self.doorbell.as_ref().map(|bell| {
             let mut bell = lock(bell);
