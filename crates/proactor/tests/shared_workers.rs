@@ -415,3 +415,64 @@ fn posts_one_at_a_time_reach_a_pool_of_four() {
     }
     assert_eq!(port.operations_in_flight(), 0);
 }
+
+/// io_uring: of four idle threads dequeuing one port, exactly one sleeps in `io_uring_enter`;
+/// the other three are parked on a futex (read from `/proc/self/task/*/syscall`), so a CQE wakes
+/// one thread, not four.
+#[cfg(target_os = "linux")]
+#[test]
+fn one_idle_thread_waits_in_the_kernel_the_others_park() {
+    let _serial = serial();
+    let port = Arc::new(Iocp::new().expect("port"));
+    if port.backend() != "io_uring" {
+        return; // epoll: every thread waits in epoll_wait by design
+    }
+    let tids = Arc::new(Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (port, tids) = (port.clone(), tids.clone());
+            thread::spawn(move || {
+                // SAFETY: gettid has no preconditions.
+                lock(&tids).push(unsafe { libc::gettid() });
+                while let Ok(c) = port.get_completion(None) {
+                    if c.context() == usize::MAX {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    // Where each thread is blocked: (in io_uring_enter, in futex), sampled until settled.
+    let sample = || {
+        let (mut entering, mut parked) = (0, 0);
+        for tid in lock(&tids).iter() {
+            let path = format!("/proc/self/task/{tid}/syscall");
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            match text
+                .split_whitespace()
+                .next()
+                .and_then(|n| n.parse::<i64>().ok())
+            {
+                Some(n) if n == libc::SYS_io_uring_enter => entering += 1,
+                Some(n) if n == libc::SYS_futex => parked += 1,
+                _ => {}
+            }
+        }
+        (entering, parked)
+    };
+    let mut last = (0, 0);
+    let settled = wait_until(Instant::now() + Duration::from_secs(5), || {
+        last = sample();
+        last == (1, 3)
+    });
+    for _ in 0..4 {
+        port.post(usize::MAX, 0).unwrap();
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert!(
+        settled,
+        "(threads in io_uring_enter, threads on a futex): {last:?}, want (1, 3)"
+    );
+}
