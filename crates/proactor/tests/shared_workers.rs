@@ -38,9 +38,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-const CONNS: usize = 12;
+/// Under Wine everything is slower: a smaller load and a wider margin on times.
+const WINE: bool = cfg!(windows);
+const CONNS: usize = if WINE { 4 } else { 12 };
 const BYTES_PER_CONN: usize = 192 * 1024;
-const POSTS: usize = 2000;
+const POSTS: usize = if WINE { 500 } else { 2000 };
+/// How late a timeout or timer may fire on a loaded machine.
+const SLACK: Duration = Duration::from_millis(if WINE { 2000 } else { 400 });
 /// The context of the load's posted packets (connections use their index).
 const POSTED: usize = 1 << 20;
 
@@ -67,7 +71,7 @@ struct Load {
 #[test]
 fn four_threads_get_every_byte_and_completion_once() {
     let _serial = serial();
-    for seed in seeds(2) {
+    for seed in seeds(if WINE { 1 } else { 2 }) {
         let fails = Fails::new("four_threads_get_every_byte_and_completion_once", seed);
         let mut rng = Rng::new(seed);
         let port = Arc::new(Iocp::new().expect("port"));
@@ -268,10 +272,7 @@ fn a_parked_threads_timeout_fires_on_time_while_another_waits() {
         let err = err.expect("nothing to dequeue");
         assert_eq!(err.kind(), ErrorKind::TimedOut, "{err}");
         assert!(took >= timeout, "timed out early: {took:?}");
-        assert!(
-            took < timeout + Duration::from_millis(400),
-            "timed out late: {took:?}"
-        );
+        assert!(took < timeout + SLACK, "timed out late: {took:?}");
     }
     let id = port.post(7, 0).unwrap();
     let c = slept
@@ -310,7 +311,7 @@ fn a_timer_fires_while_every_thread_waits() {
     assert_eq!(c.kind(), OpKind::Timer);
     let took = at - start;
     assert!(took >= after, "fired early: {took:?}");
-    assert!(took < after + Duration::from_millis(400), "late: {took:?}");
+    assert!(took < after + SLACK, "late: {took:?}");
     for _ in 0..4 {
         port.post(0, 0).unwrap();
     }
@@ -357,7 +358,7 @@ fn a_completion_left_behind_wakes_a_parked_thread() {
         want.sort();
         assert_eq!(got, want);
         assert!(
-            at - start < Duration::from_secs(2),
+            at - start < Duration::from_secs(2) + SLACK,
             "woken late: {:?}",
             at - start
         );
@@ -371,7 +372,7 @@ fn a_completion_left_behind_wakes_a_parked_thread() {
 #[test]
 fn posts_one_at_a_time_reach_a_pool_of_four() {
     let _serial = serial();
-    const ROUNDS: usize = 500;
+    const ROUNDS: usize = if WINE { 100 } else { 500 };
     let port = Arc::new(Iocp::new().expect("port"));
     let (tx, rx) = mpsc::channel();
     let workers: Vec<_> = (0..4)
