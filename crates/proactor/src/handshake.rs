@@ -20,23 +20,29 @@
 //!   behind, so one eventfd wake-up (several writes can merge into one edge-triggered event)
 //!   reaches as many threads as there are completions. Property: no completion waits in the
 //!   queue while a thread sleeps in `epoll_wait`.
+//! - [`Lead`]: io_uring's leader/followers. One dequeuing thread at a time (the leader) waits
+//!   in the kernel; the others park in user space ([`Lead::follow`]) until the leader hands
+//!   over: [`Lead::release`] when it returns (a parked thread takes the lead) and
+//!   [`Lead::hand_on`] when it leaves completions in the ring (a parked thread reaps them).
+//!   Property: no thread stays parked while completions wait in the ring and nobody waits in
+//!   the kernel or reaps.
 //!
 //! Under `--cfg loom` the atomics, fences and locks are loom's, and the tests at the bottom run
 //! these types (not copies) against loom models of the kernel side:
 //! `RUSTFLAGS="--cfg loom" cargo test -p proactor --lib --release handshake` (what
 //! `cargo xtask ci` runs, in `target/loom`).
 
-use std::{collections::VecDeque, sync::PoisonError};
+use std::{collections::VecDeque, sync::PoisonError, time::Instant};
 
 #[cfg(loom)]
 use loom::sync::{
-    Mutex, MutexGuard,
-    atomic::{AtomicUsize, Ordering::SeqCst, fence},
+    Condvar, Mutex, MutexGuard,
+    atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst, fence},
 };
 #[cfg(not(loom))]
 use std::sync::{
-    Mutex, MutexGuard,
-    atomic::{AtomicUsize, Ordering::SeqCst, fence},
+    Condvar, Mutex, MutexGuard,
+    atomic::{AtomicUsize, Ordering::Relaxed, Ordering::SeqCst, fence},
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -105,6 +111,145 @@ impl Submission {
         let result = enter();
         self.waiters.fetch_sub(1, SeqCst);
         result
+    }
+}
+
+/// io_uring's leader/followers: at most one dequeuing thread waits in the kernel (each CQE
+/// then wakes one thread, not every waiter), the others park here until there is work for
+/// them.
+///
+/// The leader is the thread that waits in `io_uring_enter` and reaps what it brought; it keeps
+/// the lead until it returns to its caller ([`Lead::release`]), which wakes a parked thread to
+/// take the lead (the ring is never left without a waiter while threads are parked), and one
+/// more if completions are left in the ring. A thread that returns completions and leaves
+/// others in the ring wakes one parked thread to reap them ([`Lead::hand_on`]): one thread's
+/// worth of completions keeps one thread busy, a ring that fills faster wakes more.
+///
+/// Every decision is taken under one lock, on which the parked threads wait: a thread parks
+/// only while another leads, and a leader gives the lead up, and grants a wake-up to a parked
+/// thread, in one critical section, so a wake-up cannot fall between a thread's check and its
+/// sleep. A granted wake-up is counted (`wakes`) and taken by whichever parked thread wakes
+/// first, so spurious condition-variable wake-ups neither lose nor duplicate one; a parked
+/// thread whose time is up leaves only when no wake-up is pending (else it takes it), so a
+/// promotion is never lost with it.
+pub(crate) struct Lead {
+    state: Mutex<LeadState>,
+    parked: Condvar,
+    /// `parked - wakes`, readable without the lock: `hand_on`'s fast path (a stale 0 only means
+    /// the thread about to park was not woken to help; the leader's release still wakes it).
+    idle: AtomicUsize,
+}
+
+struct LeadState {
+    /// A thread waits in the kernel, or reaps what it woke for, and will release.
+    leader: bool,
+    /// Threads parked in `follow`.
+    parked: usize,
+    /// Wake-ups granted to parked threads and not yet taken (never more than `parked`).
+    wakes: usize,
+}
+
+/// What [`Lead::follow`] made of the calling thread.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Turn {
+    /// It leads: it waits in the kernel next (after reaping), and must `release`.
+    Lead,
+    /// It was woken to reap while another leads.
+    Woken,
+    /// Its deadline passed while parked.
+    TimedOut,
+}
+
+impl Lead {
+    pub(crate) fn new() -> Lead {
+        Lead {
+            state: Mutex::new(LeadState {
+                leader: false,
+                parked: 0,
+                wakes: 0,
+            }),
+            parked: Condvar::new(),
+            idle: AtomicUsize::new(0),
+        }
+    }
+
+    /// For a thread that found the ring empty: takes the lead if nobody has it, else parks
+    /// until a wake-up is granted (then takes the lead if it is free) or `deadline` passes.
+    pub(crate) fn follow(&self, deadline: Option<Instant>) -> Turn {
+        let mut state = lock(&self.state);
+        if !state.leader {
+            state.leader = true;
+            return Turn::Lead;
+        }
+        state.parked += 1;
+        self.idle.store(state.parked - state.wakes, Relaxed);
+        loop {
+            let timed_out = match deadline {
+                None => {
+                    state = self
+                        .parked
+                        .wait(state)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    false
+                }
+                Some(at) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        true
+                    } else {
+                        state = self
+                            .parked
+                            .wait_timeout(state, left)
+                            .map(|(state, _)| state)
+                            .unwrap_or_else(|e| e.into_inner().0);
+                        false
+                    }
+                }
+            };
+            if state.wakes > 0 {
+                state.wakes -= 1;
+                state.parked -= 1;
+                self.idle.store(state.parked - state.wakes, Relaxed);
+                if !state.leader {
+                    state.leader = true;
+                    return Turn::Lead;
+                }
+                return Turn::Woken;
+            }
+            if timed_out {
+                state.parked -= 1;
+                self.idle.store(state.parked - state.wakes, Relaxed);
+                return Turn::TimedOut;
+            }
+        }
+    }
+
+    /// The leader gives up the lead (it returns to its caller): a parked thread is woken to
+    /// take it, and with `more` (completions left in the ring) another to reap them.
+    pub(crate) fn release(&self, more: bool) {
+        let mut state = lock(&self.state);
+        state.leader = false;
+        self.grant(&mut state, if more { 2 } else { 1 });
+    }
+
+    /// A thread returns completions and leaves others in the ring: wakes a parked thread to
+    /// reap them.
+    pub(crate) fn hand_on(&self) {
+        if self.idle.load(Relaxed) == 0 {
+            return;
+        }
+        let mut state = lock(&self.state);
+        self.grant(&mut state, 1);
+    }
+
+    /// Grants up to `n` wake-ups to parked threads that have none pending.
+    fn grant(&self, state: &mut LeadState, n: usize) {
+        let n = n.min(state.parked - state.wakes);
+        state.wakes += n;
+        self.idle.store(state.parked - state.wakes, Relaxed);
+        for _ in 0..n {
+            self.parked.notify_one();
+        }
     }
 }
 
@@ -213,7 +358,7 @@ mod loom_tests {
         thread,
     };
 
-    use super::{Ready, Ring, Submission, Wake, lock};
+    use super::{Lead, Ready, Ring, Submission, Turn, Wake, lock};
 
     /// Bounded preemptions keep each model within seconds; 3 covers every interleaving of
     /// these handshakes' few shared accesses per thread.
@@ -242,6 +387,8 @@ mod loom_tests {
     struct KernelState {
         head: usize,
         cqes: usize,
+        /// Doorbell CQEs (`MSG_RING` from a thread that does not dequeue), among `cqes`.
+        doorbells: usize,
     }
 
     impl Kernel {
@@ -265,12 +412,34 @@ mod loom_tests {
 
         /// Takes one CQE, as `reap_one` does.
         fn reap(&self) -> bool {
+            self.reap_left().is_some()
+        }
+
+        /// Takes CQEs until one is a completion; whether CQEs are left after it (`None`: the
+        /// CQ is empty). A doorbell CQE is no completion: its reaper submits what is queued
+        /// (`Uring::finish`), as the thread it woke may sleep on once its CQE is gone.
+        fn reap_left(&self) -> Option<bool> {
             let mut state = lock(&self.state);
-            if state.cqes == 0 {
-                return false;
+            loop {
+                if state.cqes == 0 {
+                    return None;
+                }
+                state.cqes -= 1;
+                if state.doorbells > 0 {
+                    state.doorbells -= 1;
+                    self.consume(&mut state);
+                    continue;
+                }
+                return Some(state.cqes > 0);
             }
-            state.cqes -= 1;
-            true
+        }
+
+        /// `IORING_OP_MSG_RING` from the doorbell: a CQE that wakes the waiter.
+        fn ring_doorbell(&self) {
+            let mut state = lock(&self.state);
+            state.cqes += 1;
+            state.doorbells += 1;
+            self.cqe_posted.notify_all();
         }
     }
 
@@ -286,6 +455,27 @@ mod loom_tests {
         fn enter(&self) {
             let mut state = lock(&self.state);
             self.consume(&mut state);
+        }
+    }
+
+    /// The main ring as a thread that does not dequeue sees it (`Uring`'s `Ring::enter`): it
+    /// never submits; it rings the doorbell if a thread waits in the kernel.
+    struct Outsider<'a> {
+        kernel: &'a Kernel,
+        sub: &'a Submission,
+    }
+
+    impl Ring for Outsider<'_> {
+        type Entry = ();
+
+        fn publish(&self, entry: &()) {
+            self.kernel.publish(entry);
+        }
+
+        fn enter(&self) {
+            if self.sub.waiting() {
+                self.kernel.ring_doorbell();
+            }
         }
     }
 
@@ -335,6 +525,139 @@ mod loom_tests {
             for waiter in waiters {
                 waiter.join().unwrap();
             }
+        });
+    }
+
+    /// `Uring::get_completion(None)` with leader/followers, called `calls` times: reap one
+    /// (handing on or releasing as `Uring` does), else wait in the kernel if leading, else
+    /// follow (take the lead or park).
+    fn dequeue_led(sub: &Submission, lead: &Lead, kernel: &Kernel, calls: usize) {
+        for _ in 0..calls {
+            let mut leading = false;
+            loop {
+                if let Some(more) = kernel.reap_left() {
+                    if leading {
+                        lead.release(more);
+                    } else if more {
+                        lead.hand_on();
+                    }
+                    break;
+                }
+                if leading {
+                    sub.wait(|| kernel.enter_and_wait());
+                    continue;
+                }
+                match lead.follow(None) {
+                    Turn::Lead => leading = true,
+                    Turn::Woken => {}
+                    Turn::TimedOut => unreachable!("no deadline"),
+                }
+            }
+        }
+    }
+
+    /// Two dequeuers, one SQE each from two submitters: one leads, the other parks; the
+    /// leader's return must promote the parked one (or its hand-on wake it) for the second CQE.
+    #[test]
+    fn handshake_lead_two_followers_two_submitters() {
+        model(|| {
+            let sub = Arc::new(Submission::new());
+            let lead = Arc::new(Lead::new());
+            let kernel = Arc::new(Kernel::default());
+            let dequeuers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (sub, lead, kernel) = (sub.clone(), lead.clone(), kernel.clone());
+                    thread::spawn(move || dequeue_led(&sub, &lead, &kernel, 1))
+                })
+                .collect();
+            let submitter = {
+                let (sub, kernel) = (sub.clone(), kernel.clone());
+                thread::spawn(move || sub.push(&*kernel, &(), false))
+            };
+            sub.push(&*kernel, &(), false);
+            submitter.join().unwrap();
+            for d in dequeuers {
+                d.join().unwrap();
+            }
+        });
+    }
+
+    /// Three dequeuers and a batch of three SQEs published together (one kick): the leader
+    /// wakes with three CQEs and returns one; the other two must be reaped by parked threads
+    /// woken through `release(more)` and `hand_on`.
+    #[test]
+    fn handshake_lead_one_batch_three_threads() {
+        model(|| {
+            let sub = Arc::new(Submission::new());
+            let lead = Arc::new(Lead::new());
+            let kernel = Arc::new(Kernel::default());
+            let dequeuers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (sub, lead, kernel) = (sub.clone(), lead.clone(), kernel.clone());
+                    thread::spawn(move || dequeue_led(&sub, &lead, &kernel, 1))
+                })
+                .collect();
+            for _ in 0..3 {
+                kernel.publish(&());
+            }
+            sub.kick(&*kernel, false);
+            dequeue_led(&sub, &lead, &kernel, 1);
+            for d in dequeuers {
+                d.join().unwrap();
+            }
+        });
+    }
+
+    /// Two dequeuers and a thread that does not dequeue pushing two SQEs (the doorbell when a
+    /// thread waits in the kernel): the leader's doorbell CQE may be reaped by the other
+    /// thread, which then parks; it must submit, or the leader sleeps on with the SQE queued.
+    #[test]
+    fn handshake_lead_doorbell_reaped_by_a_follower() {
+        model(|| {
+            let sub = Arc::new(Submission::new());
+            let lead = Arc::new(Lead::new());
+            let kernel = Arc::new(Kernel::default());
+            let dequeuers: Vec<_> = (0..2)
+                .map(|_| {
+                    let (sub, lead, kernel) = (sub.clone(), lead.clone(), kernel.clone());
+                    thread::spawn(move || dequeue_led(&sub, &lead, &kernel, 1))
+                })
+                .collect();
+            let outsider = Outsider {
+                kernel: &kernel,
+                sub: &sub,
+            };
+            sub.push(&outsider, &(), false);
+            sub.push(&outsider, &(), false);
+            for d in dequeuers {
+                d.join().unwrap();
+            }
+        });
+    }
+
+    /// One thread dequeues twice (leads, returns, comes back) while another parks: the lead
+    /// passes back and forth without a wake-up lost on either side.
+    #[test]
+    fn handshake_lead_returning_leader() {
+        model(|| {
+            let sub = Arc::new(Submission::new());
+            let lead = Arc::new(Lead::new());
+            let kernel = Arc::new(Kernel::default());
+            let other = {
+                let (sub, lead, kernel) = (sub.clone(), lead.clone(), kernel.clone());
+                thread::spawn(move || dequeue_led(&sub, &lead, &kernel, 1))
+            };
+            let submitter = {
+                let (sub, kernel) = (sub.clone(), kernel.clone());
+                thread::spawn(move || {
+                    sub.push(&*kernel, &(), false);
+                    sub.push(&*kernel, &(), false);
+                })
+            };
+            sub.push(&*kernel, &(), false);
+            dequeue_led(&sub, &lead, &kernel, 2);
+            submitter.join().unwrap();
+            other.join().unwrap();
         });
     }
 

@@ -1,5 +1,16 @@
 //! The io_uring backend: one ring, its submission and completion queues each behind a short lock,
-//! any number of threads waiting in `io_uring_enter` at once.
+//! one dequeuing thread at a time waiting in `io_uring_enter`.
+//!
+//! # Leader/followers
+//!
+//! Any number of threads dequeue; a thread that finds CQEs reaps them without a syscall. One
+//! that finds the ring empty waits in the kernel if no other thread does (it
+//! leads), else parks in user space (`handshake::Lead`, model-checked with loom) until its own
+//! timeout or until it is woken: a leader that returns to its caller hands the lead to a parked
+//! thread, and a thread that returns while CQEs are left in the ring wakes one to reap them. So
+//! each CQE wakes one thread, and more threads run only while the ring fills faster than one
+//! keeps up with. A parked thread's timeout is its own (`get_completion(s)`'s, which the port's
+//! timers shorten to their earliest instant), and a timer's wake packet reaches the leader.
 //!
 //! # Ownership
 //!
@@ -8,7 +19,7 @@
 //! is leaked to the kernel at submission and taken back, once, by the thread that reaps its
 //! last CQE and removes it from the table. A cancel names the id, so it can never reach another
 //! operation, even one at the same address. CQEs with `user_data` 0 belong to proactor's own
-//! cancel requests and are dropped.
+//! cancel requests and are dropped; `DOORBELL` marks the doorbell's (below).
 //!
 //! An operation re-submitted from the completion path (the rest of a send, vectored send or
 //! write; an accept after a client reset) keeps its table entry throughout and queues its next
@@ -27,12 +38,14 @@
 //! other thread that queues an SQE, cancels, or closes never enters the main ring with SQEs: if
 //! a thread waits in the kernel, it rings the doorbell (an `IORING_OP_MSG_RING` through a tiny
 //! private ring, complete before the call returns, so that thread owns nothing that outlives
-//! it), which posts a CQE with `user_data` 0 to the main ring and wakes the waiter, whose loop
-//! re-enters and submits what is queued as its own; if none waits, the next dequeuer to enter
-//! submits it (the handshake of `handshake::Submission`). A close from such a thread waits
-//! until the kernel has consumed every SQE queued before it (see `drain_submissions`). With
-//! SQPOLL the kernel's polling thread submits everything and owns every request: any thread
-//! only wakes it. The remaining case is documented on `Iocp`: a dequeuing thread that exits
+//! it), which posts a CQE with `user_data` `DOORBELL` to the main ring and wakes the waiter,
+//! whose loop re-enters and submits what is queued as its own; whichever dequeuing thread reaps
+//! that CQE submits (the waiter, woken, sleeps on if another thread took the CQE first: a
+//! thread that only reaps, and then parks, would otherwise leave the SQEs queued); if none
+//! waits, the next dequeuer to enter submits it (the handshake of `handshake::Submission`). A
+//! close from such a thread waits until the kernel has consumed every SQE queued before it (see
+//! `drain_submissions`). With SQPOLL the kernel's polling thread submits everything and owns
+//! every request: any thread only wakes it. The remaining case is documented on `Iocp`: a dequeuing thread that exits
 //! while requests it submitted wait.
 //!
 //! # Order on a stream
@@ -73,9 +86,29 @@ use super::{
 };
 use crate::{
     Completion, OpId, OpKind,
-    handshake::{Ring, Submission},
+    handshake::{Lead, Ring, Submission, Turn},
     table::Table,
 };
+
+/// The lead of `handshake::Lead` while a thread holds it in `Uring::dequeue`: released when
+/// the thread returns, or unwinds (the parked threads would otherwise wait for ever).
+struct Leading<'a> {
+    lead: &'a Lead,
+    held: bool,
+    /// CQEs are left in the ring: wake one more parked thread.
+    more: bool,
+}
+
+impl Drop for Leading<'_> {
+    fn drop(&mut self) {
+        if self.held {
+            self.lead.release(self.more);
+        }
+    }
+}
+
+/// The `user_data` of the doorbell's CQE on the main ring (never an `OpId`: they count from 1).
+const DOORBELL: u64 = u64::MAX;
 
 /// Ring size: how many operations can be submitted before the kernel consumes them.
 const ENTRIES: u32 = 4096;
@@ -131,6 +164,9 @@ pub(crate) struct Uring {
     closing: AtomicBool,
     /// Batched submission against the threads blocked in `io_uring_enter` (model-checked).
     submission: Submission,
+    /// Leader/followers: one dequeuing thread waits in `io_uring_enter`, the others park
+    /// (model-checked).
+    lead: Lead,
     /// This port's number (see `dequeues`).
     id: u64,
     /// A kernel thread polls the submission queue (`PROACTOR_SQPOLL`): it submits everything.
@@ -231,6 +267,7 @@ impl Uring {
             table: Table::new(),
             closing: AtomicBool::new(false),
             submission: Submission::new(),
+            lead: Lead::new(),
             id: NEXT_PORT.fetch_add(1, Ordering::Relaxed),
             sqpoll: idle.is_some(),
             doorbell,
@@ -258,14 +295,15 @@ impl Uring {
             || DEQUEUED.with_borrow(|ports| ports.contains(&self.id))
     }
 
-    /// Wakes the threads blocked in the main ring with a CQE of `user_data` 0 (dropped by
-    /// `finish`), so that one re-enters and submits what is queued. The `MSG_RING` completes
-    /// before this returns: the calling thread owns nothing in either ring afterwards. If the
-    /// doorbell fails, submits from this thread instead (the SQEs then belong to it).
+    /// Wakes the thread blocked in the main ring with a CQE of `user_data` `DOORBELL`, so that
+    /// it (or whichever thread reaps the CQE: see `finish`) submits what is queued. The
+    /// `MSG_RING` completes before this returns: the calling thread owns nothing in either ring
+    /// afterwards. If the doorbell fails, submits from this thread instead (the SQEs then belong
+    /// to it).
     fn ring_doorbell(&self) {
         let rung = self.doorbell.as_ref().map(|bell| {
             let mut bell = lock(bell);
-            let msg = opcode::MsgRingData::new(Fd(self.ring.as_raw_fd()), 0, 0, None)
+            let msg = opcode::MsgRingData::new(Fd(self.ring.as_raw_fd()), 0, DOORBELL, None)
                 .build()
                 .user_data(0)
                 .flags(Flags::SKIP_SUCCESS);
@@ -572,27 +610,41 @@ impl Uring {
         if user_data == 0 {
             return None;
         }
+        if user_data == DOORBELL {
+            // A thread that does not dequeue rang for its SQEs to be submitted. The thread in
+            // the kernel sleeps on if this one took the CQE before it looked: submit them here
+            // (this thread dequeues, or the port is dropping).
+            if let Err(e) = self.ring.submit() {
+                tracing::trace!(error = %e, "io_uring_enter: submission deferred");
+            }
+            return None;
+        }
         let id = OpId::from_u64(user_data);
-        let address = self.table.with(id, |slot| slot.address)?;
-        let next = {
+        // One lookup for both: the outcome is decided under the shard's lock, and an operation
+        // that ends leaves the table in the same critical section (one that goes on keeps its
+        // entry, as `resubmit` needs).
+        let mut address = 0;
+        let mut next = None;
+        self.table.keep_or_remove(id, |slot| {
+            address = slot.address;
             // SAFETY: the record stays allocated while it is in the table (from `start` until
-            // the removal below or in `resubmit`), and this thread is the only one using it: an
+            // its removal here or in `resubmit`), and this thread is the only one using it: an
             // operation has one SQE in the kernel at a time, whose CQE this thread reaped, and
             // a cancel touches the table's slot, never the record. The reference ends before
             // any new SQE names the record (after which another thread may reap and free it).
             let op = unsafe { &mut *(address as *mut Op) };
             #[cfg(feature = "failpoints")]
             let res = inject_client_reset(op, res);
-            match self.next(op, res) {
-                Next::Complete(result) => Ok(result),
-                Next::Continue(sqe) => Err((sqe, op.kind, op.life.clone())),
-            }
-        };
+            let (keep, outcome) = match self.next(op, res) {
+                Next::Complete(result) => (false, Ok(result)),
+                Next::Continue(sqe) => (true, Err((sqe, op.kind, op.life.clone()))),
+            };
+            next = Some(outcome);
+            keep
+        })?;
+        let next = next?;
         let result = match next {
-            Ok(result) => {
-                self.table.remove(id);
-                result
-            }
+            Ok(result) => result, // removed above
             Err((sqe, kind, life)) => {
                 if self.resubmit(id, kind, life, &sqe) {
                     return None;
@@ -794,11 +846,12 @@ impl Uring {
         }
     }
 
-    /// Reaps up to `max` CQEs into `out`; returns how many completions were added.
-    fn reap(&self, out: &mut Vec<Completion>, max: usize) -> usize {
+    /// Reaps up to `max` CQEs (at most 16) into `out`; returns how many completions were
+    /// added and whether CQEs are left in the ring.
+    fn reap(&self, out: &mut Vec<Completion>, max: usize) -> (usize, bool) {
         // Small chunks: the array is initialised on every call, and most calls find few CQEs.
         let mut cqes = [(0u64, 0i32); 16];
-        let n = {
+        let (n, more) = {
             let _cq = lock(&self.cq);
             // SAFETY: holding the cq lock makes this the only CompletionQueue in existence.
             let mut cq = unsafe { self.ring.completion_shared() };
@@ -808,34 +861,91 @@ impl Uring {
                 cqes[n] = (cqe.user_data(), cqe.result());
                 n += 1;
             }
-            n
+            (n, !cq.is_empty())
         };
         let before = out.len();
         for &(user_data, res) in &cqes[..n] {
             out.extend(self.finish(user_data, res));
         }
-        out.len() - before
+        (out.len() - before, more)
     }
 
-    /// Reaps CQEs one at a time until one ends an operation; `None` once the CQ is empty.
-    fn reap_one(&self) -> Option<Completion> {
+    /// Reaps up to `max` completions into `out` (chunks of `reap` while the ring has CQEs);
+    /// returns how many and whether CQEs are left in the ring.
+    fn reap_many(&self, out: &mut Vec<Completion>, max: usize) -> (usize, bool) {
+        let mut got = 0;
         loop {
-            let (user_data, res) = {
-                let _cq = lock(&self.cq);
-                // SAFETY: holding the cq lock makes this the only CompletionQueue in existence.
-                let mut cq = unsafe { self.ring.completion_shared() };
-                let cqe = cq.next()?;
-                (cqe.user_data(), cqe.result())
-            };
-            if let Some(done) = self.finish(user_data, res) {
-                return Some(done);
+            let (n, more) = self.reap(out, max - got);
+            got += n;
+            if !more || got >= max {
+                return (got, more);
             }
         }
     }
 
+    /// Reaps CQEs one at a time until one ends an operation; `None` once the CQ is empty. With
+    /// the completion, whether CQEs are left in the ring.
+    fn reap_one(&self) -> Option<(Completion, bool)> {
+        loop {
+            let (user_data, res, more) = {
+                let _cq = lock(&self.cq);
+                // SAFETY: holding the cq lock makes this the only CompletionQueue in existence.
+                let mut cq = unsafe { self.ring.completion_shared() };
+                let cqe = cq.next()?;
+                (cqe.user_data(), cqe.result(), !cq.is_empty())
+            };
+            if let Some(done) = self.finish(user_data, res) {
+                return Some((done, more));
+            }
+        }
+    }
+
+    /// The dequeue loop of `get_completion(s)` with leader/followers (`handshake::Lead`):
+    /// `reap` takes what the ring holds (completions and whether CQEs are left); when it finds
+    /// nothing, the thread waits in the kernel if it leads, else takes the lead or parks until
+    /// a leader hands over or `deadline` passes. A thread that returns while CQEs are left
+    /// wakes a parked one to reap them; a leader that returns releases the lead, waking a
+    /// parked thread to take it. `None` on timeout (after a last reap found nothing).
+    fn dequeue<T>(
+        &self,
+        deadline: Option<Instant>,
+        mut reap: impl FnMut() -> Option<(T, bool)>,
+    ) -> io::Result<Option<T>> {
+        self.dequeues();
+        let mut leading = Leading {
+            lead: &self.lead,
+            held: false,
+            more: false,
+        };
+        let result = loop {
+            if let Some(done) = reap() {
+                break Ok(Some(done));
+            }
+            if !leading.held {
+                match self.lead.follow(deadline) {
+                    Turn::Lead => leading.held = true,
+                    Turn::Woken => {}
+                    Turn::TimedOut => break Ok(reap()),
+                }
+                continue; // reap again first: a CQE may have come since
+            }
+            match self.wait(deadline) {
+                Ok(true) => {}
+                Ok(false) => break Ok(reap()),
+                Err(e) => break Err(e),
+            }
+        };
+        leading.more = matches!(result, Ok(Some((_, true))));
+        if leading.more && !leading.held {
+            self.lead.hand_on();
+        }
+        drop(leading);
+        result.map(|done| done.map(|(done, _)| done))
+    }
+
     /// Submits what is queued and waits in the kernel for at least one CQE, at most until
-    /// `deadline`. False on timeout. A doorbell wakes it with a CQE of `user_data` 0: the
-    /// caller's loop reaps (drops) it and comes back here, submitting what was queued.
+    /// `deadline`. False on timeout. A doorbell wakes it with a CQE of `user_data` `DOORBELL`:
+    /// the caller's loop reaps it (submitting what was queued) and comes back here.
     fn wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
         let result = match deadline {
             None => self.submission.wait(|| self.ring.submit_and_wait(1)),
@@ -944,16 +1054,9 @@ impl Driver for Uring {
     }
 
     fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion> {
-        self.dequeues();
         let deadline = timeout.map(|t| Instant::now() + t);
-        loop {
-            if let Some(done) = self.reap_one() {
-                return Ok(done);
-            }
-            if !self.wait(deadline)? {
-                return self.reap_one().ok_or_else(timed_out);
-            }
-        }
+        self.dequeue(deadline, || self.reap_one())?
+            .ok_or_else(timed_out)
     }
 
     fn get_completions(
@@ -962,26 +1065,13 @@ impl Driver for Uring {
         max: usize,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
-        self.dequeues();
         let deadline = timeout.map(|t| Instant::now() + t);
         let max = max.max(1);
-        let mut got = 0;
-        loop {
-            while got < max {
-                let n = self.reap(out, max - got);
-                if n == 0 {
-                    break;
-                }
-                got += n;
-            }
-            if got > 0 {
-                return Ok(got);
-            }
-            if !self.wait(deadline)? {
-                got += self.reap(out, max);
-                return if got > 0 { Ok(got) } else { Err(timed_out()) };
-            }
-        }
+        self.dequeue(deadline, || match self.reap_many(out, max) {
+            (0, _) => None,
+            (n, more) => Some((n, more)),
+        })?
+        .ok_or_else(timed_out)
     }
 
     /// Marks the operation cancelled and queues an `ASYNC_CANCEL` for it, under the table
@@ -1088,7 +1178,7 @@ impl Drop for Uring {
         let mut sink = Vec::new();
         while self.table.len() > 0 && Instant::now() < deadline {
             let soon = Some(Instant::now() + Duration::from_millis(100));
-            if self.reap(&mut sink, 64) == 0 && self.wait(soon).is_err() {
+            if self.reap_many(&mut sink, 64).0 == 0 && self.wait(soon).is_err() {
                 break;
             }
             sink.clear();
