@@ -1,7 +1,7 @@
 //! A first end-to-end check of LocalPort: accept, pooled echo, EOF.
+use proactor::{LocalPort, OpKind};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use proactor::{LocalPort, OpKind};
 
 #[test]
 fn pooled_echo_round_trips() {
@@ -21,7 +21,9 @@ fn pooled_echo_round_trips() {
     });
     let mut conn = None;
     loop {
-        let mut done = port.get_completion(Some(std::time::Duration::from_secs(10))).unwrap();
+        let mut done = port
+            .get_completion(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
         match done.kind() {
             OpKind::Accept => {
                 let a = done.take_accepted().unwrap();
@@ -49,7 +51,9 @@ fn pooled_echo_round_trips() {
     }
     // Drain the sends.
     while port.operations_in_flight() > 0 {
-        let done = port.get_completion(Some(std::time::Duration::from_secs(10))).unwrap();
+        let done = port
+            .get_completion(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
         done.result().unwrap();
     }
     drop(conn);
