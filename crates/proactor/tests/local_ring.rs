@@ -493,3 +493,28 @@ fn timers_fire_and_cancelled_timers_say_so() {
     let done = next(&port);
     assert_eq!((done.context(), done.bytes_transferred()), (5, 6));
 }
+
+#[test]
+fn a_send_cancelled_too_late_reports_every_byte_it_sent() {
+    let _g = serial();
+    let Some(port) = ring_port(16, 4096) else {
+        return;
+    };
+    let (conn, mut client) = pair(&port, 1);
+    // The cancel is queued behind the send: the kernel sends first, then finds nothing to
+    // cancel. The completion must say what went out, not 0.
+    let id = port.send(&conn, vec![7; 100]);
+    port.cancel(id).unwrap();
+    let done = next(&port);
+    assert_eq!(done.id(), id);
+    let mut got = vec![0u8; 100];
+    client.read_exact(&mut got).unwrap();
+    assert_eq!(got, vec![7; 100]);
+    match done.result() {
+        Ok(n) => assert_eq!(n, 100),
+        Err(e) => {
+            assert!(proactor::is_cancelled(&e));
+            assert_eq!(done.bytes_transferred(), 100, "a cancelled send's bytes");
+        }
+    }
+}

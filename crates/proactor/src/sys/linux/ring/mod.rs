@@ -998,6 +998,12 @@ impl State {
         {
             return self.refuse(context, user, op, mixing());
         }
+        let read_lane = &handle.lanes[Dir::Read as usize];
+        if matches!(op, LocalOp::RecvPooled)
+            && (read_lane.busy.is_some() || !read_lane.waiting.is_empty())
+        {
+            return self.refuse(context, user, op, mixing());
+        }
         let kind = kind_of(&op);
         let body = match op {
             LocalOp::RecvPooled => return self.recv_pooled(h, user, deadline),
@@ -1376,9 +1382,10 @@ impl State {
         self.ended(idx);
         let closing = self.closing;
         let op = self.op(idx);
-        let go_on = res > 0 && !op.cancelled && !closing && {
-            let n = res as usize;
-            match &mut op.body {
+        // What the kernel moved always counts, even for an operation cancelled meanwhile.
+        let n = res.max(0) as usize;
+        let more = n > 0
+            && match &mut op.body {
                 Body::Send { buf, done } => {
                     *done += n;
                     *done < buf.len()
@@ -1389,17 +1396,19 @@ impl State {
                 }
                 Body::Record(r) => record_goes_on(r, n),
                 _ => false,
-            }
-        };
-        let h = op.handle;
+            };
+        let (h, cancelled_op, deadline) = (op.handle, op.cancelled, op.deadline);
         let handle_open = h == NO_HANDLE || self.handles[h as usize].open;
-        if go_on && handle_open {
-            let past = self.op(idx).deadline.is_some_and(|at| Instant::now() >= at);
-            if !past {
+        if more {
+            let result = if cancelled_op || closing || !handle_open {
+                Err(cancelled())
+            } else if deadline.is_some_and(|at| Instant::now() >= at) {
+                Err(deadline_passed())
+            } else {
                 self.issue(idx);
                 return;
-            }
-            self.finish_op(idx, Err(deadline_passed()));
+            };
+            self.finish_op(idx, result);
             return;
         }
         let result = if res >= 0 {
@@ -1407,7 +1416,6 @@ impl State {
         } else {
             Err(self.error(idx, -res))
         };
-        let result = if go_on { Err(cancelled()) } else { result };
         self.finish_op(idx, result);
     }
 
@@ -1538,6 +1546,14 @@ impl State {
     /// Hands what the multishot receive brought to the oldest pooled receive, or queues it.
     fn push_data(&mut self, h: u32, got: Got) {
         let handle = &mut self.handles[h as usize];
+        if matches!(got, Got::Eof) && !handle.waiters.is_empty() {
+            // The end of the stream stays the end: every waiting pooled receive gets it.
+            let waiters = std::mem::take(&mut handle.waiters);
+            for w in waiters {
+                self.deliver(w, Ok(0), Output::None, None);
+            }
+            return;
+        }
         match handle.waiters.pop_front() {
             Some(w) => match got {
                 Got::Data(buf) => self.deliver(w, Ok(buf.len()), Output::None, Some(buf)),
