@@ -518,3 +518,29 @@ fn a_send_cancelled_too_late_reports_every_byte_it_sent() {
         }
     }
 }
+
+#[test]
+fn a_deadline_passes_while_the_operation_waits_for_its_lane() {
+    let _g = serial();
+    let Some(port) = ring_port(16, 4096) else {
+        return;
+    };
+    let (conn, _client) = pair(&port, 1);
+    // The client never reads: this send holds the send lane for good.
+    let stuck = port.send(&conn, vec![1; 64 << 20]);
+    let start = Instant::now();
+    let late = port
+        .with_timeout(Duration::from_millis(50))
+        .send(&conn, b"after".to_vec());
+    let mut done = next(&port);
+    assert_eq!(done.id(), late);
+    let e = done.result().unwrap_err();
+    assert!(proactor::is_deadline(&e), "{e:?}");
+    assert_eq!(done.take_buffer().as_deref(), Some(&b"after"[..]));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    port.cancel(stuck).unwrap();
+    let done = next(&port);
+    assert_eq!(done.id(), stuck);
+    assert!(done.is_cancelled());
+    assert_quiet(&port);
+}

@@ -145,6 +145,10 @@ impl State {
                 let lane = &mut self.handles[h as usize].lanes[d as usize];
                 if lane.busy.is_some() {
                     lane.waiting.push_back(idx);
+                    // Its deadline runs while it waits for its turn too.
+                    if let Some(at) = deadline {
+                        self.arm_waiter_deadline(idx, at);
+                    }
                 } else {
                     lane.busy = Some(idx);
                     self.issue(idx);

@@ -105,12 +105,20 @@ impl State {
     pub(super) fn on_timeout(&mut self, idx: u32, res: i32) {
         let op = self.op(idx);
         op.cqes -= 1;
-        if matches!(op.body, Body::Waiter) && op.timer {
+        if op.timer {
+            // The standalone deadline of a waiter, or of an operation waiting for its lane.
             op.timer = false;
             if res == -libc::ETIME && !op.finished {
-                let h = op.handle;
-                self.handles[h as usize].waiters.retain(|&w| w != idx);
-                self.deliver(idx, Err(deadline_passed()), Output::None, None);
+                let (h, lane) = (op.handle, op.lane);
+                if matches!(op.body, Body::Waiter) {
+                    self.handles[h as usize].waiters.retain(|&w| w != idx);
+                    self.deliver(idx, Err(deadline_passed()), Output::None, None);
+                } else if let Some(d) = lane {
+                    self.handles[h as usize].lanes[d as usize]
+                        .waiting
+                        .retain(|&w| w != idx);
+                    self.deliver_unstarted(idx, deadline_passed());
+                }
                 return;
             }
         }

@@ -56,6 +56,13 @@ impl State {
     /// Queues the SQE of operation `idx` (and its deadline's link timeout).
     pub(super) fn issue(&mut self, idx: u32) {
         let ud = self.ud(idx);
+        if std::mem::take(&mut self.op(idx).timer) {
+            // It waited for its lane with a standalone deadline: a link timeout takes over.
+            let remove = opcode::TimeoutRemove::new(ud | TAG_TIMER)
+                .build()
+                .user_data(0);
+            self.push(&remove);
+        }
         let slot = &mut self.slots[idx as usize];
         let op = slot.op.as_mut().expect("a live slab entry");
         let fixed = Fixed(op.handle);
