@@ -4,6 +4,7 @@
 //! Runs on the default backend; where the port is a shared port (`PROACTOR_BACKEND=epoll`, no
 //! io_uring) each test says so and returns. The tests share one lock: they check the process's
 //! `live_operations()`.
+#![cfg(target_os = "linux")]
 
 use std::{
     collections::HashMap,
