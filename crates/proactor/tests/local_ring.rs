@@ -545,3 +545,56 @@ fn a_deadline_passes_while_the_operation_waits_for_its_lane() {
     assert!(done.is_cancelled());
     assert_quiet(&port);
 }
+
+#[test]
+fn readiness_connect_vectored_operations_and_unix_accept_run_on_the_ring() {
+    let _g = serial();
+    let Some(port) = ring_port(16, 4096) else {
+        return;
+    };
+    // connect (a record on the raw descriptor), then vectored send and receive.
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let sock = port.add_handle(sock, 1).unwrap();
+    let id = port.connect(&sock, l.local_addr().unwrap());
+    // SQEs go to the kernel when the port is next polled: accept on another thread.
+    let acceptor = thread::spawn(move || l.accept().unwrap().0);
+    let done = next(&port);
+    let mut peer = acceptor.join().unwrap();
+    assert_eq!((done.id(), done.kind()), (id, OpKind::Connect));
+    done.result().unwrap();
+    port.send_vectored(&sock, vec![b"ab".to_vec(), b"cde".to_vec()]);
+    assert_eq!(next(&port).result().unwrap(), 5);
+    let mut got = [0u8; 5];
+    peer.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"abcde");
+    // readiness: nothing there yet, then data.
+    let r = port.readable(&sock);
+    assert_quiet(&port);
+    peer.write_all(b"xyz").unwrap();
+    let done = next(&port);
+    assert_eq!(
+        (done.id(), done.kind(), done.result().unwrap()),
+        (r, OpKind::Readable, 0)
+    );
+    port.recv_vectored(&sock, vec![Vec::with_capacity(1), Vec::with_capacity(8)]);
+    let mut done = next(&port);
+    assert_eq!(done.result().unwrap(), 3);
+    assert_eq!(
+        done.take_buffers().unwrap(),
+        vec![b"x".to_vec(), b"yz".to_vec()]
+    );
+    // A Unix-domain listener's multishot accept.
+    let dir = std::env::temp_dir().join(format!("proactor-ring-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    let ul = port
+        .add_handle(std::os::unix::net::UnixListener::bind(&dir).unwrap(), 9)
+        .unwrap();
+    port.accept(&ul);
+    let _client = std::os::unix::net::UnixStream::connect(&dir).unwrap();
+    let done = next(&port);
+    assert_eq!((done.kind(), done.context()), (OpKind::Accept, 9));
+    done.result().unwrap();
+    let _ = std::fs::remove_file(&dir);
+    assert_eq!(port.operations_in_flight(), 0);
+}

@@ -104,6 +104,13 @@ struct Inner {
 /// | Linux epoll fallback | the epoll backend's port, used by this thread only; pooled receive waits for readiness, then receives into a pool buffer |
 /// | Windows | an I/O completion port dequeued by this thread only; pooled receive is a zero-byte `WSARecv`, then a non-blocking receive into a pool buffer, so an idle connection pins no buffer |
 ///
+/// On io_uring, operations reach the kernel in batches: each call to
+/// [`get_completion`](LocalPort::get_completion) or
+/// [`get_completions`](LocalPort::get_completions) submits what was queued since the last one
+/// and waits, in one system call. So an operation starts when its thread next polls the port
+/// (a thread that submits a connect, then blocks on something else, waits with it unstarted).
+/// Dropping a handle with operations in flight submits at once.
+///
 /// # Pooled receive
 ///
 /// [`recv_pooled`](LocalPort::recv_pooled) takes no buffer: it completes with one of the
