@@ -598,3 +598,39 @@ fn readiness_connect_vectored_operations_and_unix_accept_run_on_the_ring() {
     let _ = std::fs::remove_file(&dir);
     assert_eq!(port.operations_in_flight(), 0);
 }
+
+#[test]
+fn a_pooled_receive_beside_a_receive_with_a_buffer_is_refused_but_not_beside_readiness() {
+    let _g = serial();
+    let Some(port) = ring_port(16, 4096) else {
+        return;
+    };
+    let (conn, mut client) = pair(&port, 1);
+    let plain = port.recv(&conn, Vec::with_capacity(8));
+    let pooled = port.recv_pooled(&conn);
+    let done = next(&port);
+    assert_eq!(done.id(), pooled);
+    assert_eq!(
+        done.result().unwrap_err().kind(),
+        io::ErrorKind::InvalidInput
+    );
+    client.write_all(b"one").unwrap();
+    let mut done = next(&port);
+    assert_eq!(done.id(), plain);
+    assert_eq!(done.take_buffer().unwrap(), b"one");
+    // A readiness wait takes no bytes: a pooled receive beside it runs.
+    let ready = port.readable(&conn);
+    let pooled = port.recv_pooled(&conn);
+    client.write_all(b"two").unwrap();
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let mut done = next(&port);
+        done.result().unwrap();
+        if done.id() == pooled {
+            got.extend_from_slice(&done.take_pooled().unwrap());
+        } else {
+            assert_eq!(done.id(), ready);
+        }
+    }
+    assert_eq!(got, b"two");
+}

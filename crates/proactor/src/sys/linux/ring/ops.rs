@@ -60,10 +60,7 @@ impl State {
         {
             return self.refuse(context, user, op, mixing());
         }
-        let read_lane = &handle.lanes[Dir::Read as usize];
-        if matches!(op, LocalOp::RecvPooled)
-            && (read_lane.busy.is_some() || !read_lane.waiting.is_empty())
-        {
+        if matches!(op, LocalOp::RecvPooled) && self.takes_bytes(h) {
             return self.refuse(context, user, op, mixing());
         }
         let kind = kind_of(&op);
@@ -157,6 +154,18 @@ impl State {
             None => self.issue(idx),
         }
         OpId::from_u64(ud)
+    }
+
+    /// Whether a receive with a buffer of its own runs or waits on handle `h` (a pooled
+    /// receive beside it would take bytes out of order; a readiness wait takes none).
+    fn takes_bytes(&self, h: u32) -> bool {
+        let lane = &self.handles[h as usize].lanes[Dir::Read as usize];
+        lane.busy.iter().chain(lane.waiting.iter()).any(|&i| {
+            self.slots[i as usize]
+                .op
+                .as_ref()
+                .is_some_and(|op| op.kind != OpKind::Readable)
+        })
     }
 
     pub(super) fn timer(&mut self, user: usize, after: Duration) -> OpId {
