@@ -49,8 +49,35 @@ pub(crate) enum LocalOp {
     Connect(SocketAddr),
 }
 
+/// The engine for a new port: on Linux a ring of its own unless `PROACTOR_BACKEND=epoll` (with
+/// `PROACTOR_BACKEND=io_uring` a ring that cannot be built is an error; by default the shared
+/// port takes over, with a log line), elsewhere the shared port.
+fn engine(buffers: u16, size: usize) -> io::Result<Engine> {
+    #[cfg(target_os = "linux")]
+    {
+        let ring = || crate::sys::Ring::new(Pool::new(buffers, size, false)?);
+        match crate::sys::requested_backend()? {
+            Some("epoll") => {}
+            Some(_) => return Ok(Engine::Ring(ring()?)),
+            None => match ring() {
+                Ok(r) => return Ok(Engine::Ring(r)),
+                Err(e) => {
+                    tracing::info!(reason = %e, "local port: no io_uring ring of its own, running on a shared port")
+                }
+            },
+        }
+    }
+    Ok(Engine::Shared(shared::Shared::new(Pool::new(
+        buffers, size, true,
+    )?)?))
+}
+
 /// The engine that runs a port.
 enum Engine {
+    /// A ring of the port's own (Linux io_uring).
+    #[cfg(target_os = "linux")]
+    Ring(crate::sys::Ring),
+    /// A shared port this thread alone uses.
     Shared(shared::Shared),
 }
 
@@ -76,6 +103,13 @@ struct Inner {
 /// | Linux io_uring | a ring of its own, set up `SINGLE_ISSUER \| DEFER_TASKRUN` (falling back to `COOP_TASKRUN`, then neither: [`setup`](LocalPort::setup) says which), with handles registered as fixed files, operations in a slab (no lock, hash or allocation per receive or send), a multishot accept per listener, and pooled receive as one multishot receive per connection over a provided-buffer ring |
 /// | Linux epoll fallback | the epoll backend's port, used by this thread only; pooled receive waits for readiness, then receives into a pool buffer |
 /// | Windows | an I/O completion port dequeued by this thread only; pooled receive is a zero-byte `WSARecv`, then a non-blocking receive into a pool buffer, so an idle connection pins no buffer |
+///
+/// On io_uring, operations reach the kernel in batches: each call to
+/// [`get_completion`](LocalPort::get_completion) or
+/// [`get_completions`](LocalPort::get_completions) submits what was queued since the last one
+/// and waits, in one system call. So an operation starts when its thread next polls the port
+/// (a thread that submits a connect, then blocks on something else, waits with it unstarted).
+/// Dropping a handle with operations in flight submits at once.
 ///
 /// # Pooled receive
 ///
@@ -164,7 +198,7 @@ impl LocalPort {
     /// # Ok::<(), std::io::Error>(())
     /// ```
     pub fn with_pool(buffers: u16, size: usize) -> io::Result<LocalPort> {
-        let engine = Engine::Shared(shared::Shared::new(Pool::new(buffers, size, true)?)?);
+        let engine = engine(buffers, size)?;
         Ok(LocalPort {
             inner: Rc::new(Inner { engine }),
         })
@@ -181,6 +215,8 @@ impl LocalPort {
     pub fn backend(&self) -> &'static str {
         match &self.inner.engine {
             Engine::Shared(s) => s.backend(),
+            #[cfg(target_os = "linux")]
+            Engine::Ring(s) => s.backend(),
         }
     }
 
@@ -197,6 +233,26 @@ impl LocalPort {
     pub fn setup(&self) -> &'static str {
         match &self.inner.engine {
             Engine::Shared(_) => "shared port",
+            #[cfg(target_os = "linux")]
+            Engine::Ring(r) => r.setup(),
+        }
+    }
+
+    /// How many times a pooled receive found the pool empty and waited for buffers to come
+    /// back (io_uring: a multishot receive ended with `ENOBUFS`); 0 on the shared-port engine.
+    /// For tests and diagnostics.
+    ///
+    /// ```no_run
+    /// let port = proactor::LocalPort::new()?;
+    /// assert_eq!(port.pool_starvations(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[doc(hidden)]
+    pub fn pool_starvations(&self) -> u64 {
+        match &self.inner.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Ring(r) => r.pool_starvations(),
+            Engine::Shared(_) => 0,
         }
     }
 
@@ -217,6 +273,8 @@ impl LocalPort {
     pub fn add_handle<T: Associate>(&self, io: T, context: usize) -> io::Result<LocalHandle<T>> {
         let key = match &self.inner.engine {
             Engine::Shared(s) => s.register(io.raw_io(), io.foreign(), context)?,
+            #[cfg(target_os = "linux")]
+            Engine::Ring(s) => s.register(io.raw_io(), io.foreign(), context)?,
         };
         Ok(LocalHandle {
             port: self.inner.clone(),
@@ -240,6 +298,8 @@ impl LocalPort {
     pub fn post(&self, context: usize, value: usize) -> OpId {
         match &self.inner.engine {
             Engine::Shared(s) => s.post(context, value),
+            #[cfg(target_os = "linux")]
+            Engine::Ring(s) => s.post(context, value),
         }
     }
 
@@ -482,6 +542,8 @@ impl LocalPort {
     pub fn cancel(&self, id: OpId) -> io::Result<()> {
         match &self.inner.engine {
             Engine::Shared(s) => s.cancel(id),
+            #[cfg(target_os = "linux")]
+            Engine::Ring(s) => s.cancel(id),
         }
     }
 
@@ -502,6 +564,8 @@ impl LocalPort {
         }
         match &self.inner.engine {
             Engine::Shared(s) => s.cancel_all(handle.key),
+            #[cfg(target_os = "linux")]
+            Engine::Ring(s) => s.cancel_all(handle.key),
         }
     }
 
@@ -557,6 +621,8 @@ impl LocalPort {
         }
         match &self.inner.engine {
             Engine::Shared(s) => s.get_completions(out, max, timeout),
+            #[cfg(target_os = "linux")]
+            Engine::Ring(s) => s.get_completions(out, max, timeout),
         }
     }
 
@@ -570,6 +636,8 @@ impl LocalPort {
     pub fn operations_in_flight(&self) -> usize {
         match &self.inner.engine {
             Engine::Shared(s) => s.in_flight(),
+            #[cfg(target_os = "linux")]
+            Engine::Ring(s) => s.in_flight(),
         }
     }
 
@@ -584,12 +652,16 @@ impl LocalPort {
         let key = handle.belongs_to(self).then_some(handle.key);
         match &self.inner.engine {
             Engine::Shared(s) => s.start(key, handle.context, user, deadline, op),
+            #[cfg(target_os = "linux")]
+            Engine::Ring(s) => s.start(key, handle.context, user, deadline, op),
         }
     }
 
     fn start_timer(&self, user: usize, after: Duration) -> OpId {
         match &self.inner.engine {
             Engine::Shared(s) => s.timer(user, after),
+            #[cfg(target_os = "linux")]
+            Engine::Ring(s) => s.timer(user, after),
         }
     }
 }
@@ -669,6 +741,8 @@ impl<T: Associate> Drop for LocalHandle<T> {
     fn drop(&mut self) {
         match &self.port.engine {
             Engine::Shared(s) => s.close(self.key),
+            #[cfg(target_os = "linux")]
+            Engine::Ring(s) => s.close(self.key),
         }
     }
 }

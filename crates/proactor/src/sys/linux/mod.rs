@@ -10,6 +10,7 @@
 mod epoll;
 mod error;
 mod op;
+mod ring;
 mod uring;
 
 use std::{
@@ -27,6 +28,7 @@ use std::{
 use op::{Dir, Op, OpData, Order};
 
 pub(crate) use crate::life::Life;
+pub(crate) use ring::Ring;
 
 use crate::{
     Completion, OpId, OpKind,
@@ -122,7 +124,7 @@ pub(crate) struct Port {
 }
 
 /// Which backend `PROACTOR_BACKEND` asks for.
-fn requested_backend() -> io::Result<Option<&'static str>> {
+pub(crate) fn requested_backend() -> io::Result<Option<&'static str>> {
     match std::env::var("PROACTOR_BACKEND").as_deref() {
         Err(_) | Ok("") => Ok(None),
         Ok("io_uring") => Ok(Some("io_uring")),
@@ -458,7 +460,7 @@ impl Port {
 }
 
 /// The type of socket `fd` (`SOCK_STREAM`, `SOCK_DGRAM`, ...), if the kernel says.
-fn socket_type(fd: RawFd) -> Option<i32> {
+pub(crate) fn socket_type(fd: RawFd) -> Option<i32> {
     let mut ty: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `ty`, an int, and its length into `len`.
@@ -475,13 +477,13 @@ fn socket_type(fd: RawFd) -> Option<i32> {
 }
 
 /// Whether a gather send has more buffers than one `sendmsg` takes (`IOV_MAX`).
-fn too_many_buffers(op: &Op) -> bool {
+pub(crate) fn too_many_buffers(op: &Op) -> bool {
     op.kind == OpKind::SendVectored
         && matches!(&op.data, OpData::Buffers { bufs, .. } if bufs.len() > libc::UIO_MAXIOV as usize)
 }
 
 /// Whether a receive or read has no spare capacity to receive into.
-fn nothing_to_receive(op: &mut Op) -> bool {
+pub(crate) fn nothing_to_receive(op: &mut Op) -> bool {
     match op.kind {
         OpKind::Recv | OpKind::Read | OpKind::RecvFrom => op.spare().1 == 0,
         OpKind::RecvVectored => {
@@ -492,7 +494,7 @@ fn nothing_to_receive(op: &mut Op) -> bool {
 }
 
 /// Says once per process which backend runs, and why when it is the fallback.
-fn log_backend(backend: &str, why: Option<&io::Error>) {
+pub(crate) fn log_backend(backend: &str, why: Option<&io::Error>) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| match why {
         Some(e) => tracing::info!(backend, reason = %e, "io_uring unavailable: completion ports run on epoll"),

@@ -451,7 +451,7 @@ impl Uring {
     }
 
     /// The SQE that starts `op`.
-    fn prepare(op: &mut Op) -> Entry {
+    pub(crate) fn prepare(op: &mut Op) -> Entry {
         // Test-only: an SQE the kernel refuses at submission (`IOSQE_BUFFER_SELECT` on a NOP),
         // which ends a submission batch unless the ring has `IORING_SETUP_SUBMIT_ALL`.
         #[cfg(feature = "failpoints")]

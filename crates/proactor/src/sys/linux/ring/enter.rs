@@ -1,0 +1,164 @@
+//! Building the ring (the best setup flags the kernel takes) and entering it through its
+//! registered descriptor.
+
+use std::{io, os::fd::AsRawFd, time::Duration};
+
+use io_uring::IoUring;
+
+/// Submission queue size.
+const ENTRIES: u32 = 4096;
+
+const IORING_ENTER_GETEVENTS: u32 = 1;
+const IORING_ENTER_EXT_ARG: u32 = 8;
+const IORING_ENTER_REGISTERED_RING: u32 = 16;
+const IORING_REGISTER_RING_FDS: u32 = 20;
+
+/// `struct __kernel_timespec`.
+#[repr(C)]
+struct KernelTimespec {
+    sec: i64,
+    nsec: i64,
+}
+
+/// `struct io_uring_getevents_arg`.
+#[repr(C)]
+struct GeteventsArg {
+    sigmask: u64,
+    sigmask_sz: u32,
+    min_wait_usec: u32,
+    ts: u64,
+}
+
+/// `struct io_uring_rsrc_update`.
+#[repr(C)]
+struct RsrcUpdate {
+    offset: u32,
+    resv: u32,
+    data: u64,
+}
+
+/// Builds a ring with `SINGLE_ISSUER | DEFER_TASKRUN`, else `COOP_TASKRUN`, else neither
+/// (each with `SUBMIT_ALL`), and says which.
+pub(super) fn build() -> io::Result<(IoUring, &'static str)> {
+    let attempt = |level: u8| {
+        let mut b = IoUring::builder();
+        b.setup_clamp().setup_submit_all().setup_cqsize(ENTRIES * 4);
+        match level {
+            0 => {
+                b.setup_single_issuer().setup_defer_taskrun();
+            }
+            1 => {
+                b.setup_coop_taskrun();
+            }
+            _ => {}
+        }
+        b.build(ENTRIES)
+    };
+    let names = ["single_issuer+defer_taskrun", "coop_taskrun", "plain"];
+    let mut last = None;
+    for (level, name) in names.iter().enumerate() {
+        match attempt(level as u8) {
+            Ok(ring) => return Ok((ring, name)),
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
+}
+
+/// How the ring is entered: by its registered index when the kernel took it, else its fd.
+pub(super) struct Enter {
+    fd: i32,
+    flags: u32,
+}
+
+impl Enter {
+    /// Registers `ring`'s descriptor (`IORING_REGISTER_RING_FDS`) if the kernel can.
+    pub(super) fn new(ring: &IoUring) -> Enter {
+        let fd = ring.as_raw_fd();
+        let mut up = RsrcUpdate {
+            offset: u32::MAX,
+            resv: 0,
+            data: fd as u64,
+        };
+        // SAFETY: io_uring_register reads and writes one `io_uring_rsrc_update`, `up`.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_register,
+                fd,
+                IORING_REGISTER_RING_FDS,
+                (&raw mut up).cast::<libc::c_void>(),
+                1,
+            )
+        };
+        if r == 1 {
+            Enter {
+                fd: up.offset as i32,
+                flags: IORING_ENTER_REGISTERED_RING,
+            }
+        } else {
+            Enter { fd, flags: 0 }
+        }
+    }
+
+    /// Whether the ring's descriptor is registered.
+    pub(super) fn registered(&self) -> bool {
+        self.flags != 0
+    }
+
+    /// Submits `to_submit` SQEs, runs completions' task work, and waits for one CQE if `wait`,
+    /// at most `timeout` (`None`: no limit). Interruptions and time-outs are not errors.
+    pub(super) fn enter(
+        &self,
+        to_submit: u32,
+        wait: bool,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        let min = u32::from(wait);
+        let mut flags = self.flags | IORING_ENTER_GETEVENTS;
+        let ts;
+        let arg;
+        let (argp, argsz) = match timeout.filter(|_| wait) {
+            Some(t) => {
+                ts = KernelTimespec {
+                    sec: t.as_secs().min(i64::MAX as u64) as i64,
+                    nsec: i64::from(t.subsec_nanos()),
+                };
+                arg = GeteventsArg {
+                    sigmask: 0,
+                    sigmask_sz: 0,
+                    min_wait_usec: 0,
+                    ts: (&raw const ts) as u64,
+                };
+                flags |= IORING_ENTER_EXT_ARG;
+                (
+                    (&raw const arg).cast::<libc::c_void>(),
+                    std::mem::size_of::<GeteventsArg>(),
+                )
+            }
+            None => (std::ptr::null(), 0),
+        };
+        // SAFETY: io_uring_enter reads the SQEs queued in the ring (all of whose pointers name
+        // memory the engine keeps until their CQEs) and, with EXT_ARG, `arg` and `ts`, which
+        // live until it returns.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_io_uring_enter,
+                self.fd,
+                to_submit,
+                min,
+                flags,
+                argp,
+                argsz,
+            )
+        };
+        if r >= 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::ETIME | libc::EINTR | libc::EAGAIN | libc::EBUSY) => Ok(()),
+            _ => Err(e),
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Handles: fixed-file slots, registered at `add_handle`, cleared at close, reused only once
+//! no operation names them.
+
+use super::*;
+
+impl State {
+    pub(super) fn handle_of(&self, key: u32) -> Option<u32> {
+        let idx = key & 0xffff;
+        let h = self.handles.get(idx as usize)?;
+        (h.open && u32::from(h.generation) == key >> 16).then_some(idx)
+    }
+
+    pub(super) fn register(&mut self, raw: RawFd, context: usize) -> io::Result<u32> {
+        // SAFETY: fstat on a descriptor number only reads its status into `st`.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; `st` is writable.
+        if unsafe { libc::fstat(raw, &mut st) } != 0 {
+            return Err(crate::error::explained(
+                io::ErrorKind::InvalidInput,
+                io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EBADF),
+                "invalid or closed handle",
+            ));
+        }
+        let socket = st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
+        let ty = if socket {
+            super::super::socket_type(raw)
+        } else {
+            None
+        };
+        let stream = match st.st_mode & libc::S_IFMT {
+            libc::S_IFREG | libc::S_IFBLK => false,
+            libc::S_IFSOCK => ty != Some(libc::SOCK_DGRAM),
+            _ => true,
+        };
+        let datagram = socket && ty.is_some_and(|t| t != libc::SOCK_STREAM);
+        let idx = match self.free_handles.pop() {
+            Some(idx) => idx,
+            None if (self.handles.len() as u32) < self.table_size => {
+                self.handles.push(Handle {
+                    generation: 0,
+                    open: false,
+                    raw: -1,
+                    context: 0,
+                    socket: false,
+                    stream: false,
+                    datagram: false,
+                    ops: 0,
+                    kernel: 0,
+                    raw_ops: 0,
+                    lanes: Default::default(),
+                    waiters: VecDeque::new(),
+                    data: VecDeque::new(),
+                    accepted: VecDeque::new(),
+                    armed: None,
+                    starved: false,
+                    eof: false,
+                });
+                self.handles.len() as u32 - 1
+            }
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::OutOfMemory,
+                    format!(
+                        "the local port's fixed-file table is full ({} handles)",
+                        self.table_size
+                    ),
+                ));
+            }
+        };
+        if let Err(e) = self.ring.submitter().register_files_update(idx, &[raw]) {
+            self.free_handles.push(idx);
+            return Err(e);
+        }
+        let h = &mut self.handles[idx as usize];
+        h.generation = if h.generation == u16::MAX {
+            1
+        } else {
+            h.generation + 1
+        };
+        h.open = true;
+        h.raw = raw;
+        h.context = context;
+        h.socket = socket;
+        h.stream = stream;
+        h.datagram = datagram;
+        h.starved = false;
+        h.eof = false;
+        h.armed = None;
+        Ok((u32::from(h.generation) << 16) | idx)
+    }
+
+    /// Frees handle `idx`'s slot once it is closed and no operation names it.
+    pub(super) fn maybe_free_handle(&mut self, idx: u32) {
+        let h = &self.handles[idx as usize];
+        if !h.open && h.ops == 0 && h.raw >= 0 {
+            self.handles[idx as usize].raw = -1;
+            self.free_handles.push(idx);
+        }
+    }
+
+    pub(super) fn close(&mut self, key: u32) {
+        let Some(idx) = self.handle_of(key) else {
+            return;
+        };
+        let h = &mut self.handles[idx as usize];
+        h.open = false;
+        let waiters = std::mem::take(&mut h.waiters);
+        let lanes: Vec<u32> = h
+            .lanes
+            .iter_mut()
+            .flat_map(|l| std::mem::take(&mut l.waiting))
+            .collect();
+        h.data.clear();
+        h.accepted.clear();
+        h.starved = false;
+        let (kernel, raw_ops, raw) = (h.kernel, h.raw_ops, h.raw);
+        for w in waiters {
+            self.deliver(w, Err(cancelled()), Output::None, None);
+        }
+        for w in lanes {
+            self.deliver_unstarted(w, cancelled());
+        }
+        if kernel > 0 {
+            // Cancel what is in flight on the slot (and, for records, the descriptor), and
+            // have the kernel take it now: the owner closes the descriptor next.
+            let fixed = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(idx)).all())
+                .build()
+                .user_data(0);
+            self.push(&fixed);
+            if raw_ops > 0 {
+                let by_fd = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(raw)).all())
+                    .build()
+                    .user_data(0);
+                self.push(&by_fd);
+            }
+            if let Err(e) = self.enter(false, None) {
+                tracing::warn!(error = %e, "submitting the cancels of a closing handle");
+            }
+        }
+        // Clear the slot: the connection closes with the owner's descriptor.
+        if let Err(e) = self.ring.submitter().register_files_update(idx, &[-1]) {
+            tracing::warn!(error = %e, "clearing a fixed-file slot");
+        }
+        self.maybe_free_handle(idx);
+    }
+}

@@ -1,0 +1,494 @@
+//! The io_uring engine of a [`LocalPort`](crate::LocalPort): a ring of the port's own, used by
+//! its thread alone.
+//!
+//! - The ring is set up `SINGLE_ISSUER | DEFER_TASKRUN` where the kernel takes it (else
+//!   `COOP_TASKRUN`, else neither) and entered through its registered descriptor.
+//! - Handles are fixed files: `register` puts the descriptor in a slot of a sparse table and
+//!   every common operation names the slot. `close` cancels what is in flight on it (one
+//!   asynchronous cancel by descriptor, submitted at once; nothing when nothing is in flight),
+//!   then clears the slot, so the connection really closes when the owner closes its
+//!   descriptor. The slot (and the handle's key, which carries a generation) is reused only
+//!   once every operation on it has completed: a later handle never sees an old operation.
+//! - Operations live in a slab indexed by `user_data` (index, and a generation above it, so an
+//!   id is never reused while the ring lives): no hash, no lock, no allocation per receive,
+//!   send, pooled receive, pooled send or accept in steady state. Rare operations (vectored,
+//!   datagram, file, connect) keep a boxed record of the shared backend (`op.rs`).
+//! - Sends of one stream handle run one at a time in the kernel, in order (partial sends are
+//!   continued); so do its receives.
+//! - Pooled receive: one multishot receive per handle over a provided-buffer ring on the
+//!   pool's memory. Each data CQE fills the oldest waiting pooled receive or is queued on the
+//!   handle; the end of the stream and errors come after the queued data. `ENOBUFS` ends the
+//!   multishot with the data left in the socket: it is re-armed once buffers come back.
+//! - Accept: one multishot accept per listener; accepted descriptors wait on the listener
+//!   until an `accept` takes one.
+//! - Deadlines are `LINK_TIMEOUT`s linked to the operation (a standalone `TIMEOUT` for pooled
+//!   receives and accepts, which have no SQE of their own); timers are `TIMEOUT`s.
+
+mod bufring;
+mod enter;
+mod handles;
+mod multishot;
+mod ops;
+mod reap;
+mod slab;
+mod submit;
+
+use std::{
+    cell::RefCell,
+    collections::VecDeque,
+    io,
+    net::{SocketAddr, TcpStream},
+    os::{
+        fd::{FromRawFd, OwnedFd, RawFd},
+        unix::net::UnixStream,
+    },
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use io_uring::{
+    IoUring, cqueue, opcode,
+    squeue::{Entry, Flags},
+    types::{CancelBuilder, Fd, Fixed, Timespec},
+};
+
+use self::{
+    bufring::{BGID, BufRing},
+    enter::Enter,
+};
+use super::{
+    RawIo,
+    error::from_errno,
+    op::{self, Dir, Op as Record, OpData},
+    uring::Uring,
+};
+use crate::{
+    Accepted, Completion, OpId, OpKind, PooledBuf,
+    completion::{Output, grow_by},
+    local::{LocalCompletion, LocalOp},
+    op::LiveCount,
+    pool::Pool,
+};
+
+/// The `user_data` bit of a deadline's or timer's own timeout SQE.
+const TAG_TIMER: u64 = 1 << 63;
+/// No handle (posts, timers).
+const NO_HANDLE: u32 = u32::MAX;
+/// The most fixed-file slots (handles alive at once), also bounded by `RLIMIT_NOFILE`.
+const MAX_SLOTS: u32 = 16_384;
+/// `IORING_RECVSEND_POLL_FIRST`: a receive usually finds nothing yet (see `uring.rs`).
+const POLL_FIRST: u16 = 1;
+/// How long dropping the ring waits for the kernel to finish what it cancelled.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The io_uring engine.
+pub(crate) struct Ring {
+    st: RefCell<State>,
+    setup: &'static str,
+}
+
+/// Everything the engine owns. Field order is drop order: the ring first (the kernel is done
+/// with the pool and the buffer ring after), then the slab, the buffer ring, the pool.
+struct State {
+    ring: IoUring,
+    enter: Enter,
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    handles: Vec<Handle>,
+    free_handles: Vec<u32>,
+    table_size: u32,
+    bufs: BufRing,
+    pool: Rc<Pool>,
+    /// Completions made and not yet dequeued.
+    ready: VecDeque<LocalCompletion>,
+    /// Handles whose multishot receive ended on `ENOBUFS`.
+    starved: Vec<u32>,
+    /// Buffers given back, on their way to the buffer ring (kept to reuse its capacity).
+    returned: Vec<u16>,
+    /// The user's operations not yet completed.
+    user_ops: usize,
+    /// Slots in use (operations whose completion or CQEs are still to come).
+    live_slots: usize,
+    /// How many times a multishot receive found the pool empty.
+    enobufs: u64,
+    /// Set while dropping: nothing is re-armed or continued, completions are dropped.
+    closing: bool,
+}
+
+/// One entry of the slab.
+struct Slot {
+    generation: u32,
+    op: Option<Op>,
+    /// The timeout of the operation's deadline or timer: read by the kernel when the SQE is
+    /// submitted; boxed so it stays put while the slab grows, and kept for the slot's next use.
+    ts: Option<Box<Timespec>>,
+}
+
+/// An operation in the slab.
+struct Op {
+    kind: OpKind,
+    handle: u32,
+    context: usize,
+    user: usize,
+    deadline: Option<Instant>,
+    body: Body,
+    /// CQEs still to come: the operation's SQE (until its last CQE) and its timeouts'.
+    cqes: u16,
+    /// Its SQE is queued or in the kernel.
+    in_kernel: bool,
+    /// A standalone deadline timeout (pooled receive, accept) is in the kernel.
+    timer: bool,
+    /// `cancel`, `cancel_all` or the handle's close asked for it to end.
+    cancelled: bool,
+    /// The user's completion was made (or, for the engine's own, it ended).
+    finished: bool,
+    /// The stream lane it runs in.
+    lane: Option<Dir>,
+    /// The user's operations count as live (`crate::live_operations`); the engine's own do not.
+    live: Option<LiveCount>,
+}
+
+/// What an operation owns.
+enum Body {
+    /// A readiness wait, a timer.
+    Nothing,
+    Recv(Vec<u8>),
+    Send {
+        buf: Vec<u8>,
+        done: usize,
+    },
+    SendPooled {
+        buf: Option<PooledBuf>,
+        done: usize,
+    },
+    /// A rare operation: the shared backend's record.
+    Record(Box<Record>),
+    /// A pooled receive or an accept, waiting on its handle for what the multishot brings.
+    Waiter,
+    /// The handle's multishot receive (the engine's own).
+    MultiRecv,
+    /// The listener's multishot accept (the engine's own).
+    MultiAccept,
+}
+
+/// A handle of the engine: a fixed-file slot and what runs on it.
+struct Handle {
+    generation: u16,
+    open: bool,
+    raw: RawFd,
+    context: usize,
+    socket: bool,
+    stream: bool,
+    datagram: bool,
+    /// Slab entries naming this handle (its slot is reused only once they are gone).
+    ops: u32,
+    /// Of those, the ones whose SQE is queued or in the kernel.
+    kernel: u32,
+    /// Of those, records that name the raw descriptor.
+    raw_ops: u32,
+    lanes: [Lane; 2],
+    /// Pooled receives or accepts waiting, oldest first.
+    waiters: VecDeque<u32>,
+    /// What the multishot receive brought that no pooled receive asked for yet.
+    data: VecDeque<Got>,
+    /// Connections the multishot accept brought that no accept asked for yet.
+    accepted: VecDeque<OwnedFd>,
+    /// The multishot receive or accept in flight.
+    armed: Option<u32>,
+    starved: bool,
+    /// The end of the stream arrived.
+    eof: bool,
+}
+
+#[derive(Default)]
+struct Lane {
+    busy: Option<u32>,
+    waiting: VecDeque<u32>,
+}
+
+/// What a multishot receive brought.
+enum Got {
+    Data(PooledBuf),
+    Eof,
+    Error(io::Error),
+}
+
+fn cancelled() -> io::Error {
+    crate::error::cancelled(libc::ECANCELED, None)
+}
+
+fn deadline_passed() -> io::Error {
+    crate::error::deadline(libc::ECANCELED, None)
+}
+
+fn timed_out() -> io::Error {
+    io::Error::from_raw_os_error(libc::ETIMEDOUT)
+}
+
+fn clamp(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+fn mixing() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "a receive with a buffer on a handle with a pooled receive pending (the two would take bytes out of order)",
+    )
+}
+
+fn foreign_buffer() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "send_pooled with a buffer of another port's pool",
+    )
+}
+
+fn closed_handle() -> io::Error {
+    crate::error::explained(
+        io::ErrorKind::InvalidInput,
+        libc::EBADF,
+        "the handle is closed",
+    )
+}
+
+impl Ring {
+    /// A ring of its own over `pool` (made with no buffer free: all are lent to the kernel).
+    pub(crate) fn new(pool: Rc<Pool>) -> io::Result<Ring> {
+        let (ring, setup) = enter::build()?;
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        // SendZc (6.0) implies multishot receive (6.0), multishot accept and provided-buffer
+        // rings (5.19), cancel by fixed descriptor (5.19).
+        let needed = [
+            opcode::Recv::CODE,
+            opcode::Send::CODE,
+            opcode::RecvMsg::CODE,
+            opcode::SendMsg::CODE,
+            opcode::Accept::CODE,
+            opcode::Connect::CODE,
+            opcode::PollAdd::CODE,
+            opcode::Read::CODE,
+            opcode::Write::CODE,
+            opcode::AsyncCancel::CODE,
+            opcode::Timeout::CODE,
+            opcode::LinkTimeout::CODE,
+            opcode::SendZc::CODE,
+        ];
+        if let Some(op) = needed.iter().find(|op| !probe.is_supported(**op)) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("io_uring lacks opcode {op}: Linux 6.0 or later is needed"),
+            ));
+        }
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one `rlimit`.
+        let table_size = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            (limit.rlim_cur.min(u64::from(MAX_SLOTS)) as u32).max(64)
+        } else {
+            1024
+        };
+        ring.submitter().register_files_sparse(table_size)?;
+        let mut bufs = BufRing::new(&ring, &pool)?;
+        for bid in 0..pool.count() {
+            bufs.add(bid, pool.addr(bid), pool.size());
+        }
+        bufs.commit();
+        let enter = Enter::new(&ring);
+        tracing::debug!(
+            setup,
+            registered_ring = enter.registered(),
+            table_size,
+            "local io_uring port"
+        );
+        Ok(Ring {
+            st: RefCell::new(State {
+                ring,
+                enter,
+                slots: Vec::new(),
+                free_slots: Vec::new(),
+                handles: Vec::new(),
+                free_handles: Vec::new(),
+                table_size,
+                bufs,
+                pool,
+                ready: VecDeque::new(),
+                starved: Vec::new(),
+                returned: Vec::new(),
+                user_ops: 0,
+                live_slots: 0,
+                enobufs: 0,
+                closing: false,
+            }),
+            setup,
+        })
+    }
+
+    pub(crate) fn setup(&self) -> &'static str {
+        self.setup
+    }
+
+    pub(crate) fn backend(&self) -> &'static str {
+        "io_uring"
+    }
+
+    /// How many times a multishot receive found the pool empty (`ENOBUFS`).
+    pub(crate) fn pool_starvations(&self) -> u64 {
+        self.st.borrow().enobufs
+    }
+
+    pub(crate) fn register(&self, raw: RawIo, _foreign: bool, context: usize) -> io::Result<u32> {
+        self.st.borrow_mut().register(raw.0, context)
+    }
+
+    pub(crate) fn close(&self, key: u32) {
+        self.st.borrow_mut().close(key);
+    }
+
+    pub(crate) fn start(
+        &self,
+        key: Option<u32>,
+        context: usize,
+        user: usize,
+        deadline: Option<Instant>,
+        op: LocalOp,
+    ) -> OpId {
+        self.st.borrow_mut().start(key, context, user, deadline, op)
+    }
+
+    pub(crate) fn timer(&self, user: usize, after: Duration) -> OpId {
+        self.st.borrow_mut().timer(user, after)
+    }
+
+    pub(crate) fn post(&self, context: usize, value: usize) -> OpId {
+        let id = OpId::next();
+        let c = completion(context, 0, id, OpKind::Post, Ok(value), Output::None);
+        self.st
+            .borrow_mut()
+            .ready
+            .push_back(LocalCompletion::new(c, None));
+        id
+    }
+
+    /// Cancels operation `id`: `NotFound` if it is not in flight. Ids are `user_data`s whose
+    /// generation changes at each use of a slab entry, so an old id never names a newer
+    /// operation.
+    pub(crate) fn cancel(&self, id: OpId) -> io::Result<()> {
+        self.st.borrow_mut().cancel(id)
+    }
+
+    pub(crate) fn cancel_all(&self, key: u32) -> io::Result<()> {
+        self.st.borrow_mut().cancel_all(key);
+        Ok(())
+    }
+
+    pub(crate) fn in_flight(&self) -> usize {
+        let st = self.st.borrow();
+        st.user_ops + st.ready.len()
+    }
+
+    /// Submits what is queued and waits (one enter) for completions, then reaps the CQ.
+    pub(crate) fn get_completions(
+        &self,
+        out: &mut Vec<LocalCompletion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let mut st = self.st.borrow_mut();
+        let until = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            st.replenish();
+            if st.ready.is_empty() && st.cq_len() == 0 {
+                let left = until.map(|u| u.saturating_duration_since(Instant::now()));
+                let wait = left.is_none_or(|l| !l.is_zero());
+                st.enter(wait, left)?;
+            } else if st.sq_len() > 0 {
+                st.enter(false, None)?;
+            }
+            st.reap();
+            if !st.ready.is_empty() {
+                let n = max.min(st.ready.len());
+                out.extend(st.ready.drain(..n));
+                return Ok(n);
+            }
+            if until.is_some_and(|u| Instant::now() >= u) {
+                return Err(timed_out());
+            }
+        }
+    }
+}
+
+impl Drop for Ring {
+    fn drop(&mut self) {
+        let st = self.st.get_mut();
+        st.closing = true;
+        let all = opcode::AsyncCancel2::new(CancelBuilder::any().all())
+            .build()
+            .user_data(0);
+        st.push(&all);
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while st.live_slots > 0 && Instant::now() < deadline {
+            if st.enter(true, Some(Duration::from_millis(100))).is_err() {
+                break;
+            }
+            st.reap();
+        }
+        st.ready.clear();
+        if st.live_slots > 0 {
+            // The kernel may still write these operations' buffers and the pool: leak them.
+            tracing::warn!(
+                left = st.live_slots,
+                "local port dropped: leaking operations the kernel never completed"
+            );
+            std::mem::forget(std::mem::take(&mut st.slots));
+            std::mem::forget(st.pool.clone());
+            st.bufs.leak();
+        }
+    }
+}
+
+fn completion(
+    context: usize,
+    user: usize,
+    id: OpId,
+    kind: OpKind,
+    result: io::Result<usize>,
+    output: Output,
+) -> Completion {
+    let (bytes, error) = match result {
+        Ok(n) => (n, None),
+        Err(e) => (0, Some(e)),
+    };
+    Completion {
+        context,
+        user,
+        id,
+        kind,
+        bytes,
+        error,
+        output,
+        peer: None,
+        address: 0,
+    }
+}
+
+/// The kind of a `LocalOp`.
+fn kind_of(op: &LocalOp) -> OpKind {
+    match op {
+        LocalOp::Recv(_) => OpKind::Recv,
+        LocalOp::RecvVectored(_) => OpKind::RecvVectored,
+        LocalOp::Readable => OpKind::Readable,
+        LocalOp::RecvPooled => OpKind::RecvPooled,
+        LocalOp::Send(_) => OpKind::Send,
+        LocalOp::SendVectored(_) => OpKind::SendVectored,
+        LocalOp::SendPooled(_) => OpKind::SendPooled,
+        LocalOp::RecvFrom(_) => OpKind::RecvFrom,
+        LocalOp::SendTo(..) => OpKind::SendTo,
+        LocalOp::ReadAt(..) => OpKind::Read,
+        LocalOp::WriteAt(..) => OpKind::Write,
+        LocalOp::Accept => OpKind::Accept,
+        LocalOp::Connect(_) => OpKind::Connect,
+    }
+}

@@ -1,0 +1,147 @@
+//! What the multishot receives and accepts bring: handed to the oldest waiting pooled receive
+//! or accept, or queued on the handle.
+
+use super::*;
+
+impl State {
+    pub(super) fn on_multi_recv(&mut self, idx: u32, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        let h = self.op(idx).handle;
+        if !more {
+            self.ended(idx);
+            self.op(idx).finished = true;
+            let handle = &mut self.handles[h as usize];
+            if handle.armed == Some(idx) {
+                handle.armed = None;
+            }
+        }
+        let open = self.handles[h as usize].open && !self.closing;
+        if res > 0 {
+            let bid = cqueue::buffer_select(flags).expect("a buffer-select receive's buffer");
+            // SAFETY: the kernel gave buffer `bid` back with `res` bytes written: it is the
+            // engine's, and goes to exactly one `PooledBuf`.
+            let buf = unsafe { self.pool.hold(bid, res as usize) };
+            if open {
+                self.push_data(h, Got::Data(buf));
+            }
+        } else if res == 0 {
+            if open {
+                self.handles[h as usize].eof = true;
+                self.push_data(h, Got::Eof);
+            }
+        } else {
+            match -res {
+                libc::ENOBUFS => {
+                    self.enobufs += 1;
+                    let handle = &mut self.handles[h as usize];
+                    if open && !handle.starved {
+                        handle.starved = true;
+                        self.starved.push(h);
+                    }
+                }
+                libc::ECANCELED => {}
+                errno => {
+                    if open {
+                        self.push_data(h, Got::Error(from_errno(errno)));
+                    }
+                }
+            }
+        }
+        if !more {
+            let handle = &self.handles[h as usize];
+            if open
+                && handle.armed.is_none()
+                && !handle.starved
+                && !handle.eof
+                && !handle.waiters.is_empty()
+            {
+                self.arm(h, Body::MultiRecv, OpKind::RecvPooled);
+            }
+            self.maybe_release(idx);
+        }
+    }
+
+    /// Hands what the multishot receive brought to the oldest pooled receive, or queues it.
+    pub(super) fn push_data(&mut self, h: u32, got: Got) {
+        let handle = &mut self.handles[h as usize];
+        if matches!(got, Got::Eof) && !handle.waiters.is_empty() {
+            // The end of the stream stays the end: every waiting pooled receive gets it.
+            let waiters = std::mem::take(&mut handle.waiters);
+            for w in waiters {
+                self.deliver(w, Ok(0), Output::None, None);
+            }
+            return;
+        }
+        match handle.waiters.pop_front() {
+            Some(w) => match got {
+                Got::Data(buf) => self.deliver(w, Ok(buf.len()), Output::None, Some(buf)),
+                Got::Eof => self.deliver(w, Ok(0), Output::None, None),
+                Got::Error(e) => self.deliver(w, Err(e), Output::None, None),
+            },
+            None => handle.data.push_back(got),
+        }
+    }
+
+    pub(super) fn on_multi_accept(&mut self, idx: u32, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        let h = self.op(idx).handle;
+        if !more {
+            self.ended(idx);
+            self.op(idx).finished = true;
+            let handle = &mut self.handles[h as usize];
+            if handle.armed == Some(idx) {
+                handle.armed = None;
+            }
+        }
+        let open = self.handles[h as usize].open && !self.closing;
+        if res >= 0 {
+            // SAFETY: a successful accept's result is a new descriptor nothing else owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(res) };
+            if open {
+                match self.handles[h as usize].waiters.pop_front() {
+                    Some(w) => match accepted(fd) {
+                        Some(output) => self.deliver(w, Ok(0), output, None),
+                        // The client went away: the waiter waits for the next one.
+                        None => self.handles[h as usize].waiters.push_front(w),
+                    },
+                    None => self.handles[h as usize].accepted.push_back(fd),
+                }
+            }
+        } else {
+            let errno = -res;
+            if open && errno != libc::ECANCELED && !op::is_client_reset(errno) {
+                if let Some(w) = self.handles[h as usize].waiters.pop_front() {
+                    self.deliver(w, Err(from_errno(errno)), Output::None, None);
+                }
+            }
+        }
+        if !more {
+            if open
+                && self.handles[h as usize].armed.is_none()
+                && !self.handles[h as usize].waiters.is_empty()
+            {
+                self.arm(h, Body::MultiAccept, OpKind::Accept);
+            }
+            self.maybe_release(idx);
+        }
+    }
+}
+
+/// A connection the multishot accept brought, as an accept's output; `None` if its client is
+/// already gone.
+pub(super) fn accepted(fd: OwnedFd) -> Option<Output> {
+    let sock = socket2::SockRef::from(&fd);
+    let local = sock.local_addr().ok()?;
+    if local.family() == libc::AF_UNIX as libc::sa_family_t {
+        let stream = UnixStream::from(fd);
+        let peer = stream.peer_addr().ok()?;
+        return Some(Output::AcceptedUnix(stream, peer));
+    }
+    let local_addr: SocketAddr = local.as_socket()?;
+    let peer_addr = sock.peer_addr().ok()?.as_socket()?;
+    Some(Output::Accepted(Accepted {
+        stream: TcpStream::from(fd),
+        local_addr,
+        peer_addr,
+    }))
+}

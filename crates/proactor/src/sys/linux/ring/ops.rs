@@ -1,0 +1,333 @@
+//! Starting operations (or refusing them at once) and cancelling them.
+
+use super::*;
+
+impl State {
+    pub(super) fn refuse(
+        &mut self,
+        context: usize,
+        user: usize,
+        op: LocalOp,
+        error: io::Error,
+    ) -> OpId {
+        let id = OpId::next();
+        let kind = kind_of(&op);
+        let (output, pooled) = match op {
+            LocalOp::Recv(b)
+            | LocalOp::Send(b)
+            | LocalOp::RecvFrom(b)
+            | LocalOp::SendTo(b, _)
+            | LocalOp::ReadAt(b, _)
+            | LocalOp::WriteAt(b, _) => (Output::Buffer(b), None),
+            LocalOp::RecvVectored(b) | LocalOp::SendVectored(b) => (Output::Buffers(b), None),
+            LocalOp::SendPooled(b) => (Output::None, Some(b)),
+            LocalOp::Readable | LocalOp::RecvPooled | LocalOp::Accept | LocalOp::Connect(_) => {
+                (Output::None, None)
+            }
+        };
+        let c = completion(context, user, id, kind, Err(error), output);
+        self.ready.push_back(LocalCompletion::new(c, pooled));
+        id
+    }
+
+    pub(super) fn start(
+        &mut self,
+        key: Option<u32>,
+        context: usize,
+        user: usize,
+        deadline: Option<Instant>,
+        op: LocalOp,
+    ) -> OpId {
+        let Some(key) = key else {
+            return self.refuse(context, user, op, crate::error::other_port());
+        };
+        let Some(h) = self.handle_of(key) else {
+            return self.refuse(context, user, op, closed_handle());
+        };
+        let handle = &self.handles[h as usize];
+        let (socket, stream, datagram, raw) =
+            (handle.socket, handle.stream, handle.datagram, handle.raw);
+        let needs_socket = !matches!(op, LocalOp::ReadAt(..) | LocalOp::WriteAt(..));
+        if needs_socket && !socket {
+            return self.refuse(context, user, op, crate::error::needs_socket());
+        }
+        let pooled_pending =
+            !handle.waiters.is_empty() || !handle.data.is_empty() || handle.armed.is_some();
+        if matches!(
+            op,
+            LocalOp::Recv(_) | LocalOp::RecvVectored(_) | LocalOp::RecvFrom(_)
+        ) && pooled_pending
+        {
+            return self.refuse(context, user, op, mixing());
+        }
+        if matches!(op, LocalOp::RecvPooled) && self.takes_bytes(h) {
+            return self.refuse(context, user, op, mixing());
+        }
+        let kind = kind_of(&op);
+        let body = match op {
+            LocalOp::RecvPooled => return self.recv_pooled(h, user, deadline),
+            LocalOp::Accept => return self.accept(h, user, deadline),
+            LocalOp::Recv(buf) => {
+                if buf.capacity() == buf.len() {
+                    return self.refuse(
+                        context,
+                        user,
+                        LocalOp::Recv(buf),
+                        crate::error::no_spare_capacity(),
+                    );
+                }
+                Body::Recv(buf)
+            }
+            LocalOp::Send(buf) => Body::Send { buf, done: 0 },
+            LocalOp::SendPooled(buf) => {
+                if !buf.is_from(&self.pool) {
+                    return self.refuse(context, user, LocalOp::SendPooled(buf), foreign_buffer());
+                }
+                Body::SendPooled {
+                    buf: Some(buf),
+                    done: 0,
+                }
+            }
+            LocalOp::Readable => Body::Nothing,
+            rare => {
+                let (offset, data) = match rare {
+                    LocalOp::RecvVectored(bufs) => (0, op::vectored(bufs, true)),
+                    LocalOp::SendVectored(bufs) => (0, op::vectored(bufs, false)),
+                    LocalOp::RecvFrom(buf) => (0, op::datagram_recv(buf)),
+                    LocalOp::SendTo(buf, to) => (0, op::datagram_send(buf, to)),
+                    LocalOp::ReadAt(buf, offset) => (offset, OpData::Buffer { buf, done: 0 }),
+                    LocalOp::WriteAt(buf, offset) => (offset, OpData::Buffer { buf, done: 0 }),
+                    LocalOp::Connect(addr) => (
+                        0,
+                        OpData::Connect {
+                            addr: Box::new(addr.into()),
+                        },
+                    ),
+                    _ => unreachable!("handled above"),
+                };
+                let mut r = Record::new(OpId::next(), kind, context, raw, offset, data);
+                r.user = user;
+                r.datagram = datagram;
+                if super::super::nothing_to_receive(&mut r) {
+                    r.refused = Some(crate::error::no_spare_capacity());
+                } else if r.datagram && super::super::too_many_buffers(&r) {
+                    r.refused = Some(from_errno(libc::EMSGSIZE));
+                }
+                if r.refused.is_some() {
+                    let c = op::complete(*r, Ok(0), 0);
+                    let id = c.id;
+                    self.ready.push_back(LocalCompletion::new(c, None));
+                    return id;
+                }
+                Body::Record(r)
+            }
+        };
+        let dir = if stream {
+            match kind {
+                OpKind::SendPooled => Some(Dir::Write),
+                k => Dir::of(k),
+            }
+        } else {
+            None
+        };
+        let mut op = self.new_op(kind, h, user, deadline, body);
+        op.lane = dir;
+        let idx = self.alloc(op);
+        let ud = self.ud(idx);
+        if let Body::Record(r) = &mut self.op(idx).body {
+            r.id = OpId::from_u64(ud);
+        }
+        match dir {
+            Some(d) => {
+                let lane = &mut self.handles[h as usize].lanes[d as usize];
+                if lane.busy.is_some() {
+                    lane.waiting.push_back(idx);
+                    // Its deadline runs while it waits for its turn too.
+                    if let Some(at) = deadline {
+                        self.arm_waiter_deadline(idx, at);
+                    }
+                } else {
+                    lane.busy = Some(idx);
+                    self.issue(idx);
+                }
+            }
+            None => self.issue(idx),
+        }
+        OpId::from_u64(ud)
+    }
+
+    /// Whether a receive with a buffer of its own runs or waits on handle `h` (a pooled
+    /// receive beside it would take bytes out of order; a readiness wait takes none).
+    fn takes_bytes(&self, h: u32) -> bool {
+        let lane = &self.handles[h as usize].lanes[Dir::Read as usize];
+        lane.busy.iter().chain(lane.waiting.iter()).any(|&i| {
+            self.slots[i as usize]
+                .op
+                .as_ref()
+                .is_some_and(|op| op.kind != OpKind::Readable)
+        })
+    }
+
+    pub(super) fn timer(&mut self, user: usize, after: Duration) -> OpId {
+        let op = self.new_op(OpKind::Timer, NO_HANDLE, user, None, Body::Nothing);
+        let idx = self.alloc(op);
+        let slot = &mut self.slots[idx as usize];
+        let ts = slot.ts.get_or_insert_with(|| Box::new(Timespec::new()));
+        **ts = Timespec::new()
+            .sec(after.as_secs())
+            .nsec(after.subsec_nanos());
+        self.issue(idx);
+        OpId::from_u64(self.ud(idx))
+    }
+
+    pub(super) fn recv_pooled(&mut self, h: u32, user: usize, deadline: Option<Instant>) -> OpId {
+        let handle = &mut self.handles[h as usize];
+        let context = handle.context;
+        if let Some(got) = handle.data.pop_front() {
+            return self.ready_now(context, user, OpKind::RecvPooled, got);
+        }
+        if handle.eof {
+            return self.ready_now(context, user, OpKind::RecvPooled, Got::Eof);
+        }
+        let op = self.new_op(OpKind::RecvPooled, h, user, deadline, Body::Waiter);
+        let idx = self.alloc(op);
+        self.handles[h as usize].waiters.push_back(idx);
+        if let Some(at) = deadline {
+            self.arm_waiter_deadline(idx, at);
+        }
+        let handle = &self.handles[h as usize];
+        if handle.armed.is_none() && !handle.starved {
+            self.arm(h, Body::MultiRecv, OpKind::RecvPooled);
+        }
+        OpId::from_u64(self.ud(idx))
+    }
+
+    pub(super) fn accept(&mut self, h: u32, user: usize, deadline: Option<Instant>) -> OpId {
+        let context = self.handles[h as usize].context;
+        while let Some(fd) = self.handles[h as usize].accepted.pop_front() {
+            if let Some(output) = super::multishot::accepted(fd) {
+                let id = OpId::next();
+                let c = completion(context, user, id, OpKind::Accept, Ok(0), output);
+                self.ready.push_back(LocalCompletion::new(c, None));
+                return id;
+            }
+        }
+        let op = self.new_op(OpKind::Accept, h, user, deadline, Body::Waiter);
+        let idx = self.alloc(op);
+        self.handles[h as usize].waiters.push_back(idx);
+        if let Some(at) = deadline {
+            self.arm_waiter_deadline(idx, at);
+        }
+        if self.handles[h as usize].armed.is_none() {
+            self.arm(h, Body::MultiAccept, OpKind::Accept);
+        }
+        OpId::from_u64(self.ud(idx))
+    }
+
+    /// Starts handle `h`'s multishot receive or accept.
+    pub(super) fn arm(&mut self, h: u32, body: Body, kind: OpKind) {
+        if self.closing {
+            return;
+        }
+        let mut op = self.new_op(kind, h, 0, None, body);
+        op.live = None;
+        let idx = self.alloc(op);
+        self.handles[h as usize].armed = Some(idx);
+        self.issue(idx);
+    }
+
+    /// A completion made at once from what a handle had queued.
+    pub(super) fn ready_now(
+        &mut self,
+        context: usize,
+        user: usize,
+        kind: OpKind,
+        got: Got,
+    ) -> OpId {
+        let id = OpId::next();
+        let (result, pooled) = match got {
+            Got::Data(buf) => (Ok(buf.len()), Some(buf)),
+            Got::Eof => (Ok(0), None),
+            Got::Error(e) => (Err(e), None),
+        };
+        let c = completion(context, user, id, kind, result, Output::None);
+        self.ready.push_back(LocalCompletion::new(c, pooled));
+        id
+    }
+
+    pub(super) fn cancel(&mut self, id: OpId) -> io::Result<()> {
+        let ud = id.as_u64();
+        let not_found = || io::Error::new(io::ErrorKind::NotFound, "operation not in flight");
+        if ud & TAG_TIMER != 0 {
+            return Err(not_found());
+        }
+        let idx = ud as u32;
+        let generation = (ud >> 32) as u32;
+        let Some(slot) = self.slots.get_mut(idx as usize) else {
+            return Err(not_found());
+        };
+        let Some(op) = slot.op.as_mut().filter(|_| slot.generation == generation) else {
+            return Err(not_found());
+        };
+        if op.finished || op.live.is_none() {
+            return Err(not_found());
+        }
+        if op.in_kernel {
+            if !op.cancelled {
+                op.cancelled = true;
+                let sqe = opcode::AsyncCancel::new(ud).build().user_data(0);
+                self.push(&sqe);
+            }
+            return Ok(());
+        }
+        let (h, lane, waiter) = (op.handle, op.lane, matches!(op.body, Body::Waiter));
+        let handle = &mut self.handles[h as usize];
+        if waiter {
+            handle.waiters.retain(|&w| w != idx);
+            self.deliver(idx, Err(cancelled()), Output::None, None);
+        } else if let Some(d) = lane {
+            handle.lanes[d as usize].waiting.retain(|&w| w != idx);
+            self.deliver_unstarted(idx, cancelled());
+        }
+        Ok(())
+    }
+
+    pub(super) fn cancel_all(&mut self, key: u32) {
+        let Some(h) = self.handle_of(key) else { return };
+        let handle = &mut self.handles[h as usize];
+        let waiters = std::mem::take(&mut handle.waiters);
+        let lanes: Vec<u32> = handle
+            .lanes
+            .iter_mut()
+            .flat_map(|l| std::mem::take(&mut l.waiting))
+            .collect();
+        let (kernel, raw_ops, raw) = (handle.kernel, handle.raw_ops, handle.raw);
+        for w in waiters {
+            self.deliver(w, Err(cancelled()), Output::None, None);
+        }
+        for w in lanes {
+            self.deliver_unstarted(w, cancelled());
+        }
+        if kernel == 0 {
+            return;
+        }
+        for slot in &mut self.slots {
+            if let Some(op) = slot.op.as_mut()
+                && op.handle == h
+                && op.in_kernel
+            {
+                op.cancelled = true;
+            }
+        }
+        let fixed = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(h)).all())
+            .build()
+            .user_data(0);
+        self.push(&fixed);
+        if raw_ops > 0 {
+            let by_fd = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(raw)).all())
+                .build()
+                .user_data(0);
+            self.push(&by_fd);
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! Reaping the completion queue: single-shot operations end (or go on with the rest of a
+//! send), deadlines and timers fire, returned pool buffers go back to the kernel.
+
+use super::*;
+
+impl State {
+    /// Gives the buffers that came back to the kernel, and re-arms the handles that waited
+    /// for them.
+    pub(super) fn replenish(&mut self) {
+        self.pool.drain_free(&mut self.returned);
+        if self.returned.is_empty() {
+            return;
+        }
+        let (size, pool) = (self.pool.size(), self.pool.clone());
+        for bid in self.returned.drain(..) {
+            self.bufs.add(bid, pool.addr(bid), size);
+        }
+        self.bufs.commit();
+        let starved = std::mem::take(&mut self.starved);
+        for h in starved {
+            let handle = &mut self.handles[h as usize];
+            if !handle.open || !handle.starved {
+                continue;
+            }
+            handle.starved = false;
+            if handle.armed.is_none() && !handle.waiters.is_empty() {
+                self.arm(h, Body::MultiRecv, OpKind::RecvPooled);
+            }
+        }
+    }
+
+    /// Reaps every CQE there is.
+    pub(super) fn reap(&mut self) {
+        let mut batch = [(0u64, 0i32, 0u32); 32];
+        loop {
+            let n = {
+                let mut cq = self.ring.completion();
+                let mut n = 0;
+                while n < batch.len() {
+                    let Some(cqe) = cq.next() else { break };
+                    batch[n] = (cqe.user_data(), cqe.result(), cqe.flags());
+                    n += 1;
+                }
+                n
+            };
+            for &(ud, res, flags) in &batch[..n] {
+                self.on_cqe(ud, res, flags);
+            }
+            if n < batch.len() {
+                return;
+            }
+        }
+    }
+
+    pub(super) fn on_cqe(&mut self, ud: u64, res: i32, flags: u32) {
+        if ud == 0 {
+            return; // the engine's own cancels
+        }
+        let idx = ud as u32;
+        let generation = ((ud & !TAG_TIMER) >> 32) as u32;
+        let live = self
+            .slots
+            .get(idx as usize)
+            .is_some_and(|s| s.generation == generation && s.op.is_some());
+        if !live {
+            debug_assert!(false, "a CQE for no operation: {ud:#x}");
+            return;
+        }
+        if ud & TAG_TIMER != 0 {
+            self.on_timeout(idx, res);
+            return;
+        }
+        let kind = self.op(idx).kind;
+        match self.op(idx).body {
+            Body::MultiRecv => self.on_multi_recv(idx, res, flags),
+            Body::MultiAccept => self.on_multi_accept(idx, res, flags),
+            _ if kind == OpKind::Timer => {
+                self.ended(idx);
+                let result = match -res {
+                    libc::ECANCELED => Err(cancelled()),
+                    _ => Ok(0), // ETIME: the time passed
+                };
+                self.deliver(idx, result, Output::None, None);
+            }
+            _ => self.on_op(idx, res),
+        }
+    }
+
+    /// The operation's SQE gave its last CQE.
+    pub(super) fn ended(&mut self, idx: u32) {
+        let op = self.op(idx);
+        op.in_kernel = false;
+        op.cqes -= 1;
+        let (h, record) = (op.handle, matches!(op.body, Body::Record(_)));
+        if h != NO_HANDLE {
+            let handle = &mut self.handles[h as usize];
+            handle.kernel -= 1;
+            if record {
+                handle.raw_ops -= 1;
+            }
+        }
+    }
+
+    /// A deadline's or a waiter's timeout ended.
+    pub(super) fn on_timeout(&mut self, idx: u32, res: i32) {
+        let op = self.op(idx);
+        op.cqes -= 1;
+        if op.timer {
+            // The standalone deadline of a waiter, or of an operation waiting for its lane.
+            op.timer = false;
+            if res == -libc::ETIME && !op.finished {
+                let (h, lane) = (op.handle, op.lane);
+                if matches!(op.body, Body::Waiter) {
+                    self.handles[h as usize].waiters.retain(|&w| w != idx);
+                    self.deliver(idx, Err(deadline_passed()), Output::None, None);
+                } else if let Some(d) = lane {
+                    self.handles[h as usize].lanes[d as usize]
+                        .waiting
+                        .retain(|&w| w != idx);
+                    self.deliver_unstarted(idx, deadline_passed());
+                }
+                return;
+            }
+        }
+        // A link timeout: the operation's own CQE says what happened.
+        self.maybe_release(idx);
+    }
+
+    /// The error of operation `idx` for `errno`.
+    pub(super) fn error(&self, idx: u32, errno: i32) -> io::Error {
+        let op = self.slots[idx as usize].op.as_ref().expect("live");
+        let open = op.handle == NO_HANDLE || self.handles[op.handle as usize].open;
+        if errno == libc::ECANCELED && !op.cancelled && open && op.deadline.is_some() {
+            deadline_passed()
+        } else {
+            from_errno(errno)
+        }
+    }
+
+    /// A CQE of a single-shot operation (receive, send, readiness, record).
+    pub(super) fn on_op(&mut self, idx: u32, res: i32) {
+        self.ended(idx);
+        let closing = self.closing;
+        let op = self.op(idx);
+        // What the kernel moved always counts, even for an operation cancelled meanwhile.
+        let n = res.max(0) as usize;
+        let more = n > 0
+            && match &mut op.body {
+                Body::Send { buf, done } => {
+                    *done += n;
+                    *done < buf.len()
+                }
+                Body::SendPooled { buf, done } => {
+                    *done += n;
+                    *done < buf.as_ref().map_or(0, |b| b.len())
+                }
+                Body::Record(r) => record_goes_on(r, n),
+                _ => false,
+            };
+        let (h, cancelled_op, deadline) = (op.handle, op.cancelled, op.deadline);
+        let handle_open = h == NO_HANDLE || self.handles[h as usize].open;
+        if more {
+            let result = if cancelled_op || closing || !handle_open {
+                Err(cancelled())
+            } else if deadline.is_some_and(|at| Instant::now() >= at) {
+                Err(deadline_passed())
+            } else {
+                self.issue(idx);
+                return;
+            };
+            self.finish_op(idx, result);
+            return;
+        }
+        let result = if res >= 0 {
+            Ok(res as usize)
+        } else {
+            Err(self.error(idx, -res))
+        };
+        self.finish_op(idx, result);
+    }
+
+    /// Completes single-shot operation `idx` with `result` and hands its lane on.
+    pub(super) fn finish_op(&mut self, idx: u32, result: io::Result<usize>) {
+        let op = self.op(idx);
+        let (h, lane) = (op.handle, op.lane);
+        let body = std::mem::replace(&mut op.body, Body::Nothing);
+        match body {
+            Body::Recv(mut buf) => {
+                if let Ok(n) = result {
+                    // SAFETY: the kernel wrote `n` bytes at the start of the spare capacity.
+                    unsafe { grow_by(&mut buf, n) };
+                }
+                self.deliver(idx, result, Output::Buffer(buf), None);
+            }
+            Body::Send { buf, done } => {
+                let result = result.map(|_| done);
+                self.deliver_sent(idx, result, done, Output::Buffer(buf), None);
+            }
+            Body::SendPooled { buf, done } => {
+                let result = result.map(|_| done);
+                self.deliver_sent(idx, result, done, Output::None, buf);
+            }
+            Body::Record(r) => {
+                let c = op::complete(*r, result, 0);
+                self.deliver_completion(idx, c);
+            }
+            _ => {
+                let result = result.map(|_| 0);
+                self.deliver(idx, result, Output::None, None);
+            }
+        }
+        if let Some(d) = lane {
+            self.hand_over(h, d, idx);
+        }
+    }
+
+    /// Delivers a send's completion, with what it sent even if it failed.
+    pub(super) fn deliver_sent(
+        &mut self,
+        idx: u32,
+        result: io::Result<usize>,
+        done: usize,
+        output: Output,
+        pooled: Option<PooledBuf>,
+    ) {
+        let closing = self.closing;
+        let failed = result.is_err();
+        self.deliver(idx, result, output, pooled);
+        if failed
+            && !closing
+            && let Some(last) = self.ready.back_mut()
+        {
+            last.bytes = done;
+        }
+    }
+
+    /// Operation `idx`, which held lane `d` of handle `h`, ended: the next one starts.
+    pub(super) fn hand_over(&mut self, h: u32, d: Dir, idx: u32) {
+        let lane = &mut self.handles[h as usize].lanes[d as usize];
+        if lane.busy != Some(idx) {
+            return;
+        }
+        lane.busy = lane.waiting.pop_front();
+        if let Some(next) = lane.busy {
+            self.issue(next);
+        }
+    }
+}
+
+/// Advances a record by the `n` bytes its SQE moved; true if it goes on with the rest (a
+/// vectored send, a write).
+fn record_goes_on(r: &mut Record, n: usize) -> bool {
+    match (r.kind, &mut r.data) {
+        (OpKind::SendVectored, OpData::Buffers { bufs, .. }) => {
+            r.progress += n;
+            r.progress < bufs.iter().map(Vec::len).sum::<usize>()
+        }
+        (OpKind::Write, OpData::Buffer { buf, done }) => {
+            *done += n;
+            let more = *done < buf.len();
+            if more && r.offset != u64::MAX {
+                r.offset += n as u64;
+            }
+            more
+        }
+        _ => false,
+    }
+}

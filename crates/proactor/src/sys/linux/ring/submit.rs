@@ -1,0 +1,146 @@
+//! The submission queue: queuing SQEs (linked deadlines among them) and entering the ring.
+
+use super::*;
+
+impl State {
+    pub(super) fn sq_len(&mut self) -> usize {
+        self.ring.submission().len()
+    }
+
+    pub(super) fn cq_len(&mut self) -> usize {
+        self.ring.completion().len()
+    }
+
+    pub(super) fn enter(&mut self, wait: bool, timeout: Option<Duration>) -> io::Result<()> {
+        let n = self.sq_len() as u32;
+        self.enter.enter(n, wait, timeout)
+    }
+
+    /// Queues `sqe` (submitting what is queued first if the queue is full).
+    pub(super) fn push(&mut self, sqe: &Entry) {
+        self.room(1);
+        // SAFETY: every pointer in the SQEs this engine builds names memory it keeps until
+        // the operation's CQE (buffers, records, boxed timespecs) or nothing.
+        let pushed = unsafe { self.ring.submission().push(sqe) };
+        debug_assert!(pushed.is_ok());
+    }
+
+    /// Queues `a` linked to `b`, in the same submission.
+    pub(super) fn push_linked(&mut self, a: &Entry, b: &Entry) {
+        self.room(2);
+        // SAFETY: as in `push`; there is room for both.
+        unsafe {
+            let mut sq = self.ring.submission();
+            let _ = sq.push(a);
+            let _ = sq.push(b);
+        }
+    }
+
+    /// Makes room for `n` SQEs.
+    pub(super) fn room(&mut self, n: usize) {
+        loop {
+            let (len, cap) = {
+                let sq = self.ring.submission();
+                (sq.len(), sq.capacity())
+            };
+            if cap - len >= n {
+                return;
+            }
+            if let Err(e) = self.enter(false, None) {
+                tracing::warn!(error = %e, "io_uring_enter failed while the submission queue is full");
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// Queues the SQE of operation `idx` (and its deadline's link timeout).
+    pub(super) fn issue(&mut self, idx: u32) {
+        let ud = self.ud(idx);
+        if std::mem::take(&mut self.op(idx).timer) {
+            // It waited for its lane with a standalone deadline: a link timeout takes over.
+            let remove = opcode::TimeoutRemove::new(ud | TAG_TIMER)
+                .build()
+                .user_data(0);
+            self.push(&remove);
+        }
+        let slot = &mut self.slots[idx as usize];
+        let op = slot.op.as_mut().expect("a live slab entry");
+        let fixed = Fixed(op.handle);
+        let sqe = match &mut op.body {
+            Body::Recv(buf) => {
+                let spare = buf.spare_capacity_mut();
+                opcode::Recv::new(fixed, spare.as_mut_ptr().cast(), clamp(spare.len()))
+                    .ioprio(POLL_FIRST)
+                    .build()
+            }
+            Body::Send { buf, done } => {
+                let rest = &buf[*done..];
+                opcode::Send::new(fixed, rest.as_ptr(), clamp(rest.len()))
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            }
+            Body::SendPooled { buf, done } => {
+                let rest = &buf.as_ref().expect("a pooled send's buffer")[*done..];
+                opcode::Send::new(fixed, rest.as_ptr(), clamp(rest.len()))
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+            }
+            Body::Nothing if op.kind == OpKind::Timer => {
+                let ts = slot.ts.as_deref().expect("a timer's timespec");
+                opcode::Timeout::new(ts).build()
+            }
+            Body::Nothing => opcode::PollAdd::new(fixed, libc::POLLIN as u32).build(),
+            Body::Record(r) => Uring::prepare(r),
+            Body::MultiRecv => opcode::RecvMulti::new(fixed, BGID).build(),
+            Body::MultiAccept => opcode::AcceptMulti::new(fixed)
+                .flags(libc::SOCK_CLOEXEC)
+                .build(),
+            Body::Waiter => unreachable!("a waiter has no SQE"),
+        }
+        .user_data(ud);
+        let is_record = matches!(op.body, Body::Record(_));
+        op.in_kernel = true;
+        op.cqes += 1;
+        let deadline = op.deadline.filter(|_| op.kind != OpKind::Timer);
+        let handle = op.handle;
+        if handle != NO_HANDLE {
+            let h = &mut self.handles[handle as usize];
+            h.kernel += 1;
+            if is_record {
+                h.raw_ops += 1;
+            }
+        }
+        match deadline {
+            None => self.push(&sqe),
+            Some(at) => {
+                let left = at.saturating_duration_since(Instant::now());
+                let slot = &mut self.slots[idx as usize];
+                let ts = slot.ts.get_or_insert_with(|| Box::new(Timespec::new()));
+                **ts = Timespec::new()
+                    .sec(left.as_secs())
+                    .nsec(left.subsec_nanos());
+                let link = opcode::LinkTimeout::new(&**ts)
+                    .build()
+                    .user_data(ud | TAG_TIMER);
+                slot.op.as_mut().expect("live").cqes += 1;
+                self.push_linked(&sqe.flags(Flags::IO_LINK), &link);
+            }
+        }
+    }
+
+    /// Starts a standalone timeout for the deadline of waiter `idx`.
+    pub(super) fn arm_waiter_deadline(&mut self, idx: u32, at: Instant) {
+        let ud = self.ud(idx) | TAG_TIMER;
+        let left = at.saturating_duration_since(Instant::now());
+        let slot = &mut self.slots[idx as usize];
+        let ts = slot.ts.get_or_insert_with(|| Box::new(Timespec::new()));
+        **ts = Timespec::new()
+            .sec(left.as_secs())
+            .nsec(left.subsec_nanos());
+        let sqe = opcode::Timeout::new(&**ts).build().user_data(ud);
+        let op = slot.op.as_mut().expect("live");
+        op.timer = true;
+        op.cqes += 1;
+        self.push(&sqe);
+    }
+}
