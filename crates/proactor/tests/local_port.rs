@@ -700,3 +700,43 @@ fn a_pooled_receive_leaves_the_socket_non_blocking_even_after_waiting_for_a_buff
     );
     let _ = &mut pb;
 }
+
+#[test]
+fn user_values_and_deadlines_ride_every_kind_of_operation() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 4096).unwrap();
+    let other = LocalPort::with_pool(2, 4096).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 5);
+    let (oh, _opeer) = pair(&other, each_ip_v4(), 6);
+    // A receive with a buffer past its deadline: timed out, its buffer back.
+    let r = port
+        .with_user(11)
+        .timeout(Duration::from_millis(30))
+        .recv(&h, Vec::with_capacity(64));
+    let mut c = next(&port);
+    assert_eq!((c.id(), c.user(), c.context()), (r, 11, 5));
+    assert!(proactor::is_deadline(&c.result().unwrap_err()), "{c:?}");
+    assert_eq!(c.take_buffer().map(|b| b.capacity()), Some(64));
+    // A pooled receive carries its user value; so does a refused operation.
+    peer.write_all(b"u").unwrap();
+    let p = port.with_user(12).recv_pooled(&h);
+    let refused = port.with_user(13).recv_pooled(&oh);
+    let done = collect(&port, &[p, refused]);
+    assert_eq!((done[0].user(), done[0].context()), (12, 5));
+    assert_eq!(done[1].user(), 13);
+    assert!(done[1].result().is_err());
+    // A deadline that does not pass changes nothing.
+    peer.write_all(b"v").unwrap();
+    let q = port
+        .with_user(14)
+        .timeout(Duration::from_secs(30))
+        .recv_pooled(&h);
+    let c = next(&port);
+    assert_eq!((c.id(), c.user()), (q, 14));
+    assert_eq!(&pooled_data(c)[..], b"v");
+    assert!(
+        within(&port, 100).is_none(),
+        "the passed deadline of a completed receive fired"
+    );
+    assert_eq!(port.operations_in_flight(), 0);
+}

@@ -5,15 +5,11 @@ use std::{
     time::Duration,
 };
 
-use proactor::{LocalCompletion, LocalHandle, LocalPort, OpId};
+use proactor::{LocalCompletion, LocalHandle, LocalPort};
 
 use super::WAIT;
-
-/// The next completion, failing the test if none arrives in time.
-pub fn next(port: &LocalPort) -> LocalCompletion {
-    port.get_completion(WAIT)
-        .expect("a completion within the time limit")
-}
+#[allow(unused_imports)] // used by some of the test binaries that include this module
+pub use super::{collect, next};
 
 /// Whether a completion arrives within `ms` milliseconds (it is returned).
 pub fn within(port: &LocalPort, ms: u64) -> Option<LocalCompletion> {
@@ -33,23 +29,4 @@ pub fn raw_pair(ip: IpAddr) -> (TcpStream, TcpStream) {
     let (ours, _) = l.accept().expect("accept");
     theirs.set_read_timeout(WAIT).unwrap();
     (ours, theirs)
-}
-
-/// Dequeues until every id in `ids` completed once, in `ids`' order; fails on a duplicate, an
-/// unknown id, or a completion nobody asked for (50 ms later).
-pub fn collect(port: &LocalPort, ids: &[OpId]) -> Vec<LocalCompletion> {
-    let mut done: Vec<Option<LocalCompletion>> = ids.iter().map(|_| None).collect();
-    while done.iter().any(Option::is_none) {
-        let c = next(port);
-        let i = ids
-            .iter()
-            .position(|&id| id == c.id())
-            .unwrap_or_else(|| panic!("unexpected completion {c:?}"));
-        assert!(done[i].is_none(), "completed twice: {c:?}");
-        done[i] = Some(c);
-    }
-    if let Some(extra) = within(port, 50) {
-        panic!("a completion nobody asked for: {extra:?}");
-    }
-    done.into_iter().map(Option::unwrap).collect()
 }
