@@ -740,3 +740,68 @@ fn user_values_and_deadlines_ride_every_kind_of_operation() {
     );
     assert_eq!(port.operations_in_flight(), 0);
 }
+
+/// Accept and connect on one port: each accept takes one connection, cancelled accepts take
+/// none, and the accepted connection serves pooled receives on the same port.
+#[test]
+fn accepts_and_connects_on_one_port() {
+    let _s = serial();
+    use proactor::socket2::{Domain, Socket, Type};
+    common::each_ip(|ip| {
+        let port = LocalPort::with_pool(2, 4096).unwrap();
+        let listener = port
+            .add_handle(TcpListener::bind((ip, 0)).unwrap(), 1)
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        // An accept cancelled before any connection takes none.
+        let cancelled = port.accept(&listener);
+        port.cancel(cancelled).unwrap();
+        let c = next(&port);
+        assert_eq!(c.id(), cancelled);
+        assert!(c.is_cancelled(), "{c:?}");
+        let accepts: Vec<_> = (0..3).map(|_| port.accept(&listener)).collect();
+        let mut connects = Vec::new();
+        let mut sockets = Vec::new();
+        for i in 0..3 {
+            let s = port
+                .add_handle(
+                    Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap(),
+                    10 + i,
+                )
+                .unwrap();
+            connects.push(port.connect(&s, addr));
+            sockets.push(s);
+        }
+        let mut ids = accepts.clone();
+        ids.extend(&connects);
+        let mut accepted = Vec::new();
+        for mut c in collect(&port, &ids) {
+            c.result().unwrap_or_else(|e| panic!("{e} ({c:?})"));
+            if c.kind() == OpKind::Accept {
+                let a = c.take_accepted().expect("one connection per accept");
+                assert_eq!(a.local_addr, addr);
+                accepted.push(port.add_handle(a.stream, 20 + accepted.len()).unwrap());
+            }
+        }
+        assert_eq!(accepted.len(), 3);
+        // Each connected socket talks to one accepted connection, through the pool.
+        for (i, s) in sockets.iter().enumerate() {
+            port.send(s, pattern(i as u64, 0, 1000));
+            assert_eq!(next(&port).result().unwrap(), 1000);
+        }
+        let mut seen = Vec::new();
+        for a in &accepted {
+            let mut got = Vec::new();
+            while got.len() < 1000 {
+                port.recv_pooled(a);
+                got.extend_from_slice(&pooled_data(next(&port)));
+            }
+            let conn = (0..3u64)
+                .find(|&k| check_stream(k, &[(0, 1000)], &got).is_ok())
+                .expect("the bytes of one of the connections");
+            assert!(!seen.contains(&conn), "two accepts took one connection");
+            seen.push(conn);
+        }
+        assert_eq!(port.operations_in_flight(), 0);
+    });
+}
