@@ -805,3 +805,78 @@ fn accepts_and_connects_on_one_port() {
         assert_eq!(port.operations_in_flight(), 0);
     });
 }
+
+/// The port, its handles, completions and pool buffers stay on their thread: none is `Send` or
+/// `Sync` (this fails to compile if one becomes either: the call below is then ambiguous).
+#[test]
+fn the_ports_types_stay_on_their_thread() {
+    trait NotSend<A> {
+        fn check() {}
+    }
+    impl<T: ?Sized> NotSend<()> for T {}
+    impl<T: ?Sized + Send> NotSend<u8> for T {}
+    trait NotSync<A> {
+        fn check() {}
+    }
+    impl<T: ?Sized> NotSync<()> for T {}
+    impl<T: ?Sized + Sync> NotSync<u8> for T {}
+    <LocalPort as NotSend<_>>::check();
+    <LocalPort as NotSync<_>>::check();
+    <proactor::LocalHandle<TcpStream> as NotSend<_>>::check();
+    <proactor::LocalHandle<TcpStream> as NotSync<_>>::check();
+    <proactor::LocalCompletion as NotSend<_>>::check();
+    <proactor::LocalCompletion as NotSync<_>>::check();
+    <PooledBuf as NotSend<_>>::check();
+    <PooledBuf as NotSync<_>>::check();
+}
+
+/// After a pooled receive (on Windows it makes the socket non-blocking), sends and receives
+/// with buffers still wait for the peer instead of failing `WouldBlock`.
+#[test]
+fn a_large_send_after_pooled_receives_waits_for_a_slow_peer() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 4096).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    peer.write_all(b"hi").unwrap();
+    assert_eq!(pooled_read(&port, &h, 2), b"hi");
+    let data = pattern(1, 0, 8 << 20);
+    let id = port.send(&h, data.clone());
+    let reader = thread::spawn(move || {
+        let mut got = vec![0; 8 << 20];
+        let mut at = 0;
+        while at < got.len() {
+            let n = (got.len() - at).min(100_000);
+            peer.read_exact(&mut got[at..at + n]).unwrap();
+            at += n;
+            thread::sleep(Duration::from_millis(1));
+        }
+        (got, peer)
+    });
+    let c = next(&port);
+    assert_eq!(c.id(), id);
+    assert_eq!(c.result().unwrap(), 8 << 20, "{c:?}");
+    let (got, mut peer) = reader.join().unwrap();
+    assert!(got == data, "the peer got other bytes");
+    // A receive with a buffer, once no pooled receive is pending, waits for data too.
+    // (An engine whose pooled receive stays armed refuses it instead, as it must.)
+    let r = port.recv(&h, Vec::with_capacity(10));
+    match within(&port, 100) {
+        Some(mut c) => {
+            assert_eq!(c.id(), r);
+            assert_eq!(
+                c.result().unwrap_err().kind(),
+                io::ErrorKind::InvalidInput,
+                "{c:?}"
+            );
+            assert_eq!(c.take_buffer().map(|b| b.capacity()), Some(10));
+        }
+        None => {
+            peer.write_all(b"later").unwrap();
+            let mut c = next(&port);
+            assert_eq!(c.id(), r);
+            let n = c.result().unwrap();
+            assert_eq!(&c.take_buffer().unwrap()[..n], &b"later"[..n]);
+        }
+    }
+    assert_eq!(port.operations_in_flight(), 0);
+}
