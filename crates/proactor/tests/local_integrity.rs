@@ -267,7 +267,7 @@ fn run_receives(fails: &Fails, rng: &mut Rng) -> LocalPort {
         batch.clear();
         if !held.is_empty() {
             // Buffers held: give one back when nothing else moves (the pool may be empty).
-            match port.get_completions(&mut batch, rng.range(1, 16), Some(Duration::from_millis(5)))
+            match port.get_completions(&mut batch, rng.range(1, 16), Some(Duration::from_millis(1)))
             {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -307,7 +307,7 @@ fn run_receives(fails: &Fails, rng: &mut Rng) -> LocalPort {
                 RecvMode::Vectored => done.take_buffers().map(|b| b.concat()),
                 RecvMode::Pooled => done.take_pooled().map(|b| {
                     let v = b.to_vec();
-                    if held.len() < 2 && rng.chance(50) {
+                    if held.len() < 2 && rng.chance(10) {
                         held.push_back(b);
                     }
                     v
