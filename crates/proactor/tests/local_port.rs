@@ -880,3 +880,29 @@ fn a_large_send_after_pooled_receives_waits_for_a_slow_peer() {
     }
     assert_eq!(port.operations_in_flight(), 0);
 }
+
+#[test]
+fn pool_shapes_are_checked_and_the_port_says_what_runs_it() {
+    let _s = serial();
+    for (count, size) in [(0, 4096), (3, 4096), (4, 0), (1000, 64)] {
+        let e = LocalPort::with_pool(count, size).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            io::ErrorKind::InvalidInput,
+            "{count} x {size}: {e}"
+        );
+    }
+    let port = LocalPort::new().unwrap();
+    assert!(
+        ["io_uring", "epoll", "iocp"].contains(&port.backend()),
+        "{}",
+        port.backend()
+    );
+    assert!(!port.setup().is_empty());
+    assert_eq!(port.operations_in_flight(), 0);
+    let one = LocalPort::with_pool(1, 1).unwrap();
+    let (h, mut peer) = pair(&one, each_ip_v4(), 1);
+    peer.write_all(b"xyz").unwrap();
+    // One buffer of one byte: three receives of one byte each, in order.
+    assert_eq!(pooled_read(&one, &h, 3), b"xyz");
+}
