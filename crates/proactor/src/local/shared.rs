@@ -11,7 +11,7 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::{HashMap, VecDeque},
+    collections::{BTreeSet, HashMap, VecDeque},
     io,
     rc::Rc,
     time::{Duration, Instant},
@@ -44,6 +44,10 @@ pub(crate) struct Shared {
     starved: RefCell<VecDeque<u32>>,
     /// Pooled receives in flight (the shared port counts the rest).
     waiting: Cell<usize>,
+    /// The deadlines of pooled receives in flight, soonest first: each receive's own, kept
+    /// here rather than on its handle's readiness wait (which serves the oldest receive, may
+    /// outlive it, and does not run while the handle waits for a buffer).
+    deadlines: RefCell<BTreeSet<(Instant, OpId)>>,
 }
 
 /// A handle of the engine.
@@ -102,6 +106,7 @@ impl Shared {
             spare: RefCell::new(Vec::new()),
             starved: RefCell::new(VecDeque::new()),
             waiting: Cell::new(0),
+            deadlines: RefCell::new(BTreeSet::new()),
         })
     }
 
@@ -271,6 +276,7 @@ impl Shared {
         let mut batch = Vec::with_capacity(max.min(256));
         loop {
             self.feed_starved();
+            let soonest = self.expire();
             let mut n = 0;
             while n < max {
                 let Some(c) = self.ready.borrow_mut().pop_front() else {
@@ -284,7 +290,11 @@ impl Shared {
             }
             // Nothing of ours is ready: wait in the shared port (not at all while a starved
             // handle waits for a buffer that a completion may give back).
-            let wait = until.map(|at| at.saturating_duration_since(Instant::now()));
+            let wait = match (until, soonest) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let wait = wait.map(|at| at.saturating_duration_since(Instant::now()));
             let wait = if self.starved.borrow().is_empty() {
                 wait
             } else {
@@ -305,6 +315,24 @@ impl Shared {
             }
             for c in batch.drain(..) {
                 self.turn(c);
+            }
+        }
+    }
+
+    /// Ends the pooled receives whose deadline passed; when the next one is due.
+    fn expire(&self) -> Option<Instant> {
+        let now = Instant::now();
+        loop {
+            let first = self.deadlines.borrow().first().copied();
+            match first {
+                Some((at, id)) if at <= now => {
+                    self.deadlines.borrow_mut().remove(&(at, id));
+                    let key = self.pooled.borrow_mut().remove(&id);
+                    if let Some(key) = key {
+                        self.end_waiter(key, id, Err(deadline()));
+                    }
+                }
+                other => return other.map(|(at, _)| at),
             }
         }
     }
@@ -346,14 +374,6 @@ impl Shared {
         }
         match c.result() {
             Ok(_) => self.receive(key),
-            Err(e) if crate::is_deadline(&e) => {
-                // The oldest receive's deadline passed (the wait carried it).
-                if let Some(id) = self.with_slot(key, |s| s.waiters.front().map(|w| w.id)) {
-                    self.pooled.borrow_mut().remove(&id);
-                    self.end_waiter(key, id, Err(e));
-                }
-                self.rearm(key);
-            }
             // Cancelled because its last receive was: nothing to do (re-armed if needed).
             Err(e) if crate::is_cancelled(&e) => self.rearm(key),
             Err(e) => {
@@ -368,12 +388,8 @@ impl Shared {
 
     /// Receives, without waiting, what handle `key` has, for its oldest pooled receive.
     fn receive(&self, key: u32) {
-        let Some((raw, first)) = self
-            .with_slot_opt(key, |s| {
-                let first = !s.received;
-                s.received = true;
-                (!s.waiters.is_empty()).then_some((s.raw, first))
-            })
+        let Some(raw) = self
+            .with_slot_opt(key, |s| (!s.waiters.is_empty()).then_some(s.raw))
             .flatten()
         else {
             return;
@@ -382,6 +398,9 @@ impl Shared {
             self.starve(key);
             return;
         };
+        // The first receive that runs (not the first readiness: that one may have found the
+        // pool empty) makes the socket non-blocking on Windows.
+        let first = self.with_slot(key, |s| !std::mem::replace(&mut s.received, true));
         // SAFETY: buffer `index` came off the free list: this engine owns it, and the pool
         // holds `size` bytes there.
         let got = unsafe { sys::recv_now(raw, self.pool.addr(index), self.pool.size(), first) };
@@ -455,13 +474,15 @@ impl Shared {
             return id;
         }
         self.pooled.borrow_mut().insert(id, key);
+        if let Some(at) = deadline {
+            self.deadlines.borrow_mut().insert((at, id));
+        }
         self.waiting.set(self.waiting.get() + 1);
         self.rearm(key);
         id
     }
 
-    /// Starts a readiness wait for handle `key` if it has pooled receives and none runs, with
-    /// the deadline of the oldest.
+    /// Starts a readiness wait for handle `key` if it has pooled receives and none runs.
     fn rearm(&self, key: u32) {
         let mut slots = self.slots.borrow_mut();
         let Some(slot) = slots.get_mut(key as usize).and_then(Option::as_mut) else {
@@ -470,19 +491,15 @@ impl Shared {
         if slot.armed.is_some() || slot.starved {
             return;
         }
-        let Some(front) = slot.waiters.front() else {
+        if slot.waiters.is_empty() {
             return;
-        };
-        let deadline = front.deadline;
+        }
         let id = self.port.sys().readable(&slot.target, 0);
         slot.armed = Some(id);
         drop(slots);
         self.internal
             .borrow_mut()
             .insert(id, Internal::Readable(key));
-        if let Some(at) = deadline {
-            self.port.set_deadline(id, at);
-        }
     }
 
     /// Ends pooled receive `id` of handle `key` (already out of `pooled`) with `result`.
@@ -534,6 +551,9 @@ impl Shared {
         buf: Option<PooledBuf>,
     ) {
         self.waiting.set(self.waiting.get() - 1);
+        if let Some(at) = w.deadline {
+            self.deadlines.borrow_mut().remove(&(at, w.id));
+        }
         let (bytes, error) = match result {
             Ok(n) => (n, None),
             Err(e) => (0, Some(e)),
@@ -609,6 +629,15 @@ fn cancelled() -> io::Error {
     #[cfg(not(windows))]
     let code = 125; // ECANCELED
     crate::error::cancelled(code, None)
+}
+
+/// The error of a pooled receive whose deadline passed.
+fn deadline() -> io::Error {
+    #[cfg(windows)]
+    let code = 995; // ERROR_OPERATION_ABORTED
+    #[cfg(not(windows))]
+    let code = 125; // ECANCELED
+    crate::error::deadline(code, None)
 }
 
 fn refused(

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod local;
 pub mod oracle;
 
 use std::{
@@ -9,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use proactor::{Completion, Handle, Iocp, OpKind};
+use proactor::{Completion, Handle, Iocp, LocalCompletion, LocalPort, OpId, OpKind};
 
 /// The OS code of a local cancel: `ERROR_OPERATION_ABORTED` on Windows, `ECANCELED` on Linux.
 pub const CANCELLED: i32 = if cfg!(windows) { 995 } else { 125 };
@@ -27,9 +28,48 @@ pub fn each_ip(mut f: impl FnMut(IpAddr)) {
     f(IpAddr::V6(Ipv6Addr::LOCALHOST));
 }
 
+/// What the helpers need of a port: the shared [`Iocp`] or the [`LocalPort`] of one thread,
+/// so that one body serves the suites of both.
+pub trait Port {
+    /// What it dequeues.
+    type Done: std::fmt::Debug;
+    fn dequeue(&self, timeout: Option<Duration>) -> io::Result<Self::Done>;
+    fn id_of(done: &Self::Done) -> OpId;
+}
+
+impl Port for Iocp {
+    type Done = Completion;
+    fn dequeue(&self, timeout: Option<Duration>) -> io::Result<Completion> {
+        self.get_completion(timeout)
+    }
+    fn id_of(done: &Completion) -> OpId {
+        done.id()
+    }
+}
+
+impl Port for LocalPort {
+    type Done = LocalCompletion;
+    fn dequeue(&self, timeout: Option<Duration>) -> io::Result<LocalCompletion> {
+        self.get_completion(timeout)
+    }
+    fn id_of(done: &LocalCompletion) -> OpId {
+        done.id()
+    }
+}
+
+impl<P: Port> Port for std::sync::Arc<P> {
+    type Done = P::Done;
+    fn dequeue(&self, timeout: Option<Duration>) -> io::Result<P::Done> {
+        (**self).dequeue(timeout)
+    }
+    fn id_of(done: &P::Done) -> OpId {
+        P::id_of(done)
+    }
+}
+
 /// The next completion, failing the test if none arrives in time.
-pub fn next(port: &Iocp) -> Completion {
-    port.get_completion(WAIT)
+pub fn next<P: Port>(port: &P) -> P::Done {
+    port.dequeue(WAIT)
         .expect("a completion within the time limit")
 }
 
@@ -99,21 +139,19 @@ impl Drop for TempPath {
 
 /// Dequeues until every id in `ids` completed once, in `ids`' order; fails on a duplicate, an
 /// unknown id, or a completion nobody asked for (50 ms later).
-pub fn collect(port: &Iocp, ids: &[proactor::OpId]) -> Vec<Completion> {
-    let mut done: Vec<Option<Completion>> = ids.iter().map(|_| None).collect();
+pub fn collect<P: Port>(port: &P, ids: &[OpId]) -> Vec<P::Done> {
+    let mut done: Vec<Option<P::Done>> = ids.iter().map(|_| None).collect();
     while done.iter().any(Option::is_none) {
         let c = next(port);
         let i = ids
             .iter()
-            .position(|&id| id == c.id())
+            .position(|&id| id == P::id_of(&c))
             .unwrap_or_else(|| panic!("unexpected completion {c:?}"));
         assert!(done[i].is_none(), "completed twice: {c:?}");
         done[i] = Some(c);
     }
-    assert!(
-        port.get_completion(Some(Duration::from_millis(50)))
-            .is_err(),
-        "a completion nobody asked for"
-    );
+    if let Ok(extra) = port.dequeue(Some(Duration::from_millis(50))) {
+        panic!("a completion nobody asked for: {extra:?}");
+    }
     done.into_iter().map(Option::unwrap).collect()
 }

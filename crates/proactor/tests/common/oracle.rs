@@ -72,6 +72,8 @@ pub fn seeds(count: usize) -> Vec<u64> {
 pub struct Fails {
     pub seed: u64,
     pub test: &'static str,
+    /// The test binary, for the replay command.
+    pub binary: &'static str,
     list: Arc<Mutex<Vec<String>>>,
 }
 
@@ -80,8 +82,15 @@ impl Fails {
         Fails {
             seed,
             test,
+            binary: "integrity",
             list: Arc::new(Mutex::new(Vec::new())),
         }
+    }
+
+    /// The same, replayed with the test binary `binary` (another suite over this oracle).
+    pub fn in_binary(mut self, binary: &'static str) -> Fails {
+        self.binary = binary;
+        self
     }
 
     /// Records one violation of the contract (kept going: one run can show several).
@@ -109,11 +118,12 @@ impl Fails {
         let shown: Vec<&str> = list.iter().take(12).map(String::as_str).collect();
         panic!(
             "{} on {backend}, seed {}: {} failure(s) (replay: PROACTOR_SEED={} cargo test -p \
-             proactor --test integrity {}):\n  - {}",
+             proactor --test {} {}):\n  - {}",
             self.test,
             self.seed,
             list.len(),
             self.seed,
+            self.binary,
             self.test,
             shown.join("\n  - ")
         );

@@ -1,0 +1,908 @@
+//! Targeted tests of [`LocalPort`], the port owned by one thread, and of its pooled receive:
+//! the refusals (mixing receives, another port's buffer or handle), cancels and drops with data
+//! in flight, deadlines and their races, EOF and resets, and pool buffers that outlive the port.
+//! Written against the public API only: every engine (the shared-port engine, the io_uring ring)
+//! must pass them.
+#![cfg(any(windows, target_os = "linux"))]
+
+mod common;
+
+use std::{
+    io::{self, Read, Write},
+    net::{TcpListener, TcpStream},
+    sync::{Mutex, MutexGuard},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{
+    each_ip_v4,
+    local::{collect, next, pair, within},
+    oracle::{Rng, check_stream, pattern, seeds},
+    reset_on_drop,
+};
+use proactor::{LocalPort, OpKind, PooledBuf};
+
+/// One test at a time: `live_operations()` and descriptor numbers are process-wide.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A pooled receive's data, or a failure saying what came instead.
+fn pooled_data(mut c: proactor::LocalCompletion) -> PooledBuf {
+    assert_eq!(c.kind(), OpKind::RecvPooled, "{c:?}");
+    let n = c
+        .result()
+        .unwrap_or_else(|e| panic!("pooled receive failed: {e} ({c:?})"));
+    assert!(n > 0, "EOF where data was expected: {c:?}");
+    let buf = c.take_pooled().expect("a pooled receive's data");
+    assert_eq!(buf.len(), n, "the buffer holds what the completion reports");
+    buf
+}
+
+/// Receives with pooled receives, one at a time, until `want` bytes came.
+fn pooled_read(port: &LocalPort, h: &proactor::LocalHandle<TcpStream>, want: usize) -> Vec<u8> {
+    let mut got = Vec::new();
+    while got.len() < want {
+        port.recv_pooled(h);
+        got.extend_from_slice(&pooled_data(next(port)));
+    }
+    got
+}
+
+#[test]
+fn a_receive_with_a_buffer_beside_a_pooled_receive_is_refused_with_its_buffer() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 4096).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    let pooled = port.recv_pooled(&h);
+    let plain = port.recv(&h, Vec::with_capacity(100));
+    let vectored = port.recv_vectored(&h, vec![Vec::with_capacity(7), Vec::with_capacity(9)]);
+    let mut refused = collect(&port, &[plain, vectored]);
+    for c in &refused {
+        let e = c.result().expect_err("mixing is refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{c:?}");
+    }
+    assert_eq!(refused[0].take_buffer().map(|b| b.capacity()), Some(100));
+    let bufs = refused[1].take_buffers().expect("the buffers back");
+    assert_eq!(bufs.iter().map(Vec::capacity).collect::<Vec<_>>(), [7, 9]);
+    // The pooled receive is untouched: it gets the first bytes.
+    peer.write_all(b"first").unwrap();
+    let c = next(&port);
+    assert_eq!(c.id(), pooled);
+    assert_eq!(&pooled_data(c)[..], b"first");
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+#[test]
+fn a_pooled_receive_beside_a_receive_with_a_buffer_never_reorders_bytes() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 4096).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    let plain = port.recv(&h, Vec::with_capacity(3));
+    let pooled = port.recv_pooled(&h);
+    thread::sleep(Duration::from_millis(20));
+    peer.write_all(b"abcdef").unwrap();
+    let mut done = collect(&port, &[plain, pooled]);
+    // Refused (the engine forbids the mix) or served in submission order: never reordered.
+    let first = done[0].take_buffer().expect("the receive's buffer");
+    match done[1].result() {
+        Err(e) => {
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{:?}", done[1]);
+            assert!(b"abcdef".starts_with(&first), "{first:?}");
+        }
+        Ok(_) => {
+            let second = done[1].take_pooled().expect("pooled data");
+            let mut all = first.clone();
+            all.extend_from_slice(&second);
+            assert!(b"abcdef".starts_with(&all), "bytes reordered: {all:?}");
+            assert_eq!(first, b"abc", "the older receive gets the first bytes");
+        }
+    }
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+#[test]
+fn another_ports_buffer_or_handle_is_refused_with_what_it_owned() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 4096).unwrap();
+    let other = LocalPort::with_pool(2, 4096).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    let (oh, mut opeer) = pair(&other, each_ip_v4(), 2);
+    opeer.write_all(b"theirs").unwrap();
+    other.recv_pooled(&oh);
+    let theirs = pooled_data(next(&other));
+
+    // Another pool's buffer on our handle.
+    let id = port.send_pooled(&h, theirs);
+    let mut c = next(&port);
+    assert_eq!((c.id(), c.kind()), (id, OpKind::SendPooled));
+    assert_eq!(c.result().unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    let back = c.take_pooled().expect("the buffer back");
+    assert_eq!(&back[..], b"theirs");
+
+    // Another port's handle, with each kind of operation.
+    let ids = [
+        port.recv(&oh, Vec::with_capacity(10)),
+        port.recv_pooled(&oh),
+        port.send(&oh, b"x".to_vec()),
+        port.send_pooled(&oh, back),
+        port.readable(&oh),
+    ];
+    let mut done = collect(&port, &ids);
+    for c in &done {
+        let e = c.result().expect_err("another port's handle is refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{c:?}");
+    }
+    assert_eq!(done[0].take_buffer().map(|b| b.capacity()), Some(10));
+    assert_eq!(done[2].take_buffer().as_deref(), Some(&b"x"[..]));
+    assert_eq!(done[3].take_pooled().as_deref(), Some(&b"theirs"[..]));
+    assert!(port.cancel_all(&oh).is_err());
+    // Neither port saw the other's operations; both still work.
+    assert!(within(&other, 50).is_none());
+    peer.write_all(b"ours").unwrap();
+    assert_eq!(pooled_read(&port, &h, 4), b"ours");
+    assert_eq!(port.operations_in_flight(), 0);
+    assert_eq!(other.operations_in_flight(), 0);
+}
+
+#[test]
+fn a_cancelled_pooled_receive_loses_no_data() {
+    let _s = serial();
+    let seed = seeds(1)[0];
+    let mut rng = Rng::new(seed);
+    let port = LocalPort::with_pool(4, 512).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    // Arm the handle's receive (an engine may keep receiving into the pool from here on).
+    peer.write_all(&pattern(1, 0, 10)).unwrap();
+    let mut got = pooled_read(&port, &h, 10);
+    let mut sent = 10usize;
+    let mut cancelled = 0;
+    for _ in 0..200 {
+        let n = rng.range(1, 700);
+        peer.write_all(&pattern(1, sent as u64, n)).unwrap();
+        sent += n;
+        if rng.chance(50) {
+            thread::sleep(Duration::from_micros(rng.range(0, 300) as u64));
+        }
+        let id = port.recv_pooled(&h);
+        let mut early = Vec::new();
+        if rng.chance(30) {
+            // Let the engine run between the submission and the cancel.
+            let _ = port.get_completions(&mut early, 1, Some(Duration::ZERO));
+        }
+        let _ = port.cancel(id);
+        let mut c = early.pop().unwrap_or_else(|| next(&port));
+        assert_eq!(c.id(), id, "seed {seed}: {c:?}");
+        match c.result() {
+            Ok(n) => got.extend_from_slice(&c.take_pooled().expect("data")[..n]),
+            Err(e) => {
+                assert!(proactor::is_cancelled(&e), "seed {seed}: {e:?}");
+                assert!(
+                    c.take_pooled().is_none(),
+                    "a cancelled receive has no buffer"
+                );
+                cancelled += 1;
+            }
+        }
+    }
+    let rest = sent - got.len();
+    got.extend_from_slice(&pooled_read(&port, &h, rest));
+    check_stream(1, &[(0, sent)], &got).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    assert!(cancelled > 0, "seed {seed}: no cancel won a race");
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+#[test]
+fn cancel_all_ends_pooled_receives_and_the_handle_keeps_its_data() {
+    let _s = serial();
+    let port = LocalPort::with_pool(4, 4096).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    let ids = [
+        port.recv_pooled(&h),
+        port.recv_pooled(&h),
+        port.readable(&h),
+    ];
+    port.cancel_all(&h).unwrap();
+    for c in collect(&port, &ids) {
+        assert!(c.is_cancelled(), "{c:?}");
+    }
+    assert_eq!(
+        port.cancel(ids[0]).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
+    peer.write_all(b"after").unwrap();
+    assert_eq!(pooled_read(&port, &h, 5), b"after");
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+/// Dropping a handle with a pooled receive and sends in flight, then a new connection taking its
+/// descriptor number: the old operations end (once each), no byte of the old connection reaches
+/// the new one in either direction.
+#[test]
+fn a_dropped_handles_bytes_never_reach_the_next_connection() {
+    let _s = serial();
+    for round in 0..8u64 {
+        let port = LocalPort::with_pool(2, 4096).unwrap();
+        let (old, mut old_peer) = pair(&port, each_ip_v4(), 1);
+        #[cfg(unix)]
+        let old_fd = std::os::fd::AsRawFd::as_raw_fd(&*old);
+        // Data in flight both ways: the peer's bytes waiting, a big send the peer does not read.
+        old_peer.write_all(&pattern(1, 0, 3000)).unwrap();
+        let mut ids = vec![port.recv_pooled(&old)];
+        if round % 2 == 0 {
+            ids.push(port.recv_pooled(&old));
+        }
+        ids.push(port.send(&old, pattern(1, 0, 4 << 20)));
+        ids.push(port.send_vectored(&old, vec![pattern(1, 4 << 20, 100)]));
+        let mut early = Vec::new();
+        if round % 4 < 2 {
+            let _ = port.get_completions(&mut early, 1, Some(Duration::from_millis(5)));
+        }
+        drop(old);
+
+        // A new connection, very likely on the old descriptor number.
+        let l = TcpListener::bind((each_ip_v4(), 0)).unwrap();
+        let mut new_peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        new_peer.set_read_timeout(common::WAIT).unwrap();
+        let (s, _) = l.accept().unwrap();
+        #[cfg(unix)]
+        let reused = std::os::fd::AsRawFd::as_raw_fd(&s) == old_fd;
+        #[cfg(not(unix))]
+        let reused = true;
+        let new = port.add_handle(s, 2).unwrap();
+        new_peer.write_all(&pattern(2, 0, 5000)).unwrap();
+        let echo = port.send(&new, pattern(2, 0, 7000));
+
+        // Every old operation completes once (cancelled, or done before the drop took effect).
+        let mut pending: Vec<_> = ids.clone();
+        pending.push(echo);
+        let mut got = Vec::new();
+        let mut want_more = true;
+        let mut recv = Some(port.recv_pooled(&new));
+        while !pending.is_empty() || want_more {
+            let mut c = early.pop().unwrap_or_else(|| next(&port));
+            if Some(c.id()) == recv {
+                got.extend_from_slice(&pooled_data(c));
+                want_more = got.len() < 5000;
+                recv = want_more.then(|| port.recv_pooled(&new));
+                continue;
+            }
+            let at = pending
+                .iter()
+                .position(|&id| id == c.id())
+                .unwrap_or_else(|| panic!("round {round}: unknown or repeated completion {c:?}"));
+            pending.swap_remove(at);
+            if c.id() == echo {
+                assert_eq!(c.result().unwrap(), 7000);
+            } else if c.kind() == OpKind::RecvPooled {
+                match c.result() {
+                    Ok(n) => {
+                        let data = c.take_pooled().unwrap();
+                        assert_eq!(data.len(), n);
+                        assert!(
+                            proactor_oracle_ok(1, &data),
+                            "round {round}: old data wrong"
+                        );
+                    }
+                    Err(e) => assert!(proactor::is_cancelled(&e), "round {round}: {e:?}"),
+                }
+            } else {
+                assert!(c.context() == 1, "round {round}: {c:?}");
+            }
+        }
+        check_stream(2, &[(0, 5000)], &got)
+            .unwrap_or_else(|e| panic!("round {round} (fd reused: {reused}): {e}"));
+        let mut back = vec![0; 7000];
+        new_peer.read_exact(&mut back).unwrap();
+        check_stream(2, &[(0, 7000)], &back).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        // The old peer sees its connection closed, never the new connection's bytes.
+        old_peer
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut old_got = Vec::new();
+        let _ = old_peer.read_to_end(&mut old_got);
+        if let Some(at) = common::oracle::mismatch(1, 0, &old_got) {
+            panic!(
+                "round {round}: the old peer got a foreign byte at {at}: {}",
+                common::oracle::describe(&old_got, at, at as u64, 1)
+            );
+        }
+        drop(new);
+        assert!(
+            within(&port, 50).is_none(),
+            "round {round}: a completion after all"
+        );
+        assert_eq!(port.operations_in_flight(), 0, "round {round}");
+    }
+}
+
+/// Whether pooled data of connection `conn` is a run of its stream (from whatever offset).
+fn proactor_oracle_ok(conn: u64, data: &[u8]) -> bool {
+    data.is_empty()
+        || (0..3000u64).any(|start| common::oracle::mismatch(conn, start, data).is_none())
+}
+
+#[test]
+fn a_pooled_receive_past_its_deadline_ends_timed_out() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 4096).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    let started = Instant::now();
+    let id = port.with_timeout(Duration::from_millis(50)).recv_pooled(&h);
+    let mut c = next(&port);
+    assert_eq!((c.id(), c.kind()), (id, OpKind::RecvPooled));
+    let e = c.result().unwrap_err();
+    assert!(proactor::is_deadline(&e), "{e:?}");
+    assert!(!proactor::is_cancelled(&e), "{e:?}");
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+    assert!(c.take_pooled().is_none());
+    assert!(started.elapsed() >= Duration::from_millis(45));
+    // The handle still works, and its data was not lost.
+    peer.write_all(b"late").unwrap();
+    assert_eq!(pooled_read(&port, &h, 4), b"late");
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+#[test]
+fn a_deadline_belongs_to_its_own_receive() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 4096).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    // An older receive's deadline, cancelled, does not end the younger one.
+    let a = port.with_timeout(Duration::from_millis(40)).recv_pooled(&h);
+    let b = port.recv_pooled(&h);
+    port.cancel(a).unwrap();
+    let c = next(&port);
+    assert_eq!(c.id(), a);
+    assert!(c.is_cancelled(), "{c:?}");
+    if let Some(c) = within(&port, 300) {
+        panic!("the cancelled receive's deadline ended another: {c:?}");
+    }
+    // A younger receive's deadline ends it while an older receive without one waits.
+    let started = Instant::now();
+    let d = port.with_timeout(Duration::from_millis(40)).recv_pooled(&h);
+    let c = next(&port);
+    assert_eq!(c.id(), d, "{c:?}");
+    assert!(proactor::is_deadline(&c.result().unwrap_err()), "{c:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    peer.write_all(b"data").unwrap();
+    let c = next(&port);
+    assert_eq!(c.id(), b);
+    assert_eq!(&pooled_data(c)[..], b"data");
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+#[test]
+fn a_deadline_passes_while_the_pool_is_empty() {
+    let _s = serial();
+    let port = LocalPort::with_pool(1, 64).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    peer.write_all(b"one").unwrap();
+    let held = pooled_read(&port, &h, 3);
+    assert_eq!(held, b"one");
+    // Hold the only buffer: the next receive's data is there but has nowhere to go.
+    port.recv_pooled(&h);
+    peer.write_all(b"two").unwrap();
+    let mut c = next(&port);
+    let hold = c.take_pooled().expect("data");
+    peer.write_all(b"xyz").unwrap();
+    thread::sleep(Duration::from_millis(20));
+    let started = Instant::now();
+    let id = port.with_timeout(Duration::from_millis(50)).recv_pooled(&h);
+    let c = port
+        .get_completion(Some(Duration::from_secs(3)))
+        .expect("the deadline passes although the pool is empty");
+    assert_eq!(c.id(), id);
+    assert!(proactor::is_deadline(&c.result().unwrap_err()), "{c:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+    drop(hold);
+    drop(c);
+    peer.write_all(b"three").unwrap();
+    let rest = pooled_read(&port, &h, 8);
+    assert_eq!(rest, b"xyzthree");
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+/// A deadline racing the data: each receive completes exactly once, either with data or timed
+/// out, and no byte is lost or reordered.
+#[test]
+fn a_deadline_racing_data_completes_once_and_loses_nothing() {
+    let _s = serial();
+    let seed = seeds(1)[0];
+    let mut rng = Rng::new(seed);
+    let port = LocalPort::with_pool(2, 1024).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    let mut sent = 0usize;
+    let mut got = Vec::new();
+    let mut timed_out = 0;
+    for _ in 0..150 {
+        let n = rng.range(1, 2000);
+        let gap = Duration::from_micros(rng.range(0, 3000) as u64);
+        let id = port
+            .with_timeout(Duration::from_micros(rng.range(100, 2000) as u64))
+            .recv_pooled(&h);
+        thread::sleep(gap);
+        peer.write_all(&pattern(1, sent as u64, n)).unwrap();
+        sent += n;
+        let mut c = next(&port);
+        assert_eq!(c.id(), id, "seed {seed}: {c:?}");
+        match c.result() {
+            Ok(n) => got.extend_from_slice(&c.take_pooled().expect("data")[..n]),
+            Err(e) => {
+                assert!(proactor::is_deadline(&e), "seed {seed}: {e:?}");
+                timed_out += 1;
+            }
+        }
+        assert!(
+            within(&port, 0).is_none(),
+            "seed {seed}: a second completion"
+        );
+    }
+    let rest = sent - got.len();
+    got.extend_from_slice(&pooled_read(&port, &h, rest));
+    check_stream(1, &[(0, sent)], &got).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    eprintln!("seed {seed}: {timed_out} of 150 receives timed out");
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+#[test]
+fn timers_posts_and_batches() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 4096).unwrap();
+    let timer = port.with_user(9).timer(Duration::from_millis(20));
+    let posts: Vec<_> = (0..10).map(|i| port.post(100 + i, i)).collect();
+    assert_eq!(port.operations_in_flight(), 11);
+    let mut batch = Vec::new();
+    let n = port.get_completions(&mut batch, 4, common::WAIT).unwrap();
+    assert_eq!((n, batch.len()), (4, 4));
+    assert_eq!(
+        port.get_completions(&mut batch, 0, None)
+            .unwrap_err()
+            .kind(),
+        io::ErrorKind::InvalidInput
+    );
+    while batch.len() < 11 {
+        port.get_completions(&mut batch, 64, common::WAIT).unwrap();
+    }
+    let mut seen = Vec::new();
+    for c in &batch {
+        assert!(!seen.contains(&c.id()), "completed twice: {c:?}");
+        seen.push(c.id());
+        match c.kind() {
+            OpKind::Post => {
+                let i = posts
+                    .iter()
+                    .position(|&p| p == c.id())
+                    .expect("a post of ours");
+                assert_eq!((c.context(), c.bytes_transferred()), (100 + i, i));
+            }
+            OpKind::Timer => {
+                assert_eq!((c.id(), c.user()), (timer, 9));
+                assert_eq!(c.result().unwrap(), 0);
+            }
+            k => panic!("{k:?}"),
+        }
+    }
+    // A cancelled timer ends cancelled; a finished one cannot be cancelled.
+    let t = port.timer(Duration::from_secs(60));
+    port.cancel(t).unwrap();
+    assert!(next(&port).is_cancelled());
+    assert_eq!(port.cancel(t).unwrap_err().kind(), io::ErrorKind::NotFound);
+    assert_eq!(
+        port.cancel(timer).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
+    assert_eq!(
+        port.get_completion(Some(Duration::from_millis(10)))
+            .unwrap_err()
+            .kind(),
+        io::ErrorKind::TimedOut
+    );
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+#[test]
+fn end_of_stream_comes_after_the_data_in_order() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 1000).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    let data = pattern(1, 0, 10_000);
+    peer.write_all(&data).unwrap();
+    peer.shutdown(std::net::Shutdown::Write).unwrap();
+    // Several receives queued at once: they fill in submission order.
+    let ids: Vec<_> = (0..30).map(|_| port.recv_pooled(&h)).collect();
+    let mut got = Vec::new();
+    let mut eofs = 0;
+    // Each buffer goes back as soon as it is read: the pool (2 buffers) is much smaller than
+    // the receives queued.
+    for &id in &ids {
+        let mut c = next(&port);
+        assert_eq!(
+            c.id(),
+            id,
+            "pooled receives complete in submission order: {c:?}"
+        );
+        match c.result().unwrap() {
+            0 => {
+                assert!(c.take_pooled().is_none(), "EOF has no buffer");
+                eofs += 1;
+            }
+            n => {
+                assert_eq!(eofs, 0, "data after EOF");
+                got.extend_from_slice(&c.take_pooled().unwrap()[..n]);
+            }
+        }
+    }
+    assert_eq!(got, data);
+    assert!(eofs > 0);
+    // EOF stays EOF.
+    port.recv_pooled(&h);
+    assert_eq!(next(&port).result().unwrap(), 0);
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+#[test]
+fn a_reset_is_connection_reset_never_end_of_stream() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 4096).unwrap();
+    for pooled in [true, false] {
+        let (h, peer) = pair(&port, each_ip_v4(), 1);
+        let id = if pooled {
+            port.recv_pooled(&h)
+        } else {
+            port.recv(&h, Vec::with_capacity(100))
+        };
+        thread::sleep(Duration::from_millis(10));
+        reset_on_drop(&peer).unwrap();
+        drop(peer);
+        let c = next(&port);
+        assert_eq!(c.id(), id);
+        let e = c.result().expect_err("a reset is an error, never Ok(0)");
+        assert_eq!(
+            e.kind(),
+            io::ErrorKind::ConnectionReset,
+            "pooled {pooled}: {e:?}"
+        );
+        // Receiving again after the reset: an error or EOF, but never data.
+        port.recv_pooled(&h);
+        let mut c = next(&port);
+        assert!(c.take_pooled().is_none(), "{c:?}");
+    }
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+#[test]
+fn pool_buffers_and_completions_outlive_the_port() {
+    let _s = serial();
+    let port = LocalPort::with_pool(4, 4096).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    peer.write_all(b"survivor").unwrap();
+    port.recv_pooled(&h);
+    let mut c = next(&port);
+    let buf = c.take_pooled().unwrap();
+    peer.write_all(b"second").unwrap();
+    port.recv_pooled(&h);
+    let kept = next(&port);
+    // Operations still in flight when the port goes: a receive and a timer.
+    port.recv_pooled(&h);
+    port.timer(Duration::from_secs(60));
+    drop(port);
+    assert_eq!(&buf[..], b"survivor");
+    drop(h);
+    assert_eq!(&buf[..], b"survivor");
+    let mut kept = kept;
+    let second = kept.take_pooled().unwrap();
+    drop(kept);
+    drop(buf);
+    assert_eq!(&second[..], b"second");
+    drop(second);
+    assert_eq!(proactor::live_operations(), 0);
+}
+
+#[test]
+fn pooled_receives_wait_for_buffers_when_the_pool_is_empty() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 4096).unwrap();
+    let conns: Vec<_> = (0..3).map(|i| pair(&port, each_ip_v4(), i)).collect();
+    for (i, (_, peer)) in conns.iter().enumerate() {
+        (&*peer).write_all(&pattern(i as u64, 0, 100)).unwrap();
+    }
+    let mut held = Vec::new();
+    for (h, _) in &conns[..2] {
+        port.recv_pooled(h);
+        held.push(pooled_data(next(&port)));
+    }
+    let third = port.recv_pooled(&conns[2].0);
+    assert!(
+        within(&port, 200).is_none(),
+        "a receive completed with no buffer to give"
+    );
+    assert_eq!(port.operations_in_flight(), 1);
+    drop(held.pop());
+    let c = next(&port);
+    assert_eq!(c.id(), third);
+    check_stream(2, &[(0, 100)], &pooled_data(c)).unwrap();
+    drop(held);
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+#[test]
+fn pooled_sends_echo_and_hand_their_buffer_back() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 4096).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    let data = pattern(1, 0, 50_000);
+    let writer = {
+        let data = data.clone();
+        let mut w = peer.try_clone().unwrap();
+        thread::spawn(move || w.write_all(&data).unwrap())
+    };
+    let mut echoed = 0;
+    let mut sends = 0;
+    let mut recv = Some(port.recv_pooled(&h));
+    while echoed < data.len() || sends > 0 {
+        let mut c = next(&port);
+        match c.kind() {
+            OpKind::RecvPooled => {
+                let buf = pooled_data(c);
+                echoed += buf.len();
+                port.with_user(buf.len()).send_pooled(&h, buf);
+                sends += 1;
+                recv = (echoed < data.len()).then(|| port.recv_pooled(&h));
+            }
+            OpKind::SendPooled => {
+                assert_eq!(c.result().unwrap(), c.user());
+                let buf = c.take_pooled().expect("the sent buffer back");
+                assert_eq!(buf.len(), c.user());
+                sends -= 1;
+            }
+            k => panic!("{k:?}"),
+        }
+    }
+    assert!(recv.is_none());
+    writer.join().unwrap();
+    let mut back = vec![0; data.len()];
+    peer.read_exact(&mut back).unwrap();
+    assert_eq!(back, data);
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+/// On Windows the pooled receive makes the socket non-blocking (FIONBIO) before its first
+/// receive, also when that receive first had to wait for a buffer: a blocking socket would hang
+/// the port's thread on a stale readiness.
+#[cfg(windows)]
+#[test]
+fn a_pooled_receive_leaves_the_socket_non_blocking_even_after_waiting_for_a_buffer() {
+    let _s = serial();
+    let port = LocalPort::with_pool(1, 64).unwrap();
+    let (a, mut pa) = pair(&port, each_ip_v4(), 1);
+    let (b, mut pb) = pair(&port, each_ip_v4(), 2);
+    pa.write_all(b"a").unwrap();
+    port.recv_pooled(&a);
+    let held = pooled_data(next(&port));
+    pb.write_all(b"b").unwrap();
+    let id = port.recv_pooled(&b);
+    assert!(within(&port, 100).is_none());
+    drop(held);
+    let c = next(&port);
+    assert_eq!(c.id(), id);
+    assert_eq!(&pooled_data(c)[..], b"b");
+    b.get_ref()
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let e = (&*b).read(&mut [0; 8]).unwrap_err();
+    assert_eq!(
+        e.kind(),
+        io::ErrorKind::WouldBlock,
+        "the socket blocks: {e:?}"
+    );
+    let _ = &mut pb;
+}
+
+#[test]
+fn user_values_and_deadlines_ride_every_kind_of_operation() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 4096).unwrap();
+    let other = LocalPort::with_pool(2, 4096).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 5);
+    let (oh, _opeer) = pair(&other, each_ip_v4(), 6);
+    // A receive with a buffer past its deadline: timed out, its buffer back.
+    let r = port
+        .with_user(11)
+        .timeout(Duration::from_millis(30))
+        .recv(&h, Vec::with_capacity(64));
+    let mut c = next(&port);
+    assert_eq!((c.id(), c.user(), c.context()), (r, 11, 5));
+    assert!(proactor::is_deadline(&c.result().unwrap_err()), "{c:?}");
+    assert_eq!(c.take_buffer().map(|b| b.capacity()), Some(64));
+    // A pooled receive carries its user value; so does a refused operation.
+    peer.write_all(b"u").unwrap();
+    let p = port.with_user(12).recv_pooled(&h);
+    let refused = port.with_user(13).recv_pooled(&oh);
+    let done = collect(&port, &[p, refused]);
+    assert_eq!((done[0].user(), done[0].context()), (12, 5));
+    assert_eq!(done[1].user(), 13);
+    assert!(done[1].result().is_err());
+    // A deadline that does not pass changes nothing.
+    peer.write_all(b"v").unwrap();
+    let q = port
+        .with_user(14)
+        .timeout(Duration::from_secs(30))
+        .recv_pooled(&h);
+    let c = next(&port);
+    assert_eq!((c.id(), c.user()), (q, 14));
+    assert_eq!(&pooled_data(c)[..], b"v");
+    assert!(
+        within(&port, 100).is_none(),
+        "the passed deadline of a completed receive fired"
+    );
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+/// Accept and connect on one port: each accept takes one connection, cancelled accepts take
+/// none, and the accepted connection serves pooled receives on the same port.
+#[test]
+fn accepts_and_connects_on_one_port() {
+    let _s = serial();
+    use proactor::socket2::{Domain, Socket, Type};
+    common::each_ip(|ip| {
+        let port = LocalPort::with_pool(2, 4096).unwrap();
+        let listener = port
+            .add_handle(TcpListener::bind((ip, 0)).unwrap(), 1)
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        // An accept cancelled before any connection takes none.
+        let cancelled = port.accept(&listener);
+        port.cancel(cancelled).unwrap();
+        let c = next(&port);
+        assert_eq!(c.id(), cancelled);
+        assert!(c.is_cancelled(), "{c:?}");
+        let accepts: Vec<_> = (0..3).map(|_| port.accept(&listener)).collect();
+        let mut connects = Vec::new();
+        let mut sockets = Vec::new();
+        for i in 0..3 {
+            let s = port
+                .add_handle(
+                    Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap(),
+                    10 + i,
+                )
+                .unwrap();
+            connects.push(port.connect(&s, addr));
+            sockets.push(s);
+        }
+        let mut ids = accepts.clone();
+        ids.extend(&connects);
+        let mut accepted = Vec::new();
+        for mut c in collect(&port, &ids) {
+            c.result().unwrap_or_else(|e| panic!("{e} ({c:?})"));
+            if c.kind() == OpKind::Accept {
+                let a = c.take_accepted().expect("one connection per accept");
+                assert_eq!(a.local_addr, addr);
+                accepted.push(port.add_handle(a.stream, 20 + accepted.len()).unwrap());
+            }
+        }
+        assert_eq!(accepted.len(), 3);
+        // Each connected socket talks to one accepted connection, through the pool.
+        for (i, s) in sockets.iter().enumerate() {
+            port.send(s, pattern(i as u64, 0, 1000));
+            assert_eq!(next(&port).result().unwrap(), 1000);
+        }
+        let mut seen = Vec::new();
+        for a in &accepted {
+            let mut got = Vec::new();
+            while got.len() < 1000 {
+                port.recv_pooled(a);
+                got.extend_from_slice(&pooled_data(next(&port)));
+            }
+            let conn = (0..3u64)
+                .find(|&k| check_stream(k, &[(0, 1000)], &got).is_ok())
+                .expect("the bytes of one of the connections");
+            assert!(!seen.contains(&conn), "two accepts took one connection");
+            seen.push(conn);
+        }
+        assert_eq!(port.operations_in_flight(), 0);
+    });
+}
+
+/// The port, its handles, completions and pool buffers stay on their thread: none is `Send` or
+/// `Sync` (this fails to compile if one becomes either: the call below is then ambiguous).
+#[test]
+fn the_ports_types_stay_on_their_thread() {
+    trait NotSend<A> {
+        fn check() {}
+    }
+    impl<T: ?Sized> NotSend<()> for T {}
+    impl<T: ?Sized + Send> NotSend<u8> for T {}
+    trait NotSync<A> {
+        fn check() {}
+    }
+    impl<T: ?Sized> NotSync<()> for T {}
+    impl<T: ?Sized + Sync> NotSync<u8> for T {}
+    <LocalPort as NotSend<_>>::check();
+    <LocalPort as NotSync<_>>::check();
+    <proactor::LocalHandle<TcpStream> as NotSend<_>>::check();
+    <proactor::LocalHandle<TcpStream> as NotSync<_>>::check();
+    <proactor::LocalCompletion as NotSend<_>>::check();
+    <proactor::LocalCompletion as NotSync<_>>::check();
+    <PooledBuf as NotSend<_>>::check();
+    <PooledBuf as NotSync<_>>::check();
+}
+
+/// After a pooled receive (on Windows it makes the socket non-blocking), sends and receives
+/// with buffers still wait for the peer instead of failing `WouldBlock`.
+#[test]
+fn a_large_send_after_pooled_receives_waits_for_a_slow_peer() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 4096).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    peer.write_all(b"hi").unwrap();
+    assert_eq!(pooled_read(&port, &h, 2), b"hi");
+    let data = pattern(1, 0, 8 << 20);
+    let id = port.send(&h, data.clone());
+    let reader = thread::spawn(move || {
+        let mut got = vec![0; 8 << 20];
+        let mut at = 0;
+        while at < got.len() {
+            let n = (got.len() - at).min(100_000);
+            peer.read_exact(&mut got[at..at + n]).unwrap();
+            at += n;
+            thread::sleep(Duration::from_millis(1));
+        }
+        (got, peer)
+    });
+    let c = next(&port);
+    assert_eq!(c.id(), id);
+    assert_eq!(c.result().unwrap(), 8 << 20, "{c:?}");
+    let (got, mut peer) = reader.join().unwrap();
+    assert!(got == data, "the peer got other bytes");
+    // A receive with a buffer, once no pooled receive is pending, waits for data too.
+    // (An engine whose pooled receive stays armed refuses it instead, as it must.)
+    let r = port.recv(&h, Vec::with_capacity(10));
+    match within(&port, 100) {
+        Some(mut c) => {
+            assert_eq!(c.id(), r);
+            assert_eq!(
+                c.result().unwrap_err().kind(),
+                io::ErrorKind::InvalidInput,
+                "{c:?}"
+            );
+            assert_eq!(c.take_buffer().map(|b| b.capacity()), Some(10));
+        }
+        None => {
+            peer.write_all(b"later").unwrap();
+            let mut c = next(&port);
+            assert_eq!(c.id(), r);
+            let n = c.result().unwrap();
+            assert_eq!(&c.take_buffer().unwrap()[..n], &b"later"[..n]);
+        }
+    }
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+#[test]
+fn pool_shapes_are_checked_and_the_port_says_what_runs_it() {
+    let _s = serial();
+    for (count, size) in [(0, 4096), (3, 4096), (4, 0), (1000, 64)] {
+        let e = LocalPort::with_pool(count, size).unwrap_err();
+        assert_eq!(
+            e.kind(),
+            io::ErrorKind::InvalidInput,
+            "{count} x {size}: {e}"
+        );
+    }
+    let port = LocalPort::new().unwrap();
+    assert!(
+        ["io_uring", "epoll", "iocp"].contains(&port.backend()),
+        "{}",
+        port.backend()
+    );
+    assert!(!port.setup().is_empty());
+    assert_eq!(port.operations_in_flight(), 0);
+    let one = LocalPort::with_pool(1, 1).unwrap();
+    let (h, mut peer) = pair(&one, each_ip_v4(), 1);
+    peer.write_all(b"xyz").unwrap();
+    // One buffer of one byte: three receives of one byte each, in order.
+    assert_eq!(pooled_read(&one, &h, 3), b"xyz");
+}
