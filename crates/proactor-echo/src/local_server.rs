@@ -1,6 +1,8 @@
 //! The default design: a [`proactor::LocalPort`] per worker thread (thread-per-core), each
-//! serving its own connections from start to end with pooled receive (the received pool buffer
-//! is sent back as it is: no copy, and an idle connection holds no buffer).
+//! serving its own connections from start to end. How they receive is [`Receive`]: on Linux
+//! pooled receive (the received pool buffer is sent back as it is: no copy, and an idle
+//! connection holds no buffer); on Windows, where a pooled receive costs one WinSock call more
+//! per message, into a buffer of each connection's own.
 //!
 //! How connections reach the workers:
 //!
@@ -38,7 +40,7 @@ use crate::{
     accepting::Throttle,
     server::{self, Config, Summary, lock},
     shutdown::Stop,
-    worker::{Counts, Worker},
+    worker::{Counts, Receive, Worker},
 };
 
 /// Virtual memory a worker's buffer pool may take at most. Only buffers that have held data
@@ -133,16 +135,18 @@ impl Shared {
 /// every worker accepts connections.
 pub fn run(
     config: Config,
+    receive: Receive,
     stop: impl FnOnce() -> io::Result<Arc<Stop>>,
     ready: impl FnOnce(SocketAddr),
 ) -> io::Result<Summary> {
-    run_with(config, Spread::native(), stop, ready).map(|(summary, _)| summary)
+    run_with(config, Spread::native(), receive, stop, ready).map(|(summary, _)| summary)
 }
 
 /// [`run`] with the spread given, returning what each worker did too.
 pub(crate) fn run_with(
     config: Config,
     spread: Spread,
+    receive: Receive,
     stop: impl FnOnce() -> io::Result<Arc<Stop>>,
     ready: impl FnOnce(SocketAddr),
 ) -> io::Result<(Summary, Vec<Counts>)> {
@@ -171,7 +175,11 @@ pub(crate) fn run_with(
         config,
     });
     let stop = stop()?;
-    let pool = pool_for(&shared.config, workers);
+    let pool = match receive {
+        Receive::Pooled => pool_for(&shared.config, workers),
+        // Receives bring their own buffers: the pool is not used.
+        Receive::Owned => (1, 1),
+    };
     let (started, starts) = mpsc::channel();
     let mut listeners = listeners.into_iter();
     let threads: Vec<_> = wakes
@@ -181,7 +189,7 @@ pub(crate) fn run_with(
             let (shared, started, listener) = (shared.clone(), started.clone(), listeners.next());
             thread::Builder::new()
                 .name(format!("echo-worker-{at}"))
-                .spawn(move || Worker::run(&shared, at, pool, listener, wake, &started))
+                .spawn(move || Worker::run(&shared, at, receive, pool, listener, wake, &started))
         })
         .collect::<io::Result<_>>()?;
     drop(started);
@@ -209,6 +217,7 @@ pub(crate) fn run_with(
         setup = engine.1,
         workers,
         spread = ?spread,
+        receive = ?receive,
         pool_buffers = pool.0,
         "serving: a port per worker"
     );
@@ -321,7 +330,13 @@ mod tests {
         let server = {
             let stop = stop.clone();
             thread::spawn(move || {
-                run_with(config, spread, || Ok(stop), |addr| tx.send(addr).unwrap())
+                run_with(
+                    config,
+                    spread,
+                    Receive::native(),
+                    || Ok(stop),
+                    |addr| tx.send(addr).unwrap(),
+                )
             })
         };
         let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap();

@@ -1,17 +1,18 @@
 //! `proactor-echo`: an asynchronous TCP echo server on proactor's completion ports.
 //!
 //! By default, thread-per-core: each worker thread owns a [`proactor::LocalPort`] and serves
-//! its own connections with pooled receive (the received pool buffer is sent back as it is, no
-//! copy; an idle connection holds no buffer). On Linux every worker listens on the address with
-//! a socket of its own (`SO_REUSEPORT`); elsewhere one worker accepts and hands the connections
-//! round-robin to the others (see `local_server.rs`).
+//! its own connections; on Linux with pooled receive (the received pool buffer is sent back as
+//! it is, no copy; an idle connection holds no buffer), on Windows into a buffer of each
+//! connection's own (one WinSock call fewer per message there; `--receive` chooses). On Linux
+//! every worker listens on the address with a socket of its own (`SO_REUSEPORT`); elsewhere one
+//! worker accepts and hands the connections round-robin to the others (see `local_server.rs`).
 //!
 //! With `--shared`, the classic IOCP design: one port, a pool of worker threads dequeuing
 //! completions, several accepts kept pending (`server.rs`).
 //!
 //! Both keep at most a bounded number of buffers per connection in flight (one receive then
-//! one send with `--shared`; at most two pooled sends by default), so a client that does not
-//! read is slowed by TCP, never buffered without limit.
+//! one send with `--shared` and with `--receive owned`; at most two pooled sends with pooled
+//! receive), so a client that does not read is slowed by TCP, never buffered without limit.
 
 mod accepting;
 mod clock;
@@ -61,6 +62,11 @@ struct Args {
     /// Run the classic design instead: one port shared by every worker thread.
     #[arg(long)]
     shared: bool,
+    /// How connections receive: `pooled` (from the worker's buffer pool: an idle connection
+    /// holds no buffer; on Windows one WinSock call more per message) or `owned` (into a
+    /// buffer of each connection's own) [default: pooled on Linux, owned on Windows].
+    #[arg(long, value_enum, conflicts_with = "shared")]
+    receive: Option<worker::Receive>,
 }
 
 /// A port from 1024 to 65535; the error names the range whatever was wrong.
@@ -111,7 +117,8 @@ fn main() -> ExitCode {
     let run = if args.shared {
         server::run(config, shutdown::on_signal, ready)
     } else {
-        local_server::run(config, shutdown::on_signal, ready)
+        let receive = args.receive.unwrap_or_else(worker::Receive::native);
+        local_server::run(config, receive, shutdown::on_signal, ready)
     };
     match run {
         Ok(_) => ExitCode::SUCCESS,
@@ -160,6 +167,7 @@ mod tests {
             (args.workers, args.idle_timeout, args.trace, args.shared),
             (None, None, false, false)
         );
+        assert_eq!(args.receive, None);
     }
 
     #[test]

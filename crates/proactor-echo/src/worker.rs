@@ -1,11 +1,17 @@
 //! One worker of the default design: a [`LocalPort`] of its own, its listener (or, for the
 //! handoff spread, its inbox), its connections, its waker.
 //!
-//! Per connection: a pooled receive; its buffer is sent back as it is (`send_pooled`) and the
-//! next pooled receive is issued at once, unless [`PIPELINE`] sends are in flight, in which
-//! case it waits for one of them to complete. So a connection holds at most `PIPELINE` pool
-//! buffers, and a client that does not read is slowed by TCP, never buffered without limit.
-//! At the end of the stream the connection closes once everything received was echoed.
+//! Per connection, as [`Receive`] says:
+//!
+//! - pooled (the default on Linux): a pooled receive; its buffer is sent back as it is
+//!   (`send_pooled`) and the next pooled receive is issued at once, unless [`PIPELINE`] sends
+//!   are in flight, in which case it waits for one of them to complete. So a connection holds
+//!   at most `PIPELINE` pool buffers, and none while idle.
+//! - owned (the default on Windows): a receive into a buffer of the connection's own, which is
+//!   sent back, then received into again once the send completed (as `--shared` does).
+//!
+//! Either way a client that does not read is slowed by TCP, never buffered without limit. At
+//! the end of the stream the connection closes once everything received was echoed.
 
 use std::{
     io,
@@ -14,7 +20,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use proactor::{Accepted, LocalCompletion, LocalHandle, LocalPort, OpId, OpKind, PooledBuf};
+use proactor::{
+    Accepted, LocalCompletion, LocalHandle, LocalPort, LocalSubmit, OpId, OpKind, PooledBuf,
+};
 use proactor_echo::steplog::{completed_overlapped, operation_type, raw_socket, timestamp};
 
 use crate::{
@@ -26,6 +34,49 @@ use crate::{
 
 /// Pool buffers a connection may have in its sends at once.
 pub const PIPELINE: u8 = 2;
+
+/// How a worker's connections receive.
+///
+/// A pooled receive holds no buffer while it waits, which is what lets many idle connections
+/// fit in little memory. Its cost depends on the platform: on Linux it is one operation like
+/// any receive; on Windows it is a zero-byte `WSARecv` (to learn the socket is readable) and
+/// then a `recv` into a pool buffer, one WinSock call more per message than a `WSARecv` into
+/// a buffer of the connection's own. So each platform's default is its cheaper one: pooled on
+/// Linux, owned on Windows (where each connection then holds a buffer of `--buffer-size`
+/// bytes, as with `--shared`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Receive {
+    /// From the worker's pool (`recv_pooled`), sent back as it is (`send_pooled`).
+    Pooled,
+    /// Into a buffer of the connection's own (`recv`), sent back (`send`), reused.
+    Owned,
+}
+
+impl Receive {
+    /// This platform's default.
+    pub fn native() -> Receive {
+        if cfg!(windows) {
+            Receive::Owned
+        } else {
+            Receive::Pooled
+        }
+    }
+
+    /// Sends a connection may have in flight before it stops receiving.
+    fn pipeline(self) -> u8 {
+        match self {
+            Receive::Pooled => PIPELINE,
+            // The one buffer is in the send.
+            Receive::Owned => 1,
+        }
+    }
+}
+
+/// Received bytes on their way back.
+enum Data {
+    Pooled(PooledBuf),
+    Owned(Vec<u8>),
+}
 /// The listener's context; connection contexts never reach it (nor the waker's).
 const LISTENER: usize = usize::MAX;
 /// The waker's context.
@@ -72,6 +123,9 @@ struct Io {
     port: LocalPort,
     idle: Option<Duration>,
     trace: bool,
+    receive: Receive,
+    /// The size of a connection's own buffer ([`Receive::Owned`]).
+    buffer_size: usize,
 }
 
 impl Io {
@@ -104,21 +158,32 @@ impl Io {
         }
     }
 
-    /// A pooled receive, with the idle deadline if there is one.
-    fn recv(&self, ctx: usize, conn: &mut Conn) {
-        let id = match self.idle {
-            Some(idle) => self.port.with_timeout(idle).recv_pooled(&conn.handle),
-            None => self.port.recv_pooled(&conn.handle),
+    /// How to submit: with the idle deadline if there is one.
+    fn submit(&self) -> LocalSubmit<'_> {
+        match self.idle {
+            Some(idle) => self.port.with_timeout(idle),
+            None => self.port.with_user(0),
+        }
+    }
+
+    /// A receive: pooled, or into the connection's own buffer (`spare`, or a new one).
+    fn recv(&self, ctx: usize, conn: &mut Conn, spare: Option<Vec<u8>>) {
+        let id = match self.receive {
+            Receive::Pooled => self.submit().recv_pooled(&conn.handle),
+            Receive::Owned => {
+                let buf = spare.unwrap_or_else(|| Vec::with_capacity(self.buffer_size));
+                self.submit().recv(&conn.handle, buf)
+            }
         };
         conn.receiving = true;
         self.submitted("Read", ctx, id);
     }
 
-    /// Sends a received buffer back, with the idle deadline if there is one.
-    fn send(&self, ctx: usize, conn: &mut Conn, buf: PooledBuf) {
-        let id = match self.idle {
-            Some(idle) => self.port.with_timeout(idle).send_pooled(&conn.handle, buf),
-            None => self.port.send_pooled(&conn.handle, buf),
+    /// Sends received bytes back.
+    fn send(&self, ctx: usize, conn: &mut Conn, data: Data) {
+        let id = match data {
+            Data::Pooled(buf) => self.submit().send_pooled(&conn.handle, buf),
+            Data::Owned(buf) => self.submit().send(&conn.handle, buf),
         };
         conn.sends += 1;
         self.submitted("Write", ctx, id);
@@ -148,6 +213,7 @@ impl<'a> Worker<'a> {
     pub fn run(
         shared: &'a Shared,
         at: usize,
+        receive: Receive,
         pool: (u16, usize),
         listener: Option<TcpListener>,
         waker: UdpSocket,
@@ -164,6 +230,8 @@ impl<'a> Worker<'a> {
                     port,
                     idle: shared.config.idle_timeout,
                     trace: shared.config.trace,
+                    receive,
+                    buffer_size: shared.config.buffer_size.max(1),
                 },
                 listener,
                 waker: Some(waker),
@@ -234,7 +302,7 @@ impl<'a> Worker<'a> {
             }
             for done in batch.drain(..) {
                 self.io.trace_completion(&done);
-                if done.kind() == OpKind::SendPooled {
+                if matches!(done.kind(), OpKind::SendPooled | OpKind::Send) {
                     self.counts.echoed += done.result().unwrap_or(0) as u64;
                 }
             }
@@ -246,8 +314,8 @@ impl<'a> Worker<'a> {
         match (done.kind(), done.context()) {
             (_, WAKER) => self.woken(&done),
             (OpKind::Accept, LISTENER) => self.accepted(done),
-            (OpKind::RecvPooled, ctx) => self.received(ctx, done),
-            (OpKind::SendPooled, ctx) => self.sent(ctx, done),
+            (OpKind::RecvPooled | OpKind::Recv, ctx) => self.received(ctx, done),
+            (OpKind::SendPooled | OpKind::Send, ctx) => self.sent(ctx, done),
             (kind, ctx) => tracing::warn!(%kind, ctx, "unexpected completion"),
         }
     }
@@ -346,7 +414,7 @@ impl<'a> Worker<'a> {
             receiving: false,
             eof: false,
         };
-        self.io.recv(ctx, &mut conn);
+        self.io.recv(ctx, &mut conn, None);
         self.conns.insert(ctx, conn);
     }
 
@@ -355,11 +423,15 @@ impl<'a> Worker<'a> {
             return; // closed meanwhile
         };
         conn.receiving = false;
-        match (done.result(), done.take_pooled()) {
-            (Ok(n), Some(buf)) if n > 0 => {
-                self.io.send(ctx, conn, buf);
-                if conn.sends < PIPELINE {
-                    self.io.recv(ctx, conn);
+        let data = match done.take_pooled() {
+            Some(buf) => Some(Data::Pooled(buf)),
+            None => done.take_buffer().map(Data::Owned),
+        };
+        match (done.result(), data) {
+            (Ok(n), Some(data)) if n > 0 => {
+                self.io.send(ctx, conn, data);
+                if conn.sends < self.io.receive.pipeline() {
+                    self.io.recv(ctx, conn, None);
                 }
             }
             (Ok(_), _) => {
@@ -381,18 +453,30 @@ impl<'a> Worker<'a> {
         }
     }
 
-    fn sent(&mut self, ctx: usize, done: LocalCompletion) {
-        // The buffer goes back to the pool with `done`.
+    fn sent(&mut self, ctx: usize, mut done: LocalCompletion) {
+        // A pool buffer goes back to the pool with `done`; a connection's own comes back.
         let Some(conn) = self.conns.get_mut(ctx) else {
             return;
         };
         conn.sends -= 1;
+        let mut own = done.take_buffer();
         match done.result() {
             Ok(n) => {
                 self.counts.echoed += n as u64;
+                if let Some(mut buf) = own.take_if(|b| n < b.len()) {
+                    buf.drain(..n); // a partial send: send the rest before receiving more
+                    return self.io.send(ctx, conn, Data::Owned(buf));
+                }
                 if !conn.eof {
                     if !conn.receiving {
-                        self.io.recv(ctx, conn);
+                        self.io.recv(
+                            ctx,
+                            conn,
+                            own.map(|mut b| {
+                                b.clear();
+                                b
+                            }),
+                        );
                     }
                 } else if conn.sends == 0 {
                     tracing::debug!(

@@ -32,6 +32,27 @@ fn every_bad_port_exits_2_with_one_line_naming_the_range() {
     }
 }
 
+/// `--receive` takes `pooled` or `owned`, and only in the default mode (`--shared` receives
+/// into each connection's buffer): anything else is one line, exit 2.
+#[test]
+fn a_bad_or_conflicting_receive_exits_2_naming_it() {
+    for (args, says) in [
+        (&["--receive", "zero-copy"][..], "invalid value 'zero-copy'"),
+        (&["--receive"], "a value is required"),
+        (&["--shared", "--receive", "pooled"], "cannot be used with"),
+    ] {
+        let out = echo().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.contains("--receive") && err.contains(says),
+            "{args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty());
+    }
+}
+
 #[test]
 fn a_bad_bind_address_exits_2() {
     let out = echo().args(["--bind", "not-an-ip"]).output().unwrap();

@@ -12,12 +12,24 @@ use std::{
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(20));
 
+/// The receive that is not this platform's default in the default mode (pooled on Linux,
+/// owned on Windows).
+#[cfg(windows)]
+const OTHER_RECEIVE: [&str; 2] = ["--receive", "pooled"];
+#[cfg(not(windows))]
+const OTHER_RECEIVE: [&str; 2] = ["--receive", "owned"];
+
 /// Runs each test function named in both modes of the server: `port_per_worker::NAME` in the
-/// default one (a port per worker thread), `shared_port::NAME` with `--shared`.
+/// default one (a port per worker thread), `port_per_worker_other_receive::NAME` there with
+/// the receive that is not the platform's default ([`OTHER_RECEIVE`]), `shared_port::NAME`
+/// with `--shared`.
 macro_rules! in_both_modes {
     ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
         mod port_per_worker {
             $($(#[$attr])* #[test] fn $name() { super::$name(&[]) })*
+        }
+        mod port_per_worker_other_receive {
+            $($(#[$attr])* #[test] fn $name() { super::$name(&super::OTHER_RECEIVE) })*
         }
         mod shared_port {
             $($(#[$attr])* #[test] fn $name() { super::$name(&["--shared"]) })*
@@ -454,3 +466,25 @@ in_both_modes!(
     #[cfg(unix)]
     sigterm_and_sigint_shut_down_gracefully,
 );
+
+/// With no flags each platform receives its cheaper way (pooled on Linux; into each
+/// connection's own buffer on Windows, where pooled receive costs a WinSock call more per
+/// message), `--receive` chooses the other, and both echo.
+#[test]
+fn the_default_receive_is_the_platforms_and_receive_chooses_the_other() {
+    let (native, other) = if cfg!(windows) {
+        ("receive=Owned", "receive=Pooled")
+    } else {
+        ("receive=Pooled", "receive=Owned")
+    };
+    for (args, expected) in [(&[][..], native), (&OTHER_RECEIVE[..], other)] {
+        let server = Server::start(args, &[]);
+        let log = server.wait_log("serving: a port per worker");
+        let serving = log
+            .lines()
+            .find(|l| l.contains("serving: a port per worker"))
+            .unwrap();
+        assert!(serving.contains(expected), "{args:?}: {serving}");
+        round_trip(&mut server.connect(), b"either way");
+    }
+}

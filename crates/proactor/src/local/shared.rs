@@ -42,6 +42,9 @@ pub(crate) struct Shared {
     spare: RefCell<Vec<Vec<u8>>>,
     /// Handles whose data is there but whose pooled receive found the pool empty.
     starved: RefCell<VecDeque<u32>>,
+    /// The shared port's completions, taken by `get_completions` and turned: kept between
+    /// calls, so that a call allocates nothing.
+    batch: RefCell<Vec<Completion>>,
     /// Pooled receives in flight (the shared port counts the rest).
     waiting: Cell<usize>,
     /// The deadlines of pooled receives in flight, soonest first: each receive's own, kept
@@ -105,6 +108,7 @@ impl Shared {
             ready: RefCell::new(VecDeque::new()),
             spare: RefCell::new(Vec::new()),
             starved: RefCell::new(VecDeque::new()),
+            batch: RefCell::new(Vec::new()),
             waiting: Cell::new(0),
             deadlines: RefCell::new(BTreeSet::new()),
         })
@@ -273,7 +277,22 @@ impl Shared {
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
         let until = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut batch = Vec::with_capacity(max.min(256));
+        // Out of its cell while in use: nothing below takes it again.
+        let mut batch = self.batch.take();
+        let got = self.complete_into(out, max, until, &mut batch);
+        batch.clear();
+        *self.batch.borrow_mut() = batch;
+        got
+    }
+
+    /// `get_completions` with the batch to reuse, waiting until `until` (`None`: forever).
+    fn complete_into(
+        &self,
+        out: &mut Vec<LocalCompletion>,
+        max: usize,
+        until: Option<Instant>,
+        batch: &mut Vec<Completion>,
+    ) -> io::Result<usize> {
         loop {
             self.feed_starved();
             let soonest = self.expire();
@@ -303,7 +322,7 @@ impl Shared {
                 }))
             };
             batch.clear();
-            match self.port.get_completions(&mut batch, max, wait) {
+            match self.port.get_completions(batch, max, wait) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     if until.is_some_and(|at| Instant::now() >= at) {
