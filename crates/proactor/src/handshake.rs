@@ -232,6 +232,11 @@ impl Lead {
         self.grant(&mut state, if more { 2 } else { 1 });
     }
 
+    /// Whether a thread is parked with no wake-up pending (a snapshot, without the lock).
+    pub(crate) fn idle(&self) -> bool {
+        self.idle.load(Relaxed) > 0
+    }
+
     /// A thread returns completions and leaves others in the ring: wakes a parked thread to
     /// reap them.
     pub(crate) fn hand_on(&self) {

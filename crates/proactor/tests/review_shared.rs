@@ -1,0 +1,205 @@
+//! Adversarial checks of the shared io_uring port's leader/followers (one dequeuing thread in
+//! `io_uring_enter`, the others parked on a futex): which thread submits while the leader is
+//! busy, and what becomes of a timer's wake packet.
+//!
+//! Run with `cargo test -p proactor --features failpoints --test review_shared`.
+#![cfg(all(target_os = "linux", feature = "failpoints"))]
+
+mod common;
+
+use std::{
+    io::Write,
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering},
+        mpsc::{self, Receiver, Sender},
+    },
+    thread::{self, JoinHandle},
+    time::{Duration, Instant},
+};
+
+use common::each_ip_v4;
+use proactor::{Completion, Iocp, OpId};
+
+/// The `fail` registry is global: one test of this file at a time.
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Holds the first thread that reaches failpoint `name` until released; later passes go on.
+struct Pause {
+    name: &'static str,
+    hit: Receiver<()>,
+    release: Option<Sender<()>>,
+}
+
+impl Pause {
+    fn at(name: &'static str) -> Pause {
+        let (hit_tx, hit) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let hit_tx = Mutex::new(Some(hit_tx));
+        let release_rx = Mutex::new(release_rx);
+        fail::cfg_callback(name, move || {
+            let first = hit_tx.lock().unwrap().take();
+            if let Some(tx) = first {
+                let _ = tx.send(());
+                let _ = release_rx
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(30));
+            }
+        })
+        .expect("configure the failpoint");
+        Pause {
+            name,
+            hit,
+            release: Some(release),
+        }
+    }
+
+    fn wait_hit(&self) {
+        self.hit
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no thread reached {}", self.name));
+    }
+
+    fn release(&mut self) {
+        fail::remove(self.name);
+        if let Some(r) = self.release.take() {
+            let _ = r.send(());
+        }
+    }
+}
+
+impl Drop for Pause {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// `n` threads dequeuing from `port` (the worker pool), forwarding every completion.
+struct Pool {
+    stop: Arc<AtomicBool>,
+    done: Receiver<Completion>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    fn start(port: &Arc<Iocp>, n: usize) -> Pool {
+        let (tx, done) = mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = (0..n)
+            .map(|_| {
+                let (port, stop, tx) = (port.clone(), stop.clone(), tx.clone());
+                thread::spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        if let Ok(c) = port.get_completion(Some(Duration::from_millis(50))) {
+                            let _ = tx.send(c);
+                        }
+                    }
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(20)); // one waits in the kernel, the others park
+        Pool {
+            stop,
+            done,
+            threads,
+        }
+    }
+
+    fn completion_of(&self, id: OpId) -> Completion {
+        let end = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            let c = self
+                .done
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("{id:?} did not complete"));
+            if c.id() == id {
+                return c;
+            }
+        }
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A connected pair whose `ours` end has a 4 KiB send buffer, so a large send completes in
+/// many parts.
+fn small_buffered_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind(SocketAddr::new(each_ip_v4(), 0)).unwrap();
+    let theirs = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (ours, _) = l.accept().unwrap();
+    socket2::SockRef::from(&ours)
+        .set_send_buffer_size(4096)
+        .unwrap();
+    socket2::SockRef::from(&theirs)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    (ours, theirs)
+}
+
+/// Two workers. The leader reaps a partial send's CQE and is held before it re-submits the
+/// rest (as it is, without a failpoint, when the send's handle is being closed: `resubmit`
+/// waits for the handle's open guard, which the close holds); the other worker is idle,
+/// parked. A thread that does not dequeue queues a receive on another connection, closes a
+/// third handle, and exits. The close must have a worker submit the queued receive: the
+/// closing thread exits, and a request it submitted completes cancelled. With every idle
+/// thread in the kernel (before leader/followers) the idle worker was rung; parked, nobody is
+/// rung, and the close submits the receive itself after `NO_WAITER_GRACE`.
+#[test]
+fn close_from_an_exiting_thread_while_the_leader_is_busy_and_the_other_worker_parked() {
+    let _serial = serial();
+    let port = Arc::new(Iocp::new().expect("port"));
+    if port.backend() != "io_uring" || std::env::var_os("PROACTOR_SQPOLL").is_some() {
+        eprintln!("skipped: the io_uring doorbell (no SQPOLL)");
+        return;
+    }
+    let pool = Pool::start(&port, 2);
+    let (sending, _sending_peer) = small_buffered_pair();
+    let sending = Arc::new(port.add_handle(sending, 1).unwrap());
+    let (victim, mut victim_peer) = small_buffered_pair();
+    let victim = Arc::new(port.add_handle(victim, 2).unwrap());
+    let (closed, _closed_peer) = small_buffered_pair();
+    let closed = port.add_handle(closed, 3).unwrap();
+
+    let mut held = Pause::at("uring::resubmit");
+    let send = port.send(&sending, vec![7u8; 1 << 20]);
+    held.wait_hit(); // a worker reaped the partial send's CQE: it holds the lead
+    thread::sleep(Duration::from_millis(5));
+    let recv = {
+        let (port, victim) = (port.clone(), victim.clone());
+        thread::spawn(move || {
+            let recv = port.recv(&victim, Vec::with_capacity(64));
+            drop(closed);
+            recv
+        })
+        .join()
+        .unwrap()
+    };
+    held.release();
+    victim_peer.write_all(b"hello").unwrap();
+    let mut c = pool.completion_of(recv);
+    assert!(
+        !c.is_cancelled(),
+        "the queued receive completed cancelled: the closing thread submitted it and exited"
+    );
+    assert_eq!(c.result().ok(), Some(5), "{c:?}");
+    assert_eq!(c.take_buffer().as_deref(), Some(&b"hello"[..]));
+    port.cancel(send).ok();
+    let _ = pool.completion_of(send);
+    drop(pool);
+    drop(sending);
+    drop(victim);
+    assert_eq!(port.operations_in_flight(), 0);
+}
