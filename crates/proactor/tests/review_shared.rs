@@ -203,3 +203,63 @@ fn close_from_an_exiting_thread_while_the_leader_is_busy_and_the_other_worker_pa
     drop(victim);
     assert_eq!(port.operations_in_flight(), 0);
 }
+
+/// One thread waits with no timeout (the leader, in the kernel); another polls with a zero
+/// timeout and stops; a third adds a timer. The timer's wake packet, meant for the thread that
+/// waits with no deadline, may be taken by the polling thread, which swallows it and returns
+/// `TimedOut` to its caller: the timer must still fire at its time (the wake is posted
+/// again), not wait for the next completion of the thread in the kernel.
+#[test]
+fn a_timer_fires_when_its_wake_is_swallowed_by_a_thread_that_leaves() {
+    let _serial = serial();
+    let port = Arc::new(Iocp::new().expect("port"));
+    let after = Duration::from_millis(50);
+    let mut late = 0;
+    for _round in 0..20 {
+        let (tx, rx) = mpsc::channel();
+        let sleeper = {
+            let port = port.clone();
+            thread::spawn(move || {
+                if let Ok(c) = port.get_completion(None) {
+                    let _ = tx.send(c);
+                }
+            })
+        };
+        thread::sleep(Duration::from_millis(5)); // in the kernel
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = {
+            let (port, stop) = (port.clone(), stop.clone());
+            thread::spawn(move || {
+                let mut got = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    if let Ok(c) = port.get_completion(Some(Duration::ZERO)) {
+                        got.push(c);
+                    }
+                }
+                got
+            })
+        };
+        thread::sleep(Duration::from_millis(2));
+        let id = port.timer(after);
+        stop.store(true, Ordering::SeqCst);
+        let polled = poller.join().unwrap();
+        let fired = polled.iter().any(|c| c.id() == id)
+            || rx
+                .recv_timeout(after + Duration::from_millis(500))
+                .is_ok_and(|c| c.id() == id);
+        if !fired {
+            late += 1;
+            port.post(0, 0).unwrap(); // release the sleeper
+            let c = rx.recv_timeout(Duration::from_secs(5)).expect("released");
+            assert!(c.id() == id || c.kind() == proactor::OpKind::Post, "{c:?}");
+            if c.id() == id {
+                continue;
+            }
+            // The timer fires with the next wait, then.
+            let c = port.get_completion(Some(Duration::from_secs(5))).unwrap();
+            assert_eq!(c.id(), id);
+        }
+        sleeper.join().unwrap();
+    }
+    assert_eq!(late, 0, "timers that did not fire at their time, of 20");
+}
