@@ -263,3 +263,59 @@ fn a_timer_fires_when_its_wake_is_swallowed_by_a_thread_that_leaves() {
     }
     assert_eq!(late, 0, "timers that did not fire at their time, of 20");
 }
+
+/// The leader panics while it finishes a CQE (here: before re-submitting a partial send's
+/// rest); the other worker, parked with no timeout, must take the lead: a post then reaches
+/// it. A lead left held would keep it parked for ever.
+#[test]
+fn a_leader_that_panics_hands_the_lead_on() {
+    let _serial = serial();
+    let port = Arc::new(Iocp::new().expect("port"));
+    if port.backend() != "io_uring" {
+        eprintln!("skipped: io_uring's leader/followers");
+        return;
+    }
+    let (tx, rx) = mpsc::channel();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let (port, tx) = (port.clone(), tx.clone());
+            thread::spawn(move || {
+                while let Ok(c) = port.get_completion(None) {
+                    let stop = c.kind() == proactor::OpKind::Post;
+                    let _ = tx.send(c);
+                    if stop {
+                        break;
+                    }
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(20)); // one in the kernel, one parked
+    let (sending, _peer) = small_buffered_pair();
+    let sending = port.add_handle(sending, 1).unwrap();
+    fail::cfg("uring::resubmit", "1*panic").unwrap();
+    let _send = port.send(&sending, vec![7u8; 1 << 20]);
+    let end = Instant::now() + Duration::from_secs(10);
+    let mut panicked = None;
+    while panicked.is_none() && Instant::now() < end {
+        for (i, w) in workers.iter().enumerate() {
+            if w.is_finished() {
+                panicked = Some(i);
+            }
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    fail::remove("uring::resubmit");
+    let panicked = panicked.expect("a worker panicked at the failpoint");
+    let id = port.post(9, 0).unwrap();
+    let c = rx
+        .recv_timeout(Duration::from_secs(5))
+        .expect("the other worker took the lead and got the post");
+    assert_eq!(c.id(), id);
+    for (i, w) in workers.into_iter().enumerate() {
+        assert_eq!(w.join().is_err(), i == panicked);
+    }
+    // The panicking thread left the send's record in the table: leak it with the port.
+    std::mem::forget(sending);
+    std::mem::forget(port);
+}
