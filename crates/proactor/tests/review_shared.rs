@@ -319,3 +319,102 @@ fn a_leader_that_panics_hands_the_lead_on() {
     std::mem::forget(sending);
     std::mem::forget(port);
 }
+
+/// Churn of the lead: four workers dequeue with short, varied timeouts (0 to 3 ms, one or a
+/// few at a time, so the lead changes hands constantly and parked threads time out), while two
+/// threads that do not dequeue post packets and start timers. Every packet arrives exactly
+/// once and every timer fires, none later than `LATE` after its time.
+#[test]
+fn churning_lead_loses_no_post_and_no_timer() {
+    const POSTS: usize = 4000;
+    const TIMERS: usize = 200;
+    const LATE: Duration = Duration::from_millis(300);
+    let _serial = serial();
+    let port = Arc::new(Iocp::new().expect("port"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = mpsc::channel::<(Completion, Instant)>();
+    let workers: Vec<_> = (0..4u64)
+        .map(|w| {
+            let (port, stop, tx) = (port.clone(), stop.clone(), tx.clone());
+            thread::spawn(move || {
+                let mut batch = Vec::new();
+                let mut i = w;
+                while !stop.load(Ordering::SeqCst) {
+                    i = i
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    let timeout = Duration::from_micros((i >> 33) % 3000);
+                    if i & 1 == 0 {
+                        if let Ok(c) = port.get_completion(Some(timeout)) {
+                            let _ = tx.send((c, Instant::now()));
+                        }
+                    } else {
+                        let max = 1 + ((i >> 40) % 3) as usize;
+                        if port.get_completions(&mut batch, max, Some(timeout)).is_ok() {
+                            assert!(batch.len() <= max, "{} > {max}", batch.len());
+                            let now = Instant::now();
+                            for c in batch.drain(..) {
+                                let _ = tx.send((c, now));
+                            }
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let producers: Vec<_> = (0..2usize)
+        .map(|p| {
+            let port = port.clone();
+            thread::spawn(move || {
+                let mut timers = Vec::new();
+                for k in 0..POSTS / 2 {
+                    port.post(1000 + p, k).unwrap();
+                    if k % (POSTS / TIMERS) == 0 {
+                        let after = Duration::from_millis((k % 7) as u64 * 3);
+                        let due = Instant::now() + after; // no later than the timer's own
+                        timers.push((port.timer(after), due));
+                    }
+                    if k % 16 == 0 {
+                        thread::sleep(Duration::from_micros(300));
+                    }
+                }
+                timers
+            })
+        })
+        .collect();
+    let timers: Vec<(OpId, Instant)> = producers
+        .into_iter()
+        .flat_map(|p| p.join().unwrap())
+        .collect();
+    let mut posts = std::collections::HashSet::new();
+    let mut fired = std::collections::HashMap::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    while (posts.len() < POSTS || fired.len() < timers.len()) && Instant::now() < end {
+        let Ok((c, at)) = rx.recv_timeout(Duration::from_millis(100)) else {
+            continue;
+        };
+        match c.kind() {
+            proactor::OpKind::Post => {
+                assert!(
+                    posts.insert((c.context(), c.bytes_transferred())),
+                    "twice: {c:?}"
+                );
+            }
+            proactor::OpKind::Timer => {
+                assert!(fired.insert(c.id(), at).is_none(), "twice: {c:?}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.join().unwrap();
+    }
+    assert_eq!(posts.len(), POSTS, "posts lost");
+    assert_eq!(fired.len(), timers.len(), "timers that never fired");
+    for (id, due) in &timers {
+        let at = fired[id];
+        assert!(at >= *due, "{id:?} early");
+        assert!(at < *due + LATE, "{id:?} late by {:?}", at - *due);
+    }
+}
