@@ -41,8 +41,11 @@
 //! it), which posts a CQE with `user_data` `DOORBELL` to the main ring and wakes the waiter,
 //! whose loop re-enters and submits what is queued as its own; whichever dequeuing thread reaps
 //! that CQE submits (the waiter, woken, sleeps on if another thread took the CQE first: a
-//! thread that only reaps, and then parks, would otherwise leave the SQEs queued); if none
-//! waits, the next dequeuer to enter submits it (the handshake of `handshake::Submission`). A
+//! thread that only reaps, and then parks, would otherwise leave the SQEs queued). A cancel or
+//! close that finds no thread in the kernel but one parked (the leader busy: a leader that
+//! reaped a partial send waits in `resubmit` for the open guard the close holds) rings too, and
+//! wakes the parked thread to reap the doorbell's CQE (`ring_a_dequeuer`). If no dequeuer is
+//! idle, the next one to enter submits (the handshake of `handshake::Submission`). A
 //! close from such a thread waits until the kernel has consumed every SQE queued before it (see
 //! `drain_submissions`). With SQPOLL the kernel's polling thread submits everything and owns
 //! every request: any thread only wakes it. The remaining case is documented on `Iocp`: a dequeuing thread that exits
