@@ -232,9 +232,9 @@ impl Lead {
         self.grant(&mut state, if more { 2 } else { 1 });
     }
 
-    /// Whether a thread is parked with no wake-up pending (a snapshot, without the lock).
-    pub(crate) fn idle(&self) -> bool {
-        self.idle.load(Relaxed) > 0
+    /// Whether a thread is parked, or woken and about to run (a snapshot).
+    pub(crate) fn parked(&self) -> bool {
+        lock(&self.state).parked > 0
     }
 
     /// A thread returns completions and leaves others in the ring: wakes a parked thread to

@@ -339,16 +339,16 @@ impl Uring {
     }
 
     /// For a thread that does not dequeue: has a dequeuing thread submit what is queued. Rings
-    /// the doorbell if a thread waits in the kernel, or if one is parked: that one is then
-    /// woken to reap the doorbell's CQE (whose reaper submits), as the leader may be busy for
-    /// long (blocked in `resubmit` on the open guard of the handle this thread closes). False
-    /// if no dequeuing thread is idle.
+    /// the doorbell if a thread waits in the kernel, or if one is parked: a parked one is then
+    /// woken (unless a wake-up is already on its way to it) to reap the doorbell's CQE, whose
+    /// reaper submits, as the leader may be busy for long (blocked in `resubmit` on the open
+    /// guard of the handle this thread closes). False if no dequeuing thread is idle.
     fn ring_a_dequeuer(&self) -> bool {
         if self.submission.waiting() {
             self.ring_doorbell();
             return true;
         }
-        if self.lead.idle() {
+        if self.lead.parked() {
             self.ring_doorbell();
             self.lead.hand_on();
             return true;
@@ -438,7 +438,7 @@ impl Uring {
                 if let Err(e) = self.ring.submit() {
                     last_error = Some(e);
                 }
-            } else if self.submission.waiting() || self.lead.idle() {
+            } else if self.submission.waiting() || self.lead.parked() {
                 no_waiter_since = None;
                 if rung.is_none_or(|at| at.elapsed() >= DOORBELL_AGAIN) {
                     self.ring_a_dequeuer();
