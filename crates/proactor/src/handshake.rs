@@ -232,6 +232,11 @@ impl Lead {
         self.grant(&mut state, if more { 2 } else { 1 });
     }
 
+    /// Whether a thread is parked, or woken and about to run (a snapshot).
+    pub(crate) fn parked(&self) -> bool {
+        lock(&self.state).parked > 0
+    }
+
     /// A thread returns completions and leaves others in the ring: wakes a parked thread to
     /// reap them.
     pub(crate) fn hand_on(&self) {

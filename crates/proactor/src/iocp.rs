@@ -251,6 +251,14 @@ impl Iocp {
             Out::Many(_, max) => *max,
         };
         let end = timeout.map(|t| Instant::now().checked_add(t));
+        // Wake packets this call swallowed: each was meant for a thread that may still wait
+        // with a stale time, and this one returns to its caller without serving the timers.
+        let mut swallowed_any = false;
+        let rewake = |swallowed_any: bool| {
+            if swallowed_any {
+                self.timers.rewake(|| self.port.post(0, 0));
+            }
+        };
         loop {
             let mut clock = Clock::default();
             let (expired, next) = self.timers.enter(&mut clock, max);
@@ -261,6 +269,7 @@ impl Iocp {
             }
             if !expired.timers.is_empty() {
                 self.timers.leave();
+                rewake(swallowed_any);
                 let n = expired.timers.len();
                 match out {
                     Out::One(one) => **one = expired.timers.into_iter().next(),
@@ -304,27 +313,27 @@ impl Iocp {
                 }
             };
             self.timers.leave();
-            let result = match result {
-                // A wake taken along with completions this thread returns: the thread it was
-                // meant for may still wait with a stale time.
-                Ok((n, swallowed)) if n > 0 && swallowed > 0 => {
-                    self.timers.rewake(|| self.port.post(0, 0));
-                    Ok(n)
-                }
-                other => other.map(|(n, _)| n),
-            };
+            let result = result.map(|(n, swallowed)| {
+                swallowed_any |= swallowed > 0;
+                n
+            });
             match result {
                 Ok(n) => {
                     if n > 0 {
+                        rewake(swallowed_any);
                         return Ok(n);
                     }
                     // Only wake packets: wait again, unless the caller's time is up.
                     if end.flatten().is_some_and(|e| Instant::now() >= e) {
+                        rewake(swallowed_any);
                         return Err(io::ErrorKind::TimedOut.into());
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::TimedOut && !for_caller => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    rewake(swallowed_any);
+                    return Err(e);
+                }
             }
         }
     }

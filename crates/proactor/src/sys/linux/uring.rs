@@ -41,8 +41,11 @@
 //! it), which posts a CQE with `user_data` `DOORBELL` to the main ring and wakes the waiter,
 //! whose loop re-enters and submits what is queued as its own; whichever dequeuing thread reaps
 //! that CQE submits (the waiter, woken, sleeps on if another thread took the CQE first: a
-//! thread that only reaps, and then parks, would otherwise leave the SQEs queued); if none
-//! waits, the next dequeuer to enter submits it (the handshake of `handshake::Submission`). A
+//! thread that only reaps, and then parks, would otherwise leave the SQEs queued). A cancel or
+//! close that finds no thread in the kernel but one parked (the leader busy: a leader that
+//! reaped a partial send waits in `resubmit` for the open guard the close holds) rings too, and
+//! wakes the parked thread to reap the doorbell's CQE (`ring_a_dequeuer`). If no dequeuer is
+//! idle, the next one to enter submits (the handshake of `handshake::Submission`). A
 //! close from such a thread waits until the kernel has consumed every SQE queued before it (see
 //! `drain_submissions`). With SQPOLL the kernel's polling thread submits everything and owns
 //! every request: any thread only wakes it. The remaining case is documented on `Iocp`: a dequeuing thread that exits
@@ -335,6 +338,24 @@ impl Uring {
         }
     }
 
+    /// For a thread that does not dequeue: has a dequeuing thread submit what is queued. Rings
+    /// the doorbell if a thread waits in the kernel, or if one is parked: a parked one is then
+    /// woken (unless a wake-up is already on its way to it) to reap the doorbell's CQE, whose
+    /// reaper submits, as the leader may be busy for long (blocked in `resubmit` on the open
+    /// guard of the handle this thread closes). False if no dequeuing thread is idle.
+    fn ring_a_dequeuer(&self) -> bool {
+        if self.submission.waiting() {
+            self.ring_doorbell();
+            return true;
+        }
+        if self.lead.parked() {
+            self.ring_doorbell();
+            self.lead.hand_on();
+            return true;
+        }
+        false
+    }
+
     /// Queues one SQE without telling the kernel (see `kick`).
     fn enqueue(&self, sqe: &Entry) {
         let mut queued = lock(&self.sq);
@@ -350,10 +371,9 @@ impl Uring {
             // dequeue has a waiter submit it; with none, it submits itself (nothing serves the
             // port: the SQEs then belong to this thread).
             sq.sync();
-            if self.submits_here() || !self.submission.waiting() {
+            if self.submits_here() || !self.ring_a_dequeuer() {
                 let _ = self.ring.submit();
             } else {
-                self.ring_doorbell();
                 std::thread::yield_now();
             }
             sq.sync();
@@ -395,8 +415,9 @@ impl Uring {
     ///
     /// A dequeuing thread (and any thread with SQPOLL) submits. Another thread has a dequeuer
     /// submit, so that the SQEs, other handles' operations among them, do not end with it (see
-    /// "Which thread submits"): it rings the doorbell while a thread waits in the kernel. When
-    /// none has waited for `NO_WAITER_GRACE`, or after `SQ_DRAIN_TIMEOUT`, it submits itself:
+    /// "Which thread submits"): it rings the doorbell while a thread waits in the kernel or is
+    /// parked (`ring_a_dequeuer`). When none has for `NO_WAITER_GRACE`, or after
+    /// `SQ_DRAIN_TIMEOUT`, it submits itself:
     /// the queued SQEs then belong to this thread and complete cancelled if it exits while they
     /// wait. That happens when no thread serves the port (at shutdown, or before the first
     /// dequeue) or every worker stays busy.
@@ -417,10 +438,10 @@ impl Uring {
                 if let Err(e) = self.ring.submit() {
                     last_error = Some(e);
                 }
-            } else if self.submission.waiting() {
+            } else if self.submission.waiting() || self.lead.parked() {
                 no_waiter_since = None;
                 if rung.is_none_or(|at| at.elapsed() >= DOORBELL_AGAIN) {
-                    self.ring_doorbell();
+                    self.ring_a_dequeuer();
                     rung = Some(Instant::now());
                 }
             } else if no_waiter_since.get_or_insert_with(Instant::now).elapsed() >= NO_WAITER_GRACE
@@ -1006,9 +1027,7 @@ impl Ring for Uring {
     /// next dequeuer to enter submits, as the handshake guarantees).
     fn enter(&self) {
         if !self.submits_here() {
-            if self.submission.waiting() {
-                self.ring_doorbell();
-            }
+            self.ring_a_dequeuer();
             return;
         }
         // Errors here (EINTR, EBUSY while the CQ overflows) leave the SQE queued; the next
