@@ -22,6 +22,10 @@ pub(crate) struct Pool {
     mem: NonNull<u8>,
     layout: Layout,
     size: usize,
+    /// Bytes from one buffer's start to the next: `size` rounded up to a cache line, plus one
+    /// line when that is a multiple of a page, so that buffers' first lines do not all fall
+    /// in the same cache sets (a 64 KiB stride maps every buffer's start to one L1/L2 set).
+    stride: usize,
     count: u16,
     /// Buffers held by no [`PooledBuf`] and not lent to the kernel.
     free: RefCell<Vec<u16>>,
@@ -45,7 +49,11 @@ impl Pool {
                 "the pool's buffer size must be from 1 byte to 1 GiB",
             ));
         }
-        let bytes = size
+        let mut stride = size.next_multiple_of(64);
+        if stride % 4096 == 0 {
+            stride += 64;
+        }
+        let bytes = stride
             .checked_mul(count as usize)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pool too large"))?;
         let layout = Layout::from_size_align(bytes, 4096)
@@ -66,6 +74,7 @@ impl Pool {
             mem,
             layout,
             size,
+            stride,
             count,
             free: RefCell::new(free),
         }))
@@ -77,7 +86,7 @@ impl Pool {
     }
 
     /// Buffers in the pool.
-    #[allow(dead_code)] // for the io_uring engine
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
     pub(crate) fn count(&self) -> u16 {
         self.count
     }
@@ -86,7 +95,7 @@ impl Pool {
     pub(crate) fn addr(&self, index: u16) -> *mut u8 {
         assert!(index < self.count, "buffer {index} out of the pool");
         // SAFETY: `index < count`, so the offset stays inside the allocation.
-        unsafe { self.mem.as_ptr().add(index as usize * self.size) }
+        unsafe { self.mem.as_ptr().add(index as usize * self.stride) }
     }
 
     /// Takes one buffer off the free list, if any.
@@ -97,13 +106,6 @@ impl Pool {
     /// Whether any buffer is on the free list.
     pub(crate) fn has_free(&self) -> bool {
         !self.free.borrow().is_empty()
-    }
-
-    /// Takes every buffer off the free list, into `out` (the io_uring engine lends them back to
-    /// the kernel).
-    #[allow(dead_code)] // for the io_uring engine
-    pub(crate) fn drain_free(&self, out: &mut Vec<u16>) {
-        out.append(&mut self.free.borrow_mut());
     }
 
     /// Puts buffer `index` back on the free list (a buffer the kernel gave back unused).

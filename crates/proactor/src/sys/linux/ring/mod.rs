@@ -103,8 +103,10 @@ struct State {
     ready: VecDeque<LocalCompletion>,
     /// Handles whose multishot receive ended on `ENOBUFS`.
     starved: Vec<u32>,
-    /// Buffers given back, on their way to the buffer ring (kept to reuse its capacity).
-    returned: Vec<u16>,
+    /// Buffers lent to the kernel: in the buffer ring, not yet picked by a receive.
+    lent: u32,
+    /// Buffers the kernel picked since the last top-up (see `replenish`).
+    picked: u32,
     /// The user's operations not yet completed.
     user_ops: usize,
     /// Slots in use (operations whose completion or CQEs are still to come).
@@ -291,11 +293,12 @@ impl Ring {
             1024
         };
         ring.submitter().register_files_sparse(table_size)?;
-        let mut bufs = BufRing::new(&ring, &pool)?;
-        for bid in 0..pool.count() {
-            bufs.add(bid, pool.addr(bid), pool.size());
+        let bufs = BufRing::new(&ring, &pool)?;
+        // Every buffer starts on the pool's free list, lowest ids on top; `replenish` lends
+        // the kernel a window of them (see there).
+        for bid in (0..pool.count()).rev() {
+            pool.put_free(bid);
         }
-        bufs.commit();
         let enter = Enter::new(&ring);
         tracing::debug!(
             setup,
@@ -316,7 +319,8 @@ impl Ring {
                 pool,
                 ready: VecDeque::new(),
                 starved: Vec::new(),
-                returned: Vec::new(),
+                lent: 0,
+                picked: 0,
                 user_ops: 0,
                 live_slots: 0,
                 enobufs: 0,

@@ -16,6 +16,17 @@ impl State {
             }
         }
         let open = self.handles[h as usize].open && !self.closing;
+        let picked = cqueue::buffer_select(flags);
+        if picked.is_some() {
+            self.lent -= 1;
+            self.picked += 1;
+        }
+        if res <= 0
+            && let Some(bid) = picked
+        {
+            // A buffer picked for nothing (the kernel reports it consumed): back to the pool.
+            self.pool.put_free(bid);
+        }
         if res > 0 {
             let bid = cqueue::buffer_select(flags).expect("a buffer-select receive's buffer");
             // SAFETY: the kernel gave buffer `bid` back with `res` bytes written: it is the
