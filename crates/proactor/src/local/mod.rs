@@ -247,6 +247,23 @@ impl LocalPort {
     /// assert_eq!(port.pool_starvations(), 0);
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    /// How many times a handle's receiving was stopped because it held data nobody asked
+    /// for (io_uring; 0 elsewhere, where nothing is received ahead). For tests.
+    ///
+    /// ```no_run
+    /// let port = proactor::LocalPort::new()?;
+    /// assert_eq!(port.receive_pauses(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[doc(hidden)]
+    pub fn receive_pauses(&self) -> u64 {
+        match &self.inner.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Ring(r) => r.receive_pauses(),
+            Engine::Shared(_) => 0,
+        }
+    }
+
     #[doc(hidden)]
     pub fn pool_starvations(&self) -> u64 {
         match &self.inner.engine {

@@ -113,6 +113,8 @@ struct State {
     live_slots: usize,
     /// How many times a multishot receive found the pool empty.
     enobufs: u64,
+    /// How many times a multishot receive was stopped for data nobody asked for.
+    paused: u64,
     /// Set while dropping: nothing is re-armed or continued, completions are dropped.
     closing: bool,
 }
@@ -324,6 +326,7 @@ impl Ring {
                 user_ops: 0,
                 live_slots: 0,
                 enobufs: 0,
+                paused: 0,
                 closing: false,
             }),
             setup,
@@ -341,6 +344,10 @@ impl Ring {
     /// How many times a multishot receive found the pool empty (`ENOBUFS`).
     pub(crate) fn pool_starvations(&self) -> u64 {
         self.st.borrow().enobufs
+    }
+
+    pub(crate) fn receive_pauses(&self) -> u64 {
+        self.st.borrow().paused
     }
 
     pub(crate) fn register(&self, raw: RawIo, _foreign: bool, context: usize) -> io::Result<u32> {

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Buffers of data a handle may hold that no pooled receive asked for, before its multishot
+/// receive is stopped (see `State::pause_receiving`).
+const MAX_AHEAD: usize = 8;
+
 impl State {
     pub(super) fn on_multi_recv(&mut self, idx: u32, res: i32, flags: u32) {
         let more = cqueue::more(flags);
@@ -89,7 +93,31 @@ impl State {
                 Got::Eof => self.deliver(w, Ok(0), Output::None, None),
                 Got::Error(e) => self.deliver(w, Err(e), Output::None, None),
             },
-            None => handle.data.push_back(got),
+            None => {
+                handle.data.push_back(got);
+                if handle.data.len() >= MAX_AHEAD {
+                    self.pause_receiving(h);
+                }
+            }
+        }
+    }
+
+    /// Stops the multishot receive of handle `h`, which has [`MAX_AHEAD`] buffers of data
+    /// nobody asked for: the rest stays in the socket (TCP slows the peer) until a pooled
+    /// receive takes what is queued and finds the queue empty, which arms it again. Without
+    /// this one connection whose owner stops receiving would take the whole pool, and every
+    /// other pooled receive of the port would wait for buffers that never come back.
+    fn pause_receiving(&mut self, h: u32) {
+        let Some(idx) = self.handles[h as usize].armed else {
+            return;
+        };
+        let ud = self.ud(idx);
+        let op = self.op(idx);
+        if op.in_kernel && !op.cancelled {
+            op.cancelled = true;
+            let sqe = opcode::AsyncCancel::new(ud).build().user_data(0);
+            self.push(&sqe);
+            self.paused += 1;
         }
     }
 
