@@ -85,7 +85,7 @@ struct TargetsArgs {
     /// Idle connections of the memory measurement.
     #[arg(long, default_value_t = 10_000)]
     memory_conns: usize,
-    /// Where the tables go [default: bench-results/<UTC time>].
+    /// Where the tables go [default: bench-results/ and the UTC time].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Print the cells and the estimated runtime, and run nothing.
