@@ -245,3 +245,47 @@ fn pooled_buffers_and_handles_outlive_the_port() {
     assert!(buf.iter().all(|&b| b == 9));
     drop(buf);
 }
+
+/// One connection with a burst already waiting, whose owner asks once and then stops, must
+/// not take the whole pool: another connection's pooled receive is still served.
+fn burst_leaves_buffers(buffers: u16, size: usize) {
+    let port = LocalPort::with_pool(buffers, size).unwrap();
+    let (a, mut a_peer) = pair(&port, 1);
+    let (b, mut b_peer) = pair(&port, 2);
+    a_peer.write_all(&vec![0xAB; 256 * 1024]).unwrap_or(());
+    port.recv_pooled(&a);
+    let c = next(&port);
+    assert_eq!(c.context(), 1);
+    drop(c);
+    // Let the engine receive ahead for `a` (and pause it).
+    let until = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < until {
+        assert!(
+            port.get_completion(Some(Duration::from_millis(20)))
+                .is_err()
+        );
+    }
+    port.recv_pooled(&b);
+    b_peer.write_all(b"x").unwrap();
+    let mut c = port
+        .get_completion(Some(Duration::from_secs(3)))
+        .expect("the other connection was starved of pool buffers");
+    assert_eq!(c.context(), 2);
+    assert_eq!(&c.take_pooled().unwrap()[..], b"x");
+    drop(a);
+}
+
+#[test]
+fn a_burst_on_one_connection_leaves_buffers_16() {
+    burst_leaves_buffers(16, 1024);
+}
+
+#[test]
+fn a_burst_on_one_connection_leaves_buffers_1024() {
+    burst_leaves_buffers(1024, 1024);
+}
+
+#[test]
+fn a_burst_on_one_connection_leaves_buffers_8() {
+    burst_leaves_buffers(8, 1024);
+}
