@@ -289,3 +289,55 @@ fn a_burst_on_one_connection_leaves_buffers_1024() {
 fn a_burst_on_one_connection_leaves_buffers_8() {
     burst_leaves_buffers(8, 1024);
 }
+
+/// A pooled receive whose deadline passes, one that is cancelled, and `cancel_all` on a
+/// paused handle: the data that comes after is still received, in order.
+#[test]
+fn deadline_cancel_and_cancel_all_keep_the_stream_whole() {
+    let port = LocalPort::with_pool(32, 16).unwrap();
+    let (h, mut peer) = pair(&port, 3);
+    let id = port.with_timeout(Duration::from_millis(30)).recv_pooled(&h);
+    let c = next(&port);
+    assert_eq!(c.id(), id);
+    assert!(proactor::is_deadline(&c.result().unwrap_err()), "{c:?}");
+    let id = port.recv_pooled(&h);
+    port.cancel(id).unwrap();
+    let c = next(&port);
+    assert_eq!(c.id(), id);
+    assert!(c.is_cancelled(), "{c:?}");
+    let data: Vec<u8> = (0..3000).map(|i| byte(3, i)).collect();
+    peer.write_all(&data).unwrap();
+    // Let it queue (and pause), then cancel everything on the handle while paused.
+    let until = Instant::now() + Duration::from_millis(150);
+    while Instant::now() < until {
+        assert!(
+            port.get_completion(Some(Duration::from_millis(20)))
+                .is_err()
+        );
+    }
+    port.cancel_all(&h).unwrap();
+    let mut got = Vec::new();
+    while got.len() < data.len() {
+        port.with_timeout(Duration::from_secs(5)).recv_pooled(&h);
+        let mut c = next(&port);
+        let n = c.result().unwrap();
+        assert!(n > 0, "EOF before all bytes");
+        got.extend_from_slice(&c.take_pooled().unwrap());
+    }
+    assert_eq!(got, data);
+    // Dropping the handle with a pooled receive and its deadline in flight: cancelled, not
+    // a deadline, and nothing left in flight.
+    let id = port.with_timeout(Duration::from_secs(10)).recv_pooled(&h);
+    drop(h);
+    let c = next(&port);
+    assert_eq!(c.id(), id);
+    assert!(c.is_cancelled(), "{c:?}");
+    while port.get_completion(Some(Duration::from_millis(50))).is_ok() {}
+    assert_eq!(port.operations_in_flight(), 0);
+    let t = Instant::now();
+    drop(port);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the port's drop waited"
+    );
+}
