@@ -341,3 +341,33 @@ fn deadline_cancel_and_cancel_all_keep_the_stream_whole() {
         "the port's drop waited"
     );
 }
+
+/// Dropping the port (then its last handle) with a timer, a paused handle's queue, a pooled
+/// receive with a deadline and a send all in flight: the drop does not wait out the drain
+/// timeout (every operation is cancelled and its CQE comes back).
+#[test]
+fn dropping_the_port_with_everything_in_flight_is_quick() {
+    let port = LocalPort::with_pool(16, 16).unwrap();
+    port.timer(Duration::from_secs(60));
+    let (h, mut peer) = pair(&port, 1);
+    let (idle, _idle_peer) = pair(&port, 2);
+    port.recv_pooled(&h);
+    peer.write_all(&[5; 1000]).unwrap();
+    let _first = next(&port);
+    let until = Instant::now() + Duration::from_millis(100);
+    while Instant::now() < until {
+        assert!(port.get_completion(Some(Duration::from_millis(20))).is_err());
+    }
+    port.with_timeout(Duration::from_secs(60)).recv_pooled(&idle);
+    port.readable(&idle);
+    port.send(&idle, vec![1; 10]);
+    let t = Instant::now();
+    drop(port);
+    drop(h);
+    drop(idle);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "the drop waited {:?}",
+        t.elapsed()
+    );
+}
