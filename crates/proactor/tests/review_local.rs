@@ -356,9 +356,13 @@ fn dropping_the_port_with_everything_in_flight_is_quick() {
     let _first = next(&port);
     let until = Instant::now() + Duration::from_millis(100);
     while Instant::now() < until {
-        assert!(port.get_completion(Some(Duration::from_millis(20))).is_err());
+        assert!(
+            port.get_completion(Some(Duration::from_millis(20)))
+                .is_err()
+        );
     }
-    port.with_timeout(Duration::from_secs(60)).recv_pooled(&idle);
+    port.with_timeout(Duration::from_secs(60))
+        .recv_pooled(&idle);
     port.readable(&idle);
     port.send(&idle, vec![1; 10]);
     let t = Instant::now();
@@ -370,4 +374,136 @@ fn dropping_the_port_with_everything_in_flight_is_quick() {
         "the drop waited {:?}",
         t.elapsed()
     );
+}
+
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+/// Pooled receives on a small pool, mixed at random with short deadlines, cancels,
+/// `cancel_all`, buffers held a while: every connection's bytes arrive whole and in order,
+/// then EOF.
+fn chaos(seed: u64, buffers: u16, size: usize) {
+    let conns = 5;
+    let len = 60_000;
+    let port = LocalPort::with_pool(buffers, size).unwrap();
+    let mut rng = Rng(seed);
+    let mut handles = Vec::new();
+    let mut writers = Vec::new();
+    for c in 0..conns {
+        let (h, mut peer) = pair(&port, c);
+        handles.push(h);
+        let pause = rng.below(3);
+        writers.push(std::thread::spawn(move || {
+            let data: Vec<u8> = (0..len).map(|i| byte(c, i)).collect();
+            for (i, part) in data.chunks(100 + 997 * c).enumerate() {
+                peer.write_all(part).unwrap();
+                if i % 20 == 0 {
+                    std::thread::sleep(Duration::from_millis(pause));
+                }
+            }
+        }));
+    }
+    let mut got: Vec<Vec<u8>> = vec![Vec::new(); conns];
+    let mut eof = vec![false; conns];
+    let mut pending: Vec<Option<proactor::OpId>> = vec![None; conns];
+    let mut held: std::collections::VecDeque<proactor::PooledBuf> = Default::default();
+    let until = Instant::now() + Duration::from_secs(20);
+    while eof.iter().any(|e| !e) {
+        assert!(
+            Instant::now() < until,
+            "stalled: {:?} eof {eof:?} pending {pending:?}",
+            got.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        for c in 0..conns {
+            if eof[c] || pending[c].is_some() {
+                continue;
+            }
+            pending[c] = Some(match rng.below(4) {
+                0 => port
+                    .with_timeout(Duration::from_millis(rng.below(3)))
+                    .recv_pooled(&handles[c]),
+                _ => port.recv_pooled(&handles[c]),
+            });
+        }
+        match rng.below(10) {
+            0 => {
+                let c = rng.below(conns as u64) as usize;
+                if let Some(id) = pending[c] {
+                    let _ = port.cancel(id);
+                }
+            }
+            1 => {
+                let c = rng.below(conns as u64) as usize;
+                port.cancel_all(&handles[c]).unwrap();
+            }
+            _ => {}
+        }
+        let Ok(mut done) = port.get_completion(Some(Duration::from_millis(50))) else {
+            held.clear();
+            continue;
+        };
+        let c = done.context();
+        assert_eq!(pending[c], Some(done.id()), "conn {c}: {done:?}");
+        pending[c] = None;
+        match done.result() {
+            Ok(0) => {
+                assert_eq!(got[c].len(), len, "conn {c}: EOF early");
+                eof[c] = true;
+            }
+            Ok(n) => {
+                let b = done.take_pooled().expect("data");
+                assert_eq!(b.len(), n);
+                got[c].extend_from_slice(&b);
+                assert!(got[c].len() <= len, "conn {c}: too many bytes");
+                held.push_back(b);
+                while held.len() > usize::from(buffers / 2) || rng.below(3) == 0 {
+                    if held.pop_front().is_none() {
+                        break;
+                    }
+                }
+            }
+            Err(e) => assert!(
+                proactor::is_cancelled(&e) || proactor::is_deadline(&e),
+                "conn {c}: {e:?}"
+            ),
+        }
+    }
+    drop(held);
+    for w in writers {
+        w.join().unwrap();
+    }
+    for (c, g) in got.iter().enumerate() {
+        assert!(
+            g.iter().enumerate().all(|(i, &b)| b == byte(c, i)),
+            "conn {c}: bytes out of order"
+        );
+    }
+    drop(handles);
+    while port.get_completion(Some(Duration::from_millis(50))).is_ok() {}
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+#[test]
+fn chaos_small_pool() {
+    for seed in 1..4 {
+        chaos(seed * 0x9E37_79B9, 4, 512);
+    }
+}
+
+#[test]
+fn chaos_tiny_buffers() {
+    chaos(0xDEAD_BEEF, 16, 100);
+}
+
+#[test]
+fn chaos_default_window() {
+    chaos(0x1234_5678, 256, 4096);
 }
