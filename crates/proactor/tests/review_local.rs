@@ -507,3 +507,45 @@ fn chaos_tiny_buffers() {
 fn chaos_default_window() {
     chaos(0x1234_5678, 256, 4096);
 }
+
+/// An old operation's id never names a newer operation in the same slab entry, and a handle
+/// added where a dropped one was does not see the dropped one's bytes.
+#[test]
+fn stale_ids_and_reused_slots() {
+    let port = LocalPort::with_pool(8, 64).unwrap();
+    let (h, mut peer) = pair(&port, 1);
+    let old = port.recv_pooled(&h);
+    peer.write_all(b"one").unwrap();
+    let c = next(&port);
+    assert_eq!(c.id(), old);
+    drop(c);
+    let new = port.recv_pooled(&h);
+    assert_ne!(new, old);
+    assert_eq!(
+        port.cancel(old).unwrap_err().kind(),
+        std::io::ErrorKind::NotFound
+    );
+    peer.write_all(b"two").unwrap();
+    let mut c = next(&port);
+    assert_eq!(c.id(), new);
+    assert_eq!(&c.take_pooled().unwrap()[..], b"two");
+    // Data the dropped handle had queued or in flight never reaches the next handle.
+    port.recv_pooled(&h);
+    peer.write_all(b"three").unwrap();
+    std::thread::sleep(Duration::from_millis(20));
+    drop(h);
+    let c = next(&port);
+    assert!(c.result().map_or(true, |n| n == 5), "{c:?}");
+    drop(c);
+    for round in 0..20 {
+        let (g, mut gpeer) = pair(&port, 100 + round);
+        port.recv_pooled(&g);
+        gpeer.write_all(&[round as u8; 10]).unwrap();
+        let mut c = next(&port);
+        assert_eq!(c.context(), 100 + round);
+        assert_eq!(&c.take_pooled().unwrap()[..], &[round as u8; 10]);
+        peer.write_all(b"late").unwrap_or(());
+    }
+    while port.get_completion(Some(Duration::from_millis(50))).is_ok() {}
+    assert_eq!(port.operations_in_flight(), 0);
+}
