@@ -549,3 +549,32 @@ fn stale_ids_and_reused_slots() {
     while port.get_completion(Some(Duration::from_millis(50))).is_ok() {}
     assert_eq!(port.operations_in_flight(), 0);
 }
+
+/// A reset is `ConnectionReset` for a waiting pooled receive and for one asked after it
+/// arrived, never EOF.
+#[test]
+fn a_reset_is_connection_reset() {
+    for waiting in [true, false] {
+        let port = LocalPort::with_pool(8, 64).unwrap();
+        let (h, mut peer) = pair(&port, 1);
+        port.recv_pooled(&h);
+        peer.write_all(b"x").unwrap();
+        let mut c = next(&port);
+        assert_eq!(&c.take_pooled().unwrap()[..], b"x");
+        if waiting {
+            port.recv_pooled(&h);
+            let _ = port.get_completion(Some(Duration::from_millis(20)));
+        }
+        socket2::SockRef::from(&peer)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(20));
+        if !waiting {
+            port.recv_pooled(&h);
+        }
+        let c = next(&port);
+        let e = c.result().expect_err("a reset");
+        assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e:?}");
+    }
+}
