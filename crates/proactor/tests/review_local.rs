@@ -390,7 +390,7 @@ impl Rng {
 /// Pooled receives on a small pool, mixed at random with short deadlines, cancels,
 /// `cancel_all`, buffers held a while: every connection's bytes arrive whole and in order,
 /// then EOF.
-fn chaos(seed: u64, buffers: u16, size: usize) {
+fn chaos(seed: u64, buffers: u16, size: usize, lazy: bool) -> LocalPort {
     let conns = 5;
     let len = 60_000;
     let port = LocalPort::with_pool(buffers, size).unwrap();
@@ -423,7 +423,7 @@ fn chaos(seed: u64, buffers: u16, size: usize) {
             got.iter().map(Vec::len).collect::<Vec<_>>()
         );
         for c in 0..conns {
-            if eof[c] || pending[c].is_some() {
+            if eof[c] || pending[c].is_some() || (lazy && rng.below(8) != 0) {
                 continue;
             }
             pending[c] = Some(match rng.below(4) {
@@ -446,7 +446,12 @@ fn chaos(seed: u64, buffers: u16, size: usize) {
             }
             _ => {}
         }
-        let Ok(mut done) = port.get_completion(Some(Duration::from_millis(50))) else {
+        let wait = if pending.iter().any(Option::is_some) {
+            50
+        } else {
+            1
+        };
+        let Ok(mut done) = port.get_completion(Some(Duration::from_millis(wait))) else {
             held.clear();
             continue;
         };
@@ -489,23 +494,39 @@ fn chaos(seed: u64, buffers: u16, size: usize) {
     drop(handles);
     while port.get_completion(Some(Duration::from_millis(50))).is_ok() {}
     assert_eq!(port.operations_in_flight(), 0);
+    port
 }
 
 #[test]
 fn chaos_small_pool() {
     for seed in 1..4 {
-        chaos(seed * 0x9E37_79B9, 4, 512);
+        chaos(seed * 0x9E37_79B9, 4, 512, false);
     }
 }
 
 #[test]
 fn chaos_tiny_buffers() {
-    chaos(0xDEAD_BEEF, 16, 100);
+    chaos(0xDEAD_BEEF, 16, 100, false);
 }
 
 #[test]
 fn chaos_default_window() {
-    chaos(0x1234_5678, 256, 4096);
+    chaos(0x1234_5678, 256, 4096, false);
+}
+
+/// Receives asked for lazily: queues grow past the pause threshold, handles are paused and
+/// resumed under cancels and deadlines.
+#[test]
+fn chaos_with_pauses() {
+    let mut pauses = 0;
+    for seed in 1..4 {
+        let port = chaos(seed * 0x51_7CC1, 64, 256, true);
+        pauses += port.receive_pauses();
+        if port.backend() != "io_uring" {
+            return;
+        }
+    }
+    assert!(pauses > 0, "no handle was ever paused");
 }
 
 /// An old operation's id never names a newer operation in the same slab entry, and a handle
