@@ -599,3 +599,13 @@ fn a_reset_is_connection_reset() {
         assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e:?}");
     }
 }
+
+#[test]
+fn extreme_pool_shapes() {
+    // The most buffers a provided-buffer ring takes, and buffers of a mebibyte.
+    pooled_integrity(32_768, 64, 2, 100_000, 5_000);
+    pooled_integrity(2, 1 << 20, 2, 3_000_000, 100_000);
+    assert!(LocalPort::with_pool(3, 64).is_err());
+    assert!(LocalPort::with_pool(0, 64).is_err());
+    assert!(LocalPort::with_pool(4, 0).is_err());
+}
