@@ -30,10 +30,15 @@ impl State {
             self.lent += 1;
             added += 1;
         }
-        if added == 0 {
+        if added > 0 {
+            self.bufs.commit();
+        }
+        // An `ENOBUFS` reaped after the top-up that refilled the ring (its receive was
+        // submitted by another enter, before the top-up) finds the window already full: the
+        // handle is re-armed whenever buffers are lent, not only when this top-up added some.
+        if self.lent == 0 || self.starved.is_empty() {
             return;
         }
-        self.bufs.commit();
         let starved = std::mem::take(&mut self.starved);
         for h in starved {
             let handle = &mut self.handles[h as usize];
