@@ -315,9 +315,12 @@ fn a_leader_that_panics_hands_the_lead_on() {
     for (i, w) in workers.into_iter().enumerate() {
         assert_eq!(w.join().is_err(), i == panicked);
     }
-    // The panicking thread left the send's record in the table: leak it with the port.
-    std::mem::forget(sending);
-    std::mem::forget(port);
+    // The panicking thread left the send's record in the table: keep it with the port, for
+    // the process's life, reachable (not freed, and not reported as a leak by LeakSanitizer).
+    static KEPT: Mutex<Vec<Box<dyn std::any::Any + Send>>> = Mutex::new(Vec::new());
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    kept.push(Box::new(sending));
+    kept.push(Box::new(port));
 }
 
 /// Churn of the lead: four workers dequeue with short, varied timeouts (0 to 3 ms, one or a
