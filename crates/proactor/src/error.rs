@@ -145,6 +145,23 @@ pub(crate) fn other_port() -> io::Error {
     )
 }
 
+/// A receive with a buffer of its own on a handle whose pooled receives are pending
+/// ([`LocalPort`](crate::LocalPort), both engines).
+pub(crate) fn mixing() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "a receive with a buffer on a handle with a pooled receive pending (the two would take bytes out of order)",
+    )
+}
+
+/// `send_pooled` with a buffer of another port's pool (both engines).
+pub(crate) fn foreign_buffer() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "send_pooled with a buffer of another port's pool",
+    )
+}
+
 /// A socket operation on something else.
 #[cfg_attr(not(any(windows, target_os = "linux")), allow(dead_code))]
 pub(crate) fn needs_socket() -> io::Error {

@@ -81,20 +81,7 @@ enum Internal {
     SendPooled(PooledBuf),
 }
 
-/// Another engine's key, or a handle already closed: nothing to do.
-fn mixing() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "a receive with a buffer on a handle with a pooled receive pending (the two would take bytes out of order)",
-    )
-}
-
-fn foreign_buffer() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "send_pooled with a buffer of another port's pool",
-    )
-}
+use crate::error::{foreign_buffer, mixing};
 
 impl Shared {
     pub(crate) fn new(pool: Rc<Pool>) -> io::Result<Shared> {

@@ -233,19 +233,7 @@ fn clamp(len: usize) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX)
 }
 
-fn mixing() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "a receive with a buffer on a handle with a pooled receive pending (the two would take bytes out of order)",
-    )
-}
-
-fn foreign_buffer() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        "send_pooled with a buffer of another port's pool",
-    )
-}
+use crate::error::{foreign_buffer, mixing};
 
 fn closed_handle() -> io::Error {
     crate::error::explained(
