@@ -5,6 +5,10 @@ use std::{fmt, io, net::SocketAddr, net::TcpStream};
 use crate::{OpId, OpKind};
 
 /// What an operation hands back besides its result.
+///
+/// Every completion carries one and is moved several times between the kernel's answer and
+/// the user: the rare, large outputs (accepts, ioctls) are boxed so the common ones (a buffer)
+/// keep it small (`tests` below pins the size).
 #[derive(Debug)]
 pub(crate) enum Output {
     /// Nothing (post, connect, a zero-byte receive).
@@ -14,19 +18,21 @@ pub(crate) enum Output {
     /// The buffers of a vectored receive or send.
     Buffers(Vec<Vec<u8>>),
     /// The connection an accept produced.
-    Accepted(Accepted),
+    Accepted(Box<Accepted>),
     /// The connection an accept on a Unix-domain listener produced, and its client's address.
     #[cfg(target_os = "linux")]
     AcceptedUnix(
-        std::os::unix::net::UnixStream,
-        std::os::unix::net::SocketAddr,
+        Box<(
+            std::os::unix::net::UnixStream,
+            std::os::unix::net::SocketAddr,
+        )>,
     ),
     /// The connection an accept on a Unix-domain (`AF_UNIX`) listener produced, and its
     /// client's address.
     #[cfg(windows)]
-    AcceptedSocket(socket2::Socket, socket2::SockAddr),
+    AcceptedSocket(Box<(socket2::Socket, socket2::SockAddr)>),
     /// An ioctl's input and output buffers.
-    Ioctl { input: Vec<u8>, output: Vec<u8> },
+    Ioctl(Box<(Vec<u8>, Vec<u8>)>),
 }
 
 /// A connection accepted by [`Iocp::accept`](crate::Iocp::accept).
@@ -173,7 +179,7 @@ impl Completion {
     /// bytes the control returned.
     pub fn take_ioctl(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
         match std::mem::replace(&mut self.output, Output::None) {
-            Output::Ioctl { input, output } => Some((input, output)),
+            Output::Ioctl(buffers) => Some(*buffers),
             other => {
                 self.output = other;
                 None
@@ -186,7 +192,7 @@ impl Completion {
     /// on every system, and `take_accepted_unix`, on Linux).
     pub fn take_accepted(&mut self) -> Option<Accepted> {
         match std::mem::replace(&mut self.output, Output::None) {
-            Output::Accepted(a) => Some(a),
+            Output::Accepted(a) => Some(*a),
             other => {
                 self.output = other;
                 None
@@ -227,12 +233,15 @@ impl Completion {
                 socket2::SockAddr::from(a.peer_addr),
             )),
             #[cfg(target_os = "linux")]
-            Output::AcceptedUnix(stream, peer) => Some((
-                socket2::Socket::from(std::os::fd::OwnedFd::from(stream)),
-                unix_sockaddr(&peer),
-            )),
+            Output::AcceptedUnix(accepted) => {
+                let (stream, peer) = *accepted;
+                Some((
+                    socket2::Socket::from(std::os::fd::OwnedFd::from(stream)),
+                    unix_sockaddr(&peer),
+                ))
+            }
             #[cfg(windows)]
-            Output::AcceptedSocket(socket, peer) => Some((socket, peer)),
+            Output::AcceptedSocket(accepted) => Some(*accepted),
             other => {
                 self.output = other;
                 None
@@ -304,7 +313,7 @@ impl Completion {
         std::os::unix::net::SocketAddr,
     )> {
         match std::mem::replace(&mut self.output, Output::None) {
-            Output::AcceptedUnix(stream, peer) => Some((stream, peer)),
+            Output::AcceptedUnix(accepted) => Some(*accepted),
             other => {
                 self.output = other;
                 None
@@ -422,5 +431,14 @@ mod tests {
         assert!(c.take_buffers().is_none());
         assert_eq!(c.take_buffer(), Some(vec![1, 2, 3]));
         assert_eq!(c.take_buffer(), None);
+    }
+
+    /// A completion is moved from the kernel's answer to the ready queue to the caller's
+    /// batch: the rare, large outputs stay boxed (unboxed it was 216 bytes).
+    #[cfg(target_pointer_width = "64")]
+    #[test]
+    fn a_completion_stays_small() {
+        assert_eq!(std::mem::size_of::<Output>(), 32);
+        assert!(std::mem::size_of::<Completion>() <= 128);
     }
 }

@@ -424,7 +424,7 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Com
             Output::Buffer(buf)
         }
         OpData::SendTo { buf, .. } => Output::Buffer(buf),
-        OpData::Ioctl { input, output } => Output::Ioctl { input, output },
+        OpData::Ioctl { input, output } => Output::Ioctl(Box::new((input, output))),
         OpData::Accept { .. } | OpData::Connect { .. } => {
             bytes = 0;
             Output::None
@@ -487,18 +487,18 @@ impl PeerAddr {
 }
 
 fn accepted(stream: TcpStream, peer: &PeerAddr) -> io::Result<Output> {
-    Ok(Output::Accepted(Accepted {
+    Ok(Output::Accepted(Box::new(Accepted {
         local_addr: stream.local_addr()?,
         peer_addr: peer.decode()?,
         stream,
-    }))
+    })))
 }
 
 /// A connection accepted on a Unix-domain listener, with its client's address (the kernel's
 /// `getpeername`, which still answers after the client closed).
 fn accepted_unix(stream: UnixStream) -> io::Result<Output> {
     let peer = stream.peer_addr()?;
-    Ok(Output::AcceptedUnix(stream, peer))
+    Ok(Output::AcceptedUnix(Box::new((stream, peer))))
 }
 
 /// An accept failure that means the client went away, not that the listener is broken.

@@ -675,7 +675,7 @@ impl Port {
                     // SAFETY: the control wrote `bytes` bytes at the start of the spare capacity.
                     unsafe { grow_by(&mut output, bytes) };
                 }
-                Output::Ioctl { input, output }
+                Output::Ioctl(Box::new((input, output)))
             }
             OpData::Accept {
                 listener,
@@ -803,17 +803,17 @@ fn finish_accept(
     };
     // SAFETY: GetAcceptExSockaddrs pointed both inside `addrs`, with their lengths.
     if let Some(peer_addr) = unsafe { net::unix_addr(peer, peer_len) } {
-        return Ok(Output::AcceptedSocket(socket, peer_addr));
+        return Ok(Output::AcceptedSocket(Box::new((socket, peer_addr))));
     }
     // SAFETY: as above.
     let local_addr = unsafe { net::socket_addr(local, local_len) }?;
     // SAFETY: as above.
     let peer_addr = unsafe { net::socket_addr(peer, peer_len) }?;
-    Ok(Output::Accepted(Accepted {
+    Ok(Output::Accepted(Box::new(Accepted {
         stream: TcpStream::from(socket),
         local_addr,
         peer_addr,
-    }))
+    })))
 }
 
 const _: () = assert!(mem::size_of::<SOCKET>() == mem::size_of::<usize>());
