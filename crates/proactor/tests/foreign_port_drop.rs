@@ -4,6 +4,7 @@
 //! records in the process.
 #![cfg(windows)]
 
+mod common;
 mod win_owner;
 
 use std::{io::Write, net::TcpStream, os::windows::io::AsSocket, thread, time::Duration};
@@ -64,7 +65,7 @@ fn a_port_dropped_before_its_foreign_handles_leaves_nothing_behind() {
     // something (a change of the record's size would otherwise disarm it unnoticed). Windows'
     // heap may not, and then this is a check for no crash and no leak.
     assert!(
-        owner.is_some() || !under_wine(),
+        owner.is_some() || !common::under_wine(),
         "under Wine the owner's OVERLAPPED should reuse a freed record's address"
     );
     drop(borrowed);
@@ -76,14 +77,4 @@ fn a_port_dropped_before_its_foreign_handles_leaves_nothing_behind() {
         assert_eq!(owner.wait(20_000).unwrap(), b"owner");
     }
     assert_eq!(proactor::live_operations(), 0);
-}
-
-/// Whether this process runs under Wine (its ntdll exports `wine_get_version`).
-fn under_wine() -> bool {
-    use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleA, GetProcAddress};
-    // SAFETY: both take NUL-terminated names; ntdll is loaded in every process.
-    unsafe {
-        let ntdll = GetModuleHandleA(c"ntdll.dll".as_ptr().cast());
-        !ntdll.is_null() && GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast()).is_some()
-    }
 }

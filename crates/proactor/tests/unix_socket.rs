@@ -53,7 +53,7 @@ fn unix_listener(port: &Iocp, path: &Path, context: usize) -> Option<Handle<Sock
         Err(e) => e,
     };
     assert!(
-        cfg!(windows) && under_wine(),
+        cfg!(windows) && common::under_wine(),
         "only Wine 8 lacks AF_UNIX among the tested systems: {err}"
     );
     for e in [err, port.connect_unix(path, context).unwrap_err()] {
@@ -65,22 +65,6 @@ fn unix_listener(port: &Iocp, path: &Path, context: usize) -> Option<Handle<Sock
         );
     }
     None
-}
-
-/// Whether this process runs under Wine (its ntdll exports `wine_get_version`).
-#[cfg(windows)]
-fn under_wine() -> bool {
-    use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleA, GetProcAddress};
-    // SAFETY: both take NUL-terminated names; ntdll is loaded in every process.
-    unsafe {
-        let ntdll = GetModuleHandleA(c"ntdll.dll".as_ptr().cast());
-        !ntdll.is_null() && GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast()).is_some()
-    }
-}
-
-#[cfg(not(windows))]
-fn under_wine() -> bool {
-    false
 }
 
 /// The path of a Unix-domain address, without its terminating NUL; empty for an unnamed one.

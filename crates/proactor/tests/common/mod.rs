@@ -155,3 +155,21 @@ pub fn collect<P: Port>(port: &P, ids: &[OpId]) -> Vec<P::Done> {
     }
     done.into_iter().map(Option::unwrap).collect()
 }
+
+/// Whether this process runs under Wine (its ntdll exports `wine_get_version`): where Wine
+/// differs from Windows, a test checks what Wine does and says so.
+#[cfg(windows)]
+pub fn under_wine() -> bool {
+    use windows_sys::Win32::System::LibraryLoader::{GetModuleHandleA, GetProcAddress};
+    // SAFETY: both take NUL-terminated names; ntdll is loaded in every process.
+    unsafe {
+        let ntdll = GetModuleHandleA(c"ntdll.dll".as_ptr().cast());
+        !ntdll.is_null() && GetProcAddress(ntdll, c"wine_get_version".as_ptr().cast()).is_some()
+    }
+}
+
+/// Whether this process runs under Wine: never, off Windows.
+#[cfg(not(windows))]
+pub fn under_wine() -> bool {
+    false
+}
