@@ -87,9 +87,10 @@ pub struct Completion {
     pub(crate) output: Output,
     /// The source address of a datagram receive.
     pub(crate) peer: Option<SocketAddr>,
-    /// The address the operation's record had (its `OVERLAPPED` on Windows), for logs; 0 for an
-    /// operation refused before it started. A number only: the record is freed by now.
-    #[cfg_attr(not(windows), allow(dead_code))]
+    /// The address the operation's `OVERLAPPED` had, for logs; 0 for an operation refused
+    /// before it started. A number only: the record is freed by now. (Windows only: elsewhere
+    /// nothing reads it, and without it a `LocalCompletion` fits the 128 bytes moved inline.)
+    #[cfg(windows)]
     pub(crate) address: usize,
 }
 
@@ -395,6 +396,7 @@ mod tests {
             error,
             output,
             peer: None,
+            #[cfg(windows)]
             address: 0,
         }
     }
@@ -439,6 +441,10 @@ mod tests {
     #[test]
     fn a_completion_stays_small() {
         assert_eq!(std::mem::size_of::<Output>(), 32);
-        assert!(std::mem::size_of::<Completion>() <= 128);
+        assert!(std::mem::size_of::<Completion>() <= 120);
+        // Moves of up to 128 bytes are inlined; larger ones call `memcpy` (a percent of the
+        // CPU of a 1,000-connection echo when `LocalCompletion` was 232 bytes).
+        #[cfg(not(windows))]
+        assert!(std::mem::size_of::<crate::LocalCompletion>() <= 128);
     }
 }

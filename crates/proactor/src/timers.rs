@@ -455,6 +455,7 @@ fn timer_completion(id: OpId, user: usize, error: Option<io::Error>) -> Completi
         error,
         output: Output::None,
         peer: None,
+        #[cfg(windows)]
         address: 0,
     }
 }
@@ -475,6 +476,7 @@ mod tests {
             error,
             output: Output::None,
             peer: None,
+            #[cfg(windows)]
             address: 0,
         }
     }

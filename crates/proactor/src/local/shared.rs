@@ -212,6 +212,7 @@ impl Shared {
                 error: None,
                 output: Output::None,
                 peer: None,
+                #[cfg(windows)]
                 address: 0,
             },
             None,
@@ -579,6 +580,7 @@ impl Shared {
                 error,
                 output: Output::None,
                 peer: None,
+                #[cfg(windows)]
                 address: 0,
             },
             buf,
@@ -669,6 +671,7 @@ fn refused(
             error: Some(error),
             output: Output::None,
             peer: None,
+            #[cfg(windows)]
             address: 0,
         },
         pooled,

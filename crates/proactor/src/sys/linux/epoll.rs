@@ -478,7 +478,7 @@ impl Epoll {
 /// says how much it sent, as a send does.
 fn finish(op: Op, result: io::Result<usize>) -> Completion {
     let (kind, sent) = (op.kind, op.progress);
-    let mut c = complete(op, result, 0);
+    let mut c = complete(op, result);
     if kind == OpKind::SendVectored && c.error.is_some() {
         c.bytes = sent;
     }
@@ -593,19 +593,19 @@ fn timed_out() -> io::Error {
 impl Driver for Epoll {
     fn submit(&self, mut op: Box<Op>) {
         if op.refused.is_some() {
-            self.push_ready([complete(*op, Ok(0), 0)]);
+            self.push_ready([complete(*op, Ok(0))]);
             return;
         }
         let mut fds = lock(&self.fds);
         let Some(q) = fds.get_mut(&op.fd) else {
             drop(fds);
-            self.push_ready([complete(*op, Err(from_errno(libc::EBADF)), 0)]);
+            self.push_ready([complete(*op, Err(from_errno(libc::EBADF)))]);
             return;
         };
         if q.kind == Kind::File {
             drop(fds);
             let result = file_io(&mut op);
-            self.push_ready([complete(*op, result, 0)]);
+            self.push_ready([complete(*op, result)]);
             return;
         }
         let reads = matches!(
@@ -635,7 +635,7 @@ impl Driver for Epoll {
     }
 
     fn post(&self, op: Box<Op>) -> io::Result<()> {
-        self.push_ready([complete(*op, Ok(0), 0)]);
+        self.push_ready([complete(*op, Ok(0))]);
         Ok(())
     }
 

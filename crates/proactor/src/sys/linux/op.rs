@@ -334,7 +334,7 @@ pub(crate) fn aim_at_room(iov: &mut [libc::iovec], msg: &mut libc::msghdr) {
 }
 
 /// Turns a finished record and its result (bytes, or an accepted fd) into the completion.
-pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Completion {
+pub(crate) fn complete(op: Op, result: io::Result<usize>) -> Completion {
     let Op {
         id,
         kind,
@@ -439,7 +439,6 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>, address: usize) -> Com
         error,
         output,
         peer,
-        address,
     }
 }
 

@@ -680,7 +680,7 @@ impl Uring {
         let mut op = unsafe { Box::from_raw(address as *mut Op) };
         // A stream operation that held its lane hands it on.
         let turn = op.order.take().zip(op.life.take()).zip(Dir::of(op.kind));
-        let done = complete(*op, result, address);
+        let done = complete(*op, result);
         if let Some(((order, life), dir)) = turn {
             self.hand_over(&order, dir, &life);
         }

@@ -469,7 +469,6 @@ fn completion(
         error,
         output,
         peer: None,
-        address: 0,
     }
 }
 

@@ -114,7 +114,7 @@ impl State {
                     r.refused = Some(from_errno(libc::EMSGSIZE));
                 }
                 if r.refused.is_some() {
-                    let c = op::complete(*r, Ok(0), 0);
+                    let c = op::complete(*r, Ok(0));
                     let id = c.id;
                     self.ready.push_back(LocalCompletion::new(c, None));
                     return id;

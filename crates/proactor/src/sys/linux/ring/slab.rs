@@ -132,7 +132,7 @@ impl State {
             Body::SendPooled { buf, .. } => self.deliver(idx, Err(error), Output::None, buf),
             Body::Record(mut r) => {
                 r.refused = Some(error);
-                let c = op::complete(*r, Ok(0), 0);
+                let c = op::complete(*r, Ok(0));
                 self.deliver_completion(idx, c);
             }
             _ => self.deliver(idx, Err(error), Output::None, None),
