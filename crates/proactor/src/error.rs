@@ -154,6 +154,15 @@ pub(crate) fn mixing() -> io::Error {
     )
 }
 
+/// A pooled receive on a socket that keeps message boundaries (both engines): a datagram
+/// larger than the pool's buffers would be cut with no error.
+pub(crate) fn pooled_needs_stream() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "pooled receive needs a stream socket (a datagram larger than a pool buffer would be cut): use recv_from",
+    )
+}
+
 /// `send_pooled` with a buffer of another port's pool (both engines).
 pub(crate) fn foreign_buffer() -> io::Error {
     io::Error::new(

@@ -51,6 +51,33 @@ fn pooled_read(port: &LocalPort, h: &proactor::LocalHandle<TcpStream>, want: usi
     got
 }
 
+/// A datagram larger than a pool buffer would be cut with no error: a pooled receive on a UDP
+/// socket is refused (`Unsupported`, on every backend), and the socket still works with
+/// `recv_from`, the datagram untouched.
+#[test]
+fn a_pooled_receive_on_a_datagram_socket_is_refused() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 16).unwrap();
+    let ours = port
+        .add_handle(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 9)
+        .unwrap();
+    let theirs = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let message = [b'd'; 64]; // four times a pool buffer
+    theirs
+        .send_to(&message, ours.local_addr().unwrap())
+        .unwrap();
+    let id = port.recv_pooled(&ours);
+    let c = next(&port);
+    assert_eq!((c.id(), c.kind(), c.context()), (id, OpKind::RecvPooled, 9));
+    let e = c.result().expect_err("refused");
+    assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+    port.recv_from(&ours, Vec::with_capacity(128));
+    let mut c = next(&port);
+    assert_eq!(c.result().unwrap(), message.len());
+    assert_eq!(c.take_buffer().unwrap(), message);
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
 #[test]
 fn a_receive_with_a_buffer_beside_a_pooled_receive_is_refused_with_its_buffer() {
     let _s = serial();

@@ -408,6 +408,10 @@ impl LocalPort {
     /// Receives into a buffer of the port's pool: see [Pooled receive](LocalPort#pooled-receive).
     /// Completes `Ok(n)` with the `n` bytes in [`LocalCompletion::take_pooled`], `Ok(0)` at the
     /// end of the stream, or the error, kind [`OpKind::RecvPooled`](crate::OpKind::RecvPooled).
+    /// For stream sockets only: on a socket that keeps message boundaries (UDP) it completes
+    /// [`ErrorKind::Unsupported`](std::io::ErrorKind::Unsupported) at once, on every backend,
+    /// since a datagram larger than a pool buffer would be cut without an error; use
+    /// [`recv_from`](LocalPort::recv_from) there.
     ///
     /// ```no_run
     /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) -> std::io::Result<()> {

@@ -64,6 +64,8 @@ struct Slot {
     armed: Option<OpId>,
     /// Whether a pooled receive already ran on it (Windows sets the socket non-blocking then).
     received: bool,
+    /// A socket that keeps message boundaries: pooled receives are refused.
+    datagram: bool,
     /// In `Shared::starved`.
     starved: bool,
 }
@@ -114,6 +116,7 @@ impl Shared {
             waiters: VecDeque::new(),
             armed: None,
             received: false,
+            datagram: sys::keeps_boundaries(raw),
             starved: false,
         };
         let mut slots = self.slots.borrow_mut();
@@ -471,16 +474,25 @@ impl Shared {
 
     fn recv_pooled(&self, key: u32, user: usize, deadline: Option<Instant>) -> OpId {
         let id = OpId::next();
-        let live = self
-            .with_slot_opt(key, |s| s.waiters.push_back(Waiter { id, user, deadline }))
-            .is_some();
-        if !live {
+        let accepted = self.with_slot_opt(key, |s| {
+            if s.datagram {
+                return Err((s.context, crate::error::pooled_needs_stream()));
+            }
+            s.waiters.push_back(Waiter { id, user, deadline });
+            Ok(())
+        });
+        let refusal = match accepted {
+            Some(Ok(())) => None,
+            Some(Err(refusal)) => Some(refusal),
+            None => Some((0, cancelled())),
+        };
+        if let Some((context, error)) = refusal {
             self.ready.borrow_mut().push_back(refused(
-                0,
+                context,
                 user,
                 id,
                 OpKind::RecvPooled,
-                cancelled(),
+                error,
                 None,
             ));
             return id;

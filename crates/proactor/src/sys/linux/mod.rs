@@ -459,6 +459,12 @@ impl Port {
     }
 }
 
+/// Whether `raw` is a socket that keeps message boundaries (datagram, raw, seqpacket): its
+/// `SO_TYPE` is not `SOCK_STREAM`.
+pub(crate) fn keeps_boundaries(raw: RawIo) -> bool {
+    socket_type(raw.0).is_some_and(|t| t != libc::SOCK_STREAM)
+}
+
 /// The type of socket `fd` (`SOCK_STREAM`, `SOCK_DGRAM`, ...), if the kernel says.
 pub(crate) fn socket_type(fd: RawFd) -> Option<i32> {
     let mut ty: libc::c_int = 0;

@@ -133,6 +133,17 @@ impl Associate for OwnedSocket {}
 impl Associate for socket2::Socket {}
 impl Associate for File {}
 impl Associate for OwnedHandle {}
+/// Whether `raw` is a socket that keeps message boundaries (datagram, raw, RDM, seqpacket):
+/// its `SO_TYPE` is not `SOCK_STREAM`.
+pub(crate) fn keeps_boundaries(raw: RawIo) -> bool {
+    use windows_sys::Win32::Networking::WinSock::{SO_TYPE, SOCK_STREAM, SOL_SOCKET, getsockopt};
+    let RawIo::Socket(s) = raw else { return false };
+    let mut ty: i32 = 0;
+    let mut len = std::mem::size_of::<i32>() as i32;
+    // SAFETY: getsockopt writes at most `len` bytes into `ty`, an int, and its length into `len`.
+    let r = unsafe { getsockopt(s, SOL_SOCKET, SO_TYPE, (&raw mut ty).cast(), &mut len) };
+    r == 0 && ty != SOCK_STREAM
+}
 
 /// Receives what is already there, without waiting: the second half of a pooled receive (a
 /// zero-byte `WSARecv` first). The first time for a socket (`first`), the socket is set

@@ -60,6 +60,9 @@ impl State {
         {
             return self.refuse(context, user, op, mixing());
         }
+        if matches!(op, LocalOp::RecvPooled) && datagram {
+            return self.refuse(context, user, op, crate::error::pooled_needs_stream());
+        }
         if matches!(op, LocalOp::RecvPooled) && self.takes_bytes(h) {
             return self.refuse(context, user, op, mixing());
         }
