@@ -298,20 +298,15 @@ impl Shared {
             if n > 0 {
                 return Ok(n);
             }
-            // Nothing of ours is ready: wait in the shared port (not at all while a starved
-            // handle waits for a buffer that a completion may give back).
+            // Nothing of ours is ready: wait in the shared port. A starved handle needs no
+            // poll: a pool buffer comes back only on this thread (a `PooledBuf` is not `Send`),
+            // when the user drops one (before the next call, whose first step feeds it) or when
+            // a pooled send's completion is turned below (and the loop feeds it next).
             let wait = match (until, soonest) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
             let wait = wait.map(|at| at.saturating_duration_since(Instant::now()));
-            let wait = if self.starved.borrow().is_empty() {
-                wait
-            } else {
-                Some(wait.map_or(Duration::from_millis(1), |w| {
-                    w.min(Duration::from_millis(1))
-                }))
-            };
             batch.clear();
             match self.port.get_completions(batch, max, wait) {
                 Ok(_) => {}
