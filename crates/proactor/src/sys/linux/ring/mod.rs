@@ -409,7 +409,16 @@ impl Ring {
             st.reap();
             if !st.ready.is_empty() {
                 let n = max.min(st.ready.len());
-                out.extend(st.ready.drain(..n));
+                if out.is_empty() && n == st.ready.len() {
+                    // The common case, all of them into an empty batch: the two swap buffers
+                    // instead of moving each completion (`VecDeque::from(Vec)` takes the
+                    // buffer as it is; `Vec::from(VecDeque)` too while the queue starts at
+                    // its buffer's start, as one refilled from empty by `push_back` does).
+                    let spare = VecDeque::from(std::mem::take(out));
+                    *out = Vec::from(std::mem::replace(&mut st.ready, spare));
+                } else {
+                    out.extend(st.ready.drain(..n));
+                }
                 return Ok(n);
             }
             if until.is_some_and(|u| Instant::now() >= u) {
