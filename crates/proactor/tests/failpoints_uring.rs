@@ -18,13 +18,13 @@ use std::{
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicBool, AtomicUsize, Ordering},
-        mpsc::{self, Receiver, Sender},
+        mpsc::{self, Receiver},
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
 
-use common::{each_ip_v4, pattern};
+use common::{each_ip_v4, pattern, pause::Pause};
 use proactor::{Completion, Iocp, OpId, OpKind};
 
 /// The `fail` registry is global: one test of this file at a time.
@@ -52,58 +52,6 @@ fn uring_port() -> Option<Arc<Iocp>> {
         return None;
     }
     Some(Arc::new(port))
-}
-
-/// Holds the first thread that reaches failpoint `name` until released; later passes go on.
-struct Pause {
-    name: &'static str,
-    hit: Receiver<()>,
-    release: Option<Sender<()>>,
-}
-
-impl Pause {
-    fn at(name: &'static str) -> Pause {
-        let (hit_tx, hit) = mpsc::channel();
-        let (release, release_rx) = mpsc::channel::<()>();
-        let hit_tx = Mutex::new(Some(hit_tx));
-        let release_rx = Mutex::new(release_rx);
-        fail::cfg_callback(name, move || {
-            let first = hit_tx.lock().unwrap().take();
-            if let Some(tx) = first {
-                let _ = tx.send(());
-                let _ = release_rx
-                    .lock()
-                    .unwrap()
-                    .recv_timeout(Duration::from_secs(30));
-            }
-        })
-        .expect("configure the failpoint");
-        Pause {
-            name,
-            hit,
-            release: Some(release),
-        }
-    }
-
-    /// Waits until a thread is held at the point.
-    fn wait_hit(&self) {
-        self.hit
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("no thread reached {}", self.name));
-    }
-
-    fn release(&mut self) {
-        fail::remove(self.name);
-        if let Some(r) = self.release.take() {
-            let _ = r.send(());
-        }
-    }
-}
-
-impl Drop for Pause {
-    fn drop(&mut self) {
-        self.release();
-    }
 }
 
 /// A thread dequeuing from `port` and forwarding every completion, until stopped.

@@ -3,6 +3,8 @@
 
 pub mod local;
 pub mod oracle;
+#[cfg(feature = "failpoints")]
+pub mod pause;
 
 use std::{
     io,
