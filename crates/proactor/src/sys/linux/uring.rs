@@ -214,6 +214,36 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Fails with `Unsupported` unless `ring`'s kernel has every opcode either backend's operations
+/// use, and the `extra` ones the caller needs too.
+pub(crate) fn require_opcodes(ring: &IoUring, extra: &[u8]) -> io::Result<()> {
+    let mut probe = io_uring::Probe::new();
+    ring.submitter().register_probe(&mut probe)?;
+    let common = [
+        opcode::Recv::CODE,
+        opcode::Send::CODE,
+        opcode::RecvMsg::CODE,
+        opcode::SendMsg::CODE,
+        opcode::Accept::CODE,
+        opcode::Connect::CODE,
+        opcode::PollAdd::CODE,
+        opcode::Read::CODE,
+        opcode::Write::CODE,
+        opcode::AsyncCancel::CODE,
+    ];
+    match common
+        .iter()
+        .chain(extra)
+        .find(|op| !probe.is_supported(**op))
+    {
+        Some(op) => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("io_uring lacks opcode {op}: Linux 6.0 or later is needed"),
+        )),
+        None => Ok(()),
+    }
+}
+
 impl Uring {
     /// A new ring, if the kernel offers io_uring with cancel-by-descriptor (Linux 5.19).
     pub(crate) fn new() -> io::Result<Uring> {
@@ -237,28 +267,13 @@ impl Uring {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => build(false)?,
             other => other?,
         };
-        let mut probe = io_uring::Probe::new();
-        ring.submitter().register_probe(&mut probe)?;
-        let needed = [
-            opcode::Recv::CODE,
-            opcode::Send::CODE,
-            opcode::RecvMsg::CODE,
-            opcode::SendMsg::CODE,
-            opcode::Accept::CODE,
-            opcode::Connect::CODE,
-            opcode::PollAdd::CODE,
-            opcode::Read::CODE,
-            opcode::Write::CODE,
-            opcode::AsyncCancel::CODE,
-            opcode::MsgRingData::CODE, // 5.18
-            opcode::SendZc::CODE,      // 6.0: implies cancel-by-descriptor (5.19) is there
-        ];
-        if let Some(op) = needed.iter().find(|op| !probe.is_supported(**op)) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("io_uring lacks opcode {op}: Linux 6.0 or later is needed"),
-            ));
-        }
+        require_opcodes(
+            &ring,
+            &[
+                opcode::MsgRingData::CODE, // 5.18
+                opcode::SendZc::CODE,      // 6.0: implies cancel-by-descriptor (5.19) is there
+            ],
+        )?;
         let doorbell = match idle {
             Some(_) => None,
             None => Some(Mutex::new(IoUring::new(2)?)),

@@ -247,31 +247,16 @@ impl Ring {
     /// A ring of its own over `pool` (made with no buffer free: all are lent to the kernel).
     pub(crate) fn new(pool: Rc<Pool>) -> io::Result<Ring> {
         let (ring, setup) = enter::build()?;
-        let mut probe = io_uring::Probe::new();
-        ring.submitter().register_probe(&mut probe)?;
         // SendZc (6.0) implies multishot receive (6.0), multishot accept and provided-buffer
         // rings (5.19), cancel by fixed descriptor (5.19).
-        let needed = [
-            opcode::Recv::CODE,
-            opcode::Send::CODE,
-            opcode::RecvMsg::CODE,
-            opcode::SendMsg::CODE,
-            opcode::Accept::CODE,
-            opcode::Connect::CODE,
-            opcode::PollAdd::CODE,
-            opcode::Read::CODE,
-            opcode::Write::CODE,
-            opcode::AsyncCancel::CODE,
-            opcode::Timeout::CODE,
-            opcode::LinkTimeout::CODE,
-            opcode::SendZc::CODE,
-        ];
-        if let Some(op) = needed.iter().find(|op| !probe.is_supported(**op)) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("io_uring lacks opcode {op}: Linux 6.0 or later is needed"),
-            ));
-        }
+        super::uring::require_opcodes(
+            &ring,
+            &[
+                opcode::Timeout::CODE,
+                opcode::LinkTimeout::CODE,
+                opcode::SendZc::CODE,
+            ],
+        )?;
         let mut limit = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,
