@@ -117,10 +117,13 @@ fn allocations_per_run(
     allocations() - before
 }
 
-/// Allocations allowed over `MEASURED` echoes on `port`'s backend.
+/// Allocations allowed over `MEASURED` echoes on `port`'s backend: none, but on epoll its
+/// three boxed records per message, and some slack for the growth of its queues and maps now
+/// and then (under AddressSanitizer a run made 770 over 256 echoes). A fourth allocation per
+/// message would still fail it.
 fn allowed(port: &LocalPort) -> u64 {
     match port.backend() {
-        "epoll" => 3 * MEASURED as u64,
+        "epoll" => 3 * MEASURED as u64 + MEASURED as u64 / 8,
         _ => 0,
     }
 }
