@@ -1014,3 +1014,41 @@ fn completions_come_once_and_in_order_through_every_mix_of_takes() {
         assert_eq!(port.operations_in_flight(), 0);
     }
 }
+
+/// Every socket that keeps message boundaries is refused a pooled receive, not only UDP: a
+/// Unix-domain datagram or seqpacket socket too (Linux, both engines), while a Unix-domain stream is served.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_pooled_receive_on_a_unix_datagram_socket_is_refused_and_a_unix_stream_served() {
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 16).unwrap();
+    let (ours, theirs) = UnixDatagram::pair().unwrap();
+    let ours = port
+        .add_handle(std::os::fd::OwnedFd::from(ours), 3)
+        .unwrap();
+    theirs.send(&[b'u'; 40]).unwrap();
+    let (seq, seq_peer) =
+        socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
+    let seq = port.add_handle(seq, 5).unwrap();
+    seq_peer.send(&[b's'; 40]).unwrap();
+    for (id, context) in [(port.recv_pooled(&ours), 3), (port.recv_pooled(&seq), 5)] {
+        let c = next(&port);
+        assert_eq!(
+            (c.id(), c.kind(), c.context()),
+            (id, OpKind::RecvPooled, context)
+        );
+        let e = c.result().expect_err("refused");
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+    }
+    assert_eq!(port.operations_in_flight(), 0);
+
+    let (stream, mut peer) = UnixStream::pair().unwrap();
+    let stream = port.add_handle(stream, 4).unwrap();
+    std::io::Write::write_all(&mut peer, b"stream").unwrap();
+    port.recv_pooled(&stream);
+    let mut c = next(&port);
+    assert_eq!((c.kind(), c.context()), (OpKind::RecvPooled, 4));
+    assert_eq!(c.result().unwrap(), 6, "{c:?}");
+    assert_eq!(&c.take_pooled().unwrap()[..], b"stream");
+}
