@@ -21,7 +21,7 @@ use common::{
     oracle::{Rng, check_stream, pattern, seeds},
     reset_on_drop,
 };
-use proactor::{LocalPort, OpKind, PooledBuf};
+use proactor::{LocalCompletion, LocalPort, OpKind, PooledBuf};
 
 /// One test at a time: `live_operations()` and descriptor numbers are process-wide.
 fn serial() -> MutexGuard<'static, ()> {
@@ -932,4 +932,123 @@ fn pool_shapes_are_checked_and_the_port_says_what_runs_it() {
     peer.write_all(b"xyz").unwrap();
     // One buffer of one byte: three receives of one byte each, in order.
     assert_eq!(pooled_read(&one, &h, 3), b"xyz");
+}
+
+/// Completions come out in order, each once, whatever mix of `get_completion` and
+/// `get_completions` takes them: into an empty batch or one already holding some, with a
+/// `max` below, equal to or above what is ready (io_uring hands a whole ready queue over by
+/// swapping buffers with an empty batch; the others move them one by one).
+#[test]
+fn completions_come_once_and_in_order_through_every_mix_of_takes() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 16).unwrap();
+    let mut next_value = 0usize;
+    let mut expected = 0usize;
+    let mut batch: Vec<LocalCompletion> = Vec::new();
+    port.post(0, usize::MAX);
+    let mut stash = Some(port.get_completion(Some(Duration::ZERO)).unwrap());
+    let check = |batch: &mut Vec<LocalCompletion>, from: usize, expected: &mut usize| {
+        for c in batch.drain(from..) {
+            assert_eq!(c.kind(), OpKind::Post);
+            assert_eq!(c.result().unwrap(), *expected);
+            *expected += 1;
+        }
+    };
+    for round in 0..200usize {
+        let ready = 1 + round % 7;
+        for _ in 0..ready {
+            port.post(0, next_value);
+            next_value += 1;
+        }
+        let mut left = ready;
+        let mut step = 0;
+        while left > 0 {
+            match (round + step) % 4 {
+                0 => {
+                    let c = port.get_completion(Some(Duration::ZERO)).unwrap();
+                    assert_eq!(c.result().unwrap(), expected);
+                    expected += 1;
+                    left -= 1;
+                }
+                1 => {
+                    // Into a batch already holding one: it stays first.
+                    batch.push(stash.take().expect("the marker"));
+                    let max = 1 + step % 3;
+                    let n = port
+                        .get_completions(&mut batch, max, Some(Duration::ZERO))
+                        .unwrap();
+                    assert!(n <= max && n <= left, "{n} of {left} ready, max {max}");
+                    assert_eq!(batch.len(), 1 + n);
+                    assert_eq!(batch[0].result().unwrap(), usize::MAX);
+                    check(&mut batch, 1, &mut expected);
+                    stash = batch.pop();
+                    left -= n;
+                }
+                2 => {
+                    let max = left; // exactly what is ready
+                    let n = port
+                        .get_completions(&mut batch, max, Some(Duration::ZERO))
+                        .unwrap();
+                    assert_eq!(n, left);
+                    assert_eq!(batch.len(), n);
+                    check(&mut batch, 0, &mut expected);
+                    left -= n;
+                }
+                _ => {
+                    let max = 64;
+                    let n = port
+                        .get_completions(&mut batch, max, Some(Duration::ZERO))
+                        .unwrap();
+                    assert_eq!((n, batch.len()), (left, left));
+                    check(&mut batch, 0, &mut expected);
+                    left = 0;
+                }
+            }
+            step += 1;
+        }
+        let e = port
+            .get_completion(Some(Duration::ZERO))
+            .expect_err("nothing left");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(expected, next_value, "round {round}");
+        assert_eq!(port.operations_in_flight(), 0);
+    }
+}
+
+/// Every socket that keeps message boundaries is refused a pooled receive, not only UDP: a
+/// Unix-domain datagram or seqpacket socket too (Linux, both engines), while a Unix-domain stream is served.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_pooled_receive_on_a_unix_datagram_socket_is_refused_and_a_unix_stream_served() {
+    use std::os::unix::net::{UnixDatagram, UnixStream};
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 16).unwrap();
+    let (ours, theirs) = UnixDatagram::pair().unwrap();
+    let ours = port
+        .add_handle(std::os::fd::OwnedFd::from(ours), 3)
+        .unwrap();
+    theirs.send(&[b'u'; 40]).unwrap();
+    let (seq, seq_peer) =
+        socket2::Socket::pair(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
+    let seq = port.add_handle(seq, 5).unwrap();
+    seq_peer.send(&[b's'; 40]).unwrap();
+    for (id, context) in [(port.recv_pooled(&ours), 3), (port.recv_pooled(&seq), 5)] {
+        let c = next(&port);
+        assert_eq!(
+            (c.id(), c.kind(), c.context()),
+            (id, OpKind::RecvPooled, context)
+        );
+        let e = c.result().expect_err("refused");
+        assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+    }
+    assert_eq!(port.operations_in_flight(), 0);
+
+    let (stream, mut peer) = UnixStream::pair().unwrap();
+    let stream = port.add_handle(stream, 4).unwrap();
+    std::io::Write::write_all(&mut peer, b"stream").unwrap();
+    port.recv_pooled(&stream);
+    let mut c = next(&port);
+    assert_eq!((c.kind(), c.context()), (OpKind::RecvPooled, 4));
+    assert_eq!(c.result().unwrap(), 6, "{c:?}");
+    assert_eq!(&c.take_pooled().unwrap()[..], b"stream");
 }

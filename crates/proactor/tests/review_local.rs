@@ -618,3 +618,117 @@ fn extreme_pool_shapes() {
     assert!(LocalPort::with_pool(0, 64).is_err());
     assert!(LocalPort::with_pool(4, 0).is_err());
 }
+
+/// How the one buffer of a pool comes back while another handle waits for it.
+#[derive(Clone, Copy, Debug)]
+enum Back {
+    /// The user drops the received buffer.
+    Dropped,
+    /// It is echoed with `send_pooled`, and its completion dropped.
+    Sent,
+    /// It is echoed and the handle dropped right after (the send completes or is cancelled).
+    SentThenClosed,
+    /// `send_pooled` on another port's handle refuses it; the refusal is dropped.
+    RefusedElsewhere,
+    /// The starved receive's deadline passes first; a new receive then waits for the buffer.
+    AfterADeadline,
+    /// The starved handle is dropped and a new one (maybe on its key) starves in its place.
+    StarvedHandleDropped,
+}
+
+/// With no poll while a handle is starved (the shared engine waits in its port with no
+/// timeout), every way a pool buffer comes back must wake the starved handle: its receive
+/// completes at the next `get_completion`, not at that call's timeout.
+#[test]
+fn a_starved_handle_gets_the_buffer_whichever_way_it_comes_back() {
+    for back in [
+        Back::Dropped,
+        Back::Sent,
+        Back::SentThenClosed,
+        Back::RefusedElsewhere,
+        Back::AfterADeadline,
+        Back::StarvedHandleDropped,
+    ] {
+        let port = LocalPort::with_pool(1, 64).unwrap();
+        let other = LocalPort::with_pool(1, 64).unwrap();
+        let (elsewhere, _elsewhere_peer) = pair(&other, 9);
+        let (a, mut peer_a) = pair(&port, 1);
+        let (mut b, mut peer_b) = pair(&port, 2);
+        peer_a.write_all(b"a").unwrap();
+        peer_b.write_all(b"b").unwrap();
+        port.recv_pooled(&a);
+        let mut got = next(&port);
+        assert_eq!((got.context(), got.result().unwrap()), (1, 1), "{back:?}");
+        let buf = got.take_pooled().expect("a pool buffer");
+        drop(got);
+        let waiting = if matches!(back, Back::AfterADeadline) {
+            port.with_timeout(Duration::from_millis(50)).recv_pooled(&b)
+        } else {
+            port.recv_pooled(&b)
+        };
+        // B's data is there, the pool empty: it waits for the buffer.
+        match port.get_completion(Some(Duration::from_millis(200))) {
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                assert!(!matches!(back, Back::AfterADeadline), "no deadline");
+            }
+            Err(e) => panic!("{back:?}: {e}"),
+            Ok(c) => {
+                assert!(matches!(back, Back::AfterADeadline), "{back:?}: {c:?}");
+                assert_eq!(c.id(), waiting);
+                assert!(proactor::is_deadline(&c.result().unwrap_err()));
+            }
+        }
+        let mut a = Some(a);
+        match back {
+            Back::Dropped => drop(buf),
+            Back::Sent | Back::SentThenClosed => {
+                port.send_pooled(a.as_ref().unwrap(), buf);
+                if matches!(back, Back::SentThenClosed) {
+                    drop(a.take());
+                }
+                let c = next(&port);
+                assert_eq!(c.kind(), OpKind::SendPooled, "{back:?}: {c:?}");
+            }
+            Back::RefusedElsewhere => {
+                other.send_pooled(&elsewhere, buf);
+                let c = other.get_completion(Some(Duration::from_secs(5))).unwrap();
+                assert_eq!(c.kind(), OpKind::SendPooled);
+                assert!(c.result().is_err(), "another port's buffer is refused");
+            }
+            Back::AfterADeadline => {
+                drop(buf);
+                port.recv_pooled(&b);
+            }
+            Back::StarvedHandleDropped => {
+                drop(b);
+                let c = next(&port);
+                assert_eq!(c.id(), waiting);
+                assert!(proactor::is_cancelled(&c.result().unwrap_err()));
+                let (c_handle, mut peer_c) = pair(&port, 2);
+                peer_c.write_all(b"b").unwrap();
+                b = c_handle;
+                peer_b = peer_c;
+                port.recv_pooled(&b);
+                assert!(
+                    port.get_completion(Some(Duration::from_millis(200)))
+                        .is_err_and(|e| e.kind() == std::io::ErrorKind::TimedOut),
+                    "the new handle waits for the buffer too"
+                );
+                drop(buf);
+            }
+        }
+        let started = Instant::now();
+        let mut c = port
+            .get_completion(Some(Duration::from_secs(5)))
+            .unwrap_or_else(|e| panic!("{back:?}: the starved receive never got the buffer: {e}"));
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{back:?}: fed only after {:?}",
+            started.elapsed()
+        );
+        assert_eq!((c.context(), c.kind()), (2, OpKind::RecvPooled), "{back:?}");
+        assert_eq!(c.result().unwrap(), 1, "{back:?}");
+        assert_eq!(&c.take_pooled().unwrap()[..], b"b", "{back:?}");
+        drop((a, b, peer_a, peer_b));
+    }
+}

@@ -394,11 +394,13 @@ impl Ring {
             st.reap();
             if !st.ready.is_empty() {
                 let n = max.min(st.ready.len());
-                if out.is_empty() && n == st.ready.len() {
+                if n > 1 && out.is_empty() && n == st.ready.len() {
                     // The common case, all of them into an empty batch: the two swap buffers
                     // instead of moving each completion (`VecDeque::from(Vec)` takes the
                     // buffer as it is; `Vec::from(VecDeque)` too while the queue starts at
                     // its buffer's start, as one refilled from empty by `push_back` does).
+                    // Not for one: a move costs no more, and `get_completion`'s `Vec` of one,
+                    // dropped right after, would take the queue's buffer with it.
                     let spare = VecDeque::from(std::mem::take(out));
                     *out = Vec::from(std::mem::replace(&mut st.ready, spare));
                 } else {
