@@ -120,7 +120,10 @@ struct Inner {
 /// pool is empty, pooled receives wait for buffers to come back: nothing is lost, nothing
 /// fails for that. On one handle use pooled receives or receives with buffers of your own, not
 /// both at once: a receive with a buffer on a handle with a pooled receive pending completes
-/// with [`io::ErrorKind::InvalidInput`] (the two would take bytes out of order).
+/// with [`io::ErrorKind::InvalidInput`] (the two would take bytes out of order). Pooled receive
+/// is for stream sockets: on a datagram socket it completes [`io::ErrorKind::Unsupported`]
+/// (a datagram larger than a pool buffer would be cut); use
+/// [`recv_from`](LocalPort::recv_from) there.
 ///
 /// # Example: an echo server's thread
 ///
