@@ -25,7 +25,7 @@ use std::{
 pub use completion::LocalCompletion;
 pub use submit::LocalSubmit;
 
-use crate::{Associate, OpId, PooledBuf, pool::Pool};
+use crate::{Associate, OpId, OpKind, PooledBuf, completion::Output, pool::Pool};
 
 /// The pool a [`LocalPort::new`] port gets: 1,024 buffers of 16 KiB (16 MiB, of which only
 /// buffers that have held data are resident).
@@ -47,6 +47,45 @@ pub(crate) enum LocalOp {
     WriteAt(Vec<u8>, u64),
     Accept,
     Connect(SocketAddr),
+}
+
+impl LocalOp {
+    /// The kind its completion says.
+    pub(crate) fn kind(&self) -> OpKind {
+        match self {
+            LocalOp::Recv(_) => OpKind::Recv,
+            LocalOp::RecvVectored(_) => OpKind::RecvVectored,
+            LocalOp::Readable => OpKind::Readable,
+            LocalOp::RecvPooled => OpKind::RecvPooled,
+            LocalOp::Send(_) => OpKind::Send,
+            LocalOp::SendVectored(_) => OpKind::SendVectored,
+            LocalOp::SendPooled(_) => OpKind::SendPooled,
+            LocalOp::RecvFrom(_) => OpKind::RecvFrom,
+            LocalOp::SendTo(..) => OpKind::SendTo,
+            LocalOp::ReadAt(..) => OpKind::Read,
+            LocalOp::WriteAt(..) => OpKind::Write,
+            LocalOp::Accept => OpKind::Accept,
+            LocalOp::Connect(_) => OpKind::Connect,
+        }
+    }
+
+    /// What it owned, as the completion of a refusal hands it back: its buffers, or its pool
+    /// buffer.
+    pub(crate) fn into_owned(self) -> (Output, Option<PooledBuf>) {
+        match self {
+            LocalOp::Recv(b)
+            | LocalOp::Send(b)
+            | LocalOp::RecvFrom(b)
+            | LocalOp::SendTo(b, _)
+            | LocalOp::ReadAt(b, _)
+            | LocalOp::WriteAt(b, _) => (Output::Buffer(b), None),
+            LocalOp::RecvVectored(b) | LocalOp::SendVectored(b) => (Output::Buffers(b), None),
+            LocalOp::SendPooled(b) => (Output::None, Some(b)),
+            LocalOp::Readable | LocalOp::RecvPooled | LocalOp::Accept | LocalOp::Connect(_) => {
+                (Output::None, None)
+            }
+        }
+    }
 }
 
 /// The engine for a new port: on Linux a ring of its own unless `PROACTOR_BACKEND=epoll` (with

@@ -598,21 +598,8 @@ impl Shared {
     /// owned.
     fn refuse(&self, context: usize, user: usize, op: LocalOp, error: io::Error) -> OpId {
         let id = OpId::next();
-        let (kind, output, pooled) = match op {
-            LocalOp::Recv(b) => (OpKind::Recv, Output::Buffer(b), None),
-            LocalOp::RecvVectored(b) => (OpKind::RecvVectored, Output::Buffers(b), None),
-            LocalOp::Readable => (OpKind::Readable, Output::None, None),
-            LocalOp::RecvPooled => (OpKind::RecvPooled, Output::None, None),
-            LocalOp::Send(b) => (OpKind::Send, Output::Buffer(b), None),
-            LocalOp::SendVectored(b) => (OpKind::SendVectored, Output::Buffers(b), None),
-            LocalOp::SendPooled(b) => (OpKind::SendPooled, Output::None, Some(b)),
-            LocalOp::RecvFrom(b) => (OpKind::RecvFrom, Output::Buffer(b), None),
-            LocalOp::SendTo(b, _) => (OpKind::SendTo, Output::Buffer(b), None),
-            LocalOp::ReadAt(b, _) => (OpKind::Read, Output::Buffer(b), None),
-            LocalOp::WriteAt(b, _) => (OpKind::Write, Output::Buffer(b), None),
-            LocalOp::Accept => (OpKind::Accept, Output::None, None),
-            LocalOp::Connect(_) => (OpKind::Connect, Output::None, None),
-        };
+        let kind = op.kind();
+        let (output, pooled) = op.into_owned();
         let mut c = refused(context, user, id, kind, error, pooled);
         c.output = output;
         self.ready.borrow_mut().push_back(c);

@@ -106,35 +106,15 @@ impl State {
         };
         let h = &mut self.handles[idx as usize];
         h.open = false;
-        let waiters = std::mem::take(&mut h.waiters);
-        let lanes: Vec<u32> = h
-            .lanes
-            .iter_mut()
-            .flat_map(|l| std::mem::take(&mut l.waiting))
-            .collect();
         h.data.clear();
         h.accepted.clear();
         h.starved = false;
-        let (kernel, raw_ops, raw) = (h.kernel, h.raw_ops, h.raw);
-        for w in waiters {
-            self.deliver(w, Err(cancelled()), Output::None, None);
-        }
-        for w in lanes {
-            self.deliver_unstarted(w, cancelled());
-        }
+        let kernel = h.kernel;
+        self.cancel_waiting(idx);
         if kernel > 0 {
-            // Cancel what is in flight on the slot (and, for records, the descriptor), and
-            // have the kernel take it now: the owner closes the descriptor next.
-            let fixed = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(idx)).all())
-                .build()
-                .user_data(0);
-            self.push(&fixed);
-            if raw_ops > 0 {
-                let by_fd = opcode::AsyncCancel2::new(CancelBuilder::fd(Fd(raw)).all())
-                    .build()
-                    .user_data(0);
-                self.push(&by_fd);
-            }
+            // Cancel what is in flight on the slot, and have the kernel take it now: the owner
+            // closes the descriptor next.
+            self.push_cancels(idx);
             if let Err(e) = self.enter(false, None) {
                 tracing::warn!(error = %e, "submitting the cancels of a closing handle");
             }

@@ -467,22 +467,3 @@ fn completion(
         peer: None,
     }
 }
-
-/// The kind of a `LocalOp`.
-fn kind_of(op: &LocalOp) -> OpKind {
-    match op {
-        LocalOp::Recv(_) => OpKind::Recv,
-        LocalOp::RecvVectored(_) => OpKind::RecvVectored,
-        LocalOp::Readable => OpKind::Readable,
-        LocalOp::RecvPooled => OpKind::RecvPooled,
-        LocalOp::Send(_) => OpKind::Send,
-        LocalOp::SendVectored(_) => OpKind::SendVectored,
-        LocalOp::SendPooled(_) => OpKind::SendPooled,
-        LocalOp::RecvFrom(_) => OpKind::RecvFrom,
-        LocalOp::SendTo(..) => OpKind::SendTo,
-        LocalOp::ReadAt(..) => OpKind::Read,
-        LocalOp::WriteAt(..) => OpKind::Write,
-        LocalOp::Accept => OpKind::Accept,
-        LocalOp::Connect(_) => OpKind::Connect,
-    }
-}

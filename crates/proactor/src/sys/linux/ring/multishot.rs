@@ -8,7 +8,9 @@ use super::*;
 const MAX_AHEAD: usize = 8;
 
 impl State {
-    pub(super) fn on_multi_recv(&mut self, idx: u32, res: i32, flags: u32) {
+    /// A CQE of handle `h`'s multishot `idx`: its handle, and whether more CQEs follow (if not,
+    /// the multishot ended and the handle is no longer armed).
+    fn multishot_cqe(&mut self, idx: u32, flags: u32) -> (u32, bool) {
         let more = cqueue::more(flags);
         let h = self.op(idx).handle;
         if !more {
@@ -19,6 +21,11 @@ impl State {
                 handle.armed = None;
             }
         }
+        (h, more)
+    }
+
+    pub(super) fn on_multi_recv(&mut self, idx: u32, res: i32, flags: u32) {
+        let (h, more) = self.multishot_cqe(idx, flags);
         let open = self.handles[h as usize].open && !self.closing;
         let picked = cqueue::buffer_select(flags);
         if picked.is_some() {
@@ -32,7 +39,7 @@ impl State {
             self.pool.put_free(bid);
         }
         if res > 0 {
-            let bid = cqueue::buffer_select(flags).expect("a buffer-select receive's buffer");
+            let bid = picked.expect("a buffer-select receive's buffer");
             // SAFETY: the kernel gave buffer `bid` back with `res` bytes written: it is the
             // engine's, and goes to exactly one `PooledBuf`.
             let buf = unsafe { self.pool.hold(bid, res as usize) };
@@ -122,16 +129,7 @@ impl State {
     }
 
     pub(super) fn on_multi_accept(&mut self, idx: u32, res: i32, flags: u32) {
-        let more = cqueue::more(flags);
-        let h = self.op(idx).handle;
-        if !more {
-            self.ended(idx);
-            self.op(idx).finished = true;
-            let handle = &mut self.handles[h as usize];
-            if handle.armed == Some(idx) {
-                handle.armed = None;
-            }
-        }
+        let (h, more) = self.multishot_cqe(idx, flags);
         let open = self.handles[h as usize].open && !self.closing;
         if res >= 0 {
             // SAFETY: a successful accept's result is a new descriptor nothing else owns.

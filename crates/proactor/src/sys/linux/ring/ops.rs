@@ -11,20 +11,8 @@ impl State {
         error: io::Error,
     ) -> OpId {
         let id = OpId::next();
-        let kind = kind_of(&op);
-        let (output, pooled) = match op {
-            LocalOp::Recv(b)
-            | LocalOp::Send(b)
-            | LocalOp::RecvFrom(b)
-            | LocalOp::SendTo(b, _)
-            | LocalOp::ReadAt(b, _)
-            | LocalOp::WriteAt(b, _) => (Output::Buffer(b), None),
-            LocalOp::RecvVectored(b) | LocalOp::SendVectored(b) => (Output::Buffers(b), None),
-            LocalOp::SendPooled(b) => (Output::None, Some(b)),
-            LocalOp::Readable | LocalOp::RecvPooled | LocalOp::Accept | LocalOp::Connect(_) => {
-                (Output::None, None)
-            }
-        };
+        let kind = op.kind();
+        let (output, pooled) = op.into_owned();
         let c = completion(context, user, id, kind, Err(error), output);
         self.ready.push_back(LocalCompletion::new(c, pooled));
         id
@@ -66,7 +54,7 @@ impl State {
         if matches!(op, LocalOp::RecvPooled) && self.takes_bytes(h) {
             return self.refuse(context, user, op, mixing());
         }
-        let kind = kind_of(&op);
+        let kind = op.kind();
         let body = match op {
             LocalOp::RecvPooled => return self.recv_pooled(h, user, deadline),
             LocalOp::Accept => return self.accept(h, user, deadline),
@@ -297,21 +285,8 @@ impl State {
 
     pub(super) fn cancel_all(&mut self, key: u32) {
         let Some(h) = self.handle_of(key) else { return };
-        let handle = &mut self.handles[h as usize];
-        let waiters = std::mem::take(&mut handle.waiters);
-        let lanes: Vec<u32> = handle
-            .lanes
-            .iter_mut()
-            .flat_map(|l| std::mem::take(&mut l.waiting))
-            .collect();
-        let (kernel, raw_ops, raw) = (handle.kernel, handle.raw_ops, handle.raw);
-        for w in waiters {
-            self.deliver(w, Err(cancelled()), Output::None, None);
-        }
-        for w in lanes {
-            self.deliver_unstarted(w, cancelled());
-        }
-        if kernel == 0 {
+        self.cancel_waiting(h);
+        if self.handles[h as usize].kernel == 0 {
             return;
         }
         for slot in &mut self.slots {
@@ -322,6 +297,34 @@ impl State {
                 op.cancelled = true;
             }
         }
+        self.push_cancels(h);
+    }
+
+    /// Ends as cancelled every operation of handle `h` that waits in the engine, not in the
+    /// kernel: its pooled receives and accepts, and the operations waiting for a lane.
+    pub(super) fn cancel_waiting(&mut self, h: u32) {
+        let handle = &mut self.handles[h as usize];
+        let waiters = std::mem::take(&mut handle.waiters);
+        let lanes: Vec<u32> = handle
+            .lanes
+            .iter_mut()
+            .flat_map(|l| std::mem::take(&mut l.waiting))
+            .collect();
+        for w in waiters {
+            self.deliver(w, Err(cancelled()), Output::None, None);
+        }
+        for w in lanes {
+            self.deliver_unstarted(w, cancelled());
+        }
+    }
+
+    /// Queues the cancels of everything in the kernel on handle `h`: by its fixed slot, and by
+    /// descriptor too when records (which name the raw descriptor) are among them.
+    pub(super) fn push_cancels(&mut self, h: u32) {
+        let (raw_ops, raw) = {
+            let handle = &self.handles[h as usize];
+            (handle.raw_ops, handle.raw)
+        };
         let fixed = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(h)).all())
             .build()
             .user_data(0);
