@@ -95,6 +95,34 @@ pub struct Completion {
 }
 
 impl Completion {
+    /// The completion of an operation that owned no `OVERLAPPED` (an engine's own, a refusal):
+    /// `result`'s bytes or error, with `output` handed back.
+    pub(crate) fn of(
+        context: usize,
+        user: usize,
+        id: OpId,
+        kind: OpKind,
+        result: io::Result<usize>,
+        output: Output,
+    ) -> Completion {
+        let (bytes, error) = match result {
+            Ok(n) => (n, None),
+            Err(e) => (0, Some(e)),
+        };
+        Completion {
+            context,
+            user,
+            id,
+            kind,
+            bytes,
+            error,
+            output,
+            peer: None,
+            #[cfg(windows)]
+            address: 0,
+        }
+    }
+
     /// The context of the handle the operation ran on (given to
     /// [`Iocp::add_handle`](crate::Iocp::add_handle)), or the context given to
     /// [`Iocp::post`](crate::Iocp::post).

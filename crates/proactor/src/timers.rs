@@ -446,18 +446,14 @@ impl Timers {
 }
 
 fn timer_completion(id: OpId, user: usize, error: Option<io::Error>) -> Completion {
-    Completion {
-        context: 0,
+    Completion::of(
+        0,
         user,
         id,
-        kind: OpKind::Timer,
-        bytes: 0,
-        error,
-        output: Output::None,
-        peer: None,
-        #[cfg(windows)]
-        address: 0,
-    }
+        OpKind::Timer,
+        error.map_or(Ok(0), Err),
+        Output::None,
+    )
 }
 
 #[cfg(test)]

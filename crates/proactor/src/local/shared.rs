@@ -206,18 +206,7 @@ impl Shared {
     pub(crate) fn post(&self, context: usize, value: usize) -> OpId {
         let id = OpId::next();
         self.ready.borrow_mut().push_back(LocalCompletion::new(
-            Completion {
-                context,
-                user: 0,
-                id,
-                kind: OpKind::Post,
-                bytes: value,
-                error: None,
-                output: Output::None,
-                peer: None,
-                #[cfg(windows)]
-                address: 0,
-            },
+            Completion::of(context, 0, id, OpKind::Post, Ok(value), Output::None),
             None,
         ));
         id
@@ -573,23 +562,15 @@ impl Shared {
         if let Some(at) = w.deadline {
             self.deadlines.borrow_mut().remove(&(at, w.id));
         }
-        let (bytes, error) = match result {
-            Ok(n) => (n, None),
-            Err(e) => (0, Some(e)),
-        };
         self.ready.borrow_mut().push_back(LocalCompletion::new(
-            Completion {
+            Completion::of(
                 context,
-                user: w.user,
-                id: w.id,
-                kind: OpKind::RecvPooled,
-                bytes,
-                error,
-                output: Output::None,
-                peer: None,
-                #[cfg(windows)]
-                address: 0,
-            },
+                w.user,
+                w.id,
+                OpKind::RecvPooled,
+                result,
+                Output::None,
+            ),
             buf,
         ));
     }
@@ -656,18 +637,7 @@ fn refused(
     pooled: Option<PooledBuf>,
 ) -> LocalCompletion {
     LocalCompletion::new(
-        Completion {
-            context,
-            user,
-            id,
-            kind,
-            bytes: 0,
-            error: Some(error),
-            output: Output::None,
-            peer: None,
-            #[cfg(windows)]
-            address: 0,
-        },
+        Completion::of(context, user, id, kind, Err(error), Output::None),
         pooled,
     )
 }

@@ -172,26 +172,11 @@ impl Port {
         _foreign: bool,
         context: usize,
     ) -> io::Result<Target> {
-        // SAFETY: fstat on a descriptor number only reads its status into `st`.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: as above; `st` is writable.
-        if unsafe { libc::fstat(raw.0, &mut st) } != 0 {
-            return Err(crate::error::explained(
-                io::ErrorKind::InvalidInput,
-                io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EBADF),
-                "invalid or closed handle",
-            ));
-        }
-        let socket = st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
-        let ty = if socket { socket_type(raw.0) } else { None };
-        let stream = match st.st_mode & libc::S_IFMT {
-            libc::S_IFREG | libc::S_IFBLK => false,
-            libc::S_IFSOCK => ty != Some(libc::SOCK_DGRAM),
-            _ => true,
-        };
-        let datagram = socket && ty.is_some_and(|t| t != libc::SOCK_STREAM);
+        let Nature {
+            socket,
+            stream,
+            datagram,
+        } = nature(raw.0)?;
         self.driver.associate(raw.0, socket)?;
         Ok(Target {
             context,
@@ -457,6 +442,47 @@ impl Port {
     pub(crate) fn in_flight(&self) -> usize {
         self.driver.in_flight()
     }
+}
+
+/// What a descriptor is, as the backends treat it.
+pub(crate) struct Nature {
+    /// A socket.
+    pub(crate) socket: bool,
+    /// Bytes in order with no offsets (not a file or block device, not a datagram socket): its
+    /// sends and its receives each run one at a time, in submission order.
+    pub(crate) stream: bool,
+    /// A socket that keeps message boundaries (datagram, seqpacket, raw).
+    pub(crate) datagram: bool,
+}
+
+/// What descriptor `fd` is (`fstat`, then `SO_TYPE` for a socket); `InvalidInput` with the OS
+/// code for a number that names no open descriptor.
+pub(crate) fn nature(fd: RawFd) -> io::Result<Nature> {
+    // SAFETY: fstat on a descriptor number only reads its status into `st`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `st` is writable.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return Err(crate::error::explained(
+            io::ErrorKind::InvalidInput,
+            io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EBADF),
+            "invalid or closed handle",
+        ));
+    }
+    let socket = st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
+    let ty = if socket { socket_type(fd) } else { None };
+    let stream = match st.st_mode & libc::S_IFMT {
+        libc::S_IFREG | libc::S_IFBLK => false,
+        libc::S_IFSOCK => ty != Some(libc::SOCK_DGRAM),
+        _ => true,
+    };
+    let datagram = socket && ty.is_some_and(|t| t != libc::SOCK_STREAM);
+    Ok(Nature {
+        socket,
+        stream,
+        datagram,
+    })
 }
 
 /// Whether `raw` is a socket that keeps message boundaries (datagram, raw, seqpacket): its

@@ -11,30 +11,11 @@ impl State {
     }
 
     pub(super) fn register(&mut self, raw: RawFd, context: usize) -> io::Result<u32> {
-        // SAFETY: fstat on a descriptor number only reads its status into `st`.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: as above; `st` is writable.
-        if unsafe { libc::fstat(raw, &mut st) } != 0 {
-            return Err(crate::error::explained(
-                io::ErrorKind::InvalidInput,
-                io::Error::last_os_error()
-                    .raw_os_error()
-                    .unwrap_or(libc::EBADF),
-                "invalid or closed handle",
-            ));
-        }
-        let socket = st.st_mode & libc::S_IFMT == libc::S_IFSOCK;
-        let ty = if socket {
-            super::super::socket_type(raw)
-        } else {
-            None
-        };
-        let stream = match st.st_mode & libc::S_IFMT {
-            libc::S_IFREG | libc::S_IFBLK => false,
-            libc::S_IFSOCK => ty != Some(libc::SOCK_DGRAM),
-            _ => true,
-        };
-        let datagram = socket && ty.is_some_and(|t| t != libc::SOCK_STREAM);
+        let super::super::Nature {
+            socket,
+            stream,
+            datagram,
+        } = super::super::nature(raw)?;
         let idx = match self.free_handles.pop() {
             Some(idx) => idx,
             None if (self.handles.len() as u32) < self.table_size => {

@@ -348,7 +348,7 @@ impl Ring {
 
     pub(crate) fn post(&self, context: usize, value: usize) -> OpId {
         let id = OpId::next();
-        let c = completion(context, 0, id, OpKind::Post, Ok(value), Output::None);
+        let c = Completion::of(context, 0, id, OpKind::Post, Ok(value), Output::None);
         self.st
             .borrow_mut()
             .ready
@@ -441,29 +441,5 @@ impl Drop for Ring {
             std::mem::forget(st.pool.clone());
             st.bufs.leak();
         }
-    }
-}
-
-fn completion(
-    context: usize,
-    user: usize,
-    id: OpId,
-    kind: OpKind,
-    result: io::Result<usize>,
-    output: Output,
-) -> Completion {
-    let (bytes, error) = match result {
-        Ok(n) => (n, None),
-        Err(e) => (0, Some(e)),
-    };
-    Completion {
-        context,
-        user,
-        id,
-        kind,
-        bytes,
-        error,
-        output,
-        peer: None,
     }
 }

@@ -13,7 +13,7 @@ impl State {
         let id = OpId::next();
         let kind = op.kind();
         let (output, pooled) = op.into_owned();
-        let c = completion(context, user, id, kind, Err(error), output);
+        let c = Completion::of(context, user, id, kind, Err(error), output);
         self.ready.push_back(LocalCompletion::new(c, pooled));
         id
     }
@@ -198,7 +198,7 @@ impl State {
         while let Some(fd) = self.handles[h as usize].accepted.pop_front() {
             if let Some(output) = super::multishot::accepted(fd) {
                 let id = OpId::next();
-                let c = completion(context, user, id, OpKind::Accept, Ok(0), output);
+                let c = Completion::of(context, user, id, OpKind::Accept, Ok(0), output);
                 self.ready.push_back(LocalCompletion::new(c, None));
                 return id;
             }
@@ -241,7 +241,7 @@ impl State {
             Got::Eof => (Ok(0), None),
             Got::Error(e) => (Err(e), None),
         };
-        let c = completion(context, user, id, kind, result, Output::None);
+        let c = Completion::of(context, user, id, kind, result, Output::None);
         self.ready.push_back(LocalCompletion::new(c, pooled));
         id
     }

@@ -115,7 +115,7 @@ impl State {
             self.push(&remove);
         }
         if !self.closing {
-            let c = completion(context, user, id, kind, result, output);
+            let c = Completion::of(context, user, id, kind, result, output);
             self.ready.push_back(LocalCompletion::new(c, pooled));
         }
         self.maybe_release(idx);
