@@ -450,7 +450,9 @@ type Runs = Vec<Vec<Option<Figures>>>;
 
 /// `servers[i]`'s figure over its base, repetition by repetition: each repetition runs every
 /// server back to back, so the machine's drift between repetitions cancels out. A repetition
-/// without the figure or without its base is left out.
+/// without the figure or without its base is left out. A server of the base's own group is
+/// compared with the best of the *others* (a peer against the best other peer): against a best
+/// that included itself it could never score below 1.00x.
 fn ratios(servers: &[Server], runs: &Runs, i: usize, figure: Figure, base: Base) -> Vec<f64> {
     let reps = runs.iter().map(Vec::len).max().unwrap_or(0);
     let value = |j: usize, r: usize| {
@@ -472,7 +474,7 @@ fn ratios(servers: &[Server], runs: &Runs, i: usize, figure: Figure, base: Base)
                         _ => Group::Reference,
                     };
                     let values = (0..servers.len())
-                        .filter(|&j| servers[j].group == group)
+                        .filter(|&j| j != i && servers[j].group == group)
                         .filter_map(|j| value(j, r));
                     match figure {
                         Figure::Cpu => values.reduce(f64::min)?,
@@ -817,7 +819,8 @@ fn cell_report(servers: &[Server], m: &Measured, cell: &Cell) -> String {
     }
     let _ = writeln!(
         out,
-        "\nPer-repetition ratios (median [min–max] over the repetitions):\n"
+        "\nPer-repetition ratios (median [min–max] over the repetitions; a peer is compared with \
+         the best other peer, a reference with the best other reference):\n"
     );
     let _ = writeln!(
         out,
@@ -1167,6 +1170,7 @@ fn targets(t: TargetsArgs) -> ExitCode {
     );
     // (target, its ratios' spread)
     let mut results: Vec<(&Target, Option<Spread>)> = Vec::new();
+    let mut spreads: Vec<Apart> = Vec::new();
     for &k in &chosen {
         let tc = &all_cells[k];
         let servers = named(&only(tc.servers));
@@ -1182,6 +1186,13 @@ fn targets(t: TargetsArgs) -> ExitCode {
         }
         let m = session.measure(&servers, &tc.cell);
         reports.push_str(&cell_report(&servers, &m, &tc.cell));
+        if tc.cell.pinned {
+            spreads.push((
+                k,
+                fastest(&servers, &m.runs, Group::Peer),
+                fastest(&servers, &m.runs, Group::Reference),
+            ));
+        }
         for target in targets.iter().filter(|g| g.cell == k) {
             let ratio = servers
                 .iter()
@@ -1208,7 +1219,8 @@ fn targets(t: TargetsArgs) -> ExitCode {
         estimate
     );
 
-    let headline = headline(&all_cells, &results, &memory_rows_kept, t.memory_conns, &t);
+    let mut headline = headline(&all_cells, &results, &memory_rows_kept, t.memory_conns, &t);
+    headline.push_str(&apart_table(&all_cells, &spreads));
     print!("{headline}");
     let out = t
         .out
@@ -1241,6 +1253,60 @@ fn targets(t: TargetsArgs) -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// A pinned cell's fastest peer and fastest reference, each with its CPU per round trip over
+/// the best of the others of its group (see [`ratios`]): how far apart the fastest runtimes
+/// are, which is the margin the targets' "best of the repetition" bases ask for.
+type Apart = (
+    usize,
+    Option<(&'static str, Spread)>,
+    Option<(&'static str, Spread)>,
+);
+
+/// The server of `group` whose median CPU per round trip over the best of the rest of its group
+/// is lowest, with that ratio's spread.
+fn fastest(servers: &[Server], runs: &Runs, group: Group) -> Option<(&'static str, Spread)> {
+    let base = match group {
+        Group::Reference => Base::BestReference,
+        _ => Base::BestPeer,
+    };
+    (0..servers.len())
+        .filter(|&i| servers[i].group == group)
+        .filter_map(|i| {
+            let s = spread(ratios(servers, runs, i, Figure::Cpu, base))?;
+            Some((servers[i].name, s))
+        })
+        .min_by(|a, b| a.1.median.total_cmp(&b.1.median))
+}
+
+/// The table of [`Apart`] rows, after the headline.
+fn apart_table(cells: &[TargetCell], rows: &[Apart]) -> String {
+    use std::fmt::Write;
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from(
+        "How far apart the fastest runtimes are (CPU/rt of the fastest peer over the best other \
+         peer of each repetition, and the same for the hand-written references; median [spread]):\n\n\
+         | cell | fastest peer | vs the other peers | fastest reference | vs the other references |\n\
+         |---|---|---:|---|---:|\n",
+    );
+    let cell = |x: &Option<(&'static str, Spread)>| match x {
+        Some((name, s)) => (name.to_string(), show(Some(*s))),
+        None => ("–".to_string(), "–".to_string()),
+    };
+    for (k, peer, reference) in rows {
+        let (pn, ps) = cell(peer);
+        let (rn, rs) = cell(reference);
+        let _ = writeln!(
+            out,
+            "| {} | {pn} | {ps} | {rn} | {rs} |",
+            cells[*k].cell.short()
+        );
+    }
+    out.push('\n');
+    out
 }
 
 /// The headline table: one row per target, its median ratio with the spread, met or missed.
@@ -1425,6 +1491,16 @@ mod tests {
         assert_eq!(vs_tokio, vec![11.0 / 12.0, 22.0 / 24.0, 11.0 / 12.0]);
         let none = ratios(&servers, &runs, 0, Figure::Cpu, Base::Server("compio"));
         assert!(none.is_empty());
+        // A peer is compared with the best *other* peer: monoio (11, 22, 11) over tokio (12,
+        // 24, 12), tokio over monoio; the lone reference has no other reference.
+        let monoio = ratios(&servers, &runs, 2, Figure::Cpu, Base::BestPeer);
+        assert_eq!(monoio, vec![11.0 / 12.0, 22.0 / 24.0, 11.0 / 12.0]);
+        let tokio = ratios(&servers, &runs, 1, Figure::Cpu, Base::BestPeer);
+        assert_eq!(tokio, vec![12.0 / 11.0, 24.0 / 22.0, 12.0 / 11.0]);
+        assert!(ratios(&servers, &runs, 3, Figure::Cpu, Base::BestReference).is_empty());
+        let (name, s) = fastest(&servers, &runs, Group::Peer).unwrap();
+        assert_eq!((name, s.n), ("monoio", 3));
+        assert!(fastest(&servers, &runs, Group::Reference).is_none());
         // The median of the per-repetition ratios, not the ratio of the medians.
         assert_eq!(
             spread(cpu).unwrap().median,
