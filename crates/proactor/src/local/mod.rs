@@ -15,6 +15,7 @@ mod shared;
 mod submit;
 
 use std::{
+    cell::Cell,
     fmt, io,
     net::SocketAddr,
     ops::Deref,
@@ -123,6 +124,8 @@ enum Engine {
 /// What a port's handles share with it: the engine, kept alive by the last of them.
 struct Inner {
     engine: Engine,
+    /// `get_completion`'s list of one, kept between calls so that a call allocates nothing.
+    one: Cell<Vec<LocalCompletion>>,
 }
 
 /// A completion port owned by one thread: associate handles, submit operations and dequeue
@@ -242,7 +245,10 @@ impl LocalPort {
     pub fn with_pool(buffers: u16, size: usize) -> io::Result<LocalPort> {
         let engine = engine(buffers, size)?;
         Ok(LocalPort {
-            inner: Rc::new(Inner { engine }),
+            inner: Rc::new(Inner {
+                engine,
+                one: Cell::new(Vec::new()),
+            }),
         })
     }
 
@@ -647,11 +653,13 @@ impl LocalPort {
     /// # }
     /// ```
     pub fn get_completion(&self, timeout: Option<Duration>) -> io::Result<LocalCompletion> {
-        let mut one = Vec::with_capacity(1);
-        self.get_completions(&mut one, 1, timeout)?;
-        Ok(one
-            .pop()
-            .expect("get_completions returns at least one completion"))
+        // Taken out while in use (a nested call, were there one, would make its own).
+        let mut one = self.inner.one.take();
+        let got = self.get_completions(&mut one, 1, timeout);
+        let popped = one.pop();
+        self.inner.one.set(one);
+        got?;
+        Ok(popped.expect("get_completions returns at least one completion"))
     }
 
     /// Waits for completions and appends up to `max` of them to `out`, returning how many.

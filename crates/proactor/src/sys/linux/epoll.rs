@@ -52,8 +52,10 @@
 //! sockets and pipes are always tried.
 
 use std::{
+    cell::Cell,
     collections::{HashMap, VecDeque},
-    io, mem,
+    io,
+    mem::{self, MaybeUninit},
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     sync::{Mutex, MutexGuard, PoisonError},
     time::{Duration, Instant},
@@ -81,6 +83,69 @@ enum Kind {
     Stream,
     /// A regular file (or anything epoll refuses): reads and writes run at submission.
     File,
+}
+
+/// The associated descriptors and the allocations of finished records, under one lock: every
+/// record that waits is boxed and queued, and taken off its queue and unboxed, holding it.
+struct Fds {
+    queues: HashMap<RawFd, Queues>,
+    records: Records,
+}
+
+/// How many record allocations a port keeps for the next operations that wait: more than the
+/// receives that one `epoll_wait` (64 events) completes, for their next receives to reuse, and
+/// 128 KiB at most (a record is 128 bytes), whatever a burst left behind.
+const SPARE_RECORDS: usize = 1024;
+
+/// The largest list of completions a thread keeps between two waits (see [`DONE`]): 28 KiB.
+const KEPT_COMPLETIONS: usize = 256;
+
+/// The allocations of finished records, empty, for the next operations that must wait.
+///
+/// An operation tried at submission that completes at once never leaves the stack; one that
+/// waits is boxed (its queue moves pointers, not records) in an allocation taken from here, and
+/// when it ends (done, cancelled, its descriptor forgotten) the record is moved out of its box
+/// and the allocation comes back here, at most [`SPARE_RECORDS`] of them, the rest freed. A box
+/// comes back only once its record is off its queue and the table, which the lock of [`Fds`]
+/// guarantees (and nothing but that queue ever points at a record: no kernel, no table entry),
+/// so no thread can reach a recycled allocation through the operation it held.
+// The boxes are the point: each is an allocation that becomes a queued `Box<Op>` again.
+#[allow(clippy::vec_box)]
+struct Records(Vec<Box<MaybeUninit<Op>>>);
+
+impl Records {
+    fn new() -> Records {
+        Records(Vec::with_capacity(SPARE_RECORDS))
+    }
+
+    /// `op` on the heap, in a recycled allocation if there is one.
+    fn boxed(&mut self, op: Op) -> Box<Op> {
+        match self.0.pop() {
+            Some(mut empty) => {
+                empty.write(op);
+                // SAFETY: the record was just written into the allocation.
+                unsafe { empty.assume_init() }
+            }
+            None => Box::new(op),
+        }
+    }
+
+    /// Moves the record out of `op`'s box and keeps the allocation (if fewer than
+    /// [`SPARE_RECORDS`] are kept).
+    fn unboxed(&mut self, op: Box<Op>) -> Op {
+        let raw = Box::into_raw(op);
+        // SAFETY: `raw` comes from `Box::into_raw`: valid, aligned and initialised. The value
+        // is read once, here; from now on the allocation is treated as holding no value.
+        let op = unsafe { raw.read() };
+        // SAFETY: the allocation was made by `Box` for an `Op`, which has the layout of
+        // `MaybeUninit<Op>`; nothing else owns it, and as a `MaybeUninit` it is never read nor
+        // dropped as the record just moved out of it.
+        let empty = unsafe { Box::from_raw(raw.cast::<MaybeUninit<Op>>()) };
+        if self.0.len() < SPARE_RECORDS {
+            self.0.push(empty);
+        }
+        op
+    }
 }
 
 /// The operations waiting on one descriptor.
@@ -143,7 +208,7 @@ enum Attempt {
 pub(crate) struct Epoll {
     epfd: OwnedFd,
     wake: OwnedFd,
-    fds: Mutex<HashMap<RawFd, Queues>>,
+    fds: Mutex<Fds>,
     /// Completions to dequeue, and the threads in `epoll_wait` (model-checked).
     ready: Ready<Completion>,
     /// Queued operations: id to descriptor, for cancel.
@@ -194,7 +259,10 @@ impl Epoll {
         let port = Epoll {
             epfd,
             wake,
-            fds: Mutex::new(HashMap::new()),
+            fds: Mutex::new(Fds {
+                queues: HashMap::new(),
+                records: Records::new(),
+            }),
             ready: Ready::new(),
             table: Table::new(),
         };
@@ -405,7 +473,8 @@ impl Epoll {
     /// returns their completions.
     fn drive(&self, fd: RawFd, events: u32, out: &mut Vec<Completion>) {
         let mut fds = lock(&self.fds);
-        let Some(q) = fds.get_mut(&fd) else { return };
+        let Fds { queues, records } = &mut *fds;
+        let Some(q) = queues.get_mut(&fd) else { return };
         q.readable.on_event(events);
         while q.readable != Readable::Drained {
             let Some(op) = q.read.front_mut() else { break };
@@ -418,7 +487,7 @@ impl Epoll {
             };
             let op = q.read.pop_front().expect("front exists");
             self.table.remove(op.id);
-            out.push(finish(*op, result));
+            out.push(finish(records.unboxed(op), result));
         }
         while let Some(op) = q.write.front_mut() {
             crate::failpoint::failpoint!("epoll::attempt");
@@ -427,7 +496,7 @@ impl Epoll {
             };
             let op = q.write.pop_front().expect("front exists");
             self.table.remove(op.id);
-            out.push(finish(*op, result));
+            out.push(finish(records.unboxed(op), result));
         }
     }
 
@@ -458,7 +527,9 @@ impl Epoll {
                 Err(e)
             };
         }
-        let mut done = Vec::new();
+        // The thread's own list, kept between calls (taken out: a nested call, were there one,
+        // would start a new one).
+        let mut done = DONE.try_with(Cell::take).unwrap_or_default();
         for ev in &events[..n as usize] {
             let data = ev.u64;
             if data == WAKE {
@@ -469,8 +540,27 @@ impl Epoll {
                 self.drive(data as RawFd, ev.events, &mut done);
             }
         }
-        self.push_ready(done);
+        self.push_ready(done.drain(..));
+        keep(&DONE, done);
         Ok(n > 0 || deadline.is_none_or(|at| Instant::now() < at))
+    }
+}
+
+thread_local! {
+    /// The completions one `epoll_wait` of this thread produced, before they are queued: the
+    /// list is kept, so that a wait allocates nothing.
+    static DONE: Cell<Vec<Completion>> = const { Cell::new(Vec::new()) };
+    /// `get_completion`'s list of one, kept likewise.
+    static ONE: Cell<Vec<Completion>> = const { Cell::new(Vec::new()) };
+}
+
+/// Puts an emptied list back into its thread's `cell` for the next call, unless a burst made it
+/// large (a list of more than [`KEPT_COMPLETIONS`] is freed).
+fn keep(cell: &'static std::thread::LocalKey<Cell<Vec<Completion>>>, list: Vec<Completion>) {
+    debug_assert!(list.is_empty());
+    if list.capacity() <= KEPT_COMPLETIONS {
+        // At thread exit the list is simply freed.
+        let _ = cell.try_with(|c| c.set(list));
     }
 }
 
@@ -591,21 +681,28 @@ fn timed_out() -> io::Error {
 }
 
 impl Driver for Epoll {
-    fn submit(&self, mut op: Box<Op>) {
+    fn submit(&self, op: Box<Op>) {
+        self.submit_op(*op);
+    }
+
+    /// Tries the operation at once, on the stack; only one that must wait is boxed (in a
+    /// recycled allocation, see [`Records`]) and queued.
+    fn submit_op(&self, mut op: Op) {
         if op.refused.is_some() {
-            self.push_ready([complete(*op, Ok(0))]);
+            self.push_ready([complete(op, Ok(0))]);
             return;
         }
         let mut fds = lock(&self.fds);
-        let Some(q) = fds.get_mut(&op.fd) else {
+        let Fds { queues, records } = &mut *fds;
+        let Some(q) = queues.get_mut(&op.fd) else {
             drop(fds);
-            self.push_ready([complete(*op, Err(from_errno(libc::EBADF)))]);
+            self.push_ready([complete(op, Err(from_errno(libc::EBADF)))]);
             return;
         };
         if q.kind == Kind::File {
             drop(fds);
             let result = file_io(&mut op);
-            self.push_ready([complete(*op, result)]);
+            self.push_ready([complete(op, result)]);
             return;
         }
         let reads = matches!(
@@ -626,23 +723,30 @@ impl Driver for Epoll {
             }
             if let Attempt::Done(result) = attempt {
                 drop(fds);
-                self.push_ready([finish(*op, result)]);
+                self.push_ready([finish(op, result)]);
                 return;
             }
         }
         self.table.insert(op.id, op.fd);
-        queue.push_back(op);
+        queue.push_back(records.boxed(op));
     }
 
     fn post(&self, op: Box<Op>) -> io::Result<()> {
-        self.push_ready([complete(*op, Ok(0))]);
+        self.post_op(*op)
+    }
+
+    fn post_op(&self, op: Op) -> io::Result<()> {
+        self.push_ready([complete(op, Ok(0))]);
         Ok(())
     }
 
     fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion> {
-        let mut one = Vec::with_capacity(1);
-        self.get_completions(&mut one, 1, timeout)?;
-        Ok(one.pop().expect("one completion"))
+        let mut one = ONE.try_with(Cell::take).unwrap_or_default();
+        let got = self.get_completions(&mut one, 1, timeout);
+        let popped = one.pop();
+        keep(&ONE, one);
+        got?;
+        Ok(popped.expect("one completion"))
     }
 
     fn get_completions(
@@ -673,7 +777,8 @@ impl Driver for Epoll {
         };
         let op = {
             let mut fds = lock(&self.fds);
-            let Some(q) = fds.get_mut(&fd) else {
+            let Fds { queues, records } = &mut *fds;
+            let Some(q) = queues.get_mut(&fd) else {
                 return false;
             };
             let found = [&mut q.read, &mut q.write].into_iter().find_map(|queue| {
@@ -683,30 +788,27 @@ impl Driver for Epoll {
             if found.is_some() {
                 self.table.remove(id);
             }
-            found
+            found.map(|op| records.unboxed(op))
         };
         let Some(op) = op else { return false };
         // Off its queue, no lock held: nothing may use the descriptor from here on.
         crate::failpoint::failpoint!("epoll::cancel");
-        self.push_ready([cancelled_now(*op)]);
+        self.push_ready([cancelled_now(op)]);
         true
     }
 
     fn cancel_fd(&self, fd: RawFd) {
-        let ops: Vec<Box<Op>> = {
+        let ops: Vec<Op> = {
             let mut fds = lock(&self.fds);
-            let Some(q) = fds.get_mut(&fd) else { return };
+            let Fds { queues, records } = &mut *fds;
+            let Some(q) = queues.get_mut(&fd) else { return };
             let ops: Vec<Box<Op>> = q.read.drain(..).chain(q.write.drain(..)).collect();
             for op in &ops {
                 self.table.remove(op.id);
             }
-            ops
+            ops.into_iter().map(|op| records.unboxed(op)).collect()
         };
-        self.push_ready(
-            ops.into_iter()
-                .map(|op| cancelled_now(*op))
-                .collect::<Vec<_>>(),
-        );
+        self.push_ready(ops.into_iter().map(cancelled_now).collect::<Vec<_>>());
     }
 
     fn in_flight(&self) -> usize {
@@ -735,7 +837,7 @@ impl Driver for Epoll {
         } else {
             Readable::Always
         };
-        lock(&self.fds).insert(
+        lock(&self.fds).queues.insert(
             fd,
             Queues {
                 kind,
@@ -751,16 +853,18 @@ impl Driver for Epoll {
     /// or will start), then deregisters it. Its flags are not touched: another descriptor of the
     /// same description may be in use (see the module docs).
     fn forget(&self, fd: RawFd) {
-        let Some(mut q) = lock(&self.fds).remove(&fd) else {
+        let mut fds = lock(&self.fds);
+        let Some(mut q) = fds.queues.remove(&fd) else {
             return;
         };
         // `Target::close` cancels first, so this is empty; were it not, each still completes.
         let left: Vec<Completion> = (q.read.drain(..).chain(q.write.drain(..)))
             .map(|op| {
                 self.table.remove(op.id);
-                cancelled_now(*op)
+                cancelled_now(fds.records.unboxed(op))
             })
             .collect();
+        drop(fds);
         self.push_ready(left);
         if q.kind == Kind::Stream {
             self.deregister(fd);
@@ -838,9 +942,50 @@ fn file_io(op: &mut Op) -> io::Result<usize> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::fd::AsRawFd;
+    use std::{os::fd::AsRawFd, time::Duration};
 
-    use super::is_tcp;
+    use super::{Driver, Epoll, Op, OpData, SPARE_RECORDS, is_tcp, lock};
+    use crate::{OpId, OpKind};
+
+    /// The records of operations that waited come back for the next ones, at most
+    /// `SPARE_RECORDS` of them: a burst of receives that all wait, cancelled, leaves that many
+    /// allocations, and the next receives that wait take them.
+    #[test]
+    fn records_of_waiting_operations_are_recycled_and_bounded() {
+        let port = Epoll::new().unwrap();
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = a.as_raw_fd();
+        port.associate(fd, true).unwrap();
+        let recv = || {
+            let buf = OpData::Buffer {
+                buf: Vec::with_capacity(8),
+                done: 0,
+            };
+            port.submit_op(Op::unboxed(OpId::next(), OpKind::Recv, 0, fd, 0, buf));
+        };
+        let spare = || lock(&port.fds).records.0.len();
+        let burst = SPARE_RECORDS + 100;
+        for _ in 0..burst {
+            recv(); // nothing to receive: each waits
+        }
+        assert_eq!(port.in_flight(), burst);
+        assert_eq!(spare(), 0);
+        port.cancel_fd(fd);
+        assert_eq!(spare(), SPARE_RECORDS, "the rest freed");
+        let mut out = Vec::new();
+        while out.len() < burst {
+            port.get_completions(&mut out, burst, Some(Duration::from_secs(5)))
+                .unwrap();
+        }
+        assert!(out.iter().all(|c| c.error.is_some()), "all cancelled");
+        for _ in 0..10 {
+            recv();
+        }
+        assert_eq!(spare(), SPARE_RECORDS - 10);
+        port.cancel_fd(fd);
+        port.forget(fd);
+        assert_eq!(spare(), SPARE_RECORDS);
+    }
 
     /// Only TCP gets the short-read tracking: another protocol's stream socket on IPv4 (MPTCP
     /// here, where the kernel has it; SCTP where loaded) is always tried.

@@ -45,6 +45,15 @@ pub(crate) trait Driver: Send + Sync {
     fn submit(&self, op: Box<Op>);
     /// Queues a posted packet.
     fn post(&self, op: Box<Op>) -> io::Result<()>;
+    /// Starts an operation whose record is not yet on the heap (what `Port` submits): boxed
+    /// here, unless the backend boxes only the records that must wait (epoll).
+    fn submit_op(&self, op: Op) {
+        self.submit(Box::new(op));
+    }
+    /// Queues a posted packet whose record is not yet on the heap (what `Port` posts).
+    fn post_op(&self, op: Op) -> io::Result<()> {
+        self.post(Box::new(op))
+    }
     fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion>;
     fn get_completions(
         &self,
@@ -193,7 +202,7 @@ impl Port {
 
     pub(crate) fn post(&self, context: usize, value: usize) -> io::Result<OpId> {
         let id = OpId::next();
-        self.driver.post(Op::new(
+        self.driver.post_op(Op::unboxed(
             id,
             OpKind::Post,
             context,
@@ -228,7 +237,7 @@ impl Port {
         needs_socket: bool,
     ) -> OpId {
         let id = OpId::next();
-        let mut op = Op::new(id, kind, target.context, target.raw.0, offset, data);
+        let mut op = Op::unboxed(id, kind, target.context, target.raw.0, offset, data);
         op.user = user;
         op.datagram = target.datagram;
         if target.port != self.id {
@@ -251,7 +260,7 @@ impl Port {
             // A stream operation hands its lane on under the handle's open guard.
             op.life = Some(target.life.clone());
         }
-        self.driver.submit(op);
+        self.driver.submit_op(op);
         id
     }
 
@@ -413,13 +422,13 @@ impl Port {
         what: &str,
     ) -> OpId {
         let id = OpId::next();
-        let mut op = Op::new(id, kind, target.context, target.raw.0, 0, data);
+        let mut op = Op::unboxed(id, kind, target.context, target.raw.0, 0, data);
         op.user = user;
         op.refused = Some(io::Error::new(
             io::ErrorKind::Unsupported,
             format!("{what}: not available on Linux"),
         ));
-        self.driver.submit(op);
+        self.driver.submit_op(op);
         id
     }
 

@@ -108,7 +108,20 @@ impl Op {
         offset: u64,
         data: OpData,
     ) -> Box<Op> {
-        Box::new(Op {
+        Box::new(Op::unboxed(id, kind, context, fd, offset, data))
+    }
+
+    /// The record itself, not yet on the heap: for the epoll backend, which boxes only the
+    /// records that wait, in allocations it recycles.
+    pub(crate) fn unboxed(
+        id: OpId,
+        kind: OpKind,
+        context: usize,
+        fd: RawFd,
+        offset: u64,
+        data: OpData,
+    ) -> Op {
+        Op {
             id,
             kind,
             context,
@@ -122,7 +135,7 @@ impl Op {
             order: None,
             data,
             _live: LiveCount::new(),
-        })
+        }
     }
 
     /// The spare capacity of a receive's or read's buffer: where the kernel writes.
