@@ -183,7 +183,7 @@ fn threads_submit_cancel_and_drop_at_once_each_op_completes_once_with_its_own_bu
         })
         .collect();
     const WORKERS: u64 = 3;
-    const ROUNDS: u64 = 60;
+    const ROUNDS: u64 = 200;
     let workers: Vec<_> = (0..WORKERS)
         .map(|w| {
             let port = port.clone();
