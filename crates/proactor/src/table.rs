@@ -5,8 +5,9 @@
 //! entry in it still names a live operation: [`Table::with`] runs its closure under that lock,
 //! which is what makes cancelling by id race-free against completion.
 //!
-//! Ids are handed out in sequence, so consecutive operations land in different shards and worker
-//! threads rarely meet on one lock.
+//! A thread's ids have consecutive sequence numbers (see [`OpId`]), and the shard is the
+//! sequence number modulo the shard count, so consecutive operations land in different shards
+//! and worker threads rarely meet on one lock.
 
 use std::{
     collections::HashMap,
@@ -18,7 +19,7 @@ use crate::OpId;
 
 const SHARDS: usize = 64;
 
-/// Hashes an id for its shard's map: ids are unique sequence numbers, nothing to defend
+/// Hashes an id for its shard's map by its sequence number: unique, nothing to defend
 /// against, but the map (hashbrown) takes the slot from the hash's low bits and a tag from its
 /// top 7. The identity would give every id of a shard the same low 6 bits (the shard index) and
 /// a zero tag: with 10,000 operations in flight the entries piled onto a few slots and every
@@ -44,7 +45,7 @@ impl Hasher for IdHasher {
     }
 
     fn write_u64(&mut self, n: u64) {
-        self.0 = (n / SHARDS as u64).wrapping_mul(FIBONACCI);
+        self.0 = (OpId::from_u64(n).seq() / SHARDS as u64).wrapping_mul(FIBONACCI);
     }
 }
 
@@ -65,7 +66,7 @@ impl<V> Table<V> {
     fn shard(&self, id: OpId) -> MutexGuard<'_, Shard<V>> {
         // A panic while a shard is locked cannot leave it half-updated (every critical section
         // is one map call), so a poisoned lock is still consistent.
-        self.shards[id.as_u64() as usize % SHARDS]
+        self.shards[(id.seq() % SHARDS as u64) as usize]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
@@ -182,7 +183,9 @@ mod tests {
             h.write_u64(id);
             h.finish()
         };
-        let ids: Vec<u64> = (0..1024).map(|m| m * SHARDS as u64 + 5).collect();
+        let ids: Vec<u64> = (0..1024)
+            .map(|m| OpId::new(m * SHARDS as u64 + 5, 0).as_u64())
+            .collect();
         let slots: std::collections::HashSet<u64> = ids.iter().map(|&id| hash(id) & 1023).collect();
         assert_eq!(
             slots.len(),

@@ -14,8 +14,8 @@
 //!
 //! # Ownership
 //!
-//! Every operation's `user_data` is its `OpId`, a number never reused, and the table maps it to
-//! the record's address from submission until its last CQE is reaped. The record (a `Box<Op>`)
+//! Every operation's `user_data` is its `OpId`, a number unique in the process, and the table
+//! maps it to the record's address from submission until its last CQE is reaped. The record (a `Box<Op>`)
 //! is leaked to the kernel at submission and taken back, once, by the thread that reaps its
 //! last CQE and removes it from the table. A cancel names the id, so it can never reach another
 //! operation, even one at the same address. CQEs with `user_data` 0 belong to proactor's own
@@ -110,7 +110,7 @@ impl Drop for Leading<'_> {
     }
 }
 
-/// The `user_data` of the doorbell's CQE on the main ring (never an `OpId`: they count from 1).
+/// The `user_data` of the doorbell's CQE on the main ring (never an `OpId`: their bit 63 is clear).
 const DOORBELL: u64 = u64::MAX;
 
 /// Ring size: how many operations can be submitted before the kernel consumes them.
