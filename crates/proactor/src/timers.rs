@@ -18,7 +18,7 @@
 //!
 //! The lock is for the operations that have a deadline, not for every completion: while
 //! anything is pending, a dequeued completion takes it only if its id's slot in a small table
-//! of counts (ids with a deadline pending or expired, by the id's sequence number modulo [`SLOTS`]) is nonzero, or if
+//! of counts (ids with a deadline pending or expired, by a hash of the id, see [`slot_of`]) is nonzero, or if
 //! it is a posted packet while internal packets are on their way; and a thread entering the
 //! wait reads the earliest instant from an atomic copy, taking the lock only when something is
 //! due.
@@ -114,10 +114,18 @@ pub(crate) struct Expired {
     pub(crate) timers: Vec<Completion>,
 }
 
-/// Slots of the table of deadline counts: 1 KiB per port. A thread's ids have consecutive
-/// sequence numbers, so operations with deadlines spread evenly; a completion whose slot another operation's deadline occupies
+/// Slots of the table of deadline counts: 1 KiB per port. Operations with deadlines spread
+/// evenly over them ([`slot_of`]); a completion whose slot another operation's deadline occupies
 /// only takes the lock for nothing.
 const SLOTS: usize = 256;
+
+/// The slot of `id` among [`SLOTS`]: the top bits of its Fibonacci hash (the id times 2^64
+/// over the golden ratio), which spread ids whatever their structure (a table gives ids of
+/// consecutive entries equal sequence numbers modulo a power of two).
+fn slot_of(id: OpId) -> usize {
+    const { assert!(SLOTS.is_power_of_two()) };
+    (id.as_u64().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SLOTS.trailing_zeros())) as usize
+}
 
 /// `next_at` when no entry is pending.
 const NONE_PENDING: u64 = u64::MAX;
@@ -129,7 +137,7 @@ pub(crate) struct Timers {
     armed: AtomicUsize,
     /// Threads in (or about to enter) the backend's wait.
     blocked: AtomicUsize,
-    /// Per slot (the id's sequence number `% SLOTS`), how many operations with that slot have a deadline pending
+    /// Per slot ([`slot_of`] the id), how many operations with that slot have a deadline pending
     /// (in `entries`) or expired (in `expired`). Changed under the lock only; a completion whose
     /// slot reads 0 has no deadline to forget or rewrite, and skips the lock.
     timed: Box<[AtomicU32]>,
@@ -162,7 +170,7 @@ impl Timers {
     }
 
     fn slot(&self, id: OpId) -> &AtomicU32 {
-        &self.timed[(id.seq() % SLOTS as u64) as usize]
+        &self.timed[slot_of(id)]
     }
 
     /// `id` gained a deadline (pending or expired). Under the lock.

@@ -296,3 +296,74 @@ fn ids_are_distinct_across_ports_made_and_dropped() {
         add(t.join().unwrap());
     }
 }
+
+/// Two ports of each kind with 100 receives pending on one connection each: their tables or
+/// slabs fill the same slots (every shard of a shared port's table, the first 100 entries of a
+/// ring's slab), and still no id of one is found by the other. Each port's own receives then
+/// end as they should: the first with the data, the rest cancelled, each exactly once.
+#[test]
+fn ports_with_many_operations_in_the_same_slots_share_no_id() {
+    const N: usize = 100;
+    let _s = serial();
+    let ip = each_ip_v4();
+    let shared = [Iocp::new().unwrap(), Iocp::new().unwrap()];
+    let conns: Vec<_> = shared.iter().map(|p| common::pair(p, ip, 1)).collect();
+    let shared_ids: Vec<Vec<OpId>> = shared
+        .iter()
+        .zip(&conns)
+        .map(|(p, (h, _))| (0..N).map(|_| p.recv(h, Vec::with_capacity(8))).collect())
+        .collect();
+    let local = [
+        LocalPort::with_pool(4, 64).unwrap(),
+        LocalPort::with_pool(4, 64).unwrap(),
+    ];
+    let local_conns: Vec<_> = local.iter().map(|p| local::pair(p, ip, 1)).collect();
+    let local_ids: Vec<Vec<OpId>> = local
+        .iter()
+        .zip(&local_conns)
+        .map(|(p, (h, _))| (0..N).map(|_| p.recv(h, Vec::with_capacity(8))).collect())
+        .collect();
+    let ports: [(&dyn Cancel, &[OpId]); 4] = [
+        (&shared[0], &shared_ids[0]),
+        (&shared[1], &shared_ids[1]),
+        (&local[0], &local_ids[0]),
+        (&local[1], &local_ids[1]),
+    ];
+    for (i, (port, _)) in ports.iter().enumerate() {
+        assert_eq!(port.in_flight(), N, "{}", port.name());
+        for (j, (_, theirs)) in ports.iter().enumerate() {
+            if i != j {
+                for &id in *theirs {
+                    not_found(port.cancel_id(id), &format!("{} given {id:?}", port.name()));
+                }
+            }
+        }
+        assert_eq!(port.in_flight(), N, "{}", port.name());
+    }
+    for (n, (p, (_, peer))) in shared.iter().zip(&conns).enumerate() {
+        let mut peer = peer;
+        peer.write_all(b"first").unwrap();
+        let ids = &shared_ids[n];
+        for &id in &ids[1..] {
+            p.cancel(id).expect("its own receive is found");
+        }
+        let mut done = common::collect(p, ids);
+        assert_eq!(done[0].take_buffer().unwrap(), b"first");
+        for c in &done[1..] {
+            assert!(proactor::is_cancelled(&c.result().unwrap_err()), "{c:?}");
+        }
+    }
+    for (n, (p, (_, peer))) in local.iter().zip(&local_conns).enumerate() {
+        let mut peer = peer;
+        peer.write_all(b"first").unwrap();
+        let ids = &local_ids[n];
+        for &id in &ids[1..] {
+            p.cancel(id).expect("its own receive is found");
+        }
+        let mut done = local::collect(p, ids);
+        assert_eq!(done[0].take_buffer().unwrap(), b"first");
+        for c in &done[1..] {
+            assert!(proactor::is_cancelled(&c.result().unwrap_err()), "{c:?}");
+        }
+    }
+}

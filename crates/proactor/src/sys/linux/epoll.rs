@@ -591,22 +591,23 @@ fn timed_out() -> io::Error {
 }
 
 impl Driver for Epoll {
-    fn submit(&self, mut op: Box<Op>) {
+    fn submit(&self, mut op: Box<Op>) -> OpId {
+        let id = op.id; // an operation that ends here keeps the id it was made with
         if op.refused.is_some() {
             self.push_ready([complete(*op, Ok(0))]);
-            return;
+            return id;
         }
         let mut fds = lock(&self.fds);
         let Some(q) = fds.get_mut(&op.fd) else {
             drop(fds);
             self.push_ready([complete(*op, Err(from_errno(libc::EBADF)))]);
-            return;
+            return id;
         };
         if q.kind == Kind::File {
             drop(fds);
             let result = file_io(&mut op);
             self.push_ready([complete(*op, result)]);
-            return;
+            return id;
         }
         let reads = matches!(
             op.kind,
@@ -627,16 +628,20 @@ impl Driver for Epoll {
             if let Attempt::Done(result) = attempt {
                 drop(fds);
                 self.push_ready([finish(*op, result)]);
-                return;
+                return id;
             }
         }
-        self.table.insert(op.id, op.fd);
+        // It waits: the table gives it the id a cancel finds it by.
+        let id = self.table.insert(id, |_| op.fd);
+        op.id = id;
         queue.push_back(op);
+        id
     }
 
-    fn post(&self, op: Box<Op>) -> io::Result<()> {
+    fn post(&self, op: Box<Op>) -> io::Result<OpId> {
+        let id = op.id;
         self.push_ready([complete(*op, Ok(0))]);
-        Ok(())
+        Ok(id)
     }
 
     fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion> {
