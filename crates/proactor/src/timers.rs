@@ -18,7 +18,7 @@
 //!
 //! The lock is for the operations that have a deadline, not for every completion: while
 //! anything is pending, a dequeued completion takes it only if its id's slot in a small table
-//! of counts (ids with a deadline pending or expired, by id modulo [`SLOTS`]) is nonzero, or if
+//! of counts (ids with a deadline pending or expired, by a hash of the id, see [`slot_of`]) is nonzero, or if
 //! it is a posted packet while internal packets are on their way; and a thread entering the
 //! wait reads the earliest instant from an atomic copy, taking the lock only when something is
 //! due.
@@ -114,10 +114,18 @@ pub(crate) struct Expired {
     pub(crate) timers: Vec<Completion>,
 }
 
-/// Slots of the table of deadline counts: 1 KiB per port. Ids are sequential, so operations
-/// with deadlines spread evenly; a completion whose slot another operation's deadline occupies
+/// Slots of the table of deadline counts: 1 KiB per port. Operations with deadlines spread
+/// evenly over them ([`slot_of`]); a completion whose slot another operation's deadline occupies
 /// only takes the lock for nothing.
 const SLOTS: usize = 256;
+
+/// The slot of `id` among [`SLOTS`]: the top bits of its Fibonacci hash (the id times 2^64
+/// over the golden ratio), which spread ids whatever their structure (a table gives ids of
+/// consecutive entries equal sequence numbers modulo a power of two).
+fn slot_of(id: OpId) -> usize {
+    const { assert!(SLOTS.is_power_of_two()) };
+    (id.as_u64().wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SLOTS.trailing_zeros())) as usize
+}
 
 /// `next_at` when no entry is pending.
 const NONE_PENDING: u64 = u64::MAX;
@@ -129,7 +137,7 @@ pub(crate) struct Timers {
     armed: AtomicUsize,
     /// Threads in (or about to enter) the backend's wait.
     blocked: AtomicUsize,
-    /// Per slot (`id % SLOTS`), how many operations with that slot have a deadline pending
+    /// Per slot ([`slot_of`] the id), how many operations with that slot have a deadline pending
     /// (in `entries`) or expired (in `expired`). Changed under the lock only; a completion whose
     /// slot reads 0 has no deadline to forget or rewrite, and skips the lock.
     timed: Box<[AtomicU32]>,
@@ -162,7 +170,7 @@ impl Timers {
     }
 
     fn slot(&self, id: OpId) -> &AtomicU32 {
-        &self.timed[(id.as_u64() % SLOTS as u64) as usize]
+        &self.timed[slot_of(id)]
     }
 
     /// `id` gained a deadline (pending or expired). Under the lock.
@@ -502,7 +510,7 @@ mod tests {
     #[test]
     fn only_operations_with_a_deadline_take_the_lock() {
         let timers = Timers::default();
-        let (timed, other) = (OpId::from_u64(1000), OpId::from_u64(1001));
+        let (timed, other) = (OpId::new(1000, 0), OpId::new(1001, 0));
         let at = Instant::now() + Duration::from_secs(3600);
         timers.add_deadline(timed, at, no_post);
         assert!(runs_without_the_lock(&timers, |t| {
@@ -530,12 +538,12 @@ mod tests {
     #[test]
     fn an_expired_deadline_still_rewrites_its_cancel() {
         let timers = Timers::default();
-        let timed = OpId::from_u64(2000);
+        let timed = OpId::new(2000, 0);
         timers.add_deadline(timed, Instant::now(), no_post);
         let (expired, _) = timers.enter(&mut Clock::default(), 8);
         timers.leave();
         assert_eq!(expired.cancel, [timed]);
-        let mut post = completion(OpId::from_u64(2001), OpKind::Post, None);
+        let mut post = completion(OpId::new(2001, 0), OpKind::Post, None);
         assert!(timers.filter(&mut post));
         assert!(post.error.is_none());
         let cancel = crate::error::cancelled(CANCEL_CODE, None);
@@ -553,12 +561,12 @@ mod tests {
     fn a_wake_dequeued_before_it_is_recorded_is_swallowed() {
         let timers = Timers::default();
         timers.blocked.fetch_add(1, Ordering::SeqCst); // a thread waits in the kernel
-        let wake = OpId::from_u64(3000);
+        let wake = OpId::new(3000, 0);
         let swallowed = thread::scope(|s| {
             let (tx, rx) = mpsc::channel();
             let timers = &timers;
             let poster = s.spawn(move || {
-                timers.add_deadline(OpId::from_u64(3001), Instant::now(), || {
+                timers.add_deadline(OpId::new(3001, 0), Instant::now(), || {
                     // The dequeuer gets the packet while the poster still holds the lock.
                     tx.send(()).unwrap();
                     thread::sleep(Duration::from_millis(50));

@@ -253,13 +253,13 @@ fn accept_survives_a_client_that_resets_before_it_is_accepted() {
         let good = TcpStream::connect(addr).unwrap();
         let good_addr = good.local_addr().unwrap();
         // Whatever the backlog kept of the reset client, the listener goes on and the good
-        // client is accepted; an accept that fails for the reset is restarted, not reported.
+        // client is accepted; an accept that fails for the reset is restarted, not reported,
+        // and completes under the id it was submitted with.
         let mut peers = Vec::new();
-        for _ in 0..2 {
-            port.accept(&l);
-        }
+        let ids: Vec<_> = (0..2).map(|_| port.accept(&l)).collect();
         while !peers.contains(&good_addr) {
             let mut c = next_of(&port, OpKind::Accept);
+            assert!(ids.contains(&c.id()), "{c:?}: not one of {ids:?}");
             c.result()
                 .expect("the listener is not broken by a client's reset");
             peers.push(c.take_accepted().unwrap().peer_addr);

@@ -681,29 +681,30 @@ fn timed_out() -> io::Error {
 }
 
 impl Driver for Epoll {
-    fn submit(&self, op: Box<Op>) {
-        self.submit_op(*op);
+    fn submit(&self, op: Box<Op>) -> OpId {
+        self.submit_op(*op)
     }
 
     /// Tries the operation at once, on the stack; only one that must wait is boxed (in a
     /// recycled allocation, see [`Records`]) and queued.
-    fn submit_op(&self, mut op: Op) {
+    fn submit_op(&self, mut op: Op) -> OpId {
+        let id = op.id; // an operation that ends here keeps the id it was made with
         if op.refused.is_some() {
             self.push_ready([complete(op, Ok(0))]);
-            return;
+            return id;
         }
         let mut fds = lock(&self.fds);
         let Fds { queues, records } = &mut *fds;
         let Some(q) = queues.get_mut(&op.fd) else {
             drop(fds);
             self.push_ready([complete(op, Err(from_errno(libc::EBADF)))]);
-            return;
+            return id;
         };
         if q.kind == Kind::File {
             drop(fds);
             let result = file_io(&mut op);
             self.push_ready([complete(op, result)]);
-            return;
+            return id;
         }
         let reads = matches!(
             op.kind,
@@ -724,20 +725,24 @@ impl Driver for Epoll {
             if let Attempt::Done(result) = attempt {
                 drop(fds);
                 self.push_ready([finish(op, result)]);
-                return;
+                return id;
             }
         }
-        self.table.insert(op.id, op.fd);
+        // It waits: the table gives it the id a cancel finds it by.
+        let id = self.table.insert(id, |_| op.fd);
+        op.id = id;
         queue.push_back(records.boxed(op));
+        id
     }
 
-    fn post(&self, op: Box<Op>) -> io::Result<()> {
+    fn post(&self, op: Box<Op>) -> io::Result<OpId> {
         self.post_op(*op)
     }
 
-    fn post_op(&self, op: Op) -> io::Result<()> {
+    fn post_op(&self, op: Op) -> io::Result<OpId> {
+        let id = op.id;
         self.push_ready([complete(op, Ok(0))]);
-        Ok(())
+        Ok(id)
     }
 
     fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion> {

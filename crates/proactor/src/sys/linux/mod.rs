@@ -41,17 +41,18 @@ pub struct RawIo(RawFd);
 
 /// What a backend does with operation records.
 pub(crate) trait Driver: Send + Sync {
-    /// Starts an operation; every outcome ends as one completion.
-    fn submit(&self, op: Box<Op>);
-    /// Queues a posted packet.
-    fn post(&self, op: Box<Op>) -> io::Result<()>;
+    /// Starts an operation; every outcome ends as one completion. Returns its id: the
+    /// record's, or a new one if the driver's table gave it one.
+    fn submit(&self, op: Box<Op>) -> OpId;
+    /// Queues a posted packet; returns its id (as `submit`).
+    fn post(&self, op: Box<Op>) -> io::Result<OpId>;
     /// Starts an operation whose record is not yet on the heap (what `Port` submits): boxed
     /// here, unless the backend boxes only the records that must wait (epoll).
-    fn submit_op(&self, op: Op) {
-        self.submit(Box::new(op));
+    fn submit_op(&self, op: Op) -> OpId {
+        self.submit(Box::new(op))
     }
     /// Queues a posted packet whose record is not yet on the heap (what `Port` posts).
-    fn post_op(&self, op: Op) -> io::Result<()> {
+    fn post_op(&self, op: Op) -> io::Result<OpId> {
         self.post(Box::new(op))
     }
     fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion>;
@@ -201,16 +202,14 @@ impl Port {
     }
 
     pub(crate) fn post(&self, context: usize, value: usize) -> io::Result<OpId> {
-        let id = OpId::next();
         self.driver.post_op(Op::unboxed(
-            id,
+            OpId::next(),
             OpKind::Post,
             context,
             -1,
             0,
             OpData::Post(value),
-        ))?;
-        Ok(id)
+        ))
     }
 
     pub(crate) fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion> {
@@ -236,8 +235,14 @@ impl Port {
         data: OpData,
         needs_socket: bool,
     ) -> OpId {
-        let id = OpId::next();
-        let mut op = Op::unboxed(id, kind, target.context, target.raw.0, offset, data);
+        let mut op = Op::unboxed(
+            OpId::next(),
+            kind,
+            target.context,
+            target.raw.0,
+            offset,
+            data,
+        );
         op.user = user;
         op.datagram = target.datagram;
         if target.port != self.id {
@@ -260,8 +265,7 @@ impl Port {
             // A stream operation hands its lane on under the handle's open guard.
             op.life = Some(target.life.clone());
         }
-        self.driver.submit_op(op);
-        id
+        self.driver.submit_op(op)
     }
 
     pub(crate) fn recv(&self, target: &Target, user: usize, buf: Vec<u8>) -> OpId {
@@ -421,15 +425,13 @@ impl Port {
         data: OpData,
         what: &str,
     ) -> OpId {
-        let id = OpId::next();
-        let mut op = Op::unboxed(id, kind, target.context, target.raw.0, 0, data);
+        let mut op = Op::unboxed(OpId::next(), kind, target.context, target.raw.0, 0, data);
         op.user = user;
         op.refused = Some(io::Error::new(
             io::ErrorKind::Unsupported,
             format!("{what}: not available on Linux"),
         ));
-        self.driver.submit_op(op);
-        id
+        self.driver.submit_op(op)
     }
 
     pub(crate) fn cancel(&self, id: OpId) -> io::Result<()> {

@@ -14,8 +14,8 @@
 //!
 //! # Ownership
 //!
-//! Every operation's `user_data` is its `OpId`, a number never reused, and the table maps it to
-//! the record's address from submission until its last CQE is reaped. The record (a `Box<Op>`)
+//! Every operation's `user_data` is its `OpId`, a number unique in the process, and the table
+//! maps it to the record's address from submission until its last CQE is reaped. The record (a `Box<Op>`)
 //! is leaked to the kernel at submission and taken back, once, by the thread that reaps its
 //! last CQE and removes it from the table. A cancel names the id, so it can never reach another
 //! operation, even one at the same address. CQEs with `user_data` 0 belong to proactor's own
@@ -110,7 +110,7 @@ impl Drop for Leading<'_> {
     }
 }
 
-/// The `user_data` of the doorbell's CQE on the main ring (never an `OpId`: they count from 1).
+/// The `user_data` of the doorbell's CQE on the main ring (never an `OpId`: their bit 63 is clear).
 const DOORBELL: u64 = u64::MAX;
 
 /// Ring size: how many operations can be submitted before the kernel consumes them.
@@ -597,16 +597,18 @@ impl Uring {
         entry.user_data(op.id.as_u64())
     }
 
-    /// Enters `op` in the table and queues its SQE under the table shard's lock, so that a
-    /// cancel that finds the entry queues its `ASYNC_CANCEL` behind the SQE it targets; then
-    /// submits if a thread waits.
+    /// Enters `op` in the table (which gives it its id, returned) and queues its SQE under the
+    /// table shard's lock, so that a cancel that finds the entry queues its `ASYNC_CANCEL`
+    /// behind the SQE it targets; then submits if a thread waits.
     ///
     /// A stream operation whose lane is busy waits in it instead (see "Order on a stream"):
     /// entered in the table first, so that whoever takes it out of the lane finds its slot.
-    fn start(&self, mut op: Box<Op>) {
+    fn start(&self, mut op: Box<Op>) -> OpId {
         if let (Some(order), Some(dir)) = (op.order.clone(), Dir::of(op.kind)) {
             let mut lane = order.lane(dir);
             if lane.busy {
+                let vacant = self.table.vacant(op.id);
+                op.id = vacant.id();
                 let (id, fd) = (op.id, op.fd);
                 let address = Box::into_raw(op) as usize;
                 let waiting = Waiting {
@@ -620,12 +622,14 @@ impl Uring {
                     cancel: false,
                     waiting: Some(waiting),
                 };
-                self.table.insert(id, slot);
+                drop(vacant.insert(slot));
                 lane.waiting.push_back((id, address));
-                return;
+                return id;
             }
             lane.busy = true; // this operation holds the lane until it ends
         }
+        let vacant = self.table.vacant(op.id);
+        op.id = vacant.id();
         let sqe = Self::prepare(&mut op);
         let (id, fd) = (op.id, op.fd);
         let slot = Slot {
@@ -634,9 +638,12 @@ impl Uring {
             cancel: false,
             waiting: None,
         };
-        self.table.insert_then(id, slot, || self.enqueue(&sqe));
+        let held = vacant.insert(slot);
+        self.enqueue(&sqe);
+        drop(held);
         crate::failpoint::failpoint!("uring::start");
         self.kick(false);
+        id
     }
 
     /// Finishes the operation of a reaped CQE: ends it (removed from the table, its record
@@ -1078,13 +1085,12 @@ fn timed_out() -> io::Error {
 }
 
 impl Driver for Uring {
-    fn submit(&self, op: Box<Op>) {
-        self.start(op);
+    fn submit(&self, op: Box<Op>) -> OpId {
+        self.start(op)
     }
 
-    fn post(&self, op: Box<Op>) -> io::Result<()> {
-        self.start(op);
-        Ok(())
+    fn post(&self, op: Box<Op>) -> io::Result<OpId> {
+        Ok(self.start(op))
     }
 
     fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion> {

@@ -254,24 +254,23 @@ impl Port {
 
     /// Posts a packet carrying `context` and `value`.
     pub(crate) fn post(&self, context: usize, value: usize) -> io::Result<OpId> {
-        let id = OpId::next();
-        let op = OpBox::new(
+        let mut op = OpBox::new(
             &self.records,
-            id,
+            OpId::next(),
             OpKind::Post,
             context,
             RawIo::None,
             0,
             OpData::Post(value),
         );
+        let vacant = self.table.vacant(op.id);
+        let id = vacant.id();
+        op.id = id;
         let raw = op.into_raw();
-        self.table.insert(
-            id,
-            Entry {
-                op: raw as usize,
-                target: RawIo::None,
-            },
-        );
+        drop(vacant.insert(Entry {
+            op: raw as usize,
+            target: RawIo::None,
+        }));
         // SAFETY: the port is open; `raw` is a record given to the kernel, which hands it back
         // through the port untouched.
         let ok =
@@ -317,15 +316,16 @@ impl Port {
                 registry: registry.clone(),
             });
         }
+        // The table gives the operation its id (an accept restarted after a client reset gets
+        // back the one it had).
+        let vacant = self.table.vacant(op.id);
+        op.id = vacant.id();
         let (id, kind, target) = (op.id, op.kind, op.target);
         let raw = op.into_raw();
-        self.table.insert(
-            id,
-            Entry {
-                op: raw as usize,
-                target,
-            },
-        );
+        drop(vacant.insert(Entry {
+            op: raw as usize,
+            target,
+        }));
         if let Some(registry) = &route.foreign {
             registry.add(raw as usize);
         }
@@ -391,15 +391,14 @@ impl Port {
 
     /// Ends an operation that could not be started: its completion carries `err`.
     pub(crate) fn fail(&self, mut op: OpBox, err: io::Error) -> OpId {
-        let id = op.id;
         op.immediate = Some((0, Some(err)));
-        self.table.insert(
-            id,
-            Entry {
-                op: 0,
-                target: RawIo::None,
-            },
-        );
+        let vacant = self.table.vacant(op.id);
+        let id = vacant.id();
+        op.id = id;
+        drop(vacant.insert(Entry {
+            op: 0,
+            target: RawIo::None,
+        }));
         self.push_ready(op);
         id
     }
@@ -619,7 +618,15 @@ impl Port {
 
     /// Ends an operation whose record the kernel no longer uses.
     fn finish(&self, mut op: OpBox, packet_bytes: Option<usize>) -> Option<Completion> {
-        let address = self.table.remove(op.id).map_or(0, |e| e.op);
+        // An accept may be restarted under its id (a client reset before it was accepted): its
+        // entry keeps the id until the completion is made.
+        let (id, restartable) = (op.id, op.kind == OpKind::Accept);
+        let entry = if restartable {
+            self.table.remove_keeping_id(id)
+        } else {
+            self.table.remove(id)
+        };
+        let address = entry.map_or(0, |e| e.op);
         self.reclaim_foreign(&mut op, packet_bytes.is_some(), false);
         let (bytes, error) = match (op.immediate.take(), packet_bytes) {
             (Some(outcome), _) => outcome,
@@ -634,7 +641,12 @@ impl Port {
             }
         };
         tracing::trace!(op = op.kind.name(), id = %op.id, bytes, error = ?error, "completed");
-        self.complete(op, bytes, error, address)
+        let done = self.complete(op, bytes, error, address);
+        if restartable && done.is_some() {
+            // Not restarted: the id is free for the table to give again.
+            self.table.release(id);
+        }
+        done
     }
 
     /// Ends what a foreign record owns besides its memory: its registered wait (if it came

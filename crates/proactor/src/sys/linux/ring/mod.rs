@@ -9,8 +9,10 @@
 //!   then clears the slot, so the connection really closes when the owner closes its
 //!   descriptor. The slot (and the handle's key, which carries a generation) is reused only
 //!   once every operation on it has completed: a later handle never sees an old operation.
-//! - Operations live in a slab indexed by `user_data` (index, and a generation above it, so an
-//!   id is never reused while the ring lives): no hash, no lock, no allocation per receive,
+//! - Operations live in a slab indexed by `user_data`, which is the operation's id: the entry's
+//!   index, and above it a sequence number unique in the process (taken in blocks from the
+//!   process-wide counter, see [`OpId`]), which the entry keeps. An id of another port, or of
+//!   an operation that ended, names no entry: no hash, no lock, no allocation per receive,
 //!   send, pooled receive, pooled send or accept in steady state. Rare operations (vectored,
 //!   datagram, file, connect) keep a boxed record of the shared backend (`op.rs`).
 //! - Sends of one stream handle run one at a time in the kernel, in order (partial sends are
@@ -66,7 +68,7 @@ use crate::{
     Accepted, Completion, OpId, OpKind, PooledBuf,
     completion::{Output, grow_by},
     local::{LocalCompletion, LocalOp},
-    op::LiveCount,
+    op::{LiveCount, Sequence},
     pool::Pool,
 };
 
@@ -94,6 +96,8 @@ struct State {
     enter: Enter,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
+    /// The sequence numbers of the slab's ids.
+    seq: Sequence,
     handles: Vec<Handle>,
     free_handles: Vec<u32>,
     table_size: u32,
@@ -121,7 +125,8 @@ struct State {
 
 /// One entry of the slab.
 struct Slot {
-    generation: u32,
+    /// The sequence number of its operation's id (see [`OpId`]).
+    seq: u64,
     op: Option<Op>,
     /// The timeout of the operation's deadline or timer: read by the kernel when the SQE is
     /// submitted; boxed so it stays put while the slab grows, and kept for the slot's next use.
@@ -287,6 +292,7 @@ impl Ring {
                 enter,
                 slots: Vec::new(),
                 free_slots: Vec::new(),
+                seq: Sequence::new(),
                 handles: Vec::new(),
                 free_handles: Vec::new(),
                 table_size,
@@ -357,8 +363,8 @@ impl Ring {
     }
 
     /// Cancels operation `id`: `NotFound` if it is not in flight. Ids are `user_data`s whose
-    /// generation changes at each use of a slab entry, so an old id never names a newer
-    /// operation.
+    /// sequence number, unique in the process, the slab entry keeps: an old id never names a
+    /// newer operation, nor another port's id one of this port.
     pub(crate) fn cancel(&self, id: OpId) -> io::Result<()> {
         self.st.borrow_mut().cancel(id)
     }

@@ -252,14 +252,10 @@ impl State {
         if ud & TAG_TIMER != 0 {
             return Err(not_found());
         }
-        let idx = ud as u32;
-        let generation = (ud >> 32) as u32;
-        let Some(slot) = self.slots.get_mut(idx as usize) else {
+        let Some(idx) = self.entry_of(ud) else {
             return Err(not_found());
         };
-        let Some(op) = slot.op.as_mut().filter(|_| slot.generation == generation) else {
-            return Err(not_found());
-        };
+        let op = self.op(idx);
         if op.finished || op.live.is_none() {
             return Err(not_found());
         }

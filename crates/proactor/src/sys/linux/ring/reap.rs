@@ -88,7 +88,9 @@ impl State {
             }
         }
         let handle_of = |ud: u64| {
-            let slot = self.slots.get(ud as u32 as usize)?;
+            let slot = self
+                .slots
+                .get(OpId::from_u64(ud & !TAG_TIMER).index() as usize)?;
             let op = slot.op.as_ref()?;
             let multi = matches!(op.body, Body::MultiRecv);
             multi
@@ -112,16 +114,10 @@ impl State {
         if ud == 0 {
             return; // the engine's own cancels
         }
-        let idx = ud as u32;
-        let generation = ((ud & !TAG_TIMER) >> 32) as u32;
-        let live = self
-            .slots
-            .get(idx as usize)
-            .is_some_and(|s| s.generation == generation && s.op.is_some());
-        if !live {
+        let Some(idx) = self.entry_of(ud) else {
             debug_assert!(false, "a CQE for no operation: {ud:#x}");
             return;
-        }
+        };
         if ud & TAG_TIMER != 0 {
             self.on_timeout(idx, res);
             return;

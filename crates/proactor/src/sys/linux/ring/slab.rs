@@ -1,11 +1,21 @@
-//! The slab of operations: entries indexed by `user_data` (index and generation), and the
-//! completions made from them.
+//! The slab of operations: entries indexed by `user_data` (the operation's id: a sequence
+//! number unique in the process above the entry's index), and the completions made from them.
 
 use super::*;
 
 impl State {
+    /// The `user_data` of entry `idx`: its operation's id.
     pub(super) fn ud(&self, idx: u32) -> u64 {
-        (u64::from(self.slots[idx as usize].generation) << 32) | u64::from(idx)
+        OpId::new(self.slots[idx as usize].seq, idx).as_u64()
+    }
+
+    /// The entry `user_data` (or an id) names, if its operation is still there: the index in
+    /// range and the entry's sequence number the one `ud` carries. Another port's id, or one
+    /// whose operation is gone (the entry free or reused), names none.
+    pub(super) fn entry_of(&self, ud: u64) -> Option<u32> {
+        let id = OpId::from_u64(ud & !TAG_TIMER);
+        let slot = self.slots.get(id.index() as usize)?;
+        (slot.op.is_some() && slot.seq == id.seq()).then_some(id.index())
     }
 
     pub(super) fn op(&mut self, idx: u32) -> &mut Op {
@@ -24,14 +34,22 @@ impl State {
             self.user_ops += 1;
         }
         self.live_slots += 1;
+        let seq = self.seq.take();
         match self.free_slots.pop() {
             Some(idx) => {
-                self.slots[idx as usize].op = Some(op);
+                let slot = &mut self.slots[idx as usize];
+                slot.op = Some(op);
+                slot.seq = seq;
                 idx
             }
             None => {
+                // An id has room for 2^24 entries (16.7 million operations in flight).
+                assert!(
+                    self.slots.len() < 1 << crate::op::INDEX_BITS,
+                    "more operations in flight than an id can name"
+                );
                 self.slots.push(Slot {
-                    generation: 1,
+                    seq,
                     op: Some(op),
                     ts: None,
                 });
@@ -48,11 +66,6 @@ impl State {
             return;
         }
         let op = slot.op.take().expect("checked");
-        slot.generation = if slot.generation >= 0x7fff_ffff {
-            1
-        } else {
-            slot.generation + 1
-        };
         self.free_slots.push(idx);
         self.live_slots -= 1;
         if op.handle != NO_HANDLE {
