@@ -82,15 +82,15 @@ impl State {
     /// for stage by stage over the whole batch, each stage's misses overlap (a hint only:
     /// entries are checked again when the CQEs are handled).
     fn warm(&self, batch: &[(u64, i32, u32)]) {
+        // The entry's index is the id's low bits, below its sequence number.
+        let index = |ud: u64| OpId::from_u64(ud & !TAG_TIMER).index() as usize;
         for &(ud, _, _) in batch {
-            if let Some(slot) = self.slots.get(ud as u32 as usize) {
+            if let Some(slot) = self.slots.get(index(ud)) {
                 prefetch(slot);
             }
         }
         let handle_of = |ud: u64| {
-            let slot = self
-                .slots
-                .get(OpId::from_u64(ud & !TAG_TIMER).index() as usize)?;
+            let slot = self.slots.get(index(ud))?;
             let op = slot.op.as_ref()?;
             let multi = matches!(op.body, Body::MultiRecv);
             multi
