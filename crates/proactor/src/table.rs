@@ -16,6 +16,7 @@
 
 use std::{
     cell::Cell,
+    io,
     sync::{
         Mutex, MutexGuard, PoisonError,
         atomic::{AtomicUsize, Ordering},
@@ -83,6 +84,22 @@ impl<V> Shard<V> {
 /// Operations in flight, in a slab sharded by the index bits of their ids.
 pub(crate) struct Table<V> {
     shards: Box<[Mutex<Shard<V>>]>,
+    /// The most entries of a shard: [`PER_SHARD`] (fewer in tests).
+    per_shard: usize,
+}
+
+/// The error of an operation refused because the table is full ([`Table::vacant`]): more
+/// operations in flight than ids can name. Out of memory, as the OS would say it.
+pub(crate) fn full() -> io::Error {
+    #[cfg(windows)]
+    let code = windows_sys::Win32::Foundation::ERROR_NOT_ENOUGH_MEMORY as i32;
+    #[cfg(not(windows))]
+    let code = libc::ENOMEM;
+    crate::error::explained(
+        io::ErrorKind::OutOfMemory,
+        code,
+        "more operations in flight on this port than ids can name (16,777,215)",
+    )
 }
 
 /// An entry taken for a new operation and its id, with its shard locked: the operation can be
@@ -149,7 +166,13 @@ fn next_shard() -> usize {
 
 impl<V> Table<V> {
     pub(crate) fn new() -> Table<V> {
+        Table::with_per_shard(PER_SHARD)
+    }
+
+    /// A table of at most `per_shard` entries per shard.
+    fn with_per_shard(per_shard: usize) -> Table<V> {
         Table {
+            per_shard,
             shards: (0..SHARDS)
                 .map(|n| {
                     // Index 0 is never an entry's: the ids made for no entry have it, and
@@ -186,27 +209,31 @@ impl<V> Table<V> {
     /// An entry for a new operation, and its id. If `id` names an entry kept for it
     /// ([`Table::remove_keeping_id`]: an operation restarted under the same id), that entry and
     /// `id`; else a new entry with a new id (`id` is then one of [`OpId::next`], which names no
-    /// entry).
-    pub(crate) fn vacant(&self, id: OpId) -> Vacant<'_, V> {
+    /// entry). `None` if every shard is full (2^24 - 1 operations in flight): the caller fails
+    /// the operation with [`full`].
+    pub(crate) fn vacant(&self, id: OpId) -> Option<Vacant<'_, V>> {
         if id.index() != 0 {
             let shard = self.shard(id);
             if let Some(pos) = shard.position(id)
                 && shard.entries[pos].reserved
             {
-                return Vacant {
+                return Some(Vacant {
                     shard: Some(shard),
                     pos,
                     id,
-                };
+                });
             }
         }
+        // Test-only: the table is full.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("table::full", |_| None);
         let first = next_shard();
         for k in first..first + SHARDS {
             let n = k % SHARDS;
             let mut shard = self.lock(n);
             let pos = match shard.free.pop() {
                 Some(pos) => pos as usize,
-                None if shard.entries.len() < PER_SHARD => {
+                None if shard.entries.len() < self.per_shard => {
                     shard.entries.push(Entry {
                         seq: 0,
                         value: None,
@@ -219,25 +246,23 @@ impl<V> Table<V> {
             let seq = shard.seq.take();
             shard.entries[pos].seq = seq;
             let id = OpId::new(seq, (pos * SHARDS + n) as u32);
-            return Vacant {
+            return Some(Vacant {
                 shard: Some(shard),
                 pos,
                 id,
-            };
+            });
         }
-        panic!(
-            "more operations in flight than ids can name ({})",
-            1 << INDEX_BITS
-        )
+        None
     }
 
-    /// Inserts `value` under a new id (see [`Table::vacant`] for `id`), which it returns.
+    /// Inserts `value` under a new id (see [`Table::vacant`] for `id`), which it returns;
+    /// `None` if the table is full.
     #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
-    pub(crate) fn insert(&self, id: OpId, value: impl FnOnce(OpId) -> V) -> OpId {
-        let vacant = self.vacant(id);
+    pub(crate) fn insert(&self, id: OpId, value: impl FnOnce(OpId) -> V) -> Option<OpId> {
+        let vacant = self.vacant(id)?;
         let id = vacant.id();
         drop(vacant.insert(value(id)));
-        id
+        Some(id)
     }
 
     pub(crate) fn remove(&self, id: OpId) -> Option<V> {
@@ -332,7 +357,9 @@ mod tests {
     #[test]
     fn insert_find_remove() {
         let t = Table::new();
-        let ids: Vec<OpId> = (0..200).map(|i| t.insert(OpId::next(), |_| i)).collect();
+        let ids: Vec<OpId> = (0..200)
+            .map(|i| t.insert(OpId::next(), |_| i).unwrap())
+            .collect();
         assert_eq!(t.len(), 200);
         assert_eq!(t.with(ids[7], |v| *v), Some(7));
         assert_eq!(t.remove(ids[7]), Some(7));
@@ -342,7 +369,7 @@ mod tests {
         assert_eq!(t.keep_or_remove(ids[8], |v| *v == 80), Some(true));
         assert_eq!(t.keep_or_remove(ids[8], |v| *v != 80), Some(false));
         assert_eq!(t.keep_or_remove(ids[8], |_| true), None);
-        let vacant = t.vacant(OpId::next());
+        let vacant = t.vacant(OpId::next()).unwrap();
         let id8 = vacant.id();
         assert!(!ids.contains(&id8), "a new id");
         drop(vacant.insert(8));
@@ -361,10 +388,12 @@ mod tests {
     #[test]
     fn stale_ids_find_nothing() {
         let t = Table::new();
-        let old = t.insert(OpId::next(), |_| 1);
+        let old = t.insert(OpId::next(), |_| 1).unwrap();
         assert_eq!(t.remove(old), Some(1));
         // Every shard's free entry taken again: one of them is the old entry.
-        let new: Vec<OpId> = (0..SHARDS).map(|_| t.insert(OpId::next(), |_| 2)).collect();
+        let new: Vec<OpId> = (0..SHARDS)
+            .map(|_| t.insert(OpId::next(), |_| 2).unwrap())
+            .collect();
         assert!(
             new.iter().any(|id| id.index() == old.index()),
             "the entry is reused"
@@ -385,8 +414,12 @@ mod tests {
     #[test]
     fn foreign_ids_find_nothing() {
         let (a, b) = (Table::new(), Table::new());
-        let ids_a: Vec<OpId> = (0..300).map(|i| a.insert(OpId::next(), |_| i)).collect();
-        let ids_b: Vec<OpId> = (0..300).map(|i| b.insert(OpId::next(), |_| i)).collect();
+        let ids_a: Vec<OpId> = (0..300)
+            .map(|i| a.insert(OpId::next(), |_| i).unwrap())
+            .collect();
+        let ids_b: Vec<OpId> = (0..300)
+            .map(|i| b.insert(OpId::next(), |_| i).unwrap())
+            .collect();
         let indexes = |ids: &[OpId]| {
             let mut v: Vec<u32> = ids.iter().map(|id| id.index()).collect();
             v.sort_unstable();
@@ -413,25 +446,60 @@ mod tests {
     #[test]
     fn an_id_kept_for_a_restart_comes_back() {
         let t = Table::new();
-        let id = t.insert(OpId::next(), |given| given);
+        let id = t.insert(OpId::next(), |given| given).unwrap();
         assert_eq!(t.remove_keeping_id(id), Some(id));
         assert_eq!(t.with(id, |v| *v), None);
         assert_eq!(t.len(), 0);
         let others: Vec<OpId> = (0..3 * SHARDS)
-            .map(|_| t.insert(OpId::next(), |g| g))
+            .map(|_| t.insert(OpId::next(), |g| g).unwrap())
             .collect();
         assert!(
             others.iter().all(|o| o.index() != id.index()),
             "kept from new entries"
         );
-        assert_eq!(t.insert(id, |given| given), id, "restarted under its id");
+        assert_eq!(
+            t.insert(id, |given| given).unwrap(),
+            id,
+            "restarted under its id"
+        );
         assert_eq!(t.with(id, |v| *v), Some(id));
         t.release(id); // refilled: not freed
         assert_eq!(t.remove(id), Some(id));
-        let id = t.insert(OpId::next(), |given| given);
+        let id = t.insert(OpId::next(), |given| given).unwrap();
         t.remove_keeping_id(id);
         t.release(id);
-        assert_ne!(t.insert(id, |given| given), id, "released: a new id");
+        assert_ne!(
+            t.insert(id, |given| given).unwrap(),
+            id,
+            "released: a new id"
+        );
+    }
+
+    /// A full table refuses a new entry (no panic: the caller fails that operation); an entry
+    /// freed is taken again, and an id kept for a restart still comes back while it is full.
+    #[test]
+    fn a_full_table_refuses_new_entries() {
+        let t = Table::with_per_shard(2);
+        // Every shard holds 2 entries but shard 0, whose first is index 0's placeholder.
+        let ids: Vec<OpId> = (0..2 * SHARDS - 1)
+            .map(|i| t.insert(OpId::next(), |_| i).unwrap())
+            .collect();
+        assert!(t.vacant(OpId::next()).is_none());
+        assert_eq!(t.insert(OpId::next(), |_| 0), None);
+        assert_eq!(t.len(), ids.len());
+        assert_eq!(t.remove_keeping_id(ids[5]), Some(5));
+        assert!(t.vacant(OpId::next()).is_none(), "a kept entry is not free");
+        assert_eq!(
+            t.insert(ids[5], |_| 50),
+            Some(ids[5]),
+            "restarted while full"
+        );
+        assert_eq!(t.remove(ids[9]), Some(9));
+        let again = t.insert(OpId::next(), |_| 90).unwrap();
+        assert_eq!(again.index(), ids[9].index());
+        assert_ne!(again, ids[9]);
+        assert_eq!(full().kind(), io::ErrorKind::OutOfMemory);
+        assert!(crate::raw_os_error(&full()).is_some());
     }
 
     /// Threads take their entries from different shards in turn.
@@ -439,7 +507,7 @@ mod tests {
     fn a_thread_goes_round_the_shards() {
         let t = Table::new();
         let ids: Vec<OpId> = (0..SHARDS)
-            .map(|_| t.insert(OpId::next(), |_| ()))
+            .map(|_| t.insert(OpId::next(), |_| ()).unwrap())
             .collect();
         let shards: std::collections::HashSet<u32> =
             ids.iter().map(|id| id.index() % SHARDS as u32).collect();

@@ -70,7 +70,7 @@ use crate::{
     Completion, OpId, OpKind,
     error::cancelled,
     handshake::{Ready, Wake},
-    table::Table,
+    table::{self, Table},
 };
 
 /// The epoll data of the wake-up eventfd (descriptors are never negative).
@@ -729,7 +729,11 @@ impl Driver for Epoll {
             }
         }
         // It waits: the table gives it the id a cancel finds it by.
-        let id = self.table.insert(id, |_| op.fd);
+        let Some(id) = self.table.insert(id, |_| op.fd) else {
+            drop(fds);
+            self.push_ready([complete(op, Err(table::full()))]);
+            return id;
+        };
         op.id = id;
         queue.push_back(records.boxed(op));
         id

@@ -90,7 +90,7 @@ use super::{
 use crate::{
     Completion, OpId, OpKind,
     handshake::{Lead, Ring, Submission, Turn},
-    table::Table,
+    table::{self, Table},
 };
 
 /// The lead of `handshake::Lead` while a thread holds it in `Uring::dequeue`: released when
@@ -112,6 +112,10 @@ impl Drop for Leading<'_> {
 
 /// The `user_data` of the doorbell's CQE on the main ring (never an `OpId`: their bit 63 is clear).
 const DOORBELL: u64 = u64::MAX;
+/// The `user_data` bit of an operation the table had no room for (see `Uring::refuse`): the
+/// other bits are its record's address. Never an `OpId` (their bit 63 is clear), nor
+/// `DOORBELL` (a record's address is aligned).
+const UNTABLED: u64 = 1 << 63;
 
 /// Ring size: how many operations can be submitted before the kernel consumes them.
 const ENTRIES: u32 = 4096;
@@ -607,7 +611,11 @@ impl Uring {
         if let (Some(order), Some(dir)) = (op.order.clone(), Dir::of(op.kind)) {
             let mut lane = order.lane(dir);
             if lane.busy {
-                let vacant = self.table.vacant(op.id);
+                let Some(vacant) = self.table.vacant(op.id) else {
+                    drop(lane);
+                    op.order = None; // it never held the lane
+                    return self.refuse(op);
+                };
                 op.id = vacant.id();
                 let (id, fd) = (op.id, op.fd);
                 let address = Box::into_raw(op) as usize;
@@ -628,7 +636,9 @@ impl Uring {
             }
             lane.busy = true; // this operation holds the lane until it ends
         }
-        let vacant = self.table.vacant(op.id);
+        let Some(vacant) = self.table.vacant(op.id) else {
+            return self.refuse(op); // it holds its lane (if any): its completion hands it on
+        };
         op.id = vacant.id();
         let sqe = Self::prepare(&mut op);
         let (id, fd) = (op.id, op.fd);
@@ -642,6 +652,20 @@ impl Uring {
         self.enqueue(&sqe);
         drop(held);
         crate::failpoint::failpoint!("uring::start");
+        self.kick(false);
+        id
+    }
+
+    /// Fails `op`, which the table has no room for (more operations in flight than ids can
+    /// name): a `NOP` ends it through the CQ like any other, with the table's error. Its
+    /// `user_data` is the record's address tagged `UNTABLED`, as no entry holds it; it keeps the
+    /// id it was made with, which names no entry (a cancel finds nothing).
+    fn refuse(&self, mut op: Box<Op>) -> OpId {
+        let id = op.id;
+        op.refused = Some(table::full());
+        let sqe = Self::prepare(&mut op);
+        let sqe = sqe.user_data(Box::into_raw(op) as u64 | UNTABLED);
+        self.enqueue(&sqe);
         self.kick(false);
         id
     }
@@ -661,6 +685,12 @@ impl Uring {
                 tracing::trace!(error = %e, "io_uring_enter: submission deferred");
             }
             return None;
+        }
+        if user_data & UNTABLED != 0 {
+            // SAFETY: `refuse` gave this record to the kernel, in no table entry, under this
+            // `user_data`; its NOP has one CQE, this one: the record is ours again.
+            let op = unsafe { Box::from_raw((user_data & !UNTABLED) as *mut Op) };
+            return Some(self.end(*op, Ok(0)));
         }
         let id = OpId::from_u64(user_data);
         // One lookup for both: the outcome is decided under the shard's lock, and an operation
@@ -699,14 +729,19 @@ impl Uring {
         };
         // SAFETY: this thread removed the record's address from the table (once per record),
         // and no SQE names it: it is ours again, from `Box::into_raw` in `start`.
-        let mut op = unsafe { Box::from_raw(address as *mut Op) };
-        // A stream operation that held its lane hands it on.
+        let op = unsafe { Box::from_raw(address as *mut Op) };
+        Some(self.end(*op, result))
+    }
+
+    /// The completion of `op`, ended with `result`; a stream operation that held its lane
+    /// hands it on.
+    fn end(&self, mut op: Op, result: io::Result<usize>) -> Completion {
         let turn = op.order.take().zip(op.life.take()).zip(Dir::of(op.kind));
-        let done = complete(*op, result);
+        let done = complete(op, result);
         if let Some(((order, life), dir)) = turn {
             self.hand_over(&order, dir, &life);
         }
-        Some(done)
+        done
     }
 
     /// Hands a stream lane whose operation ended to the oldest operation waiting in it, or

@@ -56,7 +56,11 @@ use super::{
     overlapped::{Op, OpBox, OpData, op_of, overlapped},
     pool::RecordPool,
 };
-use crate::{Completion, OpId, OpKind, error::explained, table::Table};
+use crate::{
+    Completion, OpId, OpKind,
+    error::explained,
+    table::{self, Table},
+};
 
 /// How long dropping a port waits for cancelled operations to complete before leaking them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -263,7 +267,9 @@ impl Port {
             0,
             OpData::Post(value),
         );
-        let vacant = self.table.vacant(op.id);
+        let Some(vacant) = self.table.vacant(op.id) else {
+            return Err(table::full());
+        };
         let id = vacant.id();
         op.id = id;
         let raw = op.into_raw();
@@ -317,8 +323,10 @@ impl Port {
             });
         }
         // The table gives the operation its id (an accept restarted after a client reset gets
-        // back the one it had).
-        let vacant = self.table.vacant(op.id);
+        // back the one it had). A full table fails the operation.
+        let Some(vacant) = self.table.vacant(op.id) else {
+            return self.fail(op, table::full());
+        };
         op.id = vacant.id();
         let (id, kind, target) = (op.id, op.kind, op.target);
         let raw = op.into_raw();
@@ -392,13 +400,16 @@ impl Port {
     /// Ends an operation that could not be started: its completion carries `err`.
     pub(crate) fn fail(&self, mut op: OpBox, err: io::Error) -> OpId {
         op.immediate = Some((0, Some(err)));
-        let vacant = self.table.vacant(op.id);
-        let id = vacant.id();
-        op.id = id;
-        drop(vacant.insert(Entry {
-            op: 0,
-            target: RawIo::None,
-        }));
+        // With a full table the failure is delivered all the same, under the id it was made
+        // with (no entry: there is nothing to cancel).
+        if let Some(vacant) = self.table.vacant(op.id) {
+            op.id = vacant.id();
+            drop(vacant.insert(Entry {
+                op: 0,
+                target: RawIo::None,
+            }));
+        }
+        let id = op.id;
         self.push_ready(op);
         id
     }
