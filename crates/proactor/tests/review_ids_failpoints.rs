@@ -79,3 +79,28 @@ fn a_full_table_fails_the_operation_not_the_process() {
     assert_eq!(&buf, b"xy");
     scenario.teardown();
 }
+
+/// A port dropped with refused operations not dequeued frees their records (on io_uring they
+/// are in no table entry: the drop's drain, which waits for the table to empty, must still
+/// reap them).
+#[test]
+fn a_port_dropped_with_refused_operations_frees_them() {
+    let _s = serial();
+    let scenario = fail::FailScenario::setup();
+    let before = proactor::live_operations();
+    {
+        let port = Iocp::new().unwrap();
+        let (a, _a_peer) = pair(&port, each_ip_v4(), 1);
+        fail::cfg("table::full", "return").unwrap();
+        let refused: Vec<_> = (0..8)
+            .map(|_| port.recv(&a, Vec::with_capacity(4)))
+            .collect();
+        fail::remove("table::full");
+        assert_eq!(refused.len(), 8);
+        // Give the kernel time to complete them (nothing dequeues).
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(a);
+    }
+    assert_eq!(proactor::live_operations(), before, "records leaked");
+    scenario.teardown();
+}
