@@ -1259,6 +1259,12 @@ impl Drop for Uring {
             sink.clear();
         }
         let left = self.table.len();
+        if left == 0 {
+            // Refused operations (`refuse`) are in no entry: reap the CQEs left of them.
+            while self.reap_many(&mut sink, 64).0 > 0 {
+                sink.clear();
+            }
+        }
         if left > 0 {
             // The kernel may still write these records: leaking them is the only safe choice.
             tracing::warn!(
