@@ -18,9 +18,8 @@ use std::{
 /// the number is given to one operation only. The same id can be given again only once that
 /// counter wraps, after 2^39 (about 5.5 x 10^11) numbers: an operation of a shared [`Iocp`]
 /// uses one or two, a [`LocalPort`]'s one, and every port and thread reserves them in blocks
-/// of 4,096, so a process that makes many ports wraps sooner (one that makes a million ports
-/// and a million operations a second, after more than a day). Until then a port
-/// therefore never mistakes another port's id, or the id of one of its own operations that has
+/// of 4,096 (a shared port up to one per shard it uses), so a process that makes many ports
+/// wraps it sooner. Until then a port therefore never mistakes another port's id, or the id of one of its own operations that has
 /// completed, for an operation in flight: cancelling such an id is `NotFound` and touches
 /// nothing.
 ///
