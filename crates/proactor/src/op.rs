@@ -19,9 +19,9 @@ use std::{
 /// counter wraps, after 2^39 (about 5.5 x 10^11) numbers: an operation of a shared [`Iocp`]
 /// uses one or two, a [`LocalPort`]'s one, and every port and thread reserves them in blocks
 /// of 4,096 (a shared port up to one per shard it uses), so a process that makes many ports
-/// wraps it sooner. Until then a port therefore never mistakes another port's id, or the id of one of its own operations that has
-/// completed, for an operation in flight: cancelling such an id is `NotFound` and touches
-/// nothing.
+/// wraps it sooner. Until then a port never mistakes another port's id, or the id of one of
+/// its own operations that has completed, for an operation in flight: cancelling such an id is
+/// `NotFound` and touches nothing.
 ///
 /// Ids are opaque: they are not ordered by submission (each thread or port takes sequence
 /// numbers in blocks), and the low bits name where the port keeps the operation.
