@@ -17,8 +17,8 @@ impl State {
             self.ended(idx);
             self.op(idx).finished = true;
             let handle = &mut self.handles[h as usize];
-            if handle.armed == Some(idx) {
-                handle.armed = None;
+            if handle.armed == idx {
+                handle.armed = NONE;
             }
         }
         (h, more)
@@ -72,10 +72,10 @@ impl State {
         if !more {
             let handle = &self.handles[h as usize];
             if open
-                && handle.armed.is_none()
+                && handle.armed == NONE
                 && !handle.starved
                 && !handle.eof
-                && !handle.waiters.is_empty()
+                && !self.cold[h as usize].waiters.is_empty()
             {
                 self.arm(h, Body::MultiRecv, OpKind::RecvPooled);
             }
@@ -85,24 +85,26 @@ impl State {
 
     /// Hands what the multishot receive brought to the oldest pooled receive, or queues it.
     pub(super) fn push_data(&mut self, h: u32, got: Got) {
-        let handle = &mut self.handles[h as usize];
-        if matches!(got, Got::Eof) && !handle.waiters.is_empty() {
+        let cold = &mut self.cold[h as usize];
+        if matches!(got, Got::Eof) && !cold.waiters.is_empty() {
             // The end of the stream stays the end: every waiting pooled receive gets it.
-            let waiters = std::mem::take(&mut handle.waiters);
+            let waiters = std::mem::take(&mut cold.waiters);
             for w in waiters {
                 self.deliver(w, Ok(0), Output::None, None);
             }
             return;
         }
-        match handle.waiters.pop_front() {
+        match cold.waiters.pop_front() {
             Some(w) => match got {
                 Got::Data(buf) => self.deliver(w, Ok(buf.len()), Output::None, Some(buf)),
                 Got::Eof => self.deliver(w, Ok(0), Output::None, None),
                 Got::Error(e) => self.deliver(w, Err(e), Output::None, None),
             },
             None => {
-                handle.data.push_back(got);
-                if handle.data.len() >= MAX_AHEAD {
+                cold.data.push_back(got);
+                let handle = &mut self.handles[h as usize];
+                handle.queued += 1;
+                if handle.queued as usize >= MAX_AHEAD {
                     self.pause_receiving(h);
                 }
             }
@@ -115,9 +117,10 @@ impl State {
     /// this one connection whose owner stops receiving would take the whole pool, and every
     /// other pooled receive of the port would wait for buffers that never come back.
     fn pause_receiving(&mut self, h: u32) {
-        let Some(idx) = self.handles[h as usize].armed else {
+        let idx = self.handles[h as usize].armed;
+        if idx == NONE {
             return;
-        };
+        }
         let ud = self.ud(idx);
         let op = self.op(idx);
         if op.in_kernel && !op.cancelled {
@@ -135,27 +138,27 @@ impl State {
             // SAFETY: a successful accept's result is a new descriptor nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(res) };
             if open {
-                match self.handles[h as usize].waiters.pop_front() {
+                match self.cold[h as usize].waiters.pop_front() {
                     Some(w) => match accepted(fd) {
                         Some(output) => self.deliver(w, Ok(0), output, None),
                         // The client went away: the waiter waits for the next one.
-                        None => self.handles[h as usize].waiters.push_front(w),
+                        None => self.cold[h as usize].waiters.push_front(w),
                     },
-                    None => self.handles[h as usize].accepted.push_back(fd),
+                    None => self.cold[h as usize].accepted.push_back(fd),
                 }
             }
         } else {
             let errno = -res;
             if open && errno != libc::ECANCELED && !op::is_client_reset(errno) {
-                if let Some(w) = self.handles[h as usize].waiters.pop_front() {
+                if let Some(w) = self.cold[h as usize].waiters.pop_front() {
                     self.deliver(w, Err(from_errno(errno)), Output::None, None);
                 }
             }
         }
         if !more {
             if open
-                && self.handles[h as usize].armed.is_none()
-                && !self.handles[h as usize].waiters.is_empty()
+                && self.handles[h as usize].armed == NONE
+                && !self.cold[h as usize].waiters.is_empty()
             {
                 self.arm(h, Body::MultiAccept, OpKind::Accept);
             }

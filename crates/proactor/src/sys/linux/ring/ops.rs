@@ -33,14 +33,13 @@ impl State {
             return self.refuse(context, user, op, closed_handle());
         };
         let handle = &self.handles[h as usize];
-        let (socket, stream, datagram, raw) =
-            (handle.socket, handle.stream, handle.datagram, handle.raw);
+        let (socket, stream, datagram) = (handle.socket, handle.stream, handle.datagram);
         let needs_socket = !matches!(op, LocalOp::ReadAt(..) | LocalOp::WriteAt(..));
         if needs_socket && !socket {
             return self.refuse(context, user, op, crate::error::needs_socket());
         }
         let pooled_pending =
-            !handle.waiters.is_empty() || !handle.data.is_empty() || handle.armed.is_some();
+            handle.armed != NONE || handle.queued > 0 || !self.cold[h as usize].waiters.is_empty();
         if matches!(
             op,
             LocalOp::Recv(_) | LocalOp::RecvVectored(_) | LocalOp::RecvFrom(_)
@@ -96,6 +95,7 @@ impl State {
                     ),
                     _ => unreachable!("handled above"),
                 };
+                let raw = self.cold[h as usize].raw;
                 let mut r = Record::new(OpId::next(), kind, context, raw, offset, data);
                 r.user = user;
                 r.datagram = datagram;
@@ -130,15 +130,15 @@ impl State {
         }
         match dir {
             Some(d) => {
-                let lane = &mut self.handles[h as usize].lanes[d as usize];
-                if lane.busy.is_some() {
-                    lane.waiting.push_back(idx);
+                let busy = &mut self.handles[h as usize].busy[d as usize];
+                if *busy != NONE {
+                    self.cold[h as usize].lanes[d as usize].push_back(idx);
                     // Its deadline runs while it waits for its turn too.
                     if let Some(at) = deadline {
                         self.arm_waiter_deadline(idx, at);
                     }
                 } else {
-                    lane.busy = Some(idx);
+                    *busy = idx;
                     self.issue(idx);
                 }
             }
@@ -150,8 +150,10 @@ impl State {
     /// Whether a receive with a buffer of its own runs or waits on handle `h` (a pooled
     /// receive beside it would take bytes out of order; a readiness wait takes none).
     fn takes_bytes(&self, h: u32) -> bool {
-        let lane = &self.handles[h as usize].lanes[Dir::Read as usize];
-        lane.busy.iter().chain(lane.waiting.iter()).any(|&i| {
+        let busy = self.handles[h as usize].busy[Dir::Read as usize];
+        let waiting = &self.cold[h as usize].lanes[Dir::Read as usize];
+        let busy = (busy != NONE).then_some(busy);
+        busy.iter().chain(waiting.iter()).any(|&i| {
             self.slots[i as usize]
                 .op
                 .as_ref()
@@ -174,7 +176,9 @@ impl State {
     pub(super) fn recv_pooled(&mut self, h: u32, user: usize, deadline: Option<Instant>) -> OpId {
         let handle = &mut self.handles[h as usize];
         let context = handle.context;
-        if let Some(got) = handle.data.pop_front() {
+        if handle.queued > 0 {
+            handle.queued -= 1;
+            let got = self.cold[h as usize].data.pop_front().expect("queued data");
             return self.ready_now(context, user, OpKind::RecvPooled, got);
         }
         if handle.eof {
@@ -182,12 +186,12 @@ impl State {
         }
         let op = self.new_op(OpKind::RecvPooled, h, user, deadline, Body::Waiter);
         let idx = self.alloc(op);
-        self.handles[h as usize].waiters.push_back(idx);
+        self.cold[h as usize].waiters.push_back(idx);
         if let Some(at) = deadline {
             self.arm_waiter_deadline(idx, at);
         }
         let handle = &self.handles[h as usize];
-        if handle.armed.is_none() && !handle.starved {
+        if handle.armed == NONE && !handle.starved {
             self.arm(h, Body::MultiRecv, OpKind::RecvPooled);
         }
         OpId::from_u64(self.ud(idx))
@@ -195,7 +199,7 @@ impl State {
 
     pub(super) fn accept(&mut self, h: u32, user: usize, deadline: Option<Instant>) -> OpId {
         let context = self.handles[h as usize].context;
-        while let Some(fd) = self.handles[h as usize].accepted.pop_front() {
+        while let Some(fd) = self.cold[h as usize].accepted.pop_front() {
             if let Some(output) = super::multishot::accepted(fd) {
                 let id = OpId::next();
                 let c = Completion::of(context, user, id, OpKind::Accept, Ok(0), output);
@@ -205,11 +209,11 @@ impl State {
         }
         let op = self.new_op(OpKind::Accept, h, user, deadline, Body::Waiter);
         let idx = self.alloc(op);
-        self.handles[h as usize].waiters.push_back(idx);
+        self.cold[h as usize].waiters.push_back(idx);
         if let Some(at) = deadline {
             self.arm_waiter_deadline(idx, at);
         }
-        if self.handles[h as usize].armed.is_none() {
+        if self.handles[h as usize].armed == NONE {
             self.arm(h, Body::MultiAccept, OpKind::Accept);
         }
         OpId::from_u64(self.ud(idx))
@@ -223,7 +227,7 @@ impl State {
         let mut op = self.new_op(kind, h, 0, None, body);
         op.live = None;
         let idx = self.alloc(op);
-        self.handles[h as usize].armed = Some(idx);
+        self.handles[h as usize].armed = idx;
         self.issue(idx);
     }
 
@@ -272,12 +276,12 @@ impl State {
             return Ok(());
         }
         let (h, lane, waiter) = (op.handle, op.lane, matches!(op.body, Body::Waiter));
-        let handle = &mut self.handles[h as usize];
+        let cold = &mut self.cold[h as usize];
         if waiter {
-            handle.waiters.retain(|&w| w != idx);
+            cold.waiters.retain(|&w| w != idx);
             self.deliver(idx, Err(cancelled()), Output::None, None);
         } else if let Some(d) = lane {
-            handle.lanes[d as usize].waiting.retain(|&w| w != idx);
+            cold.lanes[d as usize].retain(|&w| w != idx);
             self.deliver_unstarted(idx, cancelled());
         }
         Ok(())
@@ -303,13 +307,9 @@ impl State {
     /// Ends as cancelled every operation of handle `h` that waits in the engine, not in the
     /// kernel: its pooled receives and accepts, and the operations waiting for a lane.
     pub(super) fn cancel_waiting(&mut self, h: u32) {
-        let handle = &mut self.handles[h as usize];
-        let waiters = std::mem::take(&mut handle.waiters);
-        let lanes: Vec<u32> = handle
-            .lanes
-            .iter_mut()
-            .flat_map(|l| std::mem::take(&mut l.waiting))
-            .collect();
+        let cold = &mut self.cold[h as usize];
+        let waiters = std::mem::take(&mut cold.waiters);
+        let lanes: Vec<u32> = cold.lanes.iter_mut().flat_map(std::mem::take).collect();
         for w in waiters {
             self.deliver(w, Err(cancelled()), Output::None, None);
         }
@@ -322,8 +322,8 @@ impl State {
     /// descriptor too when records (which name the raw descriptor) are among them.
     pub(super) fn push_cancels(&mut self, h: u32) {
         let (raw_ops, raw) = {
-            let handle = &self.handles[h as usize];
-            (handle.raw_ops, handle.raw)
+            let cold = &self.cold[h as usize];
+            (cold.raw_ops, cold.raw)
         };
         let fixed = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(h)).all())
             .build()

@@ -46,7 +46,7 @@ impl State {
                 continue;
             }
             handle.starved = false;
-            if handle.armed.is_none() && !handle.waiters.is_empty() {
+            if handle.armed == NONE && !self.cold[h as usize].waiters.is_empty() {
                 self.arm(h, Body::MultiRecv, OpKind::RecvPooled);
             }
         }
@@ -91,17 +91,22 @@ impl State {
             let slot = self.slots.get(ud as u32 as usize)?;
             let op = slot.op.as_ref()?;
             let multi = matches!(op.body, Body::MultiRecv);
-            multi
-                .then(|| self.handles.get(op.handle as usize))
-                .flatten()
+            multi.then_some(op.handle as usize)
         };
         for &(ud, _, _) in batch {
-            if let Some(handle) = handle_of(ud) {
-                prefetch(handle);
+            if let Some(h) = handle_of(ud) {
+                if let Some(handle) = self.handles.get(h) {
+                    prefetch(handle);
+                }
+                if let Some(cold) = self.cold.get(h) {
+                    prefetch(cold);
+                }
             }
         }
         for &(ud, _, _) in batch {
-            let waiter = handle_of(ud).and_then(|h| h.waiters.front().copied());
+            let waiter = handle_of(ud)
+                .and_then(|h| self.cold.get(h))
+                .and_then(|c| c.waiters.front().copied());
             if let Some(slot) = waiter.and_then(|w| self.slots.get(w as usize)) {
                 prefetch(slot);
             }
@@ -149,10 +154,9 @@ impl State {
         op.cqes -= 1;
         let (h, record) = (op.handle, matches!(op.body, Body::Record(_)));
         if h != NO_HANDLE {
-            let handle = &mut self.handles[h as usize];
-            handle.kernel -= 1;
+            self.handles[h as usize].kernel -= 1;
             if record {
-                handle.raw_ops -= 1;
+                self.cold[h as usize].raw_ops -= 1;
             }
         }
     }
@@ -167,12 +171,10 @@ impl State {
             if res == -libc::ETIME && !op.finished {
                 let (h, lane) = (op.handle, op.lane);
                 if matches!(op.body, Body::Waiter) {
-                    self.handles[h as usize].waiters.retain(|&w| w != idx);
+                    self.cold[h as usize].waiters.retain(|&w| w != idx);
                     self.deliver(idx, Err(deadline_passed()), Output::None, None);
                 } else if let Some(d) = lane {
-                    self.handles[h as usize].lanes[d as usize]
-                        .waiting
-                        .retain(|&w| w != idx);
+                    self.cold[h as usize].lanes[d as usize].retain(|&w| w != idx);
                     self.deliver_unstarted(idx, deadline_passed());
                 }
                 return;
@@ -292,12 +294,13 @@ impl State {
 
     /// Operation `idx`, which held lane `d` of handle `h`, ended: the next one starts.
     pub(super) fn hand_over(&mut self, h: u32, d: Dir, idx: u32) {
-        let lane = &mut self.handles[h as usize].lanes[d as usize];
-        if lane.busy != Some(idx) {
+        let busy = &mut self.handles[h as usize].busy[d as usize];
+        if *busy != idx {
             return;
         }
-        lane.busy = lane.waiting.pop_front();
-        if let Some(next) = lane.busy {
+        *busy = NONE;
+        if let Some(next) = self.cold[h as usize].lanes[d as usize].pop_front() {
+            self.handles[h as usize].busy[d as usize] = next;
             self.issue(next);
         }
     }

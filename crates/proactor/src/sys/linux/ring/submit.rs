@@ -104,10 +104,9 @@ impl State {
         let deadline = op.deadline.filter(|_| op.kind != OpKind::Timer);
         let handle = op.handle;
         if handle != NO_HANDLE {
-            let h = &mut self.handles[handle as usize];
-            h.kernel += 1;
+            self.handles[handle as usize].kernel += 1;
             if is_record {
-                h.raw_ops += 1;
+                self.cold[handle as usize].raw_ops += 1;
             }
         }
         match deadline {
