@@ -26,6 +26,8 @@ impl State {
                     armed: NONE,
                     busy: [NONE; 2],
                     queued: 0,
+                    waiters: Fifo::EMPTY,
+                    lanes: [Fifo::EMPTY; 2],
                     generation: 0,
                     open: false,
                     socket: false,
@@ -37,8 +39,6 @@ impl State {
                 self.cold.push(Cold {
                     raw: -1,
                     raw_ops: 0,
-                    lanes: Default::default(),
-                    waiters: VecDeque::new(),
                     data: VecDeque::new(),
                     accepted: VecDeque::new(),
                 });

@@ -26,6 +26,7 @@
 
 mod bufring;
 mod enter;
+mod fifo;
 mod handles;
 mod multishot;
 mod ops;
@@ -55,6 +56,7 @@ use io_uring::{
 use self::{
     bufring::{BGID, BufRing},
     enter::Enter,
+    fifo::Fifo,
 };
 use super::{
     RawIo,
@@ -123,6 +125,8 @@ struct State {
 /// One entry of the slab.
 struct Slot {
     generation: u32,
+    /// The next entry in the queue this one waits in ([`Fifo`]), or [`NONE`].
+    next: u32,
     op: Option<Op>,
     /// The timeout of the operation's deadline or timer: read by the kernel when the SQE is
     /// submitted; boxed so it stays put while the slab grows, and kept for the slot's next use.
@@ -194,6 +198,10 @@ struct Handle {
     busy: [u32; 2],
     /// How many entries `Cold::data` holds.
     queued: u32,
+    /// Pooled receives or accepts waiting, oldest first.
+    waiters: Fifo,
+    /// Operations waiting for each lane, oldest first.
+    lanes: [Fifo; 2],
     generation: u16,
     open: bool,
     socket: bool,
@@ -209,10 +217,6 @@ struct Cold {
     raw: RawFd,
     /// Records in the kernel on this handle (they name the raw descriptor).
     raw_ops: u32,
-    /// Operations waiting for each lane, oldest first.
-    lanes: [VecDeque<u32>; 2],
-    /// Pooled receives or accepts waiting, oldest first.
-    waiters: VecDeque<u32>,
     /// What the multishot receive brought that no pooled receive asked for yet.
     data: VecDeque<Got>,
     /// Connections the multishot accept brought that no accept asked for yet.

@@ -75,7 +75,7 @@ impl State {
                 && handle.armed == NONE
                 && !handle.starved
                 && !handle.eof
-                && !self.cold[h as usize].waiters.is_empty()
+                && !handle.waiters.is_empty()
             {
                 self.arm(h, Body::MultiRecv, OpKind::RecvPooled);
             }
@@ -85,23 +85,23 @@ impl State {
 
     /// Hands what the multishot receive brought to the oldest pooled receive, or queues it.
     pub(super) fn push_data(&mut self, h: u32, got: Got) {
-        let cold = &mut self.cold[h as usize];
-        if matches!(got, Got::Eof) && !cold.waiters.is_empty() {
+        let handle = &mut self.handles[h as usize];
+        if matches!(got, Got::Eof) && !handle.waiters.is_empty() {
             // The end of the stream stays the end: every waiting pooled receive gets it.
-            let waiters = std::mem::take(&mut cold.waiters);
-            for w in waiters {
+            let mut waiters = std::mem::replace(&mut handle.waiters, Fifo::EMPTY);
+            while let Some(w) = waiters.pop_front(&self.slots) {
                 self.deliver(w, Ok(0), Output::None, None);
             }
             return;
         }
-        match cold.waiters.pop_front() {
+        match handle.waiters.pop_front(&self.slots) {
             Some(w) => match got {
                 Got::Data(buf) => self.deliver(w, Ok(buf.len()), Output::None, Some(buf)),
                 Got::Eof => self.deliver(w, Ok(0), Output::None, None),
                 Got::Error(e) => self.deliver(w, Err(e), Output::None, None),
             },
             None => {
-                cold.data.push_back(got);
+                self.cold[h as usize].data.push_back(got);
                 let handle = &mut self.handles[h as usize];
                 handle.queued += 1;
                 if handle.queued as usize >= MAX_AHEAD {
@@ -138,11 +138,13 @@ impl State {
             // SAFETY: a successful accept's result is a new descriptor nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(res) };
             if open {
-                match self.cold[h as usize].waiters.pop_front() {
+                match self.handles[h as usize].waiters.pop_front(&self.slots) {
                     Some(w) => match accepted(fd) {
                         Some(output) => self.deliver(w, Ok(0), output, None),
                         // The client went away: the waiter waits for the next one.
-                        None => self.cold[h as usize].waiters.push_front(w),
+                        None => self.handles[h as usize]
+                            .waiters
+                            .push_front(&mut self.slots, w),
                     },
                     None => self.cold[h as usize].accepted.push_back(fd),
                 }
@@ -150,7 +152,7 @@ impl State {
         } else {
             let errno = -res;
             if open && errno != libc::ECANCELED && !op::is_client_reset(errno) {
-                if let Some(w) = self.cold[h as usize].waiters.pop_front() {
+                if let Some(w) = self.handles[h as usize].waiters.pop_front(&self.slots) {
                     self.deliver(w, Err(from_errno(errno)), Output::None, None);
                 }
             }
@@ -158,7 +160,7 @@ impl State {
         if !more {
             if open
                 && self.handles[h as usize].armed == NONE
-                && !self.cold[h as usize].waiters.is_empty()
+                && !self.handles[h as usize].waiters.is_empty()
             {
                 self.arm(h, Body::MultiAccept, OpKind::Accept);
             }

@@ -39,7 +39,7 @@ impl State {
             return self.refuse(context, user, op, crate::error::needs_socket());
         }
         let pooled_pending =
-            handle.armed != NONE || handle.queued > 0 || !self.cold[h as usize].waiters.is_empty();
+            handle.armed != NONE || handle.queued > 0 || !handle.waiters.is_empty();
         if matches!(
             op,
             LocalOp::Recv(_) | LocalOp::RecvVectored(_) | LocalOp::RecvFrom(_)
@@ -130,9 +130,10 @@ impl State {
         }
         match dir {
             Some(d) => {
-                let busy = &mut self.handles[h as usize].busy[d as usize];
+                let handle = &mut self.handles[h as usize];
+                let busy = &mut handle.busy[d as usize];
                 if *busy != NONE {
-                    self.cold[h as usize].lanes[d as usize].push_back(idx);
+                    handle.lanes[d as usize].push_back(&mut self.slots, idx);
                     // Its deadline runs while it waits for its turn too.
                     if let Some(at) = deadline {
                         self.arm_waiter_deadline(idx, at);
@@ -150,10 +151,11 @@ impl State {
     /// Whether a receive with a buffer of its own runs or waits on handle `h` (a pooled
     /// receive beside it would take bytes out of order; a readiness wait takes none).
     fn takes_bytes(&self, h: u32) -> bool {
-        let busy = self.handles[h as usize].busy[Dir::Read as usize];
-        let waiting = &self.cold[h as usize].lanes[Dir::Read as usize];
+        let handle = &self.handles[h as usize];
+        let busy = handle.busy[Dir::Read as usize];
         let busy = (busy != NONE).then_some(busy);
-        busy.iter().chain(waiting.iter()).any(|&i| {
+        let waiting = handle.lanes[Dir::Read as usize].iter(&self.slots);
+        busy.into_iter().chain(waiting).any(|i| {
             self.slots[i as usize]
                 .op
                 .as_ref()
@@ -186,7 +188,9 @@ impl State {
         }
         let op = self.new_op(OpKind::RecvPooled, h, user, deadline, Body::Waiter);
         let idx = self.alloc(op);
-        self.cold[h as usize].waiters.push_back(idx);
+        self.handles[h as usize]
+            .waiters
+            .push_back(&mut self.slots, idx);
         if let Some(at) = deadline {
             self.arm_waiter_deadline(idx, at);
         }
@@ -209,7 +213,9 @@ impl State {
         }
         let op = self.new_op(OpKind::Accept, h, user, deadline, Body::Waiter);
         let idx = self.alloc(op);
-        self.cold[h as usize].waiters.push_back(idx);
+        self.handles[h as usize]
+            .waiters
+            .push_back(&mut self.slots, idx);
         if let Some(at) = deadline {
             self.arm_waiter_deadline(idx, at);
         }
@@ -276,12 +282,12 @@ impl State {
             return Ok(());
         }
         let (h, lane, waiter) = (op.handle, op.lane, matches!(op.body, Body::Waiter));
-        let cold = &mut self.cold[h as usize];
+        let handle = &mut self.handles[h as usize];
         if waiter {
-            cold.waiters.retain(|&w| w != idx);
+            handle.waiters.remove(&mut self.slots, idx);
             self.deliver(idx, Err(cancelled()), Output::None, None);
         } else if let Some(d) = lane {
-            cold.lanes[d as usize].retain(|&w| w != idx);
+            handle.lanes[d as usize].remove(&mut self.slots, idx);
             self.deliver_unstarted(idx, cancelled());
         }
         Ok(())
@@ -307,14 +313,17 @@ impl State {
     /// Ends as cancelled every operation of handle `h` that waits in the engine, not in the
     /// kernel: its pooled receives and accepts, and the operations waiting for a lane.
     pub(super) fn cancel_waiting(&mut self, h: u32) {
-        let cold = &mut self.cold[h as usize];
-        let waiters = std::mem::take(&mut cold.waiters);
-        let lanes: Vec<u32> = cold.lanes.iter_mut().flat_map(std::mem::take).collect();
-        for w in waiters {
+        let handle = &mut self.handles[h as usize];
+        let mut waiters = std::mem::replace(&mut handle.waiters, Fifo::EMPTY);
+        let mut lanes = std::mem::replace(&mut handle.lanes, [Fifo::EMPTY; 2]);
+        // Each entry's link is read before it is delivered (which may free it).
+        while let Some(w) = waiters.pop_front(&self.slots) {
             self.deliver(w, Err(cancelled()), Output::None, None);
         }
-        for w in lanes {
-            self.deliver_unstarted(w, cancelled());
+        for lane in &mut lanes {
+            while let Some(w) = lane.pop_front(&self.slots) {
+                self.deliver_unstarted(w, cancelled());
+            }
         }
     }
 

@@ -46,7 +46,7 @@ impl State {
                 continue;
             }
             handle.starved = false;
-            if handle.armed == NONE && !self.cold[h as usize].waiters.is_empty() {
+            if handle.armed == NONE && !handle.waiters.is_empty() {
                 self.arm(h, Body::MultiRecv, OpKind::RecvPooled);
             }
         }
@@ -94,19 +94,14 @@ impl State {
             multi.then_some(op.handle as usize)
         };
         for &(ud, _, _) in batch {
-            if let Some(h) = handle_of(ud) {
-                if let Some(handle) = self.handles.get(h) {
-                    prefetch(handle);
-                }
-                if let Some(cold) = self.cold.get(h) {
-                    prefetch(cold);
-                }
+            if let Some(handle) = handle_of(ud).and_then(|h| self.handles.get(h)) {
+                prefetch(handle);
             }
         }
         for &(ud, _, _) in batch {
             let waiter = handle_of(ud)
-                .and_then(|h| self.cold.get(h))
-                .and_then(|c| c.waiters.front().copied());
+                .and_then(|h| self.handles.get(h))
+                .and_then(|h| h.waiters.front());
             if let Some(slot) = waiter.and_then(|w| self.slots.get(w as usize)) {
                 prefetch(slot);
             }
@@ -171,10 +166,12 @@ impl State {
             if res == -libc::ETIME && !op.finished {
                 let (h, lane) = (op.handle, op.lane);
                 if matches!(op.body, Body::Waiter) {
-                    self.cold[h as usize].waiters.retain(|&w| w != idx);
+                    self.handles[h as usize]
+                        .waiters
+                        .remove(&mut self.slots, idx);
                     self.deliver(idx, Err(deadline_passed()), Output::None, None);
                 } else if let Some(d) = lane {
-                    self.cold[h as usize].lanes[d as usize].retain(|&w| w != idx);
+                    self.handles[h as usize].lanes[d as usize].remove(&mut self.slots, idx);
                     self.deliver_unstarted(idx, deadline_passed());
                 }
                 return;
@@ -294,13 +291,13 @@ impl State {
 
     /// Operation `idx`, which held lane `d` of handle `h`, ended: the next one starts.
     pub(super) fn hand_over(&mut self, h: u32, d: Dir, idx: u32) {
-        let busy = &mut self.handles[h as usize].busy[d as usize];
-        if *busy != idx {
+        let handle = &mut self.handles[h as usize];
+        if handle.busy[d as usize] != idx {
             return;
         }
-        *busy = NONE;
-        if let Some(next) = self.cold[h as usize].lanes[d as usize].pop_front() {
-            self.handles[h as usize].busy[d as usize] = next;
+        let next = handle.lanes[d as usize].pop_front(&self.slots);
+        handle.busy[d as usize] = next.unwrap_or(NONE);
+        if let Some(next) = next {
             self.issue(next);
         }
     }

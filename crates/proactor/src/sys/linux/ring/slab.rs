@@ -32,6 +32,7 @@ impl State {
             None => {
                 self.slots.push(Slot {
                     generation: 1,
+                    next: NONE,
                     op: Some(op),
                     ts: None,
                 });
