@@ -153,7 +153,13 @@ impl State {
     fn takes_bytes(&self, h: u32) -> bool {
         let handle = &self.handles[h as usize];
         let busy = handle.busy[Dir::Read as usize];
-        let busy = (busy != NONE).then_some(busy);
+        if busy == NONE {
+            // The common case (a pooled receive after a pooled receive): the lane is idle,
+            // so nothing waits for it either.
+            debug_assert!(handle.lanes[Dir::Read as usize].is_empty());
+            return false;
+        }
+        let busy = Some(busy);
         let waiting = handle.lanes[Dir::Read as usize].iter(&self.slots);
         busy.into_iter().chain(waiting).any(|i| {
             self.slots[i as usize]

@@ -48,7 +48,9 @@ impl State {
         if !op.finished || op.cqes > 0 {
             return;
         }
-        let op = slot.op.take().expect("checked");
+        let handle = op.handle;
+        // Dropped where it is (no move out of the slab).
+        slot.op = None;
         slot.generation = if slot.generation >= 0x7fff_ffff {
             1
         } else {
@@ -56,10 +58,9 @@ impl State {
         };
         self.free_slots.push(idx);
         self.live_slots -= 1;
-        if op.handle != NO_HANDLE {
-            let h = &mut self.handles[op.handle as usize];
-            h.ops -= 1;
-            self.maybe_free_handle(op.handle);
+        if handle != NO_HANDLE {
+            self.handles[handle as usize].ops -= 1;
+            self.maybe_free_handle(handle);
         }
     }
 

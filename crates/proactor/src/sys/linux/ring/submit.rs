@@ -18,9 +18,15 @@ impl State {
 
     /// Queues `sqe` (submitting what is queued first if the queue is full).
     pub(super) fn push(&mut self, sqe: &Entry) {
-        self.room(1);
+        // One look at the queue (its head, shared with the kernel) when there is room, which
+        // is nearly always.
         // SAFETY: every pointer in the SQEs this engine builds names memory it keeps until
         // the operation's CQE (buffers, records, boxed timespecs) or nothing.
+        if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+            return;
+        }
+        self.room(1);
+        // SAFETY: as above; there is room now.
         let pushed = unsafe { self.ring.submission().push(sqe) };
         debug_assert!(pushed.is_ok());
     }
