@@ -104,10 +104,6 @@ struct State {
     pool: Rc<Pool>,
     /// Completions made and not yet dequeued.
     ready: VecDeque<LocalCompletion>,
-    /// While `get_completions` reaps with nothing older in `ready`: the caller's batch, which
-    /// the completions made go straight into, up to `sink_max` (then into `ready`).
-    sink: Vec<LocalCompletion>,
-    sink_max: usize,
     /// Handles whose multishot receive ended on `ENOBUFS`.
     starved: Vec<u32>,
     /// Buffers lent to the kernel: in the buffer ring, not yet picked by a receive.
@@ -311,8 +307,6 @@ impl Ring {
                 bufs,
                 pool,
                 ready: VecDeque::new(),
-                sink: Vec::new(),
-                sink_max: 0,
                 starved: Vec::new(),
                 lent: 0,
                 picked: 0,
@@ -411,8 +405,7 @@ impl Ring {
             } else if st.sq_len() > 0 {
                 st.enter(false, None)?;
             }
-            let before = out.len();
-            // What was made and not yet taken comes first.
+            st.reap();
             if !st.ready.is_empty() {
                 let n = max.min(st.ready.len());
                 if n > 1 && out.is_empty() && n == st.ready.len() {
@@ -427,20 +420,6 @@ impl Ring {
                 } else {
                     out.extend(st.ready.drain(..n));
                 }
-            }
-            if out.len() - before < max && st.ready.is_empty() {
-                // Then what the CQ brings, made straight into the batch (no second move
-                // through `ready`), the rest into `ready`.
-                st.sink = std::mem::take(out);
-                st.sink_max = before + max;
-                st.reap();
-                st.sink_max = 0;
-                *out = std::mem::take(&mut st.sink);
-            } else {
-                st.reap();
-            }
-            let n = out.len() - before;
-            if n > 0 {
                 return Ok(n);
             }
             if until.is_some_and(|u| Instant::now() >= u) {

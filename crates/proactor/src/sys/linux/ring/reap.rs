@@ -52,26 +52,6 @@ impl State {
         }
     }
 
-    /// Queues a completion made: into `get_completions`' batch while it reaps and has room
-    /// (and nothing older waits in `ready`), else into `ready`.
-    pub(super) fn emit(&mut self, c: LocalCompletion) {
-        if self.sink.len() < self.sink_max && self.ready.is_empty() {
-            self.sink.push(c);
-        } else {
-            self.ready.push_back(c);
-        }
-    }
-
-    /// The completion [`emit`](Self::emit) queued last (`ready` fills only once the batch
-    /// is full or when there is no batch).
-    pub(super) fn last_made(&mut self) -> Option<&mut LocalCompletion> {
-        if self.ready.is_empty() {
-            self.sink.last_mut()
-        } else {
-            self.ready.back_mut()
-        }
-    }
-
     /// Reaps every CQE there is.
     pub(super) fn reap(&mut self) {
         let mut batch = [(0u64, 0i32, 0u32); 32];
@@ -303,7 +283,7 @@ impl State {
         self.deliver(idx, result, output, pooled);
         if failed
             && !closing
-            && let Some(last) = self.last_made()
+            && let Some(last) = self.ready.back_mut()
         {
             last.bytes = done;
         }

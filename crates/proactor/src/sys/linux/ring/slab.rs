@@ -118,7 +118,7 @@ impl State {
         }
         if !self.closing {
             let c = Completion::of(context, user, id, kind, result, output);
-            self.emit(LocalCompletion::new(c, pooled));
+            self.ready.push_back(LocalCompletion::new(c, pooled));
         }
         self.maybe_release(idx);
     }
@@ -156,7 +156,7 @@ impl State {
         };
         let closing = self.closing;
         self.deliver(idx, result, output, None);
-        if !closing && let Some(last) = self.last_made() {
+        if !closing && let Some(last) = self.ready.back_mut() {
             last.peer = peer;
             last.bytes = bytes;
         }
