@@ -20,23 +20,27 @@ impl State {
             Some(idx) => idx,
             None if (self.handles.len() as u32) < self.table_size => {
                 self.handles.push(Handle {
+                    context: 0,
+                    ops: 0,
+                    kernel: 0,
+                    armed: NONE,
+                    busy: [NONE; 2],
+                    queued: 0,
+                    waiters: Fifo::EMPTY,
+                    lanes: [Fifo::EMPTY; 2],
                     generation: 0,
                     open: false,
-                    raw: -1,
-                    context: 0,
                     socket: false,
                     stream: false,
                     datagram: false,
-                    ops: 0,
-                    kernel: 0,
-                    raw_ops: 0,
-                    lanes: Default::default(),
-                    waiters: VecDeque::new(),
-                    data: VecDeque::new(),
-                    accepted: VecDeque::new(),
-                    armed: None,
                     starved: false,
                     eof: false,
+                });
+                self.cold.push(Cold {
+                    raw: -1,
+                    raw_ops: 0,
+                    data: VecDeque::new(),
+                    accepted: VecDeque::new(),
                 });
                 self.handles.len() as u32 - 1
             }
@@ -61,22 +65,22 @@ impl State {
             h.generation + 1
         };
         h.open = true;
-        h.raw = raw;
         h.context = context;
         h.socket = socket;
         h.stream = stream;
         h.datagram = datagram;
         h.starved = false;
         h.eof = false;
-        h.armed = None;
+        h.armed = NONE;
+        self.cold[idx as usize].raw = raw;
         Ok((u32::from(h.generation) << 16) | idx)
     }
 
     /// Frees handle `idx`'s slot once it is closed and no operation names it.
     pub(super) fn maybe_free_handle(&mut self, idx: u32) {
         let h = &self.handles[idx as usize];
-        if !h.open && h.ops == 0 && h.raw >= 0 {
-            self.handles[idx as usize].raw = -1;
+        if !h.open && h.ops == 0 && self.cold[idx as usize].raw >= 0 {
+            self.cold[idx as usize].raw = -1;
             self.free_handles.push(idx);
         }
     }
@@ -87,10 +91,12 @@ impl State {
         };
         let h = &mut self.handles[idx as usize];
         h.open = false;
-        h.data.clear();
-        h.accepted.clear();
         h.starved = false;
+        h.queued = 0;
         let kernel = h.kernel;
+        let cold = &mut self.cold[idx as usize];
+        cold.data.clear();
+        cold.accepted.clear();
         self.cancel_waiting(idx);
         if kernel > 0 {
             // Cancel what is in flight on the slot, and have the kernel take it now: the owner

@@ -28,6 +28,7 @@
 
 mod bufring;
 mod enter;
+mod fifo;
 mod handles;
 mod multishot;
 mod ops;
@@ -57,6 +58,7 @@ use io_uring::{
 use self::{
     bufring::{BGID, BufRing},
     enter::Enter,
+    fifo::Fifo,
 };
 use super::{
     RawIo,
@@ -99,6 +101,7 @@ struct State {
     /// The sequence numbers of the slab's ids.
     seq: Sequence,
     handles: Vec<Handle>,
+    cold: Vec<Cold>,
     free_handles: Vec<u32>,
     table_size: u32,
     bufs: BufRing,
@@ -127,6 +130,8 @@ struct State {
 struct Slot {
     /// The sequence number of its operation's id (see [`OpId`]).
     seq: u64,
+    /// The next entry in the queue this one waits in ([`Fifo`]), or [`NONE`].
+    next: u32,
     op: Option<Op>,
     /// The timeout of the operation's deadline or timer: read by the kernel when the SQE is
     /// submitted; boxed so it stays put while the slab grows, and kept for the slot's next use.
@@ -180,39 +185,47 @@ enum Body {
     MultiAccept,
 }
 
-/// A handle of the engine: a fixed-file slot and what runs on it.
+/// No slab entry (an unarmed handle, an idle lane).
+const NONE: u32 = u32::MAX;
+
+/// A handle of the engine: a fixed-file slot and what runs on it. This is the part touched
+/// per message, one cache line; the rest is its [`Cold`] entry (same index).
+#[repr(C, align(64))]
 struct Handle {
-    generation: u16,
-    open: bool,
-    raw: RawFd,
     context: usize,
-    socket: bool,
-    stream: bool,
-    datagram: bool,
     /// Slab entries naming this handle (its slot is reused only once they are gone).
     ops: u32,
     /// Of those, the ones whose SQE is queued or in the kernel.
     kernel: u32,
-    /// Of those, records that name the raw descriptor.
-    raw_ops: u32,
-    lanes: [Lane; 2],
+    /// The multishot receive or accept in flight, or [`NONE`].
+    armed: u32,
+    /// The operation running in each lane (by [`Dir`]), or [`NONE`].
+    busy: [u32; 2],
+    /// How many entries `Cold::data` holds.
+    queued: u32,
     /// Pooled receives or accepts waiting, oldest first.
-    waiters: VecDeque<u32>,
-    /// What the multishot receive brought that no pooled receive asked for yet.
-    data: VecDeque<Got>,
-    /// Connections the multishot accept brought that no accept asked for yet.
-    accepted: VecDeque<OwnedFd>,
-    /// The multishot receive or accept in flight.
-    armed: Option<u32>,
+    waiters: Fifo,
+    /// Operations waiting for each lane, oldest first.
+    lanes: [Fifo; 2],
+    generation: u16,
+    open: bool,
+    socket: bool,
+    stream: bool,
+    datagram: bool,
     starved: bool,
     /// The end of the stream arrived.
     eof: bool,
 }
 
-#[derive(Default)]
-struct Lane {
-    busy: Option<u32>,
-    waiting: VecDeque<u32>,
+/// The part of a handle seldom touched.
+struct Cold {
+    raw: RawFd,
+    /// Records in the kernel on this handle (they name the raw descriptor).
+    raw_ops: u32,
+    /// What the multishot receive brought that no pooled receive asked for yet.
+    data: VecDeque<Got>,
+    /// Connections the multishot accept brought that no accept asked for yet.
+    accepted: VecDeque<OwnedFd>,
 }
 
 /// What a multishot receive brought.
@@ -294,6 +307,7 @@ impl Ring {
                 free_slots: Vec::new(),
                 seq: Sequence::new(),
                 handles: Vec::new(),
+                cold: Vec::new(),
                 free_handles: Vec::new(),
                 table_size,
                 bufs,
@@ -447,5 +461,17 @@ impl Drop for Ring {
             std::mem::forget(st.pool.clone());
             st.bufs.leak();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What a message touches of its handle is one cache line.
+    #[test]
+    fn hot_handle_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Handle>(), 64);
+        assert_eq!(std::mem::align_of::<Handle>(), 64);
     }
 }

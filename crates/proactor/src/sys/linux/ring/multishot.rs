@@ -17,8 +17,8 @@ impl State {
             self.ended(idx);
             self.op(idx).finished = true;
             let handle = &mut self.handles[h as usize];
-            if handle.armed == Some(idx) {
-                handle.armed = None;
+            if handle.armed == idx {
+                handle.armed = NONE;
             }
         }
         (h, more)
@@ -72,7 +72,7 @@ impl State {
         if !more {
             let handle = &self.handles[h as usize];
             if open
-                && handle.armed.is_none()
+                && handle.armed == NONE
                 && !handle.starved
                 && !handle.eof
                 && !handle.waiters.is_empty()
@@ -88,21 +88,23 @@ impl State {
         let handle = &mut self.handles[h as usize];
         if matches!(got, Got::Eof) && !handle.waiters.is_empty() {
             // The end of the stream stays the end: every waiting pooled receive gets it.
-            let waiters = std::mem::take(&mut handle.waiters);
-            for w in waiters {
+            let mut waiters = std::mem::replace(&mut handle.waiters, Fifo::EMPTY);
+            while let Some(w) = waiters.pop_front(&self.slots) {
                 self.deliver(w, Ok(0), Output::None, None);
             }
             return;
         }
-        match handle.waiters.pop_front() {
+        match handle.waiters.pop_front(&self.slots) {
             Some(w) => match got {
                 Got::Data(buf) => self.deliver(w, Ok(buf.len()), Output::None, Some(buf)),
                 Got::Eof => self.deliver(w, Ok(0), Output::None, None),
                 Got::Error(e) => self.deliver(w, Err(e), Output::None, None),
             },
             None => {
-                handle.data.push_back(got);
-                if handle.data.len() >= MAX_AHEAD {
+                self.cold[h as usize].data.push_back(got);
+                let handle = &mut self.handles[h as usize];
+                handle.queued += 1;
+                if handle.queued as usize >= MAX_AHEAD {
                     self.pause_receiving(h);
                 }
             }
@@ -115,9 +117,10 @@ impl State {
     /// this one connection whose owner stops receiving would take the whole pool, and every
     /// other pooled receive of the port would wait for buffers that never come back.
     fn pause_receiving(&mut self, h: u32) {
-        let Some(idx) = self.handles[h as usize].armed else {
+        let idx = self.handles[h as usize].armed;
+        if idx == NONE {
             return;
-        };
+        }
         let ud = self.ud(idx);
         let op = self.op(idx);
         if op.in_kernel && !op.cancelled {
@@ -135,26 +138,28 @@ impl State {
             // SAFETY: a successful accept's result is a new descriptor nothing else owns.
             let fd = unsafe { OwnedFd::from_raw_fd(res) };
             if open {
-                match self.handles[h as usize].waiters.pop_front() {
+                match self.handles[h as usize].waiters.pop_front(&self.slots) {
                     Some(w) => match accepted(fd) {
                         Some(output) => self.deliver(w, Ok(0), output, None),
                         // The client went away: the waiter waits for the next one.
-                        None => self.handles[h as usize].waiters.push_front(w),
+                        None => self.handles[h as usize]
+                            .waiters
+                            .push_front(&mut self.slots, w),
                     },
-                    None => self.handles[h as usize].accepted.push_back(fd),
+                    None => self.cold[h as usize].accepted.push_back(fd),
                 }
             }
         } else {
             let errno = -res;
             if open && errno != libc::ECANCELED && !op::is_client_reset(errno) {
-                if let Some(w) = self.handles[h as usize].waiters.pop_front() {
+                if let Some(w) = self.handles[h as usize].waiters.pop_front(&self.slots) {
                     self.deliver(w, Err(from_errno(errno)), Output::None, None);
                 }
             }
         }
         if !more {
             if open
-                && self.handles[h as usize].armed.is_none()
+                && self.handles[h as usize].armed == NONE
                 && !self.handles[h as usize].waiters.is_empty()
             {
                 self.arm(h, Body::MultiAccept, OpKind::Accept);

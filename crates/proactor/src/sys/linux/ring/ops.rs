@@ -33,14 +33,13 @@ impl State {
             return self.refuse(context, user, op, closed_handle());
         };
         let handle = &self.handles[h as usize];
-        let (socket, stream, datagram, raw) =
-            (handle.socket, handle.stream, handle.datagram, handle.raw);
+        let (socket, stream, datagram) = (handle.socket, handle.stream, handle.datagram);
         let needs_socket = !matches!(op, LocalOp::ReadAt(..) | LocalOp::WriteAt(..));
         if needs_socket && !socket {
             return self.refuse(context, user, op, crate::error::needs_socket());
         }
         let pooled_pending =
-            !handle.waiters.is_empty() || !handle.data.is_empty() || handle.armed.is_some();
+            handle.armed != NONE || handle.queued > 0 || !handle.waiters.is_empty();
         if matches!(
             op,
             LocalOp::Recv(_) | LocalOp::RecvVectored(_) | LocalOp::RecvFrom(_)
@@ -96,6 +95,7 @@ impl State {
                     ),
                     _ => unreachable!("handled above"),
                 };
+                let raw = self.cold[h as usize].raw;
                 let mut r = Record::new(OpId::next(), kind, context, raw, offset, data);
                 r.user = user;
                 r.datagram = datagram;
@@ -130,15 +130,16 @@ impl State {
         }
         match dir {
             Some(d) => {
-                let lane = &mut self.handles[h as usize].lanes[d as usize];
-                if lane.busy.is_some() {
-                    lane.waiting.push_back(idx);
+                let handle = &mut self.handles[h as usize];
+                let busy = &mut handle.busy[d as usize];
+                if *busy != NONE {
+                    handle.lanes[d as usize].push_back(&mut self.slots, idx);
                     // Its deadline runs while it waits for its turn too.
                     if let Some(at) = deadline {
                         self.arm_waiter_deadline(idx, at);
                     }
                 } else {
-                    lane.busy = Some(idx);
+                    *busy = idx;
                     self.issue(idx);
                 }
             }
@@ -150,8 +151,17 @@ impl State {
     /// Whether a receive with a buffer of its own runs or waits on handle `h` (a pooled
     /// receive beside it would take bytes out of order; a readiness wait takes none).
     fn takes_bytes(&self, h: u32) -> bool {
-        let lane = &self.handles[h as usize].lanes[Dir::Read as usize];
-        lane.busy.iter().chain(lane.waiting.iter()).any(|&i| {
+        let handle = &self.handles[h as usize];
+        let busy = handle.busy[Dir::Read as usize];
+        if busy == NONE {
+            // The common case (a pooled receive after a pooled receive): the lane is idle,
+            // so nothing waits for it either.
+            debug_assert!(handle.lanes[Dir::Read as usize].is_empty());
+            return false;
+        }
+        let busy = Some(busy);
+        let waiting = handle.lanes[Dir::Read as usize].iter(&self.slots);
+        busy.into_iter().chain(waiting).any(|i| {
             self.slots[i as usize]
                 .op
                 .as_ref()
@@ -174,7 +184,9 @@ impl State {
     pub(super) fn recv_pooled(&mut self, h: u32, user: usize, deadline: Option<Instant>) -> OpId {
         let handle = &mut self.handles[h as usize];
         let context = handle.context;
-        if let Some(got) = handle.data.pop_front() {
+        if handle.queued > 0 {
+            handle.queued -= 1;
+            let got = self.cold[h as usize].data.pop_front().expect("queued data");
             return self.ready_now(context, user, OpKind::RecvPooled, got);
         }
         if handle.eof {
@@ -182,12 +194,14 @@ impl State {
         }
         let op = self.new_op(OpKind::RecvPooled, h, user, deadline, Body::Waiter);
         let idx = self.alloc(op);
-        self.handles[h as usize].waiters.push_back(idx);
+        self.handles[h as usize]
+            .waiters
+            .push_back(&mut self.slots, idx);
         if let Some(at) = deadline {
             self.arm_waiter_deadline(idx, at);
         }
         let handle = &self.handles[h as usize];
-        if handle.armed.is_none() && !handle.starved {
+        if handle.armed == NONE && !handle.starved {
             self.arm(h, Body::MultiRecv, OpKind::RecvPooled);
         }
         OpId::from_u64(self.ud(idx))
@@ -195,7 +209,7 @@ impl State {
 
     pub(super) fn accept(&mut self, h: u32, user: usize, deadline: Option<Instant>) -> OpId {
         let context = self.handles[h as usize].context;
-        while let Some(fd) = self.handles[h as usize].accepted.pop_front() {
+        while let Some(fd) = self.cold[h as usize].accepted.pop_front() {
             if let Some(output) = super::multishot::accepted(fd) {
                 let id = OpId::next();
                 let c = Completion::of(context, user, id, OpKind::Accept, Ok(0), output);
@@ -205,11 +219,13 @@ impl State {
         }
         let op = self.new_op(OpKind::Accept, h, user, deadline, Body::Waiter);
         let idx = self.alloc(op);
-        self.handles[h as usize].waiters.push_back(idx);
+        self.handles[h as usize]
+            .waiters
+            .push_back(&mut self.slots, idx);
         if let Some(at) = deadline {
             self.arm_waiter_deadline(idx, at);
         }
-        if self.handles[h as usize].armed.is_none() {
+        if self.handles[h as usize].armed == NONE {
             self.arm(h, Body::MultiAccept, OpKind::Accept);
         }
         OpId::from_u64(self.ud(idx))
@@ -223,7 +239,7 @@ impl State {
         let mut op = self.new_op(kind, h, 0, None, body);
         op.live = None;
         let idx = self.alloc(op);
-        self.handles[h as usize].armed = Some(idx);
+        self.handles[h as usize].armed = idx;
         self.issue(idx);
     }
 
@@ -270,10 +286,10 @@ impl State {
         let (h, lane, waiter) = (op.handle, op.lane, matches!(op.body, Body::Waiter));
         let handle = &mut self.handles[h as usize];
         if waiter {
-            handle.waiters.retain(|&w| w != idx);
+            handle.waiters.remove(&mut self.slots, idx);
             self.deliver(idx, Err(cancelled()), Output::None, None);
         } else if let Some(d) = lane {
-            handle.lanes[d as usize].waiting.retain(|&w| w != idx);
+            handle.lanes[d as usize].remove(&mut self.slots, idx);
             self.deliver_unstarted(idx, cancelled());
         }
         Ok(())
@@ -300,17 +316,16 @@ impl State {
     /// kernel: its pooled receives and accepts, and the operations waiting for a lane.
     pub(super) fn cancel_waiting(&mut self, h: u32) {
         let handle = &mut self.handles[h as usize];
-        let waiters = std::mem::take(&mut handle.waiters);
-        let lanes: Vec<u32> = handle
-            .lanes
-            .iter_mut()
-            .flat_map(|l| std::mem::take(&mut l.waiting))
-            .collect();
-        for w in waiters {
+        let mut waiters = std::mem::replace(&mut handle.waiters, Fifo::EMPTY);
+        let mut lanes = std::mem::replace(&mut handle.lanes, [Fifo::EMPTY; 2]);
+        // Each entry's link is read before it is delivered (which may free it).
+        while let Some(w) = waiters.pop_front(&self.slots) {
             self.deliver(w, Err(cancelled()), Output::None, None);
         }
-        for w in lanes {
-            self.deliver_unstarted(w, cancelled());
+        for lane in &mut lanes {
+            while let Some(w) = lane.pop_front(&self.slots) {
+                self.deliver_unstarted(w, cancelled());
+            }
         }
     }
 
@@ -318,8 +333,8 @@ impl State {
     /// descriptor too when records (which name the raw descriptor) are among them.
     pub(super) fn push_cancels(&mut self, h: u32) {
         let (raw_ops, raw) = {
-            let handle = &self.handles[h as usize];
-            (handle.raw_ops, handle.raw)
+            let cold = &self.cold[h as usize];
+            (cold.raw_ops, cold.raw)
         };
         let fixed = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(h)).all())
             .build()

@@ -46,7 +46,7 @@ impl State {
                 continue;
             }
             handle.starved = false;
-            if handle.armed.is_none() && !handle.waiters.is_empty() {
+            if handle.armed == NONE && !handle.waiters.is_empty() {
                 self.arm(h, Body::MultiRecv, OpKind::RecvPooled);
             }
         }
@@ -93,17 +93,17 @@ impl State {
             let slot = self.slots.get(index(ud))?;
             let op = slot.op.as_ref()?;
             let multi = matches!(op.body, Body::MultiRecv);
-            multi
-                .then(|| self.handles.get(op.handle as usize))
-                .flatten()
+            multi.then_some(op.handle as usize)
         };
         for &(ud, _, _) in batch {
-            if let Some(handle) = handle_of(ud) {
+            if let Some(handle) = handle_of(ud).and_then(|h| self.handles.get(h)) {
                 prefetch(handle);
             }
         }
         for &(ud, _, _) in batch {
-            let waiter = handle_of(ud).and_then(|h| h.waiters.front().copied());
+            let waiter = handle_of(ud)
+                .and_then(|h| self.handles.get(h))
+                .and_then(|h| h.waiters.front());
             if let Some(slot) = waiter.and_then(|w| self.slots.get(w as usize)) {
                 prefetch(slot);
             }
@@ -145,10 +145,9 @@ impl State {
         op.cqes -= 1;
         let (h, record) = (op.handle, matches!(op.body, Body::Record(_)));
         if h != NO_HANDLE {
-            let handle = &mut self.handles[h as usize];
-            handle.kernel -= 1;
+            self.handles[h as usize].kernel -= 1;
             if record {
-                handle.raw_ops -= 1;
+                self.cold[h as usize].raw_ops -= 1;
             }
         }
     }
@@ -163,12 +162,12 @@ impl State {
             if res == -libc::ETIME && !op.finished {
                 let (h, lane) = (op.handle, op.lane);
                 if matches!(op.body, Body::Waiter) {
-                    self.handles[h as usize].waiters.retain(|&w| w != idx);
+                    self.handles[h as usize]
+                        .waiters
+                        .remove(&mut self.slots, idx);
                     self.deliver(idx, Err(deadline_passed()), Output::None, None);
                 } else if let Some(d) = lane {
-                    self.handles[h as usize].lanes[d as usize]
-                        .waiting
-                        .retain(|&w| w != idx);
+                    self.handles[h as usize].lanes[d as usize].remove(&mut self.slots, idx);
                     self.deliver_unstarted(idx, deadline_passed());
                 }
                 return;
@@ -288,12 +287,13 @@ impl State {
 
     /// Operation `idx`, which held lane `d` of handle `h`, ended: the next one starts.
     pub(super) fn hand_over(&mut self, h: u32, d: Dir, idx: u32) {
-        let lane = &mut self.handles[h as usize].lanes[d as usize];
-        if lane.busy != Some(idx) {
+        let handle = &mut self.handles[h as usize];
+        if handle.busy[d as usize] != idx {
             return;
         }
-        lane.busy = lane.waiting.pop_front();
-        if let Some(next) = lane.busy {
+        let next = handle.lanes[d as usize].pop_front(&self.slots);
+        handle.busy[d as usize] = next.unwrap_or(NONE);
+        if let Some(next) = next {
             self.issue(next);
         }
     }

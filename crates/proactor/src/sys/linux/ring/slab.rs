@@ -50,6 +50,7 @@ impl State {
                 );
                 self.slots.push(Slot {
                     seq,
+                    next: NONE,
                     op: Some(op),
                     ts: None,
                 });
@@ -65,13 +66,14 @@ impl State {
         if !op.finished || op.cqes > 0 {
             return;
         }
-        let op = slot.op.take().expect("checked");
+        let handle = op.handle;
+        // Dropped where it is (no move out of the slab).
+        slot.op = None;
         self.free_slots.push(idx);
         self.live_slots -= 1;
-        if op.handle != NO_HANDLE {
-            let h = &mut self.handles[op.handle as usize];
-            h.ops -= 1;
-            self.maybe_free_handle(op.handle);
+        if handle != NO_HANDLE {
+            self.handles[handle as usize].ops -= 1;
+            self.maybe_free_handle(handle);
         }
     }
 

@@ -18,9 +18,15 @@ impl State {
 
     /// Queues `sqe` (submitting what is queued first if the queue is full).
     pub(super) fn push(&mut self, sqe: &Entry) {
-        self.room(1);
+        // One look at the queue (its head, shared with the kernel) when there is room, which
+        // is nearly always.
         // SAFETY: every pointer in the SQEs this engine builds names memory it keeps until
         // the operation's CQE (buffers, records, boxed timespecs) or nothing.
+        if unsafe { self.ring.submission().push(sqe) }.is_ok() {
+            return;
+        }
+        self.room(1);
+        // SAFETY: as above; there is room now.
         let pushed = unsafe { self.ring.submission().push(sqe) };
         debug_assert!(pushed.is_ok());
     }
@@ -104,10 +110,9 @@ impl State {
         let deadline = op.deadline.filter(|_| op.kind != OpKind::Timer);
         let handle = op.handle;
         if handle != NO_HANDLE {
-            let h = &mut self.handles[handle as usize];
-            h.kernel += 1;
+            self.handles[handle as usize].kernel += 1;
             if is_record {
-                h.raw_ops += 1;
+                self.cold[handle as usize].raw_ops += 1;
             }
         }
         match deadline {
