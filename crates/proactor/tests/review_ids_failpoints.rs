@@ -104,3 +104,62 @@ fn a_port_dropped_with_refused_operations_frees_them() {
     assert_eq!(proactor::live_operations(), before, "records leaked");
     scenario.teardown();
 }
+
+/// A `LocalPort` whose slab (io_uring engine: `ring::slab_full`) or table (the shared engine:
+/// `table::full`) is full fails the operation with an out-of-memory error and hands back its
+/// buffer; on the ring, a pooled receive whose multishot receive cannot be started fails too
+/// (it would wait forever otherwise). The port goes on once there is room.
+#[test]
+fn a_full_local_port_fails_the_operation_not_the_process() {
+    let _s = serial();
+    let scenario = fail::FailScenario::setup();
+    let port = proactor::LocalPort::new().unwrap();
+    let ring = port.setup() != "shared port";
+    let (conn, mut peer) = common::local::pair(&port, each_ip_v4(), 1);
+    fail::cfg("ring::slab_full", "return").unwrap();
+    fail::cfg("table::full", "return").unwrap();
+    let recv = port.recv(&conn, Vec::with_capacity(8)); // no data: it would wait
+    let send = port.send(&conn, b"abc".to_vec());
+    let timer = port.timer(std::time::Duration::from_secs(60));
+    fail::remove("ring::slab_full");
+    fail::remove("table::full");
+    if !ring {
+        // The shared engine's timers take no table entry: this one runs, and is cancelled.
+        let _ = port.cancel(timer);
+    }
+    let mut left = vec![recv, send, timer];
+    while !left.is_empty() {
+        let mut c = next(&port);
+        let at = left.iter().position(|&id| id == c.id());
+        let at = at.unwrap_or_else(|| panic!("{c:?} is not one submitted: {left:?}"));
+        left.swap_remove(at);
+        let id = c.id();
+        if id == recv || ring {
+            let e = c.result().expect_err("refused");
+            assert!(out_of_memory(&e), "{c:?}: {e}");
+            assert!(port.cancel(id).is_err(), "a refused id names nothing");
+        }
+        if id == recv {
+            assert_eq!(c.take_buffer().map(|b| b.capacity()), Some(8));
+        } else if id == send && ring {
+            assert_eq!(c.take_buffer().as_deref(), Some(&b"abc"[..]));
+        }
+    }
+    if ring {
+        // The pooled receive takes its entry; its multishot receive finds none.
+        fail::cfg("ring::slab_full", "1*off->return").unwrap();
+        let pooled = port.recv_pooled(&conn);
+        fail::remove("ring::slab_full");
+        let c = next(&port);
+        assert_eq!(c.id(), pooled);
+        let e = c.result().expect_err("refused");
+        assert!(out_of_memory(&e), "{c:?}: {e}");
+    }
+    // Room again: a pooled receive gets the data.
+    let pooled = port.recv_pooled(&conn);
+    peer.write_all(b"hi").unwrap();
+    let mut c = next(&port);
+    assert_eq!((c.id(), c.result().unwrap()), (pooled, 2));
+    assert_eq!(&c.take_pooled().unwrap()[..], b"hi");
+    scenario.teardown();
+}

@@ -123,7 +123,10 @@ impl State {
         };
         let mut op = self.new_op(kind, h, user, deadline, body);
         op.lane = dir;
-        let idx = self.alloc(op);
+        let idx = match self.alloc(op) {
+            Ok(idx) => idx,
+            Err(op) => return self.refuse_full(op),
+        };
         let ud = self.ud(idx);
         if let Body::Record(r) = &mut self.op(idx).body {
             r.id = OpId::from_u64(ud);
@@ -171,7 +174,10 @@ impl State {
 
     pub(super) fn timer(&mut self, user: usize, after: Duration) -> OpId {
         let op = self.new_op(OpKind::Timer, NO_HANDLE, user, None, Body::Nothing);
-        let idx = self.alloc(op);
+        let idx = match self.alloc(op) {
+            Ok(idx) => idx,
+            Err(op) => return self.refuse_full(op),
+        };
         let slot = &mut self.slots[idx as usize];
         let ts = slot.ts.get_or_insert_with(|| Box::new(Timespec::new()));
         **ts = Timespec::new()
@@ -193,7 +199,10 @@ impl State {
             return self.ready_now(context, user, OpKind::RecvPooled, Got::Eof);
         }
         let op = self.new_op(OpKind::RecvPooled, h, user, deadline, Body::Waiter);
-        let idx = self.alloc(op);
+        let idx = match self.alloc(op) {
+            Ok(idx) => idx,
+            Err(op) => return self.refuse_full(op),
+        };
         self.handles[h as usize]
             .waiters
             .push_back(&mut self.slots, idx);
@@ -218,7 +227,10 @@ impl State {
             }
         }
         let op = self.new_op(OpKind::Accept, h, user, deadline, Body::Waiter);
-        let idx = self.alloc(op);
+        let idx = match self.alloc(op) {
+            Ok(idx) => idx,
+            Err(op) => return self.refuse_full(op),
+        };
         self.handles[h as usize]
             .waiters
             .push_back(&mut self.slots, idx);
@@ -238,7 +250,10 @@ impl State {
         }
         let mut op = self.new_op(kind, h, 0, None, body);
         op.live = None;
-        let idx = self.alloc(op);
+        let Ok(idx) = self.alloc(op) else {
+            self.fail_waiters(h);
+            return;
+        };
         self.handles[h as usize].armed = idx;
         self.issue(idx);
     }

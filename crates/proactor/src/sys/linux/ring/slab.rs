@@ -25,8 +25,20 @@ impl State {
             .expect("a live slab entry")
     }
 
-    /// Puts `op` in a free entry; returns its index.
-    pub(super) fn alloc(&mut self, op: Op) -> u32 {
+    /// Puts `op` in a free entry; returns its index, or gives `op` back when the slab is full:
+    /// 2^24 operations in flight, as many as an id can name (see [`State::refuse_full`]).
+    pub(super) fn alloc(&mut self, op: Op) -> Result<u32, Op> {
+        let full = self.free_slots.is_empty() && self.slots.len() >= 1 << crate::op::INDEX_BITS;
+        // Test-only: the slab is full.
+        #[cfg(feature = "failpoints")]
+        let full = full
+            || (|| {
+                fail::fail_point!("ring::slab_full", |_| true);
+                false
+            })();
+        if full {
+            return Err(op);
+        }
         if op.handle != NO_HANDLE {
             self.handles[op.handle as usize].ops += 1;
         }
@@ -40,22 +52,54 @@ impl State {
                 let slot = &mut self.slots[idx as usize];
                 slot.op = Some(op);
                 slot.seq = seq;
-                idx
+                Ok(idx)
             }
             None => {
-                // An id has room for 2^24 entries (16.7 million operations in flight).
-                assert!(
-                    self.slots.len() < 1 << crate::op::INDEX_BITS,
-                    "more operations in flight than an id can name"
-                );
                 self.slots.push(Slot {
                     seq,
                     next: NONE,
                     op: Some(op),
                     ts: None,
                 });
-                self.slots.len() as u32 - 1
+                Ok(self.slots.len() as u32 - 1)
             }
+        }
+    }
+
+    /// Completes user operation `op`, which found the slab full, with an out-of-memory error
+    /// at once, handing back what it owned; returns its id (one that names no entry).
+    pub(super) fn refuse_full(&mut self, op: Op) -> OpId {
+        let error = from_errno(libc::ENOMEM);
+        let Op {
+            kind,
+            context,
+            user,
+            body,
+            ..
+        } = op;
+        if let Body::Record(mut r) = body {
+            r.refused = Some(error);
+            let c = op::complete(*r, Ok(0));
+            let id = c.id;
+            self.ready.push_back(LocalCompletion::new(c, None));
+            return id;
+        }
+        let id = OpId::next();
+        let (output, pooled) = match body {
+            Body::Recv(buf) | Body::Send { buf, .. } => (Output::Buffer(buf), None),
+            Body::SendPooled { buf, .. } => (Output::None, buf),
+            _ => (Output::None, None),
+        };
+        let c = Completion::of(context, user, id, kind, Err(error), output);
+        self.ready.push_back(LocalCompletion::new(c, pooled));
+        id
+    }
+
+    /// Fails every pooled receive or accept waiting on handle `h` with an out-of-memory error:
+    /// its multishot operation could not be started, the slab being full.
+    pub(super) fn fail_waiters(&mut self, h: u32) {
+        while let Some(w) = self.handles[h as usize].waiters.pop_front(&self.slots) {
+            self.deliver(w, Err(from_errno(libc::ENOMEM)), Output::None, None);
         }
     }
 
