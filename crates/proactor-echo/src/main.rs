@@ -32,7 +32,7 @@ use clap::Parser;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// TCP port to listen on (1024 to 65535).
+    /// TCP port to listen on (1024 to 65535, or 0 for any free port: the ready line says which).
     // Negative numbers are taken as the value (`--port -1`), so the range check names the range
     // instead of clap reporting an unknown option.
     #[arg(long, default_value_t = 8080, value_parser = parse_port, allow_negative_numbers = true)]
@@ -69,12 +69,15 @@ struct Args {
     receive: Option<worker::Receive>,
 }
 
-/// A port from 1024 to 65535; the error names the range whatever was wrong.
+/// A port from 1024 to 65535, or 0 (any free port); the error names the range whatever was
+/// wrong. `-0` is not 0: it is refused.
 fn parse_port(s: &str) -> Result<u16, String> {
     s.parse::<u16>()
         .ok()
-        .filter(|p| *p >= 1024)
-        .ok_or_else(|| "expected a port number from 1024 to 65535".to_string())
+        .filter(|p| *p == 0 && s == "0" || *p >= 1024)
+        .ok_or_else(|| {
+            "expected a port number from 1024 to 65535 (or 0: any free port)".to_string()
+        })
 }
 
 fn main() -> ExitCode {
@@ -174,7 +177,8 @@ mod tests {
     fn ports_are_checked_at_both_ends() {
         assert_eq!(parse_port("1024"), Ok(1024));
         assert_eq!(parse_port("65535"), Ok(65535));
-        for bad in ["1023", "65536", "x", "-1", "", "8080 "] {
+        assert_eq!(parse_port("0"), Ok(0));
+        for bad in ["1023", "65536", "x", "-1", "", "8080 ", "-0", "00", "1"] {
             assert!(
                 parse_port(bad).unwrap_err().contains("1024 to 65535"),
                 "{bad}"

@@ -10,7 +10,7 @@ fn echo() -> Command {
 /// for an unknown option and said "unexpected argument '-1'").
 #[test]
 fn every_bad_port_exits_2_with_one_line_naming_the_range() {
-    for bad in ["80", "0", "1023", "65536", "abc", "-1", "-80000", "-0", ""] {
+    for bad in ["80", "00", "1023", "65536", "abc", "-1", "-80000", "-0", ""] {
         let joined = [format!("--port={bad}")];
         let split = ["--port".to_string(), bad.to_string()];
         let shared = ["--shared".to_string(), format!("--port={bad}")];

@@ -52,13 +52,10 @@ impl Server {
 
     /// Starts the server with extra environment variables (`RUST_LOG`).
     fn start_with(mode: &[&str], args: &[&str], env: &[(&str, &str)]) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Port 0: the server takes a free port itself and says which (a port found free here
+        // and passed on could be taken by another test's connection in between).
         let mut child = Command::new(env!("CARGO_BIN_EXE_proactor-echo"))
-            .args(["--port", &port.to_string()])
+            .args(["--port", "0"])
             .args(mode)
             .args(args)
             .envs(env.iter().copied())
@@ -81,12 +78,15 @@ impl Server {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect("ready line")
-            .parse()
-            .unwrap();
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let status = child.wait();
+            thread::sleep(Duration::from_millis(100)); // the rest of its stderr
+            panic!(
+                "no ready line ({line:?}); the server ended with {status:?}, its log:\n{}",
+                log.lock().unwrap()
+            );
+        };
+        let addr = addr.parse().unwrap();
         Server { child, addr, log }
     }
 

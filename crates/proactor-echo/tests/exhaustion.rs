@@ -5,7 +5,7 @@
 
 use std::{
     io::{BufRead, BufReader, ErrorKind, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     os::unix::process::CommandExt,
     process::{Child, Command, Stdio},
     sync::{
@@ -33,14 +33,10 @@ struct Server {
 impl Server {
     /// Starts the server in `mode`: `[]` (a port per worker) or `["--shared"]`.
     fn start(mode: &[&str]) -> Server {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        // Port 0: the server takes a free port itself and says which.
         let mut command = Command::new(env!("CARGO_BIN_EXE_proactor-echo"));
         command
-            .args(["--port", &port.to_string(), "--workers", "2"])
+            .args(["--port", "0", "--workers", "2"])
             .args(mode)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
@@ -79,12 +75,15 @@ impl Server {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let addr = line
-            .trim()
-            .strip_prefix("listening on ")
-            .expect("ready line")
-            .parse()
-            .unwrap();
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let status = child.wait();
+            thread::sleep(Duration::from_millis(100)); // the rest of its stderr
+            panic!(
+                "no ready line ({line:?}); the server ended with {status:?}, its log:\n{}",
+                log.lock().unwrap().join("\n")
+            );
+        };
+        let addr = addr.parse().unwrap();
         Server {
             child,
             addr,
