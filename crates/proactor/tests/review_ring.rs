@@ -402,6 +402,12 @@ fn closed_waiters_do_not_leak_into_the_next_connection() {
 /// reads, the stream is exactly the bytes each send reports, in submission order.
 #[test]
 fn lane_waiters_timing_out_in_the_middle_keep_the_stream_exact() {
+    lane_waiters_timing_out(None);
+    // The send in the kernel times out too, part sent (its bytes say how much).
+    lane_waiters_timing_out(Some(Duration::from_millis(15)));
+}
+
+fn lane_waiters_timing_out(first_deadline: Option<Duration>) {
     let Some(port) = ring_port(16, 4096) else {
         return;
     };
@@ -415,7 +421,9 @@ fn lane_waiters_timing_out_in_the_middle_keep_the_stream_exact() {
     for i in 0..24 {
         let len = if i == 0 { 8 << 20 } else { 1000 + i * 37 };
         let data: Vec<u8> = (offset..offset + len).map(|j| tag(1, j)).collect();
-        let id = if i > 0 && rng.below(3) == 0 {
+        let id = if let Some(after) = first_deadline.filter(|_| i == 0) {
+            port.with_timeout(after).send(&h, data)
+        } else if i > 0 && rng.below(3) == 0 {
             let ms = 1 + rng.below(5);
             port.with_timeout(Duration::from_millis(ms)).send(&h, data)
         } else {
@@ -426,7 +434,7 @@ fn lane_waiters_timing_out_in_the_middle_keep_the_stream_exact() {
     }
     // Let the deadlines fire while the lane is busy.
     let mut done = HashMap::new();
-    let until = Instant::now() + Duration::from_millis(30);
+    let until = Instant::now() + Duration::from_millis(40);
     while Instant::now() < until {
         if let Ok(c) = port.get_completion(Some(Duration::from_millis(5))) {
             done.insert(c.id(), c);
@@ -451,6 +459,12 @@ fn lane_waiters_timing_out_in_the_middle_keep_the_stream_exact() {
         match c.result() {
             Ok(m) => assert_eq!((m, n), (*len, *len)),
             Err(e) => assert!(is_deadline(&e), "{e}"),
+        }
+        if *from == 0 && first_deadline.is_some() {
+            assert!(
+                0 < n && n < *len,
+                "the first send partly sent: {n} of {len}"
+            );
         }
         want.extend((*from..from + n).map(|j| tag(1, j)));
     }
@@ -588,4 +602,39 @@ fn end_and_reset_reach_every_waiter() {
     }
     drop(h);
     assert_eq!(port.operations_in_flight(), 0);
+}
+
+/// A program that posts to itself on every completion (a task that keeps rescheduling
+/// itself) always finds a completion ready: the ring's completions (a 5 ms timer, data for a
+/// pooled receive) must still come, not wait until the posts stop.
+#[test]
+fn posts_in_a_loop_do_not_starve_the_ring() {
+    let Some(port) = ring_port(16, 4096) else {
+        return;
+    };
+    let (ours, mut peer) = raw_pair();
+    let h = port.add_handle(ours, 3).unwrap();
+    let recv = port.recv_pooled(&h);
+    peer.write_all(b"ping").unwrap();
+    let timer = port.timer(Duration::from_millis(5));
+    port.post(1, 0);
+    let start = Instant::now();
+    let (mut got_timer, mut got_recv) = (None, None);
+    let mut posts = 0;
+    while (got_timer.is_none() || got_recv.is_none()) && start.elapsed() < Duration::from_secs(1) {
+        let c = port.get_completion(Some(Duration::from_secs(1))).unwrap();
+        if c.id() == timer {
+            got_timer = Some(start.elapsed());
+        } else if c.id() == recv {
+            got_recv = Some(start.elapsed());
+        } else {
+            assert_eq!(c.kind(), OpKind::Post);
+            posts += 1;
+            port.post(1, posts);
+        }
+    }
+    assert!(
+        got_timer.is_some() && got_recv.is_some(),
+        "after {posts} posts in 1 s: timer {got_timer:?}, pooled receive {got_recv:?}"
+    );
 }
