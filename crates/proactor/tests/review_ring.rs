@@ -833,3 +833,56 @@ fn cancel_all_then_pooled_receives_lose_nothing() {
     }
     assert_eq!(port.operations_in_flight(), 0);
 }
+
+/// A handle starved (the user holds the whole pool) whose waiting receive times out, closed
+/// while still listed as starved; the next connection takes its slot and starves too: once
+/// the buffers come back it is re-armed once and gets its bytes in order.
+#[test]
+fn starved_handle_closed_and_its_slot_reused() {
+    let Some(port) = ring_port(2, 64) else {
+        return;
+    };
+    for round in 0..5 {
+        let (ours, mut peer) = raw_pair();
+        let a = port.add_handle(ours, 10 + round).unwrap();
+        let mut held = Vec::new();
+        let mut got = 0;
+        peer.write_all(&[9; 1000]).unwrap();
+        while held.len() < 2 {
+            port.recv_pooled(&a);
+            let mut c = port.get_completion(Some(Duration::from_secs(5))).unwrap();
+            got += c.result().unwrap();
+            held.push(c.take_pooled().unwrap());
+        }
+        // No buffer left: the multishot receive ends on ENOBUFS, the receive times out.
+        let w = port.with_timeout(Duration::from_millis(3)).recv_pooled(&a);
+        let c = port.get_completion(Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(c.id(), w);
+        assert!(is_deadline(&c.result().unwrap_err()), "got {got}");
+        let (l, mut peer) = connecting();
+        drop(a);
+        let ours = l.accept().unwrap().0;
+        let b = port.add_handle(ours, 20 + round).unwrap();
+        let data: Vec<u8> = (0..3000).map(|j| tag(20 + round, j)).collect();
+        peer.write_all(&data).unwrap();
+        let first = port.recv_pooled(&b);
+        assert!(
+            port.get_completion(Some(Duration::from_millis(20)))
+                .is_err()
+        );
+        held.clear();
+        let mut at = 0;
+        let mut want = first;
+        while at < data.len() {
+            let mut c = port.get_completion(Some(Duration::from_secs(5))).unwrap();
+            assert_eq!((c.context(), c.id()), (20 + round, want));
+            let buf = c.take_pooled().unwrap();
+            assert_eq!(&buf[..], &data[at..at + buf.len()]);
+            at += buf.len();
+            if at < data.len() {
+                want = port.recv_pooled(&b);
+            }
+        }
+    }
+    assert!(port.pool_starvations() >= 5);
+}
