@@ -84,6 +84,11 @@ const MAX_SLOTS: u32 = 16_384;
 const POLL_FIRST: u16 = 1;
 /// How long dropping the ring waits for the kernel to finish what it cancelled.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// `get_completions` calls in a row that may hand out completions without entering the ring
+/// (some were ready, nothing to submit): then one enters, to run the task work that posts the
+/// kernel's completions (with `DEFER_TASKRUN` nothing else does), so that a program whose
+/// every completion makes another ready one (a post to itself) does not starve the ring.
+const MAX_CALLS_UNENTERED: u32 = 64;
 
 /// The io_uring engine.
 pub(crate) struct Ring {
@@ -124,6 +129,8 @@ struct State {
     paused: u64,
     /// Set while dropping: nothing is re-armed or continued, completions are dropped.
     closing: bool,
+    /// `get_completions` calls since the ring was last entered (see [`MAX_CALLS_UNENTERED`]).
+    unentered: u32,
 }
 
 /// One entry of the slab.
@@ -321,6 +328,7 @@ impl Ring {
                 enobufs: 0,
                 paused: 0,
                 closing: false,
+                unentered: 0,
             }),
             setup,
         })
@@ -408,8 +416,10 @@ impl Ring {
                 let left = until.map(|u| u.saturating_duration_since(Instant::now()));
                 let wait = left.is_none_or(|l| !l.is_zero());
                 st.enter(wait, left)?;
-            } else if st.sq_len() > 0 {
+            } else if st.sq_len() > 0 || st.unentered >= MAX_CALLS_UNENTERED {
                 st.enter(false, None)?;
+            } else {
+                st.unentered += 1;
             }
             st.reap();
             if !st.ready.is_empty() {

@@ -12,6 +12,7 @@ impl State {
     }
 
     pub(super) fn enter(&mut self, wait: bool, timeout: Option<Duration>) -> io::Result<()> {
+        self.unentered = 0;
         let n = self.sq_len() as u32;
         self.enter.enter(n, wait, timeout)
     }
