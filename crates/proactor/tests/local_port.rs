@@ -1052,3 +1052,41 @@ fn a_pooled_receive_on_a_unix_datagram_socket_is_refused_and_a_unix_stream_serve
     assert_eq!(c.result().unwrap(), 6, "{c:?}");
     assert_eq!(&c.take_pooled().unwrap()[..], b"stream");
 }
+
+/// A program that posts to itself on every completion (a task that keeps rescheduling
+/// itself) always finds a completion ready: the kernel's completions (a 5 ms timer, data for a
+/// pooled receive) must still come, not wait until the posts stop. On every engine: the ring
+/// enters at least every 64 calls (with deferred task work the kernel posts CQEs only then),
+/// the shared engine asks its port as often.
+#[test]
+fn posts_in_a_loop_do_not_starve_the_kernels_completions() {
+    let _s = serial();
+    let port = LocalPort::with_pool(16, 4096).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 3);
+    let recv = port.recv_pooled(&h);
+    peer.write_all(b"ping").unwrap();
+    let timer = port.timer(Duration::from_millis(5));
+    port.post(1, 0);
+    let start = Instant::now();
+    let (mut got_timer, mut got_recv) = (None, None);
+    let mut posts = 0;
+    while (got_timer.is_none() || got_recv.is_none()) && start.elapsed() < Duration::from_secs(2) {
+        let c = port.get_completion(Some(Duration::from_secs(1))).unwrap();
+        if c.id() == timer {
+            got_timer = Some(start.elapsed());
+        } else if c.id() == recv {
+            got_recv = Some(start.elapsed());
+        } else {
+            assert_eq!(c.kind(), OpKind::Post);
+            posts += 1;
+            port.post(1, posts);
+        }
+    }
+    assert!(
+        got_timer.is_some() && got_recv.is_some(),
+        "{}: after {posts} posts in 2 s: timer {got_timer:?}, pooled receive {got_recv:?}",
+        port.setup()
+    );
+    // The post still queued.
+    assert_eq!(next(&port).kind(), OpKind::Post);
+}

@@ -634,41 +634,6 @@ fn end_and_reset_reach_every_waiter() {
     assert_eq!(port.operations_in_flight(), 0);
 }
 
-/// A program that posts to itself on every completion (a task that keeps rescheduling
-/// itself) always finds a completion ready: the ring's completions (a 5 ms timer, data for a
-/// pooled receive) must still come, not wait until the posts stop.
-#[test]
-fn posts_in_a_loop_do_not_starve_the_ring() {
-    let Some(port) = ring_port(16, 4096) else {
-        return;
-    };
-    let (ours, mut peer) = raw_pair();
-    let h = port.add_handle(ours, 3).unwrap();
-    let recv = port.recv_pooled(&h);
-    peer.write_all(b"ping").unwrap();
-    let timer = port.timer(Duration::from_millis(5));
-    port.post(1, 0);
-    let start = Instant::now();
-    let (mut got_timer, mut got_recv) = (None, None);
-    let mut posts = 0;
-    while (got_timer.is_none() || got_recv.is_none()) && start.elapsed() < Duration::from_secs(1) {
-        let c = port.get_completion(Some(Duration::from_secs(1))).unwrap();
-        if c.id() == timer {
-            got_timer = Some(start.elapsed());
-        } else if c.id() == recv {
-            got_recv = Some(start.elapsed());
-        } else {
-            assert_eq!(c.kind(), OpKind::Post);
-            posts += 1;
-            port.post(1, posts);
-        }
-    }
-    assert!(
-        got_timer.is_some() && got_recv.is_some(),
-        "after {posts} posts in 1 s: timer {got_timer:?}, pooled receive {got_recv:?}"
-    );
-}
-
 /// A client that connects and resets before the multishot accept's connection is handed out
 /// is dropped: the oldest waiting accept keeps its place and takes the next connection.
 #[test]

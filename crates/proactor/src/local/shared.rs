@@ -51,7 +51,15 @@ pub(crate) struct Shared {
     /// here rather than on its handle's readiness wait (which serves the oldest receive, may
     /// outlive it, and does not run while the handle waits for a buffer).
     deadlines: RefCell<BTreeSet<(Instant, OpId)>>,
+    /// Calls in a row that returned what was ready without asking the shared port (see
+    /// [`POLL_EVERY`]).
+    unpolled: Cell<u32>,
 }
+
+/// After this many calls in a row served from the engine's own ready queue, the next one also
+/// takes what the shared port has (without waiting): a program whose every completion makes
+/// another one ready here (a post to itself) would otherwise never see the port's.
+const POLL_EVERY: u32 = 64;
 
 /// A handle of the engine.
 struct Slot {
@@ -100,6 +108,7 @@ impl Shared {
             batch: RefCell::new(Vec::new()),
             waiting: Cell::new(0),
             deadlines: RefCell::new(BTreeSet::new()),
+            unpolled: Cell::new(0),
         })
     }
 
@@ -273,6 +282,7 @@ impl Shared {
         until: Option<Instant>,
         batch: &mut Vec<Completion>,
     ) -> io::Result<usize> {
+        let mut asked = false;
         loop {
             self.feed_starved();
             let soonest = self.expire();
@@ -285,6 +295,15 @@ impl Shared {
                 n += 1;
             }
             if n > 0 {
+                let unpolled = if asked { 0 } else { self.unpolled.get() + 1 };
+                self.unpolled.set(unpolled);
+                if unpolled >= POLL_EVERY {
+                    self.unpolled.set(0);
+                    match self.take_from_port(batch, max, Some(Duration::ZERO)) {
+                        Err(e) if e.kind() != io::ErrorKind::TimedOut => return Err(e),
+                        _ => {}
+                    }
+                }
                 return Ok(n);
             }
             // Nothing of ours is ready: wait in the shared port. A starved handle needs no
@@ -296,21 +315,33 @@ impl Shared {
                 (a, b) => a.or(b),
             };
             let wait = wait.map(|at| at.saturating_duration_since(Instant::now()));
-            batch.clear();
-            match self.port.get_completions(batch, max, wait) {
-                Ok(_) => {}
+            asked = true;
+            match self.take_from_port(batch, max, wait) {
+                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     if until.is_some_and(|at| Instant::now() >= at) {
                         return Err(e);
                     }
-                    continue;
                 }
                 Err(e) => return Err(e),
             }
-            for c in batch.drain(..) {
-                self.turn(c);
-            }
         }
+    }
+
+    /// Takes up to `max` completions from the shared port, waiting at most `wait`, and turns
+    /// them into the engine's (the ready queue). A timed-out wait is the port's `TimedOut`.
+    fn take_from_port(
+        &self,
+        batch: &mut Vec<Completion>,
+        max: usize,
+        wait: Option<Duration>,
+    ) -> io::Result<()> {
+        batch.clear();
+        self.port.get_completions(batch, max, wait)?;
+        for c in batch.drain(..) {
+            self.turn(c);
+        }
+        Ok(())
     }
 
     /// Ends the pooled receives whose deadline passed; when the next one is due.
