@@ -198,17 +198,10 @@ impl State {
         if handle.eof {
             return self.ready_now(context, user, OpKind::RecvPooled, Got::Eof);
         }
-        let op = self.new_op(OpKind::RecvPooled, h, user, deadline, Body::Waiter);
-        let idx = match self.alloc(op) {
+        let idx = match self.wait_on(h, OpKind::RecvPooled, user, deadline) {
             Ok(idx) => idx,
-            Err(op) => return self.refuse_full(op),
+            Err(refused) => return refused,
         };
-        self.handles[h as usize]
-            .waiters
-            .push_back(&mut self.slots, idx);
-        if let Some(at) = deadline {
-            self.arm_waiter_deadline(idx, at);
-        }
         let handle = &self.handles[h as usize];
         if handle.armed == NONE && !handle.starved {
             self.arm(h, Body::MultiRecv, OpKind::RecvPooled);
@@ -226,21 +219,34 @@ impl State {
                 return id;
             }
         }
-        let op = self.new_op(OpKind::Accept, h, user, deadline, Body::Waiter);
-        let idx = match self.alloc(op) {
+        let idx = match self.wait_on(h, OpKind::Accept, user, deadline) {
             Ok(idx) => idx,
-            Err(op) => return self.refuse_full(op),
+            Err(refused) => return refused,
         };
+        if self.handles[h as usize].armed == NONE {
+            self.arm(h, Body::MultiAccept, OpKind::Accept);
+        }
+        OpId::from_u64(self.ud(idx))
+    }
+
+    /// Queues a pooled receive or accept among handle `h`'s waiters, with its deadline; its
+    /// entry, or the id of its refusal when the slab is full.
+    fn wait_on(
+        &mut self,
+        h: u32,
+        kind: OpKind,
+        user: usize,
+        deadline: Option<Instant>,
+    ) -> Result<u32, OpId> {
+        let op = self.new_op(kind, h, user, deadline, Body::Waiter);
+        let idx = self.alloc(op).map_err(|op| self.refuse_full(op))?;
         self.handles[h as usize]
             .waiters
             .push_back(&mut self.slots, idx);
         if let Some(at) = deadline {
             self.arm_waiter_deadline(idx, at);
         }
-        if self.handles[h as usize].armed == NONE {
-            self.arm(h, Body::MultiAccept, OpKind::Accept);
-        }
-        OpId::from_u64(self.ud(idx))
+        Ok(idx)
     }
 
     /// Starts handle `h`'s multishot receive or accept.

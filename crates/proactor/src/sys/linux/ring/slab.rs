@@ -77,22 +77,21 @@ impl State {
             body,
             ..
         } = op;
-        if let Body::Record(mut r) = body {
-            r.refused = Some(error);
-            let c = op::complete(*r, Ok(0));
-            let id = c.id;
-            self.ready.push_back(LocalCompletion::new(c, None));
-            return id;
+        match hand_back(body) {
+            Ok((output, pooled)) => {
+                let id = OpId::next();
+                let c = Completion::of(context, user, id, kind, Err(error), output);
+                self.ready.push_back(LocalCompletion::new(c, pooled));
+                id
+            }
+            Err(mut r) => {
+                r.refused = Some(error);
+                let c = op::complete(*r, Ok(0));
+                let id = c.id;
+                self.ready.push_back(LocalCompletion::new(c, None));
+                id
+            }
         }
-        let id = OpId::next();
-        let (output, pooled) = match body {
-            Body::Recv(buf) | Body::Send { buf, .. } => (Output::Buffer(buf), None),
-            Body::SendPooled { buf, .. } => (Output::None, buf),
-            _ => (Output::None, None),
-        };
-        let c = Completion::of(context, user, id, kind, Err(error), output);
-        self.ready.push_back(LocalCompletion::new(c, pooled));
-        id
     }
 
     /// Fails every pooled receive or accept waiting on handle `h` with an out-of-memory error:
@@ -184,17 +183,13 @@ impl State {
     /// back what it owned.
     pub(super) fn deliver_unstarted(&mut self, idx: u32, error: io::Error) {
         let body = std::mem::replace(&mut self.op(idx).body, Body::Nothing);
-        match body {
-            Body::Recv(buf) | Body::Send { buf, .. } => {
-                self.deliver(idx, Err(error), Output::Buffer(buf), None)
-            }
-            Body::SendPooled { buf, .. } => self.deliver(idx, Err(error), Output::None, buf),
-            Body::Record(mut r) => {
+        match hand_back(body) {
+            Ok((output, pooled)) => self.deliver(idx, Err(error), output, pooled),
+            Err(mut r) => {
                 r.refused = Some(error);
                 let c = op::complete(*r, Ok(0));
                 self.deliver_completion(idx, c);
             }
-            _ => self.deliver(idx, Err(error), Output::None, None),
         }
     }
 
@@ -217,5 +212,16 @@ impl State {
             last.peer = peer;
             last.bytes = bytes;
         }
+    }
+}
+
+/// What an operation that never started hands back: its buffer (or pool buffer), or its
+/// record, which makes its own completion.
+fn hand_back(body: Body) -> Result<(Output, Option<PooledBuf>), Box<Record>> {
+    match body {
+        Body::Recv(buf) | Body::Send { buf, .. } => Ok((Output::Buffer(buf), None)),
+        Body::SendPooled { buf, .. } => Ok((Output::None, buf)),
+        Body::Record(r) => Err(r),
+        _ => Ok((Output::None, None)),
     }
 }
