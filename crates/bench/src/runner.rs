@@ -602,8 +602,9 @@ impl Session {
         let pressures_before = procstat::tcp_memory_pressures();
         let mut runs: Runs = vec![Vec::new(); servers.len()];
         let mut dropped = 0;
-        for _ in 0..self.reps {
-            for (i, s) in servers.iter().enumerate() {
+        for rep in 0..self.reps {
+            for i in rotated(servers.len(), rep) {
+                let s = &servers[i];
                 let mut kept = None;
                 for attempt in 1..=ATTEMPTS {
                     let port = self.next_port();
@@ -634,6 +635,13 @@ impl Session {
             pressures,
         }
     }
+}
+
+/// The order in which repetition `rep` runs `n` servers: each repetition starts one server
+/// later, so that no server always runs first (right after another cell, or another server's
+/// connections closing) or always after the same neighbour.
+fn rotated(n: usize, rep: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |k| (k + rep) % n.max(1))
 }
 
 /// One cell's runs.
@@ -1442,6 +1450,17 @@ mod tests {
             rts,
             ..Figures::default()
         })
+    }
+
+    #[test]
+    fn each_repetition_runs_every_server_once_and_starts_one_later() {
+        let orders: Vec<Vec<usize>> = (0..4).map(|r| rotated(3, r).collect()).collect();
+        assert_eq!(
+            orders,
+            [vec![0, 1, 2], vec![1, 2, 0], vec![2, 0, 1], vec![0, 1, 2]]
+        );
+        assert_eq!(rotated(1, 5).collect::<Vec<_>>(), [0]);
+        assert_eq!(rotated(0, 2).count(), 0);
     }
 
     #[test]

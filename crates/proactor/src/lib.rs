@@ -135,6 +135,12 @@ pub use socket2;
 /// operation that the kernel never completed (see [`Iocp`]'s drop). It exists so that tests and
 /// applications can check that nothing leaks.
 ///
+/// A [`LocalPort`] on io_uring keeps its operations in a slab of its own and adds them to this
+/// count in one step at the end of each [`get_completion`](LocalPort::get_completion) or
+/// [`get_completions`](LocalPort::get_completions) call and when it is dropped, rather than with
+/// an atomic operation per operation: between two such calls its newest operations may not be
+/// counted yet.
+///
 /// ```
 /// // A fresh process has submitted nothing.
 /// assert_eq!(proactor::live_operations(), 0);

@@ -268,6 +268,16 @@ impl Drop for LiveCount {
     }
 }
 
+/// Adds `added` live operations and removes `removed` at once: an engine that counts its own
+/// (the `LocalPort` ring) brings the process-wide count up to date in one step.
+pub(crate) fn live_adjust(added: usize, removed: usize) {
+    if added > removed {
+        LIVE.fetch_add(added - removed, Ordering::Relaxed);
+    } else if removed > added {
+        LIVE.fetch_sub(removed - added, Ordering::Relaxed);
+    }
+}
+
 pub(crate) fn live_operations() -> usize {
     LIVE.load(Ordering::Relaxed)
 }

@@ -465,6 +465,8 @@ fn dropping_the_port_with_operations_in_flight_frees_every_record() {
     port.timer(Duration::from_secs(60));
     port.with_timeout(Duration::from_secs(60))
         .send(&other, vec![1; 64 << 20]);
+    // The ring counts its operations in at each dequeue (none completes yet).
+    assert_quiet(&port);
     assert!(proactor::live_operations() > before);
     thread::sleep(Duration::from_millis(20));
     drop(port);
@@ -633,4 +635,47 @@ fn a_pooled_receive_beside_a_receive_with_a_buffer_is_refused_but_not_beside_rea
         }
     }
     assert_eq!(got, b"two");
+}
+
+/// The ring adds its operations to `live_operations()` once per `get_completions` call (and
+/// when dropped) rather than per operation: the count is right at each of those points, and
+/// operations the user never dequeued still come back to 0 when the port drops.
+#[test]
+fn live_operations_are_counted_at_each_dequeue_and_at_drop() {
+    let _g = serial();
+    let Some(port) = ring_port(16, 256) else {
+        return;
+    };
+    let base = proactor::live_operations();
+    let (a, mut peer) = pair(&port, 1);
+    let (b, _peer_b) = pair(&port, 2);
+    port.recv_pooled(&a);
+    port.recv(&b, Vec::with_capacity(64));
+    port.timer(Duration::from_secs(60));
+    let mut batch = Vec::new();
+    let err = port
+        .get_completions(&mut batch, 8, Some(Duration::from_millis(20)))
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    assert_eq!(proactor::live_operations(), base + 3, "three in flight");
+
+    peer.write_all(b"x").unwrap();
+    let done = port.get_completion(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(done.kind(), OpKind::RecvPooled);
+    assert_eq!(
+        proactor::live_operations(),
+        base + 2,
+        "the receive completed"
+    );
+    drop(done);
+
+    // Started and never dequeued: the drop cancels them and the count comes back down.
+    port.send(&a, b"y".to_vec());
+    drop((a, b));
+    drop(port);
+    assert_eq!(
+        proactor::live_operations(),
+        base,
+        "nothing left once the port dropped"
+    );
 }

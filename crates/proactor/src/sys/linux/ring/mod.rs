@@ -70,7 +70,7 @@ use crate::{
     Accepted, Completion, OpId, OpKind, PooledBuf,
     completion::{Output, grow_by},
     local::{LocalCompletion, LocalOp},
-    op::{LiveCount, Sequence},
+    op::Sequence,
     pool::Pool,
 };
 
@@ -121,6 +121,10 @@ struct State {
     picked: u32,
     /// The user's operations not yet completed.
     user_ops: usize,
+    /// What `user_ops` was when last added to the process-wide live count
+    /// (`crate::live_operations`): the ring brings that count up to date once per
+    /// `get_completions` and when dropped, not with an atomic operation per operation.
+    published: usize,
     /// Slots in use (operations whose completion or CQEs are still to come).
     live_slots: usize,
     /// How many times a multishot receive found the pool empty.
@@ -165,8 +169,9 @@ struct Op {
     finished: bool,
     /// The stream lane it runs in.
     lane: Option<Dir>,
-    /// The user's operations count as live (`crate::live_operations`); the engine's own do not.
-    live: Option<LiveCount>,
+    /// A user's operation, counted in `user_ops` (and so in `crate::live_operations`) until
+    /// its completion is made; the engine's own are not.
+    counted: bool,
 }
 
 /// What an operation owns.
@@ -324,6 +329,7 @@ impl Ring {
                 lent: 0,
                 picked: 0,
                 user_ops: 0,
+                published: 0,
                 live_slots: 0,
                 enobufs: 0,
                 paused: 0,
@@ -409,6 +415,20 @@ impl Ring {
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
         let mut st = self.st.borrow_mut();
+        let got = st.get_completions(out, max, timeout);
+        st.publish_live();
+        got
+    }
+}
+
+impl State {
+    fn get_completions(
+        &mut self,
+        out: &mut Vec<LocalCompletion>,
+        max: usize,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let st = self;
         let until = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             st.replenish();
@@ -443,6 +463,12 @@ impl Ring {
             }
         }
     }
+
+    /// Brings the process-wide live count up to date with `user_ops`.
+    fn publish_live(&mut self) {
+        crate::op::live_adjust(self.user_ops, self.published);
+        self.published = self.user_ops;
+    }
 }
 
 impl Drop for Ring {
@@ -461,6 +487,8 @@ impl Drop for Ring {
             st.reap();
         }
         st.ready.clear();
+        // Operations the kernel never completed stay counted: they are leaked below.
+        st.publish_live();
         if st.live_slots > 0 {
             // The kernel may still write these operations' buffers and the pool: leak them.
             tracing::warn!(

@@ -255,7 +255,7 @@ impl State {
             return;
         }
         let mut op = self.new_op(kind, h, 0, None, body);
-        op.live = None;
+        op.counted = false;
         let Ok(idx) = self.alloc(op) else {
             self.fail_waiters(h);
             return;
@@ -293,7 +293,7 @@ impl State {
             return Err(not_found());
         };
         let op = self.op(idx);
-        if op.finished || op.live.is_none() {
+        if op.finished || !op.counted {
             return Err(not_found());
         }
         if op.in_kernel {

@@ -6,6 +6,13 @@ use super::*;
 /// Buffers lent to the kernel at least, after each top-up (see `State::replenish`).
 const MIN_WINDOW: u32 = 64;
 
+/// Handles from which `reap` prefetches what each CQE leads to ([`State::warm`]). Below, the
+/// handles and their slab entries (about 64 + 3 x 96 bytes a connection) stay in the first
+/// cache levels, and the prefetching only adds work: about 100 instructions per echo at 100
+/// connections, where it saves no miss (callgrind). From 1,000 connections up it saves about
+/// 1.6 L1 misses per echo, which come in series otherwise.
+const WARM_FROM: usize = 256;
+
 impl State {
     /// Gives the buffers that came back to the kernel, and re-arms the handles that waited
     /// for them.
@@ -66,7 +73,9 @@ impl State {
                 }
                 n
             };
-            self.warm(&batch[..n]);
+            if self.handles.len() >= WARM_FROM {
+                self.warm(&batch[..n]);
+            }
             for &(ud, res, flags) in &batch[..n] {
                 self.on_cqe(ud, res, flags);
             }

@@ -42,7 +42,7 @@ impl State {
         if op.handle != NO_HANDLE {
             self.handles[op.handle as usize].ops += 1;
         }
-        if op.live.is_some() {
+        if op.counted {
             self.user_ops += 1;
         }
         self.live_slots += 1;
@@ -146,7 +146,7 @@ impl State {
             cancelled: false,
             finished: false,
             lane: None,
-            live: Some(LiveCount::new()),
+            counted: true,
         }
     }
 
@@ -161,7 +161,7 @@ impl State {
         let id = OpId::from_u64(self.ud(idx));
         let op = self.op(idx);
         op.finished = true;
-        op.live = None;
+        op.counted = false;
         let (context, user, kind) = (op.context, op.user, op.kind);
         let timer = std::mem::take(&mut op.timer);
         self.user_ops -= 1;
