@@ -30,7 +30,7 @@ enum What {
         /// and 8, pinned and not); the default is a quick subset.
         #[arg(long)]
         full: bool,
-        /// Repetitions of each cell (servers interleaved A B C A B C ...).
+        /// Repetitions of each cell (servers interleaved A B C, B C A, C A B, ...).
         #[arg(long, default_value_t = 5)]
         reps: usize,
         /// Seconds measured per run (after one second of warm-up).
@@ -64,7 +64,7 @@ enum What {
 
 #[derive(clap::Args)]
 struct TargetsArgs {
-    /// Repetitions of each cell (servers interleaved A B C A B C ...).
+    /// Repetitions of each cell (servers interleaved A B C, B C A, C A B, ...).
     #[arg(long, default_value_t = 5)]
     reps: usize,
     /// Seconds measured per run (after the warm-up).
@@ -662,7 +662,7 @@ fn too_large(cell: &Cell) -> Option<(u64, u64)> {
 
 fn preamble(reps: usize, secs: u64, warmup: Duration) -> String {
     format!(
-        "{} CPUs; {reps} interleaved repetitions per cell (each repetition runs every server back to back); \
+        "{} CPUs; {reps} interleaved repetitions per cell (each repetition runs every server back to back, starting one server later than the one before); \
          {:.1} s warm-up + {secs} s measured; pinned = server on CPU 0, generator on CPU 1 (taskset), \
          except `proactor (no flags)`, never pinned; load average before each run recorded. \
          Ratios: per repetition, each server's figure over the best peer's / best reference's of that \
