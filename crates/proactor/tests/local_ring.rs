@@ -916,3 +916,55 @@ fn take(port: &LocalPort, left: &mut Vec<proactor::OpId>, wait: Duration) {
         left.swap_remove(at.unwrap());
     }
 }
+
+/// Records that wait for their lane and end there (cancelled, or their deadline passing) or
+/// run after it: each counts once while it waits and nothing once it completed.
+#[test]
+fn records_waiting_for_their_lane_count_once_and_not_after() {
+    let _g = serial();
+    let Some(port) = ring_port(16, 4096) else {
+        return;
+    };
+    let base = proactor::live_operations();
+    let (conn, client) = pair(&port, 1);
+    // The client does not read yet: this send holds the send lane.
+    let stuck = port.send(&conn, vec![1; 64 << 20]);
+    let cancelled = port.send_vectored(&conn, vec![b"ab".to_vec()]);
+    let late = port
+        .with_timeout(Duration::from_millis(30))
+        .send_vectored(&conn, vec![b"cd".to_vec()]);
+    let runs = port.send_vectored(&conn, vec![b"ef".to_vec()]);
+    publish(&port);
+    assert_eq!(proactor::live_operations(), base + 4);
+    port.cancel(cancelled).unwrap();
+    let c = next(&port);
+    assert_eq!(c.id(), cancelled);
+    assert!(c.is_cancelled());
+    assert_eq!(proactor::live_operations(), base + 3);
+    let c = next(&port);
+    assert_eq!(c.id(), late);
+    assert!(proactor::is_deadline(&c.result().unwrap_err()));
+    assert_eq!(proactor::live_operations(), base + 2);
+    port.cancel(stuck).unwrap();
+    let reader = thread::spawn(move || {
+        let mut client = client;
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        got
+    });
+    let mut ids = vec![next(&port).id(), next(&port).id()];
+    ids.sort();
+    let mut want = vec![stuck, runs];
+    want.sort();
+    assert_eq!(ids, want);
+    assert_eq!(proactor::live_operations(), base);
+    // What the stuck send sent, then "ef".
+    drop(conn);
+    let got = reader.join().unwrap();
+    assert!(got.ends_with(b"ef"));
+    assert!(got[..got.len() - 2].iter().all(|&b| b == 1));
+    publish(&port);
+    assert_eq!(proactor::live_operations(), base);
+    drop(port);
+    assert_eq!(proactor::live_operations(), base);
+}
