@@ -638,8 +638,8 @@ impl Session {
 }
 
 /// The order in which repetition `rep` runs `n` servers: each repetition starts one server
-/// later, so that no server always runs first (right after another cell, or another server's
-/// connections closing) or always after the same neighbour.
+/// later, so that no server always runs first (right after another cell). The cyclic order is
+/// kept: a server that is not first still runs right after the same neighbour.
 fn rotated(n: usize, rep: usize) -> impl Iterator<Item = usize> {
     (0..n).map(move |k| (k + rep) % n.max(1))
 }
@@ -1461,6 +1461,24 @@ mod tests {
         );
         assert_eq!(rotated(1, 5).collect::<Vec<_>>(), [0]);
         assert_eq!(rotated(0, 2).count(), 0);
+    }
+
+    /// Every repetition runs each server exactly once, so that `runs[i][r]` is server `i`'s run
+    /// of repetition `r` whatever the order; over `n` repetitions each server is first once.
+    #[test]
+    fn every_rotation_is_a_permutation_and_each_server_leads_in_turn() {
+        for n in 0..9 {
+            let mut led = vec![0; n];
+            for rep in 0..3 * n {
+                let mut order: Vec<usize> = rotated(n, rep).collect();
+                if let Some(&first) = order.first() {
+                    led[first] += 1;
+                }
+                order.sort_unstable();
+                assert_eq!(order, (0..n).collect::<Vec<_>>(), "n {n}, rep {rep}");
+            }
+            assert!(led.iter().all(|&l| l == 3), "n {n}: {led:?}");
+        }
     }
 
     #[test]

@@ -138,8 +138,9 @@ pub use socket2;
 /// A [`LocalPort`] on io_uring keeps its operations in a slab of its own and adds them to this
 /// count in one step at the end of each [`get_completion`](LocalPort::get_completion) or
 /// [`get_completions`](LocalPort::get_completions) call and when it is dropped, rather than with
-/// an atomic operation per operation: between two such calls its newest operations may not be
-/// counted yet.
+/// an atomic operation per operation: between two such calls the count lags, operations started
+/// since not counted yet and operations completed since (cancelled by a handle's drop, say)
+/// still counted.
 ///
 /// ```
 /// // A fresh process has submitted nothing.

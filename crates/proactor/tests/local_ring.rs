@@ -679,3 +679,292 @@ fn live_operations_are_counted_at_each_dequeue_and_at_drop() {
         "nothing left once the port dropped"
     );
 }
+
+/// Waits a little for a completion that must not come: the ring brings `live_operations()` up
+/// to date at the end of the call.
+fn publish(port: &LocalPort) {
+    let mut batch = Vec::new();
+    match port.get_completions(&mut batch, 8, Some(Duration::from_millis(20))) {
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+        other => panic!("expected no completion, got {other:?} {batch:?}"),
+    }
+}
+
+/// A rare operation (on the ring, a record of the shared backend inside a slab entry) is one
+/// operation: counted once in `live_operations()` on every engine, not once for its record and
+/// once more for its entry.
+#[test]
+fn a_record_operation_counts_once() {
+    let _g = serial();
+    let port = LocalPort::with_pool(16, 256).unwrap();
+    let base = proactor::live_operations();
+    let (a, mut peer) = pair(&port, 1);
+    // Nothing to receive yet: it stays in the kernel.
+    let id = port.recv_vectored(&a, vec![Vec::with_capacity(4), Vec::with_capacity(4)]);
+    publish(&port);
+    assert_eq!(port.operations_in_flight(), 1);
+    assert_eq!(
+        proactor::live_operations(),
+        base + 1,
+        "one vectored receive"
+    );
+    port.readable(&a);
+    publish(&port);
+    assert_eq!(
+        proactor::live_operations(),
+        base + 2,
+        "and one readiness wait"
+    );
+    peer.write_all(b"abcdef").unwrap();
+    let first = next(&port);
+    assert_eq!((first.id(), first.result().unwrap()), (id, 6));
+    assert_eq!(
+        proactor::live_operations(),
+        base + 1,
+        "the readiness wait (behind it)"
+    );
+    drop(first);
+    peer.write_all(b"g").unwrap();
+    assert_eq!(next(&port).kind(), OpKind::Readable);
+    assert_eq!(proactor::live_operations(), base, "both done");
+    drop(a);
+    drop(port);
+    assert_eq!(proactor::live_operations(), base);
+}
+
+/// A pooled receive with a deadline, completed by data, keeps its entry until its deadline's
+/// timeout is removed: meanwhile its id is no longer cancellable (`NotFound`), and nothing of it
+/// stays counted.
+#[test]
+fn cancel_of_a_completed_operation_whose_entry_waits_for_its_timer_is_not_found() {
+    let _g = serial();
+    let Some(port) = ring_port(16, 256) else {
+        return;
+    };
+    let base = proactor::live_operations();
+    let (a, mut peer) = pair(&port, 1);
+    let id = port.with_timeout(Duration::from_secs(60)).recv_pooled(&a);
+    let timer = port.timer(Duration::from_secs(60));
+    publish(&port);
+    assert_eq!(proactor::live_operations(), base + 2);
+    peer.write_all(b"x").unwrap();
+    let done = next(&port);
+    assert_eq!((done.id(), done.result().unwrap()), (id, 1));
+    // Its timeout's removal is queued, not yet submitted: the entry is still there.
+    let e = port.cancel(id).expect_err("a completed operation");
+    assert_eq!(e.kind(), io::ErrorKind::NotFound);
+    assert_eq!(proactor::live_operations(), base + 1, "the timer only");
+    // The timer, still in flight, is cancellable; the receive still is not.
+    port.cancel(timer).unwrap();
+    let t = next(&port);
+    assert_eq!(t.id(), timer);
+    assert!(t.result().is_err());
+    assert_eq!(port.cancel(id).unwrap_err().kind(), io::ErrorKind::NotFound);
+    assert_eq!(
+        port.cancel(timer).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
+    publish(&port);
+    assert_eq!(proactor::live_operations(), base);
+    assert_eq!(port.operations_in_flight(), 0);
+    drop((done, a));
+    drop(port);
+    assert_eq!(proactor::live_operations(), base);
+}
+
+/// Operations refused at once (another port's handle, a receive with no room, a vectored
+/// receive with no room) never count, before or after their completions are dequeued.
+#[test]
+fn refused_operations_never_count() {
+    let _g = serial();
+    let Some(port) = ring_port(16, 256) else {
+        return;
+    };
+    let Some(other) = ring_port(16, 256) else {
+        return;
+    };
+    let base = proactor::live_operations();
+    let (a, _peer) = pair(&port, 1);
+    let (foreign, _fpeer) = pair(&other, 2);
+    let ids = [
+        port.recv(&foreign, Vec::with_capacity(8)),
+        port.recv_pooled(&foreign),
+        port.recv(&a, Vec::new()),
+        port.recv_vectored(&a, vec![Vec::new()]),
+    ];
+    assert_eq!(proactor::live_operations(), base);
+    let mut batch = Vec::new();
+    port.get_completions(&mut batch, 16, Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(batch.len(), ids.len(), "{batch:?}");
+    for c in &batch {
+        assert!(ids.contains(&c.id()));
+        assert!(c.result().is_err(), "{c:?}");
+        assert_eq!(
+            port.cancel(c.id()).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+    assert_eq!(proactor::live_operations(), base);
+    publish(&port);
+    assert_eq!(proactor::live_operations(), base);
+    drop(batch);
+    drop((a, foreign));
+    drop((port, other));
+    assert_eq!(proactor::live_operations(), base);
+}
+
+/// A port that is never asked for a completion: its operations are never counted, and its
+/// drop (which cancels and reaps them) leaves the count where it was.
+#[test]
+fn a_port_never_dequeued_leaves_the_count_where_it_was() {
+    let _g = serial();
+    let Some(port) = ring_port(16, 256) else {
+        return;
+    };
+    let base = proactor::live_operations();
+    let (a, _peer) = pair(&port, 1);
+    port.recv_pooled(&a);
+    port.recv_pooled(&a);
+    port.timer(Duration::from_secs(60));
+    port.with_timeout(Duration::from_secs(60)).readable(&a);
+    port.recv_vectored(&a, vec![Vec::with_capacity(4)]);
+    assert_eq!(port.operations_in_flight(), 5);
+    // The record of the vectored receive is counted by itself.
+    assert!(proactor::live_operations() <= base + 1);
+    drop(a);
+    drop(port);
+    assert_eq!(proactor::live_operations(), base);
+}
+
+/// Ports on several threads at once, each starting, completing, cancelling and dropping
+/// operations: the process-wide count never wraps below 0 and returns to where it was.
+#[test]
+fn ports_on_several_threads_bring_the_count_back() {
+    let _g = serial();
+    let base = proactor::live_operations();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let mut most = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(proactor::live_operations());
+                thread::yield_now();
+            }
+            most
+        })
+    };
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            thread::spawn(move || {
+                let port = LocalPort::with_pool(16, 256).unwrap();
+                let (a, mut peer) = pair(&port, t);
+                for round in 0..50 {
+                    let timer = port.timer(Duration::from_secs(60));
+                    let pooled = port.recv_pooled(&a);
+                    let vectored = port.send_vectored(&a, vec![vec![round as u8; 3]]);
+                    let mut left = vec![timer, pooled, vectored];
+                    if round % 2 == 0 {
+                        take(&port, &mut left, Duration::from_millis(1));
+                    }
+                    port.cancel(timer).unwrap();
+                    peer.write_all(b"y").unwrap();
+                    while !left.is_empty() {
+                        take(&port, &mut left, Duration::from_secs(20));
+                    }
+                    let mut echoed = [0u8; 3];
+                    peer.read_exact(&mut echoed).unwrap();
+                    assert_eq!(echoed, [round as u8; 3]);
+                }
+                // Left in flight for the drop.
+                port.recv_pooled(&a);
+                port.timer(Duration::from_secs(60));
+                if t % 2 == 0 {
+                    let mut none = vec![];
+                    take(&port, &mut none, Duration::from_millis(1));
+                }
+                drop(a);
+                drop(port);
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most = watcher.join().unwrap();
+    // Each thread has at most 3 operations in flight.
+    assert!(
+        most <= base + 4 * 3,
+        "the count went to {most} (base {base})"
+    );
+    assert_eq!(proactor::live_operations(), base);
+}
+
+/// Waits at most `wait` for completions, each of which must be one of `left` (taken off it).
+fn take(port: &LocalPort, left: &mut Vec<proactor::OpId>, wait: Duration) {
+    let mut batch = Vec::new();
+    match port.get_completions(&mut batch, 8, Some(wait)) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {}
+        Err(e) => panic!("{e}"),
+    }
+    for c in batch {
+        let at = left.iter().position(|&id| id == c.id());
+        assert!(at.is_some(), "{c:?} not among {left:?}");
+        left.swap_remove(at.unwrap());
+    }
+}
+
+/// Records that wait for their lane and end there (cancelled, or their deadline passing) or
+/// run after it: each counts once while it waits and nothing once it completed.
+#[test]
+fn records_waiting_for_their_lane_count_once_and_not_after() {
+    let _g = serial();
+    let Some(port) = ring_port(16, 4096) else {
+        return;
+    };
+    let base = proactor::live_operations();
+    let (conn, client) = pair(&port, 1);
+    // The client does not read yet: this send holds the send lane.
+    let stuck = port.send(&conn, vec![1; 64 << 20]);
+    let cancelled = port.send_vectored(&conn, vec![b"ab".to_vec()]);
+    let late = port
+        .with_timeout(Duration::from_millis(30))
+        .send_vectored(&conn, vec![b"cd".to_vec()]);
+    let runs = port.send_vectored(&conn, vec![b"ef".to_vec()]);
+    publish(&port);
+    assert_eq!(proactor::live_operations(), base + 4);
+    port.cancel(cancelled).unwrap();
+    let c = next(&port);
+    assert_eq!(c.id(), cancelled);
+    assert!(c.is_cancelled());
+    assert_eq!(proactor::live_operations(), base + 3);
+    let c = next(&port);
+    assert_eq!(c.id(), late);
+    assert!(proactor::is_deadline(&c.result().unwrap_err()));
+    assert_eq!(proactor::live_operations(), base + 2);
+    port.cancel(stuck).unwrap();
+    let reader = thread::spawn(move || {
+        let mut client = client;
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).unwrap();
+        got
+    });
+    let mut ids = vec![next(&port).id(), next(&port).id()];
+    ids.sort();
+    let mut want = vec![stuck, runs];
+    want.sort();
+    assert_eq!(ids, want);
+    assert_eq!(proactor::live_operations(), base);
+    // What the stuck send sent, then "ef".
+    drop(conn);
+    let got = reader.join().unwrap();
+    assert!(got.ends_with(b"ef"));
+    assert!(got[..got.len() - 2].iter().all(|&b| b == 1));
+    publish(&port);
+    assert_eq!(proactor::live_operations(), base);
+    drop(port);
+    assert_eq!(proactor::live_operations(), base);
+}

@@ -121,7 +121,10 @@ struct State {
     picked: u32,
     /// The user's operations not yet completed.
     user_ops: usize,
-    /// What `user_ops` was when last added to the process-wide live count
+    /// Of `user_ops`, those whose body is a record of the shared backend: a record counts
+    /// itself in `crate::live_operations` (its `LiveCount`), so the ring leaves them out.
+    records: usize,
+    /// What `user_ops - records` was when last added to the process-wide live count
     /// (`crate::live_operations`): the ring brings that count up to date once per
     /// `get_completions` and when dropped, not with an atomic operation per operation.
     published: usize,
@@ -329,6 +332,7 @@ impl Ring {
                 lent: 0,
                 picked: 0,
                 user_ops: 0,
+                records: 0,
                 published: 0,
                 live_slots: 0,
                 enobufs: 0,
@@ -464,10 +468,12 @@ impl State {
         }
     }
 
-    /// Brings the process-wide live count up to date with `user_ops`.
+    /// Brings the process-wide live count up to date with `user_ops` (less the records,
+    /// which count themselves).
     fn publish_live(&mut self) {
-        crate::op::live_adjust(self.user_ops, self.published);
-        self.published = self.user_ops;
+        let live = self.user_ops - self.records;
+        crate::op::live_adjust(live, self.published);
+        self.published = live;
     }
 }
 

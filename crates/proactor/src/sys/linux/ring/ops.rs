@@ -130,6 +130,8 @@ impl State {
         let ud = self.ud(idx);
         if let Body::Record(r) = &mut self.op(idx).body {
             r.id = OpId::from_u64(ud);
+            // It counts itself in `live_operations()`: not published again (`publish_live`).
+            self.records += 1;
         }
         match dir {
             Some(d) => {

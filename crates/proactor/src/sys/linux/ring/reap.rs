@@ -261,6 +261,7 @@ impl State {
                 self.deliver_sent(idx, result, done, Output::None, buf);
             }
             Body::Record(r) => {
+                self.records -= 1;
                 let c = op::complete(*r, result);
                 self.deliver_completion(idx, c);
             }

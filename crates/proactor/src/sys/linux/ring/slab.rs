@@ -186,6 +186,7 @@ impl State {
         match hand_back(body) {
             Ok((output, pooled)) => self.deliver(idx, Err(error), output, pooled),
             Err(mut r) => {
+                self.records -= 1;
                 r.refused = Some(error);
                 let c = op::complete(*r, Ok(0));
                 self.deliver_completion(idx, c);
