@@ -270,6 +270,7 @@ impl Drop for LiveCount {
 
 /// Adds `added` live operations and removes `removed` at once: an engine that counts its own
 /// (the `LocalPort` ring) brings the process-wide count up to date in one step.
+#[cfg(target_os = "linux")]
 pub(crate) fn live_adjust(added: usize, removed: usize) {
     if added > removed {
         LIVE.fetch_add(added - removed, Ordering::Relaxed);
