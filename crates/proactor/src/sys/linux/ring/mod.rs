@@ -432,23 +432,22 @@ impl State {
         max: usize,
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
-        let st = self;
         let until = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
-            st.replenish();
-            if st.ready.is_empty() && st.cq_len() == 0 {
+            self.replenish();
+            if self.ready.is_empty() && self.cq_len() == 0 {
                 let left = until.map(|u| u.saturating_duration_since(Instant::now()));
                 let wait = left.is_none_or(|l| !l.is_zero());
-                st.enter(wait, left)?;
-            } else if st.sq_len() > 0 || st.unentered >= MAX_CALLS_UNENTERED {
-                st.enter(false, None)?;
+                self.enter(wait, left)?;
+            } else if self.sq_len() > 0 || self.unentered >= MAX_CALLS_UNENTERED {
+                self.enter(false, None)?;
             } else {
-                st.unentered += 1;
+                self.unentered += 1;
             }
-            st.reap();
-            if !st.ready.is_empty() {
-                let n = max.min(st.ready.len());
-                if n > 1 && out.is_empty() && n == st.ready.len() {
+            self.reap();
+            if !self.ready.is_empty() {
+                let n = max.min(self.ready.len());
+                if n > 1 && out.is_empty() && n == self.ready.len() {
                     // The common case, all of them into an empty batch: the two swap buffers
                     // instead of moving each completion (`VecDeque::from(Vec)` takes the
                     // buffer as it is; `Vec::from(VecDeque)` too while the queue starts at
@@ -456,9 +455,9 @@ impl State {
                     // Not for one: a move costs no more, and `get_completion`'s `Vec` of one,
                     // dropped right after, would take the queue's buffer with it.
                     let spare = VecDeque::from(std::mem::take(out));
-                    *out = Vec::from(std::mem::replace(&mut st.ready, spare));
+                    *out = Vec::from(std::mem::replace(&mut self.ready, spare));
                 } else {
-                    out.extend(st.ready.drain(..n));
+                    out.extend(self.ready.drain(..n));
                 }
                 return Ok(n);
             }
