@@ -3,10 +3,13 @@
 //!
 //! Per connection, as [`Receive`] says:
 //!
-//! - pooled (the default on Linux): a pooled receive; its buffer is sent back as it is
-//!   (`send_pooled`) and the next pooled receive is issued at once, unless [`PIPELINE`] sends
-//!   are in flight, in which case it waits for one of them to complete. So a connection holds
-//!   at most `PIPELINE` pool buffers, and none while idle.
+//! - pooled (the default on Linux): a multishot pooled receive (`recv_multishot`: one
+//!   submission for every message); each buffer is sent back as it is (`send_pooled`). When
+//!   [`PIPELINE`] sends are in flight (the client is not reading) the receive is cancelled, and
+//!   started again once a send completes: what came meanwhile waits in the port or the socket.
+//!   So a connection holds about `PIPELINE` pool buffers at most (a few more for the messages
+//!   of the batch that was being handled), and none while idle. With `--idle-timeout` each
+//!   message is a pooled receive of its own, whose deadline is the idle time.
 //! - owned (the default on Windows): a receive into a buffer of the connection's own, which is
 //!   sent back, then received into again once the send completed (as `--shared` does).
 //!
@@ -116,8 +119,8 @@ struct Conn {
     socket: u64,
     /// Pooled sends in flight.
     sends: u8,
-    /// Whether a pooled receive is in flight.
-    receiving: bool,
+    /// The receive in flight, if any (a multishot one ends with a last completion).
+    recv: Option<OpId>,
     /// The client ended its stream: close once the sends are done.
     eof: bool,
 }
@@ -182,17 +185,30 @@ impl Io {
         }
     }
 
-    /// A receive: pooled, or into the connection's own buffer (`spare`, or a new one).
+    /// A receive: pooled (multishot unless an idle deadline bounds each message), or into
+    /// the connection's own buffer (`spare`, or a new one).
     fn recv(&self, ctx: usize, conn: &mut Conn, spare: Option<Vec<u8>>) {
-        let id = match self.receive {
-            Receive::Pooled => self.submit().recv_pooled(&conn.handle),
-            Receive::Owned => {
+        let id = match (self.receive, self.idle) {
+            (Receive::Pooled, None) => self.port.recv_multishot(&conn.handle),
+            (Receive::Pooled, Some(_)) => self.submit().recv_pooled(&conn.handle),
+            (Receive::Owned, _) => {
                 let buf = spare.unwrap_or_else(|| Vec::with_capacity(self.buffer_size));
                 self.submit().recv(&conn.handle, buf)
             }
         };
-        conn.receiving = true;
+        conn.recv = Some(id);
         self.submitted("Read", ctx, id);
+    }
+
+    /// Stops a multishot receive whose connection has enough sends in flight. Its last
+    /// completion (cancelled) is then not the connection's receive any more, and is ignored;
+    /// if it already ended (its last completion not handled yet), that completion counts.
+    fn pause(&self, conn: &mut Conn) {
+        if let Some(id) = conn.recv
+            && self.port.cancel(id).is_ok()
+        {
+            conn.recv = None;
+        }
     }
 
     /// Sends received bytes back.
@@ -434,7 +450,7 @@ impl<'a> Worker<'a> {
             peer: accepted.peer_addr,
             socket,
             sends: 0,
-            receiving: false,
+            recv: None,
             eof: false,
         };
         self.io.recv(ctx, &mut conn, None);
@@ -445,16 +461,27 @@ impl<'a> Worker<'a> {
         let Some(conn) = self.conns.get_mut(ctx) else {
             return; // closed meanwhile
         };
-        conn.receiving = false;
+        let more = done.more();
         let data = match done.take_pooled() {
             Some(buf) => Some(Data::Pooled(buf)),
             None => done.take_buffer().map(Data::Owned),
         };
+        if !more {
+            if conn.recv != Some(done.id()) {
+                // The last completion of a multishot receive `pause` cancelled: it has no data.
+                debug_assert!(data.is_none());
+                return;
+            }
+            conn.recv = None;
+        }
         match (done.result(), data) {
             (Ok(n), Some(data)) if n > 0 => {
                 self.io.send(ctx, conn, data);
-                if conn.sends < self.io.receive.pipeline() {
-                    self.io.recv(ctx, conn, None);
+                let room = conn.sends < self.io.receive.pipeline();
+                match (more, room) {
+                    (true, true) | (false, false) => {}
+                    (true, false) => self.io.pause(conn),
+                    (false, true) => self.io.recv(ctx, conn, None),
                 }
             }
             (Ok(_), _) => {
@@ -491,7 +518,7 @@ impl<'a> Worker<'a> {
                     return self.io.send(ctx, conn, Data::Owned(buf));
                 }
                 if !conn.eof {
-                    if !conn.receiving {
+                    if conn.recv.is_none() && conn.sends < self.io.receive.pipeline() {
                         self.io.recv(
                             ctx,
                             conn,

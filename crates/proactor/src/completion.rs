@@ -82,6 +82,8 @@ pub struct Completion {
     pub(crate) user: usize,
     pub(crate) id: OpId,
     pub(crate) kind: OpKind,
+    /// More completions of the same operation follow (a multishot receive going on).
+    pub(crate) more: bool,
     pub(crate) bytes: usize,
     pub(crate) error: Option<io::Error>,
     pub(crate) output: Output,
@@ -114,6 +116,7 @@ impl Completion {
             user,
             id,
             kind,
+            more: false,
             bytes,
             error,
             output,
@@ -126,6 +129,7 @@ impl Completion {
     /// The context of the handle the operation ran on (given to
     /// [`Iocp::add_handle`](crate::Iocp::add_handle)), or the context given to
     /// [`Iocp::post`](crate::Iocp::post).
+    #[inline]
     pub fn context(&self) -> usize {
         self.context
     }
@@ -133,23 +137,52 @@ impl Completion {
     /// The operation's own user value, given at submission through
     /// [`Iocp::with_user`](crate::Iocp::with_user); 0 for an operation submitted without one
     /// and for a posted packet.
+    #[inline]
     pub fn user(&self) -> usize {
         self.user
     }
 
     /// The id [`Iocp`](crate::Iocp) returned when the operation was submitted.
+    #[inline]
     pub fn id(&self) -> OpId {
         self.id
     }
 
     /// Which operation this was.
+    #[inline]
     pub fn kind(&self) -> OpKind {
         self.kind
+    }
+
+    /// Whether the same operation completes again: true for each message a multishot
+    /// receive ([`LocalPort::recv_multishot`](crate::LocalPort::recv_multishot)) brings while
+    /// it goes on; false for every other completion, including the one that ends a multishot
+    /// receive (the end of the stream, an error, a cancel or its deadline).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) -> std::io::Result<()> {
+    /// let id = port.recv_multishot(conn);
+    /// loop {
+    ///     let mut done = port.get_completion(None)?;
+    ///     assert_eq!(done.id(), id);
+    ///     if let Some(data) = done.take_pooled() {
+    ///         port.send_pooled(conn, data);
+    ///     }
+    ///     if !done.more() {
+    ///         break; // ended: `done.result()` says how
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    #[inline]
+    pub fn more(&self) -> bool {
+        self.more
     }
 
     /// Bytes transferred, as the kernel reported them, even when the operation failed (a
     /// truncated datagram or a cancelled send can report a partial count). For a posted packet,
     /// the value given to [`Iocp::post`](crate::Iocp::post).
+    #[inline]
     pub fn bytes_transferred(&self) -> usize {
         self.bytes
     }
@@ -158,6 +191,7 @@ impl Completion {
     ///
     /// The error is built afresh on each call from the one the operation ended with, so it can be
     /// inspected any number of times; its kind, message and OS code are the same each time.
+    #[inline]
     pub fn result(&self) -> io::Result<usize> {
         match &self.error {
             None => Ok(self.bytes),
@@ -166,20 +200,29 @@ impl Completion {
     }
 
     /// The error the operation ended with, if it failed.
+    #[inline]
     pub fn error(&self) -> Option<&io::Error> {
         self.error.as_ref()
     }
 
     /// Whether the operation was cancelled locally (see [`is_cancelled`](crate::is_cancelled)).
+    #[inline]
     pub fn is_cancelled(&self) -> bool {
         self.error.as_ref().is_some_and(crate::is_cancelled)
     }
 
     /// Takes back the buffer of a receive, send, read or write; `None` for other operations
     /// or when already taken.
+    #[inline]
     pub fn take_buffer(&mut self) -> Option<Vec<u8>> {
+        // Checked first, so that a completion without a buffer (a pooled receive's, every
+        // accept's) is left as it is rather than moved out and back.
+        if !matches!(self.output, Output::Buffer(_)) {
+            return None;
+        }
         match std::mem::replace(&mut self.output, Output::None) {
             Output::Buffer(buf) => Some(buf),
+            // Not reached: the output was checked just above.
             other => {
                 self.output = other;
                 None
@@ -358,6 +401,7 @@ impl fmt::Debug for Completion {
             .field("user", &self.user)
             .field("id", &self.id)
             .field("kind", &self.kind)
+            .field("more", &self.more)
             .field("bytes", &self.bytes)
             .field("error", &self.error)
             .finish_non_exhaustive()
@@ -420,6 +464,7 @@ mod tests {
             user: 0,
             id: OpId::next(),
             kind: OpKind::Recv,
+            more: false,
             bytes: 5,
             error,
             output,
@@ -461,6 +506,16 @@ mod tests {
         assert!(c.take_buffers().is_none());
         assert_eq!(c.take_buffer(), Some(vec![1, 2, 3]));
         assert_eq!(c.take_buffer(), None);
+    }
+
+    #[test]
+    fn take_buffer_leaves_other_outputs() {
+        let mut c = completion(None, Output::Ioctl(Box::new((vec![1], vec![2, 3]))));
+        assert_eq!(c.take_buffer(), None);
+        assert_eq!(c.take_ioctl(), Some((vec![1], vec![2, 3])));
+        let mut c = completion(None, Output::Buffers(vec![vec![4]]));
+        assert_eq!(c.take_buffer(), None);
+        assert_eq!(c.take_buffers(), Some(vec![vec![4]]));
     }
 
     /// A completion is moved from the kernel's answer to the ready queue to the caller's

@@ -476,6 +476,7 @@ mod tests {
             user: 0,
             id,
             kind,
+            more: false,
             bytes: 0,
             error,
             output: Output::None,

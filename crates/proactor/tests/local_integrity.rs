@@ -172,6 +172,8 @@ enum RecvMode {
     Plain,
     Vectored,
     Pooled,
+    /// One multishot pooled receive at a time, started again after a cancel.
+    Multishot,
 }
 
 struct RecvConn {
@@ -206,6 +208,8 @@ fn run_receives(fails: &Fails, rng: &mut Rng) -> LocalPort {
                     RecvMode::Vectored,
                     RecvMode::Pooled,
                     RecvMode::Pooled,
+                    RecvMode::Multishot,
+                    RecvMode::Multishot,
                 ]),
                 total,
                 writer: Some(writer),
@@ -230,7 +234,11 @@ fn run_receives(fails: &Fails, rng: &mut Rng) -> LocalPort {
                 conn.handle = None; // dropped with its receives in flight
                 continue;
             }
-            while !conn.eof && conn.ops.len() < conn.depth {
+            let depth = match conn.mode {
+                RecvMode::Multishot => 1,
+                _ => conn.depth,
+            };
+            while !conn.eof && conn.ops.len() < depth {
                 let id = match conn.mode {
                     RecvMode::Plain => port.recv(h, Vec::with_capacity(rng.pick(caps(conn.total)))),
                     RecvMode::Vectored => port.recv_vectored(
@@ -241,6 +249,7 @@ fn run_receives(fails: &Fails, rng: &mut Rng) -> LocalPort {
                         ],
                     ),
                     RecvMode::Pooled => port.recv_pooled(h),
+                    RecvMode::Multishot => port.recv_multishot(h),
                 };
                 conn.ops.insert(id, (conn.next_index, false));
                 conn.next_index += 1;
@@ -289,16 +298,30 @@ fn run_receives(fails: &Fails, rng: &mut Rng) -> LocalPort {
                 fails.fail(format!("a completion with an unknown context: {done:?}"));
                 continue;
             };
-            let Some((index, cancelled)) = conn.ops.remove(&done.id()) else {
+            let multishot = conn.mode == RecvMode::Multishot;
+            if done.more() && !multishot {
+                fails.fail(format!("connection {c}: more() on a single-shot: {done:?}"));
+            }
+            let found = if done.more() {
+                conn.ops.get(&done.id()).copied()
+            } else {
+                conn.ops.remove(&done.id())
+            };
+            let Some((mut index, cancelled)) = found else {
                 fails.fail(format!(
-                    "a completion not in flight (unknown or twice): {done:?}"
+                    "a completion not in flight (unknown or after its last): {done:?}"
                 ));
                 continue;
             };
+            if multishot {
+                // Its messages are numbered as they come (one multishot at a time).
+                index = conn.next_index;
+                conn.next_index += 1;
+            }
             let want = match conn.mode {
                 RecvMode::Plain => OpKind::Recv,
                 RecvMode::Vectored => OpKind::RecvVectored,
-                RecvMode::Pooled => OpKind::RecvPooled,
+                RecvMode::Pooled | RecvMode::Multishot => OpKind::RecvPooled,
             };
             if done.kind() != want {
                 fails.fail(format!("a {want} completed as {}: {done:?}", done.kind()));
@@ -306,7 +329,7 @@ fn run_receives(fails: &Fails, rng: &mut Rng) -> LocalPort {
             let data = match conn.mode {
                 RecvMode::Plain => done.take_buffer(),
                 RecvMode::Vectored => done.take_buffers().map(|b| b.concat()),
-                RecvMode::Pooled => done.take_pooled().map(|b| {
+                RecvMode::Pooled | RecvMode::Multishot => done.take_pooled().map(|b| {
                     let v = b.to_vec();
                     if held.len() < 2 && rng.chance(10) {
                         held.push_back(b);
@@ -321,6 +344,9 @@ fn run_receives(fails: &Fails, rng: &mut Rng) -> LocalPort {
                         fails.fail(format!("connection {c}: EOF with data: {done:?}"));
                     }
                 }
+                Ok(n) if multishot && !done.more() => fails.fail(format!(
+                    "connection {c}: a multishot ended with {n} bytes: {done:?}"
+                )),
                 Ok(n) => match data {
                     Some(d) if d.len() == n => {
                         conn.data.insert(index, d);
@@ -336,7 +362,8 @@ fn run_receives(fails: &Fails, rng: &mut Rng) -> LocalPort {
                             "connection {c}: cancelled, but nobody cancelled it: {done:?}"
                         ));
                     }
-                    if conn.mode == RecvMode::Pooled && data.is_some() {
+                    if matches!(conn.mode, RecvMode::Pooled | RecvMode::Multishot) && data.is_some()
+                    {
                         fails.fail(format!(
                             "connection {c}: a cancelled pooled receive has a buffer"
                         ));

@@ -1090,3 +1090,203 @@ fn posts_in_a_loop_do_not_starve_the_kernels_completions() {
     // The post still queued.
     assert_eq!(next(&port).kind(), OpKind::Post);
 }
+
+/// A multishot receive's messages until it ends: each completion of `id` with `more()` true
+/// has data (its `Ok(n)` the buffer's length); the last has `more()` false and no buffer.
+/// The bytes, and the last completion.
+fn multishot_read(port: &LocalPort, id: proactor::OpId) -> (Vec<u8>, LocalCompletion) {
+    let mut got = Vec::new();
+    loop {
+        let mut c = next(port);
+        assert_eq!((c.id(), c.kind()), (id, OpKind::RecvPooled), "{c:?}");
+        if !c.more() {
+            assert!(
+                c.take_pooled().is_none(),
+                "the last completion has data: {c:?}"
+            );
+            return (got, c);
+        }
+        got.extend_from_slice(&pooled_data(c));
+    }
+}
+
+/// One submission, every message of the stream in order (with pauses between them, so it
+/// takes several), then the end of the stream: `Ok(0)`, `more()` false, nothing left in flight.
+#[test]
+fn a_multishot_receive_takes_every_message_until_the_end_of_the_stream() {
+    let _s = serial();
+    let port = LocalPort::with_pool(4, 512).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 7);
+    let id = port.with_user(5).recv_multishot(&h);
+    let writer = thread::spawn(move || {
+        let mut at = 0;
+        for n in [1, 700, 3, 5000, 511, 512, 513] {
+            peer.write_all(&pattern(7, at, n)).unwrap();
+            at += n as u64;
+            thread::sleep(Duration::from_millis(5));
+        }
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        (at, peer)
+    });
+    let (got, last) = multishot_read(&port, id);
+    let (sent, _peer) = writer.join().unwrap();
+    check_stream(7, &[(0, sent as usize)], &got).unwrap();
+    assert_eq!(last.result().unwrap(), 0, "{last:?}");
+    assert_eq!((last.user(), last.context()), (5, 7));
+    assert_eq!(port.operations_in_flight(), 0);
+    assert_eq!(
+        port.cancel(id).unwrap_err().kind(),
+        io::ErrorKind::NotFound,
+        "an ended multishot is not in flight"
+    );
+    // The end of the stream stays: a new one ends at once.
+    let again = port.recv_multishot(&h);
+    let (got, last) = multishot_read(&port, again);
+    assert!(got.is_empty());
+    assert_eq!(last.result().unwrap(), 0);
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+/// Cancelled between messages, at random points, and started again each time: the cancel
+/// ends it (`more()` false, cancelled, no buffer) and the bytes that came meanwhile go to the
+/// next one, none lost, none twice.
+#[test]
+fn a_cancelled_multishot_receive_loses_no_data() {
+    let _s = serial();
+    let seed = seeds(1)[0];
+    let mut rng = Rng::new(seed);
+    let port = LocalPort::with_pool(4, 512).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    let mut got = Vec::new();
+    let mut sent = 0usize;
+    let mut cancels = 0;
+    for _ in 0..100 {
+        let id = port.recv_multishot(&h);
+        for _ in 0..rng.range(0, 4) {
+            let n = rng.range(1, 1500);
+            peer.write_all(&pattern(1, sent as u64, n)).unwrap();
+            sent += n;
+            if rng.chance(50) {
+                thread::sleep(Duration::from_micros(rng.range(0, 300) as u64));
+            }
+            let mut batch = Vec::new();
+            let _ = port.get_completions(&mut batch, rng.range(1, 4), Some(Duration::ZERO));
+            for mut c in batch {
+                assert_eq!(c.id(), id, "seed {seed}: {c:?}");
+                assert!(c.more(), "seed {seed}: ended early: {c:?}");
+                got.extend_from_slice(&c.take_pooled().expect("data"));
+            }
+        }
+        port.cancel(id).unwrap();
+        let (more, last) = multishot_read(&port, id);
+        got.extend_from_slice(&more);
+        let e = last.result().unwrap_err();
+        assert!(proactor::is_cancelled(&e), "seed {seed}: {e:?}");
+        cancels += 1;
+    }
+    peer.shutdown(std::net::Shutdown::Write).unwrap();
+    let id = port.recv_multishot(&h);
+    let (rest, last) = multishot_read(&port, id);
+    got.extend_from_slice(&rest);
+    assert_eq!(last.result().unwrap(), 0);
+    check_stream(1, &[(0, sent)], &got).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    assert_eq!(cancels, 100);
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+/// What ends a multishot receive besides the end of the stream: a reset (`ConnectionReset`,
+/// never `Ok(0)`), its deadline (the whole operation's, `TimedOut`, not a cancel), the
+/// handle's `cancel_all`, the handle's drop. Each ends it once, with no buffer.
+#[test]
+fn a_multishot_receive_ends_at_a_reset_its_deadline_cancel_all_and_a_drop() {
+    let _s = serial();
+    let port = LocalPort::with_pool(4, 4096).unwrap();
+    // A reset, after data.
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    let id = port.recv_multishot(&h);
+    peer.write_all(b"before").unwrap();
+    let c = next(&port);
+    assert!(c.more());
+    assert_eq!(&pooled_data(c)[..], b"before");
+    reset_on_drop(&peer).unwrap();
+    drop(peer);
+    let (got, last) = multishot_read(&port, id);
+    assert!(got.is_empty());
+    let e = last.result().expect_err("a reset is an error, never Ok(0)");
+    assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e:?}");
+    drop(h);
+    // Its deadline, with messages before it: they do not extend it.
+    let (h, mut peer) = pair(&port, each_ip_v4(), 2);
+    let started = Instant::now();
+    let id = port
+        .with_timeout(Duration::from_millis(80))
+        .recv_multishot(&h);
+    peer.write_all(b"x").unwrap();
+    let (got, last) = multishot_read(&port, id);
+    assert_eq!(got, b"x");
+    let e = last.result().unwrap_err();
+    assert!(
+        proactor::is_deadline(&e) && !proactor::is_cancelled(&e),
+        "{e:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(75));
+    peer.write_all(b"late").unwrap();
+    assert_eq!(
+        pooled_read(&port, &h, 4),
+        b"late",
+        "data after the deadline is kept"
+    );
+    // cancel_all.
+    let id = port.recv_multishot(&h);
+    port.cancel_all(&h).unwrap();
+    let (got, last) = multishot_read(&port, id);
+    assert!(got.is_empty() && last.is_cancelled(), "{last:?}");
+    // The handle's drop.
+    let id = port.recv_multishot(&h);
+    drop(h);
+    let (got, last) = multishot_read(&port, id);
+    assert!(got.is_empty() && last.is_cancelled(), "{last:?}");
+    drop(peer);
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+/// The same rules as a single pooled receive: refused on a datagram socket; a receive with a
+/// buffer beside it is refused with its buffer; with the pool empty it waits, then goes on.
+#[test]
+fn a_multishot_receive_follows_the_pooled_receive_rules() {
+    let _s = serial();
+    let port = LocalPort::with_pool(1, 4096).unwrap();
+    let udp = port
+        .add_handle(std::net::UdpSocket::bind("127.0.0.1:0").unwrap(), 9)
+        .unwrap();
+    let id = port.recv_multishot(&udp);
+    let c = next(&port);
+    assert_eq!(c.id(), id);
+    assert!(!c.more());
+    assert_eq!(c.result().unwrap_err().kind(), io::ErrorKind::Unsupported);
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    let id = port.recv_multishot(&h);
+    let mine = port.recv(&h, Vec::with_capacity(8));
+    let mut c = next(&port);
+    assert_eq!(c.id(), mine);
+    assert_eq!(c.result().unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    assert_eq!(c.take_buffer().map(|b| b.capacity()), Some(8));
+    // One pool buffer: held, the multishot waits; given back, it goes on.
+    peer.write_all(b"one").unwrap();
+    let c = next(&port);
+    assert!(c.more());
+    let held = pooled_data(c);
+    peer.write_all(b"two").unwrap();
+    assert!(
+        within(&port, 100).is_none(),
+        "a message with the pool empty"
+    );
+    drop(held);
+    let c = next(&port);
+    assert!(c.more());
+    assert_eq!(&pooled_data(c)[..], b"two");
+    port.cancel(id).unwrap();
+    let (_, last) = multishot_read(&port, id);
+    assert!(last.is_cancelled());
+    assert_eq!(port.operations_in_flight(), 0);
+}

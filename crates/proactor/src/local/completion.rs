@@ -5,7 +5,7 @@ use std::{
     ops::{Deref, DerefMut},
 };
 
-use crate::{Completion, PooledBuf};
+use crate::{Completion, OpId, OpKind, PooledBuf, completion::Output};
 
 /// One finished operation, dequeued from a [`LocalPort`](crate::LocalPort).
 ///
@@ -39,6 +39,19 @@ impl LocalCompletion {
         LocalCompletion { completion, pooled }
     }
 
+    /// A message of multishot pooled receive `id` (of handle context `context`), which goes on.
+    pub(crate) fn message(
+        context: usize,
+        user: usize,
+        id: OpId,
+        buf: PooledBuf,
+    ) -> LocalCompletion {
+        let result = Ok(buf.len());
+        let mut c = Completion::of(context, user, id, OpKind::RecvPooled, result, Output::None);
+        c.more = true;
+        LocalCompletion::new(c, Some(buf))
+    }
+
     /// Takes the pool buffer this completion holds: the data of a successful
     /// [`recv_pooled`](crate::LocalPort::recv_pooled) (as many bytes as
     /// [`result`](Completion::result) says), or the buffer a
@@ -54,6 +67,7 @@ impl LocalCompletion {
     /// }
     /// # Ok(()) }
     /// ```
+    #[inline]
     pub fn take_pooled(&mut self) -> Option<PooledBuf> {
         self.pooled.take()
     }
@@ -75,12 +89,14 @@ impl LocalCompletion {
 impl Deref for LocalCompletion {
     type Target = Completion;
 
+    #[inline]
     fn deref(&self) -> &Completion {
         &self.completion
     }
 }
 
 impl DerefMut for LocalCompletion {
+    #[inline]
     fn deref_mut(&mut self) -> &mut Completion {
         &mut self.completion
     }

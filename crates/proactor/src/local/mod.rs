@@ -39,6 +39,7 @@ pub(crate) enum LocalOp {
     RecvVectored(Vec<Vec<u8>>),
     Readable,
     RecvPooled,
+    RecvMultishot,
     Send(Vec<u8>),
     SendVectored(Vec<Vec<u8>>),
     SendPooled(PooledBuf),
@@ -57,7 +58,7 @@ impl LocalOp {
             LocalOp::Recv(_) => OpKind::Recv,
             LocalOp::RecvVectored(_) => OpKind::RecvVectored,
             LocalOp::Readable => OpKind::Readable,
-            LocalOp::RecvPooled => OpKind::RecvPooled,
+            LocalOp::RecvPooled | LocalOp::RecvMultishot => OpKind::RecvPooled,
             LocalOp::Send(_) => OpKind::Send,
             LocalOp::SendVectored(_) => OpKind::SendVectored,
             LocalOp::SendPooled(_) => OpKind::SendPooled,
@@ -82,9 +83,11 @@ impl LocalOp {
             | LocalOp::WriteAt(b, _) => (Output::Buffer(b), None),
             LocalOp::RecvVectored(b) | LocalOp::SendVectored(b) => (Output::Buffers(b), None),
             LocalOp::SendPooled(b) => (Output::None, Some(b)),
-            LocalOp::Readable | LocalOp::RecvPooled | LocalOp::Accept | LocalOp::Connect(_) => {
-                (Output::None, None)
-            }
+            LocalOp::Readable
+            | LocalOp::RecvPooled
+            | LocalOp::RecvMultishot
+            | LocalOp::Accept
+            | LocalOp::Connect(_) => (Output::None, None),
         }
     }
 }
@@ -166,6 +169,12 @@ struct Inner {
 /// is for stream sockets: on a datagram socket it completes [`io::ErrorKind::Unsupported`]
 /// (a datagram larger than a pool buffer would be cut); use
 /// [`recv_from`](LocalPort::recv_from) there.
+///
+/// [`recv_multishot`](LocalPort::recv_multishot) is a pooled receive that goes on: one call,
+/// then a completion for each message (with [`Completion::more`](crate::Completion::more)
+/// true), until the end of the stream, an error, a [`cancel`](LocalPort::cancel) or its
+/// deadline ends it (`more()` false). It saves the per-message submission; data that comes
+/// after a cancel stays for the next pooled receive.
 ///
 /// # Example: an echo server's thread
 ///
@@ -473,6 +482,45 @@ impl LocalPort {
     /// ```
     pub fn recv_pooled<T: Associate>(&self, handle: &LocalHandle<T>) -> OpId {
         self.with_user(0).recv_pooled(handle)
+    }
+
+    /// A pooled receive that goes on: each message received completes it with
+    /// [`Completion::more`](crate::Completion::more) true, the bytes in
+    /// [`LocalCompletion::take_pooled`] and the same id, until a last completion (`more()`
+    /// false, no buffer) ends it: `Ok(0)` at the end of the stream, the error (a reset is
+    /// [`ConnectionReset`](std::io::ErrorKind::ConnectionReset)), a local
+    /// [`cancel`](LocalPort::cancel) (or the handle's drop or
+    /// [`cancel_all`](LocalPort::cancel_all)), or its deadline, which bounds the whole
+    /// operation. The kind is [`OpKind::RecvPooled`](crate::OpKind::RecvPooled), and
+    /// everything [Pooled receive](LocalPort#pooled-receive) says holds; other pooled
+    /// receives on the handle wait behind it.
+    ///
+    /// It holds no buffer between messages, but it takes every message the peer sends: a
+    /// program that cannot keep up (its sends to a slow reader pile up) cancels it, and starts
+    /// another one later. Nothing is lost: what arrives after the cancel waits, in the socket
+    /// or queued on the handle, for the next pooled receive. On io_uring it rides on the
+    /// handle's multishot receive, as single pooled receives do; elsewhere the port re-arms its
+    /// readiness wait after each message, for the same completions.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) -> std::io::Result<()> {
+    /// let id = port.recv_multishot(conn);
+    /// let mut received = Vec::new();
+    /// loop {
+    ///     let mut done = port.get_completion(None)?;
+    ///     if let Some(data) = done.take_pooled() {
+    ///         received.extend_from_slice(&data);
+    ///     }
+    ///     if !done.more() {
+    ///         done.result()?; // Ok(0): the end of the stream
+    ///         break;
+    ///     }
+    /// }
+    /// # let _ = id;
+    /// # Ok(()) }
+    /// ```
+    pub fn recv_multishot<T: Associate>(&self, handle: &LocalHandle<T>) -> OpId {
+        self.with_user(0).recv_multishot(handle)
     }
 
     /// Sends `buf` ([`Iocp::send`](crate::Iocp::send)).

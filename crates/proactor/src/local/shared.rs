@@ -82,6 +82,8 @@ struct Waiter {
     id: OpId,
     user: usize,
     deadline: Option<Instant>,
+    /// A multishot pooled receive: a message leaves it waiting, first in line.
+    multishot: bool,
 }
 
 enum Internal {
@@ -168,8 +170,9 @@ impl Shared {
         let Some(key) = key else {
             return self.refuse(context, user, op, crate::error::other_port());
         };
-        if matches!(op, LocalOp::RecvPooled) {
-            return self.recv_pooled(key, user, deadline);
+        if matches!(op, LocalOp::RecvPooled | LocalOp::RecvMultishot) {
+            let multishot = matches!(op, LocalOp::RecvMultishot);
+            return self.recv_pooled(key, user, deadline, multishot);
         }
         let mixes = matches!(
             op,
@@ -203,7 +206,9 @@ impl Shared {
             LocalOp::WriteAt(buf, offset) => port.write_at(t, user, buf, offset),
             LocalOp::Accept => port.accept(t, user),
             LocalOp::Connect(addr) => port.connect(t, user, addr),
-            LocalOp::RecvPooled | LocalOp::SendPooled(_) => unreachable!("handled above"),
+            LocalOp::RecvPooled | LocalOp::RecvMultishot | LocalOp::SendPooled(_) => {
+                unreachable!("handled above")
+            }
         });
         self.arm_deadline(id, deadline)
     }
@@ -449,8 +454,18 @@ impl Shared {
                 // SAFETY: `recv_now` wrote `n` bytes into buffer `index`, which this engine
                 // owns and now hands to the `PooledBuf`.
                 let buf = unsafe { self.pool.hold(index, n) };
-                self.pooled.borrow_mut().remove(&id);
-                self.end_waiter_with(key, id, Ok(n), Some(buf));
+                let multishot = self.with_slot_opt(key, |s| {
+                    let w = s.waiters.front().filter(|w| w.multishot)?;
+                    Some((s.context, w.user))
+                });
+                match multishot.flatten() {
+                    // It goes on waiting, first in line.
+                    Some((context, user)) => self.deliver_more(context, user, id, buf),
+                    None => {
+                        self.pooled.borrow_mut().remove(&id);
+                        self.end_waiter_with(key, id, Ok(n), Some(buf));
+                    }
+                }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.pool.put_free(index),
             Err(e) => {
@@ -487,13 +502,24 @@ impl Shared {
         }
     }
 
-    fn recv_pooled(&self, key: u32, user: usize, deadline: Option<Instant>) -> OpId {
+    fn recv_pooled(
+        &self,
+        key: u32,
+        user: usize,
+        deadline: Option<Instant>,
+        multishot: bool,
+    ) -> OpId {
         let id = OpId::next();
         let accepted = self.with_slot_opt(key, |s| {
             if s.datagram {
                 return Err((s.context, crate::error::pooled_needs_stream()));
             }
-            s.waiters.push_back(Waiter { id, user, deadline });
+            s.waiters.push_back(Waiter {
+                id,
+                user,
+                deadline,
+                multishot,
+            });
             Ok(())
         });
         let refusal = match accepted {
@@ -604,6 +630,12 @@ impl Shared {
             ),
             buf,
         ));
+    }
+
+    /// A message for multishot pooled receive `id`, which goes on.
+    fn deliver_more(&self, context: usize, user: usize, id: OpId, buf: PooledBuf) {
+        let c = LocalCompletion::message(context, user, id, buf);
+        self.ready.borrow_mut().push_back(c);
     }
 
     /// Completes, refused with `error`, an operation that never starts, handing back what it

@@ -151,6 +151,18 @@ impl<'a> LocalSubmit<'a> {
         self.start(handle, LocalOp::RecvPooled)
     }
 
+    /// [`LocalPort::recv_multishot`], carrying this user value (on every completion it makes)
+    /// and deadline (which ends it).
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) {
+    /// port.with_user(1).recv_multishot(conn);
+    /// # }
+    /// ```
+    pub fn recv_multishot<T: Associate>(self, handle: &LocalHandle<T>) -> OpId {
+        self.start(handle, LocalOp::RecvMultishot)
+    }
+
     /// [`LocalPort::send`], carrying this user value and deadline.
     ///
     /// ```no_run

@@ -448,6 +448,7 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>) -> Completion {
         user,
         id,
         kind,
+        more: false,
         bytes,
         error,
         output,

@@ -742,6 +742,7 @@ impl Port {
             user,
             id,
             kind,
+            more: false,
             bytes,
             error,
             output,

@@ -175,6 +175,8 @@ struct Op {
     /// A user's operation, counted in `user_ops` (and so in `crate::live_operations`) until
     /// its completion is made; the engine's own are not.
     counted: bool,
+    /// A multishot pooled receive: a message leaves it waiting (`State::deliver_more`).
+    multishot: bool,
 }
 
 /// What an operation owns.

@@ -94,6 +94,18 @@ impl State {
             }
             return;
         }
+        if let Some(w) = handle.waiters.front()
+            && self.slots[w as usize]
+                .op
+                .as_ref()
+                .is_some_and(|op| op.multishot)
+            && let Got::Data(buf) = got
+        {
+            // A multishot pooled receive takes it and goes on waiting, first in line.
+            self.deliver_more(w, buf);
+            return;
+        }
+        let handle = &mut self.handles[h as usize];
         match handle.waiters.pop_front(&self.slots) {
             Some(w) => match got {
                 Got::Data(buf) => self.deliver(w, Ok(buf.len()), Output::None, Some(buf)),

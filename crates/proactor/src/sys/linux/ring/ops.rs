@@ -47,15 +47,17 @@ impl State {
         {
             return self.refuse(context, user, op, mixing());
         }
-        if matches!(op, LocalOp::RecvPooled) && datagram {
+        let pooled = matches!(op, LocalOp::RecvPooled | LocalOp::RecvMultishot);
+        if pooled && datagram {
             return self.refuse(context, user, op, crate::error::pooled_needs_stream());
         }
-        if matches!(op, LocalOp::RecvPooled) && self.takes_bytes(h) {
+        if pooled && self.takes_bytes(h) {
             return self.refuse(context, user, op, mixing());
         }
         let kind = op.kind();
         let body = match op {
             LocalOp::RecvPooled => return self.recv_pooled(h, user, deadline),
+            LocalOp::RecvMultishot => return self.recv_multishot(h, user, deadline),
             LocalOp::Accept => return self.accept(h, user, deadline),
             LocalOp::Recv(buf) => {
                 if buf.capacity() == buf.len() {
@@ -209,6 +211,49 @@ impl State {
             self.arm(h, Body::MultiRecv, OpKind::RecvPooled);
         }
         OpId::from_u64(self.ud(idx))
+    }
+
+    /// A pooled receive that goes on: what the handle queued first (no receive waited for it,
+    /// so this one is first in line), then each message the multishot receive brings.
+    pub(super) fn recv_multishot(
+        &mut self,
+        h: u32,
+        user: usize,
+        deadline: Option<Instant>,
+    ) -> OpId {
+        let idx = match self.wait_on(h, OpKind::RecvPooled, user, deadline) {
+            Ok(idx) => idx,
+            Err(refused) => return refused,
+        };
+        self.op(idx).multishot = true;
+        let id = OpId::from_u64(self.ud(idx));
+        while self.handles[h as usize].queued > 0 {
+            self.handles[h as usize].queued -= 1;
+            let got = self.cold[h as usize].data.pop_front().expect("queued data");
+            let end = match got {
+                Got::Data(buf) => {
+                    self.deliver_more(idx, buf);
+                    continue;
+                }
+                Got::Eof => Ok(0),
+                Got::Error(e) => Err(e),
+            };
+            self.handles[h as usize]
+                .waiters
+                .remove(&mut self.slots, idx);
+            self.deliver(idx, end, Output::None, None);
+            return id;
+        }
+        let handle = &self.handles[h as usize];
+        if handle.eof {
+            self.handles[h as usize]
+                .waiters
+                .remove(&mut self.slots, idx);
+            self.deliver(idx, Ok(0), Output::None, None);
+        } else if handle.armed == NONE && !handle.starved {
+            self.arm(h, Body::MultiRecv, OpKind::RecvPooled);
+        }
+        id
     }
 
     pub(super) fn accept(&mut self, h: u32, user: usize, deadline: Option<Instant>) -> OpId {

@@ -148,6 +148,7 @@ impl State {
     }
 
     /// The operation's SQE gave its last CQE.
+    #[inline]
     pub(super) fn ended(&mut self, idx: u32) {
         let op = self.op(idx);
         op.in_kernel = false;

@@ -5,6 +5,7 @@ use super::*;
 
 impl State {
     /// The `user_data` of entry `idx`: its operation's id.
+    #[inline]
     pub(super) fn ud(&self, idx: u32) -> u64 {
         OpId::new(self.slots[idx as usize].seq, idx).as_u64()
     }
@@ -12,12 +13,14 @@ impl State {
     /// The entry `user_data` (or an id) names, if its operation is still there: the index in
     /// range and the entry's sequence number the one `ud` carries. Another port's id, or one
     /// whose operation is gone (the entry free or reused), names none.
+    #[inline]
     pub(super) fn entry_of(&self, ud: u64) -> Option<u32> {
         let id = OpId::from_u64(ud & !TAG_TIMER);
         let slot = self.slots.get(id.index() as usize)?;
         (slot.op.is_some() && slot.seq == id.seq()).then_some(id.index())
     }
 
+    #[inline]
     pub(super) fn op(&mut self, idx: u32) -> &mut Op {
         self.slots[idx as usize]
             .op
@@ -103,6 +106,7 @@ impl State {
     }
 
     /// Frees entry `idx` if its operation finished and no CQE of it is to come.
+    #[inline]
     pub(super) fn maybe_release(&mut self, idx: u32) {
         let slot = &mut self.slots[idx as usize];
         let Some(op) = slot.op.as_ref() else { return };
@@ -120,6 +124,7 @@ impl State {
         }
     }
 
+    #[inline]
     pub(super) fn new_op(
         &self,
         kind: OpKind,
@@ -147,6 +152,7 @@ impl State {
             finished: false,
             lane: None,
             counted: true,
+            multishot: false,
         }
     }
 
@@ -177,6 +183,16 @@ impl State {
             self.ready.push_back(LocalCompletion::new(c, pooled));
         }
         self.maybe_release(idx);
+    }
+
+    /// Hands multishot pooled receive `idx` a message: a completion saying more follow; the
+    /// operation goes on waiting (same entry, same id, same deadline).
+    pub(super) fn deliver_more(&mut self, idx: u32, buf: PooledBuf) {
+        let id = OpId::from_u64(self.ud(idx));
+        let op = self.op(idx);
+        debug_assert!(op.multishot && !op.finished);
+        let c = LocalCompletion::message(op.context, op.user, id, buf);
+        self.ready.push_back(c);
     }
 
     /// Completes user operation `idx`, which never reached the kernel, with `error`, handing

@@ -3,10 +3,12 @@
 use super::*;
 
 impl State {
+    #[inline]
     pub(super) fn sq_len(&mut self) -> usize {
         self.ring.submission().len()
     }
 
+    #[inline]
     pub(super) fn cq_len(&mut self) -> usize {
         self.ring.completion().len()
     }
@@ -18,6 +20,7 @@ impl State {
     }
 
     /// Queues `sqe` (submitting what is queued first if the queue is full).
+    #[inline]
     pub(super) fn push(&mut self, sqe: &Entry) {
         // One look at the queue (its head, shared with the kernel) when there is room, which
         // is nearly always.
