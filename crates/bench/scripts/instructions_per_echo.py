@@ -9,10 +9,10 @@ with the load still running: the instructions of the dump over the messages echo
 two commands. Kernel work is not counted (callgrind sees user space only).
 
 Usage: instructions_per_echo.py SERVER_BINARY [--conns 100] [--depth 1] [--size 64]
-       [--window 6] [-- server args...]
+       [--window 6] [--keep FILE] [-- server args...]
 The server must take `--port PORT` (proactor-echo and the bench's echo-* binaries do).
 """
-import argparse, glob, os, re, selectors, socket, subprocess, sys, tempfile, threading, time
+import argparse, glob, os, re, selectors, shutil, socket, subprocess, sys, tempfile, threading, time
 
 def free_port():
     s = socket.socket()
@@ -91,12 +91,14 @@ def main():
     p.add_argument("--depth", type=int, default=1)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--window", type=float, default=6)
+    p.add_argument("--keep", help="copy the dump here (for callgrind_annotate)")
     a = p.parse_args(argv)
     port = free_port()
     with tempfile.TemporaryDirectory() as d:
         out = os.path.join(d, "cg.out")
         proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", a.binary,
+            ["valgrind", "--tool=callgrind", "--compress-strings=no", "--compress-pos=no",
+             f"--callgrind-out-file={out}", a.binary,
              "--port", str(port), *extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -123,6 +125,8 @@ def main():
             m = re.search(r"^summary: (\d+)", text, re.M) or re.search(r"^totals: (\d+)", text, re.M)
             if m and "zero" not in name:
                 total += int(m.group(1))
+                if a.keep:
+                    shutil.copy(name, a.keep)
         if total == 0 or echoed == 0:
             raise SystemExit(f"nothing measured: {total} instructions, {echoed} messages")
     print(f"{os.path.basename(a.binary)} {' '.join(extra)}: {total / echoed:,.0f} instructions "

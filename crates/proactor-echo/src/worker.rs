@@ -7,8 +7,10 @@
 //!   submission for every message); each buffer is sent back as it is (`send_pooled`). When
 //!   [`PIPELINE`] sends are in flight (the client is not reading) the receive is cancelled, and
 //!   started again once a send completes: what came meanwhile waits in the port or the socket.
-//!   So a connection holds about `PIPELINE` pool buffers at most (a few more for the messages
-//!   of the batch that was being handled), and none while idle. With `--idle-timeout` each
+//!   So a connection's pool buffers are bounded, not by `PIPELINE` alone: the messages
+//!   already delivered when it pauses (up to a batch of completions), then the handle's queue
+//!   (the port stops receiving past 8 buffers nobody asked for) when it restarts, are all
+//!   echoed. None while idle. With `--idle-timeout` each
 //!   message is a pooled receive of its own, whose deadline is the idle time.
 //! - owned (the default on Windows): a receive into a buffer of the connection's own, which is
 //!   sent back, then received into again once the send completed (as `--shared` does).

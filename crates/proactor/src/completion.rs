@@ -164,9 +164,11 @@ impl Completion {
     /// let id = port.recv_multishot(conn);
     /// loop {
     ///     let mut done = port.get_completion(None)?;
-    ///     assert_eq!(done.id(), id);
+    ///     if done.id() != id {
+    ///         continue; // a send's: its buffer goes back to the pool
+    ///     }
     ///     if let Some(data) = done.take_pooled() {
-    ///         port.send_pooled(conn, data);
+    ///         port.send_pooled(conn, data); // echo it back
     ///     }
     ///     if !done.more() {
     ///         break; // ended: `done.result()` says how

@@ -1290,3 +1290,80 @@ fn a_multishot_receive_follows_the_pooled_receive_rules() {
     assert!(last.is_cancelled());
     assert_eq!(port.operations_in_flight(), 0);
 }
+
+/// A multishot receive among single pooled receives on one handle: each takes the bytes in
+/// submission order (the single one ahead, then the multishot for as long as it runs, then the
+/// single one behind it once it is cancelled), none lost or reordered.
+#[test]
+fn a_multishot_receive_between_single_pooled_receives_keeps_the_order() {
+    let _s = serial();
+    let port = LocalPort::with_pool(8, 4096).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    let ahead = port.recv_pooled(&h);
+    let multi = port.recv_multishot(&h);
+    let behind = port.recv_pooled(&h);
+    assert_eq!(port.operations_in_flight(), 3);
+    peer.write_all(&pattern(1, 0, 10)).unwrap();
+    let c = next(&port);
+    assert_eq!((c.id(), c.more()), (ahead, false), "{c:?}");
+    let mut got = pooled_data(c).to_vec();
+    let mut sent = 10;
+    for n in [5, 300, 7] {
+        peer.write_all(&pattern(1, sent as u64, n)).unwrap();
+        sent += n;
+        while got.len() < sent {
+            let c = next(&port);
+            assert_eq!((c.id(), c.more()), (multi, true), "{c:?}");
+            got.extend_from_slice(&pooled_data(c));
+        }
+    }
+    assert_eq!(port.operations_in_flight(), 2);
+    port.cancel(multi).unwrap();
+    let (rest, last) = multishot_read(&port, multi);
+    assert!(rest.is_empty() && last.is_cancelled(), "{last:?}");
+    peer.write_all(&pattern(1, sent as u64, 20)).unwrap();
+    sent += 20;
+    let c = next(&port);
+    assert_eq!(c.id(), behind, "{c:?}");
+    got.extend_from_slice(&pooled_data(c));
+    got.extend_from_slice(&pooled_read(&port, &h, sent - got.len()));
+    check_stream(1, &[(0, sent)], &got).unwrap();
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+/// Data the handle received ahead of any receive (on io_uring its multishot keeps receiving,
+/// up to the point where it stops for a handle nobody reads) goes first to a multishot receive
+/// started later, then the rest of the stream, then its end.
+#[test]
+fn a_multishot_receive_takes_what_the_handle_received_ahead() {
+    let _s = serial();
+    let port = LocalPort::with_pool(32, 256).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    // Arm the handle (one single pooled receive), then send many messages nobody asks for.
+    peer.write_all(&pattern(1, 0, 1)).unwrap();
+    let mut got = pooled_read(&port, &h, 1);
+    let mut sent = 1;
+    for _ in 0..30 {
+        peer.write_all(&pattern(1, sent as u64, 200)).unwrap();
+        sent += 200;
+        // Let the engine reap them (a dequeue that finds nothing).
+        assert!(within(&port, 5).is_none());
+    }
+    let writer = thread::spawn(move || {
+        let mut at = sent;
+        for _ in 0..10 {
+            peer.write_all(&pattern(1, at as u64, 1000)).unwrap();
+            at += 1000;
+            thread::sleep(Duration::from_millis(2));
+        }
+        peer.shutdown(std::net::Shutdown::Write).unwrap();
+        at
+    });
+    let id = port.recv_multishot(&h);
+    let (rest, last) = multishot_read(&port, id);
+    got.extend_from_slice(&rest);
+    let sent = writer.join().unwrap();
+    assert_eq!(last.result().unwrap(), 0, "{last:?}");
+    check_stream(1, &[(0, sent)], &got).unwrap();
+    assert_eq!(port.operations_in_flight(), 0);
+}

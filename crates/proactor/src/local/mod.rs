@@ -745,7 +745,9 @@ impl LocalPort {
         }
     }
 
-    /// Operations submitted and not yet dequeued.
+    /// Operations submitted and not yet dequeued, counting each completion waiting to be
+    /// dequeued: a multishot receive still going on counts once, and once more for each
+    /// message of it not yet dequeued. Zero once every completion was taken.
     ///
     /// ```no_run
     /// let port = proactor::LocalPort::new()?;
