@@ -491,10 +491,16 @@ fn run_sends(fails: &Fails, rng: &mut Rng) -> LocalPort {
     let started = Instant::now();
     for step in 0.. {
         for conn in conns.iter_mut() {
-            let Some(h) = &conn.handle else { continue };
+            let Some(h) = &conn.handle else {
+                // Dropped: the pool buffers its completed receives hold go back (kept, they would
+                // starve every other connection of a small pool).
+                conn.recvs.retain(|(_, data)| data.is_none());
+                continue;
+            };
             if conn.drop_at == Some(step) {
                 conn.handle = None;
                 conn.dropped_early = true;
+                conn.recvs.retain(|(_, data)| data.is_none());
                 continue;
             }
             match conn.mode {
