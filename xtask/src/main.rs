@@ -39,12 +39,8 @@ fn main() -> ExitCode {
     let args: Vec<String> = env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
-        Some("wine") => wine::install_missing()
-            .and_then(|()| wine::prepare())
-            .and_then(|w| w.run_tests(&args[1..]).map(drop)),
-        Some("calls") => wine::install_missing()
-            .and_then(|()| wine::prepare())
-            .and_then(|w| calls::calls(&w)),
+        Some("wine") => wine::prepare().and_then(|w| w.run_tests(&args[1..]).map(drop)),
+        Some("calls") => wine::prepare().and_then(|w| calls::calls(&w)),
         Some("loom") => adversarial::loom().map(drop),
         Some("asan") => adversarial::asan().map(drop),
         Some("failpoints") => adversarial::failpoints().map(drop),

@@ -67,8 +67,10 @@ pub struct Wine {
     target_dir: PathBuf,
 }
 
-/// Creates the prefix if needed, installs the `ProcessPrng` shim, starts the wineserver.
+/// Installs what the Windows build needs if missing, creates the prefix if needed, installs
+/// the `ProcessPrng` shim, starts the wineserver.
 pub fn prepare() -> Result<Wine> {
+    install_missing()?;
     let root = root();
     let dir = root.join("target/wine");
     fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -228,6 +228,60 @@ fn a_65535_byte_message_and_a_4_mib_stream_come_back_intact(mode: &[&str]) {
     assert!(check.join().unwrap(), "4 MiB echoed in order");
 }
 
+/// Clients that write in bursts of odd sizes while reading slowly, with pauses: the server's
+/// sends pile up, so it stops receiving and starts again many times (the pooled receive's
+/// pause), and every stream must come back whole, in order, to its own client (each
+/// client's bytes differ from the others').
+fn slow_readers_get_their_own_streams_back_whole(mode: &[&str]) {
+    let server = Server::start(mode, &["--buffer-size", "1500"]);
+    const LEN: usize = 3 << 20;
+    let clients: Vec<_> = (0..4u8)
+        .map(|c| {
+            let s = server.connect();
+            let data: Vec<u8> = pattern(LEN).iter().map(|b| b ^ (c * 61 + 1)).collect();
+            let mut reader = s.try_clone().unwrap();
+            let expected = data.clone();
+            let check = thread::spawn(move || {
+                let mut got = Vec::with_capacity(LEN);
+                let mut buf = vec![0u8; 70_000];
+                let mut turn = c as usize;
+                while got.len() < LEN {
+                    turn += 1;
+                    let want = [1, 100, 4096, 70_000][turn % 4].min(LEN - got.len());
+                    let n = reader.read(&mut buf[..want]).unwrap();
+                    assert!(n > 0, "client {c}: EOF after {} bytes", got.len());
+                    got.extend_from_slice(&buf[..n]);
+                    if turn % 16 == 0 {
+                        thread::sleep(Duration::from_millis(3));
+                    }
+                }
+                match got.iter().zip(&expected).position(|(a, b)| a != b) {
+                    None => Ok(()),
+                    Some(at) => Err(format!("client {c}: byte {at} differs")),
+                }
+            });
+            let write = thread::spawn(move || {
+                let mut s = s;
+                let mut at = 0;
+                for size in [1, 13, 1000, 65_536, 300_000].iter().cycle() {
+                    if at == LEN {
+                        break;
+                    }
+                    let end = (at + size).min(LEN);
+                    s.write_all(&data[at..end]).unwrap();
+                    at = end;
+                }
+                s
+            });
+            (check, write)
+        })
+        .collect();
+    for (check, write) in clients {
+        let _s = write.join().unwrap();
+        check.join().unwrap().unwrap();
+    }
+}
+
 fn half_close_gets_everything_echoed_then_eof(mode: &[&str]) {
     let server = Server::start(mode, &[]);
     let mut s = server.connect();
@@ -454,6 +508,7 @@ in_both_modes!(
     an_empty_client_and_a_reset_do_not_disturb_others,
     trace_logs_every_operation_in_the_lifecycle_format,
     a_65535_byte_message_and_a_4_mib_stream_come_back_intact,
+    slow_readers_get_their_own_streams_back_whole,
     half_close_gets_everything_echoed_then_eof,
     one_thousand_simultaneous_clients_each_echo,
     many_connections_on_two_workers_echo_every_byte,

@@ -217,19 +217,14 @@ impl Completion {
     /// or when already taken.
     #[inline]
     pub fn take_buffer(&mut self) -> Option<Vec<u8>> {
-        // Checked first, so that a completion without a buffer (a pooled receive's, every
+        // Looked at in place: a completion without a buffer (a pooled receive's, every
         // accept's) is left as it is rather than moved out and back.
-        if !matches!(self.output, Output::Buffer(_)) {
+        let Output::Buffer(buf) = &mut self.output else {
             return None;
-        }
-        match std::mem::replace(&mut self.output, Output::None) {
-            Output::Buffer(buf) => Some(buf),
-            // Not reached: the output was checked just above.
-            other => {
-                self.output = other;
-                None
-            }
-        }
+        };
+        let buf = std::mem::take(buf);
+        self.output = Output::None;
+        Some(buf)
     }
 
     /// Takes back the buffers of a vectored receive or send.

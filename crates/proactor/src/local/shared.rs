@@ -454,11 +454,11 @@ impl Shared {
                 // SAFETY: `recv_now` wrote `n` bytes into buffer `index`, which this engine
                 // owns and now hands to the `PooledBuf`.
                 let buf = unsafe { self.pool.hold(index, n) };
-                let multishot = self.with_slot_opt(key, |s| {
+                let multishot = self.with_slot(key, |s| {
                     let w = s.waiters.front().filter(|w| w.multishot)?;
                     Some((s.context, w.user))
                 });
-                match multishot.flatten() {
+                match multishot {
                     // It goes on waiting, first in line.
                     Some((context, user)) => self.deliver_more(context, user, id, buf),
                     None => {

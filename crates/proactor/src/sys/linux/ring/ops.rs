@@ -227,31 +227,29 @@ impl State {
         };
         self.op(idx).multishot = true;
         let id = OpId::from_u64(self.ud(idx));
-        while self.handles[h as usize].queued > 0 {
-            self.handles[h as usize].queued -= 1;
-            let got = self.cold[h as usize].data.pop_front().expect("queued data");
-            let end = match got {
-                Got::Data(buf) => {
-                    self.deliver_more(idx, buf);
-                    continue;
-                }
-                Got::Eof => Ok(0),
-                Got::Error(e) => Err(e),
-            };
-            self.handles[h as usize]
-                .waiters
-                .remove(&mut self.slots, idx);
-            self.deliver(idx, end, Output::None, None);
-            return id;
-        }
-        let handle = &self.handles[h as usize];
-        if handle.eof {
-            self.handles[h as usize]
-                .waiters
-                .remove(&mut self.slots, idx);
-            self.deliver(idx, Ok(0), Output::None, None);
-        } else if handle.armed == NONE && !handle.starved {
-            self.arm(h, Body::MultiRecv, OpKind::RecvPooled);
+        // How it ends at once, if what the handle queued (or the end of its stream) says so.
+        let end = loop {
+            let handle = &mut self.handles[h as usize];
+            if handle.queued == 0 {
+                break handle.eof.then_some(Ok(0));
+            }
+            handle.queued -= 1;
+            match self.cold[h as usize].data.pop_front().expect("queued data") {
+                Got::Data(buf) => self.deliver_more(idx, buf),
+                Got::Eof => break Some(Ok(0)),
+                Got::Error(e) => break Some(Err(e)),
+            }
+        };
+        let handle = &mut self.handles[h as usize];
+        match end {
+            Some(end) => {
+                handle.waiters.remove(&mut self.slots, idx);
+                self.deliver(idx, end, Output::None, None);
+            }
+            None if handle.armed == NONE && !handle.starved => {
+                self.arm(h, Body::MultiRecv, OpKind::RecvPooled);
+            }
+            None => {}
         }
         id
     }
