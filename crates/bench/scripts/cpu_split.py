@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Server time per round trip, split at the user/kernel boundary, from a clock-sampling profile.
+
+For each server named, runs one cell of the harness (`bench matrix --reps 1`, server pinned on
+CPU 0) and, while it measures, `perf record -e cpu-clock -C 0` on the server's CPU. This VM has
+no hardware counters, so the profile samples the clock: its interrupts raise every figure, so
+compare servers with each other, not with the harness's tables. Also prints, per server, the
+kernel symbols named with --symbols as samples per round trip (where the kernel work differs).
+
+Usage: cpu_split.py [--bench target/release/bench] [--conns 100] [--size 64] [--depth 1]
+       [--symbols tcp_sendmsg_locked,tcp_recvmsg_locked] SERVER...
+SERVER is a harness server name ("proactor 1w", "raw multishot", "tokio current-thread", ...).
+"""
+import argparse, os, re, subprocess, sys, tempfile, time
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bench", default="target/release/bench")
+    ap.add_argument("--conns", type=int, default=100)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--depth", type=int, default=1)
+    ap.add_argument("--symbols", default="tcp_sendmsg_locked,tcp_recvmsg_locked")
+    ap.add_argument("servers", nargs="+")
+    a = ap.parse_args()
+    symbols = [s for s in a.symbols.split(",") if s]
+    tmp = tempfile.mkdtemp(prefix="cpu_split.")
+    print(f"| server ({a.conns} x {a.size} B, depth {a.depth}) | round trips/s | kernel µs/rt | user µs/rt | user share |"
+          + "".join(f" {s} /rt |" for s in symbols))
+    print("|---|---:|---:|---:|---:|" + "---:|" * len(symbols))
+    for server in a.servers:
+        data = os.path.join(tmp, re.sub(r"\W+", "_", server) + ".data")
+        bench = subprocess.Popen(
+            [a.bench, "matrix", "--conns", str(a.conns), "--sizes", str(a.size), "--depths",
+             str(a.depth), "--reps", "1", "--secs", "6", "--only", server],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        time.sleep(3)  # the server started, its connections up, the warm-up under way
+        rec = subprocess.run(["perf", "record", "-q", "-F", "2000", "-e", "cpu-clock", "-C", "0",
+                              "-o", data, "--", "sleep", "5"], capture_output=True, text=True)
+        out, _ = bench.communicate()
+        if rec.returncode != 0:
+            sys.exit(f"perf record failed: {rec.stderr.strip()}")
+        row = next((l for l in out.splitlines() if l.startswith(f"| {server} |")), None)
+        if row is None:
+            sys.exit(f"no result row for {server!r} (is it a harness server name?)")
+        rts = float(row.split("|")[4])
+        # The server's threads: every command except the idle loop, perf, the harness.
+        rep = subprocess.run(["perf", "report", "-i", data, "--sort", "comm,dso", "--stdio", "-q"],
+                             capture_output=True, text=True).stdout
+        kernel = user = 0.0
+        comms = set()
+        for line in rep.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+(.*)", line)
+            if not m:
+                continue
+            pct, comm, dso = float(m.group(1)), m.group(2), m.group(3)
+            if not (comm.startswith("echo") or comm.startswith("proactor")):
+                continue
+            comms.add(comm)
+            if "kernel" in dso:
+                kernel += pct
+            else:
+                user += pct
+        syms = []
+        for s in symbols:
+            rep = subprocess.run(["perf", "report", "-i", data, "--comms", ",".join(comms),
+                                  "--sort", "sym", "--stdio", "-q"], capture_output=True, text=True).stdout
+            pct = sum(float(m.group(1)) for m in re.finditer(r"([\d.]+)%\s+\[k\]\s+(\S+)", rep)
+                      if m.group(2) == s)
+            syms.append(pct / 100 / rts * 1e6)
+        us = lambda pct: pct / 100 / rts * 1e6
+        share = user / (kernel + user) * 100 if kernel + user else 0
+        print(f"| {server} | {rts:,.0f} | {us(kernel):.2f} | {us(user):.2f} | {share:.1f}% |"
+              + "".join(f" {v:.3f} µs |" for v in syms))
+
+if __name__ == "__main__":
+    main()
