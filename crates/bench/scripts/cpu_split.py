@@ -23,12 +23,12 @@ def main():
     ap.add_argument("servers", nargs="+")
     a = ap.parse_args()
     symbols = [s for s in a.symbols.split(",") if s]
-    tmp = tempfile.mkdtemp(prefix="cpu_split.")
+    tmp = tempfile.TemporaryDirectory(prefix="cpu_split.")
     print(f"| server ({a.conns} x {a.size} B, depth {a.depth}) | round trips/s | kernel µs/rt | user µs/rt | user share |"
           + "".join(f" {s} /rt |" for s in symbols))
     print("|---|---:|---:|---:|---:|" + "---:|" * len(symbols))
     for server in a.servers:
-        data = os.path.join(tmp, re.sub(r"\W+", "_", server) + ".data")
+        data = os.path.join(tmp.name, re.sub(r"\W+", "_", server) + ".data")
         bench = subprocess.Popen(
             [a.bench, "matrix", "--conns", str(a.conns), "--sizes", str(a.size), "--depths",
              str(a.depth), "--reps", "1", "--secs", "6", "--only", server],
@@ -43,7 +43,9 @@ def main():
         if row is None:
             sys.exit(f"no result row for {server!r} (is it a harness server name?)")
         rts = float(row.split("|")[4])
-        # The server's threads: every command except the idle loop, perf, the harness.
+        us = lambda pct: pct / 100 / rts * 1e6  # a share of CPU 0's samples, per round trip
+        # The server's threads: proactor-echo's (`echo-worker-N`, `proactor-echo`) and the
+        # harness's servers' (`echo-*`); not the idle loop, perf or the load generator.
         rep = subprocess.run(["perf", "report", "-i", data, "--sort", "comm,dso", "--stdio", "-q"],
                              capture_output=True, text=True).stdout
         kernel = user = 0.0
@@ -66,8 +68,7 @@ def main():
                                   "--sort", "sym", "--stdio", "-q"], capture_output=True, text=True).stdout
             pct = sum(float(m.group(1)) for m in re.finditer(r"([\d.]+)%\s+\[k\]\s+(\S+)", rep)
                       if m.group(2) == s)
-            syms.append(pct / 100 / rts * 1e6)
-        us = lambda pct: pct / 100 / rts * 1e6
+            syms.append(us(pct))
         share = user / (kernel + user) * 100 if kernel + user else 0
         print(f"| {server} | {rts:,.0f} | {us(kernel):.2f} | {us(user):.2f} | {share:.1f}% |"
               + "".join(f" {v:.3f} µs |" for v in syms))
