@@ -1367,3 +1367,31 @@ fn a_multishot_receive_takes_what_the_handle_received_ahead() {
     check_stream(1, &[(0, sent)], &got).unwrap();
     assert_eq!(port.operations_in_flight(), 0);
 }
+
+/// A multishot receive started once the whole stream, its end included, came in ahead: every
+/// message, then the end at once; one started after that ends at once with no data.
+#[test]
+fn a_multishot_receive_started_after_the_end_of_the_stream_came_ahead() {
+    let _s = serial();
+    let port = LocalPort::with_pool(32, 256).unwrap();
+    let (h, mut peer) = pair(&port, each_ip_v4(), 1);
+    peer.write_all(&pattern(2, 0, 1)).unwrap();
+    let mut got = pooled_read(&port, &h, 1);
+    let mut sent = 1;
+    for _ in 0..5 {
+        peer.write_all(&pattern(2, sent as u64, 200)).unwrap();
+        sent += 200;
+        assert!(within(&port, 5).is_none());
+    }
+    peer.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(within(&port, 20).is_none());
+    let (rest, last) = multishot_read(&port, port.recv_multishot(&h));
+    got.extend_from_slice(&rest);
+    assert_eq!(last.result().unwrap(), 0, "{last:?}");
+    check_stream(2, &[(0, sent)], &got).unwrap();
+    let again = port.recv_multishot(&h);
+    let (none, last) = multishot_read(&port, again);
+    assert!(none.is_empty(), "{} bytes after the end", none.len());
+    assert_eq!(last.result().unwrap(), 0, "{last:?}");
+    assert_eq!(port.operations_in_flight(), 0);
+}
