@@ -304,6 +304,15 @@ impl LocalPort {
     /// assert_eq!(port.pool_starvations(), 0);
     /// # Ok::<(), std::io::Error>(())
     /// ```
+    #[doc(hidden)]
+    pub fn pool_starvations(&self) -> u64 {
+        match &self.inner.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Ring(r) => r.pool_starvations(),
+            Engine::Shared(_) => 0,
+        }
+    }
+
     /// How many times a handle's receiving was stopped because it held data nobody asked
     /// for (io_uring; 0 elsewhere, where nothing is received ahead). For tests.
     ///
@@ -321,11 +330,20 @@ impl LocalPort {
         }
     }
 
+    /// How many sends went to the kernel gathered with the send before them on their handle,
+    /// in one `SENDMSG` (io_uring; 0 elsewhere, where each send is a call of its own). For
+    /// tests and diagnostics.
+    ///
+    /// ```no_run
+    /// let port = proactor::LocalPort::new()?;
+    /// assert_eq!(port.gathered_sends(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[doc(hidden)]
-    pub fn pool_starvations(&self) -> u64 {
+    pub fn gathered_sends(&self) -> u64 {
         match &self.inner.engine {
             #[cfg(target_os = "linux")]
-            Engine::Ring(r) => r.pool_starvations(),
+            Engine::Ring(r) => r.gathered_sends(),
             Engine::Shared(_) => 0,
         }
     }

@@ -41,6 +41,7 @@ impl State {
                     raw_ops: 0,
                     data: VecDeque::new(),
                     accepted: VecDeque::new(),
+                    gather: None,
                 });
                 self.handles.len() as u32 - 1
             }
@@ -89,6 +90,8 @@ impl State {
         let Some(idx) = self.handle_of(key) else {
             return;
         };
+        // A send waiting for the next enter goes out first, as it would have anyway.
+        self.undefer(idx);
         let h = &mut self.handles[idx as usize];
         h.open = false;
         h.starved = false;

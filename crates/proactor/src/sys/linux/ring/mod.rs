@@ -16,7 +16,8 @@
 //!   send, pooled receive, pooled send or accept in steady state. Rare operations (vectored,
 //!   datagram, file, connect) keep a boxed record of the shared backend (`op.rs`).
 //! - Sends of one stream handle run one at a time in the kernel, in order (partial sends are
-//!   continued); so do its receives.
+//!   continued); so do its receives. The sends a handle was asked for between two enters go
+//!   out as one `SENDMSG`, each still completing on its own (`gather.rs`).
 //! - Pooled receive: one multishot receive per handle over a provided-buffer ring on the
 //!   pool's memory. Each data CQE fills the oldest waiting pooled receive or is queued on the
 //!   handle; the end of the stream and errors come after the queued data. `ENOBUFS` ends the
@@ -29,6 +30,7 @@
 mod bufring;
 mod enter;
 mod fifo;
+mod gather;
 mod handles;
 mod multishot;
 mod ops;
@@ -115,6 +117,8 @@ struct State {
     ready: VecDeque<LocalCompletion>,
     /// Handles whose multishot receive ended on `ENOBUFS`.
     starved: Vec<u32>,
+    /// Handles whose write lane holds a deferred send, to gather at the next enter.
+    unsent: Vec<u32>,
     /// Buffers lent to the kernel: in the buffer ring, not yet picked by a receive.
     lent: u32,
     /// Buffers the kernel picked since the last top-up (see `replenish`).
@@ -134,6 +138,8 @@ struct State {
     enobufs: u64,
     /// How many times a multishot receive was stopped for data nobody asked for.
     paused: u64,
+    /// Sends that joined the send before them in a gathered `SENDMSG`.
+    gathered: u64,
     /// Set while dropping: nothing is re-armed or continued, completions are dropped.
     closing: bool,
     /// `get_completions` calls since the ring was last entered (see [`MAX_CALLS_UNENTERED`]).
@@ -177,6 +183,10 @@ struct Op {
     counted: bool,
     /// A multishot pooled receive: a message leaves it waiting (`State::deliver_more`).
     multishot: bool,
+    /// A send holding its lane whose SQE waits for the next enter (`gather.rs`).
+    deferred: bool,
+    /// A member of its handle's gathered send in the kernel (`gather.rs`).
+    gathered: bool,
 }
 
 /// What an operation owns.
@@ -243,6 +253,8 @@ struct Cold {
     data: VecDeque<Got>,
     /// Connections the multishot accept brought that no accept asked for yet.
     accepted: VecDeque<OwnedFd>,
+    /// The gathered send of its write lane (kept for the next one once it completed).
+    gather: Option<Box<gather::Gather>>,
 }
 
 /// What a multishot receive brought.
@@ -331,6 +343,7 @@ impl Ring {
                 pool,
                 ready: VecDeque::new(),
                 starved: Vec::new(),
+                unsent: Vec::new(),
                 lent: 0,
                 picked: 0,
                 user_ops: 0,
@@ -339,6 +352,7 @@ impl Ring {
                 live_slots: 0,
                 enobufs: 0,
                 paused: 0,
+                gathered: 0,
                 closing: false,
                 unentered: 0,
             }),
@@ -361,6 +375,10 @@ impl Ring {
 
     pub(crate) fn receive_pauses(&self) -> u64 {
         self.st.borrow().paused
+    }
+
+    pub(crate) fn gathered_sends(&self) -> u64 {
+        self.st.borrow().gathered
     }
 
     pub(crate) fn register(&self, raw: RawIo, _foreign: bool, context: usize) -> io::Result<u32> {
@@ -441,7 +459,10 @@ impl State {
                 let left = until.map(|u| u.saturating_duration_since(Instant::now()));
                 let wait = left.is_none_or(|l| !l.is_zero());
                 self.enter(wait, left)?;
-            } else if self.sq_len() > 0 || self.unentered >= MAX_CALLS_UNENTERED {
+            } else if self.sq_len() > 0
+                || !self.unsent.is_empty()
+                || self.unentered >= MAX_CALLS_UNENTERED
+            {
                 self.enter(false, None)?;
             } else {
                 self.unentered += 1;

@@ -125,6 +125,11 @@ impl State {
         };
         let mut op = self.new_op(kind, h, user, deadline, body);
         op.lane = dir;
+        // A send that finds its lane idle and may be gathered waits for the next enter
+        // (`gather.rs`); decided here, where what makes it one is at hand.
+        let idle = dir.is_some_and(|d| self.handles[h as usize].busy[d as usize] == NONE);
+        op.deferred = idle && op.gathers() && !self.closing;
+        let deferred = op.deferred;
         let idx = match self.alloc(op) {
             Ok(idx) => idx,
             Err(op) => return self.refuse_full(op),
@@ -147,7 +152,11 @@ impl State {
                     }
                 } else {
                     *busy = idx;
-                    self.issue(idx);
+                    if deferred {
+                        self.unsent.push(h);
+                    } else {
+                        self.issue(idx);
+                    }
                 }
             }
             None => self.issue(idx),
@@ -341,10 +350,22 @@ impl State {
         if op.finished || !op.counted {
             return Err(not_found());
         }
+        if op.deferred {
+            let h = op.handle;
+            self.undefer(h);
+        }
+        let op = self.op(idx);
         if op.in_kernel {
             if !op.cancelled {
                 op.cancelled = true;
-                let sqe = opcode::AsyncCancel::new(ud).build().user_data(0);
+                // A gathered send's SQE carries its first member's `user_data`: the one
+                // holding the lane.
+                let (gathered, h) = (op.gathered, op.handle);
+                let target = match gathered {
+                    true => self.ud(self.handles[h as usize].busy[Dir::Write as usize]),
+                    false => ud,
+                };
+                let sqe = opcode::AsyncCancel::new(target).build().user_data(0);
                 self.push(&sqe);
             }
             return Ok(());
@@ -363,6 +384,7 @@ impl State {
 
     pub(super) fn cancel_all(&mut self, key: u32) {
         let Some(h) = self.handle_of(key) else { return };
+        self.undefer(h);
         self.cancel_waiting(h);
         if self.handles[h as usize].kernel == 0 {
             return;

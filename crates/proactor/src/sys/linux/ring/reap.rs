@@ -200,6 +200,9 @@ impl State {
 
     /// A CQE of a single-shot operation (receive, send, readiness, record).
     pub(super) fn on_op(&mut self, idx: u32, res: i32) {
+        if self.op(idx).gathered {
+            return self.on_gathered(idx, res);
+        }
         self.ended(idx);
         let closing = self.closing;
         let op = self.op(idx);
@@ -244,6 +247,16 @@ impl State {
     pub(super) fn finish_op(&mut self, idx: u32, result: io::Result<usize>) {
         let op = self.op(idx);
         let (h, lane) = (op.handle, op.lane);
+        self.complete_op(idx, result);
+        if let Some(d) = lane {
+            self.hand_over(h, d, idx);
+        }
+    }
+
+    /// Completes single-shot operation `idx` with `result` (its lane is the caller's).
+    #[inline]
+    pub(super) fn complete_op(&mut self, idx: u32, result: io::Result<usize>) {
+        let op = self.op(idx);
         let body = std::mem::replace(&mut op.body, Body::Nothing);
         match body {
             Body::Recv(mut buf) => {
@@ -271,9 +284,6 @@ impl State {
                 self.deliver(idx, result, Output::None, None);
             }
         }
-        if let Some(d) = lane {
-            self.hand_over(h, d, idx);
-        }
     }
 
     /// Delivers a send's completion, with what it sent even if it failed.
@@ -297,6 +307,7 @@ impl State {
     }
 
     /// Operation `idx`, which held lane `d` of handle `h`, ended: the next one starts.
+    #[inline]
     pub(super) fn hand_over(&mut self, h: u32, d: Dir, idx: u32) {
         let handle = &mut self.handles[h as usize];
         if handle.busy[d as usize] != idx {
@@ -305,7 +316,7 @@ impl State {
         let next = handle.lanes[d as usize].pop_front(&self.slots);
         handle.busy[d as usize] = next.unwrap_or(NONE);
         if let Some(next) = next {
-            self.issue(next);
+            self.begin(next);
         }
     }
 }

@@ -153,6 +153,8 @@ impl State {
             lane: None,
             counted: true,
             multishot: false,
+            deferred: false,
+            gathered: false,
         }
     }
 

@@ -14,6 +14,9 @@ impl State {
     }
 
     pub(super) fn enter(&mut self, wait: bool, timeout: Option<Duration>) -> io::Result<()> {
+        if !self.unsent.is_empty() {
+            self.flush();
+        }
         self.unentered = 0;
         let n = self.sq_len() as u32;
         self.enter.enter(n, wait, timeout)

@@ -1,0 +1,346 @@
+//! Sends a [`LocalPort`] is asked for together: several on one connection between two
+//! dequeues. On io_uring they go to the kernel gathered (one `SENDMSG` for what a connection's
+//! send lane holds at an enter, `src/sys/linux/ring/gather.rs`); elsewhere one by one. Either
+//! way each send completes once, with its own bytes and buffer, and the peer gets exactly the
+//! bytes the completions report, in the order asked, through partial transfers (a reader that
+//! pauses), cancels of the first, a middle and the last send while the first is stuck in the
+//! kernel, a reset peer, and (with the `failpoints` feature, on the ring) a `SENDMSG` cut short
+//! inside a send or at a boundary between two.
+#![cfg(any(windows, target_os = "linux"))]
+
+mod common;
+
+use std::{
+    collections::HashMap,
+    io::{self, Read},
+    net::TcpStream,
+    sync::{Mutex, MutexGuard},
+    thread,
+    time::Duration,
+};
+
+use common::{
+    each_ip_v4,
+    local::{pair, within},
+    oracle::{Rng, check_stream, mismatch, pattern, seeds},
+    reset_on_drop,
+};
+use proactor::{LocalCompletion, LocalPort, OpId, OpKind};
+
+/// One test at a time: `live_operations()`, descriptor numbers and failpoints are process-wide.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Reads the peer's end to the end of the stream, in reads of random sizes with pauses.
+fn reader(mut peer: TcpStream, mut rng: Rng) -> thread::JoinHandle<Vec<u8>> {
+    peer.set_read_timeout(Some(WAIT)).unwrap();
+    thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let want = rng.range(1, buf.len() + 1);
+            let n = peer.read(&mut buf[..want]).expect("the peer's read");
+            if n == 0 {
+                return got;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if rng.chance(3) {
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+    })
+}
+
+/// One send asked for: where its bytes start in the stream, how many, and what its completion
+/// reported.
+struct Asked {
+    id: OpId,
+    start: u64,
+    len: usize,
+    reported: Option<usize>,
+}
+
+impl Asked {
+    fn new(id: OpId, start: usize, len: usize) -> Asked {
+        Asked {
+            id,
+            start: start as u64,
+            len,
+            reported: None,
+        }
+    }
+}
+
+/// What the peer must have got: each send's reported bytes, in the order asked.
+fn segments(asked: &[Asked]) -> Vec<(u64, usize)> {
+    asked
+        .iter()
+        .map(|a| (a.start, a.reported.unwrap_or(0)))
+        .collect()
+}
+
+/// The completion of `id` among the next ones, keeping the others in `early`.
+fn take(port: &LocalPort, id: OpId, early: &mut Vec<LocalCompletion>) -> LocalCompletion {
+    take_within(port, id, early, WAIT)
+}
+
+/// [`take`], each completion awaited at most `wait`.
+fn take_within(
+    port: &LocalPort,
+    id: OpId,
+    early: &mut Vec<LocalCompletion>,
+    wait: Duration,
+) -> LocalCompletion {
+    if let Some(at) = early.iter().position(|c| c.id() == id) {
+        return early.remove(at);
+    }
+    loop {
+        let c = port
+            .get_completion(Some(wait))
+            .unwrap_or_else(|e| panic!("no completion of {id:?} in {wait:?}: {e}"));
+        if c.id() == id {
+            return c;
+        }
+        early.push(c);
+    }
+}
+
+/// The bytes a send's completion hands back, whatever kind of send it was.
+fn handed_back(c: &mut LocalCompletion) -> Option<Vec<u8>> {
+    match c.kind() {
+        OpKind::SendVectored => c.take_buffers().map(|b| b.concat()),
+        _ => c.take_buffer(),
+    }
+}
+
+/// Many turns of up to 24 sends each (plain, vectored, some with a deadline, which the ring
+/// does not gather), 1 B to 1 MiB, to a reader that pauses: every send completes once, whole,
+/// handing its bytes back unchanged; the peer gets the stream in order. On the ring the
+/// completions come in the order asked, and sends were gathered.
+#[test]
+fn sends_asked_for_together_arrive_whole_once_and_in_order() {
+    let _s = serial();
+    for seed in seeds(3) {
+        let mut rng = Rng::new(seed);
+        let port = LocalPort::new().unwrap();
+        let ring = port.backend() == "io_uring";
+        let total = if cfg!(windows) { 3 << 20 } else { 16 << 20 };
+        let (h, peer) = pair(&port, each_ip_v4(), 1);
+        let read = reader(peer, rng.fork());
+        let mut asked: Vec<Asked> = Vec::new();
+        let mut pending: HashMap<OpId, usize> = HashMap::new();
+        let mut order = Vec::new();
+        let mut offset = 0;
+        let mut batch = Vec::new();
+        while offset < total || !pending.is_empty() {
+            if offset < total && pending.len() < 64 {
+                for _ in 0..rng.range(1, 25) {
+                    let sizes = [1, 7, 100, 1500, 4095, 65_537, 300_000, 1 << 20];
+                    let n = rng.pick(&sizes).min(total - offset);
+                    if n == 0 {
+                        break;
+                    }
+                    let data = pattern(1, offset as u64, n);
+                    let id = match rng.range(0, 10) {
+                        0 => port.with_timeout(Duration::from_secs(60)).send(&h, data),
+                        1 => {
+                            let k = rng.range(0, n + 1);
+                            port.send_vectored(&h, vec![data[..k].to_vec(), data[k..].to_vec()])
+                        }
+                        _ => port.send(&h, data),
+                    };
+                    pending.insert(id, asked.len());
+                    asked.push(Asked::new(id, offset, n));
+                    offset += n;
+                }
+            }
+            batch.clear();
+            port.get_completions(&mut batch, rng.range(1, 16), Some(WAIT))
+                .unwrap_or_else(|e| panic!("seed {seed}: no completion in {WAIT:?}: {e}"));
+            for c in &mut batch {
+                let at = pending
+                    .remove(&c.id())
+                    .unwrap_or_else(|| panic!("seed {seed}: unknown or twice: {c:?}"));
+                order.push(at);
+                let a = &mut asked[at];
+                let n = c
+                    .result()
+                    .unwrap_or_else(|e| panic!("seed {seed}: a send failed: {e} ({c:?})"));
+                assert_eq!(n, a.len, "seed {seed}: {c:?}");
+                let back = handed_back(c).expect("the send's bytes back");
+                assert_eq!(back.len(), a.len, "seed {seed}");
+                assert_eq!(mismatch(1, a.start, &back), None, "seed {seed}: changed");
+                a.reported = Some(n);
+            }
+        }
+        drop(h);
+        let got = read.join().unwrap();
+        check_stream(1, &segments(&asked), &got).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        if ring {
+            let asked_order: Vec<usize> = (0..asked.len()).collect();
+            assert_eq!(order, asked_order, "seed {seed}: completions out of order");
+            assert!(port.gathered_sends() > 0, "seed {seed}: nothing gathered");
+        }
+        assert_eq!(port.operations_in_flight(), 0);
+    }
+}
+
+/// A big send the peer does not read yet, three small ones behind it, asked for together; then
+/// one of the four is cancelled (the first, partway through; a middle one; the last) and the
+/// peer reads. The cancelled one ends alone, reporting what it sent; the others complete
+/// whole; the peer gets exactly the bytes reported, in order. On the ring the first is stuck in
+/// a gathered `SENDMSG` with the others, so the cancel lands inside it: the cancelled send must
+/// end cancelled (the first with part of its bytes, the others with none).
+#[test]
+fn a_cancel_among_sends_asked_for_together_ends_that_send_alone() {
+    let _s = serial();
+    let big = if cfg!(windows) { 4 << 20 } else { 32 << 20 };
+    for victim in [1, 0, 3] {
+        let port = LocalPort::new().unwrap();
+        let ring = port.backend() == "io_uring";
+        let (h, peer) = pair(&port, each_ip_v4(), 1);
+        let mut asked = Vec::new();
+        let mut offset = 0;
+        for n in [big, 100, 5000, 1] {
+            let id = port.send(&h, pattern(1, offset as u64, n));
+            asked.push(Asked::new(id, offset, n));
+            offset += n;
+        }
+        // The port submits them: the big one fills the socket's buffers and sticks.
+        let mut early: Vec<LocalCompletion> = within(&port, 200).into_iter().collect();
+        let cancelled = port.cancel(asked[victim].id).is_ok();
+        if ring {
+            assert!(cancelled, "victim {victim}: in flight, so cancellable");
+            assert!(
+                port.gathered_sends() > 0,
+                "victim {victim}: nothing gathered"
+            );
+        }
+        if cancelled && cfg!(target_os = "linux") {
+            // A cancel takes effect at once, not when the peer reads.
+            let id = asked[victim].id;
+            let c = take_within(&port, id, &mut early, Duration::from_secs(5));
+            early.push(c);
+        }
+        let read = reader(peer, Rng::new(victim as u64));
+        for (i, a) in asked.iter_mut().enumerate() {
+            let mut c = take(&port, a.id, &mut early);
+            let back = c.take_buffer().expect("the send's buffer back");
+            assert_eq!(
+                mismatch(1, a.start, &back),
+                None,
+                "victim {victim}: changed"
+            );
+            match c.result() {
+                Ok(n) => {
+                    assert_eq!(n, a.len, "{c:?}");
+                    assert!(
+                        !(ring && i == victim),
+                        "victim {victim}: not cancelled: {c:?}"
+                    );
+                    a.reported = Some(n);
+                }
+                Err(e) => {
+                    assert!(proactor::is_cancelled(&e), "victim {victim}: {e} ({c:?})");
+                    assert_eq!(i, victim, "only the cancelled send ends cancelled: {c:?}");
+                    let n = c.bytes_transferred();
+                    assert!(n < a.len, "{c:?}");
+                    if ring {
+                        // The first sent part of its bytes before it stuck; the others none.
+                        assert_eq!(n > 0, i == 0, "victim {victim}: {n} bytes sent ({c:?})");
+                    }
+                    a.reported = Some(n);
+                }
+            }
+        }
+        assert!(early.is_empty(), "completions of nothing asked: {early:?}");
+        drop(h);
+        let got = read.join().unwrap();
+        check_stream(1, &segments(&asked), &got).unwrap_or_else(|e| panic!("victim {victim}: {e}"));
+        assert_eq!(port.operations_in_flight(), 0);
+    }
+}
+
+/// Sends asked for together to a peer that reset the connection each fail (reset, or broken
+/// pipe after it) and hand their buffers back; none hangs and none reports success.
+#[test]
+fn sends_asked_for_together_to_a_reset_peer_each_fail() {
+    let _s = serial();
+    let port = LocalPort::new().unwrap();
+    let (h, peer) = pair(&port, each_ip_v4(), 1);
+    reset_on_drop(&peer).unwrap();
+    drop(peer);
+    thread::sleep(Duration::from_millis(50));
+    let ids: Vec<OpId> = (0..5)
+        .map(|i| port.send(&h, pattern(1, i * 10, 10)))
+        .collect();
+    let mut early = Vec::new();
+    for &id in &ids {
+        let mut c = take(&port, id, &mut early);
+        assert_eq!(c.take_buffer().map(|b| b.len()), Some(10), "{c:?}");
+        let e = c.result().expect_err("a send to a reset peer");
+        assert!(
+            matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::ConnectionAborted
+            ),
+            "{e:?} ({c:?})"
+        );
+    }
+    assert!(early.is_empty(), "{early:?}");
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+/// The ring's gathered `SENDMSG` cut short (`ring::gather_short`, once): its CQE reports a
+/// partial transfer ending where the test chose: inside the last send, at each boundary, inside
+/// a middle one, inside the first. Every send still completes once and whole, in order, and the
+/// peer gets each byte once.
+#[cfg(all(feature = "failpoints", target_os = "linux"))]
+#[test]
+fn a_gathered_send_cut_short_anywhere_goes_on_in_order() {
+    let _s = serial();
+    let sizes = [100, 5000, 1, 200];
+    let total: usize = sizes.iter().sum();
+    // Bytes cut from the end of the gathered send.
+    for cut in [1, 199, 200, 201, 202, 2000, 5201, total - 100, total - 1] {
+        let port = LocalPort::new().unwrap();
+        if port.backend() != "io_uring" {
+            eprintln!("a_gathered_send_cut_short_anywhere_goes_on_in_order: no ring here: skipped");
+            return;
+        }
+        let (h, peer) = pair(&port, each_ip_v4(), 1);
+        let read = reader(peer, Rng::new(cut as u64));
+        fail::cfg("ring::gather_short", &format!("1*return({cut})")).unwrap();
+        let mut asked = Vec::new();
+        let mut offset = 0;
+        for n in sizes {
+            let id = port.send(&h, pattern(1, offset as u64, n));
+            asked.push((id, offset as u64, n));
+            offset += n;
+        }
+        for &(id, start, n) in &asked {
+            let mut c = port.get_completion(Some(WAIT)).expect("a completion");
+            assert_eq!(c.id(), id, "cut {cut}: out of order");
+            assert_eq!(c.result().unwrap(), n, "cut {cut}: {c:?}");
+            let back = c.take_buffer().expect("the buffer back");
+            assert_eq!(mismatch(1, start, &back), None, "cut {cut}");
+        }
+        fail::remove("ring::gather_short");
+        // Three joined the first; the rest of a cut, if two or more sends, gathered again.
+        assert!(
+            port.gathered_sends() >= 3,
+            "cut {cut}: {}",
+            port.gathered_sends()
+        );
+        drop(h);
+        let got = read.join().unwrap();
+        check_stream(1, &[(0, total)], &got).unwrap_or_else(|e| panic!("cut {cut}: {e}"));
+        assert_eq!(port.operations_in_flight(), 0);
+    }
+}
