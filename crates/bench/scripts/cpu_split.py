@@ -11,7 +11,9 @@ Usage: cpu_split.py [--bench target/release/bench] [--conns 100] [--size 64] [--
        [--symbols tcp_sendmsg_locked,tcp_recvmsg_locked] SERVER...
 SERVER is a harness server name ("proactor 1w", "raw multishot", "tokio current-thread", ...).
 """
-import argparse, os, re, subprocess, sys, tempfile, time
+import argparse, os, re, subprocess, sys, tempfile
+
+from harness_cell import with_cell
 
 def main():
     ap = argparse.ArgumentParser()
@@ -29,20 +31,12 @@ def main():
     print("|---|---:|---:|---:|---:|" + "---:|" * len(symbols))
     for server in a.servers:
         data = os.path.join(tmp.name, re.sub(r"\W+", "_", server) + ".data")
-        bench = subprocess.Popen(
-            [a.bench, "matrix", "--conns", str(a.conns), "--sizes", str(a.size), "--depths",
-             str(a.depth), "--reps", "1", "--secs", "6", "--only", server],
-            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        time.sleep(3)  # the server started, its connections up, the warm-up under way
-        rec = subprocess.run(["perf", "record", "-q", "-F", "2000", "-e", "cpu-clock", "-C", "0",
-                              "-o", data, "--", "sleep", "5"], capture_output=True, text=True)
-        out, _ = bench.communicate()
+        record = lambda: subprocess.run(
+            ["perf", "record", "-q", "-F", "2000", "-e", "cpu-clock", "-C", "0", "-o", data,
+             "--", "sleep", "5"], capture_output=True, text=True)
+        rec, rts = with_cell(a.bench, a.conns, a.size, a.depth, server, 6, record)
         if rec.returncode != 0:
             sys.exit(f"perf record failed: {rec.stderr.strip()}")
-        row = next((l for l in out.splitlines() if l.startswith(f"| {server} |")), None)
-        if row is None:
-            sys.exit(f"no result row for {server!r} (is it a harness server name?)")
-        rts = float(row.split("|")[4])
         us = lambda pct: pct / 100 / rts * 1e6  # a share of CPU 0's samples, per round trip
         # The server's threads: proactor-echo's (`echo-worker-N`, `proactor-echo`) and the
         # harness's servers' (`echo-*`); not the idle loop, perf or the load generator.

@@ -198,7 +198,7 @@ fn sends_asked_for_together_arrive_whole_once_and_in_order() {
 #[test]
 fn a_cancel_among_sends_asked_for_together_ends_that_send_alone() {
     let _s = serial();
-    let big = if cfg!(windows) { 4 << 20 } else { 32 << 20 };
+    let big = if cfg!(windows) { 4 << 20 } else { 16 << 20 };
     for victim in [1, 0, 3] {
         let port = LocalPort::new().unwrap();
         let ring = port.backend() == "io_uring";
@@ -266,7 +266,8 @@ fn a_cancel_among_sends_asked_for_together_ends_that_send_alone() {
 }
 
 /// Sends asked for together to a peer that reset the connection each fail (reset, or broken
-/// pipe after it) and hand their buffers back; none hangs and none reports success.
+/// pipe after it) and hand their buffers back; none hangs and none reports success (on the
+/// ring, an empty one among them neither: it goes to the kernel alone, after the others).
 #[test]
 fn sends_asked_for_together_to_a_reset_peer_each_fail() {
     let _s = serial();
@@ -275,13 +276,21 @@ fn sends_asked_for_together_to_a_reset_peer_each_fail() {
     reset_on_drop(&peer).unwrap();
     drop(peer);
     thread::sleep(Duration::from_millis(50));
-    let ids: Vec<OpId> = (0..5)
-        .map(|i| port.send(&h, pattern(1, i * 10, 10)))
+    let ring = port.backend() == "io_uring";
+    // An empty one among them.
+    let lens = [10, 10, 0, 10, 10];
+    let ids: Vec<OpId> = lens
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| port.send(&h, pattern(1, i as u64 * 10, n)))
         .collect();
     let mut early = Vec::new();
-    for &id in &ids {
+    for (&id, &n) in ids.iter().zip(&lens) {
         let mut c = take(&port, id, &mut early);
-        assert_eq!(c.take_buffer().map(|b| b.len()), Some(10), "{c:?}");
+        assert_eq!(c.take_buffer().map(|b| b.len()), Some(n), "{c:?}");
+        if n == 0 && !ring {
+            continue; // the shared port completes an empty send without a call
+        }
         let e = c.result().expect_err("a send to a reset peer");
         assert!(
             matches!(
@@ -294,6 +303,145 @@ fn sends_asked_for_together_to_a_reset_peer_each_fail() {
         );
     }
     assert!(early.is_empty(), "{early:?}");
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+/// Three connections, sends of 0 B to 300 KB asked for a few at a time (plain, vectored, with a
+/// deadline), readers that pause, and at random: a cancel (sometimes twice), a `cancel_all`, a
+/// dequeue that does not wait; with the `failpoints` feature, on half the seeds, one gathered
+/// `SENDMSG` in five cut short. Every send completes once with its bytes back unchanged, whole
+/// or cancelled (never a deadline) with what it sent; each peer gets exactly the reported bytes
+/// of its own sends, in order.
+#[cfg(target_os = "linux")]
+#[test]
+fn cancels_and_short_transfers_among_sends_asked_for_together_lose_nothing() {
+    const STEPS: usize = 250;
+    let _s = serial();
+    for (i, seed) in seeds(3).into_iter().enumerate() {
+        let mut rng = Rng::new(seed);
+        let port = LocalPort::new().unwrap();
+        let mut conns = Vec::new();
+        for c in 0..3 {
+            let (h, peer) = pair(&port, each_ip_v4(), c);
+            conns.push((h, reader(peer, rng.fork()), Vec::<Asked>::new(), 0));
+        }
+        #[cfg(feature = "failpoints")]
+        if i % 2 == 1 {
+            fail::cfg("ring::gather_short", "20%return(37)").unwrap();
+        }
+        let _ = i;
+        let mut pending: HashMap<OpId, (usize, usize)> = HashMap::new();
+        let mut batch = Vec::new();
+        let mut step = 0;
+        while step < STEPS || !pending.is_empty() {
+            for _ in 0..rng.range(0, 8).min(if step < STEPS { 8 } else { 0 }) {
+                let c = rng.range(0, conns.len());
+                let (h, _, asked, offset) = &mut conns[c];
+                let n = rng.pick(&[0, 1, 3, 64, 1500, 9000, 70_000, 200_000]);
+                let data = pattern(c as u64, *offset as u64, n);
+                let id = match rng.range(0, 10) {
+                    0 => port.with_timeout(Duration::from_secs(60)).send(h, data),
+                    1 => {
+                        let k = rng.range(0, n + 1);
+                        port.send_vectored(h, vec![data[..k].to_vec(), data[k..].to_vec()])
+                    }
+                    _ => port.send(h, data),
+                };
+                pending.insert(id, (c, asked.len()));
+                asked.push(Asked::new(id, *offset, n));
+                *offset += n;
+            }
+            if !pending.is_empty() && rng.chance(15) {
+                let ids: Vec<OpId> = pending.keys().copied().collect();
+                let id = rng.pick(&ids);
+                let _ = port.cancel(id);
+                if rng.chance(30) {
+                    let _ = port.cancel(id);
+                }
+            }
+            if rng.chance(2) {
+                port.cancel_all(&conns[rng.range(0, conns.len())].0)
+                    .unwrap();
+            }
+            let wait = match (step < STEPS, rng.chance(50)) {
+                (false, _) => WAIT,
+                (true, true) => Duration::ZERO,
+                (true, false) => Duration::from_millis(1),
+            };
+            step += 1;
+            batch.clear();
+            if let Err(e) = port.get_completions(&mut batch, rng.range(1, 16), Some(wait)) {
+                assert!(
+                    wait < WAIT,
+                    "seed {seed}: {} sends never completed: {e}",
+                    pending.len()
+                );
+            }
+            for c in &mut batch {
+                let (conn, at) = pending
+                    .remove(&c.id())
+                    .unwrap_or_else(|| panic!("seed {seed}: unknown or twice: {c:?}"));
+                let a = &mut conns[conn].2[at];
+                let back = handed_back(c).expect("the send's bytes back");
+                assert_eq!(back.len(), a.len, "seed {seed}: {c:?}");
+                assert_eq!(mismatch(conn as u64, a.start, &back), None, "seed {seed}");
+                a.reported = Some(match c.result() {
+                    Ok(n) => {
+                        assert_eq!(n, a.len, "seed {seed}: {c:?}");
+                        n
+                    }
+                    Err(e) => {
+                        assert!(proactor::is_cancelled(&e), "seed {seed}: {e} ({c:?})");
+                        assert!(c.bytes_transferred() <= a.len, "seed {seed}: {c:?}");
+                        c.bytes_transferred()
+                    }
+                });
+            }
+        }
+        #[cfg(feature = "failpoints")]
+        fail::remove("ring::gather_short");
+        for (c, (h, read, asked, _)) in conns.into_iter().enumerate() {
+            drop(h);
+            let got = read.join().unwrap();
+            check_stream(c as u64, &segments(&asked), &got)
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        }
+        assert_eq!(port.operations_in_flight(), 0);
+    }
+}
+
+/// An empty send between a send stuck in the kernel (the peer not reading) and a small one:
+/// nothing completes while the first is stuck, then all three in the order asked, and the peer
+/// gets the stream whole.
+#[test]
+fn an_empty_send_behind_a_stuck_one_waits_its_turn() {
+    let _s = serial();
+    let port = LocalPort::new().unwrap();
+    let (h, peer) = pair(&port, each_ip_v4(), 1);
+    let big = if cfg!(windows) { 4 << 20 } else { 32 << 20 };
+    let ids = [
+        port.send(&h, pattern(1, 0, big)),
+        port.send(&h, Vec::new()),
+        port.send(&h, pattern(1, big as u64, 10)),
+    ];
+    if cfg!(target_os = "linux") {
+        if let Some(c) = within(&port, 300) {
+            panic!("a completion while the first send is stuck: {c:?}");
+        }
+    }
+    let read = reader(peer, Rng::new(7));
+    let mut order = Vec::new();
+    while order.len() < ids.len() {
+        let c = port.get_completion(Some(WAIT)).expect("a completion");
+        assert!(c.result().is_ok(), "{c:?}");
+        order.push(c.id());
+    }
+    if cfg!(target_os = "linux") {
+        assert_eq!(order, ids, "completions out of the order asked");
+    }
+    drop(h);
+    let got = read.join().unwrap();
+    check_stream(1, &[(0, big + 10)], &got).unwrap();
     assert_eq!(port.operations_in_flight(), 0);
 }
 

@@ -74,12 +74,14 @@ fn add_sent(body: &mut Body, n: usize) {
 
 impl Op {
     /// A send that may go out in a gathered `SENDMSG`: a stream's send or pooled send with no
-    /// deadline (a deadline is a link timeout of its own SQE).
+    /// deadline (a deadline is a link timeout of its own SQE) and bytes left to send. An empty
+    /// send goes alone, as before: inside a `SENDMSG` the CQE could not say whether it was
+    /// reached (behind a member stuck or failed, it would complete at once, out of order).
     #[inline]
     pub(super) fn gathers(&self) -> bool {
         self.lane == Some(Dir::Write)
             && self.deadline.is_none()
-            && matches!(self.body, Body::Send { .. } | Body::SendPooled { .. })
+            && sent(&self.body).is_some_and(|(buf, done)| done < buf.len())
     }
 }
 
