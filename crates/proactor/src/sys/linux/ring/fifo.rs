@@ -54,6 +54,20 @@ impl Fifo {
         Some(idx)
     }
 
+    /// Puts every entry of `other` after this queue's, in their order (`other`, a copy of
+    /// its two indexes, is left to the caller to drop or reset).
+    pub(super) fn append(&mut self, slots: &mut [Slot], other: Fifo) {
+        if other.head == NONE {
+            return;
+        }
+        if self.tail == NONE {
+            self.head = other.head;
+        } else {
+            slots[self.tail as usize].next = other.head;
+        }
+        self.tail = other.tail;
+    }
+
     /// Takes `idx` out of the queue (a walk from the oldest); false if it is not in it.
     pub(super) fn remove(&mut self, slots: &mut [Slot], idx: u32) -> bool {
         let mut prev = NONE;
@@ -127,6 +141,27 @@ mod tests {
         q.push_front(&mut s, 4);
         q.push_back(&mut s, 6);
         assert_eq!(drain(&mut q, &s), [4, 6]);
+    }
+
+    #[test]
+    fn appends_a_queue_in_order() {
+        let mut s = slots(8);
+        let (mut a, mut b) = (Fifo::EMPTY, Fifo::EMPTY);
+        a.append(&mut s, b); // empty to empty
+        assert_eq!(a, Fifo::EMPTY);
+        for i in [4, 2] {
+            b.push_back(&mut s, i);
+        }
+        a.append(&mut s, b); // into an empty one
+        assert_eq!(a.iter(&s).collect::<Vec<_>>(), [4, 2]);
+        let mut c = Fifo::EMPTY;
+        for i in [7, 0, 5] {
+            c.push_back(&mut s, i);
+        }
+        a.append(&mut s, c);
+        a.append(&mut s, Fifo::EMPTY); // nothing
+        a.push_back(&mut s, 1);
+        assert_eq!(drain(&mut a, &s), [4, 2, 7, 0, 5, 1]);
     }
 
     #[test]

@@ -86,9 +86,8 @@ impl Op {
 }
 
 impl State {
-    /// Starts operation `idx`, which now holds its lane after the one before it ended: a send
-    /// that gathers waits for the next enter, anything else is queued at once (`start` decides
-    /// the same for an operation that finds its lane idle).
+    /// Starts operation `idx`, which now holds its lane: a send that gathers waits for the next
+    /// enter, anything else is queued at once.
     #[inline]
     pub(super) fn begin(&mut self, idx: u32) {
         let closing = self.closing;
@@ -106,19 +105,9 @@ impl State {
     pub(super) fn flush(&mut self) {
         let mut unsent = std::mem::take(&mut self.unsent);
         for &h in &unsent {
-            let handle = &self.handles[h as usize];
-            let (head, alone) = (
-                handle.busy[Dir::Write as usize],
-                handle.lanes[Dir::Write as usize].is_empty(),
-            );
-            if !self.is_deferred(head) {
-                continue; // submitted meanwhile (`undefer`), or ended
-            }
-            if alone {
-                // The common case at one message in flight: nothing to gather.
-                self.op(head).deferred = false;
-                self.issue(head);
-            } else {
+            let head = self.handles[h as usize].busy[Dir::Write as usize];
+            // Not deferred any more: submitted meanwhile (`undefer`), or ended.
+            if self.is_deferred(head) {
                 self.gather(h, head);
             }
         }
@@ -258,9 +247,7 @@ impl State {
         debug_assert_eq!(left, 0, "a SENDMSG moved more than its members held");
         // What goes on runs before what waited behind the gathered send.
         let lane = &mut self.handles[h as usize].lanes[Dir::Write as usize];
-        while let Some(idx) = lane.pop_front(&self.slots) {
-            back.push_back(&mut self.slots, idx);
-        }
+        back.append(&mut self.slots, *lane);
         *lane = back;
         self.hand_over(h, Dir::Write, head);
     }

@@ -125,11 +125,6 @@ impl State {
         };
         let mut op = self.new_op(kind, h, user, deadline, body);
         op.lane = dir;
-        // A send that finds its lane idle and may be gathered waits for the next enter
-        // (`gather.rs`); decided here, where what makes it one is at hand.
-        let idle = dir.is_some_and(|d| self.handles[h as usize].busy[d as usize] == NONE);
-        op.deferred = idle && op.gathers() && !self.closing;
-        let deferred = op.deferred;
         let idx = match self.alloc(op) {
             Ok(idx) => idx,
             Err(op) => return self.refuse_full(op),
@@ -152,11 +147,7 @@ impl State {
                     }
                 } else {
                     *busy = idx;
-                    if deferred {
-                        self.unsent.push(h);
-                    } else {
-                        self.issue(idx);
-                    }
+                    self.begin(idx);
                 }
             }
             None => self.issue(idx),
