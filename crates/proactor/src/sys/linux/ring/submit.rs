@@ -28,7 +28,8 @@ impl State {
         // One look at the queue (its head, shared with the kernel) when there is room, which
         // is nearly always.
         // SAFETY: every pointer in the SQEs this engine builds names memory it keeps until
-        // the operation's CQE (buffers, records, boxed timespecs) or nothing.
+        // the operation's CQE (buffers, records, boxed timespecs, a gathered send's boxed
+        // header and iovecs) or nothing.
         if unsafe { self.ring.submission().push(sqe) }.is_ok() {
             return;
         }
