@@ -548,13 +548,8 @@ fn a_handle_dropped_with_a_gathered_send_in_flight_leaves_nothing_to_its_fd_numb
     // The connection really closed: the peer reads to the end of its stream.
     old_client.set_read_timeout(Some(WAIT)).unwrap();
     let mut old_got = Vec::new();
-    let mut sink = vec![0u8; 1 << 20];
-    loop {
-        match old_client.read(&mut sink) {
-            Ok(0) => break,
-            Ok(n) => old_got.extend_from_slice(&sink[..n]),
-            Err(e) => panic!("the old connection did not end: {e}"),
-        }
+    if let Err(e) = old_client.read_to_end(&mut old_got) {
+        panic!("the old connection did not end: {e}");
     }
     let (new_server, _) = l.accept().unwrap();
     assert_eq!(new_server.as_raw_fd(), old_fd, "the fd number is reused");
