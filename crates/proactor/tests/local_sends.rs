@@ -6,7 +6,8 @@
 //! pauses), cancels of the first, a middle and the last send while the first is stuck in the
 //! kernel, a reset peer, and (with the `failpoints` feature, on the ring) a `SENDMSG` cut short
 //! inside a send or at a boundary between two; and (Linux) a handle dropped with a gathered send
-//! in the kernel while the next connection takes its descriptor number.
+//! in the kernel while the next connection takes its descriptor number; and the enter that
+//! gathers them meeting a full submission queue.
 #![cfg(any(windows, target_os = "linux"))]
 
 mod common;
@@ -617,5 +618,62 @@ fn a_handle_dropped_with_a_gathered_send_in_flight_leaves_nothing_to_its_fd_numb
     drop(new);
     drop(new_client);
     check_stream(2, &segments(&new_sends), &new_read.join().unwrap()).unwrap();
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+/// The enter that gathers the deferred sends meets a full submission queue (4,090 timers
+/// queued before it, in a queue of 4,096): the gathered `SENDMSG`s of 300 connections, three
+/// sends each, make room by entering from inside the flush. Every send completes once and
+/// whole, and every peer gets its stream in order.
+#[test]
+fn sends_gathered_into_a_full_submission_queue_all_arrive() {
+    let _s = serial();
+    let port = LocalPort::new().unwrap();
+    let conns = 300;
+    let mut handles = Vec::new();
+    let mut reads = Vec::new();
+    for i in 0..conns {
+        let (h, peer) = pair(&port, each_ip_v4(), i);
+        handles.push(h);
+        reads.push(reader(peer, Rng::new(i as u64)));
+    }
+    let timers: Vec<OpId> = (0..4090)
+        .map(|_| port.timer(Duration::from_secs(100)))
+        .collect();
+    let before = port.gathered_sends();
+    let mut ids = Vec::new();
+    for (i, h) in handles.iter().enumerate() {
+        for k in 0..3u64 {
+            ids.push(port.send(h, pattern(i as u64 + 1, k * 100, 100)));
+        }
+    }
+    let mut early = Vec::new();
+    for &id in &ids {
+        let mut c = take(&port, id, &mut early);
+        assert_eq!(c.result().unwrap(), 100, "{c:?}");
+        assert!(c.take_buffer().is_some());
+    }
+    if port.backend() == "io_uring" {
+        assert!(port.gathered_sends() > before, "nothing was gathered");
+    }
+    for &t in &timers {
+        port.cancel(t).unwrap();
+    }
+    let mut ended = early.len();
+    for c in &early {
+        assert!(timers.contains(&c.id()), "{c:?}");
+    }
+    while ended < timers.len() {
+        let c = port
+            .get_completion(Some(WAIT))
+            .expect("a timer's completion");
+        assert!(timers.contains(&c.id()), "{c:?}");
+        assert!(proactor::is_cancelled(&c.result().unwrap_err()), "{c:?}");
+        ended += 1;
+    }
+    drop(handles);
+    for (i, r) in reads.into_iter().enumerate() {
+        check_stream(i as u64 + 1, &[(0, 300)], &r.join().unwrap()).unwrap();
+    }
     assert_eq!(port.operations_in_flight(), 0);
 }
