@@ -39,6 +39,20 @@ pub(crate) enum Output {
 ///
 /// The stream is not yet associated with any port: pass it to
 /// [`Iocp::add_handle`](crate::Iocp::add_handle) to run operations on it.
+///
+/// ```
+/// use std::net::{TcpListener, TcpStream};
+/// let port = proactor::Iocp::new()?;
+/// let listener = port.add_handle(TcpListener::bind("127.0.0.1:0")?, 0)?;
+/// port.accept(&listener);
+/// let client = TcpStream::connect(listener.local_addr()?)?;
+/// let accepted = port.get_completion(None)?.take_accepted().expect("accepted");
+/// assert_eq!(accepted.peer_addr, client.local_addr()?);
+/// assert_eq!(accepted.local_addr, listener.local_addr()?);
+/// let conn = port.add_handle(accepted.stream, 1)?; // now it takes operations
+/// # drop(conn);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct Accepted {
     /// The accepted connection.
@@ -129,6 +143,13 @@ impl Completion {
     /// The context of the handle the operation ran on (given to
     /// [`Iocp::add_handle`](crate::Iocp::add_handle)), or the context given to
     /// [`Iocp::post`](crate::Iocp::post).
+    ///
+    /// ```
+    /// let port = proactor::Iocp::new()?;
+    /// port.post(7, 0)?;
+    /// assert_eq!(port.get_completion(None)?.context(), 7);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[inline]
     pub fn context(&self) -> usize {
         self.context
@@ -137,18 +158,43 @@ impl Completion {
     /// The operation's own user value, given at submission through
     /// [`Iocp::with_user`](crate::Iocp::with_user); 0 for an operation submitted without one
     /// and for a posted packet.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let port = proactor::Iocp::new()?;
+    /// port.with_user(5).timer(Duration::from_millis(1));
+    /// assert_eq!(port.get_completion(None)?.user(), 5);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[inline]
     pub fn user(&self) -> usize {
         self.user
     }
 
     /// The id [`Iocp`](crate::Iocp) returned when the operation was submitted.
+    ///
+    /// ```
+    /// let port = proactor::Iocp::new()?;
+    /// let id = port.post(0, 0)?;
+    /// assert_eq!(port.get_completion(None)?.id(), id);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[inline]
     pub fn id(&self) -> OpId {
         self.id
     }
 
     /// Which operation this was.
+    ///
+    /// ```
+    /// use proactor::OpKind;
+    /// let port = proactor::Iocp::new()?;
+    /// port.post(0, 0)?;
+    /// let done = port.get_completion(None)?;
+    /// assert_eq!(done.kind(), OpKind::Post);
+    /// assert_eq!(done.kind().name(), "post");
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[inline]
     pub fn kind(&self) -> OpKind {
         self.kind
@@ -184,6 +230,13 @@ impl Completion {
     /// Bytes transferred, as the kernel reported them, even when the operation failed (a
     /// truncated datagram or a cancelled send can report a partial count). For a posted packet,
     /// the value given to [`Iocp::post`](crate::Iocp::post).
+    ///
+    /// ```
+    /// let port = proactor::Iocp::new()?;
+    /// port.post(0, 1234)?;
+    /// assert_eq!(port.get_completion(None)?.bytes_transferred(), 1234);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[inline]
     pub fn bytes_transferred(&self) -> usize {
         self.bytes
@@ -193,6 +246,18 @@ impl Completion {
     ///
     /// The error is built afresh on each call from the one the operation ended with, so it can be
     /// inspected any number of times; its kind, message and OS code are the same each time.
+    ///
+    /// ```
+    /// use std::{net::UdpSocket, time::Duration};
+    /// let port = proactor::Iocp::new()?;
+    /// let socket = port.add_handle(UdpSocket::bind("127.0.0.1:0")?, 0)?;
+    /// port.with_timeout(Duration::from_millis(10)).recv_from(&socket, Vec::with_capacity(64));
+    /// let done = port.get_completion(None)?;
+    /// let e = done.result().unwrap_err(); // nothing arrived before the deadline
+    /// assert!(proactor::is_deadline(&e));
+    /// assert_eq!(done.result().unwrap_err().kind(), e.kind()); // the same error each time
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[inline]
     pub fn result(&self) -> io::Result<usize> {
         match &self.error {
@@ -202,12 +267,34 @@ impl Completion {
     }
 
     /// The error the operation ended with, if it failed.
+    ///
+    /// ```
+    /// use std::{net::UdpSocket, time::Duration};
+    /// let port = proactor::Iocp::new()?;
+    /// let socket = port.add_handle(UdpSocket::bind("127.0.0.1:0")?, 0)?;
+    /// port.with_timeout(Duration::from_millis(10)).recv_from(&socket, Vec::with_capacity(64));
+    /// let done = port.get_completion(None)?;
+    /// assert!(done.error().is_some_and(proactor::is_deadline));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[inline]
     pub fn error(&self) -> Option<&io::Error> {
         self.error.as_ref()
     }
 
     /// Whether the operation was cancelled locally (see [`is_cancelled`](crate::is_cancelled)).
+    ///
+    /// ```
+    /// use std::net::UdpSocket;
+    /// let port = proactor::Iocp::new()?;
+    /// let socket = port.add_handle(UdpSocket::bind("127.0.0.1:0")?, 0)?;
+    /// let id = port.recv_from(&socket, Vec::with_capacity(64));
+    /// port.cancel(id)?;
+    /// let mut done = port.get_completion(None)?;
+    /// assert!(done.is_cancelled());
+    /// assert!(done.take_buffer().is_some()); // a cancelled operation hands its buffer back too
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[inline]
     pub fn is_cancelled(&self) -> bool {
         self.error.as_ref().is_some_and(crate::is_cancelled)
@@ -215,6 +302,26 @@ impl Completion {
 
     /// Takes back the buffer of a receive, send, read or write; `None` for other operations
     /// or when already taken.
+    ///
+    /// ```
+    /// use std::net::UdpSocket;
+    /// use proactor::OpKind;
+    /// let port = proactor::Iocp::new()?;
+    /// let socket = port.add_handle(UdpSocket::bind("127.0.0.1:0")?, 0)?;
+    /// let me = socket.local_addr()?;
+    /// port.recv_from(&socket, Vec::with_capacity(64));
+    /// port.send_to(&socket, b"hello".to_vec(), me);
+    /// for _ in 0..2 {
+    ///     let mut done = port.get_completion(None)?;
+    ///     let buf = done.take_buffer().expect("a receive and a send hand their buffers back");
+    ///     assert_eq!(buf, b"hello"); // what was received, or what was sent
+    ///     assert!(done.take_buffer().is_none()); // taken once
+    ///     if done.kind() == OpKind::RecvFrom {
+    ///         assert_eq!(done.peer_addr(), Some(me));
+    ///     }
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     #[inline]
     pub fn take_buffer(&mut self) -> Option<Vec<u8>> {
         // Looked at in place: a completion without a buffer (a pooled receive's, every
@@ -228,6 +335,16 @@ impl Completion {
     }
 
     /// Takes back the buffers of a vectored receive or send.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) -> std::io::Result<()> {
+    /// port.recv_vectored(conn, vec![Vec::with_capacity(16), Vec::with_capacity(4096)]);
+    /// let mut done = port.get_completion(None)?;
+    /// let n = done.result()?;
+    /// let bufs = done.take_buffers().expect("a vectored receive's buffers");
+    /// assert_eq!(bufs.iter().map(Vec::len).sum::<usize>(), n); // filled in order
+    /// # Ok(()) }
+    /// ```
     pub fn take_buffers(&mut self) -> Option<Vec<Vec<u8>>> {
         match std::mem::replace(&mut self.output, Output::None) {
             Output::Buffers(bufs) => Some(bufs),
@@ -240,12 +357,34 @@ impl Completion {
 
     /// The source address of a datagram a [`recv_from`](crate::Iocp::recv_from) received
     /// (also when it was truncated).
+    ///
+    /// ```
+    /// use std::net::UdpSocket;
+    /// let port = proactor::Iocp::new()?;
+    /// let socket = port.add_handle(UdpSocket::bind("127.0.0.1:0")?, 0)?;
+    /// let sender = UdpSocket::bind("127.0.0.1:0")?;
+    /// port.recv_from(&socket, Vec::with_capacity(64));
+    /// sender.send_to(b"ping", socket.local_addr()?)?;
+    /// let done = port.get_completion(None)?;
+    /// assert_eq!(done.peer_addr(), Some(sender.local_addr()?));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.peer
     }
 
     /// Takes back an ioctl's buffers as `(input, output)`; the output's length grew by the
     /// bytes the control returned.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, device: &proactor::Handle<std::fs::File>, code: u32) -> std::io::Result<()> {
+    /// port.ioctl(device, code, Vec::new(), Vec::with_capacity(256));
+    /// let mut done = port.get_completion(None)?;
+    /// let n = done.result()?;
+    /// let (_input, output) = done.take_ioctl().expect("an ioctl's buffers");
+    /// assert_eq!(output.len(), n); // what the control returned
+    /// # Ok(()) }
+    /// ```
     pub fn take_ioctl(&mut self) -> Option<(Vec<u8>, Vec<u8>)> {
         match std::mem::replace(&mut self.output, Output::None) {
             Output::Ioctl(buffers) => Some(*buffers),
@@ -259,6 +398,20 @@ impl Completion {
     /// Takes the accepted connection of a successful accept on a TCP listener; `None` for one
     /// on a Unix-domain listener (see [`take_accepted_socket`](Completion::take_accepted_socket),
     /// on every system, and `take_accepted_unix`, on Linux).
+    ///
+    /// ```
+    /// use std::net::{TcpListener, TcpStream};
+    /// let port = proactor::Iocp::new()?;
+    /// let listener = port.add_handle(TcpListener::bind("127.0.0.1:0")?, 0)?;
+    /// port.accept(&listener);
+    /// let _client = TcpStream::connect(listener.local_addr()?)?;
+    /// let mut done = port.get_completion(None)?;
+    /// let accepted = done.take_accepted().expect("a successful accept");
+    /// assert!(done.take_accepted().is_none()); // taken once
+    /// let conn = port.add_handle(accepted.stream, 1)?;
+    /// # drop(conn);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn take_accepted(&mut self) -> Option<Accepted> {
         match std::mem::replace(&mut self.output, Output::None) {
             Output::Accepted(a) => Some(*a),

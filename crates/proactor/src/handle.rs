@@ -32,6 +32,18 @@ mod sealed {
 ///
 /// The trait is sealed: the port must know whether an object is a socket or another kind of
 /// handle, which only these types say.
+///
+/// ```
+/// use std::net::UdpSocket;
+/// // Any of these types can be associated; a generic helper takes them all.
+/// fn join<T: proactor::Associate>(port: &proactor::Iocp, io: T, context: usize) -> std::io::Result<proactor::Handle<T>> {
+///     port.add_handle(io, context)
+/// }
+/// let port = proactor::Iocp::new()?;
+/// let socket = join(&port, UdpSocket::bind("127.0.0.1:0")?, 3)?;
+/// assert_eq!(socket.context(), 3);
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub trait Associate: sealed::Sealed + Send {}
 
 pub(crate) use sealed::Sealed;
@@ -69,11 +81,26 @@ impl<T: Associate> Handle<T> {
 
     /// The context value given to [`Iocp::add_handle`](crate::Iocp::add_handle), carried by
     /// every completion of an operation on this handle.
+    ///
+    /// ```
+    /// let port = proactor::Iocp::new()?;
+    /// let socket = port.add_handle(std::net::UdpSocket::bind("127.0.0.1:0")?, 42)?;
+    /// assert_eq!(socket.context(), 42);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn context(&self) -> usize {
         self.target.context
     }
 
     /// The associated object.
+    ///
+    /// ```
+    /// let port = proactor::Iocp::new()?;
+    /// let socket = port.add_handle(std::net::UdpSocket::bind("127.0.0.1:0")?, 0)?;
+    /// let std_socket: &std::net::UdpSocket = socket.get_ref();
+    /// assert!(std_socket.local_addr()?.ip().is_loopback());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
     pub fn get_ref(&self) -> &T {
         &self.io
     }

@@ -218,6 +218,11 @@ pub enum OpKind {
 
 impl OpKind {
     /// A short lowercase name, for logs.
+    ///
+    /// ```
+    /// assert_eq!(proactor::OpKind::Recv.name(), "recv");
+    /// assert_eq!(proactor::OpKind::SendPooled.name(), "send_pooled");
+    /// ```
     pub fn name(self) -> &'static str {
         match self {
             OpKind::Post => "post",

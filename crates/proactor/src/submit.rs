@@ -49,6 +49,12 @@ impl<'a> Submit<'a> {
     }
 
     /// The user value the operation will carry.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp) {
+    /// assert_eq!(port.with_user(3).user(), 3);
+    /// # }
+    /// ```
     pub fn user(&self) -> usize {
         self.user
     }
@@ -123,12 +129,24 @@ impl<'a> Submit<'a> {
     }
 
     /// [`Iocp::recv`], carrying this user value.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// port.with_user(1).recv(conn, Vec::with_capacity(512));
+    /// # }
+    /// ```
     pub fn recv<T: Associate>(self, handle: &Handle<T>, buf: Vec<u8>) -> OpId {
         let id = self.port.sys().recv(&handle.target, self.user, buf);
         self.arm(id)
     }
 
     /// [`Iocp::recv_vectored`], carrying this user value.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// port.with_user(1).recv_vectored(conn, vec![Vec::with_capacity(64), Vec::with_capacity(4096)]);
+    /// # }
+    /// ```
     pub fn recv_vectored<T: Associate>(self, handle: &Handle<T>, bufs: Vec<Vec<u8>>) -> OpId {
         let id = self
             .port
@@ -138,18 +156,36 @@ impl<'a> Submit<'a> {
     }
 
     /// [`Iocp::readable`], carrying this user value.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// port.with_user(1).readable(conn);
+    /// # }
+    /// ```
     pub fn readable<T: Associate>(self, handle: &Handle<T>) -> OpId {
         let id = self.port.sys().readable(&handle.target, self.user);
         self.arm(id)
     }
 
     /// [`Iocp::send`], carrying this user value.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// port.with_user(2).send(conn, b"hi".to_vec());
+    /// # }
+    /// ```
     pub fn send<T: Associate>(self, handle: &Handle<T>, buf: Vec<u8>) -> OpId {
         let id = self.port.sys().send(&handle.target, self.user, buf);
         self.arm(id)
     }
 
     /// [`Iocp::send_vectored`], carrying this user value.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// port.with_user(2).send_vectored(conn, vec![b"head".to_vec(), b"body".to_vec()]);
+    /// # }
+    /// ```
     pub fn send_vectored<T: Associate>(self, handle: &Handle<T>, bufs: Vec<Vec<u8>>) -> OpId {
         let id = self
             .port
@@ -159,12 +195,25 @@ impl<'a> Submit<'a> {
     }
 
     /// [`Iocp::recv_from`], carrying this user value.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, socket: &proactor::Handle<std::net::UdpSocket>) {
+    /// port.with_user(1).recv_from(socket, Vec::with_capacity(1500));
+    /// # }
+    /// ```
     pub fn recv_from<T: Associate>(self, handle: &Handle<T>, buf: Vec<u8>) -> OpId {
         let id = self.port.sys().recv_from(&handle.target, self.user, buf);
         self.arm(id)
     }
 
     /// [`Iocp::send_to`], carrying this user value.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, socket: &proactor::Handle<std::net::UdpSocket>) -> std::io::Result<()> {
+    /// let to: std::net::SocketAddr = "127.0.0.1:9000".parse().unwrap();
+    /// port.with_user(2).send_to(socket, b"ping".to_vec(), to);
+    /// # Ok(()) }
+    /// ```
     pub fn send_to<T: Associate>(self, handle: &Handle<T>, buf: Vec<u8>, addr: SocketAddr) -> OpId {
         let id = self
             .port
@@ -174,6 +223,12 @@ impl<'a> Submit<'a> {
     }
 
     /// [`Iocp::read_at`], carrying this user value.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, file: &proactor::Handle<std::fs::File>) {
+    /// port.with_user(1).read_at(file, Vec::with_capacity(4096), 8192);
+    /// # }
+    /// ```
     pub fn read_at<T: Associate>(self, handle: &Handle<T>, buf: Vec<u8>, offset: u64) -> OpId {
         let id = self
             .port
@@ -183,6 +238,12 @@ impl<'a> Submit<'a> {
     }
 
     /// [`Iocp::write_at`], carrying this user value.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, file: &proactor::Handle<std::fs::File>) {
+    /// port.with_user(2).write_at(file, b"record".to_vec(), 8192);
+    /// # }
+    /// ```
     pub fn write_at<T: Associate>(self, handle: &Handle<T>, buf: Vec<u8>, offset: u64) -> OpId {
         let id = self
             .port
@@ -192,18 +253,36 @@ impl<'a> Submit<'a> {
     }
 
     /// [`Iocp::accept`], carrying this user value.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, listener: &proactor::Handle<std::net::TcpListener>) {
+    /// port.with_user(9).accept(listener);
+    /// # }
+    /// ```
     pub fn accept<T: Associate>(self, listener: &Handle<T>) -> OpId {
         let id = self.port.sys().accept(&listener.target, self.user);
         self.arm(id)
     }
 
     /// [`Iocp::connect`], carrying this user value.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, socket: &proactor::Handle<socket2::Socket>) {
+    /// port.with_user(4).connect(socket, "127.0.0.1:8080".parse().unwrap());
+    /// # }
+    /// ```
     pub fn connect<T: Associate>(self, socket: &Handle<T>, addr: SocketAddr) -> OpId {
         let id = self.port.sys().connect(&socket.target, self.user, addr);
         self.arm(id)
     }
 
     /// [`Iocp::transmit_file`], carrying this user value.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>, file: &std::fs::File) {
+    /// port.with_user(5).transmit_file(conn, file, 0, 65_536); // the file's first 64 KiB
+    /// # }
+    /// ```
     pub fn transmit_file<T: Associate>(
         self,
         socket: &Handle<T>,
@@ -219,12 +298,24 @@ impl<'a> Submit<'a> {
     }
 
     /// [`Iocp::disconnect`], carrying this user value.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
+    /// port.with_user(6).disconnect(conn);
+    /// # }
+    /// ```
     pub fn disconnect<T: Associate>(self, socket: &Handle<T>) -> OpId {
         let id = self.port.sys().disconnect(&socket.target, self.user);
         self.arm(id)
     }
 
     /// [`Iocp::ioctl`], carrying this user value.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::Iocp, device: &proactor::Handle<std::fs::File>, code: u32) {
+    /// port.with_user(7).ioctl(device, code, Vec::new(), Vec::with_capacity(256));
+    /// # }
+    /// ```
     pub fn ioctl<T: Associate>(
         self,
         handle: &Handle<T>,

@@ -17,6 +17,14 @@ use windows_sys::Win32::Networking::WinSock::{
 use crate::{Associate, Completion, Handle, Iocp, OpId};
 
 /// Windows-only methods of [`Iocp`].
+///
+/// ```no_run
+/// use proactor::windows::IocpExt;
+/// let port = proactor::Iocp::new()?;
+/// port.set_skip_completion_port_on_success(true);
+/// println!("{} operations needed no packet", port.immediate_completions());
+/// # Ok::<(), std::io::Error>(())
+/// ```
 pub trait IocpExt {
     /// Whether handles associated from now on are put in skip-on-success mode
     /// (`FILE_SKIP_COMPLETION_PORT_ON_SUCCESS | FILE_SKIP_SET_EVENT_ON_HANDLE`). On by default;
@@ -180,6 +188,14 @@ pub fn function_address(output: &[u8]) -> Option<usize> {
 }
 
 /// Windows-only methods of [`Completion`].
+///
+/// ```no_run
+/// use proactor::windows::CompletionExt;
+/// # fn f(port: &proactor::Iocp) -> std::io::Result<()> {
+/// let done = port.get_completion(None)?;
+/// println!("{:?} completed, OVERLAPPED {:#x}", done.kind(), done.overlapped_address());
+/// # Ok(()) }
+/// ```
 pub trait CompletionExt {
     /// The address the operation's `OVERLAPPED` had, for logs (0 for an operation refused
     /// before it reached the kernel). A number only: the memory is already reclaimed.
@@ -214,6 +230,14 @@ impl AsRawHandle for Iocp {
 }
 
 /// Windows-only methods of [`Handle`].
+///
+/// ```no_run
+/// use proactor::windows::HandleExt;
+/// # fn f(port: &proactor::Iocp) -> std::io::Result<()> {
+/// let conn = port.add_handle(std::net::TcpStream::connect("127.0.0.1:8080")?, 1)?;
+/// println!("skip-on-success: {}", conn.skips_completion_port_on_success());
+/// # Ok(()) }
+/// ```
 pub trait HandleExt {
     /// Whether the handle skips the completion port when an operation succeeds at once.
     ///
@@ -278,6 +302,15 @@ pub struct Foreign<'a> {
 
 impl<'a> Foreign<'a> {
     /// A socket another port owns.
+    ///
+    /// ```no_run
+    /// use std::os::windows::io::AsSocket;
+    /// use proactor::windows::Foreign;
+    /// # fn f(port: &proactor::Iocp, owned_elsewhere: &std::net::TcpStream) -> std::io::Result<()> {
+    /// let borrowed = port.add_handle(Foreign::socket(owned_elsewhere.as_socket()), 7)?;
+    /// port.recv(&borrowed, Vec::with_capacity(4096));
+    /// # Ok(()) }
+    /// ```
     pub fn socket(socket: std::os::windows::io::BorrowedSocket<'a>) -> Foreign<'a> {
         use std::os::windows::io::AsRawSocket;
         Foreign {
@@ -287,6 +320,15 @@ impl<'a> Foreign<'a> {
     }
 
     /// A file, pipe or device handle another port owns.
+    ///
+    /// ```no_run
+    /// use std::os::windows::io::AsHandle;
+    /// use proactor::windows::Foreign;
+    /// # fn f(port: &proactor::Iocp, owned_elsewhere: &std::fs::File) -> std::io::Result<()> {
+    /// let borrowed = port.add_handle(Foreign::handle(owned_elsewhere.as_handle()), 8)?;
+    /// port.read_at(&borrowed, Vec::with_capacity(4096), 0);
+    /// # Ok(()) }
+    /// ```
     pub fn handle(handle: std::os::windows::io::BorrowedHandle<'a>) -> Foreign<'a> {
         Foreign {
             raw: crate::sys::RawIo::Handle(handle.as_raw_handle() as usize),
