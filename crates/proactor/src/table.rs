@@ -39,6 +39,9 @@ struct Entry<V> {
     value: Option<V>,
     /// Empty, kept for its id (see [`Table::remove_keeping_id`]), not on the free list.
     reserved: bool,
+    /// A cancel was asked for the id it holds ([`Table::ask_cancel`]); cleared when the entry
+    /// takes a new id, kept while the id is kept (an operation restarted under its id sees it).
+    cancel_asked: bool,
 }
 
 struct Shard<V> {
@@ -181,6 +184,7 @@ impl<V> Table<V> {
                         seq: 0,
                         value: None,
                         reserved: false,
+                        cancel_asked: false,
                     });
                     Mutex::new(Shard {
                         entries: placeholder.into_iter().collect(),
@@ -238,6 +242,7 @@ impl<V> Table<V> {
                         seq: 0,
                         value: None,
                         reserved: false,
+                        cancel_asked: false,
                     });
                     shard.entries.len() - 1
                 }
@@ -245,6 +250,7 @@ impl<V> Table<V> {
             };
             let seq = shard.seq.take();
             shard.entries[pos].seq = seq;
+            shard.entries[pos].cancel_asked = false;
             let id = OpId::new(seq, (pos * SHARDS + n) as u32);
             return Some(Vacant {
                 shard: Some(shard),
@@ -287,6 +293,45 @@ impl<V> Table<V> {
             shard.entries[pos].reserved = false;
             shard.free.push(pos as u32);
         }
+    }
+
+    /// Records that a cancel was asked for `id` and runs `f` on its entry's value (`None` while
+    /// the id is kept with no value: an operation between two lives, see
+    /// [`Table::remove_keeping_id`]), with the shard locked; `None` if `id` names nothing. An
+    /// operation restarted under its id checks [`Table::cancel_asked`] before and after it
+    /// starts again, so a cancel asked at any moment of the restart is never lost.
+    #[cfg_attr(not(windows), allow(dead_code))]
+    pub(crate) fn ask_cancel<R>(&self, id: OpId, f: impl FnOnce(Option<&V>) -> R) -> Option<R> {
+        let mut shard = self.shard(id);
+        let pos = shard.position(id)?;
+        let entry = &mut shard.entries[pos];
+        if entry.value.is_none() && !entry.reserved {
+            return None;
+        }
+        entry.cancel_asked = true;
+        Some(f(entry.value.as_ref()))
+    }
+
+    /// Whether a cancel was asked for `id` ([`Table::ask_cancel`]) while it named an entry.
+    #[cfg_attr(not(windows), allow(dead_code))]
+    pub(crate) fn cancel_asked(&self, id: OpId) -> bool {
+        let shard = self.shard(id);
+        shard
+            .position(id)
+            .is_some_and(|pos| shard.entries[pos].cancel_asked)
+    }
+
+    /// [`Table::with`], also telling `f` whether a cancel was asked for `id`.
+    #[cfg_attr(not(windows), allow(dead_code))]
+    pub(crate) fn with_cancel_asked<R>(
+        &self,
+        id: OpId,
+        f: impl FnOnce(&V, bool) -> R,
+    ) -> Option<R> {
+        let shard = self.shard(id);
+        let pos = shard.position(id)?;
+        let entry = &shard.entries[pos];
+        entry.value.as_ref().map(|v| f(v, entry.cancel_asked))
     }
 
     /// Runs `f` on the entry for `id`, if there is one, with its shard locked: the operation

@@ -232,3 +232,99 @@ fn cancel_all_on_a_foreign_socket_cancels_ours_and_not_the_owners() {
     assert_eq!(owner.wait(20_000).unwrap(), b"owner");
     assert_eq!(port.operations_in_flight(), 0);
 }
+
+/// One pooled receive on `conn` of `msg`, which `peer` sends.
+fn pooled_receive<T: proactor::Associate>(
+    port: &proactor::LocalPort,
+    conn: &proactor::LocalHandle<T>,
+    peer: &mut std::net::TcpStream,
+    msg: &[u8],
+) {
+    port.recv_pooled(conn);
+    peer.write_all(msg).unwrap();
+    let mut c = common::next(port);
+    assert_eq!(c.result().unwrap(), msg.len());
+    assert_eq!(&c.take_pooled().unwrap()[..], msg);
+}
+
+/// Found by review: a pooled receive on a borrowed socket set it non-blocking (`FIONBIO`) and
+/// left it so: the owner's blocking read then failed with `WSAEWOULDBLOCK` at once. The
+/// socket's mode is never changed now.
+#[test]
+fn a_pooled_receive_on_a_foreign_socket_leaves_the_owners_socket_blocking() {
+    let (owned, mut peer) = raw_pair();
+    let port = proactor::LocalPort::with_pool(4, 4096).unwrap();
+    {
+        let borrowed = port
+            .add_handle(Foreign::socket(owned.as_socket()), 1)
+            .unwrap();
+        pooled_receive(&port, &borrowed, &mut peer, b"borrowed");
+    } // proactor is done with the socket
+    let writer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(300));
+        peer.write_all(b"later").unwrap();
+        peer
+    });
+    let mut buf = [0u8; 16];
+    let got = (&owned).read(&mut buf); // the owner's blocking read waits for the data
+    let _peer = writer.join().unwrap();
+    assert_eq!(&buf[..got.expect("a blocking read waits")], b"later");
+}
+
+/// Found by review: with the socket's mode assumed non-blocking, an owner that made it
+/// blocking again and took the bytes a readiness announced left the port's thread blocked in
+/// `recv`, past `get_completion`'s timeout and the receive's deadline. The receive now takes
+/// only what is buffered and, with nothing there, waits again.
+#[test]
+fn a_foreign_owner_that_makes_its_socket_blocking_never_blocks_the_port_thread() {
+    let (owned, mut peer) = raw_pair();
+    let port = proactor::LocalPort::with_pool(4, 4096).unwrap();
+    let borrowed = port
+        .add_handle(Foreign::socket(owned.as_socket()), 1)
+        .unwrap();
+    pooled_receive(&port, &borrowed, &mut peer, b"a");
+    owned.set_nonblocking(false).unwrap(); // the owner's socket, the owner's choice
+    let id = port
+        .with_timeout(Duration::from_millis(500))
+        .recv_pooled(&borrowed);
+    thread::sleep(Duration::from_millis(50));
+    peer.write_all(b"b").unwrap();
+    thread::sleep(Duration::from_millis(200)); // the zero-byte WSARecv completes
+    assert_eq!((&owned).read(&mut [0u8; 1]).unwrap(), 1); // the owner takes the byte
+    let watchdog = thread::spawn(move || {
+        thread::sleep(Duration::from_secs(5)); // unblocks a blocked port thread
+        let _ = peer.write_all(b"c");
+        peer
+    });
+    let start = std::time::Instant::now();
+    let got = port.get_completion(Some(Duration::from_secs(2)));
+    let took = start.elapsed();
+    let _peer = watchdog.join().unwrap();
+    assert!(
+        took < Duration::from_secs(4),
+        "port thread blocked {took:?}: {got:?}"
+    );
+    let c = got.expect("the receive's deadline");
+    assert_eq!(c.id(), id);
+    let e = c.result().unwrap_err();
+    assert!(proactor::is_deadline(&e), "{e:?}");
+}
+
+/// A pooled receive leaves the program's own socket as it was too: a blocking write and read
+/// through the handle still wait instead of failing with `WSAEWOULDBLOCK`.
+#[test]
+fn a_pooled_receive_leaves_an_owned_socket_blocking() {
+    let (owned, mut peer) = raw_pair();
+    let port = proactor::LocalPort::with_pool(4, 4096).unwrap();
+    let conn = port.add_handle(owned, 1).unwrap();
+    pooled_receive(&port, &conn, &mut peer, b"x");
+    let writer = thread::spawn(move || {
+        thread::sleep(Duration::from_millis(300));
+        peer.write_all(b"late").unwrap();
+        peer
+    });
+    let mut buf = [0u8; 8];
+    let got = conn.get_ref().read(&mut buf);
+    let _peer = writer.join().unwrap();
+    assert_eq!(&buf[..got.expect("a blocking read waits")], b"late");
+}

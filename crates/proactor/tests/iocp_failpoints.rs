@@ -197,3 +197,106 @@ fn an_accept_whose_listener_closed_before_its_update_completes_with_an_error() {
     other.accept().unwrap();
     assert_eq!(port.operations_in_flight(), 0);
 }
+
+/// A listener with one client in its backlog that reset before it was accepted: the next
+/// accept fails with the reset (Wine: at once, `ERROR_NETNAME_DELETED`; Windows: its packet),
+/// and the port restarts it under the same id.
+fn listener_with_a_reset_client(port: &Iocp) -> proactor::Handle<TcpListener> {
+    let listener = port
+        .add_handle(TcpListener::bind("127.0.0.1:0").unwrap(), 9)
+        .unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client);
+    thread::sleep(Duration::from_millis(100)); // the reset reaches the listener's backlog
+    listener
+}
+
+/// Cancels an accept while a thread is held at failpoint `point` of its restart after a client
+/// reset: the cancel is accepted, and the accept ends cancelled, under its id, with nothing
+/// left in flight.
+fn cancel_during_a_restart(point: &'static str) -> (Arc<Iocp>, proactor::Handle<TcpListener>) {
+    let port = Arc::new(Iocp::new().unwrap());
+    let listener = listener_with_a_reset_client(&port);
+    let gate = Gate::new(point);
+    let id = port.accept(&listener);
+    let worker = {
+        let port = port.clone();
+        thread::spawn(move || port.get_completion(Some(Duration::from_secs(20))))
+    };
+    gate.arrived();
+    port.cancel(id)
+        .expect("the accept is still in flight: the cancel is kept for its restart");
+    gate.open();
+    let c = worker.join().unwrap().expect("the accept completes");
+    assert_eq!((c.id(), c.kind()), (id, OpKind::Accept));
+    assert!(c.is_cancelled(), "{c:?}");
+    assert_eq!(port.operations_in_flight(), 0);
+    (port, listener)
+}
+
+/// Found by review: a cancel asked while an accept's client-reset failure waited to restart it
+/// found nothing pending (`NotFound`), and the accept then restarted and stayed in flight with
+/// no completion. The cancel is kept for the restart, which ends the accept cancelled.
+#[test]
+fn a_cancel_while_an_accept_restarts_after_a_client_reset_ends_it_cancelled() {
+    let _serial = serial();
+    // Held where the reset failure was dequeued and the restart is about to be decided.
+    let (port, listener) = cancel_during_a_restart("iocp::accept_restart");
+    // The listener still works.
+    port.accept(&listener);
+    let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let mut c = port.get_completion(Some(Duration::from_secs(20))).unwrap();
+    assert!(c.take_accepted().is_some(), "{c:?}");
+}
+
+/// The same cancel landing after the restart was decided, before its `AcceptEx` is issued:
+/// the new `AcceptEx` is cancelled as soon as it is.
+#[test]
+fn a_cancel_before_a_restarted_accept_is_issued_cancels_it() {
+    let _serial = serial();
+    cancel_during_a_restart("iocp::accept_reissue");
+}
+
+/// A deadline expiring while the accept restarts is kept too, and the accept ends with the
+/// deadline's error, not a plain cancel (found by review: the deadline was dropped).
+#[test]
+fn a_deadline_expiring_while_an_accept_restarts_ends_it_with_the_deadline() {
+    let _serial = serial();
+    let port = Arc::new(Iocp::new().unwrap());
+    let listener = listener_with_a_reset_client(&port);
+    let gate = Gate::new("iocp::accept_restart");
+    let id = port
+        .with_timeout(Duration::from_millis(50))
+        .accept(&listener);
+    let restarting = {
+        let port = port.clone();
+        thread::spawn(move || port.get_completion(Some(Duration::from_secs(20))))
+    };
+    gate.arrived();
+    // Another thread in the port serves the deadline meanwhile (its cancel finds the accept
+    // between two lives), then waits on.
+    let timers = {
+        let port = port.clone();
+        thread::spawn(move || port.get_completion(Some(Duration::from_millis(600))))
+    };
+    thread::sleep(Duration::from_millis(300));
+    gate.open();
+    // One of the two threads gets the accept's completion, the other nothing.
+    let (a, b) = (restarting.join().unwrap(), timers.join().unwrap());
+    let (c, other) = match (a, b) {
+        (Ok(c), other) | (other, Ok(c)) => (c, other),
+        (a, b) => panic!("the accept never completed: {a:?}, {b:?}"),
+    };
+    assert_eq!((c.id(), c.kind()), (id, OpKind::Accept));
+    let e = c.result().unwrap_err();
+    assert!(proactor::is_deadline(&e), "{e:?}");
+    assert!(!proactor::is_cancelled(&e));
+    assert!(
+        matches!(&other, Err(e) if e.kind() == ErrorKind::TimedOut),
+        "nothing else completes: {other:?}"
+    );
+    assert_eq!(port.operations_in_flight(), 0);
+}

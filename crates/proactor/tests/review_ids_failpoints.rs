@@ -163,3 +163,35 @@ fn a_full_local_port_fails_the_operation_not_the_process() {
     assert_eq!(&c.take_pooled().unwrap()[..], b"hi");
     scenario.teardown();
 }
+
+/// Found by review: the shared-port engine of a `LocalPort` (epoll, Windows) looks at the
+/// shared port every 64 completions it returns from its own queue; an error of that look was
+/// returned after the completions were taken, and `get_completion` dropped the one it held (a
+/// caller's batch, all of them). The look is a look: what was taken is returned.
+#[test]
+fn a_failed_look_at_the_shared_port_loses_no_completion() {
+    let _s = serial();
+    let scenario = fail::FailScenario::setup();
+    let port = proactor::LocalPort::new().unwrap();
+    fail::cfg("local::look_at_port", "return").unwrap();
+    for value in 0..300 {
+        port.post(1, value);
+    }
+    // One at a time, then in batches: every post comes back once, in order, with no error.
+    let mut got = Vec::new();
+    for _ in 0..150 {
+        let c = port
+            .get_completion(Some(std::time::Duration::ZERO))
+            .unwrap();
+        got.push(c.bytes_transferred());
+    }
+    let mut batch = Vec::new();
+    while got.len() < 300 {
+        batch.clear();
+        port.get_completions(&mut batch, 7, Some(std::time::Duration::ZERO))
+            .unwrap();
+        got.extend(batch.iter().map(|c| c.bytes_transferred()));
+    }
+    assert_eq!(got, (0..300).collect::<Vec<_>>());
+    scenario.teardown();
+}

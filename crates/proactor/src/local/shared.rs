@@ -70,8 +70,6 @@ struct Slot {
     waiters: VecDeque<Waiter>,
     /// The readiness wait in flight for them.
     armed: Option<OpId>,
-    /// Whether a pooled receive already ran on it (Windows sets the socket non-blocking then).
-    received: bool,
     /// A socket that keeps message boundaries: pooled receives are refused.
     datagram: bool,
     /// In `Shared::starved`.
@@ -126,7 +124,6 @@ impl Shared {
             context,
             waiters: VecDeque::new(),
             armed: None,
-            received: false,
             datagram: sys::keeps_boundaries(raw),
             starved: false,
         };
@@ -304,10 +301,10 @@ impl Shared {
                 self.unpolled.set(unpolled);
                 if unpolled >= POLL_EVERY {
                     self.unpolled.set(0);
-                    match self.take_from_port(batch, max, Some(Duration::ZERO)) {
-                        Err(e) if e.kind() != io::ErrorKind::TimedOut => return Err(e),
-                        _ => {}
-                    }
+                    // A look only: the `n` completions already in `out` are returned whatever
+                    // it finds (an error here, returned, would drop them with the caller's
+                    // batch; a port that fails says so again at the next wait).
+                    let _ = self.look_at_port(batch, max);
                 }
                 return Ok(n);
             }
@@ -331,6 +328,15 @@ impl Shared {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Takes what the shared port has without waiting (the fairness look of `complete_into`).
+    fn look_at_port(&self, batch: &mut Vec<Completion>, max: usize) -> io::Result<()> {
+        // Test-only: the port's dequeue fails.
+        crate::failpoint::failpoint!("local::look_at_port", |_| Err(io::Error::other(
+            "failpoint local::look_at_port"
+        )));
+        self.take_from_port(batch, max, Some(Duration::ZERO))
     }
 
     /// Takes up to `max` completions from the shared port, waiting at most `wait`, and turns
@@ -433,12 +439,9 @@ impl Shared {
             self.starve(key);
             return;
         };
-        // The first receive that runs (not the first readiness: that one may have found the
-        // pool empty) makes the socket non-blocking on Windows.
-        let first = self.with_slot(key, |s| !std::mem::replace(&mut s.received, true));
         // SAFETY: buffer `index` came off the free list: this engine owns it, and the pool
         // holds `size` bytes there.
-        let got = unsafe { sys::recv_now(raw, self.pool.addr(index), self.pool.size(), first) };
+        let got = unsafe { sys::recv_now(raw, self.pool.addr(index), self.pool.size()) };
         let id = self.with_slot(key, |s| s.waiters.front().map(|w| w.id));
         let Some(id) = id else {
             self.pool.put_free(index);

@@ -200,11 +200,6 @@ mod tests {
 /// # Safety
 ///
 /// None needed: it touches nothing.
-pub(crate) unsafe fn recv_now(
-    _raw: RawIo,
-    _dst: *mut u8,
-    _len: usize,
-    _first: bool,
-) -> std::io::Result<usize> {
+pub(crate) unsafe fn recv_now(_raw: RawIo, _dst: *mut u8, _len: usize) -> std::io::Result<usize> {
     Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
 }

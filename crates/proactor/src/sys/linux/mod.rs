@@ -568,18 +568,12 @@ fd_objects!(
 );
 
 /// Receives what is already there, without waiting: the second half of a pooled receive on
-/// the epoll engine (readiness first). `first` is unused on Linux (`MSG_DONTWAIT` leaves the
-/// descriptor's mode alone).
+/// the epoll engine (readiness first). `MSG_DONTWAIT` leaves the descriptor's mode alone.
 ///
 /// # Safety
 ///
 /// `dst` must be valid for writes of `len` bytes.
-pub(crate) unsafe fn recv_now(
-    raw: RawIo,
-    dst: *mut u8,
-    len: usize,
-    _first: bool,
-) -> io::Result<usize> {
+pub(crate) unsafe fn recv_now(raw: RawIo, dst: *mut u8, len: usize) -> io::Result<usize> {
     // SAFETY: the caller guarantees `dst` is writable for `len` bytes.
     let n = unsafe { libc::recv(raw.0, dst.cast(), len, libc::MSG_DONTWAIT) };
     if n < 0 {

@@ -146,43 +146,59 @@ pub(crate) fn keeps_boundaries(raw: RawIo) -> bool {
 }
 
 /// Receives what is already there, without waiting: the second half of a pooled receive (a
-/// zero-byte `WSARecv` first). The first time for a socket (`first`), the socket is set
-/// non-blocking (`FIONBIO`), which overlapped operations ignore: plain `recv` then returns
-/// `WSAEWOULDBLOCK` instead of waiting when the readiness was stale.
+/// zero-byte `WSARecv` first). The socket's mode is left alone (it may be another port's,
+/// `Foreign`, or the program's own to use blocking): `FIONREAD` says how many bytes are
+/// buffered and `recv` takes at most that many, which a blocking socket returns at once. With
+/// none buffered, `WSAPoll` without a timeout tells the end of the stream or a reset (readable:
+/// `recv` returns 0 or the error at once) from a stale readiness (another reader took the
+/// data: `WSAEWOULDBLOCK`, and the receive waits again).
 ///
 /// # Safety
 ///
 /// `dst` must be valid for writes of `len` bytes.
-pub(crate) unsafe fn recv_now(
-    raw: RawIo,
-    dst: *mut u8,
-    len: usize,
-    first: bool,
-) -> std::io::Result<usize> {
+pub(crate) unsafe fn recv_now(raw: RawIo, dst: *mut u8, len: usize) -> std::io::Result<usize> {
     use windows_sys::Win32::Networking::WinSock::{
-        FIONBIO, SOCKET_ERROR, WSAGetLastError, ioctlsocket, recv,
+        FIONREAD, POLLRDNORM, SOCKET_ERROR, WSAEWOULDBLOCK, WSAGetLastError, WSAPOLLFD, WSAPoll,
+        ioctlsocket, recv,
     };
     let RawIo::Socket(s) = raw else {
         return Err(crate::error::needs_socket());
     };
-    if first {
-        let mut on = 1u32;
-        // SAFETY: `s` is a live socket owned by the handle; FIONBIO reads one u32.
-        if unsafe { ioctlsocket(s, FIONBIO, &mut on) } == SOCKET_ERROR {
-            // SAFETY: reads the calling thread's last WinSock error.
-            return Err(std::io::Error::from_raw_os_error(unsafe {
-                WSAGetLastError()
-            }));
-        }
-    }
-    let len = len.min(i32::MAX as usize) as i32;
-    // SAFETY: the caller guarantees `dst` is writable for `len` bytes.
-    let n = unsafe { recv(s, dst, len, 0) };
-    if n == SOCKET_ERROR {
+    let last = || {
         // SAFETY: reads the calling thread's last WinSock error.
         Err(std::io::Error::from_raw_os_error(unsafe {
             WSAGetLastError()
         }))
+    };
+    let mut buffered = 0u32;
+    // SAFETY: `s` is a live socket (its handle is borrowed or owned by the slot); FIONREAD
+    // writes one u32.
+    if unsafe { ioctlsocket(s, FIONREAD as i32, &mut buffered) } == SOCKET_ERROR {
+        return last();
+    }
+    if buffered == 0 {
+        let mut fd = WSAPOLLFD {
+            fd: s,
+            events: POLLRDNORM as i16,
+            revents: 0,
+        };
+        // SAFETY: one valid WSAPOLLFD; a zero timeout returns at once.
+        match unsafe { WSAPoll(&mut fd, 1, 0) } {
+            SOCKET_ERROR => return last(),
+            0 => return Err(std::io::Error::from_raw_os_error(WSAEWOULDBLOCK)),
+            _ => {} // the end of the stream, a reset, or data just arrived
+        }
+    }
+    let len = if buffered == 0 {
+        len
+    } else {
+        len.min(buffered as usize)
+    };
+    let len = len.min(i32::MAX as usize) as i32;
+    // SAFETY: the caller guarantees `dst` is writable for `len` bytes.
+    let n = unsafe { recv(s, dst, len, 0) };
+    if n == SOCKET_ERROR {
+        last()
     } else {
         Ok(n as usize)
     }

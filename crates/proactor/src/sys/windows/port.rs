@@ -79,6 +79,8 @@ const READY_STREAK: usize = 16;
 pub(crate) struct Entry {
     op: usize,
     target: RawIo,
+    /// An accept, which a client's reset restarts under the same id (see [`Port::cancel`]).
+    restartable: bool,
 }
 
 /// How the call that started an operation returned.
@@ -276,6 +278,7 @@ impl Port {
         drop(vacant.insert(Entry {
             op: raw as usize,
             target: RawIo::None,
+            restartable: false,
         }));
         // SAFETY: the port is open; `raw` is a record given to the kernel, which hands it back
         // through the port untouched.
@@ -333,6 +336,7 @@ impl Port {
         drop(vacant.insert(Entry {
             op: raw as usize,
             target,
+            restartable: kind == OpKind::Accept,
         }));
         if let Some(registry) = &route.foreign {
             registry.add(raw as usize);
@@ -407,6 +411,7 @@ impl Port {
             drop(vacant.insert(Entry {
                 op: 0,
                 target: RawIo::None,
+                restartable: false,
             }));
         }
         let id = op.id;
@@ -451,20 +456,50 @@ impl Port {
     }
 
     /// Cancels the operation `id`, if it is still in flight.
+    ///
+    /// An accept is in flight until its completion is made, also while a client's reset
+    /// restarts it (its failure waiting in the ready queue or the port's, then its new
+    /// `AcceptEx`). `CancelIoEx` finds nothing pending then, so the table records the request:
+    /// the restart sees it and ends the accept cancelled instead (see
+    /// [`Port::end_restart_if_cancelled`] and [`Port::cancel_restarted`]).
     pub(crate) fn cancel(&self, id: OpId) -> io::Result<()> {
-        let cancelled = self.table.with(id, |e| {
-            if e.op == 0 || e.target == RawIo::None {
-                return false;
+        let cancelled = self.table.ask_cancel(id, |e| match e {
+            // The id is kept for an accept being restarted: it sees the request.
+            None => true,
+            Some(e) if e.op == 0 || e.target == RawIo::None => false,
+            Some(e) => {
+                // SAFETY: the entry is present, so the record is live and cannot be freed while
+                // the shard is locked; CancelIoEx only matches the OVERLAPPED's address against
+                // the operations pending on the handle.
+                let pending =
+                    unsafe { CancelIoEx(e.target.handle(), overlapped(e.op as *mut Op)) != FALSE };
+                // An accept with nothing pending is ending or about to restart: a restart
+                // sees the request, an ending keeps its own outcome (as after any cancel).
+                pending || e.restartable
             }
-            // SAFETY: the entry is present, so the record is live and cannot be freed while the
-            // shard is locked; CancelIoEx only matches the OVERLAPPED's address against the
-            // operations pending on the handle.
-            unsafe { CancelIoEx(e.target.handle(), overlapped(e.op as *mut Op)) != FALSE }
         });
         match cancelled {
             Some(true) => Ok(()),
             _ => Err(crate::error::not_cancellable()),
         }
+    }
+
+    /// Whether a cancel was asked for accept `id`, whose failure (a client's reset) would
+    /// restart it: it ends cancelled instead.
+    pub(crate) fn end_restart_if_cancelled(&self, id: OpId) -> bool {
+        crate::failpoint::failpoint!("iocp::accept_restart");
+        self.table.cancel_asked(id)
+    }
+
+    /// Cancels accept `id`, just restarted, if a cancel was asked meanwhile: one asked before
+    /// its `AcceptEx` was issued found nothing to cancel.
+    pub(crate) fn cancel_restarted(&self, id: OpId) {
+        self.table.with_cancel_asked(id, |e, asked| {
+            if asked && e.op != 0 {
+                // SAFETY: as in `cancel`: the entry is present, its record live.
+                unsafe { CancelIoEx(e.target.handle(), overlapped(e.op as *mut Op)) };
+            }
+        });
     }
 
     /// Cancels every operation in flight on `target`.

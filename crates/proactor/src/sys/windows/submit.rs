@@ -501,6 +501,10 @@ impl Port {
         life: &Arc<Life>,
         restarts: u32,
     ) -> OpId {
+        if restarts > 0 {
+            // Test-only: a cancel lands after the restart was decided, before its `AcceptEx`.
+            crate::failpoint::failpoint!("iocp::accept_reissue");
+        }
         let raw_io = RawIo::Socket(listener);
         let record = |data| {
             let mut op = OpBox::new(&self.records, id, OpKind::Accept, context, raw_io, 0, data);
@@ -526,7 +530,7 @@ impl Port {
             addrs,
             restarts,
         };
-        self.start(route, record(data), |raw| {
+        let started = self.start(route, record(data), |raw| {
             let mut received = 0u32;
             // SAFETY: both sockets are open (the record owns the accepted one); the address
             // buffer is heap memory the record owns, sized for two addresses of
@@ -544,7 +548,13 @@ impl Port {
                 )
             };
             bool_started(ok, true)
-        })
+        });
+        if restarts > 0 {
+            // A restart under an id the application holds: a cancel asked before the
+            // `AcceptEx` above found nothing to cancel.
+            self.cancel_restarted(started);
+        }
+        started
     }
 
     /// `ConnectEx` of the socket `target` to `addr`, binding it first if needed.
@@ -685,6 +695,17 @@ impl Port {
                 addrs,
                 restarts,
             } => match error {
+                Some(ref e) if is_client_reset(e) && self.end_restart_if_cancelled(id) => {
+                    // A cancel (or the deadline's) was asked while the reset waited to be
+                    // dequeued: the accept ends as cancelled, not restarted.
+                    tracing::debug!(%id, error = %e, "accept: client reset after a cancel; ending it");
+                    drop(socket);
+                    error = Some(super::error::from_code(
+                        windows_sys::Win32::Foundation::ERROR_OPERATION_ABORTED,
+                        None,
+                    ));
+                    Output::None
+                }
                 Some(ref e) if is_client_reset(e) && restarts < ACCEPT_RESTARTS => {
                     // The client reset before its connection was accepted: the listener is
                     // fine. Accept the next one instead; the application never sees this.
