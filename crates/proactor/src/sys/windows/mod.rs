@@ -173,13 +173,13 @@ pub(crate) unsafe fn recv_now(raw: RawIo, dst: *mut u8, len: usize) -> std::io::
     let mut buffered = 0u32;
     // SAFETY: `s` is a live socket (its handle is borrowed or owned by the slot); FIONREAD
     // writes one u32.
-    if unsafe { ioctlsocket(s, FIONREAD as i32, &mut buffered) } == SOCKET_ERROR {
+    if unsafe { ioctlsocket(s, FIONREAD, &mut buffered) } == SOCKET_ERROR {
         return last();
     }
     if buffered == 0 {
         let mut fd = WSAPOLLFD {
             fd: s,
-            events: POLLRDNORM as i16,
+            events: POLLRDNORM,
             revents: 0,
         };
         // SAFETY: one valid WSAPOLLFD; a zero timeout returns at once.
