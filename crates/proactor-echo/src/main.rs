@@ -10,9 +10,12 @@
 //! With `--shared`, the classic IOCP design: one port, a pool of worker threads dequeuing
 //! completions, several accepts kept pending (`server.rs`).
 //!
-//! Both keep at most a bounded number of buffers per connection in flight (one receive then
-//! one send with `--shared` and with `--receive owned`; at most two pooled sends with pooled
-//! receive), so a client that does not read is slowed by TCP, never buffered without limit.
+//! Both keep a bounded number of buffers per connection in flight (one receive then one send
+//! with `--shared` and with `--receive owned`; with pooled receive two pooled sends, then the
+//! receive pauses, plus the messages already received when it paused), so a client that does
+//! not read is slowed by TCP, never buffered without limit. With pooled receive, though, such
+//! clients share the worker's pool with everyone: enough of them take all of it (README,
+//! *Known limitation*).
 
 mod accepting;
 mod clock;
