@@ -157,9 +157,21 @@ pub(crate) fn run_with(
     }
     .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {}: {e}", config.addr)))?;
     let local = listeners[0].local_addr()?;
+    let waker_error = |e: io::Error| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot open a worker's waker socket: {e}"),
+        )
+    };
     let wakes = (0..workers)
         .map(|_| loopback_udp())
-        .collect::<io::Result<Vec<_>>>()?;
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(waker_error)?;
+    if std::env::var_os("PROACTOR_SQPOLL").is_some() {
+        tracing::warn!(
+            "PROACTOR_SQPOLL is used by --shared only: each worker's port has a ring of its own, without a polling thread"
+        );
+    }
     let shared = Arc::new(Shared {
         spread,
         stopping: AtomicBool::new(false),
@@ -171,7 +183,7 @@ pub(crate) fn run_with(
             .iter()
             .map(UdpSocket::local_addr)
             .collect::<io::Result<_>>()?,
-        waker: loopback_udp()?,
+        waker: loopback_udp().map_err(waker_error)?,
         config,
     });
     let stop = stop()?;
@@ -198,7 +210,12 @@ pub(crate) fn run_with(
     for _ in 0..workers {
         match starts.recv() {
             Ok(Ok(e)) => engine = e,
-            Ok(Err(e)) => failed = failed.or(Some(e)),
+            Ok(Err(e)) => {
+                failed = failed.or(Some(io::Error::new(
+                    e.kind(),
+                    format!("a worker cannot start its port: {e}"),
+                )))
+            }
             Err(_) => failed = failed.or(Some(io::Error::other("a worker ended at start"))),
         }
     }

@@ -97,6 +97,56 @@ fn a_bad_backend_request_is_one_clear_error() {
     }
 }
 
+/// Runs `cmd` to its end, killing it (and failing) if it is still running after `limit`: a
+/// server that should have refused to start does not hang the test.
+#[cfg(target_os = "linux")]
+fn output_within(mut cmd: Command, limit: std::time::Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Found by review: a `PROACTOR_SQPOLL` that is not a number sent `--shared` to the epoll
+/// fallback with an INFO line (a typo went unnoticed) and was ignored in the default mode. It
+/// is one clear error in both modes now.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_bad_sqpoll_request_is_one_clear_error() {
+    for mode in [&[][..], &["--shared"]] {
+        for value in ["abc", "-1", "99999999999"] {
+            let mut cmd = echo();
+            cmd.args(["--port", "18083"])
+                .args(mode)
+                .env("PROACTOR_SQPOLL", value);
+            let out = output_within(cmd, std::time::Duration::from_secs(20));
+            assert_eq!(out.status.code(), Some(1), "{mode:?} {value}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains(&format!(
+                    "PROACTOR_SQPOLL={value}: expected the polling thread's idle time"
+                )),
+                "{mode:?} {value}: {err}"
+            );
+            assert!(out.stdout.is_empty());
+        }
+    }
+}
+
 /// A negative value for any numeric option is a bad value of that option (exit 2, one line
 /// naming it), not an unknown argument.
 #[test]

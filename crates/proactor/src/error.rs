@@ -163,6 +163,29 @@ pub(crate) fn pooled_needs_stream() -> io::Error {
     )
 }
 
+/// A wait for completions that ran out of time, with the code the port's own wait gives
+/// (`WAIT_TIMEOUT` on Windows, `ETIMEDOUT` on Linux).
+pub(crate) fn wait_timed_out() -> io::Error {
+    #[cfg(windows)]
+    return io::Error::from_raw_os_error(windows_sys::Win32::Foundation::WAIT_TIMEOUT as i32);
+    #[cfg(target_os = "linux")]
+    return io::Error::from_raw_os_error(libc::ETIMEDOUT);
+    #[cfg(not(any(windows, target_os = "linux")))]
+    io::Error::from(io::ErrorKind::TimedOut)
+}
+
+/// A pooled receive on a socket another port owns (`proactor::windows::Foreign`): its owner
+/// may read it too, and a receive that does not wait cannot be made on it without changing
+/// the owner's socket mode or racing the owner's reads (a stale readiness would block the
+/// port's thread).
+#[cfg_attr(not(windows), allow(dead_code))]
+pub(crate) fn pooled_on_foreign() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "pooled receive on a socket another port owns: use recv with a buffer",
+    )
+}
+
 /// `send_pooled` with a buffer of another port's pool (both engines).
 pub(crate) fn foreign_buffer() -> io::Error {
     io::Error::new(

@@ -699,7 +699,11 @@ impl Iocp {
     /// # Errors
     ///
     /// [`io::ErrorKind::NotFound`] if the operation has already finished (its completion is
-    /// queued or was dequeued) or cannot be cancelled (a posted packet).
+    /// queued or was dequeued) or cannot be cancelled (a posted packet). One exception, on
+    /// Windows: an accept is `Ok` until its completion is dequeued, since a client's reset may
+    /// still restart it under its id (the cancel then ends it); an accept that succeeded
+    /// meanwhile still completes with its connection, as any operation a cancel comes too
+    /// late for.
     ///
     /// ```no_run
     /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {

@@ -248,18 +248,34 @@ fn pooled_receive<T: proactor::Associate>(
 }
 
 /// Found by review: a pooled receive on a borrowed socket set it non-blocking (`FIONBIO`) and
-/// left it so: the owner's blocking read then failed with `WSAEWOULDBLOCK` at once. The
-/// socket's mode is never changed now.
+/// left it so (the owner's blocking reads failed with `WSAEWOULDBLOCK`), and a receive that
+/// does not wait, made without changing the mode, races the owner's own reads (a readiness
+/// the owner's read made stale blocked the port's thread in `recv`). Pooled receive on a
+/// socket another port owns is refused, `Unsupported`, both kinds; a receive with a buffer
+/// works, and the owner's socket is untouched.
 #[test]
-fn a_pooled_receive_on_a_foreign_socket_leaves_the_owners_socket_blocking() {
+fn a_pooled_receive_on_a_foreign_socket_is_refused_and_leaves_it_alone() {
     let (owned, mut peer) = raw_pair();
     let port = proactor::LocalPort::with_pool(4, 4096).unwrap();
-    {
-        let borrowed = port
-            .add_handle(Foreign::socket(owned.as_socket()), 1)
-            .unwrap();
-        pooled_receive(&port, &borrowed, &mut peer, b"borrowed");
-    } // proactor is done with the socket
+    let borrowed = port
+        .add_handle(Foreign::socket(owned.as_socket()), 1)
+        .unwrap();
+    for multishot in [false, true] {
+        let id = if multishot {
+            port.recv_multishot(&borrowed)
+        } else {
+            port.recv_pooled(&borrowed)
+        };
+        let c = common::next(&port);
+        assert_eq!((c.id(), c.context()), (id, 1));
+        let e = c.result().unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::Unsupported, "{e}");
+    }
+    port.recv(&borrowed, Vec::with_capacity(16));
+    peer.write_all(b"with a buffer").unwrap();
+    let mut c = common::next(&port);
+    assert_eq!(c.take_buffer().unwrap(), b"with a buffer");
+    drop(borrowed);
     let writer = thread::spawn(move || {
         thread::sleep(Duration::from_millis(300));
         peer.write_all(b"later").unwrap();
@@ -269,45 +285,6 @@ fn a_pooled_receive_on_a_foreign_socket_leaves_the_owners_socket_blocking() {
     let got = (&owned).read(&mut buf); // the owner's blocking read waits for the data
     let _peer = writer.join().unwrap();
     assert_eq!(&buf[..got.expect("a blocking read waits")], b"later");
-}
-
-/// Found by review: with the socket's mode assumed non-blocking, an owner that made it
-/// blocking again and took the bytes a readiness announced left the port's thread blocked in
-/// `recv`, past `get_completion`'s timeout and the receive's deadline. The receive now takes
-/// only what is buffered and, with nothing there, waits again.
-#[test]
-fn a_foreign_owner_that_makes_its_socket_blocking_never_blocks_the_port_thread() {
-    let (owned, mut peer) = raw_pair();
-    let port = proactor::LocalPort::with_pool(4, 4096).unwrap();
-    let borrowed = port
-        .add_handle(Foreign::socket(owned.as_socket()), 1)
-        .unwrap();
-    pooled_receive(&port, &borrowed, &mut peer, b"a");
-    owned.set_nonblocking(false).unwrap(); // the owner's socket, the owner's choice
-    let id = port
-        .with_timeout(Duration::from_millis(500))
-        .recv_pooled(&borrowed);
-    thread::sleep(Duration::from_millis(50));
-    peer.write_all(b"b").unwrap();
-    thread::sleep(Duration::from_millis(200)); // the zero-byte WSARecv completes
-    assert_eq!((&owned).read(&mut [0u8; 1]).unwrap(), 1); // the owner takes the byte
-    let watchdog = thread::spawn(move || {
-        thread::sleep(Duration::from_secs(5)); // unblocks a blocked port thread
-        let _ = peer.write_all(b"c");
-        peer
-    });
-    let start = std::time::Instant::now();
-    let got = port.get_completion(Some(Duration::from_secs(2)));
-    let took = start.elapsed();
-    let _peer = watchdog.join().unwrap();
-    assert!(
-        took < Duration::from_secs(4),
-        "port thread blocked {took:?}: {got:?}"
-    );
-    let c = got.expect("the receive's deadline");
-    assert_eq!(c.id(), id);
-    let e = c.result().unwrap_err();
-    assert!(proactor::is_deadline(&e), "{e:?}");
 }
 
 /// A pooled receive leaves the program's own socket as it was too: a blocking write and read

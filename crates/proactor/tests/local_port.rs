@@ -740,6 +740,39 @@ fn a_pooled_receive_that_waited_for_a_buffer_over_a_stale_readiness_never_blocks
     );
 }
 
+/// Found by review: urgent data (`MSG_OOB`, not inline) wakes the zero-byte `WSARecv` under
+/// Wine though no receive takes it, so the readiness found nothing again and again, and
+/// `get_completion`'s timeout was never honoured (it returned only when normal data came, or
+/// never). The caller's time ends the wait whatever the port keeps bringing.
+#[cfg(windows)]
+#[test]
+fn urgent_data_never_holds_get_completion_past_its_timeout() {
+    let _s = serial();
+    let port = LocalPort::with_pool(4, 64).unwrap();
+    let (conn, peer) = pair(&port, each_ip_v4(), 1);
+    let id = port.recv_pooled(&conn);
+    socket2::SockRef::from(&peer)
+        .send_out_of_band(&[0x55])
+        .unwrap();
+    // Normal data after 5 s: what a held call would return with.
+    let mut later = peer.try_clone().unwrap();
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(5));
+        later.write_all(b"x").unwrap();
+    });
+    let start = Instant::now();
+    let got = port.get_completion(Some(Duration::from_millis(500)));
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(3), "held {took:?}: {got:?}");
+    let e = got.expect_err("nothing to receive yet");
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e:?}");
+    let c = next(&port);
+    assert_eq!(c.id(), id);
+    assert_eq!(&pooled_data(c)[..], b"x");
+    watchdog.join().unwrap();
+    drop(peer);
+}
+
 #[test]
 fn user_values_and_deadlines_ride_every_kind_of_operation() {
     let _s = serial();

@@ -94,10 +94,13 @@ impl LocalOp {
 
 /// The engine for a new port: on Linux a ring of its own unless `PROACTOR_BACKEND=epoll` (with
 /// `PROACTOR_BACKEND=io_uring` a ring that cannot be built is an error; by default the shared
-/// port takes over, with a log line), elsewhere the shared port.
+/// port takes over, with a log line), elsewhere the shared port. The ring of its own has no
+/// polling thread: `PROACTOR_SQPOLL` is checked (a value that is not a number is an error, as
+/// for the shared ports) but used only by the shared engine.
 fn engine(buffers: u16, size: usize) -> io::Result<Engine> {
     #[cfg(target_os = "linux")]
     {
+        crate::sys::requested_sqpoll()?;
         let ring = || crate::sys::Ring::new(Pool::new(buffers, size, false)?);
         match crate::sys::requested_backend()? {
             Some("epoll") => {}
@@ -486,7 +489,10 @@ impl LocalPort {
     /// For stream sockets only: on a socket that keeps message boundaries (UDP) it completes
     /// [`ErrorKind::Unsupported`](std::io::ErrorKind::Unsupported) at once, on every backend,
     /// since a datagram larger than a pool buffer would be cut without an error; use
-    /// [`recv_from`](LocalPort::recv_from) there.
+    /// [`recv_from`](LocalPort::recv_from) there. On a socket another port owns (Windows,
+    /// `proactor::windows::Foreign`) it completes `Unsupported` too: a receive that does not
+    /// wait would change the owner's socket mode or race the owner's own reads; use
+    /// [`recv`](LocalPort::recv) with a buffer there.
     ///
     /// ```no_run
     /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) -> std::io::Result<()> {

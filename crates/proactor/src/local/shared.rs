@@ -72,6 +72,8 @@ struct Slot {
     armed: Option<OpId>,
     /// A socket that keeps message boundaries: pooled receives are refused.
     datagram: bool,
+    /// A socket another port owns (Windows `Foreign`): pooled receives are refused.
+    foreign: bool,
     /// In `Shared::starved`.
     starved: bool,
 }
@@ -125,6 +127,7 @@ impl Shared {
             waiters: VecDeque::new(),
             armed: None,
             datagram: sys::keeps_boundaries(raw),
+            foreign,
             starved: false,
         };
         let mut slots = self.slots.borrow_mut();
@@ -327,6 +330,12 @@ impl Shared {
                 }
                 Err(e) => return Err(e),
             }
+            // What the port gave may all have been the engine's own (a readiness that found
+            // nothing, again and again: Wine completes a zero-byte receive for urgent data
+            // that a receive never takes): the caller's time still ends the wait.
+            if self.ready.borrow().is_empty() && until.is_some_and(|at| Instant::now() >= at) {
+                return Err(crate::error::wait_timed_out());
+            }
         }
     }
 
@@ -516,6 +525,9 @@ impl Shared {
         let accepted = self.with_slot_opt(key, |s| {
             if s.datagram {
                 return Err((s.context, crate::error::pooled_needs_stream()));
+            }
+            if s.foreign {
+                return Err((s.context, crate::error::pooled_on_foreign()));
             }
             s.waiters.push_back(Waiter {
                 id,

@@ -146,10 +146,29 @@ pub(crate) fn requested_backend() -> io::Result<Option<&'static str>> {
     }
 }
 
+/// `PROACTOR_SQPOLL=<idle milliseconds>`: the shared ports submit through a kernel polling
+/// thread. A value that is not a number is an error whichever backend runs (it once sent the
+/// port to the epoll fallback with an INFO line, so a typo went unnoticed).
+pub(crate) fn requested_sqpoll() -> io::Result<Option<u32>> {
+    match std::env::var("PROACTOR_SQPOLL") {
+        Err(_) => Ok(None),
+        Ok(v) if v.is_empty() => Ok(None),
+        Ok(v) => v.parse::<u32>().map(Some).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "PROACTOR_SQPOLL={v}: expected the polling thread's idle time in milliseconds"
+                ),
+            )
+        }),
+    }
+}
+
 impl Port {
     pub(crate) fn new(_concurrency: u32) -> io::Result<Port> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        requested_sqpoll()?;
         let (driver, backend): (Arc<dyn Driver>, _) = match requested_backend()? {
             Some("epoll") => (Arc::new(epoll::Epoll::new()?), "epoll"),
             Some(_) => (Arc::new(uring::Uring::new()?), "io_uring"),

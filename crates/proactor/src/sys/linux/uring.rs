@@ -251,7 +251,7 @@ pub(crate) fn require_opcodes(ring: &IoUring, extra: &[u8]) -> io::Result<()> {
 impl Uring {
     /// A new ring, if the kernel offers io_uring with cancel-by-descriptor (Linux 5.19).
     pub(crate) fn new() -> io::Result<Uring> {
-        let idle = sqpoll_idle()?;
+        let idle = super::requested_sqpoll()?;
         let build = |submit_all: bool| {
             let mut builder = IoUring::builder();
             builder.setup_clamp();
@@ -1092,22 +1092,6 @@ impl Ring for Uring {
         if let Err(e) = self.ring.submit() {
             tracing::trace!(error = %e, "io_uring_enter: submission deferred");
         }
-    }
-}
-
-/// `PROACTOR_SQPOLL=<idle milliseconds>`: submit through a kernel polling thread.
-fn sqpoll_idle() -> io::Result<Option<u32>> {
-    match std::env::var("PROACTOR_SQPOLL") {
-        Err(_) => Ok(None),
-        Ok(v) if v.is_empty() => Ok(None),
-        Ok(v) => v.parse::<u32>().map(Some).map_err(|_| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "PROACTOR_SQPOLL={v}: expected the polling thread's idle time in milliseconds"
-                ),
-            )
-        }),
     }
 }
 

@@ -53,6 +53,9 @@ pub(crate) enum OpData {
         addrs: Box<[u8; 2 * ACCEPT_ADDR_LEN]>,
         /// How many times in a row this accept was restarted after a client reset.
         restarts: u32,
+        /// The listener's `Life::cancels` when the accept was asked for: a `cancel_all` since
+        /// ends it instead of a restart.
+        cancels: u64,
     },
     /// A `WSARecvFrom`: the buffer and where the kernel writes the source address.
     RecvFrom { buf: Vec<u8>, from: Box<FromAddr> },

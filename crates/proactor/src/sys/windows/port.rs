@@ -491,11 +491,12 @@ impl Port {
         self.table.cancel_asked(id)
     }
 
-    /// Cancels accept `id`, just restarted, if a cancel was asked meanwhile: one asked before
-    /// its `AcceptEx` was issued found nothing to cancel.
-    pub(crate) fn cancel_restarted(&self, id: OpId) {
+    /// Cancels accept `id`, just restarted, if a cancel was asked meanwhile (for it, or for
+    /// everything on its listener: `all`): one asked before its `AcceptEx` was issued found
+    /// nothing to cancel.
+    pub(crate) fn cancel_restarted(&self, id: OpId, all: bool) {
         self.table.with_cancel_asked(id, |e, asked| {
-            if asked && e.op != 0 {
+            if (asked || all) && e.op != 0 {
                 // SAFETY: as in `cancel`: the entry is present, its record live.
                 unsafe { CancelIoEx(e.target.handle(), overlapped(e.op as *mut Op)) };
             }
@@ -507,6 +508,9 @@ impl Port {
         if let Some(err) = self.check(target, false) {
             return Err(err);
         }
+        // Counted first: an accept between two lives (a client's reset waiting to restart it)
+        // is not in the kernel for the cancel below to find; its restart sees the count.
+        target.life.cancel_all();
         if let Some(registry) = &target.route.foreign {
             // Another port's handle: CancelIoEx(handle, NULL) would cancel the owner's I/O
             // too. Cancel ours one by one, by address, under the registry's lock.

@@ -487,6 +487,7 @@ impl Port {
             &target.route,
             &target.life,
             0,
+            target.life.cancels(),
         )
     }
 
@@ -500,6 +501,7 @@ impl Port {
         route: &Route,
         life: &Arc<Life>,
         restarts: u32,
+        cancels: u64,
     ) -> OpId {
         if restarts > 0 {
             // Test-only: a cancel lands after the restart was decided, before its `AcceptEx`.
@@ -529,6 +531,7 @@ impl Port {
             socket,
             addrs,
             restarts,
+            cancels,
         };
         let started = self.start(route, record(data), |raw| {
             let mut received = 0u32;
@@ -550,9 +553,10 @@ impl Port {
             bool_started(ok, true)
         });
         if restarts > 0 {
-            // A restart under an id the application holds: a cancel asked before the
-            // `AcceptEx` above found nothing to cancel.
-            self.cancel_restarted(started);
+            // A restart under an id the application holds: a cancel (of this accept, or of
+            // everything on the listener) asked before the `AcceptEx` above found nothing to
+            // cancel.
+            self.cancel_restarted(started, life.cancels() != cancels);
         }
         started
     }
@@ -694,8 +698,12 @@ impl Port {
                 socket,
                 addrs,
                 restarts,
+                cancels,
             } => match error {
-                Some(ref e) if is_client_reset(e) && self.end_restart_if_cancelled(id) => {
+                Some(ref e)
+                    if is_client_reset(e)
+                        && (self.end_restart_if_cancelled(id) || life.cancels() != cancels) =>
+                {
                     // A cancel (or the deadline's) was asked while the reset waited to be
                     // dequeued: the accept ends as cancelled, not restarted.
                     tracing::debug!(%id, error = %e, "accept: client reset after a cancel; ending it");
@@ -712,11 +720,26 @@ impl Port {
                     tracing::debug!(%id, error = %e, "accept: client reset; accepting again");
                     drop(socket);
                     let restarted = life.while_open(|| {
-                        self.accept_on(id, context, user, listener, &route, &life, restarts + 1)
+                        self.accept_on(
+                            id,
+                            context,
+                            user,
+                            listener,
+                            &route,
+                            &life,
+                            restarts + 1,
+                            cancels,
+                        )
                     });
                     if restarted.is_some() {
                         return None;
                     }
+                    // The listener's handle was dropped meanwhile: cancelled, as every
+                    // operation in flight on a dropped handle (not the client's reset).
+                    error = Some(super::error::from_code(
+                        windows_sys::Win32::Foundation::ERROR_OPERATION_ABORTED,
+                        None,
+                    ));
                     Output::None
                 }
                 Some(_) => Output::None,
