@@ -167,9 +167,11 @@ pub(crate) fn run_with(
         .map(|_| loopback_udp())
         .collect::<io::Result<Vec<_>>>()
         .map_err(waker_error)?;
-    if std::env::var_os("PROACTOR_SQPOLL").is_some() {
+    if cfg!(target_os = "linux")
+        && std::env::var_os("PROACTOR_SQPOLL").is_some_and(|v| !v.is_empty())
+    {
         tracing::warn!(
-            "PROACTOR_SQPOLL is used by --shared only: each worker's port has a ring of its own, without a polling thread"
+            "PROACTOR_SQPOLL is for shared ports (--shared): a worker's port with an io_uring ring of its own has no polling thread"
         );
     }
     let shared = Arc::new(Shared {

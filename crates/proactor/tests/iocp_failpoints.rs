@@ -375,3 +375,30 @@ fn cancel_all_right_after_an_accept_on_a_reset_backlog_ends_it_cancelled() {
     let e = c.result().unwrap_err();
     assert!(proactor::is_cancelled(&e), "{e:?}");
 }
+
+/// Found by review: a `cancel_all` from another thread between an accept's request and its
+/// `AcceptEx` found nothing to cancel, and the accept, counted as cancelled, ended cancelled
+/// only at its next client reset, any time later. It is cancelled as soon as it is issued.
+#[test]
+fn cancel_all_before_an_accept_is_issued_cancels_it_at_once() {
+    let _serial = serial();
+    let port = Arc::new(Iocp::new().unwrap());
+    let listener = Arc::new(
+        port.add_handle(TcpListener::bind("127.0.0.1:0").unwrap(), 9)
+            .unwrap(),
+    );
+    let gate = Gate::new("iocp::accept_issue");
+    let asking = {
+        let (port, listener) = (port.clone(), listener.clone());
+        thread::spawn(move || port.accept(&listener))
+    };
+    gate.arrived();
+    port.cancel_all(&listener).unwrap();
+    gate.open();
+    let id = asking.join().unwrap();
+    let c = port
+        .get_completion(Some(Duration::from_secs(10)))
+        .expect("the accept completes now, not at a later reset");
+    assert_eq!((c.id(), c.kind()), (id, OpKind::Accept));
+    assert!(c.is_cancelled(), "{c:?}");
+}

@@ -461,7 +461,7 @@ impl Port {
     /// restarts it (its failure waiting in the ready queue or the port's, then its new
     /// `AcceptEx`). `CancelIoEx` finds nothing pending then, so the table records the request:
     /// the restart sees it and ends the accept cancelled instead (see
-    /// [`Port::end_restart_if_cancelled`] and [`Port::cancel_restarted`]).
+    /// [`Port::end_restart_if_cancelled`] and [`Port::cancel_missed`]).
     pub(crate) fn cancel(&self, id: OpId) -> io::Result<()> {
         let cancelled = self.table.ask_cancel(id, |e| match e {
             // The id is kept for an accept being restarted: it sees the request.
@@ -491,10 +491,10 @@ impl Port {
         self.table.cancel_asked(id)
     }
 
-    /// Cancels accept `id`, just restarted, if a cancel was asked meanwhile (for it, or for
-    /// everything on its listener: `all`): one asked before its `AcceptEx` was issued found
-    /// nothing to cancel.
-    pub(crate) fn cancel_restarted(&self, id: OpId, all: bool) {
+    /// Cancels accept `id`, just issued, if a cancel came that its `AcceptEx` was too late for:
+    /// one of `id` while it restarted, or (`all`) one of everything on its listener since it
+    /// was asked for.
+    pub(crate) fn cancel_missed(&self, id: OpId, all: bool) {
         self.table.with_cancel_asked(id, |e, asked| {
             if (asked || all) && e.op != 0 {
                 // SAFETY: as in `cancel`: the entry is present, its record live.

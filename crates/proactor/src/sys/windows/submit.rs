@@ -506,6 +506,10 @@ impl Port {
         if restarts > 0 {
             // Test-only: a cancel lands after the restart was decided, before its `AcceptEx`.
             crate::failpoint::failpoint!("iocp::accept_reissue");
+        } else {
+            // Test-only: a `cancel_all` lands after the accept was asked for, before its
+            // `AcceptEx`.
+            crate::failpoint::failpoint!("iocp::accept_issue");
         }
         let raw_io = RawIo::Socket(listener);
         let record = |data| {
@@ -552,12 +556,10 @@ impl Port {
             };
             bool_started(ok, true)
         });
-        if restarts > 0 {
-            // A restart under an id the application holds: a cancel (of this accept, or of
-            // everything on the listener) asked before the `AcceptEx` above found nothing to
-            // cancel.
-            self.cancel_restarted(started, life.cancels() != cancels);
-        }
+        // A cancel (of this accept once restarted under an id the application holds, or of
+        // everything on the listener since the accept was asked for) that came before the
+        // `AcceptEx` above found nothing to cancel: cancelled now, never at a later restart.
+        self.cancel_missed(started, life.cancels() != cancels);
         started
     }
 
