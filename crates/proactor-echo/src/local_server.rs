@@ -170,7 +170,9 @@ pub(crate) fn run_with(
     if cfg!(target_os = "linux")
         && std::env::var_os("PROACTOR_SQPOLL").is_some_and(|v| !v.is_empty())
     {
-        tracing::warn!(
+        // INFO, not WARN: the variable is legitimately set for a whole environment (this
+        // repository's CI runs every test with it), where `--shared` uses it.
+        tracing::info!(
             "PROACTOR_SQPOLL is for shared ports (--shared): a worker's port with an io_uring ring of its own has no polling thread"
         );
     }
