@@ -165,7 +165,7 @@ pub(crate) fn pooled_needs_stream() -> io::Error {
 
 /// A wait for completions that ran out of time, with the code the port's own wait gives
 /// (`WAIT_TIMEOUT` on Windows, `ETIMEDOUT` on Linux).
-pub(crate) fn wait_timed_out() -> io::Error {
+pub(crate) fn timed_out() -> io::Error {
     #[cfg(windows)]
     return io::Error::from_raw_os_error(windows_sys::Win32::Foundation::WAIT_TIMEOUT as i32);
     #[cfg(target_os = "linux")]

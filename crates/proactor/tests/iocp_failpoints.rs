@@ -219,13 +219,23 @@ fn reset_client(addr: std::net::SocketAddr) {
     thread::sleep(Duration::from_millis(100)); // the reset reaches the listener's backlog
 }
 
-/// Cancels an accept (`all`: everything on its listener) while a thread is held at failpoint
-/// `point` of its restart after a client reset: the cancel is accepted, and the accept ends
-/// cancelled, under its id, with nothing left in flight.
-fn cancel_during_a_restart(
+/// What ends an accept while it restarts.
+enum Interrupt {
+    /// `cancel` of its id.
+    Cancel,
+    /// `cancel_all` on its listener.
+    CancelAll,
+    /// Dropping its listener.
+    Drop,
+}
+
+/// Interrupts an accept while a thread is held at failpoint `point` of its restart after a
+/// client reset: a cancel is accepted, and the accept ends cancelled, under its id, with
+/// nothing left in flight. Returns the port and the listener (unless dropped).
+fn interrupt_a_restart(
     point: &'static str,
-    all: bool,
-) -> (Arc<Iocp>, proactor::Handle<TcpListener>) {
+    how: Interrupt,
+) -> (Arc<Iocp>, Option<proactor::Handle<TcpListener>>) {
     let port = Arc::new(Iocp::new().unwrap());
     let listener = listener_with_a_reset_client(&port);
     let gate = Gate::new(point);
@@ -235,12 +245,21 @@ fn cancel_during_a_restart(
         thread::spawn(move || port.get_completion(Some(Duration::from_secs(20))))
     };
     gate.arrived();
-    if all {
-        port.cancel_all(&listener).unwrap();
-    } else {
-        port.cancel(id)
-            .expect("the accept is still in flight: the cancel is kept for its restart");
-    }
+    let listener = match how {
+        Interrupt::Cancel => {
+            port.cancel(id)
+                .expect("the accept is still in flight: the cancel is kept for its restart");
+            Some(listener)
+        }
+        Interrupt::CancelAll => {
+            port.cancel_all(&listener).unwrap();
+            Some(listener)
+        }
+        Interrupt::Drop => {
+            drop(listener);
+            None
+        }
+    };
     gate.open();
     let c = worker.join().unwrap().expect("the accept completes");
     assert_eq!((c.id(), c.kind()), (id, OpKind::Accept));
@@ -256,7 +275,8 @@ fn cancel_during_a_restart(
 fn a_cancel_while_an_accept_restarts_after_a_client_reset_ends_it_cancelled() {
     let _serial = serial();
     // Held where the reset failure was dequeued and the restart is about to be decided.
-    let (port, listener) = cancel_during_a_restart("iocp::accept_restart", false);
+    let (port, listener) = interrupt_a_restart("iocp::accept_restart", Interrupt::Cancel);
+    let listener = listener.unwrap();
     // The listener still works.
     port.accept(&listener);
     let _client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -269,7 +289,7 @@ fn a_cancel_while_an_accept_restarts_after_a_client_reset_ends_it_cancelled() {
 #[test]
 fn a_cancel_before_a_restarted_accept_is_issued_cancels_it() {
     let _serial = serial();
-    cancel_during_a_restart("iocp::accept_reissue", false);
+    interrupt_a_restart("iocp::accept_reissue", Interrupt::Cancel);
 }
 
 /// Found by review: `cancel_all` on the listener in the same windows found nothing in the
@@ -278,7 +298,7 @@ fn a_cancel_before_a_restarted_accept_is_issued_cancels_it() {
 fn cancel_all_while_an_accept_restarts_ends_it_cancelled() {
     let _serial = serial();
     for point in ["iocp::accept_restart", "iocp::accept_reissue"] {
-        cancel_during_a_restart(point, true);
+        interrupt_a_restart(point, Interrupt::CancelAll);
     }
 }
 
@@ -287,21 +307,7 @@ fn cancel_all_while_an_accept_restarts_ends_it_cancelled() {
 #[test]
 fn a_listener_dropped_while_its_accept_restarts_ends_it_cancelled() {
     let _serial = serial();
-    let port = Arc::new(Iocp::new().unwrap());
-    let listener = listener_with_a_reset_client(&port);
-    let gate = Gate::new("iocp::accept_restart");
-    let id = port.accept(&listener);
-    let worker = {
-        let port = port.clone();
-        thread::spawn(move || port.get_completion(Some(Duration::from_secs(20))))
-    };
-    gate.arrived();
-    drop(listener);
-    gate.open();
-    let c = worker.join().unwrap().expect("the accept completes");
-    assert_eq!((c.id(), c.kind()), (id, OpKind::Accept));
-    assert!(c.is_cancelled(), "{c:?}");
-    assert_eq!(port.operations_in_flight(), 0);
+    interrupt_a_restart("iocp::accept_restart", Interrupt::Drop);
 }
 
 /// A deadline expiring while the accept restarts is kept too, and the accept ends with the

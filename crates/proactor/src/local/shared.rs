@@ -334,7 +334,7 @@ impl Shared {
             // nothing, again and again: Wine completes a zero-byte receive for urgent data
             // that a receive never takes): the caller's time still ends the wait.
             if self.ready.borrow().is_empty() && until.is_some_and(|at| Instant::now() >= at) {
-                return Err(crate::error::wait_timed_out());
+                return Err(crate::error::timed_out());
             }
         }
     }

@@ -676,10 +676,6 @@ fn connect_result(fd: RawFd) -> io::Result<usize> {
     Ok(0)
 }
 
-fn timed_out() -> io::Error {
-    io::Error::from_raw_os_error(libc::ETIMEDOUT)
-}
-
 impl Driver for Epoll {
     fn submit(&self, op: Box<Op>) -> OpId {
         self.submit_op(*op)
@@ -773,7 +769,11 @@ impl Driver for Epoll {
             }
             if !self.wait(deadline)? {
                 let n = self.pop_ready(out, max);
-                return if n > 0 { Ok(n) } else { Err(timed_out()) };
+                return if n > 0 {
+                    Ok(n)
+                } else {
+                    Err(crate::error::timed_out())
+                };
             }
         }
     }

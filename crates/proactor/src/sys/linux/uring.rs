@@ -1099,10 +1099,6 @@ fn clamp(len: usize) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX)
 }
 
-fn timed_out() -> io::Error {
-    io::Error::from_raw_os_error(libc::ETIMEDOUT)
-}
-
 impl Driver for Uring {
     fn submit(&self, op: Box<Op>) -> OpId {
         self.start(op)
@@ -1115,7 +1111,7 @@ impl Driver for Uring {
     fn get_completion(&self, timeout: Option<Duration>) -> io::Result<Completion> {
         let deadline = timeout.map(|t| Instant::now() + t);
         self.dequeue(deadline, || self.reap_one())?
-            .ok_or_else(timed_out)
+            .ok_or_else(crate::error::timed_out)
     }
 
     fn get_completions(
@@ -1130,7 +1126,7 @@ impl Driver for Uring {
             (0, _) => None,
             (n, more) => Some((n, more)),
         })?
-        .ok_or_else(timed_out)
+        .ok_or_else(crate::error::timed_out)
     }
 
     /// Marks the operation cancelled and queues an `ASYNC_CANCEL` for it, under the table

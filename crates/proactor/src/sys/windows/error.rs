@@ -30,6 +30,12 @@ use windows_sys::Win32::{
 
 use crate::error::{cancelled, corrected};
 
+/// An operation ended by the port for its handle (dropped meanwhile) or for a cancel it kept:
+/// 995 `ERROR_OPERATION_ABORTED`, as the kernel reports a cancel.
+pub(crate) fn aborted() -> io::Error {
+    from_code(ERROR_OPERATION_ABORTED, None)
+}
+
 /// The error for a Win32 or WinSock `code`, translated from `ntstatus` if the kernel gave one.
 pub(crate) fn from_code(code: u32, ntstatus: Option<NTSTATUS>) -> io::Error {
     let corrected_kind = match code {

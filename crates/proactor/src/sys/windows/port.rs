@@ -559,7 +559,7 @@ impl Port {
                     }
                 }
                 Wait::Ready => {}
-                Wait::TimedOut => return Err(timed_out()),
+                Wait::TimedOut => return Err(crate::error::timed_out()),
             }
         }
     }
@@ -599,7 +599,7 @@ impl Port {
             let got = match self.wait(&mut entries[..room], &deadline)? {
                 Wait::Packets(n) => n,
                 Wait::Ready => continue,
-                Wait::TimedOut => return Err(timed_out()),
+                Wait::TimedOut => return Err(crate::error::timed_out()),
             };
             for entry in &entries[..got] {
                 out.extend(self.finish_packet(entry));
@@ -839,10 +839,6 @@ fn empty_entry() -> OVERLAPPED_ENTRY {
         Internal: 0,
         dwNumberOfBytesTransferred: 0,
     }
-}
-
-fn timed_out() -> io::Error {
-    io::Error::from_raw_os_error(WAIT_TIMEOUT as i32)
 }
 
 /// Refuses a handle that was not opened for overlapped I/O: every operation on it would block

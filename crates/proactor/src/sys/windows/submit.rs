@@ -559,7 +559,12 @@ impl Port {
         // A cancel (of this accept once restarted under an id the application holds, or of
         // everything on the listener since the accept was asked for) that came before the
         // `AcceptEx` above found nothing to cancel: cancelled now, never at a later restart.
-        self.cancel_missed(started, life.cancels() != cancels);
+        // (A fresh id cannot have been cancelled yet: only a restart or a `cancel_all` needs
+        // the look, which locks the table's shard.)
+        let all = life.cancels() != cancels;
+        if restarts > 0 || all {
+            self.cancel_missed(started, all);
+        }
         started
     }
 
@@ -710,10 +715,7 @@ impl Port {
                     // dequeued: the accept ends as cancelled, not restarted.
                     tracing::debug!(%id, error = %e, "accept: client reset after a cancel; ending it");
                     drop(socket);
-                    error = Some(super::error::from_code(
-                        windows_sys::Win32::Foundation::ERROR_OPERATION_ABORTED,
-                        None,
-                    ));
+                    error = Some(super::error::aborted());
                     Output::None
                 }
                 Some(ref e) if is_client_reset(e) && restarts < ACCEPT_RESTARTS => {
@@ -738,10 +740,7 @@ impl Port {
                     }
                     // The listener's handle was dropped meanwhile: cancelled, as every
                     // operation in flight on a dropped handle (not the client's reset).
-                    error = Some(super::error::from_code(
-                        windows_sys::Win32::Foundation::ERROR_OPERATION_ABORTED,
-                        None,
-                    ));
+                    error = Some(super::error::aborted());
                     Output::None
                 }
                 Some(_) => Output::None,
@@ -758,10 +757,7 @@ impl Port {
                             Output::None
                         }
                         None => {
-                            error = Some(super::error::from_code(
-                                windows_sys::Win32::Foundation::ERROR_OPERATION_ABORTED,
-                                None,
-                            ));
+                            error = Some(super::error::aborted());
                             Output::None
                         }
                     }
@@ -774,10 +770,7 @@ impl Port {
                     error = match life.while_open(|| net::update_connect_context(socket)) {
                         Some(Ok(())) => None,
                         Some(Err(e)) => Some(e),
-                        None => Some(super::error::from_code(
-                            windows_sys::Win32::Foundation::ERROR_OPERATION_ABORTED,
-                            None,
-                        )),
+                        None => Some(super::error::aborted()),
                     };
                 }
                 Output::None

@@ -272,10 +272,6 @@ fn deadline_passed() -> io::Error {
     crate::error::deadline(libc::ECANCELED, None)
 }
 
-fn timed_out() -> io::Error {
-    io::Error::from_raw_os_error(libc::ETIMEDOUT)
-}
-
 fn clamp(len: usize) -> u32 {
     u32::try_from(len).unwrap_or(u32::MAX)
 }
@@ -485,7 +481,7 @@ impl State {
                 return Ok(n);
             }
             if until.is_some_and(|u| Instant::now() >= u) {
-                return Err(timed_out());
+                return Err(crate::error::timed_out());
             }
         }
     }
