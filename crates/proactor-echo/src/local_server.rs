@@ -139,14 +139,16 @@ pub fn run(
     stop: impl FnOnce() -> io::Result<Arc<Stop>>,
     ready: impl FnOnce(SocketAddr),
 ) -> io::Result<Summary> {
-    run_with(config, Spread::native(), receive, stop, ready).map(|(summary, _)| summary)
+    run_with(config, Spread::native(), receive, POOL_BUDGET, stop, ready)
+        .map(|(summary, _)| summary)
 }
 
-/// [`run`] with the spread given, returning what each worker did too.
+/// [`run`] with the spread and the pools' budget given, returning what each worker did too.
 pub(crate) fn run_with(
     config: Config,
     spread: Spread,
     receive: Receive,
+    pool_budget: usize,
     stop: impl FnOnce() -> io::Result<Arc<Stop>>,
     ready: impl FnOnce(SocketAddr),
 ) -> io::Result<(Summary, Vec<Counts>)> {
@@ -192,7 +194,7 @@ pub(crate) fn run_with(
     });
     let stop = stop()?;
     let pool = match receive {
-        Receive::Pooled => pool_for(&shared.config, workers),
+        Receive::Pooled => pool_for(&shared.config, workers, pool_budget),
         // Receives bring their own buffers: the pool is not used.
         Receive::Owned => (1, 1),
     };
@@ -305,15 +307,15 @@ fn loopback_udp() -> io::Result<UdpSocket> {
 }
 
 /// A worker's pool: buffers of `--buffer-size` bytes, as many as its share of
-/// `--max-connections` (a connection echoing holds one buffer, two at most while its client
-/// reads slowly, see [`crate::worker::PIPELINE`]; an idle one holds none), a power of two,
-/// within [`POOL_BUDGET`]. When every buffer is in flight, receives wait for one to come back
-/// (a send completes, or a connection stuck in one ends at the idle timeout).
-fn pool_for(config: &Config, workers: usize) -> (u16, usize) {
+/// `--max-connections` (a connection echoing holds one buffer, in its send; an idle one holds
+/// none), a power of two, within `budget` bytes ([`POOL_BUDGET`]). At most half of it is in sends (past that,
+/// messages are copied, see [`crate::worker`]), so the other half always comes back to the
+/// receives, however many clients do not read.
+fn pool_for(config: &Config, workers: usize, budget: usize) -> (u16, usize) {
     let size = config.buffer_size.max(1);
     let share = config.max_connections.div_ceil(workers).max(1);
     let wanted = share.checked_next_power_of_two().unwrap_or(usize::MAX);
-    let affordable = (POOL_BUDGET / size).max(1);
+    let affordable = (budget / size).max(1);
     let affordable = 1 << (usize::BITS - 1 - affordable.leading_zeros()); // a power of two
     (wanted.min(affordable).min(1 << 15) as u16, size)
 }
@@ -346,6 +348,10 @@ mod tests {
     );
 
     fn start(config: Config, spread: Spread) -> Running {
+        start_with(config, spread, Receive::native(), POOL_BUDGET)
+    }
+
+    fn start_with(config: Config, spread: Spread, receive: Receive, pool_budget: usize) -> Running {
         let stop = Arc::new(Stop::default());
         let (tx, rx) = mpsc::channel();
         let server = {
@@ -354,7 +360,8 @@ mod tests {
                 run_with(
                     config,
                     spread,
-                    Receive::native(),
+                    receive,
+                    pool_budget,
                     || Ok(stop),
                     |addr| tx.send(addr).unwrap(),
                 )
@@ -369,6 +376,64 @@ mod tests {
         let mut got = vec![0u8; msg.len()];
         s.read_exact(&mut got).unwrap();
         assert_eq!(got, msg);
+    }
+
+    /// Found by review: clients that send and never read used to hold pool buffers in sends
+    /// that never complete (every message received before their receives paused was sent
+    /// back in its pool buffer), and 20 of them froze a worker of 64 buffers (12 one of 32): the other
+    /// connections, old and new, waited for a buffer as long as those clients stayed. Now a
+    /// connection has one pool buffer at most in a send (what comes meanwhile is copied),
+    /// pool buffers in sends are at most half the pool, and a cancelled pooled receive stops
+    /// the handle's multishot receive (which went on queueing buffers for nobody). The pool
+    /// here (16 buffers) is smaller than the clients that do not read (32): as with the
+    /// defaults, whose pool is bounded by its memory budget.
+    #[test]
+    fn clients_that_never_read_cannot_freeze_the_others() {
+        let config = Config {
+            max_connections: 40,
+            buffer_size: 65_535,
+            ..config(1)
+        };
+        let budget = 16 * 65_535;
+        let (stop, addr, server) = start_with(config, Spread::native(), Receive::Pooled, budget);
+        // Small socket buffers, so that few bytes stall the server's sends (and the test holds
+        // little of the machine's TCP memory).
+        let connect = |buffers: usize| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.set_recv_buffer_size(buffers).unwrap();
+            s.set_send_buffer_size(buffers).unwrap();
+            s.connect(&addr.into()).unwrap();
+            let s = TcpStream::from(s);
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s
+        };
+        let mut victim = connect(64 << 10);
+        round_trip(&mut victim, b"before");
+        // Each writes until TCP stops it, and reads nothing: in steps, each echoed before the
+        // next comes, so that its last send, the one that never completes, is of a pool buffer.
+        let hogs: Vec<_> = (0..32)
+            .map(|_| {
+                let hog = connect(4 << 10);
+                let mut writer = hog.try_clone().unwrap();
+                let writing = thread::spawn(move || {
+                    let chunk = vec![b'h'; 16 << 10];
+                    while writer.write_all(&chunk).is_ok() {
+                        thread::sleep(Duration::from_millis(2));
+                    }
+                });
+                (hog, writing)
+            })
+            .collect();
+        thread::sleep(Duration::from_secs(2)); // the hogs fill their sockets both ways
+        round_trip(&mut victim, b"during");
+        round_trip(&mut connect(64 << 10), b"a new connection");
+        for (hog, writing) in hogs {
+            hog.shutdown(std::net::Shutdown::Both).unwrap();
+            writing.join().unwrap();
+        }
+        stop.request();
+        server.join().unwrap().unwrap();
     }
 
     /// The acceptor hands connections round-robin: with 3 workers and 30 clients, each serves
@@ -511,10 +576,13 @@ mod tests {
             buffer_size,
             ..config(2)
         };
-        assert_eq!(pool_for(&c(100, 1024), 2), (64, 1024));
-        assert_eq!(pool_for(&c(10_000, 65_535), 2), (4096, 65_535));
-        assert_eq!(pool_for(&c(10_000, 64 << 20), 2), (4, 64 << 20));
-        assert_eq!(pool_for(&c(1_000_000, 1), 2), (1 << 15, 1));
-        assert_eq!(pool_for(&c(1, 1), 8), (1, 1));
+        assert_eq!(pool_for(&c(100, 1024), 2, POOL_BUDGET), (64, 1024));
+        assert_eq!(pool_for(&c(10_000, 65_535), 2, POOL_BUDGET), (4096, 65_535));
+        assert_eq!(
+            pool_for(&c(10_000, 64 << 20), 2, POOL_BUDGET),
+            (4, 64 << 20)
+        );
+        assert_eq!(pool_for(&c(1_000_000, 1), 2, POOL_BUDGET), (1 << 15, 1));
+        assert_eq!(pool_for(&c(1, 1), 8, POOL_BUDGET), (1, 1));
     }
 }

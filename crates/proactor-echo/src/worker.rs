@@ -4,19 +4,25 @@
 //! Per connection, as [`Receive`] says:
 //!
 //! - pooled (the default on Linux): a multishot pooled receive (`recv_multishot`: one
-//!   submission for every message); each buffer is sent back as it is (`send_pooled`). When
-//!   [`PIPELINE`] sends are in flight (the client is not reading) the receive is cancelled, and
-//!   started again once a send completes: what came meanwhile waits in the port or the socket.
-//!   So a connection's pool buffers are bounded, not by `PIPELINE` alone: the messages
-//!   already delivered when it pauses (up to a batch of completions), then the handle's queue
-//!   (the port stops receiving past 8 buffers nobody asked for) when it restarts, are all
-//!   echoed. None while idle. With `--idle-timeout` each
-//!   message is a pooled receive of its own, whose deadline is the idle time.
+//!   submission for every message). A message that comes while the connection has no send in
+//!   flight is sent back in its pool buffer as it is (`send_pooled`, no copy). One that comes
+//!   while a send is in flight is copied into the connection's backlog, a buffer of its own,
+//!   and its pool buffer goes back to the pool at once; the backlog is sent (`send`) when the
+//!   send in flight completes. Once the backlog holds [`BACKLOG_BUFFERS`] buffers' worth, the
+//!   receive is cancelled, and started again once the backlog is sent: what comes meanwhile
+//!   waits in the socket. So a connection holds at most one pool buffer (the one in its send),
+//!   and a client that does not read cannot keep more from the others; and the worker's
+//!   pooled sends are limited to half its pool (past that, messages are copied), so clients
+//!   that never read cannot take the pool together either. None while idle. With
+//!   `--idle-timeout` each message is a pooled receive of its own, whose deadline is the idle
+//!   time.
 //! - owned (the default on Windows): a receive into a buffer of the connection's own, which is
 //!   sent back, then received into again once the send completed (as `--shared` does).
 //!
-//! Either way a client that does not read is slowed by TCP, never buffered without limit. At
-//! the end of the stream the connection closes once everything received was echoed.
+//! Either way a client that does not read is slowed by TCP, never buffered without limit: a
+//! connection's backlog exceeds its bound by at most the messages that had already come when
+//! its receive paused. At the end of the stream the connection closes once everything
+//! received was echoed.
 
 use std::{
     io,
@@ -41,8 +47,9 @@ use crate::{
 /// connections, so the port hands over its whole queue (swapping buffers, moving none).
 const LOCAL_BATCH: usize = 1024;
 
-/// Pool buffers a connection may have in its sends at once.
-pub const PIPELINE: u8 = 2;
+/// With pooled receive, how many `--buffer-size` buffers' worth a connection's backlog (what
+/// it received while its send was in flight) may hold before it stops receiving.
+pub const BACKLOG_BUFFERS: usize = 2;
 
 /// How a worker's connections receive.
 ///
@@ -68,15 +75,6 @@ impl Receive {
             Receive::Owned
         } else {
             Receive::Pooled
-        }
-    }
-
-    /// Sends a connection may have in flight before it stops receiving.
-    fn pipeline(self) -> u8 {
-        match self {
-            Receive::Pooled => PIPELINE,
-            // The one buffer is in the send.
-            Receive::Owned => 1,
         }
     }
 }
@@ -119,8 +117,11 @@ struct Conn {
     handle: LocalHandle<TcpStream>,
     peer: SocketAddr,
     socket: u64,
-    /// Pooled sends in flight.
+    /// Sends in flight: one at most, but for a partial send's rest.
     sends: u8,
+    /// With pooled receive: what came while a send was in flight, to be sent when it
+    /// completes (empty, holding no memory, when there is none).
+    backlog: Vec<u8>,
     /// The receive in flight, if any (a multishot one ends with a last completion).
     recv: Option<OpId>,
     /// The client ended its stream: close once the sends are done.
@@ -135,6 +136,12 @@ struct Io {
     receive: Receive,
     /// The size of a connection's own buffer ([`Receive::Owned`]).
     buffer_size: usize,
+    /// A backlog of this many bytes stops the connection's receive ([`BACKLOG_BUFFERS`]).
+    backlog_max: usize,
+    /// Pool buffers in sends: messages past `pooled_sends_max` are copied, so connections
+    /// whose clients do not read cannot hold the whole pool.
+    pooled_sends: usize,
+    pooled_sends_max: usize,
 }
 
 #[cold]
@@ -213,14 +220,48 @@ impl Io {
         }
     }
 
-    /// Sends received bytes back.
-    fn send(&self, ctx: usize, conn: &mut Conn, data: Data) {
+    /// Whether the connection may receive: with pooled receive while its backlog is below
+    /// its bound, with its own buffer while that buffer is not in a send.
+    fn room(&self, conn: &Conn) -> bool {
+        match self.receive {
+            Receive::Pooled => conn.backlog.len() < self.backlog_max,
+            Receive::Owned => conn.sends == 0,
+        }
+    }
+
+    /// Sends received bytes back: a pool buffer as it is if the connection has no send in
+    /// flight and the pool can spare it, or else through the connection's backlog (the pool
+    /// buffer going back at once).
+    fn send(&mut self, ctx: usize, conn: &mut Conn, data: Data) {
+        let data = match data {
+            Data::Pooled(buf) if conn.sends > 0 || self.pooled_sends >= self.pooled_sends_max => {
+                conn.backlog.extend_from_slice(&buf);
+                drop(buf);
+                if conn.sends == 0 {
+                    self.send_backlog(ctx, conn, Vec::new());
+                }
+                return;
+            }
+            data => data,
+        };
         let id = match data {
-            Data::Pooled(buf) => self.submit().send_pooled(&conn.handle, buf),
+            Data::Pooled(buf) => {
+                self.pooled_sends += 1;
+                self.submit().send_pooled(&conn.handle, buf)
+            }
             Data::Owned(buf) => self.submit().send(&conn.handle, buf),
         };
         conn.sends += 1;
         self.submitted("Write", ctx, id);
+    }
+
+    /// Sends the connection's backlog, if any; `spare` (an emptied buffer) becomes the next
+    /// backlog's, so a busy connection reuses one buffer.
+    fn send_backlog(&mut self, ctx: usize, conn: &mut Conn, spare: Vec<u8>) {
+        if !conn.backlog.is_empty() {
+            let backlog = std::mem::replace(&mut conn.backlog, spare);
+            self.send(ctx, conn, Data::Owned(backlog));
+        }
     }
 }
 
@@ -266,6 +307,9 @@ impl<'a> Worker<'a> {
                     trace: shared.config.trace,
                     receive,
                     buffer_size: shared.config.buffer_size.max(1),
+                    backlog_max: BACKLOG_BUFFERS * shared.config.buffer_size.max(1),
+                    pooled_sends: 0,
+                    pooled_sends_max: usize::from(pool.0 / 2).max(1),
                 },
                 listener,
                 waker: Some(waker),
@@ -452,6 +496,7 @@ impl<'a> Worker<'a> {
             peer: accepted.peer_addr,
             socket,
             sends: 0,
+            backlog: Vec::new(),
             recv: None,
             eof: false,
         };
@@ -479,7 +524,7 @@ impl<'a> Worker<'a> {
         match (done.result(), data) {
             (Ok(n), Some(data)) if n > 0 => {
                 self.io.send(ctx, conn, data);
-                let room = conn.sends < self.io.receive.pipeline();
+                let room = self.io.room(conn);
                 match (more, room) {
                     (true, true) | (false, false) => {}
                     (true, false) => self.io.pause(conn),
@@ -507,6 +552,9 @@ impl<'a> Worker<'a> {
 
     fn sent(&mut self, ctx: usize, done: &mut LocalCompletion) {
         // A pool buffer goes back to the pool with `done`; a connection's own comes back.
+        if done.kind() == OpKind::SendPooled {
+            self.io.pooled_sends -= 1;
+        }
         let Some(conn) = self.conns.get_mut(ctx) else {
             return;
         };
@@ -516,19 +564,26 @@ impl<'a> Worker<'a> {
             Ok(n) => {
                 self.counts.echoed += n as u64;
                 if let Some(mut buf) = own.take_if(|b| n < b.len()) {
-                    buf.drain(..n); // a partial send: send the rest before receiving more
+                    buf.drain(..n); // a partial send: send the rest before anything else
                     return self.io.send(ctx, conn, Data::Owned(buf));
                 }
+                let spare = own.map(|mut b| {
+                    b.clear();
+                    b
+                });
+                let spare = match self.io.receive {
+                    // Reused for the next backlog while there is one; dropped once the
+                    // connection has nothing waiting (an idle one holds no buffer).
+                    Receive::Pooled => {
+                        self.io.send_backlog(ctx, conn, spare.unwrap_or_default());
+                        None
+                    }
+                    // Received into again.
+                    Receive::Owned => spare,
+                };
                 if !conn.eof {
-                    if conn.recv.is_none() && conn.sends < self.io.receive.pipeline() {
-                        self.io.recv(
-                            ctx,
-                            conn,
-                            own.map(|mut b| {
-                                b.clear();
-                                b
-                            }),
-                        );
+                    if conn.recv.is_none() && self.io.room(conn) {
+                        self.io.recv(ctx, conn, spare);
                     }
                 } else if conn.sends == 0 {
                     tracing::debug!(

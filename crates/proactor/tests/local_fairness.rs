@@ -135,3 +135,109 @@ fn a_flooding_connection_nobody_reads_leaves_the_pool_to_the_others() {
     drop(flooder);
     drop(flood.join().unwrap());
 }
+
+/// Found through proactor-echo: a program that cancels its multishot pooled receive (its
+/// sends to a peer that does not read pile up) left the handle's own multishot receive armed,
+/// which went on taking buffers for nobody, up to 8 per handle: a few such peers took the
+/// whole pool, and every other connection waited for a buffer. The last pooled receive's
+/// cancel now stops the handle's receiving; what the peer sends meanwhile waits in the socket
+/// (checked: nothing lost, in order).
+#[test]
+fn a_cancelled_multishot_receive_takes_no_more_pool_buffers() {
+    a_stopped_multishot_receive_takes_no_more_pool_buffers(Stop::Cancel);
+}
+
+/// The same when it stops at its deadline, or by `cancel_all`.
+#[test]
+fn a_timed_out_or_all_cancelled_multishot_receive_takes_no_more_pool_buffers() {
+    a_stopped_multishot_receive_takes_no_more_pool_buffers(Stop::Deadline);
+    a_stopped_multishot_receive_takes_no_more_pool_buffers(Stop::CancelAll);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    Cancel,
+    Deadline,
+    CancelAll,
+}
+
+fn a_stopped_multishot_receive_takes_no_more_pool_buffers(stop: Stop) {
+    // 8 buffers: what one handle could queue ahead before the fix.
+    let port = LocalPort::with_pool(8, 1024).unwrap();
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let listener = port.add_handle(l, 0).unwrap();
+    let accept = |context| {
+        port.accept(&listener);
+        let mut done = port.get_completion(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(done.kind(), OpKind::Accept);
+        let stream = done.take_accepted().unwrap().stream;
+        port.add_handle(stream, context).unwrap()
+    };
+    let mut paused_client = TcpStream::connect(addr).unwrap();
+    let paused = accept(1);
+    let mut other_client = TcpStream::connect(addr).unwrap();
+    other_client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let other = accept(2);
+
+    let id = match stop {
+        Stop::Deadline => port
+            .with_timeout(Duration::from_millis(300))
+            .recv_multishot(&paused),
+        _ => port.recv_multishot(&paused),
+    };
+    paused_client.write_all(b"first").unwrap();
+    let mut done = port.get_completion(Some(Duration::from_secs(10))).unwrap();
+    assert_eq!(
+        (done.id(), done.take_pooled().as_deref()),
+        (id, Some(&b"first"[..]))
+    );
+    match stop {
+        Stop::Cancel => port.cancel(id).unwrap(),
+        Stop::CancelAll => port.cancel_all(&paused).unwrap(),
+        Stop::Deadline => {}
+    }
+    loop {
+        let done = port.get_completion(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(done.id(), id, "{done:?}");
+        if !done.more() {
+            let e = done.result().unwrap_err();
+            match stop {
+                Stop::Deadline => assert!(proactor::is_deadline(&e), "{e}"),
+                _ => assert!(proactor::is_cancelled(&e), "{e}"),
+            }
+            break;
+        }
+    }
+    // 16 KiB to nobody: before the fix the paused handle took all 8 buffers for them.
+    let flood: Vec<u8> = (0..16 << 10).map(|i| (i % 251) as u8).collect();
+    paused_client.write_all(&flood).unwrap();
+    let until = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < until {
+        if let Ok(done) = port.get_completion(Some(Duration::from_millis(20))) {
+            panic!("nothing was asked for: {done:?}");
+        }
+    }
+
+    // The other connection still gets a buffer.
+    port.recv_pooled(&other);
+    other_client.write_all(b"ping").unwrap();
+    let mut done = port
+        .get_completion(Some(Duration::from_secs(5)))
+        .unwrap_or_else(|e| panic!("{stop:?}: the other connection waited for a buffer: {e}"));
+    assert_eq!(done.context(), 2);
+    assert_eq!(done.take_pooled().as_deref(), Some(&b"ping"[..]));
+    drop(done);
+
+    // Nothing of what came meanwhile was lost.
+    let id = port.recv_multishot(&paused);
+    let mut got = Vec::new();
+    while got.len() < flood.len() {
+        let mut done = port.get_completion(Some(Duration::from_secs(10))).unwrap();
+        assert_eq!(done.id(), id, "{done:?}");
+        got.extend_from_slice(&done.take_pooled().expect("data"));
+    }
+    assert_eq!(got, flood);
+}

@@ -317,7 +317,8 @@ impl LocalPort {
     }
 
     /// How many times a handle's receiving was stopped because it held data nobody asked
-    /// for (io_uring; 0 elsewhere, where nothing is received ahead). For tests.
+    /// for, or its last pooled receive was cancelled or timed out (io_uring; 0 elsewhere,
+    /// where nothing is received ahead). For tests.
     ///
     /// ```no_run
     /// let port = proactor::LocalPort::new()?;

@@ -361,11 +361,13 @@ impl State {
             }
             return Ok(());
         }
-        let (h, lane, waiter) = (op.handle, op.lane, matches!(op.body, Body::Waiter));
+        let (h, lane, waiter, kind) =
+            (op.handle, op.lane, matches!(op.body, Body::Waiter), op.kind);
         let handle = &mut self.handles[h as usize];
         if waiter {
             handle.waiters.remove(&mut self.slots, idx);
             self.deliver(idx, Err(cancelled()), Output::None, None);
+            self.waiter_left(h, kind);
         } else if let Some(d) = lane {
             handle.lanes[d as usize].remove(&mut self.slots, idx);
             self.deliver_unstarted(idx, cancelled());
@@ -405,6 +407,18 @@ impl State {
             while let Some(w) = lane.pop_front(&self.slots) {
                 self.deliver_unstarted(w, cancelled());
             }
+        }
+    }
+
+    /// A pooled receive of handle `h` stopped waiting (cancelled, or its deadline passed):
+    /// if none is left, the handle's multishot receive stops too (`cancel_all` and a close
+    /// cancel it with the rest). Left armed, it would go on
+    /// taking pool buffers for nobody, up to `MAX_AHEAD` queued on the handle, and a program
+    /// that stops receiving from peers that do not read (its sends to them pile up) would see
+    /// its pool taken by what they sent, every other connection waiting for a buffer.
+    pub(super) fn waiter_left(&mut self, h: u32, kind: OpKind) {
+        if kind == OpKind::RecvPooled && self.handles[h as usize].waiters.is_empty() {
+            self.pause_receiving(h);
         }
     }
 

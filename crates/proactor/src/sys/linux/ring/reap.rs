@@ -170,12 +170,13 @@ impl State {
             // The standalone deadline of a waiter, or of an operation waiting for its lane.
             op.timer = false;
             if res == -libc::ETIME && !op.finished {
-                let (h, lane) = (op.handle, op.lane);
+                let (h, lane, kind) = (op.handle, op.lane, op.kind);
                 if matches!(op.body, Body::Waiter) {
                     self.handles[h as usize]
                         .waiters
                         .remove(&mut self.slots, idx);
                     self.deliver(idx, Err(deadline_passed()), Output::None, None);
+                    self.waiter_left(h, kind);
                 } else if let Some(d) = lane {
                     self.handles[h as usize].lanes[d as usize].remove(&mut self.slots, idx);
                     self.deliver_unstarted(idx, deadline_passed());
