@@ -378,60 +378,110 @@ mod tests {
         assert_eq!(got, msg);
     }
 
+    /// A client with small socket buffers, so that few bytes stall the server's sends (and the
+    /// tests hold little of the machine's TCP memory).
+    fn connect_small(addr: SocketAddr, buffers: usize) -> TcpStream {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_recv_buffer_size(buffers).unwrap();
+        s.set_send_buffer_size(buffers).unwrap();
+        s.connect(&addr.into()).unwrap();
+        let s = TcpStream::from(s);
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        s
+    }
+
+    /// A client that writes until TCP stops it (a write blocked for a second) and reads
+    /// nothing: in steps, each echoed before the next comes, so that its last send, the one
+    /// that never completes, is of a pool buffer. It stays connected until `end`.
+    fn never_reads(addr: SocketAddr) -> (TcpStream, thread::JoinHandle<()>) {
+        let hog = connect_small(addr, 4 << 10);
+        let mut writer = hog.try_clone().unwrap();
+        // Not a shutdown from another thread, which does not wake a blocked write under Wine.
+        writer
+            .set_write_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        let writing = thread::spawn(move || {
+            let chunk = vec![b'h'; 16 << 10];
+            while writer.write_all(&chunk).is_ok() {
+                thread::sleep(Duration::from_millis(2));
+            }
+        });
+        (hog, writing)
+    }
+
+    fn end(hogs: Vec<(TcpStream, thread::JoinHandle<()>)>) {
+        for (hog, writing) in hogs {
+            writing.join().unwrap();
+            drop(hog);
+        }
+    }
+
     /// Found by review: clients that send and never read used to hold pool buffers in sends
     /// that never complete (every message received before their receives paused was sent
-    /// back in its pool buffer), and 20 of them froze a worker of 64 buffers (12 one of 32): the other
-    /// connections, old and new, waited for a buffer as long as those clients stayed. Now a
-    /// connection has one pool buffer at most in a send (what comes meanwhile is copied),
-    /// pool buffers in sends are at most half the pool, and a cancelled pooled receive stops
-    /// the handle's multishot receive (which went on queueing buffers for nobody). The pool
-    /// here (16 buffers) is smaller than the clients that do not read (32): as with the
-    /// defaults, whose pool is bounded by its memory budget.
+    /// back in its pool buffer), and 20 of them froze a worker of 64 buffers (12 one of 32):
+    /// the other connections, old and new, waited for a buffer as long as those clients
+    /// stayed. Now a connection has one pool buffer at most in a send (what comes meanwhile is
+    /// copied), pool buffers in sends are at most half the pool, and a cancelled pooled
+    /// receive stops the handle's multishot receive (which went on queueing buffers for
+    /// nobody). The pool here (16 buffers) is smaller than the clients that do not read (32):
+    /// as with the defaults, whose pool is bounded by its memory budget.
     #[test]
     fn clients_that_never_read_cannot_freeze_the_others() {
+        clients_that_never_read(None);
+    }
+
+    /// The same with `--idle-timeout`, where each message is a pooled receive of its own.
+    /// Found by review of the fix: the worker stopped issuing receives once a connection's
+    /// backlog was full, and the port went on receiving ahead for it, 8 pool buffers queued
+    /// for nobody until the idle timeout; 2 such clients froze a pool of 16. It now issues a
+    /// receive and cancels it, which stops the port's receiving for that connection.
+    #[test]
+    fn with_an_idle_timeout_clients_that_never_read_cannot_freeze_the_others() {
+        clients_that_never_read(Some(Duration::from_secs(60)));
+    }
+
+    fn clients_that_never_read(idle_timeout: Option<Duration>) {
         let config = Config {
             max_connections: 40,
             buffer_size: 65_535,
+            idle_timeout,
             ..config(1)
         };
         let budget = 16 * 65_535;
         let (stop, addr, server) = start_with(config, Spread::native(), Receive::Pooled, budget);
-        // Small socket buffers, so that few bytes stall the server's sends (and the test holds
-        // little of the machine's TCP memory).
-        let connect = |buffers: usize| {
-            let s =
-                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-            s.set_recv_buffer_size(buffers).unwrap();
-            s.set_send_buffer_size(buffers).unwrap();
-            s.connect(&addr.into()).unwrap();
-            let s = TcpStream::from(s);
-            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-            s
-        };
-        let mut victim = connect(64 << 10);
+        let mut victim = connect_small(addr, 64 << 10);
         round_trip(&mut victim, b"before");
-        // Each writes until TCP stops it, and reads nothing: in steps, each echoed before the
-        // next comes, so that its last send, the one that never completes, is of a pool buffer.
-        let hogs: Vec<_> = (0..32)
-            .map(|_| {
-                let hog = connect(4 << 10);
-                let mut writer = hog.try_clone().unwrap();
-                let writing = thread::spawn(move || {
-                    let chunk = vec![b'h'; 16 << 10];
-                    while writer.write_all(&chunk).is_ok() {
-                        thread::sleep(Duration::from_millis(2));
-                    }
-                });
-                (hog, writing)
-            })
-            .collect();
+        let hogs: Vec<_> = (0..32).map(|_| never_reads(addr)).collect();
         thread::sleep(Duration::from_secs(2)); // the hogs fill their sockets both ways
         round_trip(&mut victim, b"during");
-        round_trip(&mut connect(64 << 10), b"a new connection");
-        for (hog, writing) in hogs {
-            hog.shutdown(std::net::Shutdown::Both).unwrap();
-            writing.join().unwrap();
-        }
+        round_trip(&mut connect_small(addr, 64 << 10), b"a new connection");
+        end(hogs);
+        stop.request();
+        server.join().unwrap().unwrap();
+    }
+
+    /// Found by review of the fix: a worker whose pool is one buffer (`--max-connections` no
+    /// more than `--workers`) allowed one pooled send, the whole pool: a client that never
+    /// reads kept it, and the worker's next connection never received. Such a pool now spares
+    /// none for sends (every message is copied).
+    #[test]
+    fn a_pool_of_one_buffer_is_never_held_by_a_client_that_never_reads() {
+        let config = Config {
+            max_connections: 2,
+            buffer_size: 65_535,
+            ..config(2)
+        };
+        let (stop, addr, server) =
+            start_with(config, Spread::Handoff, Receive::Pooled, POOL_BUDGET);
+        let hog = never_reads(addr); // worker 0's
+        // To worker 1, then gone, so that the next goes to worker 0 within the limit.
+        round_trip(&mut connect_small(addr, 64 << 10), b"to worker 1");
+        thread::sleep(Duration::from_secs(2));
+        round_trip(
+            &mut connect_small(addr, 64 << 10),
+            b"on the worker of the hog",
+        );
+        end(vec![hog]);
         stop.request();
         server.join().unwrap().unwrap();
     }

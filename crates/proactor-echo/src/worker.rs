@@ -13,9 +13,11 @@
 //!   waits in the socket. So a connection holds at most one pool buffer (the one in its send),
 //!   and a client that does not read cannot keep more from the others; and the worker's
 //!   pooled sends are limited to half its pool (past that, messages are copied), so clients
-//!   that never read cannot take the pool together either. None while idle. With
-//!   `--idle-timeout` each message is a pooled receive of its own, whose deadline is the idle
-//!   time.
+//!   that never read cannot take the pool together either (a pool of one buffer spares none:
+//!   every message is copied). None while idle. With `--idle-timeout` each message is a
+//!   pooled receive of its own, whose deadline is the idle time; a connection whose backlog is
+//!   full then stops receiving by issuing one and cancelling it, since a port that saw no
+//!   cancel would go on receiving ahead for it.
 //! - owned (the default on Windows): a receive into a buffer of the connection's own, which is
 //!   sent back, then received into again once the send completed (as `--shared` does).
 //!
@@ -220,6 +222,18 @@ impl Io {
         }
     }
 
+    /// A pooled receive ended with a message (with `--idle-timeout` each does) and the
+    /// connection may not receive more: a receive is issued and cancelled at once, so that
+    /// the port stops receiving ahead for it (left alone, it would queue pool buffers for
+    /// nobody until the connection ends). What it had queued comes first, into the backlog,
+    /// until one is left waiting and the cancel takes.
+    fn stop_receiving(&self, ctx: usize, conn: &mut Conn) {
+        if self.receive == Receive::Pooled {
+            self.recv(ctx, conn, None);
+            self.pause(conn);
+        }
+    }
+
     /// Whether the connection may receive: with pooled receive while its backlog is below
     /// its bound, with its own buffer while that buffer is not in a send.
     fn room(&self, conn: &Conn) -> bool {
@@ -256,12 +270,15 @@ impl Io {
     }
 
     /// Sends the connection's backlog, if any; `spare` (an emptied buffer) becomes the next
-    /// backlog's, so a busy connection reuses one buffer.
+    /// backlog's, so a busy connection reuses one buffer. With none, the backlog's memory is
+    /// freed: a connection with nothing waiting holds no buffer.
     fn send_backlog(&mut self, ctx: usize, conn: &mut Conn, spare: Vec<u8>) {
-        if !conn.backlog.is_empty() {
-            let backlog = std::mem::replace(&mut conn.backlog, spare);
-            self.send(ctx, conn, Data::Owned(backlog));
+        if conn.backlog.is_empty() {
+            conn.backlog = Vec::new();
+            return;
         }
+        let backlog = std::mem::replace(&mut conn.backlog, spare);
+        self.send(ctx, conn, Data::Owned(backlog));
     }
 }
 
@@ -309,7 +326,8 @@ impl<'a> Worker<'a> {
                     buffer_size: shared.config.buffer_size.max(1),
                     backlog_max: BACKLOG_BUFFERS * shared.config.buffer_size.max(1),
                     pooled_sends: 0,
-                    pooled_sends_max: usize::from(pool.0 / 2).max(1),
+                    // A pool of one buffer spares none: every message is copied.
+                    pooled_sends_max: usize::from(pool.0 / 2),
                 },
                 listener,
                 waker: Some(waker),
@@ -526,9 +544,10 @@ impl<'a> Worker<'a> {
                 self.io.send(ctx, conn, data);
                 let room = self.io.room(conn);
                 match (more, room) {
-                    (true, true) | (false, false) => {}
+                    (true, true) => {}
                     (true, false) => self.io.pause(conn),
                     (false, true) => self.io.recv(ctx, conn, None),
+                    (false, false) => self.io.stop_receiving(ctx, conn),
                 }
             }
             (Ok(_), _) => {

@@ -522,6 +522,14 @@ in_both_modes!(
     sigterm_and_sigint_shut_down_gracefully,
 );
 
+/// With `--idle-timeout`, pooled receive is one receive per message, and a connection whose
+/// backlog is full stops receiving by issuing one and cancelling it (many times here, with
+/// 1,500-byte buffers): every stream still comes back whole, in order, to its own client.
+#[test]
+fn with_an_idle_timeout_slow_readers_get_their_own_streams_back_whole() {
+    slow_readers_get_their_own_streams_back_whole(&["--receive", "pooled", "--idle-timeout", "60"]);
+}
+
 /// With no flags each platform receives its cheaper way (pooled on Linux; into each
 /// connection's own buffer on Windows, where pooled receive costs a WinSock call more per
 /// message), `--receive` chooses the other, and both echo.

@@ -146,12 +146,13 @@ pub(crate) fn keeps_boundaries(raw: RawIo) -> bool {
 }
 
 /// Receives what is already there, without waiting: the second half of a pooled receive (a
-/// zero-byte `WSARecv` first). The socket's mode is left alone (it may be another port's,
-/// `Foreign`, or the program's own to use blocking): `FIONREAD` says how many bytes are
-/// buffered and `recv` takes at most that many, which a blocking socket returns at once. With
-/// none buffered, `WSAPoll` without a timeout tells the end of the stream or a reset (readable:
-/// `recv` returns 0 or the error at once) from a stale readiness (another reader took the
-/// data: `WSAEWOULDBLOCK`, and the receive waits again).
+/// zero-byte `WSARecv` first). The socket's mode is left alone (the program may use it
+/// blocking; a `Foreign` socket, another port's, never gets here: pooled receive refuses it
+/// with `Unsupported`, since its owner could read between the look and the `recv`):
+/// `FIONREAD` says how many bytes are buffered and `recv` takes at most that many, which a
+/// blocking socket returns at once. With none buffered, `WSAPoll` without a timeout tells the
+/// end of the stream or a reset (readable: `recv` returns 0 or the error at once) from a stale
+/// readiness (another reader took the data: `WSAEWOULDBLOCK`, and the receive waits again).
 ///
 /// # Safety
 ///
