@@ -308,9 +308,9 @@ fn loopback_udp() -> io::Result<UdpSocket> {
 
 /// A worker's pool: buffers of `--buffer-size` bytes, as many as its share of
 /// `--max-connections` (a connection echoing holds one buffer, in its send; an idle one holds
-/// none), a power of two, within `budget` bytes ([`POOL_BUDGET`]). At most half of it is in sends (past that,
-/// messages are copied, see [`crate::worker`]), so the other half always comes back to the
-/// receives, however many clients do not read.
+/// none), a power of two, within `budget` bytes ([`POOL_BUDGET`]). At most half of it is in
+/// sends (past that, messages are copied, see [`crate::worker`]), so the other half always comes
+/// back to the receives, however many clients do not read.
 fn pool_for(config: &Config, workers: usize, budget: usize) -> (u16, usize) {
     let size = config.buffer_size.max(1);
     let share = config.max_connections.div_ceil(workers).max(1);

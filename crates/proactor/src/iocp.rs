@@ -465,6 +465,11 @@ impl Iocp {
     /// buffer: a zero-byte receive. Idle connections then pin no memory; receive once it
     /// completes.
     ///
+    /// On Windows urgent data that is not inline (`MSG_OOB` without `SO_OOBINLINE`) may
+    /// complete it too (it does under Wine), though a plain receive finds nothing: read it with
+    /// `MSG_OOB` (socket2's `recv_out_of_band`) or set `SO_OOBINLINE`, or a loop of `readable`
+    /// then a receive that would block spins. Pooled receive does this itself.
+    ///
     /// ```no_run
     /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
     /// port.readable(conn);

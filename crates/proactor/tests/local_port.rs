@@ -773,6 +773,67 @@ fn urgent_data_never_holds_get_completion_past_its_timeout() {
     drop(peer);
 }
 
+/// Found by review (helper-40): one urgent byte (`MSG_OOB`, not inline) made a Windows
+/// `LocalPort` spin at full CPU until the caller's time ended: the zero-byte receive it
+/// completed found nothing to receive and was issued again, to complete again at once, as no
+/// plain receive takes urgent data. The byte is now taken with `MSG_OOB` and dropped (it is not
+/// part of the stream, as on Linux), and the receive waits quietly: one stale readiness at most
+/// while the caller waits (counted by the `local::stale_readiness` failpoint; a spin counts
+/// thousands). The stream goes on without the byte, on every engine.
+#[test]
+fn urgent_data_is_not_part_of_the_stream_and_makes_no_spin() {
+    let _s = serial();
+    #[cfg(feature = "failpoints")]
+    let (_scenario, stale) = {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        };
+        let scenario = fail::FailScenario::setup();
+        let stale = Arc::new(AtomicUsize::new(0));
+        let count = stale.clone();
+        fail::cfg_callback("local::stale_readiness", move || {
+            count.fetch_add(1, Ordering::Relaxed);
+        })
+        .unwrap();
+        (scenario, move || stale.load(Ordering::Relaxed))
+    };
+    let port = LocalPort::with_pool(4, 64).unwrap();
+    let (conn, mut peer) = pair(&port, each_ip_v4(), 1);
+    let first = port.recv_pooled(&conn);
+    peer.write_all(b"ab").unwrap();
+    let c = next(&port);
+    assert_eq!(c.id(), first);
+    assert_eq!(&pooled_data(c)[..], b"ab");
+    let id = port.recv_pooled(&conn);
+    for _ in 0..3 {
+        socket2::SockRef::from(&peer)
+            .send_out_of_band(&[0x55])
+            .unwrap();
+        let e = port
+            .get_completion(Some(Duration::from_millis(300)))
+            .expect_err("urgent data is nothing to receive");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e:?}");
+    }
+    #[cfg(feature = "failpoints")]
+    {
+        let n = stale();
+        assert!(
+            n <= 3,
+            "{n} stale readinesses for 3 urgent bytes: the port spins"
+        );
+    }
+    peer.write_all(b"cd").unwrap();
+    let c = next(&port);
+    assert_eq!(c.id(), id);
+    assert_eq!(
+        &pooled_data(c)[..],
+        b"cd",
+        "the stream, without the urgent bytes"
+    );
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
 #[test]
 fn user_values_and_deadlines_ride_every_kind_of_operation() {
     let _s = serial();

@@ -479,7 +479,11 @@ impl Shared {
                     }
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.pool.put_free(index),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Test-only: counts the stale readinesses (a spin shows as thousands).
+                crate::failpoint::failpoint!("local::stale_readiness");
+                self.pool.put_free(index);
+            }
             Err(e) => {
                 self.pool.put_free(index);
                 self.pooled.borrow_mut().remove(&id);

@@ -154,13 +154,19 @@ pub(crate) fn keeps_boundaries(raw: RawIo) -> bool {
 /// end of the stream or a reset (readable: `recv` returns 0 or the error at once) from a stale
 /// readiness (another reader took the data: `WSAEWOULDBLOCK`, and the receive waits again).
 ///
+/// Urgent (out-of-band) data is not part of the stream (unless the program set
+/// `SO_OOBINLINE`, when `FIONREAD` counts it and `recv` takes it in line): a zero-byte
+/// receive that it completed would complete again at once, for ever, since no plain `recv`
+/// takes it. It is read with `MSG_OOB` and dropped, as Linux's `recv` skips it, and the
+/// receive waits again (`WSAEWOULDBLOCK`).
+///
 /// # Safety
 ///
 /// `dst` must be valid for writes of `len` bytes.
 pub(crate) unsafe fn recv_now(raw: RawIo, dst: *mut u8, len: usize) -> std::io::Result<usize> {
     use windows_sys::Win32::Networking::WinSock::{
-        FIONREAD, POLLRDNORM, SOCKET_ERROR, WSAEWOULDBLOCK, WSAGetLastError, WSAPOLLFD, WSAPoll,
-        ioctlsocket, recv,
+        FIONREAD, MSG_OOB, POLLERR, POLLHUP, POLLRDBAND, POLLRDNORM, SOCKET_ERROR, WSAEWOULDBLOCK,
+        WSAGetLastError, WSAPOLLFD, WSAPoll, ioctlsocket, recv,
     };
     let RawIo::Socket(s) = raw else {
         return Err(crate::error::needs_socket());
@@ -180,13 +186,23 @@ pub(crate) unsafe fn recv_now(raw: RawIo, dst: *mut u8, len: usize) -> std::io::
     if buffered == 0 {
         let mut fd = WSAPOLLFD {
             fd: s,
-            events: POLLRDNORM,
+            events: POLLRDNORM | POLLRDBAND,
             revents: 0,
         };
         // SAFETY: one valid WSAPOLLFD; a zero timeout returns at once.
         match unsafe { WSAPoll(&mut fd, 1, 0) } {
             SOCKET_ERROR => return last(),
             0 => return Err(std::io::Error::from_raw_os_error(WSAEWOULDBLOCK)),
+            _ if fd.revents & (POLLRDNORM | POLLHUP | POLLERR) == 0 => {
+                // Only urgent data: dropped (see above), and the receive waits again.
+                let mut urgent = [0u8; 64];
+                // SAFETY: `urgent` is writable for its length.
+                let n = unsafe { recv(s, urgent.as_mut_ptr(), urgent.len() as i32, MSG_OOB) };
+                if n == SOCKET_ERROR {
+                    return last();
+                }
+                return Err(std::io::Error::from_raw_os_error(WSAEWOULDBLOCK));
+            }
             _ => {} // the end of the stream, a reset, or data just arrived
         }
     }

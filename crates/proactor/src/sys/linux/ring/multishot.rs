@@ -124,11 +124,12 @@ impl State {
     }
 
     /// Stops the multishot receive of handle `h`, which has [`MAX_AHEAD`] buffers of data
-    /// nobody asked for, or whose last pooled receive stopped waiting: the rest stays in the socket (TCP slows the peer) until a pooled
-    /// receive takes what is queued and finds the queue empty, or a multishot pooled receive
-    /// starts (it takes the whole queue), which arms it again. Without
-    /// this one connection whose owner stops receiving would take the whole pool, and every
-    /// other pooled receive of the port would wait for buffers that never come back.
+    /// nobody asked for, or whose last pooled receive stopped waiting: the rest stays in the
+    /// socket (TCP slows the peer) until a pooled receive takes what is queued and finds the
+    /// queue empty, or a multishot pooled receive starts (it takes the whole queue), which arms
+    /// it again. Without this one connection whose owner stops receiving would take the whole
+    /// pool, and every other pooled receive of the port would wait for buffers that never come
+    /// back.
     pub(super) fn pause_receiving(&mut self, h: u32) {
         let idx = self.handles[h as usize].armed;
         if idx == NONE {

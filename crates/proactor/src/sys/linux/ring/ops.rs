@@ -412,10 +412,10 @@ impl State {
 
     /// A pooled receive of handle `h` stopped waiting (cancelled, or its deadline passed):
     /// if none is left, the handle's multishot receive stops too (`cancel_all` and a close
-    /// cancel it with the rest). Left armed, it would go on
-    /// taking pool buffers for nobody, up to `MAX_AHEAD` queued on the handle, and a program
-    /// that stops receiving from peers that do not read (its sends to them pile up) would see
-    /// its pool taken by what they sent, every other connection waiting for a buffer.
+    /// cancel it with the rest). Left armed, it would go on taking pool buffers for nobody, up
+    /// to `MAX_AHEAD` queued on the handle, and a program that stops receiving from peers that
+    /// do not read (its sends to them pile up) would see its pool taken by what they sent,
+    /// every other connection waiting for a buffer.
     pub(super) fn waiter_left(&mut self, h: u32, kind: OpKind) {
         if kind == OpKind::RecvPooled && self.handles[h as usize].waiters.is_empty() {
             self.pause_receiving(h);
