@@ -460,6 +460,55 @@ mod tests {
         server.join().unwrap().unwrap();
     }
 
+    /// Found by review (session 27): clients that send as fast as loopback goes and never read
+    /// made the server's memory grow by megabytes each (100 of them: 1.2 GB, most of it
+    /// backlogs), since one call of `get_completions` could bring a connection whatever its
+    /// socket received meanwhile, all of it after its receive paused, and a send in flight did
+    /// not count against the bound. Now the port bounds what one call brings a connection
+    /// ([`proactor::LocalPort::recv_limit`], Linux 6.16+) and the bound counts the send in
+    /// flight: no connection holds more than its bound plus twice that limit (what was queued
+    /// when its receive paused, then one more call's worth).
+    #[test]
+    fn clients_that_never_read_hold_a_bounded_amount_each() {
+        let config = Config {
+            max_connections: 16,
+            buffer_size: 65_535,
+            ..config(1)
+        };
+        let limit = proactor::LocalPort::with_pool(1, config.buffer_size)
+            .unwrap()
+            .recv_limit();
+        let bound = crate::worker::BACKLOG_BUFFERS * config.buffer_size;
+        let (stop, addr, server) =
+            start_with(config, Spread::native(), Receive::Pooled, POOL_BUDGET);
+        let hogs: Vec<_> = (0..8)
+            .map(|_| {
+                let hog = TcpStream::connect(addr).unwrap();
+                let mut writer = hog.try_clone().unwrap();
+                writer
+                    .set_write_timeout(Some(Duration::from_secs(1)))
+                    .unwrap();
+                let writing = thread::spawn(move || {
+                    let chunk = vec![b'f'; 256 << 10];
+                    while writer.write_all(&chunk).is_ok() {}
+                });
+                (hog, writing)
+            })
+            .collect();
+        end(hogs);
+        stop.request();
+        let (_, counts) = server.join().unwrap().unwrap();
+        let held = counts.iter().map(|c| c.held_most).max().unwrap();
+        eprintln!("the most a connection held: {held} bytes (receive limit {limit:?})");
+        // No receive limit (older kernels, epoll): nothing bounds one call's data.
+        if let Some(limit) = limit {
+            assert!(
+                held < bound + 2 * limit,
+                "a connection held {held} bytes: over its bound {bound} plus twice the receive limit {limit}"
+            );
+        }
+    }
+
     /// Found by review of the fix: a worker whose pool is one buffer (`--max-connections` no
     /// more than `--workers`) allowed one pooled send, the whole pool: a client that never
     /// reads kept it, and the worker's next connection never received. Such a pool now spares

@@ -1,8 +1,8 @@
 //! `proactor-echo`: an asynchronous TCP echo server on proactor's completion ports.
 //!
 //! By default, thread-per-core: each worker thread owns a [`proactor::LocalPort`] and serves
-//! its own connections; on Linux with pooled receive (the received pool buffer is sent back as
-//! it is, no copy; an idle connection holds no buffer), on Windows into a buffer of each
+//! its own connections; on Linux with pooled receive (a received pool buffer is sent back as it
+//! is, no copy; an idle connection holds no buffer), on Windows into a buffer of each
 //! connection's own (one WinSock call fewer per message there; `--receive` chooses). On Linux
 //! every worker listens on the address with a socket of its own (`SO_REUSEPORT`); elsewhere one
 //! worker accepts and hands the connections round-robin to the others (see `local_server.rs`).
@@ -10,12 +10,11 @@
 //! With `--shared`, the classic IOCP design: one port, a pool of worker threads dequeuing
 //! completions, several accepts kept pending (`server.rs`).
 //!
-//! Both keep a bounded number of buffers per connection in flight (one receive then one send
-//! with `--shared` and with `--receive owned`; with pooled receive two pooled sends, then the
-//! receive pauses, plus the messages already received when it paused), so a client that does
-//! not read is slowed by TCP, never buffered without limit. With pooled receive, though, such
-//! clients share the worker's pool with everyone: enough of them take all of it (README,
-//! *Known limitation*).
+//! Both bound what a connection holds, so that a client that does not read is slowed by TCP,
+//! never buffered without limit: one receive then one send of a buffer of its own with
+//! `--shared` and `--receive owned`; with pooled receive a send and a backlog of two
+//! `--buffer-size` buffers' worth, plus what the port may still bring after the receive
+//! paused (two more pool buffers a call on Linux 6.16+: see `worker.rs` and the README).
 
 mod accepting;
 mod clock;
@@ -67,7 +66,8 @@ struct Args {
     shared: bool,
     /// How connections receive: `pooled` (from the worker's buffer pool: an idle connection
     /// holds no buffer; on Windows one WinSock call more per message) or `owned` (into a
-    /// buffer of each connection's own) [default: pooled on Linux, owned on Windows].
+    /// buffer of each connection's own) [default: pooled with io_uring on Linux 6.16 or later,
+    /// where the kernel bounds what a connection receives ahead; owned elsewhere].
     #[arg(long, value_enum, conflicts_with = "shared")]
     receive: Option<worker::Receive>,
 }

@@ -8,23 +8,25 @@
 //!   flight is sent back in its pool buffer as it is (`send_pooled`, no copy). One that comes
 //!   while a send is in flight is copied into the connection's backlog, a buffer of its own,
 //!   and its pool buffer goes back to the pool at once; the backlog is sent (`send`) when the
-//!   send in flight completes. Once the backlog holds [`BACKLOG_BUFFERS`] buffers' worth, the
-//!   receive is cancelled, and started again once the backlog is sent: what comes meanwhile
-//!   waits in the socket. So a connection holds at most one pool buffer (the one in its send),
-//!   and a client that does not read cannot keep more from the others; and the worker's
-//!   pooled sends are limited to half its pool (past that, messages are copied), so clients
-//!   that never read cannot take the pool together either (a pool of one buffer spares none:
-//!   every message is copied). None while idle. With `--idle-timeout` each message is a
-//!   pooled receive of its own, whose deadline is the idle time; a connection whose backlog is
-//!   full then stops receiving by issuing one and cancelling it, since a port that saw no
-//!   cancel would go on receiving ahead for it.
+//!   send in flight completes. Once the send in flight and the backlog hold
+//!   [`BACKLOG_BUFFERS`] buffers' worth, the receive is cancelled, and started again once they
+//!   hold less: what comes meanwhile waits in the socket. What reaches the connection after
+//!   its receive paused is bounded by the port ([`LocalPort::recv_limit`]: two pool buffers a
+//!   call on Linux 6.16+), so a connection holds less than its bound plus twice that, however
+//!   fast its client sends without reading (tested: `local_server.rs`, clients that never read
+//!   hold a bounded amount each). A connection holds at most one pool buffer (the one in its
+//!   send), and a client that does not read cannot keep more from the others; and the
+//!   worker's pooled sends are limited to half its pool (past that, messages are copied), so
+//!   clients that never read cannot take the pool together either (a pool of one buffer
+//!   spares none: every message is copied). None while idle. With `--idle-timeout` each
+//!   message is a pooled receive of its own, whose deadline is the idle time; a connection
+//!   that may not receive more then stops receiving by issuing one and cancelling it, since a
+//!   port that saw no cancel would go on receiving ahead for it.
 //! - owned (the default on Windows): a receive into a buffer of the connection's own, which is
 //!   sent back, then received into again once the send completed (as `--shared` does).
 //!
-//! Either way a client that does not read is slowed by TCP, never buffered without limit: a
-//! connection's backlog exceeds its bound by at most the messages that had already come when
-//! its receive paused. At the end of the stream the connection closes once everything
-//! received was echoed.
+//! Either way a client that does not read is slowed by TCP, never buffered without limit. At
+//! the end of the stream the connection closes once everything received was echoed.
 
 use std::{
     io,
@@ -49,8 +51,9 @@ use crate::{
 /// connections, so the port hands over its whole queue (swapping buffers, moving none).
 const LOCAL_BATCH: usize = 1024;
 
-/// With pooled receive, how many `--buffer-size` buffers' worth a connection's backlog (what
-/// it received while its send was in flight) may hold before it stops receiving.
+/// With pooled receive, how many `--buffer-size` buffers' worth a connection's send in flight
+/// and backlog (what it received while that send was in flight) may hold before it stops
+/// receiving.
 pub const BACKLOG_BUFFERS: usize = 2;
 
 /// How a worker's connections receive.
@@ -71,12 +74,16 @@ pub enum Receive {
 }
 
 impl Receive {
-    /// This platform's default.
+    /// This machine's default: pooled where the port bounds what one call brings a connection
+    /// ([`LocalPort::recv_limit`]: io_uring on Linux 6.16 or later), so that a connection's
+    /// memory stays bounded whatever its client sends; owned elsewhere (Windows, where it
+    /// costs one WinSock call fewer per message too; older kernels; epoll).
     pub fn native() -> Receive {
-        if cfg!(windows) {
-            Receive::Owned
-        } else {
+        let bounded = LocalPort::with_pool(1, 1).is_ok_and(|p| p.recv_limit().is_some());
+        if bounded {
             Receive::Pooled
+        } else {
+            Receive::Owned
         }
     }
 }
@@ -101,6 +108,10 @@ pub struct Counts {
     pub echoed: u64,
     pub resets: u64,
     pub refused: u64,
+    /// The most bytes one connection held at once with pooled receive: its send in flight and
+    /// its backlog (what its bound and the port's receive limit keep small, whatever the
+    /// client does).
+    pub held_most: usize,
 }
 
 impl Counts {
@@ -110,6 +121,7 @@ impl Counts {
             echoed: self.echoed + o.echoed,
             resets: self.resets + o.resets,
             refused: self.refused + o.refused,
+            held_most: self.held_most.max(o.held_most),
         }
     }
 }
@@ -121,6 +133,8 @@ struct Conn {
     socket: u64,
     /// Sends in flight: one at most, but for a partial send's rest.
     sends: u8,
+    /// The bytes of the send in flight (0 with none).
+    sending: usize,
     /// With pooled receive: what came while a send was in flight, to be sent when it
     /// completes (empty, holding no memory, when there is none).
     backlog: Vec<u8>,
@@ -144,6 +158,8 @@ struct Io {
     /// whose clients do not read cannot hold the whole pool.
     pooled_sends: usize,
     pooled_sends_max: usize,
+    /// [`Counts::held_most`].
+    held_most: usize,
 }
 
 #[cold]
@@ -234,11 +250,12 @@ impl Io {
         }
     }
 
-    /// Whether the connection may receive: with pooled receive while its backlog is below
-    /// its bound, with its own buffer while that buffer is not in a send.
+    /// Whether the connection may receive: with pooled receive while what it holds (its send
+    /// in flight and its backlog) is below its bound, with its own buffer while that buffer is
+    /// not in a send.
     fn room(&self, conn: &Conn) -> bool {
         match self.receive {
-            Receive::Pooled => conn.backlog.len() < self.backlog_max,
+            Receive::Pooled => conn.sending + conn.backlog.len() < self.backlog_max,
             Receive::Owned => conn.sends == 0,
         }
     }
@@ -251,12 +268,17 @@ impl Io {
             Data::Pooled(buf) if conn.sends > 0 || self.pooled_sends >= self.pooled_sends_max => {
                 conn.backlog.extend_from_slice(&buf);
                 drop(buf);
+                self.held_most = self.held_most.max(conn.sending + conn.backlog.len());
                 if conn.sends == 0 {
                     self.send_backlog(ctx, conn, Vec::new());
                 }
                 return;
             }
             data => data,
+        };
+        conn.sending = match &data {
+            Data::Pooled(buf) => buf.len(),
+            Data::Owned(buf) => buf.len(),
         };
         let id = match data {
             Data::Pooled(buf) => {
@@ -328,6 +350,7 @@ impl<'a> Worker<'a> {
                     pooled_sends: 0,
                     // A pool of one buffer spares none: every message is copied.
                     pooled_sends_max: usize::from(pool.0 / 2),
+                    held_most: 0,
                 },
                 listener,
                 waker: Some(waker),
@@ -356,7 +379,10 @@ impl<'a> Worker<'a> {
         let _ = started.send(Ok((worker.io.port.backend(), worker.io.port.setup())));
         worker.serve();
         worker.drain();
-        worker.counts
+        Counts {
+            held_most: worker.io.held_most,
+            ..worker.counts
+        }
     }
 
     fn serve(&mut self) {
@@ -514,6 +540,7 @@ impl<'a> Worker<'a> {
             peer: accepted.peer_addr,
             socket,
             sends: 0,
+            sending: 0,
             backlog: Vec::new(),
             recv: None,
             eof: false,
@@ -578,6 +605,7 @@ impl<'a> Worker<'a> {
             return;
         };
         conn.sends -= 1;
+        conn.sending = 0;
         let mut own = done.take_buffer();
         match done.result() {
             Ok(n) => {

@@ -111,8 +111,11 @@ fn a_flooding_connection_nobody_reads_leaves_the_pool_to_the_others() {
         }
     }
     client.join().unwrap();
-    if port.backend() == "io_uring" && port.setup() != "shared port" {
-        // The engine that receives ahead stopped receiving for the flooder.
+    if port.backend() == "io_uring" && port.setup() != "shared port" && port.recv_limit().is_none()
+    {
+        // The engine that receives ahead stopped receiving for the flooder. (With the
+        // kernel's receive limit its receiving ends by itself after two buffers, the arming
+        // not renewed with no receive waiting: there is nothing to pause.)
         assert!(
             port.receive_pauses() > 0,
             "the flooder's receiving was never paused"
@@ -240,4 +243,70 @@ fn a_stopped_multishot_receive_takes_no_more_pool_buffers(stop: Stop) {
         got.extend_from_slice(&done.take_pooled().expect("data"));
     }
     assert_eq!(got, flood);
+}
+
+/// Found by review (proactor-echo's memory with clients that never read): one call of
+/// `get_completions` could bring a handle whatever its socket received meanwhile, since the
+/// kernel runs a multishot receive again and again while a fast peer keeps the socket full:
+/// megabytes in one batch, which a program that had stopped receiving (its backlog full) then
+/// had to keep. Where the port bounds it ([`LocalPort::recv_limit`]), no call brings one handle
+/// more than that, and the stream still arrives whole and in order.
+#[test]
+fn one_call_brings_a_handle_no_more_than_the_receive_limit() {
+    const TOTAL: usize = 2 << 20;
+    let port = LocalPort::with_pool(256, 4096).unwrap();
+    let Some(limit) = port.recv_limit() else {
+        eprintln!(
+            "{} ({}): no receive limit, skipped",
+            port.backend(),
+            port.setup()
+        );
+        return;
+    };
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let byte = |i: usize| (i % 251) as u8;
+    let writer = thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let data: Vec<u8> = (0..TOTAL).map(byte).collect();
+        s.write_all(&data).unwrap();
+    });
+    let (server, _) = l.accept().unwrap();
+    let h = port.add_handle(server, 7).unwrap();
+    let id = port.recv_multishot(&h);
+    let (mut got, mut batch, mut most) = (Vec::with_capacity(TOTAL), Vec::new(), 0);
+    let until = Instant::now() + Duration::from_secs(60);
+    'stream: while Instant::now() < until {
+        // The peer refills the socket meanwhile: unbounded, the next call would take it all.
+        thread::sleep(Duration::from_millis(2));
+        batch.clear();
+        port.get_completions(&mut batch, 1024, Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut this_call = 0;
+        for c in &mut batch {
+            assert_eq!(c.id(), id, "{c:?}");
+            let n = c.result().unwrap();
+            if n == 0 {
+                assert!(!c.more(), "EOF ends the receive");
+                break 'stream;
+            }
+            got.extend_from_slice(&c.take_pooled().expect("data"));
+            this_call += n;
+        }
+        most = most.max(this_call);
+        assert!(
+            this_call <= limit,
+            "one call brought the handle {this_call} bytes, over the limit of {limit}"
+        );
+    }
+    writer.join().unwrap();
+    assert_eq!(
+        got.len(),
+        TOTAL,
+        "the whole stream, then EOF (most in one call: {most})"
+    );
+    assert!(
+        got.iter().enumerate().all(|(i, &b)| b == byte(i)),
+        "in order, intact"
+    );
 }

@@ -165,7 +165,9 @@ fn a_paused_handle_resumes_and_loses_nothing() {
                 .is_err()
         );
     }
-    if port.backend() == "io_uring" {
+    // With the kernel's receive limit, the receiving ends by itself after two buffers (the
+    // arming is not renewed with no receive waiting): there is nothing to pause.
+    if port.backend() == "io_uring" && port.recv_limit().is_none() {
         assert!(port.receive_pauses() >= 1, "the handle was never paused");
     }
     loop {

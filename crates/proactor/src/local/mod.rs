@@ -298,6 +298,33 @@ impl LocalPort {
         }
     }
 
+    /// The most bytes one handle's pooled receive takes from its socket in one call of
+    /// [`get_completions`](LocalPort::get_completions), where the port can bound it: on
+    /// io_uring with Linux 6.16 or later, two pool buffers' worth (the kernel's byte limit of a
+    /// multishot receive; the receive then goes on at the next call). `None` where the kernel
+    /// has no such limit: there one call can bring a handle what its socket received
+    /// meanwhile, several megabytes when a fast peer keeps sending. On the shared-port engine
+    /// (Windows, epoll) `None` too: there each readiness brings one pool buffer, but one call
+    /// may see several.
+    ///
+    /// A program that stops receiving from a peer (its sends to it back up) gets this much
+    /// more at most from the completions already on their way, which bounds what it must keep.
+    ///
+    /// ```no_run
+    /// let port = proactor::LocalPort::with_pool(64, 4096)?;
+    /// if let Some(limit) = port.recv_limit() {
+    ///     assert_eq!(limit, 2 * 4096);
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn recv_limit(&self) -> Option<usize> {
+        match &self.inner.engine {
+            Engine::Shared(_) => None,
+            #[cfg(target_os = "linux")]
+            Engine::Ring(r) => r.recv_limit(),
+        }
+    }
+
     /// How many times a pooled receive found the pool empty and waited for buffers to come
     /// back (io_uring: a multishot receive ended with `ENOBUFS`); 0 on the shared-port engine.
     /// For tests and diagnostics.

@@ -35,6 +35,7 @@ mod handles;
 mod multishot;
 mod ops;
 mod reap;
+mod recv_cap;
 mod slab;
 mod submit;
 
@@ -142,6 +143,9 @@ struct State {
     gathered: u64,
     /// Set while dropping: nothing is re-armed or continued, completions are dropped.
     closing: bool,
+    /// A multishot receive's `optlen`, 0 for none (a kernel without the limit): see
+    /// `recv_cap.rs`.
+    recv_limit: u32,
     /// `get_completions` calls since the ring was last entered (see [`MAX_CALLS_UNENTERED`]).
     unentered: u32,
 }
@@ -289,7 +293,7 @@ fn closed_handle() -> io::Error {
 impl Ring {
     /// A ring of its own over `pool` (made with no buffer free: all are lent to the kernel).
     pub(crate) fn new(pool: Rc<Pool>) -> io::Result<Ring> {
-        let (ring, setup) = enter::build()?;
+        let (mut ring, setup) = enter::build()?;
         // SendZc (6.0) implies multishot receive (6.0), multishot accept and provided-buffer
         // rings (5.19), cancel by fixed descriptor (5.19).
         super::uring::require_opcodes(
@@ -312,6 +316,10 @@ impl Ring {
         };
         ring.submitter().register_files_sparse(table_size)?;
         let bufs = BufRing::new(&ring, &pool)?;
+        let recv_limit = match recv_cap::probe(&mut ring) {
+            true => recv_cap::optlen(pool.size()),
+            false => 0,
+        };
         // Every buffer starts on the pool's free list, lowest ids on top; `replenish` lends
         // the kernel a window of them (see there).
         for bid in (0..pool.count()).rev() {
@@ -322,6 +330,7 @@ impl Ring {
             setup,
             registered_ring = enter.registered(),
             table_size,
+            recv_limit,
             "local io_uring port"
         );
         Ok(Ring {
@@ -351,6 +360,7 @@ impl Ring {
                 gathered: 0,
                 closing: false,
                 unentered: 0,
+                recv_limit,
             }),
             setup,
         })
@@ -358,6 +368,12 @@ impl Ring {
 
     pub(crate) fn setup(&self) -> &'static str {
         self.setup
+    }
+
+    /// The bytes one arming of a multishot receive takes at most, if the kernel limits it.
+    pub(crate) fn recv_limit(&self) -> Option<usize> {
+        let st = self.st.borrow();
+        (st.recv_limit > 0).then(|| recv_cap::most(st.pool.size()))
     }
 
     pub(crate) fn backend(&self) -> &'static str {

@@ -77,6 +77,7 @@ impl State {
                 .user_data(0);
             self.push(&remove);
         }
+        let recv_limit = self.recv_limit;
         let slot = &mut self.slots[idx as usize];
         let op = slot.op.as_mut().expect("a live slab entry");
         let fixed = Fixed(op.handle);
@@ -105,7 +106,10 @@ impl State {
             }
             Body::Nothing => opcode::PollAdd::new(fixed, libc::POLLIN as u32).build(),
             Body::Record(r) => Uring::prepare(r),
-            Body::MultiRecv => opcode::RecvMulti::new(fixed, BGID).build(),
+            Body::MultiRecv => match opcode::RecvMulti::new(fixed, BGID).build() {
+                e if recv_limit > 0 => recv_cap::limited(e, recv_limit),
+                e => e,
+            },
             Body::MultiAccept => opcode::AcceptMulti::new(fixed)
                 .flags(libc::SOCK_CLOEXEC)
                 .build(),

@@ -1,0 +1,94 @@
+//! The byte limit of a multishot receive (Linux 6.16: the SQE's `optlen` as the total one
+//! arming may receive, after which it ends without `IORING_CQE_F_MORE`).
+//!
+//! Without it, one enter can bring a handle as much as its socket receives meanwhile: the
+//! kernel runs a multishot receive again and again while data keeps coming (on loopback the
+//! sender refills the socket as fast as it is read), several megabytes for one connection in
+//! a single batch of completions, which a program that stopped receiving from a peer that does
+//! not read (its backlog full) must then keep. With it, an arming takes at most
+//! [`ARM_BUFFERS`] pool buffers' worth and ends; the engine arms it again if a pooled receive
+//! still waits, and the new arming is submitted at the next enter, after anything the program
+//! asked meanwhile (a cancel that stops it). So the data that reaches a program after it
+//! stopped receiving from a handle is bounded by a few buffers, whatever the kernel version
+//! offers otherwise; kernels without the limit refuse it (`EINVAL` from the receive's prep,
+//! where the field was `file_index`), which [`probe`] finds once per port: there the
+//! multishot receive goes unlimited, as before.
+
+use std::os::fd::AsRawFd;
+
+use io_uring::{
+    IoUring, opcode,
+    squeue::Entry,
+    types::{self, SubmitArgs, Timespec},
+};
+
+use super::BGID;
+
+/// The pool buffers' worth of data one arming of a multishot receive takes at most.
+pub(super) const ARM_BUFFERS: usize = 2;
+
+/// The `optlen` that keeps an arming within [`ARM_BUFFERS`] buffers of `size` bytes: the
+/// kernel ends it once it has received `optlen` bytes or more, and the receive that crosses
+/// that fills a whole buffer (it is not cut to what is left), so an arming takes at most
+/// `optlen - 1 + size` bytes.
+pub(super) fn optlen(size: usize) -> u32 {
+    u32::try_from((ARM_BUFFERS - 1) * size + 1).unwrap_or(u32::MAX)
+}
+
+/// The most one arming takes with [`optlen`]`(size)`.
+pub(super) fn most(size: usize) -> usize {
+    optlen(size) as usize - 1 + size
+}
+
+/// The byte offset of `optlen` (a union with `file_index`) in a 64-byte SQE.
+const OPTLEN_AT: usize = 44;
+
+/// `entry` (a multishot receive) with its total limited to `limit` bytes.
+pub(super) fn limited(entry: Entry, limit: u32) -> Entry {
+    // SAFETY: `Entry` is `#[repr(C)]` around the kernel's 64-byte `io_uring_sqe`, which is
+    // integers and unions of integers only: every byte pattern is a valid value, so it may be
+    // read as bytes and the bytes read back as an entry.
+    let mut bytes: [u8; 64] = unsafe { std::mem::transmute(entry) };
+    bytes[OPTLEN_AT..OPTLEN_AT + 4].copy_from_slice(&limit.to_ne_bytes());
+    // SAFETY: as above; only `optlen` changed.
+    unsafe { std::mem::transmute::<[u8; 64], Entry>(bytes) }
+}
+
+/// Whether `ring`'s kernel takes a multishot receive's byte limit: one limited receive on a
+/// socket pair with nothing to read, then a cancel of it. A kernel without the limit fails
+/// the receive at once with `EINVAL`; one with it holds the receive until the cancel.
+pub(super) fn probe(ring: &mut IoUring) -> bool {
+    const RECV: u64 = 1;
+    const CANCEL: u64 = 2;
+    let Ok((a, _b)) = std::os::unix::net::UnixStream::pair() else {
+        return false;
+    };
+    let recv = limited(
+        opcode::RecvMulti::new(types::Fd(a.as_raw_fd()), BGID).build(),
+        1,
+    )
+    .user_data(RECV);
+    let cancel = opcode::AsyncCancel::new(RECV).build().user_data(CANCEL);
+    // SAFETY: neither SQE names memory: the receive picks from the registered buffer group
+    // (none is lent yet, and nothing is there to receive), the cancel names a `user_data`.
+    // Both end before this returns (two CQEs waited for), and `a` outlives them.
+    let pushed = unsafe {
+        let mut sq = ring.submission();
+        sq.push(&recv).is_ok() && sq.push(&cancel).is_ok()
+    };
+    // Bounded, though both CQEs come at once: a kernel that held them would not hold the port.
+    let ts = Timespec::new().sec(1);
+    let args = SubmitArgs::new().timespec(&ts);
+    if !pushed || ring.submitter().submit_with_args(2, &args).is_err() {
+        // Not expected on a new ring; left unlimited. Whatever is left in flight names no
+        // memory and ends with the ring.
+        return false;
+    }
+    let mut refused = true;
+    for cqe in ring.completion() {
+        if cqe.user_data() == RECV {
+            refused = cqe.result() == -libc::EINVAL;
+        }
+    }
+    !refused
+}
