@@ -12,16 +12,24 @@ use std::{
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(20));
 
-/// The receive that is not this platform's default in the default mode (pooled on Linux,
-/// owned on Windows).
-#[cfg(windows)]
-const OTHER_RECEIVE: [&str; 2] = ["--receive", "pooled"];
-#[cfg(not(windows))]
-const OTHER_RECEIVE: [&str; 2] = ["--receive", "owned"];
+/// Whether the server receives from its pool by default here, as it decides: where the port
+/// bounds what one call brings a connection (`LocalPort::recv_limit`: io_uring on Linux 6.16
+/// or later); owned receive elsewhere (Windows, older kernels, epoll).
+fn pooled_by_default() -> bool {
+    proactor::LocalPort::with_pool(1, 1).is_ok_and(|p| p.recv_limit().is_some())
+}
+
+/// The receive that is not the default here in the default mode.
+fn other_receive() -> [&'static str; 2] {
+    match pooled_by_default() {
+        true => ["--receive", "owned"],
+        false => ["--receive", "pooled"],
+    }
+}
 
 /// Runs each test function named in both modes of the server: `port_per_worker::NAME` in the
 /// default one (a port per worker thread), `port_per_worker_other_receive::NAME` there with
-/// the receive that is not the platform's default ([`OTHER_RECEIVE`]), `shared_port::NAME`
+/// the receive that is not the default here ([`other_receive`]), `shared_port::NAME`
 /// with `--shared`.
 macro_rules! in_both_modes {
     ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
@@ -29,7 +37,7 @@ macro_rules! in_both_modes {
             $($(#[$attr])* #[test] fn $name() { super::$name(&[]) })*
         }
         mod port_per_worker_other_receive {
-            $($(#[$attr])* #[test] fn $name() { super::$name(&super::OTHER_RECEIVE) })*
+            $($(#[$attr])* #[test] fn $name() { super::$name(&super::other_receive()) })*
         }
         mod shared_port {
             $($(#[$attr])* #[test] fn $name() { super::$name(&["--shared"]) })*
@@ -530,17 +538,20 @@ fn with_an_idle_timeout_slow_readers_get_their_own_streams_back_whole() {
     slow_readers_get_their_own_streams_back_whole(&["--receive", "pooled", "--idle-timeout", "60"]);
 }
 
-/// With no flags each platform receives its cheaper way (pooled on Linux; into each
-/// connection's own buffer on Windows, where pooled receive costs a WinSock call more per
-/// message), `--receive` chooses the other, and both echo.
+/// With no flags the server receives from its pool where the port bounds what that can bring
+/// a connection (io_uring on Linux 6.16+), into each connection's own buffer elsewhere (on
+/// Windows pooled receive costs a WinSock call more per message, too); `--receive` chooses
+/// the other, and both echo.
 #[test]
 fn the_default_receive_is_the_platforms_and_receive_chooses_the_other() {
-    let (native, other) = if cfg!(windows) {
-        ("receive=Owned", "receive=Pooled")
-    } else {
-        ("receive=Pooled", "receive=Owned")
+    let (native, other) = match pooled_by_default() {
+        true => ("receive=Pooled", "receive=Owned"),
+        false => ("receive=Owned", "receive=Pooled"),
     };
-    for (args, expected) in [(&[][..], native), (&OTHER_RECEIVE[..], other)] {
+    if cfg!(windows) {
+        assert_eq!(native, "receive=Owned");
+    }
+    for (args, expected) in [(&[][..], native), (&other_receive()[..], other)] {
         let server = Server::start(args, &[]);
         let log = server.wait_log("serving: a port per worker");
         let serving = log

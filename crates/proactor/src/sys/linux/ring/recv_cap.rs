@@ -56,10 +56,11 @@ pub(super) fn limited(entry: Entry, limit: u32) -> Entry {
 
 /// Whether `ring`'s kernel takes a multishot receive's byte limit: one limited receive on a
 /// socket pair with nothing to read, then a cancel of it. A kernel without the limit fails
-/// the receive at once with `EINVAL`; one with it holds the receive until the cancel.
+/// the receive at once with `EINVAL`; one with it takes it (which then ends another way).
+/// Both carry `user_data` 0, which the engine's reaping ignores (its own
+/// cancels): a CQE left behind, were the wait to end early, could not be taken for an
+/// operation's.
 pub(super) fn probe(ring: &mut IoUring) -> bool {
-    const RECV: u64 = 1;
-    const CANCEL: u64 = 2;
     let Ok((a, _b)) = std::os::unix::net::UnixStream::pair() else {
         return false;
     };
@@ -67,11 +68,12 @@ pub(super) fn probe(ring: &mut IoUring) -> bool {
         opcode::RecvMulti::new(types::Fd(a.as_raw_fd()), BGID).build(),
         1,
     )
-    .user_data(RECV);
-    let cancel = opcode::AsyncCancel::new(RECV).build().user_data(CANCEL);
+    .user_data(0);
+    let cancel = opcode::AsyncCancel::new(0).build().user_data(0);
     // SAFETY: neither SQE names memory: the receive picks from the registered buffer group
     // (none is lent yet, and nothing is there to receive), the cancel names a `user_data`.
-    // Both end before this returns (two CQEs waited for), and `a` outlives them.
+    // Both end before `a` closes: two CQEs are waited for, and should the wait end early, the
+    // ring (dropped before the pool and buffer ring, see `State`) cancels what is left.
     let pushed = unsafe {
         let mut sq = ring.submission();
         sq.push(&recv).is_ok() && sq.push(&cancel).is_ok()
@@ -80,15 +82,47 @@ pub(super) fn probe(ring: &mut IoUring) -> bool {
     let ts = Timespec::new().sec(1);
     let args = SubmitArgs::new().timespec(&ts);
     if !pushed || ring.submitter().submit_with_args(2, &args).is_err() {
-        // Not expected on a new ring; left unlimited. Whatever is left in flight names no
-        // memory and ends with the ring.
-        return false;
+        return false; // not expected on a new ring; left unlimited
     }
-    let mut refused = true;
-    for cqe in ring.completion() {
-        if cqe.user_data() == RECV {
-            refused = cqe.result() == -libc::EINVAL;
+    // A kernel without the limit refuses the receive at prep (`EINVAL`); one with it takes it
+    // and ends it otherwise: `ENOBUFS` (no buffer is lent yet, and buffer selection comes
+    // first), or `ECANCELED`. The cancel's CQE is 0 or `ENOENT`, never `EINVAL`.
+    let results: Vec<i32> = ring.completion().map(|c| c.result()).collect();
+    results.len() == 2 && !results.contains(&-libc::EINVAL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `limited` writes `optlen` where the kernel reads it and changes nothing else.
+    #[test]
+    fn the_limit_lands_in_optlen_alone() {
+        let plain = opcode::RecvMulti::new(types::Fixed(7), BGID)
+            .build()
+            .user_data(9);
+        let limited = limited(plain.clone(), 0x0102_0304);
+        // SAFETY: as in `limited`: 64 bytes of plain data either way.
+        let (a, b): ([u8; 64], [u8; 64]) = unsafe {
+            (
+                std::mem::transmute::<Entry, [u8; 64]>(plain),
+                std::mem::transmute::<Entry, [u8; 64]>(limited),
+            )
+        };
+        assert_eq!(b[OPTLEN_AT..OPTLEN_AT + 4], 0x0102_0304u32.to_ne_bytes());
+        for i in (0..64).filter(|i| !(OPTLEN_AT..OPTLEN_AT + 4).contains(i)) {
+            assert_eq!(a[i], b[i], "byte {i} changed");
+        }
+        // `Entry` is the kernel's 64-byte SQE, nothing more.
+        assert_eq!(std::mem::size_of::<Entry>(), 64);
+    }
+
+    /// Two buffers' worth at most, whatever the size: the crossing receive fills a buffer.
+    #[test]
+    fn an_arming_takes_two_buffers_at_most() {
+        for size in [1, 16, 4096, 65_535, 64 << 20] {
+            assert_eq!(optlen(size) as usize, size + 1);
+            assert_eq!(most(size), 2 * size);
         }
     }
-    !refused
 }
