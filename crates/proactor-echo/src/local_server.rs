@@ -465,7 +465,7 @@ mod tests {
     /// backlogs), since one call of `get_completions` could bring a connection whatever its
     /// socket received meanwhile, all of it after its receive paused, and a send in flight did
     /// not count against the bound. Now the port bounds what one call brings a connection
-    /// ([`proactor::LocalPort::recv_limit`], Linux 6.16+) and the bound counts the send in
+    /// ([`proactor::LocalPort::recv_limit`], Linux 6.17+) and the bound counts the send in
     /// flight: no connection holds more than its bound plus twice that limit (what was queued
     /// when its receive paused, then one more call's worth).
     #[test]

@@ -14,7 +14,7 @@
 //! never buffered without limit: one receive then one send of a buffer of its own with
 //! `--shared` and `--receive owned`; with pooled receive a send and a backlog of two
 //! `--buffer-size` buffers' worth, plus what the port may still bring after the receive
-//! paused (two more pool buffers a call on Linux 6.16+: see `worker.rs` and the README).
+//! paused (two more pool buffers a call on Linux 6.17+: see `worker.rs` and the README).
 
 mod accepting;
 mod clock;
@@ -66,7 +66,7 @@ struct Args {
     shared: bool,
     /// How connections receive: `pooled` (from the worker's buffer pool: an idle connection
     /// holds no buffer; on Windows one WinSock call more per message) or `owned` (into a
-    /// buffer of each connection's own) [default: pooled with io_uring on Linux 6.16 or later,
+    /// buffer of each connection's own) [default: pooled with io_uring on Linux 6.17 or later,
     /// where the kernel bounds what a connection receives ahead; owned elsewhere].
     #[arg(long, value_enum, conflicts_with = "shared")]
     receive: Option<worker::Receive>,

@@ -12,7 +12,7 @@
 //!   [`BACKLOG_BUFFERS`] buffers' worth, the receive is cancelled, and started again once they
 //!   hold less: what comes meanwhile waits in the socket. What reaches the connection after
 //!   its receive paused is bounded by the port ([`LocalPort::recv_limit`]: two pool buffers a
-//!   call on Linux 6.16+), so a connection holds less than its bound plus twice that, however
+//!   call on Linux 6.17+), so a connection holds less than its bound plus twice that, however
 //!   fast its client sends without reading (tested: `local_server.rs`, clients that never read
 //!   hold a bounded amount each). A connection holds at most one pool buffer (the one in its
 //!   send), and a client that does not read cannot keep more from the others; and the
@@ -75,7 +75,7 @@ pub enum Receive {
 
 impl Receive {
     /// This machine's default: pooled where the port bounds what one call brings a connection
-    /// ([`LocalPort::recv_limit`]: io_uring on Linux 6.16 or later), so that a connection's
+    /// ([`LocalPort::recv_limit`]: io_uring on Linux 6.17 or later), so that a connection's
     /// memory stays bounded whatever its client sends; owned elsewhere (Windows, where it
     /// costs one WinSock call fewer per message too; older kernels; epoll).
     pub fn native() -> Receive {

@@ -13,7 +13,7 @@ use std::{
 const WAIT: Option<Duration> = Some(Duration::from_secs(20));
 
 /// Whether the server receives from its pool by default here, as it decides: where the port
-/// bounds what one call brings a connection (`LocalPort::recv_limit`: io_uring on Linux 6.16
+/// bounds what one call brings a connection (`LocalPort::recv_limit`: io_uring on Linux 6.17
 /// or later); owned receive elsewhere (Windows, older kernels, epoll).
 fn pooled_by_default() -> bool {
     proactor::LocalPort::with_pool(1, 1).is_ok_and(|p| p.recv_limit().is_some())
@@ -539,7 +539,7 @@ fn with_an_idle_timeout_slow_readers_get_their_own_streams_back_whole() {
 }
 
 /// With no flags the server receives from its pool where the port bounds what that can bring
-/// a connection (io_uring on Linux 6.16+), into each connection's own buffer elsewhere (on
+/// a connection (io_uring on Linux 6.17+), into each connection's own buffer elsewhere (on
 /// Windows pooled receive costs a WinSock call more per message, too); `--receive` chooses
 /// the other, and both echo.
 #[test]

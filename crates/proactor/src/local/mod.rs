@@ -298,17 +298,20 @@ impl LocalPort {
         }
     }
 
-    /// The most bytes one handle's pooled receive takes from its socket in one call of
-    /// [`get_completions`](LocalPort::get_completions), where the port can bound it: on
-    /// io_uring with Linux 6.16 or later, two pool buffers' worth (the kernel's byte limit of a
-    /// multishot receive; the receive then goes on at the next call). `None` where the kernel
-    /// has no such limit: there one call can bring a handle what its socket received
-    /// meanwhile, several megabytes when a fast peer keeps sending. On the shared-port engine
-    /// (Windows, epoll) `None` too: there each readiness brings one pool buffer, but one call
-    /// may see several.
+    /// The most bytes a handle's pooled receive takes from its socket before the port asks the
+    /// kernel again, where the port can bound it: on io_uring with Linux 6.17 or later, two pool
+    /// buffers' worth (the kernel's byte limit of one arming of a multishot receive; it is armed
+    /// again, if a receive still waits, at the next call of
+    /// [`get_completions`](LocalPort::get_completions)). `None` where the kernel has no such
+    /// limit: there one call can bring a handle what its socket received meanwhile, several
+    /// megabytes when a fast peer keeps sending. On the shared-port engine (Windows, epoll)
+    /// `None` too: there each readiness brings one pool buffer, but one call may see several.
     ///
-    /// A program that stops receiving from a peer (its sends to it back up) gets this much
-    /// more at most from the completions already on their way, which bounds what it must keep.
+    /// A program that stops receiving from a peer (it cancels its pooled receives: its sends
+    /// to the peer back up) gets at most this much more, from the completions already on their
+    /// way; the rest waits, queued on the handle (at most this much too) or in the socket. One
+    /// call brings a handle at most this much, or twice this when a receive starts again and
+    /// takes what was queued as well.
     ///
     /// ```no_run
     /// let port = proactor::LocalPort::with_pool(64, 4096)?;

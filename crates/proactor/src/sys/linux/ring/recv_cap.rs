@@ -1,4 +1,4 @@
-//! The byte limit of a multishot receive (Linux 6.16: the SQE's `optlen` as the total one
+//! The byte limit of a multishot receive (Linux 6.17: the SQE's `optlen` as the total one
 //! arming may receive, after which it ends without `IORING_CQE_F_MORE`).
 //!
 //! Without it, one enter can bring a handle as much as its socket receives meanwhile: the
