@@ -394,16 +394,31 @@ mod tests {
     /// nothing: in steps, each echoed before the next comes, so that its last send, the one
     /// that never completes, is of a pool buffer. It stays connected until `end`.
     fn never_reads(addr: SocketAddr) -> (TcpStream, thread::JoinHandle<()>) {
-        let hog = connect_small(addr, 4 << 10);
+        writes_without_reading(
+            connect_small(addr, 4 << 10),
+            16 << 10,
+            Some(Duration::from_millis(2)),
+        )
+    }
+
+    /// `hog` writes `chunk` bytes at a time (pausing `pause` after each, if given) until TCP
+    /// stops it (a write blocked for a second), and reads nothing.
+    fn writes_without_reading(
+        hog: TcpStream,
+        chunk: usize,
+        pause: Option<Duration>,
+    ) -> (TcpStream, thread::JoinHandle<()>) {
         let mut writer = hog.try_clone().unwrap();
         // Not a shutdown from another thread, which does not wake a blocked write under Wine.
         writer
             .set_write_timeout(Some(Duration::from_secs(1)))
             .unwrap();
         let writing = thread::spawn(move || {
-            let chunk = vec![b'h'; 16 << 10];
+            let chunk = vec![b'h'; chunk];
             while writer.write_all(&chunk).is_ok() {
-                thread::sleep(Duration::from_millis(2));
+                if let Some(pause) = pause {
+                    thread::sleep(pause);
+                }
             }
         });
         (hog, writing)
@@ -481,19 +496,9 @@ mod tests {
         let bound = crate::worker::BACKLOG_BUFFERS * config.buffer_size;
         let (stop, addr, server) =
             start_with(config, Spread::native(), Receive::Pooled, POOL_BUDGET);
+        // As fast as loopback goes: no pause, default socket buffers.
         let hogs: Vec<_> = (0..8)
-            .map(|_| {
-                let hog = TcpStream::connect(addr).unwrap();
-                let mut writer = hog.try_clone().unwrap();
-                writer
-                    .set_write_timeout(Some(Duration::from_secs(1)))
-                    .unwrap();
-                let writing = thread::spawn(move || {
-                    let chunk = vec![b'f'; 256 << 10];
-                    while writer.write_all(&chunk).is_ok() {}
-                });
-                (hog, writing)
-            })
+            .map(|_| writes_without_reading(TcpStream::connect(addr).unwrap(), 256 << 10, None))
             .collect();
         end(hogs);
         stop.request();

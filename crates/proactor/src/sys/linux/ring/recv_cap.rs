@@ -87,8 +87,12 @@ pub(super) fn probe(ring: &mut IoUring) -> bool {
     // A kernel without the limit refuses the receive at prep (`EINVAL`); one with it takes it
     // and ends it otherwise: `ENOBUFS` (no buffer is lent yet, and buffer selection comes
     // first), or `ECANCELED`. The cancel's CQE is 0 or `ENOENT`, never `EINVAL`.
-    let results: Vec<i32> = ring.completion().map(|c| c.result()).collect();
-    results.len() == 2 && !results.contains(&-libc::EINVAL)
+    let (mut cqes, mut refused) = (0, false);
+    for cqe in ring.completion() {
+        cqes += 1;
+        refused |= cqe.result() == -libc::EINVAL;
+    }
+    cqes == 2 && !refused
 }
 
 #[cfg(test)]
