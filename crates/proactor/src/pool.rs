@@ -92,6 +92,7 @@ impl Pool {
     }
 
     /// Where buffer `index` starts: for the kernel, which writes there while it holds it.
+    #[inline]
     pub(crate) fn addr(&self, index: u16) -> *mut u8 {
         assert!(index < self.count, "buffer {index} out of the pool");
         // SAFETY: `index < count`, so the offset stays inside the allocation.
@@ -109,6 +110,7 @@ impl Pool {
     }
 
     /// Puts buffer `index` back on the free list (a buffer the kernel gave back unused).
+    #[inline]
     pub(crate) fn put_free(&self, index: u16) {
         debug_assert!(index < self.count);
         self.free.borrow_mut().push(index);
@@ -216,6 +218,7 @@ impl PooledBuf {
 impl Deref for PooledBuf {
     type Target = [u8];
 
+    #[inline]
     fn deref(&self) -> &[u8] {
         // SAFETY: this `PooledBuf` owns buffer `index` (see `Pool::hold`): nothing else reads
         // or writes it, and its first `len` bytes were written.
@@ -224,6 +227,7 @@ impl Deref for PooledBuf {
 }
 
 impl DerefMut for PooledBuf {
+    #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as for `deref`; `&mut self` makes this the only reference.
         unsafe { std::slice::from_raw_parts_mut(self.pool.addr(self.index), self.len as usize) }
@@ -231,6 +235,7 @@ impl DerefMut for PooledBuf {
 }
 
 impl Drop for PooledBuf {
+    #[inline]
     fn drop(&mut self) {
         self.pool.put_free(self.index);
     }

@@ -142,7 +142,7 @@ impl State {
         let ud = self.ud(head);
         let lane = &mut self.handles[h as usize].lanes[Dir::Write as usize];
         if !lane.front().is_some_and(|i| joins(&self.slots, i)) {
-            self.issue(head);
+            self.issue_send(head);
             return;
         }
         let g = self.cold[h as usize].gather.get_or_insert_with(Gather::new);

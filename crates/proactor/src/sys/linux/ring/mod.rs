@@ -409,7 +409,13 @@ impl Ring {
         deadline: Option<Instant>,
         op: LocalOp,
     ) -> OpId {
-        self.st.borrow_mut().start(key, context, user, deadline, op)
+        let mut st = self.st.borrow_mut();
+        match op {
+            LocalOp::Send(_) | LocalOp::SendPooled(_) => {
+                st.start_send(key, context, user, deadline, op)
+            }
+            op => st.start(key, context, user, deadline, op),
+        }
     }
 
     pub(crate) fn timer(&self, user: usize, after: Duration) -> OpId {

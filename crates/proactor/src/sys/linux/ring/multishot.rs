@@ -44,7 +44,7 @@ impl State {
             // engine's, and goes to exactly one `PooledBuf`.
             let buf = unsafe { self.pool.hold(bid, res as usize) };
             if open {
-                self.push_data(h, Got::Data(buf));
+                self.push_bytes(h, buf);
             }
         } else if res == 0 {
             if open {
@@ -81,6 +81,26 @@ impl State {
             }
             self.maybe_release(idx);
         }
+    }
+
+    /// Hands bytes the multishot receive brought to the oldest pooled receive, or queues them:
+    /// [`State::push_data`], with the common case first (a multishot pooled receive waits:
+    /// it takes them and goes on waiting).
+    #[inline]
+    fn push_bytes(&mut self, h: u32, buf: PooledBuf) {
+        if let Some(w) = self.handles[h as usize].waiters.front() {
+            let slot = &self.slots[w as usize];
+            if let Some(op) = slot.op.as_ref()
+                && op.multishot
+            {
+                debug_assert!(!op.finished);
+                let id = OpId::new(slot.seq, w);
+                let c = LocalCompletion::message(op.context, op.user, id, buf);
+                self.ready.push_back(c);
+                return;
+            }
+        }
+        self.push_data(h, Got::Data(buf));
     }
 
     /// Hands what the multishot receive brought to the oldest pooled receive, or queues it.

@@ -155,6 +155,54 @@ impl State {
         OpId::from_u64(ud)
     }
 
+    /// A send or pooled send: the common one (bytes to send on an open stream handle whose
+    /// write lane is idle, no deadline) takes the lane and waits for the next enter
+    /// (`gather.rs`) without the general checks of [`State::start`], which takes the rest. What
+    /// it does is what `start` does for it.
+    pub(super) fn start_send(
+        &mut self,
+        key: Option<u32>,
+        context: usize,
+        user: usize,
+        deadline: Option<Instant>,
+        op: LocalOp,
+    ) -> OpId {
+        let lane_idle = |st: &State, h: u32| {
+            let handle = &st.handles[h as usize];
+            handle.socket && handle.stream && handle.busy[Dir::Write as usize] == NONE
+        };
+        let h = match key.and_then(|k| self.handle_of(k)) {
+            Some(h) if deadline.is_none() && !self.closing && lane_idle(self, h) => h,
+            _ => return self.start(key, context, user, deadline, op),
+        };
+        let (kind, body) = match op {
+            LocalOp::SendPooled(buf) if !buf.is_empty() && buf.is_from(&self.pool) => (
+                OpKind::SendPooled,
+                Body::SendPooled {
+                    buf: Some(buf),
+                    done: 0,
+                },
+            ),
+            LocalOp::Send(buf) if !buf.is_empty() => (OpKind::Send, Body::Send { buf, done: 0 }),
+            op => return self.start(key, context, user, deadline, op),
+        };
+        let Some(idx) = self.take_slot(h, true) else {
+            let op = self.new_op(kind, h, user, None, body);
+            return self.refuse_full(op);
+        };
+        let handle = &mut self.handles[h as usize];
+        handle.busy[Dir::Write as usize] = idx;
+        let context = handle.context;
+        let slot = &mut self.slots[idx as usize];
+        // Built in place, in its lane, deferred.
+        let op = slot.op.insert(Op::new(kind, h, context, user, None, body));
+        op.lane = Some(Dir::Write);
+        op.deferred = true;
+        let id = OpId::new(slot.seq, idx);
+        self.unsent.push(h);
+        id
+    }
+
     /// Whether a receive with a buffer of its own runs or waits on handle `h` (a pooled
     /// receive beside it would take bytes out of order; a readiness wait takes none).
     fn takes_bytes(&self, h: u32) -> bool {

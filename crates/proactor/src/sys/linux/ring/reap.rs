@@ -204,6 +204,9 @@ impl State {
         if self.op(idx).gathered {
             return self.on_gathered(idx, res);
         }
+        if self.send_done(idx, res) {
+            return;
+        }
         self.ended(idx);
         let closing = self.closing;
         let op = self.op(idx);
@@ -242,6 +245,64 @@ impl State {
             Err(self.error(idx, -res))
         };
         self.finish_op(idx, result);
+    }
+
+    /// The common end of a send: its CQE sent the rest of its bytes, and nothing else of it is
+    /// in the kernel (no deadline). It completes, frees its entry and hands its lane on, as
+    /// the general path does, in one pass; false (nothing done) for any other CQE.
+    #[inline]
+    fn send_done(&mut self, idx: u32, res: i32) -> bool {
+        let closing = self.closing;
+        let slot = &mut self.slots[idx as usize];
+        let Some(op) = slot.op.as_mut() else {
+            return false;
+        };
+        if res <= 0 || closing || op.cqes != 1 || op.timer {
+            return false;
+        }
+        let (len, done) = match &op.body {
+            Body::Send { buf, done } => (buf.len(), *done),
+            Body::SendPooled {
+                buf: Some(buf),
+                done,
+            } => (buf.len(), *done),
+            _ => return false,
+        };
+        let total = done + res as usize;
+        if total < len {
+            return false;
+        }
+        let id = OpId::new(slot.seq, idx);
+        let Some(op) = slot.op.take() else {
+            unreachable!("checked above")
+        };
+        let Op {
+            kind,
+            handle: h,
+            context,
+            user,
+            body,
+            lane,
+            ..
+        } = op;
+        let (output, pooled) = match body {
+            Body::Send { buf, .. } => (Output::Buffer(buf), None),
+            Body::SendPooled { buf, .. } => (Output::None, buf),
+            _ => unreachable!("checked above"),
+        };
+        self.free_slots.push(idx);
+        self.live_slots -= 1;
+        self.user_ops -= 1;
+        let handle = &mut self.handles[h as usize];
+        handle.kernel -= 1;
+        handle.ops -= 1;
+        let c = Completion::of(context, user, id, kind, Ok(total), output);
+        self.ready.push_back(LocalCompletion::new(c, pooled));
+        if let Some(d) = lane {
+            self.hand_over(h, d, idx);
+        }
+        self.maybe_free_handle(h);
+        true
     }
 
     /// Completes single-shot operation `idx` with `result` and hands its lane on.

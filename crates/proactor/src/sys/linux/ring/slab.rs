@@ -31,6 +31,20 @@ impl State {
     /// Puts `op` in a free entry; returns its index, or gives `op` back when the slab is full:
     /// 2^24 operations in flight, as many as an id can name (see [`State::refuse_full`]).
     pub(super) fn alloc(&mut self, op: Op) -> Result<u32, Op> {
+        match self.take_slot(op.handle, op.counted) {
+            Some(idx) => {
+                self.slots[idx as usize].op = Some(op);
+                Ok(idx)
+            }
+            None => Err(op),
+        }
+    }
+
+    /// A free entry for an operation on `handle` (counted as the user's if `counted`), with
+    /// its new sequence number and no operation yet (the caller puts one in, which it builds
+    /// in place); `None` when the slab is full.
+    #[inline(always)]
+    pub(super) fn take_slot(&mut self, handle: u32, counted: bool) -> Option<u32> {
         let full = self.free_slots.is_empty() && self.slots.len() >= 1 << crate::op::INDEX_BITS;
         // Test-only: the slab is full.
         #[cfg(feature = "failpoints")]
@@ -40,31 +54,29 @@ impl State {
                 false
             })();
         if full {
-            return Err(op);
+            return None;
         }
-        if op.handle != NO_HANDLE {
-            self.handles[op.handle as usize].ops += 1;
+        if handle != NO_HANDLE {
+            self.handles[handle as usize].ops += 1;
         }
-        if op.counted {
+        if counted {
             self.user_ops += 1;
         }
         self.live_slots += 1;
         let seq = self.seq.take();
         match self.free_slots.pop() {
             Some(idx) => {
-                let slot = &mut self.slots[idx as usize];
-                slot.op = Some(op);
-                slot.seq = seq;
-                Ok(idx)
+                self.slots[idx as usize].seq = seq;
+                Some(idx)
             }
             None => {
                 self.slots.push(Slot {
                     seq,
                     next: NONE,
-                    op: Some(op),
+                    op: None,
                     ts: None,
                 });
-                Ok(self.slots.len() as u32 - 1)
+                Some(self.slots.len() as u32 - 1)
             }
         }
     }
@@ -138,24 +150,7 @@ impl State {
         } else {
             self.handles[handle as usize].context
         };
-        Op {
-            kind,
-            handle,
-            context,
-            user,
-            deadline,
-            body,
-            cqes: 0,
-            in_kernel: false,
-            timer: false,
-            cancelled: false,
-            finished: false,
-            lane: None,
-            counted: true,
-            multishot: false,
-            deferred: false,
-            gathered: false,
-        }
+        Op::new(kind, handle, context, user, deadline, body)
     }
 
     /// Makes the completion of user operation `idx` (which owns nothing more).
@@ -230,6 +225,38 @@ impl State {
         if !closing && let Some(last) = self.ready.back_mut() {
             last.peer = peer;
             last.bytes = bytes;
+        }
+    }
+}
+
+impl Op {
+    /// A user's operation not started yet, in no lane.
+    #[inline(always)]
+    pub(super) fn new(
+        kind: OpKind,
+        handle: u32,
+        context: usize,
+        user: usize,
+        deadline: Option<Instant>,
+        body: Body,
+    ) -> Op {
+        Op {
+            kind,
+            handle,
+            context,
+            user,
+            deadline,
+            body,
+            cqes: 0,
+            in_kernel: false,
+            timer: false,
+            cancelled: false,
+            finished: false,
+            lane: None,
+            counted: true,
+            multishot: false,
+            deferred: false,
+            gathered: false,
         }
     }
 }

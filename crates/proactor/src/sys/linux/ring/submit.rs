@@ -145,6 +145,32 @@ impl State {
         }
     }
 
+    /// Queues the `SEND` of deferred send `idx` (`gather.rs`), which has no deadline: what
+    /// [`State::issue`] does for it, without the general cases.
+    pub(super) fn issue_send(&mut self, idx: u32) {
+        let slot = &mut self.slots[idx as usize];
+        let ud = OpId::new(slot.seq, idx).as_u64();
+        let op = slot.op.as_mut().expect("a live slab entry");
+        debug_assert!(op.deadline.is_none() && !op.timer);
+        let rest: &[u8] = match &op.body {
+            Body::Send { buf, done } => &buf[*done..],
+            Body::SendPooled {
+                buf: Some(buf),
+                done,
+            } => &buf[*done..],
+            _ => unreachable!("a send"),
+        };
+        let sqe = opcode::Send::new(Fixed(op.handle), rest.as_ptr(), clamp(rest.len()))
+            .flags(libc::MSG_NOSIGNAL)
+            .build()
+            .user_data(ud);
+        op.in_kernel = true;
+        op.cqes += 1;
+        let h = op.handle;
+        self.handles[h as usize].kernel += 1;
+        self.push(&sqe);
+    }
+
     /// Starts a standalone timeout for the deadline of waiter `idx`.
     pub(super) fn arm_waiter_deadline(&mut self, idx: u32, at: Instant) {
         let ud = self.ud(idx) | TAG_TIMER;
