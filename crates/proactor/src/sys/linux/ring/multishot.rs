@@ -10,6 +10,7 @@ const MAX_AHEAD: usize = 8;
 impl State {
     /// A CQE of handle `h`'s multishot `idx`: its handle, and whether more CQEs follow (if not,
     /// the multishot ended and the handle is no longer armed).
+    #[inline]
     fn multishot_cqe(&mut self, idx: u32, flags: u32) -> (u32, bool) {
         let more = cqueue::more(flags);
         let h = self.op(idx).handle;
