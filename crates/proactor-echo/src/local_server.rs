@@ -135,7 +135,7 @@ impl Shared {
 /// every worker accepts connections.
 pub fn run(
     config: Config,
-    receive: Receive,
+    receive: Option<Receive>,
     stop: impl FnOnce() -> io::Result<Arc<Stop>>,
     ready: impl FnOnce(SocketAddr),
 ) -> io::Result<Summary> {
@@ -144,10 +144,12 @@ pub fn run(
 }
 
 /// [`run`] with the spread and the pools' budget given, returning what each worker did too.
+/// `receive` is the one asked for; `None` is the machine's ([`Receive::native`]), which each
+/// worker checks against its own port.
 pub(crate) fn run_with(
     config: Config,
     spread: Spread,
-    receive: Receive,
+    receive: Option<Receive>,
     pool_budget: usize,
     stop: impl FnOnce() -> io::Result<Arc<Stop>>,
     ready: impl FnOnce(SocketAddr),
@@ -193,6 +195,8 @@ pub(crate) fn run_with(
         config,
     });
     let stop = stop()?;
+    let by_default = receive.is_none();
+    let receive = receive.unwrap_or_else(Receive::native);
     let pool = match receive {
         Receive::Pooled => pool_for(&shared.config, workers, pool_budget),
         // Receives bring their own buffers: the pool is not used.
@@ -207,7 +211,10 @@ pub(crate) fn run_with(
             let (shared, started, listener) = (shared.clone(), started.clone(), listeners.next());
             thread::Builder::new()
                 .name(format!("echo-worker-{at}"))
-                .spawn(move || Worker::run(&shared, at, receive, pool, listener, wake, &started))
+                .spawn(move || {
+                    let receive = (receive, by_default);
+                    Worker::run(&shared, at, receive, pool, listener, wake, &started)
+                })
         })
         .collect::<io::Result<_>>()?;
     drop(started);
@@ -348,10 +355,15 @@ mod tests {
     );
 
     fn start(config: Config, spread: Spread) -> Running {
-        start_with(config, spread, Receive::native(), POOL_BUDGET)
+        start_with(config, spread, None, POOL_BUDGET)
     }
 
-    fn start_with(config: Config, spread: Spread, receive: Receive, pool_budget: usize) -> Running {
+    fn start_with(
+        config: Config,
+        spread: Spread,
+        receive: Option<Receive>,
+        pool_budget: usize,
+    ) -> Running {
         let stop = Arc::new(Stop::default());
         let (tx, rx) = mpsc::channel();
         let server = {
@@ -463,7 +475,8 @@ mod tests {
             ..config(1)
         };
         let budget = 16 * 65_535;
-        let (stop, addr, server) = start_with(config, Spread::native(), Receive::Pooled, budget);
+        let (stop, addr, server) =
+            start_with(config, Spread::native(), Some(Receive::Pooled), budget);
         let mut victim = connect_small(addr, 64 << 10);
         round_trip(&mut victim, b"before");
         let hogs: Vec<_> = (0..32).map(|_| never_reads(addr)).collect();
@@ -495,7 +508,7 @@ mod tests {
             .recv_limit();
         let bound = crate::worker::BACKLOG_BUFFERS * config.buffer_size;
         let (stop, addr, server) =
-            start_with(config, Spread::native(), Receive::Pooled, POOL_BUDGET);
+            start_with(config, Spread::native(), Some(Receive::Pooled), POOL_BUDGET);
         // As fast as loopback goes: no pause, default socket buffers.
         let hogs: Vec<_> = (0..8)
             .map(|_| writes_without_reading(TcpStream::connect(addr).unwrap(), 256 << 10, None))
@@ -526,7 +539,7 @@ mod tests {
             ..config(2)
         };
         let (stop, addr, server) =
-            start_with(config, Spread::Handoff, Receive::Pooled, POOL_BUDGET);
+            start_with(config, Spread::Handoff, Some(Receive::Pooled), POOL_BUDGET);
         let hog = never_reads(addr); // worker 0's
         // To worker 1, then gone, so that the next goes to worker 0 within the limit.
         round_trip(&mut connect_small(addr, 64 << 10), b"to worker 1");

@@ -123,8 +123,7 @@ fn main() -> ExitCode {
     let run = if args.shared {
         server::run(config, shutdown::on_signal, ready)
     } else {
-        let receive = args.receive.unwrap_or_else(worker::Receive::native);
-        local_server::run(config, receive, shutdown::on_signal, ready)
+        local_server::run(config, args.receive, shutdown::on_signal, ready)
     };
     match run {
         Ok(_) => ExitCode::SUCCESS,

@@ -323,11 +323,15 @@ pub struct Worker<'a> {
 
 impl<'a> Worker<'a> {
     /// The worker's thread: builds the port, reports (backend, setup) or the error on
-    /// `started`, then serves until the server stops.
+    /// `started`, then serves until the server stops. `receive` is how its connections receive
+    /// and whether that is the machine's default ([`Receive::native`], chosen on a probe
+    /// port), which gives way to owned receive if this worker's own port has no receive limit
+    /// (its ring could not be built: it runs on a shared port), so that its connections'
+    /// memory stays bounded too.
     pub fn run(
         shared: &'a Shared,
         at: usize,
-        receive: Receive,
+        (receive, by_default): (Receive, bool),
         pool: (u16, usize),
         listener: Option<TcpListener>,
         waker: UdpSocket,
@@ -335,6 +339,17 @@ impl<'a> Worker<'a> {
     ) -> Counts {
         let worker = (|| {
             let port = LocalPort::with_pool(pool.0, pool.1)?;
+            let (port, receive) = match receive {
+                Receive::Pooled if by_default && port.recv_limit().is_none() => {
+                    tracing::warn!(
+                        worker = at,
+                        setup = port.setup(),
+                        "this worker's port has no receive limit: its connections receive into buffers of their own"
+                    );
+                    (LocalPort::with_pool(1, 1)?, Receive::Owned)
+                }
+                r => (port, r),
+            };
             let listener = listener.map(|l| port.add_handle(l, LISTENER)).transpose()?;
             let waker = port.add_handle(waker, WAKER)?;
             io::Result::Ok(Worker {

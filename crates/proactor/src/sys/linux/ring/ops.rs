@@ -169,7 +169,11 @@ impl State {
     ) -> OpId {
         let lane_idle = |st: &State, h: u32| {
             let handle = &st.handles[h as usize];
-            handle.socket && handle.stream && handle.busy[Dir::Write as usize] == NONE
+            // A byte stream: not a socket that keeps message boundaries (see `begin`).
+            handle.socket
+                && handle.stream
+                && !handle.datagram
+                && handle.busy[Dir::Write as usize] == NONE
         };
         let h = match key.and_then(|k| self.handle_of(k)) {
             Some(h) if deadline.is_none() && !self.closing && lane_idle(self, h) => h,

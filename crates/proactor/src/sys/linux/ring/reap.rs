@@ -247,9 +247,11 @@ impl State {
         self.finish_op(idx, result);
     }
 
-    /// The common end of a send: its CQE sent the rest of its bytes, and nothing else of it is
-    /// in the kernel (no deadline). It completes, frees its entry and hands its lane on, as
-    /// the general path does, in one pass; false (nothing done) for any other CQE.
+    /// The common end of a send: its CQE sent the rest of its bytes, and no other CQE of it is
+    /// to come (no waiting timer, no link timeout still in the kernel: `cqes` is this one). It
+    /// completes, frees its entry and hands its lane on (if it has one: a connected datagram
+    /// socket's sends have none), as the general path does, in one pass; false (nothing done)
+    /// for any other CQE.
     #[inline]
     fn send_done(&mut self, idx: u32, res: i32) -> bool {
         let closing = self.closing;

@@ -145,13 +145,21 @@ impl State {
         }
     }
 
-    /// Queues the `SEND` of deferred send `idx` (`gather.rs`), which has no deadline: what
-    /// [`State::issue`] does for it, without the general cases.
+    /// Queues the `SEND` of deferred send `idx` (`gather.rs`): what [`State::issue`] does for
+    /// a send with no deadline, without the general cases. A deferred send has none (see
+    /// `Op::gathers`); one that had would take `issue`, which removes its waiting timer and
+    /// links its timeout.
     pub(super) fn issue_send(&mut self, idx: u32) {
         let slot = &mut self.slots[idx as usize];
         let ud = OpId::new(slot.seq, idx).as_u64();
         let op = slot.op.as_mut().expect("a live slab entry");
-        debug_assert!(op.deadline.is_none() && !op.timer);
+        debug_assert!(
+            op.deadline.is_none() && !op.timer,
+            "a deferred send with a deadline"
+        );
+        if op.deadline.is_some() || op.timer {
+            return self.issue(idx);
+        }
         let rest: &[u8] = match &op.body {
             Body::Send { buf, done } => &buf[*done..],
             Body::SendPooled {
