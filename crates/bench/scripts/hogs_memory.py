@@ -11,7 +11,7 @@ Usage: hogs_memory.py SERVER_BINARY [--conns 100] [--seconds 8] [-- server args.
 """
 import argparse, selectors, socket, subprocess, sys, time
 
-from instructions_per_echo import free_port
+from instructions_per_echo import free_port, split_args
 
 def rss_kib(pid):
     for line in open(f"/proc/{pid}/status"):
@@ -20,11 +20,7 @@ def rss_kib(pid):
     raise RuntimeError("no VmRSS")
 
 def main():
-    argv = sys.argv[1:]
-    extra = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
+    argv, extra = split_args(sys.argv[1:])
     p = argparse.ArgumentParser()
     p.add_argument("binary")
     p.add_argument("--conns", type=int, default=100)

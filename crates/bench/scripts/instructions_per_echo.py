@@ -79,12 +79,15 @@ def control(pid, flag):
     subprocess.run(["callgrind_control", flag, str(pid)], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=120)
 
-def main():
-    argv = sys.argv[1:]
-    extra = []
+def split_args(argv):
+    """The script's own arguments and, after `--`, the server's."""
     if "--" in argv:
         i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1 :]
+        return argv[:i], argv[i + 1 :]
+    return argv, []
+
+def main():
+    argv, extra = split_args(sys.argv[1:])
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("binary")
     p.add_argument("--conns", type=int, default=100)

@@ -14,8 +14,7 @@ mod common;
 
 use std::{
     collections::HashMap,
-    io::{self, Read},
-    net::TcpStream,
+    io,
     sync::{Mutex, MutexGuard},
     thread,
     time::Duration,
@@ -24,7 +23,7 @@ use std::{
 use common::{
     each_ip_v4,
     local::{pair, within},
-    oracle::{Rng, check_stream, mismatch, pattern, seeds},
+    oracle::{Rng, check_stream, mismatch, paced_reader, pattern, seeds},
     reset_on_drop,
 };
 use proactor::{LocalCompletion, LocalPort, OpId, OpKind};
@@ -36,26 +35,6 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Reads the peer's end to the end of the stream, in reads of random sizes with pauses.
-fn reader(mut peer: TcpStream, mut rng: Rng) -> thread::JoinHandle<Vec<u8>> {
-    peer.set_read_timeout(Some(WAIT)).unwrap();
-    thread::spawn(move || {
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let want = rng.range(1, buf.len() + 1);
-            let n = peer.read(&mut buf[..want]).expect("the peer's read");
-            if n == 0 {
-                return got;
-            }
-            got.extend_from_slice(&buf[..n]);
-            if rng.chance(3) {
-                thread::sleep(Duration::from_millis(1));
-            }
-        }
-    })
-}
 
 /// One send asked for: where its bytes start in the stream, how many, and what its completion
 /// reported.
@@ -132,7 +111,7 @@ fn sends_asked_for_together_arrive_whole_once_and_in_order() {
         let ring = port.backend() == "io_uring";
         let total = if cfg!(windows) { 3 << 20 } else { 16 << 20 };
         let (h, peer) = pair(&port, each_ip_v4(), 1);
-        let read = reader(peer, rng.fork());
+        let read = paced_reader(peer, rng.fork());
         let mut asked: Vec<Asked> = Vec::new();
         let mut pending: HashMap<OpId, usize> = HashMap::new();
         let mut order = Vec::new();
@@ -228,7 +207,7 @@ fn a_cancel_among_sends_asked_for_together_ends_that_send_alone() {
             let c = take_within(&port, id, &mut early, Duration::from_secs(5));
             early.push(c);
         }
-        let read = reader(peer, Rng::new(victim as u64));
+        let read = paced_reader(peer, Rng::new(victim as u64));
         for (i, a) in asked.iter_mut().enumerate() {
             let mut c = take(&port, a.id, &mut early);
             let back = c.take_buffer().expect("the send's buffer back");
@@ -325,7 +304,7 @@ fn cancels_and_short_transfers_among_sends_asked_for_together_lose_nothing() {
         let mut conns = Vec::new();
         for c in 0..3 {
             let (h, peer) = pair(&port, each_ip_v4(), c);
-            conns.push((h, reader(peer, rng.fork()), Vec::<Asked>::new(), 0));
+            conns.push((h, paced_reader(peer, rng.fork()), Vec::<Asked>::new(), 0));
         }
         #[cfg(feature = "failpoints")]
         if i % 2 == 1 {
@@ -431,7 +410,7 @@ fn an_empty_send_behind_a_stuck_one_waits_its_turn() {
             panic!("a completion while the first send is stuck: {c:?}");
         }
     }
-    let read = reader(peer, Rng::new(7));
+    let read = paced_reader(peer, Rng::new(7));
     let mut order = Vec::new();
     while order.len() < ids.len() {
         let c = port.get_completion(Some(WAIT)).expect("a completion");
@@ -465,7 +444,7 @@ fn a_gathered_send_cut_short_anywhere_goes_on_in_order() {
             return;
         }
         let (h, peer) = pair(&port, each_ip_v4(), 1);
-        let read = reader(peer, Rng::new(cut as u64));
+        let read = paced_reader(peer, Rng::new(cut as u64));
         fail::cfg("ring::gather_short", &format!("1*return({cut})")).unwrap();
         let mut asked = Vec::new();
         let mut offset = 0;
@@ -505,7 +484,11 @@ fn a_gathered_send_cut_short_anywhere_goes_on_in_order() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_handle_dropped_with_a_gathered_send_in_flight_leaves_nothing_to_its_fd_number_reuse() {
-    use std::{io::Write, net::TcpListener, os::fd::AsRawFd};
+    use std::{
+        io::{Read, Write},
+        net::{TcpListener, TcpStream},
+        os::fd::AsRawFd,
+    };
 
     let _s = serial();
     let port = LocalPort::new().unwrap();
@@ -557,7 +540,7 @@ fn a_handle_dropped_with_a_gathered_send_in_flight_leaves_nothing_to_its_fd_numb
     let new = port.add_handle(new_server, 2).unwrap();
     let _ = old_client.write_all(b"OLD OLD OLD");
     new_client.write_all(b"new").unwrap();
-    let new_read = reader(new_client.try_clone().unwrap(), Rng::new(5));
+    let new_read = paced_reader(new_client.try_clone().unwrap(), Rng::new(5));
     let mut new_sends: Vec<Asked> = (0..3)
         .map(|k| Asked::new(port.send(&new, pattern(2, k * 40, 40)), k as usize * 40, 40))
         .collect();
@@ -635,7 +618,7 @@ fn sends_gathered_into_a_full_submission_queue_all_arrive() {
     for i in 0..conns {
         let (h, peer) = pair(&port, each_ip_v4(), i);
         handles.push(h);
-        reads.push(reader(peer, Rng::new(i as u64)));
+        reads.push(paced_reader(peer, Rng::new(i as u64)));
     }
     let timers: Vec<OpId> = (0..4090)
         .map(|_| port.timer(Duration::from_secs(100)))

@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use common::oracle::{Rng, check_stream, mismatch, pattern};
+use common::oracle::{Rng, check_stream, mismatch, paced_reader, pattern};
 use proactor::{LocalCompletion, LocalHandle, LocalPort, OpId, OpKind};
 
 fn serial() -> MutexGuard<'static, ()> {
@@ -38,24 +38,6 @@ fn pair(port: &LocalPort, ctx: usize) -> (LocalHandle<TcpStream>, TcpStream) {
     let (ours, _) = l.accept().unwrap();
     theirs.set_read_timeout(Some(WAIT)).unwrap();
     (port.add_handle(ours, ctx).unwrap(), theirs)
-}
-
-fn reader(mut peer: TcpStream, mut rng: Rng) -> thread::JoinHandle<Vec<u8>> {
-    thread::spawn(move || {
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            let want = rng.range(1, buf.len() + 1);
-            let n = peer.read(&mut buf[..want]).expect("peer read");
-            if n == 0 {
-                return got;
-            }
-            got.extend_from_slice(&buf[..n]);
-            if rng.chance(3) {
-                thread::sleep(Duration::from_millis(1));
-            }
-        }
-    })
 }
 
 fn take(port: &LocalPort, id: OpId, early: &mut Vec<LocalCompletion>) -> LocalCompletion {
@@ -107,7 +89,7 @@ fn fast_sends_leave_no_count_and_old_ids_name_nothing() {
     let _s = serial();
     let Some(port) = ring() else { return };
     let (h, peer) = pair(&port, 1);
-    let read = reader(peer, Rng::new(1));
+    let read = paced_reader(peer, Rng::new(1));
     let mut off = 0u64;
     let mut segs = Vec::new();
     let mut old = Vec::new();
@@ -139,7 +121,7 @@ fn cancel_of_a_deferred_send_before_the_enter() {
     let _s = serial();
     let Some(port) = ring() else { return };
     let (h, peer) = pair(&port, 1);
-    let read = reader(peer, Rng::new(2));
+    let read = paced_reader(peer, Rng::new(2));
     let mut off = 0u64;
     let mut segs = Vec::new();
     let mut rng = Rng::new(3);
@@ -319,8 +301,10 @@ fn empty_foreign_pipe_udp() {
     nothing_more(&port);
     // pipe
     let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors into the two-element array.
     assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
     use std::os::fd::{FromRawFd, OwnedFd};
+    // SAFETY: both descriptors are new, open and owned by nothing else.
     let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     let wh = port.add_handle(w, 3).unwrap();
     let id = port.send(&wh, b"pipe".to_vec());
@@ -468,7 +452,7 @@ fn cancel_racing_completion_and_port_dropped_first() {
             port.get_completion(Some(Duration::from_millis(30)))
                 .is_err()
         );
-        let read = reader(peer, Rng::new(round));
+        let read = paced_reader(peer, Rng::new(round));
         thread::sleep(Duration::from_millis(round % 5 * 10));
         let _ = port.cancel(a);
         let mut early = Vec::new();
@@ -543,7 +527,7 @@ fn deadlines_pooled_and_cancel_all_around_the_fast_path() {
     let mut early = Vec::new();
     let c = take(&port, short, &mut early);
     assert!(c.result().is_err(), "{c:?}");
-    let read = reader(peer, Rng::new(9));
+    let read = paced_reader(peer, Rng::new(9));
     let mut got_reports = Vec::new();
     for &(id, start, n, is_pooled) in &asked {
         if id == short {

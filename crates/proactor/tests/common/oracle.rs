@@ -314,3 +314,29 @@ pub fn fnv(data: &[u8]) -> u32 {
     }
     h
 }
+
+/// A peer that reads to the end of the stream in reads of random sizes, sometimes pausing a
+/// millisecond (a slow, bursty reader); what it got.
+pub fn paced_reader(
+    mut peer: std::net::TcpStream,
+    mut rng: Rng,
+) -> std::thread::JoinHandle<Vec<u8>> {
+    use std::io::Read;
+    peer.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            let want = rng.range(1, buf.len() + 1);
+            let n = peer.read(&mut buf[..want]).expect("the peer's read");
+            if n == 0 {
+                return got;
+            }
+            got.extend_from_slice(&buf[..n]);
+            if rng.chance(3) {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+    })
+}

@@ -91,15 +91,13 @@ impl State {
     #[inline]
     pub(super) fn begin(&mut self, idx: u32) {
         let closing = self.closing;
-        let op = self.op(idx);
-        let h = op.handle;
+        let h = self.op(idx).handle;
         // A socket that keeps message boundaries (`SOCK_SEQPACKET`) would take a gathered
         // `SENDMSG` as one message: its sends go alone.
         let bytes = h != NO_HANDLE && !self.handles[h as usize].datagram;
         let op = self.op(idx);
         if bytes && op.gathers() && !closing {
             op.deferred = true;
-            let h = op.handle;
             self.unsent.push(h);
         } else {
             self.issue(idx);

@@ -275,9 +275,7 @@ impl State {
             return false;
         }
         let id = OpId::new(slot.seq, idx);
-        let Some(op) = slot.op.take() else {
-            unreachable!("checked above")
-        };
+        let op = slot.op.take().expect("checked above");
         let Op {
             kind,
             handle: h,
