@@ -81,7 +81,7 @@ impl LocalOp {
             | LocalOp::SendTo(b, _)
             | LocalOp::ReadAt(b, _)
             | LocalOp::WriteAt(b, _) => (Output::Buffer(b), None),
-            LocalOp::RecvVectored(b) | LocalOp::SendVectored(b) => (Output::Buffers(b), None),
+            LocalOp::RecvVectored(b) | LocalOp::SendVectored(b) => (Output::buffers(b), None),
             LocalOp::SendPooled(b) => (Output::None, Some(b)),
             LocalOp::Readable
             | LocalOp::RecvPooled

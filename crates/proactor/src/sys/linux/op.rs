@@ -392,7 +392,7 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>) -> Completion {
             } else if kind == OpKind::SendVectored {
                 bytes = progress.max(bytes); // also what a failed or cancelled send had sent
             }
-            Output::Buffers(bufs)
+            Output::buffers(bufs)
         }
         OpData::Accept { peer, .. } if error.is_none() => {
             let fd = bytes as RawFd;
@@ -437,7 +437,7 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>) -> Completion {
             Output::Buffer(buf)
         }
         OpData::SendTo { buf, .. } => Output::Buffer(buf),
-        OpData::Ioctl { input, output } => Output::Ioctl(Box::new((input, output))),
+        OpData::Ioctl { input, output } => Output::ioctl(input, output),
         OpData::Accept { .. } | OpData::Connect { .. } => {
             bytes = 0;
             Output::None
@@ -500,18 +500,18 @@ impl PeerAddr {
 }
 
 fn accepted(stream: TcpStream, peer: &PeerAddr) -> io::Result<Output> {
-    Ok(Output::Accepted(Box::new(Accepted {
+    Ok(Output::accepted(Accepted {
         local_addr: stream.local_addr()?,
         peer_addr: peer.decode()?,
         stream,
-    })))
+    }))
 }
 
 /// A connection accepted on a Unix-domain listener, with its client's address (the kernel's
 /// `getpeername`, which still answers after the client closed).
 fn accepted_unix(stream: UnixStream) -> io::Result<Output> {
     let peer = stream.peer_addr()?;
-    Ok(Output::AcceptedUnix(Box::new((stream, peer))))
+    Ok(Output::accepted_unix(stream, peer))
 }
 
 /// An accept failure that means the client went away, not that the listener is broken.

@@ -659,7 +659,7 @@ impl Port {
                     // SAFETY: WSARecv scatters `bytes` bytes over the spare capacities in order.
                     unsafe { grow_vectored_by(&mut bufs, bytes) };
                 }
-                Output::Buffers(bufs)
+                Output::buffers(bufs)
             }
             OpData::RecvFrom { mut buf, from } => {
                 // A truncated datagram (ERROR_MORE_DATA from the port) still carries its bytes
@@ -696,7 +696,7 @@ impl Port {
                     // SAFETY: the control wrote `bytes` bytes at the start of the spare capacity.
                     unsafe { grow_by(&mut output, bytes) };
                 }
-                Output::Ioctl(Box::new((input, output)))
+                Output::ioctl(input, output)
             }
             OpData::Accept {
                 listener,
@@ -843,17 +843,17 @@ fn finish_accept(
     };
     // SAFETY: GetAcceptExSockaddrs pointed both inside `addrs`, with their lengths.
     if let Some(peer_addr) = unsafe { net::unix_addr(peer, peer_len) } {
-        return Ok(Output::AcceptedSocket(Box::new((socket, peer_addr))));
+        return Ok(Output::accepted_socket(socket, peer_addr));
     }
     // SAFETY: as above.
     let local_addr = unsafe { net::socket_addr(local, local_len) }?;
     // SAFETY: as above.
     let peer_addr = unsafe { net::socket_addr(peer, peer_len) }?;
-    Ok(Output::Accepted(Box::new(Accepted {
+    Ok(Output::accepted(Accepted {
         stream: TcpStream::from(socket),
         local_addr,
         peer_addr,
-    })))
+    }))
 }
 
 const _: () = assert!(mem::size_of::<SOCKET>() == mem::size_of::<usize>());

@@ -212,13 +212,13 @@ pub(super) fn accepted(fd: OwnedFd) -> Option<Output> {
     if local.family() == libc::AF_UNIX as libc::sa_family_t {
         let stream = UnixStream::from(fd);
         let peer = stream.peer_addr().ok()?;
-        return Some(Output::AcceptedUnix(Box::new((stream, peer))));
+        return Some(Output::accepted_unix(stream, peer));
     }
     let local_addr: SocketAddr = local.as_socket()?;
     let peer_addr = sock.peer_addr().ok()?.as_socket()?;
-    Some(Output::Accepted(Box::new(Accepted {
+    Some(Output::accepted(Accepted {
         stream: TcpStream::from(fd),
         local_addr,
         peer_addr,
-    })))
+    }))
 }
