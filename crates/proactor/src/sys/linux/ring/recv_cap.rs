@@ -54,6 +54,24 @@ pub(super) fn limited(entry: Entry, limit: u32) -> Entry {
     unsafe { std::mem::transmute::<[u8; 64], Entry>(bytes) }
 }
 
+/// The byte offset of `ioprio` (a receive's `IORING_RECVSEND_*` flags) in a 64-byte SQE.
+const IOPRIO_AT: usize = 2;
+
+/// `entry` (a multishot receive) with `IORING_RECVSEND_POLL_FIRST` among its receive flags:
+/// an arming waits for readiness before its first attempt. An arming after the limit ended
+/// the last one usually finds nothing yet (a request's reply was received, the peer waits
+/// for the answer), and trying first costs a socket lock and an `EAGAIN`; the kernel takes
+/// the flag with `IORING_RECV_MULTISHOT` (`io_recvmsg_prep`, Linux 5.19+). No outcome changes:
+/// a poll is armed by checking readiness, so data already queued is still received.
+pub(super) fn poll_first(entry: Entry) -> Entry {
+    // SAFETY: as in `limited`: the SQE is 64 bytes of integers, any pattern valid.
+    let mut bytes: [u8; 64] = unsafe { std::mem::transmute(entry) };
+    let prio = u16::from_ne_bytes([bytes[IOPRIO_AT], bytes[IOPRIO_AT + 1]]) | super::POLL_FIRST;
+    bytes[IOPRIO_AT..IOPRIO_AT + 2].copy_from_slice(&prio.to_ne_bytes());
+    // SAFETY: as above; only `ioprio` changed.
+    unsafe { std::mem::transmute::<[u8; 64], Entry>(bytes) }
+}
+
 /// Whether `ring`'s kernel takes a multishot receive's byte limit: one limited receive on a
 /// socket pair with nothing to read, then a cancel of it. A kernel without the limit fails
 /// the receive at once with `EINVAL`; one with it takes it (which then ends another way).
@@ -119,6 +137,34 @@ mod tests {
         }
         // `Entry` is the kernel's 64-byte SQE, nothing more.
         assert_eq!(std::mem::size_of::<Entry>(), 64);
+    }
+
+    /// `poll_first` adds the flag to the multishot one in `ioprio` and changes nothing else.
+    #[test]
+    fn poll_first_joins_the_multishot_flag() {
+        let plain = opcode::RecvMulti::new(types::Fixed(7), BGID)
+            .build()
+            .user_data(9);
+        let polled = poll_first(plain.clone());
+        // SAFETY: as in `limited`: 64 bytes of plain data either way.
+        let (a, b): ([u8; 64], [u8; 64]) = unsafe {
+            (
+                std::mem::transmute::<Entry, [u8; 64]>(plain),
+                std::mem::transmute::<Entry, [u8; 64]>(polled),
+            )
+        };
+        let prio = |s: &[u8; 64]| u16::from_ne_bytes([s[IOPRIO_AT], s[IOPRIO_AT + 1]]);
+        let multishot = io_uring_sys_multishot();
+        assert_eq!(prio(&a), multishot);
+        assert_eq!(prio(&b), multishot | super::super::POLL_FIRST);
+        for i in (0..64).filter(|i| !(IOPRIO_AT..IOPRIO_AT + 2).contains(i)) {
+            assert_eq!(a[i], b[i], "byte {i} changed");
+        }
+    }
+
+    /// `IORING_RECV_MULTISHOT` (`include/uapi/linux/io_uring.h`).
+    fn io_uring_sys_multishot() -> u16 {
+        1 << 1
     }
 
     /// Two buffers' worth at most, whatever the size: the crossing receive fills a buffer.

@@ -106,10 +106,13 @@ impl State {
             }
             Body::Nothing => opcode::PollAdd::new(fixed, libc::POLLIN as u32).build(),
             Body::Record(r) => Uring::prepare(r),
-            Body::MultiRecv => match opcode::RecvMulti::new(fixed, BGID).build() {
-                e if recv_limit > 0 => recv_cap::limited(e, recv_limit),
-                e => e,
-            },
+            Body::MultiRecv => {
+                let e = recv_cap::poll_first(opcode::RecvMulti::new(fixed, BGID).build());
+                match recv_limit {
+                    0 => e,
+                    limit => recv_cap::limited(e, limit),
+                }
+            }
             Body::MultiAccept => opcode::AcceptMulti::new(fixed)
                 .flags(libc::SOCK_CLOEXEC)
                 .build(),
