@@ -447,7 +447,7 @@ mod tests {
     /// that never complete (every message received before their receives paused was sent
     /// back in its pool buffer), and 20 of them froze a worker of 64 buffers (12 one of 32):
     /// the other connections, old and new, waited for a buffer as long as those clients
-    /// stayed. Now a connection has one pool buffer at most in a send (what comes meanwhile is
+    /// stayed. Now a connection has two pool buffers at most in sends (what comes meanwhile is
     /// copied), pool buffers in sends are at most half the pool, and a cancelled pooled
     /// receive stops the handle's multishot receive (which went on queueing buffers for
     /// nobody). The pool here (16 buffers) is smaller than the clients that do not read (32):

@@ -4,24 +4,28 @@
 //! Per connection, as [`Receive`] says:
 //!
 //! - pooled (the default on Linux): a multishot pooled receive (`recv_multishot`: one
-//!   submission for every message). A message that comes while the connection has no send in
-//!   flight is sent back in its pool buffer as it is (`send_pooled`, no copy). One that comes
-//!   while a send is in flight is copied into the connection's backlog, a buffer of its own,
-//!   and its pool buffer goes back to the pool at once; the backlog is sent (`send`) when the
-//!   send in flight completes. Once the send in flight and the backlog hold
-//!   [`BACKLOG_BUFFERS`] buffers' worth, the receive is cancelled, and started again once they
-//!   hold less: what comes meanwhile waits in the socket. What reaches the connection after
-//!   its receive paused is bounded by the port ([`LocalPort::recv_limit`]: two pool buffers a
-//!   call on Linux 6.17+), so a connection holds less than its bound plus twice that, however
-//!   fast its client sends without reading (tested: `local_server.rs`, clients that never read
-//!   hold a bounded amount each). A connection holds at most one pool buffer (the one in its
-//!   send), and a client that does not read cannot keep more from the others; and the
-//!   worker's pooled sends are limited to half its pool (past that, messages are copied), so
-//!   clients that never read cannot take the pool together either (a pool of one buffer
-//!   spares none: every message is copied). None while idle. With `--idle-timeout` each
-//!   message is a pooled receive of its own, whose deadline is the idle time; a connection
-//!   that may not receive more then stops receiving by issuing one and cancelling it, since a
-//!   port that saw no cancel would go on receiving ahead for it.
+//!   submission for every message). A message is sent back in its pool buffer as it is
+//!   (`send_pooled`, no copy) while the connection has fewer than [`SENDS_IN_FLIGHT`] sends
+//!   in flight and nothing in its backlog; the port keeps a stream's sends in order, and
+//!   gathers the ones queued together into one system call. Past that, a message is copied
+//!   into the connection's backlog, a buffer of its own, and its pool buffer goes back to the
+//!   pool at once; the backlog is sent (`send`) when a send in flight completes. Once the
+//!   sends in flight and the backlog hold [`BACKLOG_BUFFERS`] buffers' worth, the receive is
+//!   cancelled, and started again once they hold less: what comes meanwhile waits in the
+//!   socket. What reaches the connection after its receive paused is bounded by the port
+//!   ([`LocalPort::recv_limit`]: two pool buffers a call on Linux 6.17+), so a connection
+//!   holds less than its bound plus twice that, however fast its client sends without reading
+//!   (tested: `local_server.rs`, clients that never read hold a bounded amount each). A
+//!   connection holds at most [`SENDS_IN_FLIGHT`] pool buffers (its sends'), and a client that
+//!   does not read cannot keep more from the others; and the worker's pooled sends are
+//!   limited to half its pool (past that, messages are copied), so clients that never read
+//!   cannot take the pool together either (a pool of one buffer spares none: every message is
+//!   copied). An idle connection holds no buffer: an emptied backlog's goes to the worker's
+//!   few spares ([`SPARE_BYTES`] at most), from which the next backlog starts without
+//!   allocating.
+//!   With `--idle-timeout` each message is a pooled receive of its own, whose deadline is the
+//!   idle time; a connection that may not receive more then stops receiving by issuing one
+//!   and cancelling it, since a port that saw no cancel would go on receiving ahead for it.
 //! - owned (the default on Windows): a receive into a buffer of the connection's own, which is
 //!   sent back, then received into again once the send completed (as `--shared` does).
 //!
@@ -51,10 +55,20 @@ use crate::{
 /// connections, so the port hands over its whole queue (swapping buffers, moving none).
 const LOCAL_BATCH: usize = 1024;
 
-/// With pooled receive, how many `--buffer-size` buffers' worth a connection's send in flight
-/// and backlog (what it received while that send was in flight) may hold before it stops
-/// receiving.
+/// With pooled receive, how many `--buffer-size` buffers' worth a connection's sends in flight
+/// and backlog (what it received past its pooled sends) may hold before it stops receiving.
 pub const BACKLOG_BUFFERS: usize = 2;
+
+/// With pooled receive, the sends a connection may have in flight: a message goes back in its
+/// pool buffer only while it has fewer (the rest are copied into its backlog, sent as one
+/// when a send completes). So this is also what a client that does not read can keep of the
+/// pool, and what bounds the sends in flight whatever order they complete in.
+pub const SENDS_IN_FLIGHT: u8 = 2;
+
+/// The bytes of emptied backlog buffers a worker keeps for its connections' next backlogs (a
+/// busy connection's backlog comes and goes with each burst: without them, each would be an
+/// allocation and a free), whatever `--buffer-size` is.
+pub const SPARE_BYTES: usize = 1 << 20;
 
 /// How a worker's connections receive.
 ///
@@ -108,7 +122,7 @@ pub struct Counts {
     pub echoed: u64,
     pub resets: u64,
     pub refused: u64,
-    /// The most bytes one connection held at once with pooled receive: its send in flight and
+    /// The most bytes one connection held at once with pooled receive: its sends in flight and
     /// its backlog (what its bound and the port's receive limit keep small, whatever the
     /// client does).
     pub held_most: usize,
@@ -131,9 +145,10 @@ struct Conn {
     handle: LocalHandle<TcpStream>,
     peer: SocketAddr,
     socket: u64,
-    /// Sends in flight: one at most, but for a partial send's rest.
+    /// Sends in flight (the port runs them in order; [`SENDS_IN_FLIGHT`] at most with pooled
+    /// receive, one with owned receive).
     sends: u8,
-    /// The bytes of the send in flight (0 with none).
+    /// The bytes of the sends in flight (0 with none).
     sending: usize,
     /// With pooled receive: what came while a send was in flight, to be sent when it
     /// completes (empty, holding no memory, when there is none).
@@ -160,6 +175,9 @@ struct Io {
     pooled_sends_max: usize,
     /// [`Counts::held_most`].
     held_most: usize,
+    /// Emptied backlog buffers, and their capacities' sum ([`SPARE_BYTES`] at most).
+    spares: Vec<Vec<u8>>,
+    spare_bytes: usize,
 }
 
 #[cold]
@@ -250,7 +268,7 @@ impl Io {
         }
     }
 
-    /// Whether the connection may receive: with pooled receive while what it holds (its send
+    /// Whether the connection may receive: with pooled receive while what it holds (its sends
     /// in flight and its backlog) is below its bound, with its own buffer while that buffer is
     /// not in a send.
     fn room(&self, conn: &Conn) -> bool {
@@ -265,7 +283,17 @@ impl Io {
     /// buffer going back at once).
     fn send(&mut self, ctx: usize, conn: &mut Conn, data: Data) {
         let data = match data {
-            Data::Pooled(buf) if conn.sends > 0 || self.pooled_sends >= self.pooled_sends_max => {
+            Data::Pooled(buf)
+                if !conn.backlog.is_empty()
+                    || conn.sends >= SENDS_IN_FLIGHT
+                    || self.pooled_sends >= self.pooled_sends_max =>
+            {
+                if conn.backlog.capacity() == 0
+                    && let Some(spare) = self.spares.pop()
+                {
+                    self.spare_bytes -= spare.capacity();
+                    conn.backlog = spare;
+                }
                 conn.backlog.extend_from_slice(&buf);
                 drop(buf);
                 self.held_most = self.held_most.max(conn.sending + conn.backlog.len());
@@ -276,10 +304,11 @@ impl Io {
             }
             data => data,
         };
-        conn.sending = match &data {
+        conn.sending += match &data {
             Data::Pooled(buf) => buf.len(),
             Data::Owned(buf) => buf.len(),
         };
+        self.held_most = self.held_most.max(conn.sending + conn.backlog.len());
         let id = match data {
             Data::Pooled(buf) => {
                 self.pooled_sends += 1;
@@ -291,16 +320,27 @@ impl Io {
         self.submitted("Write", ctx, id);
     }
 
-    /// Sends the connection's backlog, if any; `spare` (an emptied buffer) becomes the next
-    /// backlog's, so a busy connection reuses one buffer. With none, the backlog's memory is
-    /// freed: a connection with nothing waiting holds no buffer.
+    /// Sends the connection's backlog, if any; `spare` (an emptied buffer, or none) becomes the
+    /// next backlog's, so a busy connection reuses one buffer. With no backlog, the
+    /// connection keeps no buffer: its emptied ones go to the worker's spares.
     fn send_backlog(&mut self, ctx: usize, conn: &mut Conn, spare: Vec<u8>) {
         if conn.backlog.is_empty() {
-            conn.backlog = Vec::new();
+            let emptied = std::mem::take(&mut conn.backlog);
+            self.keep_spare(emptied);
+            self.keep_spare(spare);
             return;
         }
         let backlog = std::mem::replace(&mut conn.backlog, spare);
         self.send(ctx, conn, Data::Owned(backlog));
+    }
+
+    /// Keeps an emptied backlog buffer for a next backlog, if the spares have room for it.
+    fn keep_spare(&mut self, buf: Vec<u8>) {
+        if buf.capacity() > 0 && self.spare_bytes + buf.capacity() <= SPARE_BYTES {
+            debug_assert!(buf.is_empty(), "an emptied backlog");
+            self.spare_bytes += buf.capacity();
+            self.spares.push(buf);
+        }
     }
 }
 
@@ -366,6 +406,8 @@ impl<'a> Worker<'a> {
                     // A pool of one buffer spares none: every message is copied.
                     pooled_sends_max: usize::from(pool.0 / 2),
                     held_most: 0,
+                    spares: Vec::new(),
+                    spare_bytes: 0,
                 },
                 listener,
                 waker: Some(waker),
@@ -612,7 +654,7 @@ impl<'a> Worker<'a> {
     }
 
     fn sent(&mut self, ctx: usize, done: &mut LocalCompletion) {
-        // A pool buffer goes back to the pool with `done`; a connection's own comes back.
+        // Counted out of the pooled sends whether or not the connection is still there.
         if done.kind() == OpKind::SendPooled {
             self.io.pooled_sends -= 1;
         }
@@ -620,22 +662,45 @@ impl<'a> Worker<'a> {
             return;
         };
         conn.sends -= 1;
-        conn.sending = 0;
-        let mut own = done.take_buffer();
+        // What the send held: a connection's own buffer, or a pool buffer (back to the pool
+        // when dropped).
+        let own = done.take_buffer();
+        let pooled = done.take_pooled();
         match done.result() {
             Ok(n) => {
                 self.counts.echoed += n as u64;
-                if let Some(mut buf) = own.take_if(|b| n < b.len()) {
-                    buf.drain(..n); // a partial send: send the rest before anything else
-                    return self.io.send(ctx, conn, Data::Owned(buf));
+                let len = match (&own, &pooled) {
+                    (Some(buf), _) => buf.len(),
+                    (None, Some(buf)) => buf.len(),
+                    (None, None) => n,
+                };
+                conn.sending -= len;
+                if n < len {
+                    // The port sends a buffer whole below 4 GiB, so this is not expected; the
+                    // rest goes next if no later send is in flight, else the stream's order
+                    // cannot be kept and the connection ends.
+                    if conn.sends > 0 {
+                        let e = io::Error::other("a send completed in part behind later ones");
+                        return self.disconnect(ctx, &e);
+                    }
+                    let rest = match (own, pooled) {
+                        (Some(mut buf), _) => {
+                            buf.drain(..n);
+                            buf
+                        }
+                        (None, pooled) => pooled.map_or_else(Vec::new, |b| b[n..].to_vec()),
+                    };
+                    return self.io.send(ctx, conn, Data::Owned(rest));
                 }
+                drop(pooled);
                 let spare = own.map(|mut b| {
                     b.clear();
                     b
                 });
                 let spare = match self.io.receive {
-                    // Reused for the next backlog while there is one; dropped once the
-                    // connection has nothing waiting (an idle one holds no buffer).
+                    // Reused for the next backlog while there is one; kept among the
+                    // worker's spares once the connection has nothing waiting (an idle one
+                    // holds no buffer).
                     Receive::Pooled => {
                         self.io.send_backlog(ctx, conn, spare.unwrap_or_default());
                         None
@@ -776,5 +841,129 @@ impl<'a> Worker<'a> {
             self.accepting.probing(now, id);
         }
         self.accepting.next_probe(now)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read, Write},
+        sync::mpsc,
+        thread,
+    };
+
+    use super::*;
+
+    const WAIT: Option<Duration> = Some(Duration::from_secs(5));
+
+    /// A pooled-receive worker's `Io` on `port`, with room for four pooled sends.
+    fn io(port: LocalPort) -> Io {
+        Io {
+            port,
+            idle: None,
+            trace: false,
+            receive: Receive::Pooled,
+            buffer_size: 4096,
+            backlog_max: BACKLOG_BUFFERS * 4096,
+            pooled_sends: 0,
+            pooled_sends_max: 4,
+            held_most: 0,
+            spares: Vec::new(),
+            spare_bytes: 0,
+        }
+    }
+
+    /// A connection on `io`'s port, and its client.
+    fn connect(io: &Io) -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (stream, peer) = listener.accept().unwrap();
+        let conn = Conn {
+            handle: io.port.add_handle(stream, 1).unwrap(),
+            peer,
+            socket: 0,
+            sends: 0,
+            sending: 0,
+            backlog: Vec::new(),
+            recv: None,
+            eof: false,
+        };
+        (conn, client)
+    }
+
+    /// `msg`, written by the client, received into a pool buffer (other completions, the
+    /// sends', are left unhandled: the test plays the worker's part by hand).
+    fn receive(io: &Io, conn: &Conn, client: &mut TcpStream, msg: &[u8]) -> PooledBuf {
+        client.write_all(msg).unwrap();
+        io.port.recv_pooled(&conn.handle);
+        loop {
+            let mut done = io.port.get_completion(WAIT).unwrap();
+            if done.kind() == OpKind::RecvPooled {
+                let buf = done.take_pooled().expect("the message");
+                assert_eq!(&buf[..], msg);
+                return buf;
+            }
+        }
+    }
+
+    /// Found by a mutation of the rule (a message sent in its pool buffer as soon as the
+    /// worker could spare one): a connection with bytes waiting in its backlog sends what
+    /// comes next through the backlog too, even when other connections' sends gave pool
+    /// buffers back meanwhile; sent in its pool buffer, it would overtake the backlog.
+    #[test]
+    fn what_comes_behind_a_backlog_joins_it() {
+        let mut io = io(LocalPort::with_pool(8, 4096).unwrap());
+        let (mut conn, mut client) = connect(&io);
+        let a = receive(&io, &conn, &mut client, b"first ");
+        io.send(1, &mut conn, Data::Pooled(a));
+        assert_eq!(
+            (conn.sends, io.pooled_sends),
+            (1, 1),
+            "sent in its pool buffer"
+        );
+        io.pooled_sends = io.pooled_sends_max; // the other connections' sends hold the rest
+        let b = receive(&io, &conn, &mut client, b"second ");
+        io.send(1, &mut conn, Data::Pooled(b));
+        assert_eq!(conn.backlog, b"second ");
+        io.pooled_sends = 1; // theirs completed
+        let c = receive(&io, &conn, &mut client, b"third");
+        io.send(1, &mut conn, Data::Pooled(c));
+        assert_eq!(conn.backlog, b"second third", "behind the backlog");
+        assert_eq!(conn.sends, 1);
+        // The first send completed: the backlog goes (the worker's `sent`).
+        io.send_backlog(1, &mut conn, Vec::new());
+        let (tx, rx) = mpsc::channel();
+        let reader = thread::spawn(move || {
+            let mut got = vec![0; 18];
+            client.set_read_timeout(WAIT).unwrap();
+            client.read_exact(&mut got).unwrap();
+            tx.send(()).unwrap();
+            got
+        });
+        while rx.try_recv().is_err() {
+            let _ = io.port.get_completion(Some(Duration::from_millis(10)));
+        }
+        assert_eq!(reader.join().unwrap(), b"first second third");
+    }
+
+    /// Emptied backlog buffers are kept for the next backlogs up to [`SPARE_BYTES`], and a
+    /// backlog starts from one without allocating.
+    #[test]
+    fn emptied_backlogs_are_kept_within_the_spare_bytes() {
+        let mut io = io(LocalPort::with_pool(8, 4096).unwrap());
+        io.keep_spare(Vec::with_capacity(SPARE_BYTES / 2));
+        io.keep_spare(Vec::with_capacity(SPARE_BYTES / 2));
+        io.keep_spare(Vec::with_capacity(1)); // over the bytes: freed
+        io.keep_spare(Vec::new()); // holds nothing: not kept
+        assert_eq!(io.spares.len(), 2);
+        assert_eq!(io.spare_bytes, SPARE_BYTES);
+        let (mut conn, mut client) = connect(&io);
+        let a = receive(&io, &conn, &mut client, b"a");
+        io.send(1, &mut conn, Data::Pooled(a));
+        io.pooled_sends = io.pooled_sends_max;
+        let b = receive(&io, &conn, &mut client, b"b");
+        io.send(1, &mut conn, Data::Pooled(b));
+        assert_eq!(conn.backlog.capacity(), SPARE_BYTES / 2, "a spare's buffer");
+        assert_eq!((io.spares.len(), io.spare_bytes), (1, SPARE_BYTES / 2));
     }
 }

@@ -236,30 +236,49 @@ fn a_65535_byte_message_and_a_4_mib_stream_come_back_intact(mode: &[&str]) {
     assert!(check.join().unwrap(), "4 MiB echoed in order");
 }
 
-/// Clients that write in bursts of odd sizes while reading slowly, with pauses: the server's
-/// sends pile up, so it stops receiving and starts again many times (the pooled receive's
-/// pause), and every stream must come back whole, in order, to its own client (each
-/// client's bytes differ from the others').
-fn slow_readers_get_their_own_streams_back_whole(mode: &[&str]) {
-    let server = Server::start(mode, &["--buffer-size", "1500"]);
-    const LEN: usize = 3 << 20;
-    let clients: Vec<_> = (0..4u8)
+/// How the clients of [`streams_come_back_whole`] write and read.
+struct Streams {
+    clients: u8,
+    len: usize,
+    /// The sizes each client writes, in turn.
+    writes: &'static [usize],
+    /// The sizes each client asks to read, in turn.
+    reads: &'static [usize],
+    /// A pause of 3 ms after this many reads, if any.
+    pause_every: Option<usize>,
+    /// Makes each client's bytes differ from the others'.
+    salt: u8,
+}
+
+/// Every client streams `len` bytes of its own while reading them back, as `how` says, and
+/// each stream must come back whole, in order, to its own client.
+fn streams_come_back_whole(server: &Server, how: Streams) {
+    let Streams {
+        clients,
+        len,
+        writes,
+        reads,
+        pause_every,
+        salt,
+    } = how;
+    let clients: Vec<_> = (0..clients)
         .map(|c| {
             let s = server.connect();
-            let data: Vec<u8> = pattern(LEN).iter().map(|b| b ^ (c * 61 + 1)).collect();
+            let key = c.wrapping_mul(salt).wrapping_add(1);
+            let data: Vec<u8> = pattern(len).iter().map(|b| b ^ key).collect();
             let mut reader = s.try_clone().unwrap();
             let expected = data.clone();
             let check = thread::spawn(move || {
-                let mut got = Vec::with_capacity(LEN);
-                let mut buf = vec![0u8; 70_000];
+                let mut got = Vec::with_capacity(len);
+                let mut buf = vec![0u8; *reads.iter().max().unwrap()];
                 let mut turn = c as usize;
-                while got.len() < LEN {
+                while got.len() < len {
                     turn += 1;
-                    let want = [1, 100, 4096, 70_000][turn % 4].min(LEN - got.len());
+                    let want = reads[turn % reads.len()].min(len - got.len());
                     let n = reader.read(&mut buf[..want]).unwrap();
                     assert!(n > 0, "client {c}: EOF after {} bytes", got.len());
                     got.extend_from_slice(&buf[..n]);
-                    if turn % 16 == 0 {
+                    if pause_every.is_some_and(|every| turn % every == 0) {
                         thread::sleep(Duration::from_millis(3));
                     }
                 }
@@ -271,11 +290,11 @@ fn slow_readers_get_their_own_streams_back_whole(mode: &[&str]) {
             let write = thread::spawn(move || {
                 let mut s = s;
                 let mut at = 0;
-                for size in [1, 13, 1000, 65_536, 300_000].iter().cycle() {
-                    if at == LEN {
+                for size in writes.iter().cycle() {
+                    if at == len {
                         break;
                     }
-                    let end = (at + size).min(LEN);
+                    let end = (at + size).min(len);
                     s.write_all(&data[at..end]).unwrap();
                     at = end;
                 }
@@ -288,6 +307,50 @@ fn slow_readers_get_their_own_streams_back_whole(mode: &[&str]) {
         let _s = write.join().unwrap();
         check.join().unwrap().unwrap();
     }
+}
+
+/// Clients that write in bursts of odd sizes while reading slowly, with pauses: the server's
+/// sends pile up, so it stops receiving and starts again many times (the pooled receive's
+/// pause), and every stream must come back whole, in order, to its own client (each
+/// client's bytes differ from the others').
+fn slow_readers_get_their_own_streams_back_whole(mode: &[&str]) {
+    let server = Server::start(mode, &["--buffer-size", "1500"]);
+    let how = Streams {
+        clients: 4,
+        len: 3 << 20,
+        writes: &[1, 13, 1000, 65_536, 300_000],
+        reads: &[1, 100, 4096, 70_000],
+        pause_every: Some(16),
+        salt: 61,
+    };
+    streams_come_back_whole(&server, how);
+}
+
+/// Eight clients streaming at once through a worker whose pool is eight buffers, of which
+/// four may be in sends: a connection's messages go back in their pool buffers only while the
+/// worker can spare one, else through its backlog, and once it has a backlog, through it until
+/// it is sent, whatever buffers other connections give back meanwhile (that case forced:
+/// `worker.rs` `what_comes_behind_a_backlog_joins_it`). Every stream must come back whole, in
+/// order, to its own client.
+fn connections_sharing_a_small_pool_get_their_streams_back_whole(mode: &[&str]) {
+    let args = [
+        "--workers",
+        "1",
+        "--max-connections",
+        "8",
+        "--buffer-size",
+        "1500",
+    ];
+    let server = Server::start(mode, &args);
+    let how = Streams {
+        clients: 8,
+        len: 4 << 20,
+        writes: &[100, 1, 1499, 1500, 1501, 6000],
+        reads: &[7, 1500, 20_000],
+        pause_every: None,
+        salt: 29,
+    };
+    streams_come_back_whole(&server, how);
 }
 
 fn half_close_gets_everything_echoed_then_eof(mode: &[&str]) {
@@ -517,6 +580,7 @@ in_both_modes!(
     trace_logs_every_operation_in_the_lifecycle_format,
     a_65535_byte_message_and_a_4_mib_stream_come_back_intact,
     slow_readers_get_their_own_streams_back_whole,
+    connections_sharing_a_small_pool_get_their_streams_back_whole,
     half_close_gets_everything_echoed_then_eof,
     one_thousand_simultaneous_clients_each_echo,
     many_connections_on_two_workers_echo_every_byte,
