@@ -202,7 +202,7 @@ const CLIPPY: [&str; 6] = [
 ];
 
 /// `cargo test` arguments that compile in the failpoints, so the failpoint tests run.
-const FAILPOINTS: [&str; 2] = ["--features", "proactor/failpoints"];
+const FAILPOINTS: [&str; 2] = ["--features", "proactor/failpoints,proactor-echo/failpoints"];
 
 fn ci() -> Result<()> {
     if cfg!(target_os = "linux") {

@@ -353,6 +353,52 @@ fn connections_sharing_a_small_pool_get_their_streams_back_whole(mode: &[&str]) 
     streams_come_back_whole(&server, how);
 }
 
+/// A worker whose own io_uring ring cannot be built (failpoint `ring::new` on the third port
+/// the server makes: the default receive's probe, then the two workers' in either order) runs
+/// on a shared port, which has no receive limit: by default its connections then receive into
+/// buffers of their own, with one warning, so that their memory stays bounded too; the other
+/// worker keeps pooled receive. Every connection, on either worker, gets its stream back.
+#[cfg(all(target_os = "linux", feature = "failpoints"))]
+#[test]
+fn a_worker_without_a_ring_of_its_own_receives_into_buffers_of_its_own() {
+    let env = [
+        ("PROACTOR_BACKEND", ""), // the default: io_uring rings, whatever this run forces
+        ("FAILPOINTS", "ring::new=2*off->1*return->off"),
+        ("RUST_LOG", "info,proactor_echo=debug"),
+    ];
+    let args = ["--workers", "2", "--max-connections", "100"];
+    let server = Server::start_with(&[], &args, &env);
+    let log = server.wait_log("serving");
+    if log.contains("receive=Owned") {
+        // A kernel without the receive limit: owned receive everywhere, nothing to fall back
+        // from (the failed ring still runs on a shared port).
+        assert!(!log.contains("no receive limit"), "{log}");
+        return;
+    }
+    assert!(log.contains("receive=Pooled"), "{log}");
+    let how = Streams {
+        clients: 16,
+        len: 256 << 10,
+        writes: &[1, 700, 9000],
+        reads: &[100, 65_536],
+        pause_every: None,
+        salt: 37,
+    };
+    streams_come_back_whole(&server, how);
+    let log = server.wait_log("connected");
+    let warned = log
+        .matches("its connections receive into buffers of their own")
+        .count();
+    assert_eq!(warned, 1, "one worker fell back:\n{log}");
+    for worker in ["worker=0", "worker=1"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(" connected") && l.contains(worker)),
+            "{worker} served:\n{log}"
+        );
+    }
+}
+
 fn half_close_gets_everything_echoed_then_eof(mode: &[&str]) {
     let server = Server::start(mode, &[]);
     let mut s = server.connect();

@@ -293,6 +293,12 @@ fn closed_handle() -> io::Error {
 impl Ring {
     /// A ring of its own over `pool` (made with no buffer free: all are lent to the kernel).
     pub(crate) fn new(pool: Rc<Pool>) -> io::Result<Ring> {
+        // Test-only: the ring cannot be built (as where io_uring is disabled or out of locked
+        // memory for this thread), so the port runs on a shared one.
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!("ring::new", |_| Err(io::Error::other(
+            "failpoint ring::new: no ring"
+        )));
         let (mut ring, setup) = enter::build()?;
         // SendZc (6.0) implies multishot receive (6.0), multishot accept and provided-buffer
         // rings (5.19), cancel by fixed descriptor (5.19).
