@@ -608,6 +608,10 @@ fn multishot_echo_with_pooled_sends_is_exact() {
     }
     let mut echoed = [0usize; 4];
     let mut sends = 0usize;
+    // Receives ended by their client's reader, which closes once it has read everything: the
+    // end of a stream may come while other connections still echo (found by CI's
+    // AddressSanitizer run, where everything is slower).
+    let mut ended = 0;
     let mut batch = Vec::new();
     while echoed.iter().any(|&e| e < total) || sends > 0 {
         batch.clear();
@@ -617,7 +621,12 @@ fn multishot_echo_with_pooled_sends_is_exact() {
             let ctx = c.context();
             match c.kind() {
                 OpKind::RecvPooled => {
-                    let b = c.take_pooled().expect("data");
+                    let Some(b) = c.take_pooled() else {
+                        let end = (c.result().ok(), c.more(), echoed[ctx]);
+                        assert_eq!(end, (Some(0), false, total), "only after all: {c:?}");
+                        ended += 1;
+                        continue;
+                    };
                     echoed[ctx] += b.len();
                     port.send_pooled(&hs[ctx], b);
                     sends += 1;
@@ -637,10 +646,13 @@ fn multishot_echo_with_pooled_sends_is_exact() {
         assert_eq!(mismatch(c as u64 + 10, 0, &got), None, "conn {c}");
     }
     drop(hs);
-    let mut left = 4;
+    // The receives still on: each ends cancelled, or, its client's reader having closed
+    // meanwhile, at the end of its stream.
+    let mut left = 4 - ended;
     while left > 0 {
         let c = port.get_completion(Some(WAIT)).unwrap();
-        assert!(c.is_cancelled(), "{c:?}");
+        let eof = c.kind() == OpKind::RecvPooled && c.result().ok() == Some(0);
+        assert!(c.is_cancelled() || eof, "{c:?}");
         left -= 1;
     }
     nothing_more(&port);
