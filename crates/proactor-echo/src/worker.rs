@@ -662,14 +662,13 @@ impl<'a> Worker<'a> {
             return;
         };
         conn.sends -= 1;
-        // What the send held: a connection's own buffer, or a pool buffer (back to the pool
-        // when dropped).
+        // What the send held: a connection's own buffer, or a pool buffer (left in `done`,
+        // back to the pool with it).
         let own = done.take_buffer();
-        let pooled = done.take_pooled();
         match done.result() {
             Ok(n) => {
                 self.counts.echoed += n as u64;
-                let len = match (&own, &pooled) {
+                let len = match (&own, done.pooled()) {
                     (Some(buf), _) => buf.len(),
                     (None, Some(buf)) => buf.len(),
                     (None, None) => n,
@@ -683,7 +682,7 @@ impl<'a> Worker<'a> {
                         let e = io::Error::other("a send completed in part behind later ones");
                         return self.disconnect(ctx, &e);
                     }
-                    let rest = match (own, pooled) {
+                    let rest = match (own, done.pooled()) {
                         (Some(mut buf), _) => {
                             buf.drain(..n);
                             buf
@@ -692,7 +691,6 @@ impl<'a> Worker<'a> {
                     };
                     return self.io.send(ctx, conn, Data::Owned(rest));
                 }
-                drop(pooled);
                 let spare = own.map(|mut b| {
                     b.clear();
                     b

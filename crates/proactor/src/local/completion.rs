@@ -72,6 +72,23 @@ impl LocalCompletion {
         self.pooled.take()
     }
 
+    /// The pool buffer this completion holds, left in place (see
+    /// [`take_pooled`](LocalCompletion::take_pooled)): for a look without taking it, such as
+    /// how many bytes a pooled send held.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort) -> std::io::Result<()> {
+    /// let done = port.get_completion(None)?;
+    /// if let (proactor::OpKind::SendPooled, Some(buf)) = (done.kind(), done.pooled()) {
+    ///     assert_eq!(done.result()?, buf.len()); // sent whole
+    /// }
+    /// # Ok(()) }
+    /// ```
+    #[inline]
+    pub fn pooled(&self) -> Option<&PooledBuf> {
+        self.pooled.as_ref()
+    }
+
     /// The completion without its pool buffer (which goes back to the pool if it was not
     /// taken): a plain [`Completion`], which may leave the port's thread.
     ///
