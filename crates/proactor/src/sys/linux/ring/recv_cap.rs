@@ -45,13 +45,9 @@ const OPTLEN_AT: usize = 44;
 
 /// `entry` (a multishot receive) with its total limited to `limit` bytes.
 pub(super) fn limited(entry: Entry, limit: u32) -> Entry {
-    // SAFETY: `Entry` is `#[repr(C)]` around the kernel's 64-byte `io_uring_sqe`, which is
-    // integers and unions of integers only: every byte pattern is a valid value, so it may be
-    // read as bytes and the bytes read back as an entry.
-    let mut bytes: [u8; 64] = unsafe { std::mem::transmute(entry) };
-    bytes[OPTLEN_AT..OPTLEN_AT + 4].copy_from_slice(&limit.to_ne_bytes());
-    // SAFETY: as above; only `optlen` changed.
-    unsafe { std::mem::transmute::<[u8; 64], Entry>(bytes) }
+    edited(entry, |sqe| {
+        sqe[OPTLEN_AT..OPTLEN_AT + 4].copy_from_slice(&limit.to_ne_bytes());
+    })
 }
 
 /// The byte offset of `ioprio` (a receive's `IORING_RECVSEND_*` flags) in a 64-byte SQE.
@@ -64,12 +60,22 @@ const IOPRIO_AT: usize = 2;
 /// the flag with `IORING_RECV_MULTISHOT` (`io_recvmsg_prep`, Linux 5.19+). No outcome changes:
 /// a poll is armed by checking readiness, so data already queued is still received.
 pub(super) fn poll_first(entry: Entry) -> Entry {
-    // SAFETY: as in `limited`: the SQE is 64 bytes of integers, any pattern valid.
-    let mut bytes: [u8; 64] = unsafe { std::mem::transmute(entry) };
-    let prio = u16::from_ne_bytes([bytes[IOPRIO_AT], bytes[IOPRIO_AT + 1]]) | super::POLL_FIRST;
-    bytes[IOPRIO_AT..IOPRIO_AT + 2].copy_from_slice(&prio.to_ne_bytes());
-    // SAFETY: as above; only `ioprio` changed.
-    unsafe { std::mem::transmute::<[u8; 64], Entry>(bytes) }
+    edited(entry, |sqe| {
+        let prio = u16::from_ne_bytes([sqe[IOPRIO_AT], sqe[IOPRIO_AT + 1]]) | super::POLL_FIRST;
+        sqe[IOPRIO_AT..IOPRIO_AT + 2].copy_from_slice(&prio.to_ne_bytes());
+    })
+}
+
+/// `entry` with its 64 bytes edited by `edit`: for the fields the `io-uring` crate's builder
+/// does not set.
+fn edited(entry: Entry, edit: impl FnOnce(&mut [u8; 64])) -> Entry {
+    // SAFETY: `Entry` is `#[repr(C)]` around the kernel's 64-byte `io_uring_sqe`, which is
+    // integers and unions of integers only: every byte pattern is a valid value, so it may be
+    // read as bytes and the bytes read back as an entry.
+    let mut sqe: [u8; 64] = unsafe { std::mem::transmute(entry) };
+    edit(&mut sqe);
+    // SAFETY: as above.
+    unsafe { std::mem::transmute::<[u8; 64], Entry>(sqe) }
 }
 
 /// Whether `ring`'s kernel takes a multishot receive's byte limit: one limited receive on a
@@ -117,54 +123,48 @@ pub(super) fn probe(ring: &mut IoUring) -> bool {
 mod tests {
     use super::*;
 
-    /// `limited` writes `optlen` where the kernel reads it and changes nothing else.
-    #[test]
-    fn the_limit_lands_in_optlen_alone() {
+    /// An entry's 64 bytes.
+    fn bytes(entry: Entry) -> [u8; 64] {
+        let mut out = [0; 64];
+        let _ = edited(entry, |sqe| out = *sqe);
+        out
+    }
+
+    /// A multishot receive's bytes before and after `edit`, checked to differ only in
+    /// `changed`.
+    fn edited_only(
+        edit: fn(Entry) -> Entry,
+        changed: std::ops::Range<usize>,
+    ) -> ([u8; 64], [u8; 64]) {
         let plain = opcode::RecvMulti::new(types::Fixed(7), BGID)
             .build()
             .user_data(9);
-        let limited = limited(plain.clone(), 0x0102_0304);
-        // SAFETY: as in `limited`: 64 bytes of plain data either way.
-        let (a, b): ([u8; 64], [u8; 64]) = unsafe {
-            (
-                std::mem::transmute::<Entry, [u8; 64]>(plain),
-                std::mem::transmute::<Entry, [u8; 64]>(limited),
-            )
-        };
-        assert_eq!(b[OPTLEN_AT..OPTLEN_AT + 4], 0x0102_0304u32.to_ne_bytes());
-        for i in (0..64).filter(|i| !(OPTLEN_AT..OPTLEN_AT + 4).contains(i)) {
-            assert_eq!(a[i], b[i], "byte {i} changed");
+        let (before, after) = (bytes(plain.clone()), bytes(edit(plain)));
+        for i in (0..64).filter(|i| !changed.contains(i)) {
+            assert_eq!(before[i], after[i], "byte {i} changed");
         }
+        (before, after)
+    }
+
+    /// `limited` writes `optlen` where the kernel reads it and changes nothing else.
+    #[test]
+    fn the_limit_lands_in_optlen_alone() {
+        let (_, sqe) = edited_only(|e| limited(e, 0x0102_0304), OPTLEN_AT..OPTLEN_AT + 4);
+        assert_eq!(sqe[OPTLEN_AT..OPTLEN_AT + 4], 0x0102_0304u32.to_ne_bytes());
         // `Entry` is the kernel's 64-byte SQE, nothing more.
         assert_eq!(std::mem::size_of::<Entry>(), 64);
     }
 
+    /// `IORING_RECV_MULTISHOT` (`include/uapi/linux/io_uring.h`).
+    const MULTISHOT: u16 = 1 << 1;
+
     /// `poll_first` adds the flag to the multishot one in `ioprio` and changes nothing else.
     #[test]
     fn poll_first_joins_the_multishot_flag() {
-        let plain = opcode::RecvMulti::new(types::Fixed(7), BGID)
-            .build()
-            .user_data(9);
-        let polled = poll_first(plain.clone());
-        // SAFETY: as in `limited`: 64 bytes of plain data either way.
-        let (a, b): ([u8; 64], [u8; 64]) = unsafe {
-            (
-                std::mem::transmute::<Entry, [u8; 64]>(plain),
-                std::mem::transmute::<Entry, [u8; 64]>(polled),
-            )
-        };
+        let (a, b) = edited_only(poll_first, IOPRIO_AT..IOPRIO_AT + 2);
         let prio = |s: &[u8; 64]| u16::from_ne_bytes([s[IOPRIO_AT], s[IOPRIO_AT + 1]]);
-        let multishot = io_uring_sys_multishot();
-        assert_eq!(prio(&a), multishot);
-        assert_eq!(prio(&b), multishot | super::super::POLL_FIRST);
-        for i in (0..64).filter(|i| !(IOPRIO_AT..IOPRIO_AT + 2).contains(i)) {
-            assert_eq!(a[i], b[i], "byte {i} changed");
-        }
-    }
-
-    /// `IORING_RECV_MULTISHOT` (`include/uapi/linux/io_uring.h`).
-    fn io_uring_sys_multishot() -> u16 {
-        1 << 1
+        assert_eq!(prio(&a), MULTISHOT);
+        assert_eq!(prio(&b), MULTISHOT | super::super::POLL_FIRST);
     }
 
     /// Two buffers' worth at most, whatever the size: the crossing receive fills a buffer.
