@@ -21,11 +21,13 @@
 //!   limited to half its pool (past that, messages are copied), so clients that never read
 //!   cannot take the pool together either (a pool of one buffer spares none: every message is
 //!   copied). An idle connection holds no buffer: an emptied backlog's goes to the worker's
-//!   few spares ([`SPARE_BYTES`] at most), from which the next backlog starts without
-//!   allocating.
+//!   few spares ([`SPARES`] and [`SPARE_BYTES`] at most), from which the next backlog starts
+//!   without allocating.
 //!   With `--idle-timeout` each message is a pooled receive of its own, whose deadline is the
-//!   idle time; a connection that may not receive more then stops receiving by issuing one
-//!   and cancelling it, since a port that saw no cancel would go on receiving ahead for it.
+//!   idle time, and a connection has one send in flight at most (a send's deadline runs
+//!   while it waits behind another); a connection that may not receive more then stops
+//!   receiving by issuing one and cancelling it, since a port that saw no cancel would go on
+//!   receiving ahead for it.
 //! - owned (the default on Windows): a receive into a buffer of the connection's own, which is
 //!   sent back, then received into again once the send completed (as `--shared` does).
 //!
@@ -69,6 +71,10 @@ pub const SENDS_IN_FLIGHT: u8 = 2;
 /// busy connection's backlog comes and goes with each burst: without them, each would be an
 /// allocation and a free), whatever `--buffer-size` is.
 pub const SPARE_BYTES: usize = 1 << 20;
+
+/// Emptied backlog buffers a worker keeps at most (within [`SPARE_BYTES`]): a count as well as
+/// bytes, so that many small ones cannot add up to more than their capacities say.
+pub const SPARES: usize = 16;
 
 /// How a worker's connections receive.
 ///
@@ -159,6 +165,17 @@ struct Conn {
     eof: bool,
 }
 
+/// The sends a connection may have in flight: [`SENDS_IN_FLIGHT`], or one with an idle
+/// deadline. Each send then carries the deadline, which runs from its submission, also while
+/// it waits in the port behind the send before it: the second of two would be closed as idle
+/// behind a first that its client reads slowly but steadily.
+fn sends_max(idle: Option<Duration>) -> u8 {
+    match idle {
+        Some(_) => 1,
+        None => SENDS_IN_FLIGHT,
+    }
+}
+
 /// The port and how to submit to it.
 struct Io {
     port: LocalPort,
@@ -175,7 +192,10 @@ struct Io {
     pooled_sends_max: usize,
     /// [`Counts::held_most`].
     held_most: usize,
-    /// Emptied backlog buffers, and their capacities' sum ([`SPARE_BYTES`] at most).
+    /// Sends a connection may have in flight ([`sends_max`]).
+    sends_max: u8,
+    /// Emptied backlog buffers ([`SPARES`] at most), and their capacities' sum
+    /// ([`SPARE_BYTES`] at most).
     spares: Vec<Vec<u8>>,
     spare_bytes: usize,
 }
@@ -285,7 +305,7 @@ impl Io {
         let data = match data {
             Data::Pooled(buf)
                 if !conn.backlog.is_empty()
-                    || conn.sends >= SENDS_IN_FLIGHT
+                    || conn.sends >= self.sends_max
                     || self.pooled_sends >= self.pooled_sends_max =>
             {
                 if conn.backlog.capacity() == 0
@@ -336,7 +356,10 @@ impl Io {
 
     /// Keeps an emptied backlog buffer for a next backlog, if the spares have room for it.
     fn keep_spare(&mut self, buf: Vec<u8>) {
-        if buf.capacity() > 0 && self.spare_bytes + buf.capacity() <= SPARE_BYTES {
+        if buf.capacity() > 0
+            && self.spares.len() < SPARES
+            && self.spare_bytes + buf.capacity() <= SPARE_BYTES
+        {
             debug_assert!(buf.is_empty(), "an emptied backlog");
             self.spare_bytes += buf.capacity();
             self.spares.push(buf);
@@ -398,6 +421,7 @@ impl<'a> Worker<'a> {
                 io: Io {
                     port,
                     idle: shared.config.idle_timeout,
+                    sends_max: sends_max(shared.config.idle_timeout),
                     trace: shared.config.trace,
                     receive,
                     buffer_size: shared.config.buffer_size.max(1),
@@ -859,6 +883,7 @@ mod tests {
         Io {
             port,
             idle: None,
+            sends_max: SENDS_IN_FLIGHT,
             trace: false,
             receive: Receive::Pooled,
             buffer_size: 4096,
@@ -876,7 +901,12 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (stream, peer) = listener.accept().unwrap();
-        let conn = Conn {
+        (conn_on(io, stream, peer), client)
+    }
+
+    /// Connection `stream` (of client `peer`), added to `io`'s port with context 1.
+    fn conn_on(io: &Io, stream: TcpStream, peer: SocketAddr) -> Conn {
+        Conn {
             handle: io.port.add_handle(stream, 1).unwrap(),
             peer,
             socket: 0,
@@ -885,8 +915,7 @@ mod tests {
             backlog: Vec::new(),
             recv: None,
             eof: false,
-        };
-        (conn, client)
+        }
     }
 
     /// `msg`, written by the client, received into a pool buffer (other completions, the
@@ -963,5 +992,109 @@ mod tests {
         io.send(1, &mut conn, Data::Pooled(b));
         assert_eq!(conn.backlog.capacity(), SPARE_BYTES / 2, "a spare's buffer");
         assert_eq!((io.spares.len(), io.spare_bytes), (1, SPARE_BYTES / 2));
+    }
+
+    /// However small, no more than [`SPARES`] buffers are kept (their capacities alone would
+    /// let thousands of tiny ones in, each costing more than it says).
+    #[test]
+    fn spares_are_kept_up_to_a_count_too() {
+        let mut io = io(LocalPort::with_pool(8, 4096).unwrap());
+        for _ in 0..SPARES + 5 {
+            io.keep_spare(Vec::with_capacity(8));
+        }
+        assert_eq!(io.spares.len(), SPARES);
+        assert_eq!(
+            io.spare_bytes,
+            io.spares.iter().map(Vec::capacity).sum::<usize>()
+        );
+    }
+
+    /// A connection whose server side sends through a small send buffer and whose client
+    /// receives through a small receive buffer, so that a large message's send waits on the
+    /// client's reads.
+    fn connect_slow(io: &Io) -> (Conn, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None);
+        let client = client.unwrap();
+        // Before connecting: the window offered is set at the handshake.
+        client.set_recv_buffer_size(8192).unwrap();
+        client
+            .connect(&listener.local_addr().unwrap().into())
+            .unwrap();
+        let (stream, peer) = listener.accept().unwrap();
+        socket2::SockRef::from(&stream)
+            .set_send_buffer_size(1)
+            .unwrap();
+        (conn_on(io, stream, peer), client.into())
+    }
+
+    /// Found by review (helper 45): with an idle deadline, every send carries it, and a send's
+    /// deadline runs from its submission, also while it waits in the port behind the send
+    /// before it. Two 60,000-byte messages to a client that reads steadily at about 85 KB/s
+    /// (never idle): with two sends in flight the second's deadline ended it at 1 s (the
+    /// worker then closes the connection as idle, losing the rest of its echo), though it
+    /// needed about 1.3 s behind the first. With one send in flight at most, the second waits
+    /// in the backlog and its deadline starts when it is sent: both complete.
+    #[test]
+    fn with_an_idle_deadline_a_steady_reader_keeps_its_connection() {
+        const MSG: usize = 60_000;
+        let mut io = io(LocalPort::with_pool(8, 65_536).unwrap());
+        io.idle = Some(Duration::from_secs(1));
+        io.sends_max = sends_max(io.idle); // the worker's rule
+        io.buffer_size = 65_536;
+        io.backlog_max = BACKLOG_BUFFERS * 65_536;
+        let (mut conn, mut client) = connect_slow(&io);
+        let a = receive(&io, &conn, &mut client, &[b'a'; MSG]);
+        let b = receive(&io, &conn, &mut client, &[b'b'; MSG]);
+        io.send(1, &mut conn, Data::Pooled(a));
+        io.send(1, &mut conn, Data::Pooled(b));
+        assert_eq!((conn.sends, conn.backlog.len()), (1, MSG), "one in flight");
+        let (tx, rx) = mpsc::channel();
+        let reader = thread::spawn(move || {
+            // Paced to 85,000 bytes a second from the start, in reads every few milliseconds.
+            client
+                .set_read_timeout(Some(Duration::from_millis(5)))
+                .unwrap();
+            let (mut got, mut buf, start) = (Vec::new(), [0; 4096], Instant::now());
+            while got.len() < 2 * MSG && start.elapsed() < Duration::from_secs(10) {
+                let allowed = (start.elapsed().as_secs_f64() * 85_000.0) as usize;
+                let want = allowed.saturating_sub(got.len()).min(buf.len());
+                if want == 0 {
+                    thread::sleep(Duration::from_millis(5));
+                } else if let Ok(n) = client.read(&mut buf[..want]) {
+                    got.extend_from_slice(&buf[..n]);
+                }
+            }
+            tx.send(()).unwrap();
+            got
+        });
+        let mut results = Vec::new();
+        while rx.try_recv().is_err() {
+            let Ok(mut done) = io.port.get_completion(Some(Duration::from_millis(10))) else {
+                continue;
+            };
+            if done.kind() != OpKind::SendPooled && done.kind() != OpKind::Send {
+                continue;
+            }
+            // The worker's `sent`, by hand: the backlog goes once the send completed.
+            results.push(done.result().map_err(|e| e.to_string()));
+            conn.sends -= 1;
+            let spare = done.take_buffer().map(|mut b| {
+                b.clear();
+                b
+            });
+            io.send_backlog(1, &mut conn, spare.unwrap_or_default());
+        }
+        let mut want = vec![b'a'; MSG];
+        want.extend_from_slice(&[b'b'; MSG]);
+        assert!(
+            reader.join().unwrap() == want,
+            "the client got both messages"
+        );
+        assert_eq!(
+            results,
+            [Ok(MSG), Ok(MSG)],
+            "neither send ended by its deadline"
+        );
     }
 }
