@@ -154,6 +154,21 @@ pub(crate) fn mixing() -> io::Error {
     )
 }
 
+/// A read or write at an offset above `i64::MAX`: refused on every backend, since the systems
+/// give some such offsets meanings of their own (io_uring: the file's current position;
+/// Windows: the end of the file) and refuse the others.
+pub(crate) fn offset_too_large() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "an offset above i64::MAX (the systems give such offsets meanings of their own)",
+    )
+}
+
+/// Whether `offset` is one [`offset_too_large`] refuses.
+pub(crate) fn refused_offset(offset: u64) -> bool {
+    offset > i64::MAX as u64
+}
+
 /// A pooled receive on a socket that keeps message boundaries (both engines): a datagram
 /// larger than the pool's buffers would be cut with no error.
 pub(crate) fn pooled_needs_stream() -> io::Error {

@@ -441,6 +441,11 @@ impl Iocp {
     /// [`read_at`](Iocp::read_at) on a pipe, which share that order. Datagram receives
     /// ([`recv_from`](Iocp::recv_from)) and reads of a regular file are independent.
     ///
+    /// On a socket that keeps message boundaries (a connected UDP socket), one receive takes one
+    /// datagram; a datagram longer than the spare capacity is cut to it, and the completion is
+    /// then an error for which [`is_truncated`](crate::is_truncated) holds, with the bytes that
+    /// fit (as for [`recv_from`](Iocp::recv_from)), on every backend.
+    ///
     /// ```no_run
     /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
     /// let id = port.recv(conn, Vec::with_capacity(64 * 1024));
@@ -450,7 +455,8 @@ impl Iocp {
         self.with_user(0).recv(handle, buf)
     }
 
-    /// Receives into the spare capacity of each buffer in turn (a scatter receive).
+    /// Receives into the spare capacity of each buffer in turn (a scatter receive). A datagram
+    /// longer than the buffers' room together is cut to it, as by [`recv`](Iocp::recv).
     ///
     /// ```no_run
     /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
@@ -463,7 +469,8 @@ impl Iocp {
 
     /// Waits until the socket has something to read (data, EOF or an error) without holding a
     /// buffer: a zero-byte receive. Idle connections then pin no memory; receive once it
-    /// completes.
+    /// completes. On a datagram socket it leaves the datagram queued for the receive that
+    /// follows (on Windows a zero-byte receive that took it would drop it: it peeks).
     ///
     /// On Windows urgent data that is not inline (`MSG_OOB` without `SO_OOBINLINE`) may
     /// complete it too (it does under Wine), though a plain receive finds nothing: read it with
@@ -578,7 +585,9 @@ impl Iocp {
 
     /// Reads into the spare capacity of `buf` at `offset` (`ReadFile`); any handle opened for
     /// overlapped I/O (streams ignore the offset). A read at or past the end of a file
-    /// completes with `Ok(0)`.
+    /// completes with `Ok(0)`. An offset above `i64::MAX` completes with
+    /// [`io::ErrorKind::InvalidInput`] on every backend and handle (the systems give some such
+    /// offsets meanings of their own: the current position, the end of the file).
     ///
     /// ```no_run
     /// # fn f(port: &proactor::Iocp, file: &proactor::Handle<std::fs::File>) {
@@ -589,7 +598,8 @@ impl Iocp {
         self.with_user(0).read_at(handle, buf, offset)
     }
 
-    /// Writes all of `buf` at `offset` (`WriteFile`).
+    /// Writes all of `buf` at `offset` (`WriteFile`). An offset above `i64::MAX` is refused as
+    /// by [`read_at`](Iocp::read_at).
     ///
     /// ```no_run
     /// # fn f(port: &proactor::Iocp, file: &proactor::Handle<std::fs::File>) {

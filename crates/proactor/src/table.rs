@@ -377,7 +377,6 @@ impl<V> Table<V> {
     }
 
     /// Runs `f` on every entry, one shard locked at a time.
-    #[cfg_attr(not(windows), allow(dead_code))]
     pub(crate) fn for_each(&self, mut f: impl FnMut(OpId, &V)) {
         for n in 0..SHARDS {
             let shard = self.lock(n);

@@ -166,3 +166,56 @@ fn cancel_racing_completion_delivers_exactly_one_completion() {
     );
     eprintln!("cancel race: {data} completed first, {cancelled} cancelled");
 }
+
+/// Found by review (helper 47): two handles of one socket (`try_clone`: two descriptors, one
+/// open file), a reader and a writer. Dropping one, or `cancel_all` on it, cancels its own
+/// operations only: io_uring's cancel by descriptor matches the open file, and ended the other
+/// handle's receive too. The dropped handle's own send, stuck behind a peer that does not
+/// read, is cancelled.
+#[cfg(target_os = "linux")]
+#[test]
+fn dropping_a_cloned_handle_leaves_the_other_handles_operations_alone() {
+    use std::{
+        io::Read,
+        net::{TcpListener, TcpStream},
+    };
+    for drop_it in [false, true] {
+        let port = Iocp::new().unwrap();
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let clone = s.try_clone().unwrap();
+        let reader = port.add_handle(s, 1).unwrap();
+        let writer = port.add_handle(clone, 2).unwrap();
+        let read = port.recv(&reader, Vec::with_capacity(64));
+        let stuck = port.send(&writer, vec![7; 64 << 20]); // more than the buffers hold
+        assert!(
+            port.get_completion(Some(Duration::from_millis(100)))
+                .is_err()
+        );
+        if drop_it {
+            drop(writer);
+        } else {
+            port.cancel_all(&writer).unwrap();
+        }
+        let c = next_of(&port, OpKind::Send);
+        assert_eq!(c.id(), stuck);
+        assert!(c.is_cancelled(), "{c:?}");
+        if let Ok(c) = port.get_completion(Some(Duration::from_millis(200))) {
+            panic!(
+                "{} (dropped: {drop_it}): the reader's receive ended: {c:?}",
+                port.backend()
+            );
+        }
+        peer.write_all(b"data").unwrap();
+        let mut c = next_of(&port, OpKind::Recv);
+        assert_eq!(c.id(), read);
+        assert_eq!(c.take_buffer().unwrap(), b"data");
+        // The stuck send's bytes went out in order: the peer reads them, all sevens.
+        peer.set_nonblocking(true).unwrap();
+        let mut buf = vec![0; 1 << 20];
+        while let Ok(n) = peer.read(&mut buf) {
+            assert!(n > 0 && buf[..n].iter().all(|&b| b == 7));
+        }
+    }
+}

@@ -70,3 +70,40 @@ fn open_file_works_on_every_backend() {
         "truncated, then written"
     );
 }
+
+/// Found by review (helper 47): offsets above `i64::MAX` meant something different on each
+/// backend (io_uring: the file's current position at `u64::MAX`; epoll: `EINVAL`; Windows:
+/// the end of the file for a write). They are refused on every backend, the buffer handed
+/// back, and the file left as it was.
+#[test]
+fn offsets_above_i64_max_are_refused_on_every_backend() {
+    let (file, _path) = overlapped_file(
+        "huge-offsets",
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true),
+    );
+    let port = Iocp::new().unwrap();
+    let f = port.add_handle(file, 1).unwrap();
+    port.write_at(&f, b"0123456789".to_vec(), 0);
+    assert_eq!(next_of(&port, OpKind::Write).result().unwrap(), 10);
+    for offset in [1 << 63, u64::MAX - 1, u64::MAX] {
+        port.write_at(&f, b"XY".to_vec(), offset);
+        let mut c = next_of(&port, OpKind::Write);
+        let e = c.result().expect_err("refused");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{offset}: {e}");
+        assert_eq!(c.take_buffer().unwrap(), b"XY");
+        port.read_at(&f, Vec::with_capacity(4), offset);
+        let mut c = next_of(&port, OpKind::Read);
+        let e = c.result().expect_err("refused");
+        assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{offset}: {e}");
+        assert_eq!(c.take_buffer().unwrap().capacity(), 4);
+    }
+    port.read_at(&f, Vec::with_capacity(64), 0);
+    assert_eq!(
+        next_of(&port, OpKind::Read).take_buffer().unwrap(),
+        b"0123456789"
+    );
+}

@@ -78,6 +78,60 @@ fn a_pooled_receive_on_a_datagram_socket_is_refused() {
     assert_eq!(port.operations_in_flight(), 0);
 }
 
+/// A datagram longer than a `recv` or `recv_vectored` buffer (a connected datagram socket) is
+/// truncated as by `recv_from` and on the shared port, whether the receive was waiting when
+/// it came or found it queued: an error for which `is_truncated` holds, with the bytes that
+/// fit (a `recv` was cut silently, and with `MSG_TRUNC` alone its real length would have
+/// grown the buffer past what the kernel wrote).
+#[test]
+fn a_datagram_cut_short_by_recv_is_truncated() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 4096).unwrap();
+    let (a, b) = (
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+        std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+    );
+    a.connect(b.local_addr().unwrap()).unwrap();
+    b.connect(a.local_addr().unwrap()).unwrap();
+    let ours = port.add_handle(a, 9).unwrap();
+    for vectored in [false, true] {
+        for waiting_first in [true, false] {
+            let start = |port: &LocalPort| match vectored {
+                false => port.recv(&ours, Vec::with_capacity(4)),
+                true => {
+                    port.recv_vectored(&ours, vec![Vec::with_capacity(3), Vec::with_capacity(2)])
+                }
+            };
+            if waiting_first {
+                start(&port);
+                assert!(within(&port, 50).is_none());
+                b.send(b"longer than five").unwrap();
+            } else {
+                b.send(b"longer than five").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                start(&port);
+            }
+            let case = format!("vectored: {vectored}, waiting first: {waiting_first}");
+            let mut c = next(&port);
+            let err = c.result().expect_err(&case);
+            assert!(proactor::is_truncated(&err), "{case}: {err:?}");
+            let got = match vectored {
+                false => c.take_buffer().unwrap(),
+                true => c.take_buffers().unwrap().concat(),
+            };
+            let fit = if vectored { 5 } else { 4 };
+            assert_eq!(got, &b"longer than five"[..fit], "{case}");
+            assert_eq!(c.bytes_transferred(), fit, "{case}");
+        }
+    }
+    port.recv(&ours, Vec::with_capacity(64));
+    b.send(b"next").unwrap();
+    let mut c = next(&port);
+    assert_eq!(c.result().unwrap(), 4);
+    assert_eq!(c.take_buffer().unwrap(), b"next");
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
 #[test]
 fn a_receive_with_a_buffer_beside_a_pooled_receive_is_refused_with_its_buffer() {
     let _s = serial();
@@ -1500,4 +1554,79 @@ fn a_multishot_receive_started_after_the_end_of_the_stream_came_ahead() {
     assert!(none.is_empty(), "{} bytes after the end", none.len());
     assert_eq!(last.result().unwrap(), 0, "{last:?}");
     assert_eq!(port.operations_in_flight(), 0);
+}
+
+/// Offsets above `i64::MAX` are refused by the port of one thread too (its own ring on Linux
+/// took them to io_uring, where `u64::MAX` is the file's current position).
+#[test]
+fn offsets_above_i64_max_are_refused() {
+    let _s = serial();
+    let (file, _path) = common::overlapped_file(
+        "local-huge-offsets",
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true),
+    );
+    let port = LocalPort::with_pool(2, 4096).unwrap();
+    let f = port.add_handle(file, 1).unwrap();
+    for offset in [1 << 63, u64::MAX] {
+        port.write_at(&f, b"XY".to_vec(), offset);
+        let mut c = next(&port);
+        let e = c.result().expect_err("refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{offset}: {e}");
+        assert_eq!(c.take_buffer().unwrap(), b"XY");
+        port.read_at(&f, Vec::with_capacity(4), offset);
+        let e = next(&port).result().expect_err("refused");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{offset}: {e}");
+    }
+    port.read_at(&f, Vec::with_capacity(4), 0);
+    assert_eq!(next(&port).result().unwrap(), 0, "nothing was written");
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+/// Two handles of one socket (`try_clone`), a reader and a writer, on the port of one thread:
+/// dropping the writer, or `cancel_all` on it, cancels its own stuck send only. The reader's
+/// receive goes on (a cancel by fixed slot or descriptor matches the open file, which the two
+/// share; a multishot receive it ended would be armed again unseen, a receive with a buffer
+/// would end cancelled). Linux: on Windows a duplicated socket is the same one, which a
+/// completion port takes once.
+#[cfg(target_os = "linux")]
+#[test]
+fn dropping_a_cloned_handle_leaves_the_other_handles_operations_alone() {
+    let _s = serial();
+    for drop_it in [false, true] {
+        let port = LocalPort::with_pool(4, 4096).unwrap();
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut peer = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let clone = s.try_clone().unwrap();
+        let reader = port.add_handle(s, 1).unwrap();
+        let writer = port.add_handle(clone, 2).unwrap();
+        let read = port.recv(&reader, Vec::with_capacity(64));
+        let stuck = port.send(&writer, vec![7; 64 << 20]); // more than the buffers hold
+        assert!(within(&port, 100).is_none());
+        if drop_it {
+            drop(writer);
+        } else {
+            port.cancel_all(&writer).unwrap();
+        }
+        let c = next(&port);
+        assert_eq!(c.id(), stuck);
+        assert!(c.is_cancelled(), "{c:?}");
+        if let Some(c) = within(&port, 200) {
+            panic!("(dropped: {drop_it}) the reader's receive ended: {c:?}");
+        }
+        // Read the stuck send's bytes away; then the reader's receive gets what the peer sends.
+        peer.set_nonblocking(true).unwrap();
+        let mut buf = vec![0; 1 << 20];
+        while let Ok(n) = peer.read(&mut buf) {
+            assert!(n > 0 && buf[..n].iter().all(|&b| b == 7));
+        }
+        peer.write_all(b"data").unwrap();
+        let mut c = next(&port);
+        assert_eq!(c.id(), read);
+        assert_eq!(c.take_buffer().unwrap(), b"data");
+    }
 }

@@ -9,7 +9,7 @@ use std::{
     time::Duration,
 };
 
-use common::{each_ip, next_of};
+use common::{each_ip, next, next_of};
 use proactor::{Iocp, OpKind};
 
 #[test]
@@ -100,4 +100,91 @@ fn a_send_to_a_closed_port_does_not_break_the_next_receive() {
     c.result()
         .expect("no reset from the earlier unreachable port");
     assert_eq!(c.take_buffer().unwrap(), b"still fine");
+}
+
+/// Found by review (helper 46): on Windows `readable` was a zero-byte receive, which on a
+/// datagram socket takes the datagram (cut to nothing) and drops it. It must only say that
+/// one waits, whether it was pending when the datagram came or found it waiting; the next
+/// receive gets it whole, with its source (on Linux it is a poll).
+#[test]
+fn readable_on_a_datagram_socket_leaves_the_datagram() {
+    let port = Iocp::new().unwrap();
+    let ours = port
+        .add_handle(UdpSocket::bind("127.0.0.1:0").unwrap(), 0)
+        .unwrap();
+    let theirs = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = ours.local_addr().unwrap();
+    for pending_first in [true, false] {
+        let datagram: &[u8] = if pending_first { b"first" } else { b"second" };
+        if pending_first {
+            port.readable(&ours);
+            std::thread::sleep(Duration::from_millis(50));
+            theirs.send_to(datagram, to).unwrap();
+        } else {
+            theirs.send_to(datagram, to).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            port.readable(&ours);
+        }
+        let c = next_of(&port, OpKind::Readable);
+        assert_eq!(c.result().unwrap(), 0, "pending first: {pending_first}");
+        port.recv_from(&ours, Vec::with_capacity(64));
+        let mut c = port
+            .get_completion(Some(Duration::from_secs(2)))
+            .unwrap_or_else(|_| panic!("the datagram is gone (pending first: {pending_first})"));
+        assert_eq!(c.kind(), OpKind::RecvFrom);
+        c.result().unwrap();
+        assert_eq!(c.take_buffer().unwrap(), datagram);
+        assert_eq!(c.peer_addr(), Some(theirs.local_addr().unwrap()));
+    }
+}
+
+/// Found by review (helper 46): a datagram longer than a `recv` or `recv_vectored` buffer (a
+/// connected datagram socket) is truncated as for `recv_from`, whether the receive was pending
+/// when it came or found it waiting: an error for which `is_truncated` holds, with the bytes
+/// that fit (Windows reported ERROR_MORE_DATA or WSAEMSGSIZE by timing; Linux cut it silently).
+#[test]
+fn a_datagram_cut_short_by_recv_is_truncated_whatever_the_timing() {
+    let port = Iocp::new().unwrap();
+    let (a, b) = (
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+    );
+    a.connect(b.local_addr().unwrap()).unwrap();
+    b.connect(a.local_addr().unwrap()).unwrap();
+    let ours = port.add_handle(a, 0).unwrap();
+    for vectored in [false, true] {
+        for pending_first in [true, false] {
+            let start = |port: &Iocp| match vectored {
+                false => port.recv(&ours, Vec::with_capacity(4)),
+                true => {
+                    port.recv_vectored(&ours, vec![Vec::with_capacity(3), Vec::with_capacity(2)])
+                }
+            };
+            if pending_first {
+                start(&port);
+                std::thread::sleep(Duration::from_millis(50));
+                b.send(b"longer than five").unwrap();
+            } else {
+                b.send(b"longer than five").unwrap();
+                std::thread::sleep(Duration::from_millis(50));
+                start(&port);
+            }
+            let case = format!("vectored: {vectored}, pending first: {pending_first}");
+            let mut c = next(&port);
+            let err = c.result().expect_err(&case);
+            assert!(proactor::is_truncated(&err), "{case}: {err:?}");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{case}: {err}");
+            let got = match vectored {
+                false => c.take_buffer().unwrap(),
+                true => c.take_buffers().unwrap().concat(),
+            };
+            let fit = if vectored { 5 } else { 4 };
+            assert_eq!(got, &b"longer than five"[..fit], "{case}");
+            assert_eq!(c.bytes_transferred(), fit, "{case}");
+        }
+    }
+    // The socket still works.
+    port.recv(&ours, Vec::with_capacity(64));
+    b.send(b"next").unwrap();
+    assert_eq!(next_of(&port, OpKind::Recv).take_buffer().unwrap(), b"next");
 }

@@ -298,3 +298,26 @@ fn a_client_with_an_abstract_name() {
     assert_eq!(peer.as_abstract_namespace(), Some(name.as_bytes()));
     assert!(peer.as_pathname().is_none());
 }
+
+/// Found by review (helper 47): a `SOCK_SEQPACKET` message longer than a `recv` buffer lost
+/// its rest silently (`Ok(4)`, and the next receive got the next message). It is truncated as
+/// a datagram is: an error for which `is_truncated` holds, with the bytes that fit, and the
+/// next receive gets the next message whole.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_seqpacket_message_cut_short_by_recv_is_truncated() {
+    let port = Iocp::new().unwrap();
+    let (a, b) = Socket::pair(Domain::UNIX, Type::SEQPACKET, None).unwrap();
+    let ours = port.add_handle(a, 1).unwrap();
+    port.recv(&ours, Vec::with_capacity(4));
+    b.send(b"longer than four").unwrap();
+    b.send(b"next").unwrap();
+    let mut c = next_of(&port, OpKind::Recv);
+    let err = c.result().expect_err("a message cut short");
+    assert!(proactor::is_truncated(&err), "{err}");
+    assert_eq!(c.take_buffer().unwrap(), b"long");
+    port.recv(&ours, Vec::with_capacity(64));
+    let mut c = next_of(&port, OpKind::Recv);
+    assert_eq!(c.result().unwrap(), 4);
+    assert_eq!(c.take_buffer().unwrap(), b"next");
+}

@@ -64,7 +64,7 @@ use std::{
 use super::{
     Driver,
     error::{from_errno, last_error},
-    op::{ACCEPT_RESTARTS, Op, OpData, aim_at_room, complete, is_client_reset},
+    op::{ACCEPT_RESTARTS, Op, OpData, aim_at_room, complete, is_client_reset, truncation_shows},
 };
 use crate::{
     Completion, OpId, OpKind,
@@ -312,9 +312,10 @@ impl Epoll {
         let result = match op.kind {
             OpKind::Recv | OpKind::Read => {
                 let (ptr, len) = op.spare();
-                // SAFETY: `ptr` is the spare capacity of a buffer the record owns, `len` long.
-                let received =
-                    retry(|| unsafe { libc::recv(fd, ptr.cast(), len, libc::MSG_DONTWAIT) });
+                let flags = libc::MSG_DONTWAIT | truncation_shows(op.datagram);
+                // SAFETY: `ptr` is the spare capacity of a buffer the record owns, `len` long
+                // (with MSG_TRUNC the result may be larger, but no more than `len` is written).
+                let received = retry(|| unsafe { libc::recv(fd, ptr.cast(), len, flags) });
                 match received {
                     // Not a socket (a pipe): a read that cannot block.
                     Err(e) if crate::raw_os_error(&e) == Some(libc::ENOTSOCK) => {
@@ -329,8 +330,9 @@ impl Epoll {
                 };
                 aim_at_room(iov, msg);
                 let msg: *mut libc::msghdr = &mut **msg;
+                let flags = libc::MSG_DONTWAIT | truncation_shows(op.datagram);
                 // SAFETY: the msghdr and its iovecs point into buffers the record owns.
-                retry(|| unsafe { libc::recvmsg(fd, msg, libc::MSG_DONTWAIT) })
+                retry(|| unsafe { libc::recvmsg(fd, msg, flags) })
             }
             OpKind::RecvFrom | OpKind::SendTo => {
                 let msg = match &mut op.data {
@@ -339,11 +341,8 @@ impl Epoll {
                     }
                     _ => return Attempt::Done(Ok(0)),
                 };
-                let flags = if op.kind == OpKind::RecvFrom && op.datagram {
-                    libc::MSG_DONTWAIT | libc::MSG_TRUNC // the real length shows truncation
-                } else if op.kind == OpKind::RecvFrom {
-                    // A stream socket: MSG_TRUNC would discard the bytes without copying them.
-                    libc::MSG_DONTWAIT
+                let flags = if op.kind == OpKind::RecvFrom {
+                    libc::MSG_DONTWAIT | truncation_shows(op.datagram)
                 } else {
                     libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL
                 };
@@ -824,7 +823,8 @@ impl Driver for Epoll {
         self.table.len() + self.ready.len()
     }
 
-    fn associate(&self, fd: RawFd, socket: bool) -> io::Result<()> {
+    fn associate(&self, fd: RawFd, nature: &super::Nature) -> io::Result<()> {
+        let socket = nature.socket;
         // EPOLLPRI: urgent data ends read tracking (see the module docs).
         let events = (libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLPRI) as u32;
         let kind = match self.register(fd, fd as u64, events) {
@@ -964,7 +964,8 @@ mod tests {
         let port = Epoll::new().unwrap();
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let fd = a.as_raw_fd();
-        port.associate(fd, true).unwrap();
+        port.associate(fd, &super::super::nature(fd).unwrap())
+            .unwrap();
         let recv = || {
             let buf = OpData::Buffer {
                 buf: Vec::with_capacity(8),

@@ -9,6 +9,7 @@
 
 mod epoll;
 mod error;
+mod files;
 mod op;
 mod ring;
 mod uring;
@@ -72,7 +73,7 @@ pub(crate) trait Driver: Send + Sync {
     }
     fn in_flight(&self) -> usize;
     /// Prepares `fd` for operations (the epoll backend registers it).
-    fn associate(&self, fd: RawFd, socket: bool) -> io::Result<()>;
+    fn associate(&self, fd: RawFd, nature: &Nature) -> io::Result<()>;
     /// Forgets `fd` before its owner closes it.
     fn forget(&self, fd: RawFd);
     /// Completes, as cancelled, the operations waiting in the lanes of a handle that is
@@ -201,12 +202,14 @@ impl Port {
         _foreign: bool,
         context: usize,
     ) -> io::Result<Target> {
+        let nature = nature(raw.0)?;
+        self.driver.associate(raw.0, &nature)?;
         let Nature {
             socket,
             stream,
             datagram,
-        } = nature(raw.0)?;
-        self.driver.associate(raw.0, socket)?;
+            ..
+        } = nature;
         Ok(Target {
             context,
             raw,
@@ -270,6 +273,10 @@ impl Port {
             op.refused = Some(crate::error::needs_socket());
         } else if nothing_to_receive(&mut op) {
             op.refused = Some(crate::error::no_spare_capacity());
+        } else if matches!(kind, OpKind::Read | OpKind::Write)
+            && crate::error::refused_offset(offset)
+        {
+            op.refused = Some(crate::error::offset_too_large());
         } else if op.datagram && too_many_buffers(&op) {
             // One datagram per call, and a call takes at most IOV_MAX buffers: sending the
             // rest in a second call would split the message (as the kernel would refuse it).
@@ -483,6 +490,8 @@ pub(crate) struct Nature {
     pub(crate) stream: bool,
     /// A socket that keeps message boundaries (datagram, seqpacket, raw).
     pub(crate) datagram: bool,
+    /// Its open file's identity (device, inode), which its clones share (`files.rs`).
+    pub(crate) file: files::FileId,
 }
 
 /// What descriptor `fd` is (`fstat`, then `SO_TYPE` for a socket); `InvalidInput` with the OS
@@ -512,6 +521,7 @@ pub(crate) fn nature(fd: RawFd) -> io::Result<Nature> {
         socket,
         stream,
         datagram,
+        file: (st.st_dev, st.st_ino),
     })
 }
 

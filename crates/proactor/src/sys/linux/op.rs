@@ -339,11 +339,42 @@ pub(crate) fn vectored(mut bufs: Vec<Vec<u8>>, receive: bool) -> OpData {
 /// one that fills `IOV_MAX` of them is a short receive. The iovecs themselves (each buffer's
 /// spare capacity) never change. A send is aimed by [`Op::aim_at_unsent`] instead.
 pub(crate) fn aim_at_room(iov: &mut [libc::iovec], msg: &mut libc::msghdr) {
+    let aimed = aimed(iov);
+    msg.msg_iov = iov[aimed.start..].as_mut_ptr();
+    msg.msg_iovlen = aimed.len() as _;
+}
+
+/// The iovecs [`aim_at_room`] aims a gather receive at: from the first with room, `IOV_MAX`
+/// at most (`first` <= `iov.len()`: in bounds, or one past when there are no iovecs).
+fn aimed(iov: &[libc::iovec]) -> std::ops::Range<usize> {
     let first = iov.iter().position(|v| v.iov_len > 0).unwrap_or(0);
-    let end = iov.len().min(first + IOV_MAX);
-    // `first` <= iov.len(): in bounds, or one past when there are no iovecs.
-    msg.msg_iov = iov[first..].as_mut_ptr();
-    msg.msg_iovlen = (end - first) as _;
+    first..iov.len().min(first + IOV_MAX)
+}
+
+/// The receive flags that make a datagram's truncation show: `MSG_TRUNC` on a socket that
+/// keeps message boundaries (the result is then the datagram's real length, which [`complete`]
+/// compares with the room); none on a stream socket, where it would discard the bytes without
+/// copying them.
+pub(crate) fn truncation_shows(datagram: bool) -> i32 {
+    if datagram { libc::MSG_TRUNC } else { 0 }
+}
+
+/// The error of a datagram cut to the receive's room: `EMSGSIZE`, with
+/// [`is_truncated`](crate::is_truncated) true.
+pub(crate) fn datagram_truncated() -> io::Error {
+    crate::error::truncated(libc::EMSGSIZE, None)
+}
+
+/// What a datagram receive took: it passed `MSG_TRUNC`, so `real` is the datagram's real
+/// length, and past `room` (what the receive had room for) the datagram was cut to `room`:
+/// an error, as on Windows, that keeps what arrived.
+fn datagram_cut(real: usize, room: usize, error: &mut Option<io::Error>) -> usize {
+    if real > room {
+        *error = Some(datagram_truncated());
+        room
+    } else {
+        real
+    }
 }
 
 /// Turns a finished record and its result (bytes, or an accepted fd) into the completion.
@@ -356,6 +387,7 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>) -> Completion {
         data,
         refused,
         progress,
+        datagram,
         ..
     } = op;
     let result = match refused {
@@ -377,17 +409,29 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>) -> Completion {
             Output::None
         }
         OpData::Buffer { mut buf, done } => {
-            if matches!(kind, OpKind::Recv | OpKind::Read) && error.is_none() {
-                // SAFETY: the kernel wrote `bytes` bytes at the start of the spare capacity.
+            let received = error.is_none();
+            if kind == OpKind::Recv && datagram && received {
+                bytes = datagram_cut(bytes, buf.capacity() - buf.len(), &mut error);
+            }
+            if matches!(kind, OpKind::Recv | OpKind::Read) && received {
+                // SAFETY: the kernel wrote `bytes` bytes at the start of the spare capacity
+                // (a datagram's real length was cut to that above).
                 unsafe { grow_by(&mut buf, bytes) };
             } else if matches!(kind, OpKind::Send | OpKind::Write) {
                 bytes = done.max(bytes);
             }
             Output::Buffer(buf)
         }
-        OpData::Buffers { mut bufs, .. } => {
-            if kind == OpKind::RecvVectored && error.is_none() {
-                // SAFETY: recvmsg scatters `bytes` bytes over the spare capacities in order.
+        OpData::Buffers { mut bufs, iov, .. } => {
+            let received = error.is_none();
+            if kind == OpKind::RecvVectored && datagram && received {
+                // What the receive was aimed at (`aim_at_room`), not every buffer's room.
+                let room = iov[aimed(&iov)].iter().map(|v| v.iov_len).sum();
+                bytes = datagram_cut(bytes, room, &mut error);
+            }
+            if kind == OpKind::RecvVectored && received {
+                // SAFETY: recvmsg scatters `bytes` bytes over the spare capacities in order (a
+                // datagram's real length was cut to what it was aimed at above).
                 unsafe { grow_vectored_by(&mut bufs, bytes) };
             } else if kind == OpKind::SendVectored {
                 bytes = progress.max(bytes); // also what a failed or cancelled send had sent
@@ -420,14 +464,9 @@ pub(crate) fn complete(op: Op, result: io::Result<usize>) -> Completion {
             ..
         } => {
             if error.is_none() {
-                let spare = buf.capacity() - buf.len();
-                if bytes > spare {
-                    // MSG_TRUNC (passed on message sockets only) made the kernel report the
-                    // datagram's real length: it was truncated. An error, as on Windows, that
-                    // keeps what arrived.
-                    error = Some(crate::error::truncated(libc::EMSGSIZE, None));
-                    bytes = spare;
-                }
+                // MSG_TRUNC is passed on message sockets only; on a stream socket `bytes` is
+                // at most the room anyway.
+                bytes = datagram_cut(bytes, buf.capacity() - buf.len(), &mut error);
                 // SAFETY: the receive succeeded, and the kernel copied min(real length, spare)
                 // bytes at the start of the spare capacity: `bytes` is that, never more.
                 unsafe { grow_by(&mut buf, bytes) };

@@ -85,7 +85,8 @@ use io_uring::{
 use super::{
     Driver, Life,
     error::from_errno,
-    op::{ACCEPT_RESTARTS, Dir, Op, OpData, Order, complete, is_client_reset},
+    files::Files,
+    op::{ACCEPT_RESTARTS, Dir, Op, OpData, Order, complete, is_client_reset, truncation_shows},
 };
 use crate::{
     Completion, OpId, OpKind,
@@ -181,6 +182,8 @@ pub(crate) struct Uring {
     /// The doorbell: a private two-entry ring through which a thread that does not dequeue
     /// sends an `IORING_OP_MSG_RING` to the main ring (`None` with SQPOLL).
     doorbell: Option<Mutex<IoUring>>,
+    /// The handles' open files, for `cancel_fd`.
+    files: Files,
 }
 
 /// An operation in flight, as the table knows it.
@@ -287,6 +290,7 @@ impl Uring {
             sq: Mutex::new(0),
             cq: Mutex::new(()),
             table: Table::new(),
+            files: Files::default(),
             closing: AtomicBool::new(false),
             submission: Submission::new(),
             lead: Lead::new(),
@@ -440,6 +444,21 @@ impl Uring {
     /// the queued SQEs then belong to this thread and complete cancelled if it exits while they
     /// wait. That happens when no thread serves the port (at shutdown, or before the first
     /// dequeue) or every worker stays busy.
+    /// Cancels what `cancel` matches and waits until it is done (operations on `fd`, for the
+    /// log).
+    fn sync_cancel(&self, fd: RawFd, cancel: CancelBuilder) {
+        let wait = Timespec::new().sec(SYNC_CANCEL_TIMEOUT.as_secs());
+        match self
+            .ring
+            .submitter()
+            .register_sync_cancel(Some(wait), cancel)
+        {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {} // nothing was in flight
+            Err(e) => tracing::warn!(fd, error = %e, "cancelling operations before close"),
+        }
+    }
+
     fn drain_submissions(&self) {
         let (target, consumed) = self.sq_progress();
         if consumed >= target {
@@ -517,6 +536,7 @@ impl Uring {
                 OpKind::Recv => {
                     let (ptr, len) = op.spare();
                     opcode::Recv::new(fd, ptr, clamp(len))
+                        .flags(truncation_shows(op.datagram))
                         .ioprio(POLL_FIRST)
                         .build()
                 }
@@ -547,7 +567,10 @@ impl Uring {
                         _ => ptr::null_mut(),
                     };
                     if op.kind == OpKind::RecvVectored {
-                        opcode::RecvMsg::new(fd, msg).ioprio(POLL_FIRST).build()
+                        opcode::RecvMsg::new(fd, msg)
+                            .flags(truncation_shows(op.datagram) as u32)
+                            .ioprio(POLL_FIRST)
+                            .build()
                     } else {
                         opcode::SendMsg::new(fd, msg)
                             .flags(libc::MSG_NOSIGNAL as u32)
@@ -562,15 +585,9 @@ impl Uring {
                         _ => ptr::null_mut(),
                     };
                     if op.kind == OpKind::RecvFrom {
-                        // MSG_TRUNC: the result is the datagram's real length, so truncation
-                        // shows. Message sockets only: on a stream socket it discards the bytes
-                        // without copying them.
-                        let flags = if op.datagram {
-                            libc::MSG_TRUNC as u32
-                        } else {
-                            0
-                        };
-                        opcode::RecvMsg::new(fd, msg).flags(flags).build()
+                        opcode::RecvMsg::new(fd, msg)
+                            .flags(truncation_shows(op.datagram) as u32)
+                            .build()
                     } else {
                         opcode::SendMsg::new(fd, msg)
                             .flags(libc::MSG_NOSIGNAL as u32)
@@ -1181,15 +1198,20 @@ impl Driver for Uring {
         // Only consumed SQEs can be cancelled: have the kernel consume everything queued first.
         self.drain_submissions();
         crate::failpoint::failpoint!("uring::cancel_fd");
-        let wait = Timespec::new().sec(SYNC_CANCEL_TIMEOUT.as_secs());
-        match self
-            .ring
-            .submitter()
-            .register_sync_cancel(Some(wait), CancelBuilder::fd(Fd(fd)).all())
-        {
-            Ok(()) => {}
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {} // nothing was in flight
-            Err(e) => tracing::warn!(fd, error = %e, "cancelling operations before close"),
+        if !self.files.shared(fd) {
+            return self.sync_cancel(fd, CancelBuilder::fd(Fd(fd)).all());
+        }
+        // Another handle shares the file, and a cancel by descriptor would end its operations
+        // too (`files.rs`): this descriptor's are cancelled one by one instead. One that ends
+        // meanwhile is not found (its slot's next operation has another sequence number).
+        let mut ids = Vec::new();
+        self.table.for_each(|id, slot| {
+            if slot.fd == fd && slot.waiting.is_none() {
+                ids.push(id);
+            }
+        });
+        for id in ids {
+            self.sync_cancel(fd, CancelBuilder::user_data(id.as_u64()).all());
         }
     }
 
@@ -1197,11 +1219,14 @@ impl Driver for Uring {
         self.table.len()
     }
 
-    fn associate(&self, _fd: RawFd, _socket: bool) -> io::Result<()> {
+    fn associate(&self, fd: RawFd, nature: &super::Nature) -> io::Result<()> {
+        self.files.associate(fd, nature.file);
         Ok(())
     }
 
-    fn forget(&self, _fd: RawFd) {}
+    fn forget(&self, fd: RawFd) {
+        self.files.forget(fd);
+    }
 
     fn withdraw_waiting(&self, order: &Order) {
         for dir in [Dir::Read, Dir::Write] {

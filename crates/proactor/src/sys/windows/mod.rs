@@ -69,6 +69,9 @@ pub(crate) struct Target {
     /// How operations on the handle complete.
     pub(crate) route: Route,
     pub(crate) life: Arc<Life>,
+    /// A socket that keeps message boundaries ([`keeps_boundaries`]): a zero-byte receive
+    /// peeks, since one that took its datagram would drop it.
+    pub(crate) datagram: bool,
 }
 
 impl Target {

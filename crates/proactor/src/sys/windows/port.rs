@@ -34,7 +34,7 @@ use windows_sys::{
     Win32::{
         Foundation::{
             ERROR_INVALID_HANDLE, ERROR_INVALID_PARAMETER, FALSE, HANDLE, INVALID_HANDLE_VALUE,
-            NTSTATUS, WAIT_TIMEOUT,
+            NTSTATUS, STATUS_INVALID_HANDLE, WAIT_TIMEOUT,
         },
         Storage::FileSystem::SetFileCompletionNotificationModes,
         System::{
@@ -185,6 +185,7 @@ impl Port {
                     foreign: Some(registry),
                 },
                 life: Arc::new(Life::new()),
+                datagram: super::keeps_boundaries(raw),
             });
         }
         if let RawIo::Handle(_) = raw {
@@ -240,6 +241,7 @@ impl Port {
                 foreign: None,
             },
             life: Arc::new(Life::new()),
+            datagram: super::keeps_boundaries(raw),
         })
     }
 
@@ -380,11 +382,17 @@ impl Port {
                 op.immediate = Some((0, None));
                 self.push_ready(op);
             }
-            Started::Failed(_) if route.foreign.is_none() && warning_queues_packet(raw) => {
+            Started::Failed(_)
+                if route.foreign.is_none()
+                    && !route.skip_on_success
+                    && warning_queues_packet(raw) =>
+            {
                 // A synchronous "failure" that is an NT warning (ERROR_MORE_DATA from a message
                 // pipe, a truncated datagram): the operation completed, and Windows' I/O
-                // manager queues a packet for warnings (only errors are not queued, and
-                // skip-on-success only skips successes). The packet finishes it.
+                // manager queues a packet for it as for a success (only errors are not
+                // queued), unless the handle skips the packets of what completes at once
+                // (then it is finished below, as libuv and .NET finish theirs). The packet
+                // finishes it.
                 tracing::trace!(op = kind.name(), %id, "submitted, completed with a warning; packet follows");
             }
             Started::Failed(code) => {
@@ -683,10 +691,20 @@ impl Port {
             (None, bytes) => {
                 let (status, internal_bytes) = op.status();
                 let bytes = bytes.unwrap_or(internal_bytes);
-                if status == 0 {
-                    (bytes, None)
-                } else {
-                    (bytes, Some(error::from_ntstatus(status)))
+                match status {
+                    0 => (bytes, None),
+                    // The handle was open when the operation started (a `Handle` or `Foreign`
+                    // borrows it), so the kernel found it closed under the operation: the drop
+                    // that closed it cancelled it (Wine reports this now and then for an
+                    // operation in flight as its handle closes).
+                    STATUS_INVALID_HANDLE => (
+                        bytes,
+                        Some(crate::error::cancelled(
+                            ERROR_INVALID_HANDLE as i32,
+                            Some(status),
+                        )),
+                    ),
+                    _ => (bytes, Some(error::from_ntstatus(status))),
                 }
             }
         };

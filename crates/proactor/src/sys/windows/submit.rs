@@ -10,8 +10,8 @@ use windows_sys::Win32::{
         GetLastError,
     },
     Networking::WinSock::{
-        AcceptEx, GetAcceptExSockaddrs, SIO_GET_EXTENSION_FUNCTION_POINTER, SOCKADDR, SOCKET,
-        TransmitFile, WSA_IO_PENDING, WSABUF, WSAECONNRESET, WSAEMSGSIZE, WSAGetLastError,
+        AcceptEx, GetAcceptExSockaddrs, MSG_PEEK, SIO_GET_EXTENSION_FUNCTION_POINTER, SOCKADDR,
+        SOCKET, TransmitFile, WSA_IO_PENDING, WSABUF, WSAECONNRESET, WSAEMSGSIZE, WSAGetLastError,
         WSAIoctl, WSARecv, WSARecvFrom, WSASend, WSASendTo,
     },
     Storage::FileSystem::{ReadFile, WriteFile},
@@ -89,6 +89,28 @@ fn wsabuf_data(buf: &[u8]) -> WSABUF {
     }
 }
 
+/// `WSABUF`s over `bufs` (address and length of each) holding `u32::MAX` bytes at most, the
+/// most one call moves and its `DWORD` count can say: past a buffer cut short, the next ones
+/// are left out, so that what moves is always a prefix of the whole and the count says where
+/// it ends (a partial transfer, which the caller continues). Each buffer alone clamped would
+/// skip the rest of a longer one and go on with the next.
+fn wsabufs_within_a_dword(bufs: impl Iterator<Item = (*mut u8, usize)>) -> Vec<WSABUF> {
+    let mut left = u32::MAX as usize;
+    let mut wsabufs = Vec::new();
+    for (buf, len) in bufs {
+        let take = len.min(left);
+        wsabufs.push(WSABUF {
+            len: take as u32,
+            buf: buf.cast(),
+        });
+        left -= take;
+        if take < len {
+            break;
+        }
+    }
+    wsabufs
+}
+
 impl Port {
     fn record(
         &self,
@@ -131,7 +153,10 @@ impl Port {
         user: usize,
         mut bufs: Vec<Vec<u8>>,
     ) -> OpId {
-        let wsabufs: Vec<WSABUF> = bufs.iter_mut().map(wsabuf_spare).collect();
+        let wsabufs = wsabufs_within_a_dword(bufs.iter_mut().map(|b| {
+            let spare = b.spare_capacity_mut();
+            (spare.as_mut_ptr().cast::<u8>(), spare.len())
+        }));
         let op = self.record(target, user, OpKind::RecvVectored, 0, OpData::Buffers(bufs));
         if let Some(err) = self.check(target, true) {
             return self.fail(op, err);
@@ -142,11 +167,17 @@ impl Port {
         self.recv_bufs(target, op, &wsabufs)
     }
 
-    /// A zero-byte `WSARecv`: completes when the socket has data, EOF or an error.
+    /// A zero-byte `WSARecv`: completes when the socket has data, EOF or an error. On a socket
+    /// that keeps message boundaries it peeks (`MSG_PEEK`): a zero-byte receive that took the
+    /// datagram would drop it (cut to nothing, `WSAEMSGSIZE`), and the peek's `WSAEMSGSIZE`
+    /// means a datagram waits (`complete` makes it `Ok(0)`).
     pub(crate) fn readable(&self, target: &Target, user: usize) -> OpId {
-        let op = self.record(target, user, OpKind::Readable, 0, OpData::Readable);
+        let mut op = self.record(target, user, OpKind::Readable, 0, OpData::Readable);
         if let Some(err) = self.check(target, true) {
             return self.fail(op, err);
+        }
+        if target.datagram {
+            op.flags = MSG_PEEK as u32;
         }
         self.recv_bufs(
             target,
@@ -189,7 +220,7 @@ impl Port {
 
     /// `WSASend` of every buffer in turn.
     pub(crate) fn send_vectored(&self, target: &Target, user: usize, bufs: Vec<Vec<u8>>) -> OpId {
-        let wsabufs: Vec<WSABUF> = bufs.iter().map(|b| wsabuf_data(b)).collect();
+        let wsabufs = wsabufs_within_a_dword(bufs.iter().map(|b| (b.as_ptr().cast_mut(), b.len())));
         let op = self.record(target, user, OpKind::SendVectored, 0, OpData::Buffers(bufs));
         self.send_bufs(target, op, &wsabufs)
     }
@@ -230,6 +261,9 @@ impl Port {
         if let Some(err) = self.check(target, false) {
             return self.fail(op, err);
         }
+        if crate::error::refused_offset(offset) {
+            return self.fail(op, crate::error::offset_too_large());
+        }
         if spare.len == 0 {
             return self.fail(op, crate::error::no_spare_capacity());
         }
@@ -256,6 +290,9 @@ impl Port {
         let op = self.record(target, user, OpKind::Write, offset, OpData::Buffer(buf));
         if let Some(err) = self.check(target, false) {
             return self.fail(op, err);
+        }
+        if crate::error::refused_offset(offset) {
+            return self.fail(op, crate::error::offset_too_large());
         }
         let handle = target.raw.handle();
         self.start(&target.route, op, |raw| {
@@ -637,6 +674,21 @@ impl Port {
         let mut error = error;
         let mut bytes = bytes;
         let mut peer = None;
+        // A datagram longer than the buffer (a socket's only warning; a pending receive gets it
+        // as ERROR_MORE_DATA from the port, one that found it waiting as WSAEMSGSIZE): for a
+        // readiness peek, a datagram waits; for a receive, the bytes that fit, reported as
+        // WinSock does, WSAEMSGSIZE, whichever way it came.
+        let too_long = error
+            .as_ref()
+            .and_then(crate::raw_os_error)
+            .is_some_and(|c| c == ERROR_MORE_DATA as i32 || c == WSAEMSGSIZE);
+        match kind {
+            OpKind::Readable if too_long => error = None,
+            OpKind::Recv | OpKind::RecvVectored | OpKind::RecvFrom if too_long => {
+                error = Some(crate::error::truncated(WSAEMSGSIZE, None));
+            }
+            _ => {}
+        }
         let output = match data {
             OpData::None | OpData::Readable | OpData::Transmit { .. } => Output::None,
             OpData::Post(value) => {
@@ -662,16 +714,7 @@ impl Port {
                 Output::buffers(bufs)
             }
             OpData::RecvFrom { mut buf, from } => {
-                // A truncated datagram (ERROR_MORE_DATA from the port) still carries its bytes
-                // and its source: report it as WinSock does, WSAEMSGSIZE.
-                if error.as_ref().is_some_and(|e| {
-                    matches!(
-                        crate::raw_os_error(e),
-                        Some(c) if c == ERROR_MORE_DATA as i32 || c == WSAEMSGSIZE
-                    )
-                }) {
-                    error = Some(crate::error::truncated(WSAEMSGSIZE, None));
-                }
+                // A truncated datagram (above) still carries its bytes and its source.
                 // SAFETY: the kernel wrote `bytes` bytes (the datagram, or as much as fitted) at
                 // the start of the spare capacity.
                 unsafe { grow_by(&mut buf, bytes) };
@@ -857,3 +900,30 @@ fn finish_accept(
 }
 
 const _: () = assert!(mem::size_of::<SOCKET>() == mem::size_of::<usize>());
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lens(bufs: &[usize]) -> Vec<u32> {
+        // Lengths only: the addresses are never dereferenced.
+        let at = ptr::dangling_mut::<u8>();
+        wsabufs_within_a_dword(bufs.iter().map(|&len| (at, len)))
+            .iter()
+            .map(|b| b.len)
+            .collect()
+    }
+
+    /// Found by review (helper 46): each buffer clamped alone made a vectored send of a 5 GiB
+    /// buffer then 4 bytes send 4 GiB - 1 of the first, then the 4, skipping the rest.
+    #[test]
+    fn vectored_buffers_past_a_dword_are_cut_to_a_prefix() {
+        const MAX: usize = u32::MAX as usize;
+        assert_eq!(lens(&[5, 0, 7]), [5, 0, 7]);
+        assert_eq!(lens(&[5 << 30, 4]), [u32::MAX]);
+        assert_eq!(lens(&[5, MAX, 3]), [5, u32::MAX - 5]);
+        assert_eq!(lens(&[MAX - 2, 2, 1]), [u32::MAX - 2, 2, 0]);
+        assert_eq!(lens(&[MAX, 0, 0]), [u32::MAX, 0, 0]);
+        assert_eq!(lens(&[]), [0u32; 0]);
+    }
+}

@@ -15,6 +15,7 @@ impl State {
             socket,
             stream,
             datagram,
+            file,
         } = super::super::nature(raw)?;
         let idx = match self.free_handles.pop() {
             Some(idx) => idx,
@@ -74,6 +75,7 @@ impl State {
         h.eof = false;
         h.armed = NONE;
         self.cold[idx as usize].raw = raw;
+        self.files.associate(raw, file);
         Ok((u32::from(h.generation) << 16) | idx)
     }
 
@@ -109,6 +111,7 @@ impl State {
                 tracing::warn!(error = %e, "submitting the cancels of a closing handle");
             }
         }
+        self.files.forget(self.cold[idx as usize].raw);
         // Clear the slot: the connection closes with the owner's descriptor.
         if let Err(e) = self.ring.submitter().register_files_update(idx, &[-1]) {
             tracing::warn!(error = %e, "clearing a fixed-file slot");

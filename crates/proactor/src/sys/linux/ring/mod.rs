@@ -66,6 +66,7 @@ use self::{
 use super::{
     RawIo,
     error::from_errno,
+    files::Files,
     op::{self, Dir, Op as Record, OpData},
     uring::Uring,
 };
@@ -110,6 +111,9 @@ struct State {
     seq: Sequence,
     handles: Vec<Handle>,
     cold: Vec<Cold>,
+    /// The handles' open files: a cancel by descriptor or fixed slot would end the operations
+    /// of a clone of the handle too (`push_cancels`).
+    files: Files,
     free_handles: Vec<u32>,
     table_size: u32,
     bufs: BufRing,
@@ -348,6 +352,7 @@ impl Ring {
                 seq: Sequence::new(),
                 handles: Vec::new(),
                 cold: Vec::new(),
+                files: Files::default(),
                 free_handles: Vec::new(),
                 table_size,
                 bufs,

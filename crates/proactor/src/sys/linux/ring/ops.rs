@@ -103,6 +103,10 @@ impl State {
                 r.datagram = datagram;
                 if super::super::nothing_to_receive(&mut r) {
                     r.refused = Some(crate::error::no_spare_capacity());
+                } else if matches!(kind, OpKind::Read | OpKind::Write)
+                    && crate::error::refused_offset(offset)
+                {
+                    r.refused = Some(crate::error::offset_too_large());
                 } else if r.datagram && super::super::too_many_buffers(&r) {
                     r.refused = Some(from_errno(libc::EMSGSIZE));
                 }
@@ -475,12 +479,32 @@ impl State {
     }
 
     /// Queues the cancels of everything in the kernel on handle `h`: by its fixed slot, and by
-    /// descriptor too when records (which name the raw descriptor) are among them.
+    /// descriptor too when records (which name the raw descriptor) are among them; or, when a
+    /// clone of the handle shares its file (either cancel matches the file, and would end the
+    /// clone's operations too: `files.rs`), each of its operations by `user_data`.
     pub(super) fn push_cancels(&mut self, h: u32) {
         let (raw_ops, raw) = {
             let cold = &self.cold[h as usize];
             (cold.raw_ops, cold.raw)
         };
+        if self.files.shared(raw) {
+            let mine: Vec<u64> = (0..self.slots.len() as u32)
+                .filter(|&i| {
+                    self.slots[i as usize]
+                        .op
+                        .as_ref()
+                        .is_some_and(|op| op.handle == h && op.in_kernel)
+                })
+                .map(|i| self.ud(i))
+                .collect();
+            for ud in mine {
+                let one = opcode::AsyncCancel2::new(CancelBuilder::user_data(ud).all())
+                    .build()
+                    .user_data(0);
+                self.push(&one);
+            }
+            return;
+        }
         let fixed = opcode::AsyncCancel2::new(CancelBuilder::fd(Fixed(h)).all())
             .build()
             .user_data(0);

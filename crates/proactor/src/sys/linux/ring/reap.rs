@@ -322,11 +322,23 @@ impl State {
         let body = std::mem::replace(&mut op.body, Body::Nothing);
         match body {
             Body::Recv(mut buf) => {
-                if let Ok(n) = result {
-                    // SAFETY: the kernel wrote `n` bytes at the start of the spare capacity.
-                    unsafe { grow_by(&mut buf, n) };
-                }
+                let room = buf.capacity() - buf.len();
+                let (result, got) = match result {
+                    // A datagram's real length (the receive passes `MSG_TRUNC` on a socket that
+                    // keeps message boundaries) past the room: cut to it, an error, as on the
+                    // shared port, that keeps what arrived.
+                    Ok(n) if n > room => (Err(op::datagram_truncated()), room),
+                    Ok(n) => (Ok(n), n),
+                    Err(e) => (Err(e), 0),
+                };
+                // SAFETY: the kernel wrote `got` bytes at the start of the spare capacity (the
+                // datagram's real length cut to the room).
+                unsafe { grow_by(&mut buf, got) };
+                let cut = result.is_err() && got > 0;
                 self.deliver(idx, result, Output::Buffer(buf), None);
+                if cut && let Some(last) = self.ready.back_mut().filter(|_| !self.closing) {
+                    last.bytes = got;
+                }
             }
             Body::Send { buf, done } => {
                 let result = result.map(|_| done);

@@ -84,7 +84,9 @@ impl State {
         let sqe = match &mut op.body {
             Body::Recv(buf) => {
                 let spare = buf.spare_capacity_mut();
+                let datagram = self.handles[op.handle as usize].datagram;
                 opcode::Recv::new(fixed, spare.as_mut_ptr().cast(), clamp(spare.len()))
+                    .flags(op::truncation_shows(datagram))
                     .ioprio(POLL_FIRST)
                     .build()
             }
