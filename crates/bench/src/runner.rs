@@ -561,6 +561,8 @@ struct Session {
     reps: usize,
     secs: u64,
     warmup: Duration,
+    /// Whether a run was thrown away yet ([`Session::throw_first_away`]).
+    warmed: bool,
     failed: bool,
 }
 
@@ -574,19 +576,21 @@ impl Session {
         self.port
     }
 
-    /// The first run of a process measures about 10x slower whatever the server (seen with
-    /// every server first): run one and throw it away.
-    fn throw_first_away(&mut self, server: &Server) {
+    /// The first run of a process measures slow whatever the server (about 10x after a
+    /// start; and after one short run of one connection, the first run of the first cell
+    /// still 1.4-2x, seen with every server that ran first): one run of the first cell's load
+    /// is made and thrown away, before its repetitions.
+    fn throw_first_away(&mut self, server: &Server, load: &Load, pinned: bool) {
+        if std::mem::replace(&mut self.warmed, true) {
+            return;
+        }
         let warm = Load {
-            addr: "127.0.0.1:0".parse().expect("addr"),
-            conns: 1,
-            size: 64,
-            depth: 1,
             warmup: Duration::from_millis(300),
-            duration: Duration::from_millis(700),
+            duration: Duration::from_millis(1500),
+            ..load.clone()
         };
         let port = self.next_port();
-        let _ = run_once(server, &warm, port, false);
+        let _ = run_once(server, &warm, port, pinned);
     }
 
     /// Runs one cell: `reps` repetitions, each running every server back to back.
@@ -599,6 +603,9 @@ impl Session {
             warmup: self.warmup,
             duration: Duration::from_secs(self.secs),
         };
+        if let Some(first) = rotated(servers.len(), 0).next() {
+            self.throw_first_away(&servers[first], &load, cell.pinned);
+        }
         let pressures_before = procstat::tcp_memory_pressures();
         let mut runs: Runs = vec![Vec::new(); servers.len()];
         let mut dropped = 0;
@@ -681,12 +688,10 @@ fn matrix(cells: Cells, reps: usize, secs: u64, only: Vec<String>) -> ExitCode {
         reps,
         secs,
         warmup: Duration::from_secs(1),
+        warmed: false,
         failed: false,
     };
     println!("{}", preamble(reps, secs, session.warmup));
-    if let Some(first) = servers.first() {
-        session.throw_first_away(first);
-    }
     for cell in cells.list() {
         if let Some((in_flight, threshold)) = too_large(&cell) {
             print!("{}", not_run(&cell, in_flight, threshold));
@@ -1167,11 +1172,9 @@ fn targets(t: TargetsArgs) -> ExitCode {
         reps: t.reps,
         secs: t.secs,
         warmup,
+        warmed: false,
         failed: false,
     };
-    if let Some(first) = servers().into_iter().find(|s| s.name == "proactor 1w") {
-        session.throw_first_away(&first);
-    }
     let mut reports = format!(
         "# bench targets: every cell\n\n{}\n",
         preamble(t.reps, t.secs, warmup)
