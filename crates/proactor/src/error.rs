@@ -154,19 +154,32 @@ pub(crate) fn mixing() -> io::Error {
     )
 }
 
-/// A read or write at an offset above `i64::MAX`: refused on every backend, since the systems
-/// give some such offsets meanings of their own (io_uring: the file's current position;
-/// Windows: the end of the file) and refuse the others.
+/// A read or write whose range (offset plus length) passes `i64::MAX`: refused on every
+/// backend, since the systems give some such offsets meanings of their own (io_uring: the
+/// file's current position; Windows: the end of the file) and refuse the others (Linux:
+/// `EINVAL` once the range's end passes it, even for a read past the end of the file).
 pub(crate) fn offset_too_large() -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
-        "an offset above i64::MAX (the systems give such offsets meanings of their own)",
+        "an offset whose range passes i64::MAX (the systems give such offsets meanings of their own)",
     )
 }
 
-/// Whether `offset` is one [`offset_too_large`] refuses.
-pub(crate) fn refused_offset(offset: u64) -> bool {
-    offset > i64::MAX as u64
+/// Whether the range of `len` bytes at `offset` is one [`offset_too_large`] refuses.
+pub(crate) fn refused_range(offset: u64, len: usize) -> bool {
+    offset
+        .checked_add(len as u64)
+        .is_none_or(|end| end > i64::MAX as u64)
+}
+
+/// A send or write of more than one Windows call moves (`u32::MAX` bytes): refused, since a
+/// partial one would let the next operation's bytes follow it on the stream.
+#[cfg(windows)]
+pub(crate) fn too_long_for_one_call() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "more than 4 GiB - 1 bytes in one send or write (one Windows call moves at most that)",
+    )
 }
 
 /// A pooled receive on a socket that keeps message boundaries (both engines): a datagram

@@ -496,6 +496,10 @@ impl Iocp {
     /// (one that had reports what it sent); the next one goes on. Datagram sends
     /// ([`send_to`](Iocp::send_to)) and writes to a regular file are independent.
     ///
+    /// On Windows one call moves at most 4 GiB - 1 bytes: a send (or vectored send) of more in
+    /// all completes with [`io::ErrorKind::InvalidInput`], so that it never goes out in part
+    /// with the next one behind it. Linux sends it whole.
+    ///
     /// ```no_run
     /// # fn f(port: &proactor::Iocp, conn: &proactor::Handle<std::net::TcpStream>) {
     /// port.send(conn, b"hello".to_vec());
@@ -585,9 +589,10 @@ impl Iocp {
 
     /// Reads into the spare capacity of `buf` at `offset` (`ReadFile`); any handle opened for
     /// overlapped I/O (streams ignore the offset). A read at or past the end of a file
-    /// completes with `Ok(0)`. An offset above `i64::MAX` completes with
-    /// [`io::ErrorKind::InvalidInput`] on every backend and handle (the systems give some such
-    /// offsets meanings of their own: the current position, the end of the file).
+    /// completes with `Ok(0)`. A range that passes `i64::MAX` (the offset plus the spare
+    /// capacity) completes with [`io::ErrorKind::InvalidInput`] on every backend and handle
+    /// (the systems give some such offsets meanings of their own: the current position, the
+    /// end of the file; Linux refuses a range past it, even for a read past the end).
     ///
     /// ```no_run
     /// # fn f(port: &proactor::Iocp, file: &proactor::Handle<std::fs::File>) {
@@ -598,8 +603,9 @@ impl Iocp {
         self.with_user(0).read_at(handle, buf, offset)
     }
 
-    /// Writes all of `buf` at `offset` (`WriteFile`). An offset above `i64::MAX` is refused as
-    /// by [`read_at`](Iocp::read_at).
+    /// Writes all of `buf` at `offset` (`WriteFile`). A range that passes `i64::MAX` is refused
+    /// as by [`read_at`](Iocp::read_at); on Windows, so is a write of more than 4 GiB - 1
+    /// bytes (one call moves at most that).
     ///
     /// ```no_run
     /// # fn f(port: &proactor::Iocp, file: &proactor::Handle<std::fs::File>) {

@@ -188,3 +188,70 @@ fn a_datagram_cut_short_by_recv_is_truncated_whatever_the_timing() {
     b.send(b"next").unwrap();
     assert_eq!(next_of(&port, OpKind::Recv).take_buffer().unwrap(), b"next");
 }
+
+/// Found by review (helper 48): `read_at` on a connected datagram socket shares epoll's
+/// receive path, which then passed `MSG_TRUNC` (for `recv`) and reported the datagram's real
+/// length while the buffer held what fitted. Whatever each backend reports for a cut datagram
+/// read this way, the count is what the buffer holds.
+#[test]
+fn read_at_on_a_datagram_socket_counts_what_the_buffer_holds() {
+    let port = Iocp::new().unwrap();
+    let (a, b) = (
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+    );
+    a.connect(b.local_addr().unwrap()).unwrap();
+    b.connect(a.local_addr().unwrap()).unwrap();
+    let ours = port.add_handle(a, 0).unwrap();
+    for waiting_first in [true, false] {
+        if waiting_first {
+            port.read_at(&ours, Vec::with_capacity(4), 0);
+            std::thread::sleep(Duration::from_millis(50));
+            b.send(b"longer than five").unwrap();
+        } else {
+            b.send(b"longer than five").unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            port.read_at(&ours, Vec::with_capacity(4), 0);
+        }
+        let mut c = next_of(&port, OpKind::Read);
+        let (bytes, result) = (c.bytes_transferred(), format!("{:?}", c.result()));
+        assert_eq!(c.take_buffer().unwrap(), b"long", "{result}");
+        assert_eq!(bytes, 4, "waiting first: {waiting_first}: {result}");
+    }
+}
+
+/// Found by review (helper 48): a scatter receive of a datagram over more than `IOV_MAX`
+/// buffers (1,024 on Linux) cut the datagram at the first 1,024 though the buffers had room:
+/// one call takes at most that many, and a datagram is one call. It is refused there, as such
+/// a gather send of a datagram is, and on Windows too (which would take more, but Wine, which
+/// passes them to the host's call, reported a cut datagram with bytes it never wrote). The
+/// datagram stays for the next receive.
+#[test]
+fn a_datagram_scatter_receive_over_more_buffers_than_one_call_takes_is_refused() {
+    let port = Iocp::new().unwrap();
+    let (a, b) = (
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+        UdpSocket::bind("127.0.0.1:0").unwrap(),
+    );
+    a.connect(b.local_addr().unwrap()).unwrap();
+    b.connect(a.local_addr().unwrap()).unwrap();
+    let ours = port.add_handle(a, 0).unwrap();
+    let datagram: Vec<u8> = (0..1100u32).map(|i| i as u8).collect();
+    b.send(&datagram).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    for (count, refused) in [(1025, true), (1024, false)] {
+        port.recv_vectored(&ours, (0..count).map(|_| Vec::with_capacity(2)).collect());
+        let mut c = next_of(&port, OpKind::RecvVectored);
+        if refused {
+            let e = c.result().expect_err("refused");
+            let code = if cfg!(windows) { 10040 } else { 90 }; // WSAEMSGSIZE / EMSGSIZE
+            assert_eq!(proactor::raw_os_error(&e), Some(code), "{e}");
+            assert!(!proactor::is_truncated(&e), "{e}");
+            assert!(c.take_buffers().unwrap().iter().all(Vec::is_empty));
+        } else {
+            // The datagram stayed for this one, whole in its 2,048 bytes of room.
+            assert_eq!(c.result().unwrap(), 1100);
+            assert_eq!(c.take_buffers().unwrap().concat(), datagram);
+        }
+    }
+}

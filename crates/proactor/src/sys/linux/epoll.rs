@@ -312,7 +312,10 @@ impl Epoll {
         let result = match op.kind {
             OpKind::Recv | OpKind::Read => {
                 let (ptr, len) = op.spare();
-                let flags = libc::MSG_DONTWAIT | truncation_shows(op.datagram);
+                // A `read_at` on a datagram socket shares this branch: MSG_TRUNC is for `recv`,
+                // whose completion cuts the real length it gives to the room (`op.rs`).
+                let truncation = truncation_shows(op.datagram && op.kind == OpKind::Recv);
+                let flags = libc::MSG_DONTWAIT | truncation;
                 // SAFETY: `ptr` is the spare capacity of a buffer the record owns, `len` long
                 // (with MSG_TRUNC the result may be larger, but no more than `len` is written).
                 let received = retry(|| unsafe { libc::recv(fd, ptr.cast(), len, flags) });

@@ -274,12 +274,13 @@ impl Port {
         } else if nothing_to_receive(&mut op) {
             op.refused = Some(crate::error::no_spare_capacity());
         } else if matches!(kind, OpKind::Read | OpKind::Write)
-            && crate::error::refused_offset(offset)
+            && crate::error::refused_range(offset, range_len(&mut op))
         {
             op.refused = Some(crate::error::offset_too_large());
         } else if op.datagram && too_many_buffers(&op) {
             // One datagram per call, and a call takes at most IOV_MAX buffers: sending the
-            // rest in a second call would split the message (as the kernel would refuse it).
+            // rest in a second call would split the message (as the kernel would refuse it),
+            // and a receive past them would cut it though the buffers have room.
             op.refused = Some(error::from_errno(libc::EMSGSIZE));
         }
         let ordered =
@@ -548,10 +549,19 @@ pub(crate) fn socket_type(fd: RawFd) -> Option<i32> {
     (r == 0).then_some(ty)
 }
 
-/// Whether a gather send has more buffers than one `sendmsg` takes (`IOV_MAX`).
+/// Whether a gather send or scatter receive has more buffers than one call takes
+/// (`IOV_MAX`): refused for a datagram, which one call sends or receives whole.
 pub(crate) fn too_many_buffers(op: &Op) -> bool {
-    op.kind == OpKind::SendVectored
+    matches!(op.kind, OpKind::SendVectored | OpKind::RecvVectored)
         && matches!(&op.data, OpData::Buffers { bufs, .. } if bufs.len() > libc::UIO_MAXIOV as usize)
+}
+
+/// The bytes a read (its spare capacity) or a write (its buffer) covers from its offset.
+pub(crate) fn range_len(op: &mut Op) -> usize {
+    match (op.kind, &op.data) {
+        (OpKind::Write, OpData::Buffer { buf, .. }) => buf.len(),
+        _ => op.spare().1,
+    }
 }
 
 /// Whether a receive or read has no spare capacity to receive into.

@@ -89,6 +89,11 @@ fn wsabuf_data(buf: &[u8]) -> WSABUF {
     }
 }
 
+/// The most buffers a datagram's vectored send or receive takes: one call of Linux's (its
+/// `IOV_MAX`), so that the same call does the same on every backend (Wine, which passes them
+/// to the host's call, reported a cut datagram with bytes it never wrote past that).
+const DATAGRAM_BUFFERS: usize = 1024;
+
 /// `WSABUF`s over `bufs` (address and length of each) holding `u32::MAX` bytes at most, the
 /// most one call moves and its `DWORD` count can say: past a buffer cut short, the next ones
 /// are left out, so that what moves is always a prefix of the whole and the count says where
@@ -164,6 +169,9 @@ impl Port {
         if wsabufs.iter().all(|b| b.len == 0) {
             return self.fail(op, crate::error::no_spare_capacity());
         }
+        if target.datagram && wsabufs.len() > DATAGRAM_BUFFERS {
+            return self.fail(op, super::error::from_code(WSAEMSGSIZE as u32, None));
+        }
         self.recv_bufs(target, op, &wsabufs)
     }
 
@@ -213,21 +221,31 @@ impl Port {
 
     /// `WSASend` of all of `buf`.
     pub(crate) fn send(&self, target: &Target, user: usize, buf: Vec<u8>) -> OpId {
-        let wsabuf = wsabuf_data(&buf);
+        let (wsabuf, len) = (wsabuf_data(&buf), buf.len());
         let op = self.record(target, user, OpKind::Send, 0, OpData::Buffer(buf));
-        self.send_bufs(target, op, &[wsabuf])
+        self.send_bufs(target, op, &[wsabuf], len)
     }
 
     /// `WSASend` of every buffer in turn.
     pub(crate) fn send_vectored(&self, target: &Target, user: usize, bufs: Vec<Vec<u8>>) -> OpId {
         let wsabufs = wsabufs_within_a_dword(bufs.iter().map(|b| (b.as_ptr().cast_mut(), b.len())));
+        let len = bufs.iter().fold(0usize, |n, b| n.saturating_add(b.len()));
+        let count = bufs.len();
         let op = self.record(target, user, OpKind::SendVectored, 0, OpData::Buffers(bufs));
-        self.send_bufs(target, op, &wsabufs)
+        if target.datagram && count > DATAGRAM_BUFFERS {
+            return self.fail(op, super::error::from_code(WSAEMSGSIZE as u32, None));
+        }
+        self.send_bufs(target, op, &wsabufs, len)
     }
 
-    fn send_bufs(&self, target: &Target, op: OpBox, wsabufs: &[WSABUF]) -> OpId {
+    /// `WSASend` of `wsabufs`, `len` bytes in all: more than one call moves is refused (the
+    /// WSABUFs are then a prefix, [`wsabufs_within_a_dword`], never sent).
+    fn send_bufs(&self, target: &Target, op: OpBox, wsabufs: &[WSABUF], len: usize) -> OpId {
         if let Some(err) = self.check(target, true) {
             return self.fail(op, err);
+        }
+        if len > u32::MAX as usize {
+            return self.fail(op, crate::error::too_long_for_one_call());
         }
         let socket = socket_of(target);
         self.start(&target.route, op, |raw| {
@@ -261,7 +279,7 @@ impl Port {
         if let Some(err) = self.check(target, false) {
             return self.fail(op, err);
         }
-        if crate::error::refused_offset(offset) {
+        if crate::error::refused_range(offset, spare.len as usize) {
             return self.fail(op, crate::error::offset_too_large());
         }
         if spare.len == 0 {
@@ -286,12 +304,15 @@ impl Port {
 
     /// `WriteFile` of all of `buf`, at `offset`.
     pub(crate) fn write_at(&self, target: &Target, user: usize, buf: Vec<u8>, offset: u64) -> OpId {
-        let data = wsabuf_data(&buf);
+        let (data, len) = (wsabuf_data(&buf), buf.len());
         let op = self.record(target, user, OpKind::Write, offset, OpData::Buffer(buf));
         if let Some(err) = self.check(target, false) {
             return self.fail(op, err);
         }
-        if crate::error::refused_offset(offset) {
+        if len > u32::MAX as usize {
+            return self.fail(op, crate::error::too_long_for_one_call());
+        }
+        if crate::error::refused_range(offset, len) {
             return self.fail(op, crate::error::offset_too_large());
         }
         let handle = target.raw.handle();
@@ -684,7 +705,9 @@ impl Port {
             .is_some_and(|c| c == ERROR_MORE_DATA as i32 || c == WSAEMSGSIZE);
         match kind {
             OpKind::Readable if too_long => error = None,
-            OpKind::Recv | OpKind::RecvVectored | OpKind::RecvFrom if too_long => {
+            // With the bytes that fit, at least one (a receive with no room is refused, and so
+            // is one of a datagram over too many buffers, with WSAEMSGSIZE and no bytes).
+            OpKind::Recv | OpKind::RecvVectored | OpKind::RecvFrom if too_long && bytes > 0 => {
                 error = Some(crate::error::truncated(WSAEMSGSIZE, None));
             }
             _ => {}

@@ -104,7 +104,7 @@ impl State {
                 if super::super::nothing_to_receive(&mut r) {
                     r.refused = Some(crate::error::no_spare_capacity());
                 } else if matches!(kind, OpKind::Read | OpKind::Write)
-                    && crate::error::refused_offset(offset)
+                    && crate::error::refused_range(offset, super::super::range_len(&mut r))
                 {
                     r.refused = Some(crate::error::offset_too_large());
                 } else if r.datagram && super::super::too_many_buffers(&r) {
