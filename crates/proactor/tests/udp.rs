@@ -145,12 +145,7 @@ fn readable_on_a_datagram_socket_leaves_the_datagram() {
 #[test]
 fn a_datagram_cut_short_by_recv_is_truncated_whatever_the_timing() {
     let port = Iocp::new().unwrap();
-    let (a, b) = (
-        UdpSocket::bind("127.0.0.1:0").unwrap(),
-        UdpSocket::bind("127.0.0.1:0").unwrap(),
-    );
-    a.connect(b.local_addr().unwrap()).unwrap();
-    b.connect(a.local_addr().unwrap()).unwrap();
+    let (a, b) = connected_pair();
     let ours = port.add_handle(a, 0).unwrap();
     for vectored in [false, true] {
         for pending_first in [true, false] {
@@ -196,12 +191,7 @@ fn a_datagram_cut_short_by_recv_is_truncated_whatever_the_timing() {
 #[test]
 fn read_at_on_a_datagram_socket_counts_what_the_buffer_holds() {
     let port = Iocp::new().unwrap();
-    let (a, b) = (
-        UdpSocket::bind("127.0.0.1:0").unwrap(),
-        UdpSocket::bind("127.0.0.1:0").unwrap(),
-    );
-    a.connect(b.local_addr().unwrap()).unwrap();
-    b.connect(a.local_addr().unwrap()).unwrap();
+    let (a, b) = connected_pair();
     let ours = port.add_handle(a, 0).unwrap();
     for waiting_first in [true, false] {
         if waiting_first {
@@ -229,12 +219,7 @@ fn read_at_on_a_datagram_socket_counts_what_the_buffer_holds() {
 #[test]
 fn a_datagram_scatter_receive_over_more_buffers_than_one_call_takes_is_refused() {
     let port = Iocp::new().unwrap();
-    let (a, b) = (
-        UdpSocket::bind("127.0.0.1:0").unwrap(),
-        UdpSocket::bind("127.0.0.1:0").unwrap(),
-    );
-    a.connect(b.local_addr().unwrap()).unwrap();
-    b.connect(a.local_addr().unwrap()).unwrap();
+    let (a, b) = connected_pair();
     let ours = port.add_handle(a, 0).unwrap();
     let datagram: Vec<u8> = (0..1100u32).map(|i| i as u8).collect();
     b.send(&datagram).unwrap();
@@ -254,4 +239,13 @@ fn a_datagram_scatter_receive_over_more_buffers_than_one_call_takes_is_refused()
             assert_eq!(c.take_buffers().unwrap().concat(), datagram);
         }
     }
+}
+
+/// Two UDP sockets on loopback, each connected to the other.
+fn connected_pair() -> (UdpSocket, UdpSocket) {
+    let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+    a.connect(b.local_addr().unwrap()).unwrap();
+    b.connect(a.local_addr().unwrap()).unwrap();
+    (a, b)
 }
