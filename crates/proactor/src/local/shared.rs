@@ -70,8 +70,6 @@ struct Slot {
     waiters: VecDeque<Waiter>,
     /// The readiness wait in flight for them.
     armed: Option<OpId>,
-    /// A socket that keeps message boundaries: pooled receives are refused.
-    datagram: bool,
     /// A socket another port owns (Windows `Foreign`): pooled receives are refused.
     foreign: bool,
     /// In `Shared::starved`.
@@ -126,7 +124,6 @@ impl Shared {
             context,
             waiters: VecDeque::new(),
             armed: None,
-            datagram: sys::keeps_boundaries(raw),
             foreign,
             starved: false,
         };
@@ -527,7 +524,9 @@ impl Shared {
     ) -> OpId {
         let id = OpId::next();
         let accepted = self.with_slot_opt(key, |s| {
-            if s.datagram {
+            // A socket that keeps message boundaries: a datagram longer than a pool buffer
+            // would be cut.
+            if s.target.datagram {
                 return Err((s.context, crate::error::pooled_needs_stream()));
             }
             if s.foreign {

@@ -93,7 +93,7 @@ pub(crate) struct Target {
     stream: bool,
     /// A socket that keeps message boundaries (datagram, seqpacket, raw, RDM): `MSG_TRUNC`
     /// reports a truncated message, a send is one message, and an empty send is a message.
-    datagram: bool,
+    pub(crate) datagram: bool,
     driver: Weak<dyn Driver>,
     life: Arc<Life>,
     /// The handle's stream lanes (io_uring).
@@ -524,12 +524,6 @@ pub(crate) fn nature(fd: RawFd) -> io::Result<Nature> {
         datagram,
         file: (st.st_dev, st.st_ino),
     })
-}
-
-/// Whether `raw` is a socket that keeps message boundaries (datagram, raw, seqpacket): its
-/// `SO_TYPE` is not `SOCK_STREAM`.
-pub(crate) fn keeps_boundaries(raw: RawIo) -> bool {
-    socket_type(raw.0).is_some_and(|t| t != libc::SOCK_STREAM)
 }
 
 /// The type of socket `fd` (`SOCK_STREAM`, `SOCK_DGRAM`, ...), if the kernel says.

@@ -94,11 +94,12 @@ fn wsabuf_data(buf: &[u8]) -> WSABUF {
 /// to the host's call, reported a cut datagram with bytes it never wrote past that).
 const DATAGRAM_BUFFERS: usize = 1024;
 
-/// `WSABUF`s over `bufs` (address and length of each) holding `u32::MAX` bytes at most, the
-/// most one call moves and its `DWORD` count can say: past a buffer cut short, the next ones
-/// are left out, so that what moves is always a prefix of the whole and the count says where
-/// it ends (a partial transfer, which the caller continues). Each buffer alone clamped would
-/// skip the rest of a longer one and go on with the next.
+/// `WSABUF`s over a scatter receive's buffers (address and room of each) holding `u32::MAX`
+/// bytes at most, the most one call moves and its `DWORD` count can say: past a buffer cut
+/// short, the next ones are left out, so that what is received is always a prefix of the room
+/// and the count says where it ends (a short receive). Each buffer alone clamped would skip
+/// the rest of a longer one and go on with the next. (Sends of more are refused instead:
+/// `send_bufs`.)
 fn wsabufs_within_a_dword(bufs: impl Iterator<Item = (*mut u8, usize)>) -> Vec<WSABUF> {
     let mut left = u32::MAX as usize;
     let mut wsabufs = Vec::new();
@@ -228,7 +229,7 @@ impl Port {
 
     /// `WSASend` of every buffer in turn.
     pub(crate) fn send_vectored(&self, target: &Target, user: usize, bufs: Vec<Vec<u8>>) -> OpId {
-        let wsabufs = wsabufs_within_a_dword(bufs.iter().map(|b| (b.as_ptr().cast_mut(), b.len())));
+        let wsabufs: Vec<WSABUF> = bufs.iter().map(|b| wsabuf_data(b)).collect();
         let len = bufs.iter().fold(0usize, |n, b| n.saturating_add(b.len()));
         let count = bufs.len();
         let op = self.record(target, user, OpKind::SendVectored, 0, OpData::Buffers(bufs));
@@ -238,8 +239,8 @@ impl Port {
         self.send_bufs(target, op, &wsabufs, len)
     }
 
-    /// `WSASend` of `wsabufs`, `len` bytes in all: more than one call moves is refused (the
-    /// WSABUFs are then a prefix, [`wsabufs_within_a_dword`], never sent).
+    /// `WSASend` of `wsabufs`, `len` bytes in all: more than one call moves is refused (its
+    /// `WSABUF`s, clamped each, are then never sent).
     fn send_bufs(&self, target: &Target, op: OpBox, wsabufs: &[WSABUF], len: usize) -> OpId {
         if let Some(err) = self.check(target, true) {
             return self.fail(op, err);

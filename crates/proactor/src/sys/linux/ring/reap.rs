@@ -334,19 +334,15 @@ impl State {
                 // SAFETY: the kernel wrote `got` bytes at the start of the spare capacity (the
                 // datagram's real length cut to the room).
                 unsafe { grow_by(&mut buf, got) };
-                let cut = result.is_err() && got > 0;
-                self.deliver(idx, result, Output::Buffer(buf), None);
-                if cut && let Some(last) = self.ready.back_mut().filter(|_| !self.closing) {
-                    last.bytes = got;
-                }
+                self.deliver_moved(idx, result, got, Output::Buffer(buf), None);
             }
             Body::Send { buf, done } => {
                 let result = result.map(|_| done);
-                self.deliver_sent(idx, result, done, Output::Buffer(buf), None);
+                self.deliver_moved(idx, result, done, Output::Buffer(buf), None);
             }
             Body::SendPooled { buf, done } => {
                 let result = result.map(|_| done);
-                self.deliver_sent(idx, result, done, Output::None, buf);
+                self.deliver_moved(idx, result, done, Output::None, buf);
             }
             Body::Record(r) => {
                 self.records -= 1;
@@ -360,8 +356,9 @@ impl State {
         }
     }
 
-    /// Delivers a send's completion, with what it sent even if it failed.
-    pub(super) fn deliver_sent(
+    /// Delivers a completion with the bytes it moved, `done`, even if it failed: what a send
+    /// sent, what fitted of a datagram cut short.
+    pub(super) fn deliver_moved(
         &mut self,
         idx: u32,
         result: io::Result<usize>,
