@@ -34,7 +34,7 @@ use windows_sys::{
     Win32::{
         Foundation::{
             ERROR_INVALID_HANDLE, ERROR_INVALID_PARAMETER, FALSE, HANDLE, INVALID_HANDLE_VALUE,
-            NTSTATUS, STATUS_INVALID_HANDLE, WAIT_TIMEOUT,
+            NTSTATUS, STATUS_INVALID_HANDLE, STATUS_OBJECT_TYPE_MISMATCH, WAIT_TIMEOUT,
         },
         Storage::FileSystem::SetFileCompletionNotificationModes,
         System::{
@@ -695,9 +695,11 @@ impl Port {
                     0 => (bytes, None),
                     // The handle was open when the operation started (a `Handle` or `Foreign`
                     // borrows it), so the kernel found it closed under the operation: the drop
-                    // that closed it cancelled it (Wine reports this now and then for an
-                    // operation in flight as its handle closes).
-                    STATUS_INVALID_HANDLE => (
+                    // that closed it cancelled it. Wine reports this now and then for an
+                    // operation in flight as its handle closes: `STATUS_INVALID_HANDLE`, or
+                    // `STATUS_OBJECT_TYPE_MISMATCH` when the number already names the next
+                    // object (an event, a file) as Wine looks the handle up again.
+                    STATUS_INVALID_HANDLE | STATUS_OBJECT_TYPE_MISMATCH => (
                         bytes,
                         Some(crate::error::cancelled(
                             ERROR_INVALID_HANDLE as i32,
