@@ -637,3 +637,63 @@ fn close_from_a_thread_that_exits_while_another_receive_is_queued() {
     drop(victim);
     assert_no_live_operations(&port);
 }
+
+/// (l) Two handles of one socket (`try_clone`: two descriptors, one open file). One closes
+/// while its send is stuck behind a peer that does not read; held inside the close's cancel
+/// (the submission queue drained), another thread starts a receive on the other handle and the
+/// kernel takes it. A cancel by descriptor matches the open file and would end that receive
+/// too: the close cancels its own send only, whose bytes the peer gets exactly, and the
+/// receive started during the close gets the peer's data.
+#[test]
+fn receive_on_a_clone_started_during_a_close_is_not_cancelled() {
+    let _serial = serial();
+    let Some(port) = uring_port() else { return };
+    let (ours, mut theirs) = small_buffered_pair();
+    let clone = ours.try_clone().unwrap();
+    let ours = port.add_handle(ours, 1).unwrap();
+    let other = Arc::new(port.add_handle(clone, 2).unwrap());
+    let driver = Driver::start(&port);
+    let data = pattern(8 << 20);
+    let stuck = port.send(&ours, data.clone());
+    thread::sleep(Duration::from_millis(100)); // the send waits for room in the socket
+
+    let mut pause = Pause::at("uring::cancel_fd");
+    let closing = thread::spawn(move || drop(ours));
+    pause.wait_hit();
+    let read = {
+        let (port, other) = (port.clone(), other.clone());
+        thread::spawn(move || port.recv(&other, Vec::with_capacity(64)))
+            .join()
+            .unwrap()
+    };
+    thread::sleep(Duration::from_millis(50)); // the kernel consumed the receive's SQE
+    pause.release();
+    closing.join().unwrap();
+
+    let c = driver
+        .next(Duration::from_secs(20))
+        .expect("the closed handle's send completes");
+    assert_eq!(
+        c.id(),
+        stuck,
+        "the close ended the other handle's receive: {c:?}: {:?}",
+        c.result()
+    );
+    assert!(c.is_cancelled(), "{c:?}: {:?}", c.result());
+    let sent = c.bytes_transferred();
+    let got = read_all(&mut theirs, Duration::from_millis(500));
+    assert_eq!(got.len(), sent, "the peer got what the send reports");
+    assert!(got == data[..sent]);
+    theirs.write_all(b"still open").unwrap();
+    let mut c = completion_of(&driver, read);
+    assert!(
+        !c.is_cancelled(),
+        "the close cancelled the other handle's receive"
+    );
+    assert_eq!(c.result().ok(), Some(10), "{c:?}");
+    assert_eq!(c.take_buffer().as_deref(), Some(&b"still open"[..]));
+    let rest = driver.finish(Duration::from_millis(200));
+    assert!(rest.is_empty(), "one completion each: {rest:?}");
+    drop(other);
+    assert_no_live_operations(&port);
+}
