@@ -204,6 +204,28 @@ const CLIPPY: [&str; 6] = [
 /// `cargo test` arguments that compile in the failpoints, so the failpoint tests run.
 const FAILPOINTS: [&str; 2] = ["--features", "proactor/failpoints,proactor-echo/failpoints"];
 
+/// The test files that run a `LocalPort` (proactor's, then proactor-echo's), run again with
+/// each fallback setup of its ring.
+const LOCAL_PORT_SUITES: [&str; 17] = [
+    "foreign_ids",
+    "iocp_failpoints",
+    "local_alloc",
+    "local_fairness",
+    "local_integrity",
+    "local_port",
+    "local_ring",
+    "local_sends",
+    "local_smoke",
+    "review_fast_paths",
+    "review_ids_failpoints",
+    "review_local",
+    "review_ring",
+    "review_ring_live_failpoints",
+    "cli",
+    "echo",
+    "exhaustion",
+];
+
 fn ci() -> Result<()> {
     if cfg!(target_os = "linux") {
         wine::install_missing()?;
@@ -232,6 +254,28 @@ fn ci() -> Result<()> {
             )?;
             println!(
                 "{label}: {} passed, {} failed",
+                totals.passed, totals.failed
+            );
+            native.add(totals);
+        }
+    }
+    if cfg!(target_os = "linux") {
+        // A `LocalPort`'s ring takes the best setup the kernel accepts: the port's suites
+        // again from each fallback down, as on kernels that refuse the better setups.
+        for setup in ["coop_taskrun", "plain"] {
+            step(&format!(
+                "LocalPort suites (native, with failpoints, PROACTOR_RING_SETUP={setup})"
+            ));
+            let mut cmd = cargo();
+            cmd.args(["test", "-p", "proactor", "-p", "proactor-echo"])
+                .args(FAILPOINTS)
+                .args(["--lib", "--bins"]);
+            for suite in LOCAL_PORT_SUITES {
+                cmd.args(["--test", suite]);
+            }
+            let totals = run_tests(cmd.env("PROACTOR_RING_SETUP", setup))?;
+            println!(
+                "{setup}: {} passed, {} failed",
                 totals.passed, totals.failed
             );
             native.add(totals);

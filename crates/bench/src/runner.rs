@@ -123,7 +123,7 @@ const MAX_CONNS: &str = "100000";
 
 /// Every variable proactor reads, removed from every server's environment (a server that wants
 /// one sets it): the harness's own environment must not change what a row measures.
-const PROACTOR_VARS: [&str; 2] = ["PROACTOR_BACKEND", "PROACTOR_SQPOLL"];
+const PROACTOR_VARS: [&str; 3] = ["PROACTOR_BACKEND", "PROACTOR_SQPOLL", "PROACTOR_RING_SETUP"];
 
 fn servers() -> Vec<Server> {
     let n = std::thread::available_parallelism()

@@ -123,24 +123,48 @@ fn output_within(mut cmd: Command, limit: std::time::Duration) -> std::process::
 
 /// Found by review: a `PROACTOR_SQPOLL` that is not a number sent `--shared` to the epoll
 /// fallback with an INFO line (a typo went unnoticed) and was ignored in the default mode. It
-/// is one clear error in both modes now.
+/// is one clear error in both modes now, as is a `PROACTOR_RING_SETUP` that names no setup
+/// (which would have sent a worker's port to a shared one the same way).
 #[cfg(target_os = "linux")]
 #[test]
-fn a_bad_sqpoll_request_is_one_clear_error() {
+fn a_bad_environment_request_is_one_clear_error() {
+    let cases = [
+        (
+            "PROACTOR_SQPOLL",
+            "abc",
+            "expected the polling thread's idle time",
+        ),
+        (
+            "PROACTOR_SQPOLL",
+            "-1",
+            "expected the polling thread's idle time",
+        ),
+        (
+            "PROACTOR_SQPOLL",
+            "99999999999",
+            "expected the polling thread's idle time",
+        ),
+        (
+            "PROACTOR_RING_SETUP",
+            "defer_taskrun",
+            "expected one of single_issuer+defer_taskrun, coop_taskrun, plain",
+        ),
+        (
+            "PROACTOR_RING_SETUP",
+            "PLAIN",
+            "expected one of single_issuer+defer_taskrun, coop_taskrun, plain",
+        ),
+    ];
     for mode in [&[][..], &["--shared"]] {
-        for value in ["abc", "-1", "99999999999"] {
+        for (var, value, expected) in cases {
             let mut cmd = echo();
-            cmd.args(["--port", "18083"])
-                .args(mode)
-                .env("PROACTOR_SQPOLL", value);
+            cmd.args(["--port", "18083"]).args(mode).env(var, value);
             let out = output_within(cmd, std::time::Duration::from_secs(20));
-            assert_eq!(out.status.code(), Some(1), "{mode:?} {value}");
+            assert_eq!(out.status.code(), Some(1), "{mode:?} {var}={value}");
             let err = String::from_utf8_lossy(&out.stderr);
             assert!(
-                err.contains(&format!(
-                    "PROACTOR_SQPOLL={value}: expected the polling thread's idle time"
-                )),
-                "{mode:?} {value}: {err}"
+                err.contains(&format!("{var}={value}: {expected}")),
+                "{mode:?} {var}={value}: {err}"
             );
             assert!(out.stdout.is_empty());
         }

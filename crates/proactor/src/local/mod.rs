@@ -96,11 +96,14 @@ impl LocalOp {
 /// `PROACTOR_BACKEND=io_uring` a ring that cannot be built is an error; by default the shared
 /// port takes over, with a log line), elsewhere the shared port. The ring of its own has no
 /// polling thread: `PROACTOR_SQPOLL` is checked (a value that is not a number is an error, as
-/// for the shared ports) but used only by the shared engine.
+/// for the shared ports) but used only by the shared engine; `PROACTOR_RING_SETUP` is checked
+/// before the ring is tried (a typo must not send the port to the shared engine with a log
+/// line) and used by the ring.
 fn engine(buffers: u16, size: usize) -> io::Result<Engine> {
     #[cfg(target_os = "linux")]
     {
         crate::sys::requested_sqpoll()?;
+        crate::sys::requested_ring_setup()?;
         let ring = || crate::sys::Ring::new(Pool::new(buffers, size, false)?);
         match crate::sys::requested_backend()? {
             Some("epoll") => {}
@@ -284,6 +287,10 @@ impl LocalPort {
     /// (`"single_issuer+defer_taskrun"`, `"coop_taskrun"` or `"plain"`, the best the kernel
     /// accepted); `"shared port"` where the port is a shared port this thread alone uses (the
     /// epoll fallback, Windows, or io_uring when a ring of its own could not be built).
+    ///
+    /// `PROACTOR_RING_SETUP=coop_taskrun` (or `plain`) has the ring start from that setup, as
+    /// on a kernel that refuses the better ones: the test suite runs the fallbacks this way.
+    /// Another value than these three is an `InvalidInput` error from every port's creation.
     ///
     /// ```no_run
     /// let port = proactor::LocalPort::new()?;

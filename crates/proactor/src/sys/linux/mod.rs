@@ -165,11 +165,36 @@ pub(crate) fn requested_sqpoll() -> io::Result<Option<u32>> {
     }
 }
 
+/// The setups a ring of a [`LocalPort`](crate::LocalPort)'s own may have, best first (what
+/// `LocalPort::setup` says).
+pub(crate) const RING_SETUPS: [&str; 3] = ["single_issuer+defer_taskrun", "coop_taskrun", "plain"];
+
+/// `PROACTOR_RING_SETUP=<setup>`: a `LocalPort`'s ring takes the best setup the kernel accepts
+/// from that one down ([`RING_SETUPS`]), as on a kernel that refuses the better ones (tests
+/// run the fallbacks this way). Unset or empty: from the best. Another value is an error
+/// whichever backend or port runs, as for `PROACTOR_SQPOLL`.
+pub(crate) fn requested_ring_setup() -> io::Result<usize> {
+    match std::env::var("PROACTOR_RING_SETUP") {
+        Err(_) => Ok(0),
+        Ok(v) if v.is_empty() => Ok(0),
+        Ok(v) => RING_SETUPS.iter().position(|&s| s == v).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "PROACTOR_RING_SETUP={v}: expected one of {}",
+                    RING_SETUPS.join(", ")
+                ),
+            )
+        }),
+    }
+}
+
 impl Port {
     pub(crate) fn new(_concurrency: u32) -> io::Result<Port> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         requested_sqpoll()?;
+        requested_ring_setup()?;
         let (driver, backend): (Arc<dyn Driver>, _) = match requested_backend()? {
             Some("epoll") => (Arc::new(epoll::Epoll::new()?), "epoll"),
             Some(_) => (Arc::new(uring::Uring::new()?), "io_uring"),

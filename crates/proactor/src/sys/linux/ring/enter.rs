@@ -5,6 +5,8 @@ use std::{io, os::fd::AsRawFd, time::Duration};
 
 use io_uring::IoUring;
 
+use crate::sys::RING_SETUPS;
+
 /// Submission queue size.
 const ENTRIES: u32 = 4096;
 
@@ -38,9 +40,10 @@ struct RsrcUpdate {
 }
 
 /// Builds a ring with `SINGLE_ISSUER | DEFER_TASKRUN`, else `COOP_TASKRUN`, else neither
-/// (each with `SUBMIT_ALL`), and says which.
-pub(super) fn build() -> io::Result<(IoUring, &'static str)> {
-    let attempt = |level: u8| {
+/// (each with `SUBMIT_ALL`), starting at `from` (an index in [`RING_SETUPS`]), and says
+/// which.
+pub(super) fn build(from: usize) -> io::Result<(IoUring, &'static str)> {
+    let attempt = |level: usize| {
         let mut b = IoUring::builder();
         b.setup_clamp().setup_submit_all().setup_cqsize(ENTRIES * 4);
         match level {
@@ -54,10 +57,9 @@ pub(super) fn build() -> io::Result<(IoUring, &'static str)> {
         }
         b.build(ENTRIES)
     };
-    let names = ["single_issuer+defer_taskrun", "coop_taskrun", "plain"];
     let mut last = None;
-    for (level, name) in names.iter().enumerate() {
-        match attempt(level as u8) {
+    for (level, name) in RING_SETUPS.iter().enumerate().skip(from) {
+        match attempt(level) {
             Ok(ring) => return Ok((ring, name)),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => last = Some(e),
             Err(e) => return Err(e),

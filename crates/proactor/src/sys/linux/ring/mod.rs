@@ -303,7 +303,7 @@ impl Ring {
         fail::fail_point!("ring::new", |_| Err(io::Error::other(
             "failpoint ring::new: no ring"
         )));
-        let (mut ring, setup) = enter::build()?;
+        let (mut ring, setup) = enter::build(crate::sys::requested_ring_setup()?)?;
         // SendZc (6.0) implies multishot receive (6.0), multishot accept and provided-buffer
         // rings (5.19), cancel by fixed descriptor (5.19).
         super::uring::require_opcodes(
