@@ -204,8 +204,8 @@ const CLIPPY: [&str; 6] = [
 /// `cargo test` arguments that compile in the failpoints, so the failpoint tests run.
 const FAILPOINTS: [&str; 2] = ["--features", "proactor/failpoints,proactor-echo/failpoints"];
 
-/// The test files that run a `LocalPort` (proactor's, then proactor-echo's), run again with
-/// each fallback setup of its ring.
+/// The test files that run a `LocalPort` (proactor's, then proactor-echo's), run again as on
+/// older kernels (without the receive limit, with each fallback setup of the ring).
 const LOCAL_PORT_SUITES: [&str; 17] = [
     "foreign_ids",
     "iocp_failpoints",
@@ -260,11 +260,17 @@ fn ci() -> Result<()> {
         }
     }
     if cfg!(target_os = "linux") {
-        // A `LocalPort`'s ring takes the best setup the kernel accepts: the port's suites
-        // again from each fallback down, as on kernels that refuse the better setups.
-        for setup in ["coop_taskrun", "plain"] {
+        // A `LocalPort`'s ring takes the best setup the kernel accepts, and the multishot
+        // receive's byte limit where it has it (6.17+): the port's suites again as on older
+        // kernels, without the limit (6.1-6.16), and from each fallback setup down (6.0, and
+        // kernels that refuse both task-run flags).
+        for (label, setup) in [
+            ("6.1-6.16", ""),
+            ("6.0", "coop_taskrun"),
+            ("without task-run flags", "plain"),
+        ] {
             step(&format!(
-                "LocalPort suites (native, with failpoints, PROACTOR_RING_SETUP={setup})"
+                "LocalPort suites as on Linux {label} (with failpoints, PROACTOR_RING_RECV_LIMIT=off PROACTOR_RING_SETUP={setup})"
             ));
             let mut cmd = cargo();
             cmd.args(["test", "-p", "proactor", "-p", "proactor-echo"])
@@ -273,9 +279,11 @@ fn ci() -> Result<()> {
             for suite in LOCAL_PORT_SUITES {
                 cmd.args(["--test", suite]);
             }
-            let totals = run_tests(cmd.env("PROACTOR_RING_SETUP", setup))?;
+            cmd.env("PROACTOR_RING_RECV_LIMIT", "off")
+                .env("PROACTOR_RING_SETUP", setup);
+            let totals = run_tests(&mut cmd)?;
             println!(
-                "{setup}: {} passed, {} failed",
+                "{label}: {} passed, {} failed",
                 totals.passed, totals.failed
             );
             native.add(totals);

@@ -123,7 +123,12 @@ const MAX_CONNS: &str = "100000";
 
 /// Every variable proactor reads, removed from every server's environment (a server that wants
 /// one sets it): the harness's own environment must not change what a row measures.
-const PROACTOR_VARS: [&str; 3] = ["PROACTOR_BACKEND", "PROACTOR_SQPOLL", "PROACTOR_RING_SETUP"];
+const PROACTOR_VARS: [&str; 4] = [
+    "PROACTOR_BACKEND",
+    "PROACTOR_SQPOLL",
+    "PROACTOR_RING_SETUP",
+    "PROACTOR_RING_RECV_LIMIT",
+];
 
 fn servers() -> Vec<Server> {
     let n = std::thread::available_parallelism()

@@ -123,8 +123,9 @@ fn output_within(mut cmd: Command, limit: std::time::Duration) -> std::process::
 
 /// Found by review: a `PROACTOR_SQPOLL` that is not a number sent `--shared` to the epoll
 /// fallback with an INFO line (a typo went unnoticed) and was ignored in the default mode. It
-/// is one clear error in both modes now, as is a `PROACTOR_RING_SETUP` that names no setup
-/// (which would have sent a worker's port to a shared one the same way).
+/// is one clear error in both modes now, as is a `PROACTOR_RING_SETUP` that names no setup or a
+/// `PROACTOR_RING_RECV_LIMIT` other than `off` (which would have sent a worker's port to a
+/// shared one the same way).
 #[cfg(target_os = "linux")]
 #[test]
 fn a_bad_environment_request_is_one_clear_error() {
@@ -153,6 +154,12 @@ fn a_bad_environment_request_is_one_clear_error() {
             "PROACTOR_RING_SETUP",
             "PLAIN",
             "expected one of single_issuer+defer_taskrun, coop_taskrun, plain",
+        ),
+        ("PROACTOR_RING_RECV_LIMIT", "0", "expected off (or nothing)"),
+        (
+            "PROACTOR_RING_RECV_LIMIT",
+            "on",
+            "expected off (or nothing)",
         ),
     ];
     for mode in [&[][..], &["--shared"]] {

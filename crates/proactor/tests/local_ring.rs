@@ -976,12 +976,13 @@ fn records_waiting_for_their_lane_count_once_and_not_after() {
     assert_eq!(proactor::live_operations(), base);
 }
 
-/// `PROACTOR_RING_SETUP` (the test command runs the port's suites again with `coop_taskrun`
-/// and with `plain`, the fallbacks of kernels that refuse the better setups): the ring takes
-/// the setup asked for. Every kernel that builds a ring at all (6.0+) takes `coop_taskrun`
-/// (5.19) and `plain`, so a setup other than the one asked for means the variable was ignored.
+/// `PROACTOR_RING_SETUP` and `PROACTOR_RING_RECV_LIMIT` (the test command runs the port's
+/// suites again as on older kernels: without the receive limit, from `coop_taskrun`, from
+/// `plain`): the ring takes the setup asked for, and no limit when asked for none. Every
+/// kernel that builds a ring at all (6.0+) takes `coop_taskrun` (5.19) and `plain`, so a setup
+/// other than the one asked for means the variable was ignored.
 #[test]
-fn the_ring_takes_the_setup_asked_for() {
+fn the_ring_takes_the_setup_and_limit_asked_for() {
     let _serial = serial();
     let Some(port) = ring_port(64, 4096) else {
         return;
@@ -991,5 +992,8 @@ fn the_ring_takes_the_setup_asked_for() {
     match std::env::var("PROACTOR_RING_SETUP") {
         Ok(asked) if !asked.is_empty() => assert_eq!(port.setup(), asked),
         _ => eprintln!("local_ring: best setup the kernel takes: {}", port.setup()),
+    }
+    if std::env::var("PROACTOR_RING_RECV_LIMIT").as_deref() == Ok("off") {
+        assert_eq!(port.recv_limit(), None);
     }
 }

@@ -96,14 +96,15 @@ impl LocalOp {
 /// `PROACTOR_BACKEND=io_uring` a ring that cannot be built is an error; by default the shared
 /// port takes over, with a log line), elsewhere the shared port. The ring of its own has no
 /// polling thread: `PROACTOR_SQPOLL` is checked (a value that is not a number is an error, as
-/// for the shared ports) but used only by the shared engine; `PROACTOR_RING_SETUP` is checked
-/// before the ring is tried (a typo must not send the port to the shared engine with a log
-/// line) and used by the ring.
+/// for the shared ports) but used only by the shared engine; `PROACTOR_RING_SETUP` and
+/// `PROACTOR_RING_RECV_LIMIT` are checked before the ring is tried (a typo must not send the
+/// port to the shared engine with a log line) and used by the ring.
 fn engine(buffers: u16, size: usize) -> io::Result<Engine> {
     #[cfg(target_os = "linux")]
     {
         crate::sys::requested_sqpoll()?;
         crate::sys::requested_ring_setup()?;
+        crate::sys::requested_recv_limit()?;
         let ring = || crate::sys::Ring::new(Pool::new(buffers, size, false)?);
         match crate::sys::requested_backend()? {
             Some("epoll") => {}
@@ -313,6 +314,8 @@ impl LocalPort {
     /// limit: there one call can bring a handle what its socket received meanwhile, several
     /// megabytes when a fast peer keeps sending. On the shared-port engine (Windows, epoll)
     /// `None` too: there each readiness brings one pool buffer, but one call may see several.
+    /// `PROACTOR_RING_RECV_LIMIT=off` leaves the limit unused on any kernel (`None`), as the
+    /// test suite runs the older kernels' path.
     ///
     /// A program that stops receiving from a peer (it cancels its pooled receives: its sends
     /// to the peer back up) gets at most this much more, from the completions already on their

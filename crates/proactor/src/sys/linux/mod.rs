@@ -189,12 +189,29 @@ pub(crate) fn requested_ring_setup() -> io::Result<usize> {
     }
 }
 
+/// `PROACTOR_RING_RECV_LIMIT=off`: a `LocalPort`'s ring leaves its multishot receives
+/// unlimited, as on a kernel without their byte limit (before 6.17; tests run that path this
+/// way). Unset or empty: the limit where the kernel has it. Another value is an error
+/// whichever backend or port runs.
+pub(crate) fn requested_recv_limit() -> io::Result<bool> {
+    match std::env::var("PROACTOR_RING_RECV_LIMIT") {
+        Err(_) => Ok(true),
+        Ok(v) if v.is_empty() => Ok(true),
+        Ok(v) if v == "off" => Ok(false),
+        Ok(v) => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("PROACTOR_RING_RECV_LIMIT={v}: expected off (or nothing)"),
+        )),
+    }
+}
+
 impl Port {
     pub(crate) fn new(_concurrency: u32) -> io::Result<Port> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         requested_sqpoll()?;
         requested_ring_setup()?;
+        requested_recv_limit()?;
         let (driver, backend): (Arc<dyn Driver>, _) = match requested_backend()? {
             Some("epoll") => (Arc::new(epoll::Epoll::new()?), "epoll"),
             Some(_) => (Arc::new(uring::Uring::new()?), "io_uring"),

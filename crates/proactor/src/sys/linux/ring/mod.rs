@@ -152,6 +152,12 @@ struct State {
     recv_limit: u32,
     /// `get_completions` calls since the ring was last entered (see [`MAX_CALLS_UNENTERED`]).
     unentered: u32,
+    /// The ring runs completions' task work only when this thread enters it
+    /// (`DEFER_TASKRUN`).
+    deferred_taskrun: bool,
+    /// A multishot receive's stop is queued and must reach the kernel before the engine
+    /// returns to the program (see [`State::pause_receiving`]).
+    stop_queued: bool,
 }
 
 /// One entry of the slab.
@@ -326,7 +332,7 @@ impl Ring {
         };
         ring.submitter().register_files_sparse(table_size)?;
         let bufs = BufRing::new(&ring, &pool)?;
-        let recv_limit = match recv_cap::probe(&mut ring) {
+        let recv_limit = match crate::sys::requested_recv_limit()? && recv_cap::probe(&mut ring) {
             true => recv_cap::optlen(pool.size()),
             false => 0,
         };
@@ -372,6 +378,8 @@ impl Ring {
                 closing: false,
                 unentered: 0,
                 recv_limit,
+                deferred_taskrun: setup == crate::sys::RING_SETUPS[0],
+                stop_queued: false,
             }),
             setup,
         })
@@ -447,11 +455,16 @@ impl Ring {
     /// sequence number, unique in the process, the slab entry keeps: an old id never names a
     /// newer operation, nor another port's id one of this port.
     pub(crate) fn cancel(&self, id: OpId) -> io::Result<()> {
-        self.st.borrow_mut().cancel(id)
+        let mut st = self.st.borrow_mut();
+        let done = st.cancel(id);
+        st.submit_stops();
+        done
     }
 
     pub(crate) fn cancel_all(&self, key: u32) -> io::Result<()> {
-        self.st.borrow_mut().cancel_all(key);
+        let mut st = self.st.borrow_mut();
+        st.cancel_all(key);
+        st.submit_stops();
         Ok(())
     }
 
@@ -469,6 +482,7 @@ impl Ring {
     ) -> io::Result<usize> {
         let mut st = self.st.borrow_mut();
         let got = st.get_completions(out, max, timeout);
+        st.submit_stops();
         st.publish_live();
         got
     }
@@ -516,6 +530,20 @@ impl State {
             if until.is_some_and(|u| Instant::now() >= u) {
                 return Err(crate::error::timed_out());
             }
+        }
+    }
+
+    /// Submits a queued stop of a multishot receive now (one enter, no wait). With deferred
+    /// task work the kernel receives only inside this thread's enters, which submit first, so
+    /// a stop can wait for the next one; without, it receives whenever data comes (at this
+    /// thread's next system call under `COOP_TASKRUN`, at once otherwise) and would take pool
+    /// buffers for nobody until the program's next `get_completions`.
+    fn submit_stops(&mut self) {
+        if std::mem::take(&mut self.stop_queued)
+            && let Err(e) = self.enter(false, None)
+        {
+            // The stop stays queued: the next enter submits it.
+            tracing::debug!(error = %e, "io_uring_enter failed submitting a receive's stop");
         }
     }
 

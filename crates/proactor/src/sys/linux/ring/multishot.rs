@@ -163,6 +163,7 @@ impl State {
             let sqe = opcode::AsyncCancel::new(ud).build().user_data(0);
             self.push(&sqe);
             self.paused += 1;
+            self.stop_queued |= !self.deferred_taskrun;
         }
     }
 

@@ -447,6 +447,8 @@ impl State {
             }
         }
         self.push_cancels(h);
+        // Its multishot receive among them: stopped at once (`Ring::submit_stops`).
+        self.stop_queued |= !self.deferred_taskrun;
     }
 
     /// Ends as cancelled every operation of handle `h` that waits in the engine, not in the
