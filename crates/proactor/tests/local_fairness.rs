@@ -111,16 +111,9 @@ fn a_flooding_connection_nobody_reads_leaves_the_pool_to_the_others() {
         }
     }
     client.join().unwrap();
-    if port.backend() == "io_uring" && port.setup() != "shared port" && port.recv_limit().is_none()
-    {
-        // The engine that receives ahead stopped receiving for the flooder. (With the
-        // kernel's receive limit its receiving ends by itself after two buffers, the arming
-        // not renewed with no receive waiting: there is nothing to pause.)
-        assert!(
-            port.receive_pauses() > 0,
-            "the flooder's receiving was never paused"
-        );
-    }
+    // (The ring never receives far ahead: with the kernel's receive limit an arming ends by
+    // itself after two buffers, without it each arming is one single-shot receive, and neither
+    // is renewed with no receive waiting. Nothing is left to pause.)
     // The flooder's data was never lost: it is still there to receive, in order.
     let mut got = 0usize;
     while got < 64 * 1024 {

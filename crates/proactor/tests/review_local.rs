@@ -165,11 +165,9 @@ fn a_paused_handle_resumes_and_loses_nothing() {
                 .is_err()
         );
     }
-    // With the kernel's receive limit, the receiving ends by itself after two buffers (the
-    // arming is not renewed with no receive waiting): there is nothing to pause.
-    if port.backend() == "io_uring" && port.recv_limit().is_none() {
-        assert!(port.receive_pauses() >= 1, "the handle was never paused");
-    }
+    // (The ring never receives far ahead: with the kernel's receive limit an arming ends by
+    // itself after two buffers, without it each arming is one single-shot receive, and neither
+    // is renewed with no receive waiting. Nothing is left to pause.)
     loop {
         port.recv_pooled(&h);
         let mut c = next(&port);

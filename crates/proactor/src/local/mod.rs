@@ -311,11 +311,12 @@ impl LocalPort {
     /// buffers' worth (the kernel's byte limit of one arming of a multishot receive; it is armed
     /// again, if a receive still waits, at the next call of
     /// [`get_completions`](LocalPort::get_completions)). `None` where the kernel has no such
-    /// limit: there one call can bring a handle what its socket received meanwhile, several
-    /// megabytes when a fast peer keeps sending. On the shared-port engine (Windows, epoll)
-    /// `None` too: there each readiness brings one pool buffer, but one call may see several.
-    /// `PROACTOR_RING_RECV_LIMIT=off` leaves the limit unused on any kernel (`None`), as the
-    /// test suite runs the older kernels' path.
+    /// limit: there the ring receives with one single-shot receive per pool buffer (an
+    /// unlimited multishot receive would bring a handle what its socket received meanwhile,
+    /// several megabytes when a fast peer keeps sending). On the shared-port engine (Windows,
+    /// epoll) `None` too: there each readiness brings one pool buffer, but one call may see
+    /// several. `PROACTOR_RING_RECV_LIMIT=off` leaves the limit unused on any kernel (`None`),
+    /// as the test suite runs the older kernels' path.
     ///
     /// A program that stops receiving from a peer (it cancels its pooled receives: its sends
     /// to the peer back up) gets at most this much more, from the completions already on their

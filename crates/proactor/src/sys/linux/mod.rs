@@ -189,9 +189,9 @@ pub(crate) fn requested_ring_setup() -> io::Result<usize> {
     }
 }
 
-/// `PROACTOR_RING_RECV_LIMIT=off`: a `LocalPort`'s ring leaves its multishot receives
-/// unlimited, as on a kernel without their byte limit (before 6.17; tests run that path this
-/// way). Unset or empty: the limit where the kernel has it. Another value is an error
+/// `PROACTOR_RING_RECV_LIMIT=off`: a `LocalPort`'s ring leaves the multishot receive's byte
+/// limit unused and receives as on a kernel without it (before 6.17: one single-shot receive
+/// per pool buffer; tests run that path this way). Unset or empty: the limit where the kernel has it. Another value is an error
 /// whichever backend or port runs.
 pub(crate) fn requested_recv_limit() -> io::Result<bool> {
     match std::env::var("PROACTOR_RING_RECV_LIMIT") {

@@ -36,6 +36,8 @@ impl State {
                     datagram: false,
                     starved: false,
                     eof: false,
+                    watched: false,
+                    hup: false,
                 });
                 self.cold.push(Cold {
                     raw: -1,
@@ -73,6 +75,8 @@ impl State {
         h.datagram = datagram;
         h.starved = false;
         h.eof = false;
+        h.watched = false;
+        h.hup = false;
         h.armed = NONE;
         self.cold[idx as usize].raw = raw;
         self.files.associate(raw, file);

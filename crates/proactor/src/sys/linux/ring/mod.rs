@@ -224,6 +224,9 @@ enum Body {
     MultiRecv,
     /// The listener's multishot accept (the engine's own).
     MultiAccept,
+    /// A stream handle's hang-up watch (the engine's own): a poll for the peer's end or an
+    /// error, see [`State::on_watch`].
+    Watch,
 }
 
 /// No slab entry (an unarmed handle, an idle lane).
@@ -242,13 +245,13 @@ struct Handle {
     armed: u32,
     /// The operation running in each lane (by [`Dir`]), or [`NONE`].
     busy: [u32; 2],
-    /// How many entries `Cold::data` holds.
-    queued: u32,
     /// Pooled receives or accepts waiting, oldest first.
     waiters: Fifo,
     /// Operations waiting for each lane, oldest first.
     lanes: [Fifo; 2],
     generation: u16,
+    /// How many entries `Cold::data` holds (pool buffers, at most 32,768, and an end).
+    queued: u16,
     open: bool,
     socket: bool,
     stream: bool,
@@ -256,6 +259,11 @@ struct Handle {
     starved: bool,
     /// The end of the stream arrived.
     eof: bool,
+    /// Its hang-up watch is in the kernel (or has fired).
+    watched: bool,
+    /// The watch fired (the peer ended the stream or reset it): it receives with single-shot
+    /// receives from now on.
+    hup: bool,
 }
 
 /// The part of a handle seldom touched.

@@ -152,19 +152,62 @@ impl State {
     /// pool, and every other pooled receive of the port would wait for buffers that never come
     /// back.
     pub(super) fn pause_receiving(&mut self, h: u32) {
+        if self.stop_armed(h) {
+            self.paused += 1;
+        }
+    }
+
+    /// Queues the cancel of handle `h`'s multishot receive or accept in the kernel, if any
+    /// and not cancelled already; whether it did. Its last CQE re-arms the handle if a pooled
+    /// receive waits. Without deferred task work the cancel goes to the kernel before the
+    /// engine returns to the program (`Ring::submit_stops`).
+    fn stop_armed(&mut self, h: u32) -> bool {
         let idx = self.handles[h as usize].armed;
         if idx == NONE {
-            return;
+            return false;
         }
         let ud = self.ud(idx);
         let op = self.op(idx);
-        if op.in_kernel && !op.cancelled {
-            op.cancelled = true;
-            let sqe = opcode::AsyncCancel::new(ud).build().user_data(0);
-            self.push(&sqe);
-            self.paused += 1;
-            self.stop_queued |= !self.deferred_taskrun;
+        if !op.in_kernel || op.cancelled {
+            return false;
         }
+        op.cancelled = true;
+        let sqe = opcode::AsyncCancel::new(ud).build().user_data(0);
+        self.push(&sqe);
+        self.stop_queued |= !self.deferred_taskrun;
+        true
+    }
+
+    /// The hang-up watch of stream handle `h` ended: it fired (`res`, the poll mask, > 0),
+    /// or it was cancelled with the handle's other operations.
+    ///
+    /// Why it exists: a multishot receive that drains the socket goes back to waiting for the
+    /// socket's next wake-up, and a reset that came together with the data it just read (one
+    /// wake-up for both, the peer's data then its RST before the kernel ran the receive) never
+    /// wakes it again: the receive waits forever, the reset never reported (Linux 6.18; an
+    /// orderly end is seen, the kernel retrying at once after a read that leaves the end of
+    /// the stream). The watch, a poll for `POLLRDHUP` (errors and hang-ups come with it),
+    /// fires on either; the handle then receives with single-shot receives, each of which
+    /// looks at the socket afresh, so the data still queued and then the reset or the end
+    /// come through. Without the kernel's receive limit every receive is single-shot already
+    /// and no watch is put.
+    pub(super) fn on_watch(&mut self, idx: u32, res: i32) {
+        self.ended(idx);
+        self.op(idx).finished = true;
+        let h = self.op(idx).handle;
+        let open = self.handles[h as usize].open && !self.closing;
+        let handle = &mut self.handles[h as usize];
+        if res > 0 && open {
+            // The multishot receive in the kernel is stopped; its last CQE arms the handle
+            // again, single-shot, if a pooled receive waits.
+            handle.hup = true;
+            self.stop_armed(h);
+        } else {
+            // Cancelled (`cancel_all`) while the handle lives on: watched again at its next
+            // arming.
+            handle.watched = false;
+        }
+        self.maybe_release(idx);
     }
 
     pub(super) fn on_multi_accept(&mut self, idx: u32, res: i32, flags: u32) {

@@ -355,6 +355,10 @@ impl State {
         if self.closing {
             return;
         }
+        let body_kind = match body {
+            Body::MultiRecv => BodyKind::MultiRecv,
+            _ => BodyKind::Other,
+        };
         let mut op = self.new_op(kind, h, 0, None, body);
         op.counted = false;
         let Ok(idx) = self.alloc(op) else {
@@ -362,6 +366,27 @@ impl State {
             return;
         };
         self.handles[h as usize].armed = idx;
+        self.issue(idx);
+        let handle = &self.handles[h as usize];
+        if matches!(body_kind, BodyKind::MultiRecv)
+            && self.recv_limit > 0
+            && handle.stream
+            && !handle.watched
+            && !handle.hup
+        {
+            self.watch(h);
+        }
+    }
+
+    /// Puts a hang-up watch on stream handle `h` (see [`State::on_watch`]). Without a slab
+    /// entry to spare it goes without, and is tried again at the next arming.
+    fn watch(&mut self, h: u32) {
+        let mut op = self.new_op(OpKind::Readable, h, 0, None, Body::Watch);
+        op.counted = false;
+        let Ok(idx) = self.alloc(op) else {
+            return;
+        };
+        self.handles[h as usize].watched = true;
         self.issue(idx);
     }
 
@@ -518,4 +543,11 @@ impl State {
             self.push(&by_fd);
         }
     }
+}
+
+/// Which engine operation [`State::arm`] starts.
+#[derive(Clone, Copy)]
+enum BodyKind {
+    MultiRecv,
+    Other,
 }

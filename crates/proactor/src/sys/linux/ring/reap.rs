@@ -135,6 +135,7 @@ impl State {
         match self.op(idx).body {
             Body::MultiRecv => self.on_multi_recv(idx, res, flags),
             Body::MultiAccept => self.on_multi_accept(idx, res, flags),
+            Body::Watch => self.on_watch(idx, res),
             _ if kind == OpKind::Timer => {
                 self.ended(idx);
                 let result = match -res {

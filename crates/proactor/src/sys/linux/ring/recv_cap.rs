@@ -11,8 +11,9 @@
 //! asked meanwhile (a cancel that stops it). So the data that reaches a program after it
 //! stopped receiving from a handle is bounded by a few buffers, whatever the kernel version
 //! offers otherwise; kernels without the limit refuse it (`EINVAL` from the receive's prep,
-//! where the field was `file_index`), which [`probe`] finds once per port: there the
-//! multishot receive goes unlimited, as before.
+//! where the field was `file_index`), which [`probe`] finds once per port: there each arming
+//! is one single-shot receive of one buffer instead (`submit.rs`), since an unlimited one
+//! takes the whole lent window for a handle nobody reads before its pause can stop it.
 
 use std::os::fd::AsRawFd;
 

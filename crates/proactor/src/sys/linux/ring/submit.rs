@@ -108,13 +108,20 @@ impl State {
             }
             Body::Nothing => opcode::PollAdd::new(fixed, libc::POLLIN as u32).build(),
             Body::Record(r) => Uring::prepare(r),
-            Body::MultiRecv => {
-                let e = recv_cap::poll_first(opcode::RecvMulti::new(fixed, BGID).build());
-                match recv_limit {
-                    0 => e,
-                    limit => recv_cap::limited(e, limit),
-                }
+            // Without the kernel's byte limit, or once the peer hung up (`State::on_watch`):
+            // one single-shot receive of one pool buffer per arming, armed again by
+            // `on_multi_recv` while a pooled receive waits.
+            Body::MultiRecv if recv_limit == 0 || self.handles[op.handle as usize].hup => {
+                opcode::Recv::new(fixed, std::ptr::null_mut(), 0)
+                    .buf_group(BGID)
+                    .build()
+                    .flags(Flags::BUFFER_SELECT)
             }
+            Body::MultiRecv => recv_cap::limited(
+                recv_cap::poll_first(opcode::RecvMulti::new(fixed, BGID).build()),
+                recv_limit,
+            ),
+            Body::Watch => opcode::PollAdd::new(fixed, libc::POLLRDHUP as u32).build(),
             Body::MultiAccept => opcode::AcceptMulti::new(fixed)
                 .flags(libc::SOCK_CLOEXEC)
                 .build(),
