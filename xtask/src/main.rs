@@ -206,7 +206,7 @@ const FAILPOINTS: [&str; 2] = ["--features", "proactor/failpoints,proactor-echo/
 
 /// The test files that run a `LocalPort` (proactor's, then proactor-echo's), run again as on
 /// older kernels (without the receive limit, with each fallback setup of the ring).
-const LOCAL_PORT_SUITES: [&str; 18] = [
+const LOCAL_PORT_SUITES: [&str; 19] = [
     "foreign_ids",
     "iocp_failpoints",
     "local_alloc",
@@ -222,6 +222,7 @@ const LOCAL_PORT_SUITES: [&str; 18] = [
     "review_ring",
     "review_ring_live_failpoints",
     "review_old_kernels",
+    "review_watch",
     "cli",
     "echo",
     "exhaustion",

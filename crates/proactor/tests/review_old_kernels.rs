@@ -9,13 +9,14 @@
 //! with one single-shot receive per arming there. And on every path, the default one included,
 //! a reset that came with the data the receive read left the pooled receive waiting forever:
 //! each stream handle now has a hang-up watch (`multishot.rs`, `State::on_watch`).
+#![cfg(target_os = "linux")]
 
 mod common;
 
 use std::{
     collections::{HashMap, VecDeque},
     io::{ErrorKind, Read, Write},
-    net::{IpAddr, Ipv4Addr, Shutdown, TcpStream},
+    net::{Shutdown, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -25,22 +26,10 @@ use std::{
 };
 
 use common::{
-    local::raw_pair,
+    local::{LOCAL, label, raw_pair},
     oracle::{Rng, mismatch, pattern, seeds},
 };
 use proactor::{LocalCompletion, LocalHandle, LocalPort, OpId, OpKind, PooledBuf};
-
-/// Loopback, where every connection of these tests runs.
-const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-
-fn label(port: &LocalPort) -> String {
-    format!(
-        "{} / {} / limit {:?}",
-        port.backend(),
-        port.setup(),
-        port.recv_limit()
-    )
-}
 
 /// A thread writing connection `conn`'s pattern, `total` bytes, in chunks, until `stop`.
 fn flooder(

@@ -11,6 +11,19 @@ use super::WAIT;
 #[allow(unused_imports)] // used by some of the test binaries that include this module
 pub use super::{collect, next};
 
+/// Loopback IPv4, where the `LocalPort` review tests run their connections.
+pub const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// Which engine and setup a port runs, for failure messages: backend / setup / receive limit.
+pub fn label(port: &LocalPort) -> String {
+    format!(
+        "{} / {} / limit {:?}",
+        port.backend(),
+        port.setup(),
+        port.recv_limit()
+    )
+}
+
 /// Whether a completion arrives within `ms` milliseconds (it is returned).
 pub fn within(port: &LocalPort, ms: u64) -> Option<LocalCompletion> {
     port.get_completion(Some(Duration::from_millis(ms))).ok()

@@ -204,10 +204,24 @@ impl State {
             self.stop_armed(h);
         } else {
             // Cancelled (`cancel_all`) while the handle lives on: watched again at its next
-            // arming.
+            // arming, or now if it was armed again while this cancel was on its way (that
+            // arming saw `watched` and put none; and the cancel may have ended a watch that
+            // had fired, the reset already there: a new watch fires at once).
             handle.watched = false;
+            let armed = handle.armed;
+            if open && !handle.hup && armed != NONE && self.receiving(armed) {
+                self.watch(h);
+            }
         }
         self.maybe_release(idx);
+    }
+
+    /// Whether slab entry `idx` is a multishot receive in the kernel, not being stopped.
+    fn receiving(&self, idx: u32) -> bool {
+        self.slots[idx as usize]
+            .op
+            .as_ref()
+            .is_some_and(|op| matches!(op.body, Body::MultiRecv) && op.in_kernel && !op.cancelled)
     }
 
     pub(super) fn on_multi_accept(&mut self, idx: u32, res: i32, flags: u32) {

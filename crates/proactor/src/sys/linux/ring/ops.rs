@@ -380,7 +380,7 @@ impl State {
 
     /// Puts a hang-up watch on stream handle `h` (see [`State::on_watch`]). Without a slab
     /// entry to spare it goes without, and is tried again at the next arming.
-    fn watch(&mut self, h: u32) {
+    pub(super) fn watch(&mut self, h: u32) {
         let mut op = self.new_op(OpKind::Readable, h, 0, None, Body::Watch);
         op.counted = false;
         let Ok(idx) = self.alloc(op) else {
