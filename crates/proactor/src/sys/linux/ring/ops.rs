@@ -355,10 +355,7 @@ impl State {
         if self.closing {
             return;
         }
-        let body_kind = match body {
-            Body::MultiRecv => BodyKind::MultiRecv,
-            _ => BodyKind::Other,
-        };
+        let receive = matches!(body, Body::MultiRecv);
         let mut op = self.new_op(kind, h, 0, None, body);
         op.counted = false;
         let Ok(idx) = self.alloc(op) else {
@@ -368,12 +365,7 @@ impl State {
         self.handles[h as usize].armed = idx;
         self.issue(idx);
         let handle = &self.handles[h as usize];
-        if matches!(body_kind, BodyKind::MultiRecv)
-            && self.recv_limit > 0
-            && handle.stream
-            && !handle.watched
-            && !handle.hup
-        {
+        if receive && self.recv_limit > 0 && handle.stream && !handle.watched && !handle.hup {
             self.watch(h);
         }
     }
@@ -543,11 +535,4 @@ impl State {
             self.push(&by_fd);
         }
     }
-}
-
-/// Which engine operation [`State::arm`] starts.
-#[derive(Clone, Copy)]
-enum BodyKind {
-    MultiRecv,
-    Other,
 }
