@@ -102,9 +102,7 @@ impl LocalOp {
 fn engine(buffers: u16, size: usize) -> io::Result<Engine> {
     #[cfg(target_os = "linux")]
     {
-        crate::sys::requested_sqpoll()?;
-        crate::sys::requested_ring_setup()?;
-        crate::sys::requested_recv_limit()?;
+        crate::sys::check_requests()?;
         let ring = || crate::sys::Ring::new(Pool::new(buffers, size, false)?);
         match crate::sys::requested_backend()? {
             Some("epoll") => {}

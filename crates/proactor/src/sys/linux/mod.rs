@@ -191,8 +191,8 @@ pub(crate) fn requested_ring_setup() -> io::Result<usize> {
 
 /// `PROACTOR_RING_RECV_LIMIT=off`: a `LocalPort`'s ring leaves the multishot receive's byte
 /// limit unused and receives as on a kernel without it (before 6.17: one single-shot receive
-/// per pool buffer; tests run that path this way). Unset or empty: the limit where the kernel has it. Another value is an error
-/// whichever backend or port runs.
+/// per pool buffer; tests run that path this way). Unset or empty: the limit where the kernel
+/// has it. Another value is an error whichever backend or port runs.
 pub(crate) fn requested_recv_limit() -> io::Result<bool> {
     match std::env::var("PROACTOR_RING_RECV_LIMIT") {
         Err(_) => Ok(true),
@@ -205,13 +205,21 @@ pub(crate) fn requested_recv_limit() -> io::Result<bool> {
     }
 }
 
+/// Checks every `PROACTOR_*` tuning variable (`PROACTOR_SQPOLL`, `PROACTOR_RING_SETUP`,
+/// `PROACTOR_RING_RECV_LIMIT`): a value none of them takes is an error from every port's
+/// creation, whichever engine would have used it.
+pub(crate) fn check_requests() -> io::Result<()> {
+    requested_sqpoll()?;
+    requested_ring_setup()?;
+    requested_recv_limit()?;
+    Ok(())
+}
+
 impl Port {
     pub(crate) fn new(_concurrency: u32) -> io::Result<Port> {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        requested_sqpoll()?;
-        requested_ring_setup()?;
-        requested_recv_limit()?;
+        check_requests()?;
         let (driver, backend): (Arc<dyn Driver>, _) = match requested_backend()? {
             Some("epoll") => (Arc::new(epoll::Epoll::new()?), "epoll"),
             Some(_) => (Arc::new(uring::Uring::new()?), "io_uring"),
