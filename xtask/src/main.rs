@@ -1,14 +1,14 @@
 //! Build and test automation: `cargo xtask ci` is the README's test command.
 //!
 //! On Linux it installs what is missing (as root, through apt), checks formatting, runs clippy
-//! with `-D warnings`, the tests (with the failpoint tests, on io_uring, epoll and SQPOLL) and
-//! the doc tests natively, then the suites that try to break the library (`adversarial.rs`: the
-//! loom model of the handshakes, AddressSanitizer and LeakSanitizer over the native suite, a
-//! short fuzz run), then cross-compiles for
-//! `x86_64-pc-windows-gnu` with Debian's rustc and `-Zbuild-std`, runs clippy for that target,
-//! runs the Windows test suite under Wine, and checks that proactor-echo makes no more
-//! Win32/WinSock calls per echoed message than a hand-written windows-sys echo. On Windows it
-//! runs the same suite natively.
+//! with `-D warnings`, the tests (with the failpoint tests, on io_uring, epoll and SQPOLL, the
+//! last without the files that run only a `LocalPort`), the `LocalPort` suites as on older
+//! kernels, and the doc tests natively, then the suites that try to break the library
+//! (`adversarial.rs`: the loom model of the handshakes, AddressSanitizer and LeakSanitizer over
+//! the native suite, a short fuzz run), then cross-compiles for `x86_64-pc-windows-gnu` with
+//! Debian's rustc and `-Zbuild-std`, runs clippy for that target, runs the Windows test suite
+//! under Wine, and checks that proactor-echo makes no more Win32/WinSock calls per echoed
+//! message than a hand-written windows-sys echo. On Windows it runs the same suite natively.
 //!
 //! Commands:
 //! - `cargo xtask ci`: everything above, with the time each step took.
@@ -27,7 +27,7 @@ mod calls;
 mod wine;
 
 use std::{
-    env,
+    env, fs,
     io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, ExitCode, Stdio},
@@ -228,6 +228,53 @@ const LOCAL_PORT_SUITES: [&str; 19] = [
     "exhaustion",
 ];
 
+/// The test files of [`LOCAL_PORT_SUITES`] that use no shared port (`Iocp`): a `LocalPort`'s
+/// ring has no submission-polling thread, so under `PROACTOR_SQPOLL` they would only repeat the
+/// default pass, and that pass leaves them out.
+const LOCAL_PORT_ONLY: [&str; 11] = [
+    "local_fairness",
+    "local_port",
+    "local_ring",
+    "local_sends",
+    "local_smoke",
+    "review_fast_paths",
+    "review_local",
+    "review_ring",
+    "review_ring_live_failpoints",
+    "review_old_kernels",
+    "review_watch",
+];
+
+/// `--test NAME` for every integration test file of the workspace's crates
+/// (`crates/*/tests/*.rs`) but those in `skip`, each of which must exist.
+fn tests_except(skip: &[&str]) -> Result<Vec<String>> {
+    let mut names = Vec::new();
+    let crates = fs::read_dir(root().join("crates")).map_err(|e| e.to_string())?;
+    for krate in crates {
+        let dir = krate.map_err(|e| e.to_string())?.path().join("tests");
+        let Ok(files) = fs::read_dir(&dir) else {
+            continue; // a crate without integration tests
+        };
+        for file in files {
+            let path = file.map_err(|e| e.to_string())?.path();
+            if path.extension().is_some_and(|e| e == "rs")
+                && let Some(name) = path.file_stem().and_then(|n| n.to_str())
+            {
+                names.push(name.to_owned());
+            }
+        }
+    }
+    if let Some(missing) = skip.iter().find(|s| !names.iter().any(|n| n == *s)) {
+        return Err(format!("no test file {missing}.rs to leave out"));
+    }
+    names.retain(|n| !skip.contains(&n.as_str()));
+    names.sort();
+    Ok(names
+        .into_iter()
+        .flat_map(|n| ["--test".into(), n])
+        .collect())
+}
+
 fn ci() -> Result<()> {
     if cfg!(target_os = "linux") {
         wine::install_missing()?;
@@ -242,24 +289,34 @@ fn ci() -> Result<()> {
     let mut native = run_tests(cargo().args(["test", "--workspace"]).args(FAILPOINTS))?;
     if cfg!(target_os = "linux") {
         // The same suite again on the epoll fallback, and on io_uring with a submission-polling
-        // kernel thread.
-        for (label, var, value) in [
-            ("epoll", "PROACTOR_BACKEND", "epoll"),
-            ("sqpoll", "PROACTOR_SQPOLL", "50"),
-        ] {
-            step(&format!("tests (native, with failpoints, {var}={value})"));
-            let totals = run_tests(
-                cargo()
-                    .args(["test", "--workspace"])
-                    .args(FAILPOINTS)
-                    .env(var, value),
-            )?;
-            println!(
-                "{label}: {} passed, {} failed",
-                totals.passed, totals.failed
-            );
-            native.add(totals);
-        }
+        // kernel thread (without the files that run only a `LocalPort`, which it does not
+        // change: every other target and the doc tests).
+        step("tests (native, with failpoints, PROACTOR_BACKEND=epoll)");
+        let epoll = run_tests(
+            cargo()
+                .args(["test", "--workspace"])
+                .args(FAILPOINTS)
+                .env("PROACTOR_BACKEND", "epoll"),
+        )?;
+        println!("epoll: {} passed, {} failed", epoll.passed, epoll.failed);
+        native.add(epoll);
+        step("tests (native, with failpoints, PROACTOR_SQPOLL=50, the shared port's files)");
+        let mut sqpoll = run_tests(
+            cargo()
+                .args(["test", "--workspace"])
+                .args(FAILPOINTS)
+                .args(["--lib", "--bins", "--benches"])
+                .args(tests_except(&LOCAL_PORT_ONLY)?)
+                .env("PROACTOR_SQPOLL", "50"),
+        )?;
+        sqpoll.add(run_tests(
+            cargo()
+                .args(["test", "--workspace", "--doc"])
+                .args(FAILPOINTS)
+                .env("PROACTOR_SQPOLL", "50"),
+        )?);
+        println!("sqpoll: {} passed, {} failed", sqpoll.passed, sqpoll.failed);
+        native.add(sqpoll);
     }
     if cfg!(target_os = "linux") {
         // A `LocalPort`'s ring takes the best setup the kernel accepts, and the multishot
@@ -317,4 +374,37 @@ fn ci() -> Result<()> {
         all.passed, all.failed, all.ignored
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sqpoll_pass_leaves_out_only_the_local_port_files() {
+        let args = tests_except(&LOCAL_PORT_ONLY).expect("test files");
+        assert!(args.iter().step_by(2).all(|a| a == "--test"));
+        let names: Vec<&str> = args.iter().skip(1).step_by(2).map(String::as_str).collect();
+        for name in LOCAL_PORT_ONLY {
+            assert!(!names.contains(&name), "{name} left in");
+            assert!(
+                LOCAL_PORT_SUITES.contains(&name),
+                "{name} not a LocalPort suite"
+            );
+        }
+        // A shared-port file of each crate stays.
+        assert!(names.contains(&"integrity") && names.contains(&"echo"));
+        assert!(tests_except(&["no_such_file"]).is_err());
+    }
+
+    #[test]
+    fn the_files_left_out_use_no_shared_port() {
+        for name in LOCAL_PORT_ONLY {
+            let path = root()
+                .join("crates/proactor/tests")
+                .join(format!("{name}.rs"));
+            let source = fs::read_to_string(&path).expect("test file");
+            assert!(!source.contains("Iocp"), "{name}.rs uses the shared port");
+        }
+    }
 }
