@@ -275,6 +275,22 @@ fn tests_except(skip: &[&str]) -> Result<Vec<String>> {
         .collect())
 }
 
+/// `cargo test` over the whole workspace with the failpoint tests.
+fn workspace_tests() -> Command {
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace"]).args(FAILPOINTS);
+    cmd
+}
+
+/// Prints one pass's totals under `label` and returns them.
+fn counted(label: &str, totals: Totals) -> Totals {
+    println!(
+        "{label}: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
+    totals
+}
+
 fn ci() -> Result<()> {
     if cfg!(target_os = "linux") {
         wine::install_missing()?;
@@ -286,37 +302,25 @@ fn ci() -> Result<()> {
     // The failpoint tests (`tests/failpoints_*.rs`) are part of the suite: the feature only
     // compiles the points in, which do nothing unless a test configures them.
     step("tests (native, with failpoints)");
-    let mut native = run_tests(cargo().args(["test", "--workspace"]).args(FAILPOINTS))?;
+    let mut native = run_tests(&mut workspace_tests())?;
     if cfg!(target_os = "linux") {
         // The same suite again on the epoll fallback, and on io_uring with a submission-polling
         // kernel thread (without the files that run only a `LocalPort`, which it does not
         // change: every other target and the doc tests).
         step("tests (native, with failpoints, PROACTOR_BACKEND=epoll)");
-        let epoll = run_tests(
-            cargo()
-                .args(["test", "--workspace"])
-                .args(FAILPOINTS)
-                .env("PROACTOR_BACKEND", "epoll"),
-        )?;
-        println!("epoll: {} passed, {} failed", epoll.passed, epoll.failed);
-        native.add(epoll);
+        let epoll = run_tests(workspace_tests().env("PROACTOR_BACKEND", "epoll"))?;
+        native.add(counted("epoll", epoll));
         step("tests (native, with failpoints, PROACTOR_SQPOLL=50, the shared port's files)");
         let mut sqpoll = run_tests(
-            cargo()
-                .args(["test", "--workspace"])
-                .args(FAILPOINTS)
+            workspace_tests()
                 .args(["--lib", "--bins", "--benches"])
                 .args(tests_except(&LOCAL_PORT_ONLY)?)
                 .env("PROACTOR_SQPOLL", "50"),
         )?;
         sqpoll.add(run_tests(
-            cargo()
-                .args(["test", "--workspace", "--doc"])
-                .args(FAILPOINTS)
-                .env("PROACTOR_SQPOLL", "50"),
+            workspace_tests().arg("--doc").env("PROACTOR_SQPOLL", "50"),
         )?);
-        println!("sqpoll: {} passed, {} failed", sqpoll.passed, sqpoll.failed);
-        native.add(sqpoll);
+        native.add(counted("sqpoll", sqpoll));
     }
     if cfg!(target_os = "linux") {
         // A `LocalPort`'s ring takes the best setup the kernel accepts, and the multishot
@@ -336,12 +340,7 @@ fn ci() -> Result<()> {
             }
             cmd.env("PROACTOR_RING_RECV_LIMIT", "off")
                 .env("PROACTOR_RING_SETUP", setup);
-            let totals = run_tests(&mut cmd)?;
-            println!(
-                "{label}: {} passed, {} failed",
-                totals.passed, totals.failed
-            );
-            native.add(totals);
+            native.add(counted(label, run_tests(&mut cmd)?));
         }
     }
     step("rustdoc -D warnings");
@@ -359,8 +358,7 @@ fn ci() -> Result<()> {
         step("clippy (x86_64-pc-windows-gnu)");
         run(wine.cargo().args(CLIPPY))?;
         step("Windows test suite under Wine (with the failpoint tests)");
-        let windows = wine.run_tests(&FAILPOINTS.map(String::from))?;
-        println!("wine: {} passed, {} failed", windows.passed, windows.failed);
+        let windows = counted("wine", wine.run_tests(&FAILPOINTS.map(String::from))?);
         if windows.passed == 0 {
             return Err("the Windows suite ran no test under Wine".into());
         }
