@@ -13,7 +13,7 @@ SERVER is a harness server name ("proactor 1w", "raw multishot", "tokio current-
 """
 import argparse, subprocess, sys
 
-from harness_cell import with_cell
+from harness_cell import server_threads, with_cell
 
 EVENTS = ("tcp:tcp_sendmsg_locked,sock:sock_recv_length,raw_syscalls:sys_enter,"
           "io_uring:io_uring_submit_req,io_uring:io_uring_complete")
@@ -35,13 +35,8 @@ def main():
     print("|---|---:|" + "---:|" * len(names))
     for server in a.servers:
         def count():
-            ps = subprocess.run(["ps", "-eLo", "tid,comm"], capture_output=True, text=True).stdout
-            tids = [f[0] for f in (l.split() for l in ps.splitlines()[1:])
-                    if len(f) > 1 and f[1].startswith(("echo", "proactor"))]
-            if not tids:
-                sys.exit(f"no server thread found for {server!r}")
             return subprocess.run(["perf", "stat", "-x,", "-e", ",".join(events), "-t",
-                                   ",".join(tids), "--", "sleep", str(WINDOW)],
+                                   server_threads(server), "--", "sleep", str(WINDOW)],
                                   capture_output=True, text=True)
         stat, rts = with_cell(a.bench, a.conns, a.size, a.depth, server, WINDOW + 1, count)
         if stat.returncode != 0:

@@ -1,7 +1,7 @@
 """One cell of the harness run for a profile script: `with_cell(...)` starts `bench matrix
 --reps 1` on one server, calls `during()` once the server's connections are up and its warm-up
 is under way, and returns what `during()` returned with the round trips per second of the
-server's row."""
+server's row; `server_threads()` names the server's threads for `perf -t`."""
 import subprocess, sys, time
 
 def with_cell(bench, conns, size, depth, server, secs, during):
@@ -20,3 +20,14 @@ def with_cell(bench, conns, size, depth, server, secs, during):
     if row is None:
         sys.exit(f"no result row for {server!r} (is it a harness server name?)")
     return got, float(row.split("|")[4])
+
+
+def server_threads(server):
+    """The thread ids of the running server (its threads are named `echo*` or `proactor*`), as
+    `perf -t` takes them: comma-separated. Exits if there is none."""
+    ps = subprocess.run(["ps", "-eLo", "tid,comm"], capture_output=True, text=True).stdout
+    tids = [f[0] for f in (l.split() for l in ps.splitlines()[1:])
+            if len(f) > 1 and f[1].startswith(("echo", "proactor"))]
+    if not tids:
+        sys.exit(f"no server thread found for {server!r}")
+    return ",".join(tids)

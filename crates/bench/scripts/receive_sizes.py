@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""How many bytes each receive of an echo server takes, and how that relates to the send that
+carried them (`perf record` on `sock:sock_recv_length`).
+
+For each server named, runs one cell of the harness (`bench matrix --reps 1`) and, while it
+measures, records every `sock_recvmsg` of the server's threads (the threads named `echo*` or
+`proactor*`) for one second: its length or error. Prints, per server, the share of receives
+that took one message, a whole multiple of messages, a part of one, nothing (`EAGAIN`), and the
+mean bytes per receive. At depth 8 a server whose receives run when a burst's first segment
+lands takes one message; one that runs after the burst took its whole window.
+
+Usage: receive_sizes.py [--bench target/release/bench] [--conns 100] [--size 4096]
+       [--depth 8] SERVER...
+SERVER is a harness server name ("proactor 1w", "raw multishot", "monoio", ...).
+"""
+import argparse, collections, re, subprocess, sys, tempfile
+
+from harness_cell import server_threads, with_cell
+
+WINDOW = 1  # seconds recorded, inside the harness's measuring window
+# perf prints the tracepoint's fields as recorded: an error may show as a negative length.
+RECORD = re.compile(r"length = (-?\d+), error = (-?\d+)")
+
+def classify(length, error, size):
+    if error:
+        return "EAGAIN" if error == -11 else f"error {error}"
+    if length == size:
+        return "one message"
+    if length % size == 0:
+        return "several messages"
+    return "part of a message"
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bench", default="target/release/bench")
+    ap.add_argument("--conns", type=int, default=100)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--depth", type=int, default=8)
+    ap.add_argument("servers", nargs="+")
+    a = ap.parse_args()
+    kinds = ["one message", "several messages", "part of a message", "EAGAIN"]
+    print(f"| server ({a.conns} x {a.size} B, depth {a.depth}) | round trips/s | receives/rt | "
+          + " | ".join(kinds) + " | mean bytes |")
+    print("|---|---:|---:|" + "---:|" * (len(kinds) + 1))
+    for server in a.servers:
+        with tempfile.NamedTemporaryFile(suffix=".data") as out:
+            def record():
+                return subprocess.run(["perf", "record", "-q", "-e", "sock:sock_recv_length", "-t",
+                                       server_threads(server), "-o", out.name, "--", "sleep",
+                                       str(WINDOW)], capture_output=True, text=True)
+            rec, rts = with_cell(a.bench, a.conns, a.size, a.depth, server, WINDOW + 3, record)
+            if rec.returncode != 0:
+                sys.exit(f"perf record failed: {rec.stderr.strip()}")
+            script = subprocess.run(["perf", "script", "-i", out.name], capture_output=True,
+                                    text=True).stdout
+        counts, total, n = collections.Counter(), 0, 0
+        for m in RECORD.finditer(script):
+            length, error = int(m.group(1)), int(m.group(2))
+            if length < 0:
+                length, error = 0, length
+            counts[classify(length, error, a.size)] += 1
+            total += length
+            n += 1
+        if n == 0:
+            sys.exit(f"no receive recorded for {server!r}")
+        print(f"| {server} | {rts:,.0f} | {n / WINDOW / rts:.3f} | "
+              + " | ".join(f"{100 * counts[k] / n:.1f}%" for k in kinds)
+              + f" | {total / max(n - counts['EAGAIN'], 1):,.0f} |")
+
+if __name__ == "__main__":
+    main()
