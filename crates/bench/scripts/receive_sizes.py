@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""How many bytes each receive of an echo server takes, and how that relates to the send that
-carried them (`perf record` on `sock:sock_recv_length`).
+"""How many bytes each receive of an echo server takes (`perf record` on `sock:sock_recv_length`).
 
 For each server named, runs one cell of the harness (`bench matrix --reps 1`) and, while it
 measures, records every `sock_recvmsg` of the server's threads (the threads named `echo*` or
-`proactor*`) for one second: its length or error. Prints, per server, the share of receives
-that took one message, a whole multiple of messages, a part of one, nothing (`EAGAIN`), and the
-mean bytes per receive. At depth 8 a server whose receives run when a burst's first segment
+`proactor*`) for one second: its length or error. Prints, per server, the receives per round
+trip (every call, `EAGAIN` included) and the share of them that took one message, a whole
+multiple of messages, any other length, nothing (the end of the stream, or a peek: the
+tracepoint shows a peek's length as 0), `EAGAIN`, another error; and the mean bytes of the
+receives that took some. At depth 8 a server whose receives run when a burst's first segment
 lands takes one message; one that runs after the burst took its whole window.
 
 Usage: receive_sizes.py [--bench target/release/bench] [--conns 100] [--size 4096]
@@ -23,12 +24,14 @@ RECORD = re.compile(r"length = (-?\d+), error = (-?\d+)")
 
 def classify(length, error, size):
     if error:
-        return "EAGAIN" if error == -11 else f"error {error}"
+        return "EAGAIN" if error == -11 else "other error"
+    if length == 0:
+        return "nothing"
     if length == size:
         return "one message"
     if length % size == 0:
         return "several messages"
-    return "part of a message"
+    return "other length"
 
 def main():
     ap = argparse.ArgumentParser()
@@ -38,9 +41,10 @@ def main():
     ap.add_argument("--depth", type=int, default=8)
     ap.add_argument("servers", nargs="+")
     a = ap.parse_args()
-    kinds = ["one message", "several messages", "part of a message", "EAGAIN"]
+    kinds = ["one message", "several messages", "other length", "nothing", "EAGAIN",
+             "other error"]
     print(f"| server ({a.conns} x {a.size} B, depth {a.depth}) | round trips/s | receives/rt | "
-          + " | ".join(kinds) + " | mean bytes |")
+          + " | ".join(kinds) + " | mean bytes taken |")
     print("|---|---:|---:|" + "---:|" * (len(kinds) + 1))
     for server in a.servers:
         with tempfile.NamedTemporaryFile(suffix=".data") as out:
@@ -63,9 +67,10 @@ def main():
             n += 1
         if n == 0:
             sys.exit(f"no receive recorded for {server!r}")
+        took = n - counts["EAGAIN"] - counts["other error"] - counts["nothing"]
         print(f"| {server} | {rts:,.0f} | {n / WINDOW / rts:.3f} | "
               + " | ".join(f"{100 * counts[k] / n:.1f}%" for k in kinds)
-              + f" | {total / max(n - counts['EAGAIN'], 1):,.0f} |")
+              + f" | {total / max(took, 1):,.0f} |")
 
 if __name__ == "__main__":
     main()
