@@ -1,6 +1,6 @@
 //! Handles associated with a port: the OS object, its context, and what the port needs to know.
 
-use std::{fmt, ops::Deref};
+use std::{fmt, mem::ManuallyDrop, ops::Deref};
 
 use crate::sys;
 
@@ -15,6 +15,14 @@ mod sealed {
         fn foreign(&self) -> bool {
             false
         }
+
+        /// The object's socket, for a close the port may defer until its sends and receives
+        /// are taken back; `None` for any other object, dropped here: a file, pipe or device
+        /// closes at once, and a `Foreign` object is its owner's to close.
+        #[cfg(windows)]
+        fn into_owned_socket(self) -> Option<std::os::windows::io::OwnedSocket>
+        where
+            Self: Sized;
     }
 }
 
@@ -53,7 +61,11 @@ pub(crate) use sealed::Sealed;
 /// Made by [`Iocp::add_handle`](crate::Iocp::add_handle). It owns the object: dropping it first
 /// cancels every operation still in flight on it, then closes it. The cancelled operations still
 /// complete, with an error for which [`is_cancelled`](crate::is_cancelled) is true, and hand back
-/// their buffers. The association itself lasts as long as the OS object: a handle can be
+/// their buffers; a cancelled send reports the bytes it moved before the cancel. On Windows a
+/// socket is closed once the port has taken back the last of its cancelled sends and receives
+/// (at once when none is in flight), so that none finds its socket closed under it: until a
+/// thread dequeues them the socket stays open (its peer sees no end of stream yet), and the
+/// close runs on that thread. Any other object, and a listener, closes at once. The association itself lasts as long as the OS object: a handle can be
 /// associated with one port only.
 ///
 /// It dereferences to the object, so its ordinary methods (`peer_addr`, `set_nodelay`, ...)
@@ -70,13 +82,16 @@ pub(crate) use sealed::Sealed;
 /// ```
 pub struct Handle<T: Associate> {
     pub(crate) target: sys::Target,
-    // Declared last: dropped after `Drop::drop` cancelled what was in flight on it.
-    io: T,
+    /// Taken by `Drop::drop`, after it cancelled what was in flight on it.
+    io: ManuallyDrop<T>,
 }
 
 impl<T: Associate> Handle<T> {
     pub(crate) fn new(io: T, target: sys::Target) -> Handle<T> {
-        Handle { target, io }
+        Handle {
+            target,
+            io: ManuallyDrop::new(io),
+        }
     }
 
     /// The context value given to [`Iocp::add_handle`](crate::Iocp::add_handle), carried by
@@ -116,7 +131,9 @@ impl<T: Associate> Deref for Handle<T> {
 
 impl<T: Associate> Drop for Handle<T> {
     fn drop(&mut self) {
-        self.target.close();
+        // SAFETY: `io` is taken here, once, and never used again.
+        let io = unsafe { ManuallyDrop::take(&mut self.io) };
+        self.target.close(io);
     }
 }
 
@@ -124,7 +141,7 @@ impl<T: Associate + fmt::Debug> fmt::Debug for Handle<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Handle")
             .field("context", &self.context())
-            .field("io", &self.io)
+            .field("io", &*self.io)
             .finish()
     }
 }

@@ -345,6 +345,10 @@ impl crate::handle::Sealed for Foreign<'_> {
     fn foreign(&self) -> bool {
         true
     }
+
+    fn into_owned_socket(self) -> Option<std::os::windows::io::OwnedSocket> {
+        None // its owner's to close
+    }
 }
 
 impl Associate for Foreign<'_> {}

@@ -63,6 +63,13 @@ const SIZES: &[usize] = &[
 ];
 const LARGE: &[usize] = &[(1 << 20) + 3, 3 << 20, 4 << 20];
 
+/// Seeds that once failed, run by their test besides its random ones (unless `PROACTOR_SEED`
+/// names one): `6464614933647390877` lost a vectored send's count under Wine when its handle
+/// was dropped mid-send (the socket closed under the send: `STATUS_INVALID_HANDLE`, 0 bytes,
+/// the peer holding 61-184 KB of it), before a dropped handle's close waited for its
+/// operations (CI of 2026-12-05).
+const PINNED: &[(&str, u64)] = &[("sends_arrive_whole_once_and_in_order", 6464614933647390877)];
+
 /// One test at a time: `live_operations()` and the descriptor count are process-wide.
 fn serial() -> MutexGuard<'static, ()> {
     static SERIAL: Mutex<()> = Mutex::new(());
@@ -77,7 +84,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// completed, `live_operations()` back to 0 once it dropped, no descriptor leaked.
 fn each_seed(test: &'static str, body: impl Fn(&Fails, &mut Rng) -> Arc<Iocp>) {
     let _serial = serial();
-    let runs = seeds(SEEDS);
+    let mut runs = seeds(SEEDS);
+    if std::env::var_os("PROACTOR_SEED").is_none() {
+        runs.extend(PINNED.iter().filter(|(t, _)| *t == test).map(|&(_, s)| s));
+    }
     let backend = Iocp::new().map(|p| p.backend()).unwrap_or("?");
     for (i, &seed) in runs.iter().enumerate() {
         let fails = Fails::new(test, seed);
@@ -563,7 +573,8 @@ fn run_sends(fails: &Fails, rng: &mut Rng, depth: usize, huge: bool) -> Arc<Iocp
                     drop(st);
                     drop(sink);
                     drops += 1;
-                    // A new connection at once, on the descriptor number just freed.
+                    // A new connection at once, on the descriptor number just freed (on
+                    // Windows freed once the port took back the dropped socket's sends).
                     let mut st = lock(&state);
                     let c = st.conns.len();
                     let (conn, rx) = open_send_conn(&port, c, &mut rng, depth, false);

@@ -17,6 +17,7 @@ mod submit;
 use std::{
     cell::Cell,
     fmt, io,
+    mem::ManuallyDrop,
     net::SocketAddr,
     ops::Deref,
     rc::Rc,
@@ -415,7 +416,7 @@ impl LocalPort {
             port: self.inner.clone(),
             key,
             context,
-            io,
+            io: ManuallyDrop::new(io),
         })
     }
 
@@ -866,7 +867,9 @@ impl fmt::Debug for LocalPort {
 /// Made by [`LocalPort::add_handle`]. It owns the object: dropping it cancels every operation
 /// still in flight on it (each still completes, cancelled, handing its buffers back, at a later
 /// [`LocalPort::get_completion`]), gives pooled data not yet received back to the pool, then
-/// closes the object. It dereferences to the object. It belongs to the port's thread.
+/// closes the object (on Windows a socket once the port has taken back its cancelled sends and
+/// receives, so that a cancelled send reports what went; see [`Handle`](crate::Handle)). It
+/// dereferences to the object. It belongs to the port's thread.
 ///
 /// ```no_run
 /// let port = proactor::LocalPort::new()?;
@@ -879,8 +882,8 @@ pub struct LocalHandle<T: Associate> {
     /// The engine's key for the handle.
     key: u32,
     context: usize,
-    // Declared last: closed after `Drop::drop` cancelled what was in flight on it.
-    io: T,
+    /// Taken by `Drop::drop`, which closes it after cancelling what was in flight on it.
+    io: ManuallyDrop<T>,
 }
 
 impl<T: Associate> LocalHandle<T> {
@@ -924,10 +927,12 @@ impl<T: Associate> Deref for LocalHandle<T> {
 
 impl<T: Associate> Drop for LocalHandle<T> {
     fn drop(&mut self) {
+        // SAFETY: `io` is taken here, once, and never used again.
+        let io = unsafe { ManuallyDrop::take(&mut self.io) };
         match &self.port.engine {
-            Engine::Shared(s) => s.close(self.key),
+            Engine::Shared(s) => s.close(self.key, io),
             #[cfg(target_os = "linux")]
-            Engine::Ring(s) => s.close(self.key),
+            Engine::Ring(s) => s.close(self.key, io),
         }
     }
 }

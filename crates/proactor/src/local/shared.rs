@@ -19,7 +19,7 @@ use std::{
 
 use super::{LocalCompletion, LocalOp};
 use crate::{
-    Completion, Iocp, OpId, OpKind, PooledBuf,
+    Associate, Completion, Iocp, OpId, OpKind, PooledBuf,
     completion::Output,
     pool::Pool,
     sys::{self, RawIo, Target},
@@ -140,9 +140,9 @@ impl Shared {
         }
     }
 
-    /// Cancels everything in flight on handle `key` and forgets it; its owner closes the
-    /// object right after.
-    pub(crate) fn close(&self, key: u32) {
+    /// Cancels everything in flight on handle `key`, forgets it, and closes `io`, its object
+    /// (on Windows once the port took back the cancelled operations: `Target::close`).
+    pub(crate) fn close<T: Associate>(&self, key: u32, io: T) {
         let Some(slot) = self.slots.borrow_mut()[key as usize].take() else {
             return;
         };
@@ -153,7 +153,7 @@ impl Shared {
         }
         // The readiness wait ends cancelled by the close below; its completion finds no slot
         // (or a new handle's, told apart by the `internal` entry's id) and is dropped.
-        slot.target.close();
+        slot.target.close(io);
     }
 
     pub(crate) fn start(

@@ -30,7 +30,7 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    pub(crate) fn close(&self) {
+    pub(crate) fn close<T>(&self, _io: T) {
         match self.never {}
     }
 }

@@ -101,10 +101,10 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// Cancels everything in flight on the handle: called just before its owner closes it
-    /// (io_uring keeps a closed descriptor's file alive while operations use it, so without
-    /// this a pending receive would outlive the close).
-    pub(crate) fn close(&self) {
+    /// Cancels everything in flight on the handle, then closes `io`, its object (io_uring
+    /// keeps a closed descriptor's file alive while operations use it, so without the cancel a
+    /// pending receive would outlive the close).
+    pub(crate) fn close<T>(&self, io: T) {
         self.life.close(|| {
             if let Some(driver) = self.driver.upgrade() {
                 driver.withdraw_waiting(&self.order);
@@ -112,6 +112,7 @@ impl Target {
                 driver.forget(self.raw.0);
             }
         });
+        drop(io);
     }
 }
 

@@ -1,5 +1,6 @@
 //! The Windows backend: the I/O completion port itself.
 
+mod close;
 mod error;
 mod foreign;
 mod net;
@@ -17,6 +18,8 @@ use std::{
 
 use windows_sys::Win32::{Foundation::HANDLE, Networking::WinSock::SOCKET, System::IO::CancelIoEx};
 
+use close::DeferredClose;
+pub(crate) use close::moves_bytes;
 pub(crate) use port::Port;
 
 use crate::handle::{Associate, Sealed};
@@ -69,18 +72,35 @@ pub(crate) struct Target {
     /// How operations on the handle complete.
     pub(crate) route: Route,
     pub(crate) life: Arc<Life>,
+    /// Set for a socket the handle owns: its sends and receives hold it, and the socket closes
+    /// after the last of them ([`close`]).
+    pub(crate) deferred_close: Option<Arc<DeferredClose>>,
     /// A socket that keeps message boundaries ([`keeps_boundaries`]): a zero-byte receive
     /// peeks, since one that took its datagram would drop it.
     pub(crate) datagram: bool,
 }
 
 impl Target {
-    /// Marks the handle closed and cancels all I/O on it: called just before its owner closes it.
+    /// Marks the handle closed, cancels all I/O on it, and closes `io`, its object: a socket
+    /// once the port has taken back the last of its cancelled sends and receives (at once when
+    /// none is in flight; see [`close`]), any other object at once.
     ///
     /// Cancelling first matters: on Wine a send pending when its socket closes may never
     /// complete, and on every system a cancelled operation completes promptly, so the port can
     /// reclaim it.
-    pub(crate) fn close(&self) {
+    pub(crate) fn close<T: Associate>(&self, io: T) {
+        self.cancel_all();
+        // Anything but a socket was dropped by `into_owned_socket`.
+        if let Some(socket) = io.into_owned_socket() {
+            match &self.deferred_close {
+                Some(deferred) => DeferredClose::when_idle(deferred, socket),
+                None => drop(socket),
+            }
+        }
+    }
+
+    /// Marks the handle closed and cancels all I/O on it.
+    fn cancel_all(&self) {
         self.life.close(|| match &self.route.foreign {
             // Another port's handle: cancel ours, never the owner's operations.
             Some(registry) => registry.cancel_all(self.raw),
@@ -98,35 +118,56 @@ impl Sealed for TcpStream {
     fn raw_io(&self) -> RawIo {
         RawIo::Socket(self.as_raw_socket() as SOCKET)
     }
+    fn into_owned_socket(self) -> Option<OwnedSocket> {
+        Some(OwnedSocket::from(self))
+    }
 }
 impl Sealed for TcpListener {
     fn raw_io(&self) -> RawIo {
         RawIo::Socket(self.as_raw_socket() as SOCKET)
+    }
+    fn into_owned_socket(self) -> Option<OwnedSocket> {
+        Some(OwnedSocket::from(self))
     }
 }
 impl Sealed for UdpSocket {
     fn raw_io(&self) -> RawIo {
         RawIo::Socket(self.as_raw_socket() as SOCKET)
     }
+    fn into_owned_socket(self) -> Option<OwnedSocket> {
+        Some(OwnedSocket::from(self))
+    }
 }
 impl Sealed for OwnedSocket {
     fn raw_io(&self) -> RawIo {
         RawIo::Socket(self.as_raw_socket() as SOCKET)
+    }
+    fn into_owned_socket(self) -> Option<OwnedSocket> {
+        Some(self)
     }
 }
 impl Sealed for socket2::Socket {
     fn raw_io(&self) -> RawIo {
         RawIo::Socket(self.as_raw_socket() as SOCKET)
     }
+    fn into_owned_socket(self) -> Option<OwnedSocket> {
+        Some(OwnedSocket::from(self))
+    }
 }
 impl Sealed for File {
     fn raw_io(&self) -> RawIo {
         RawIo::Handle(self.as_raw_handle() as usize)
     }
+    fn into_owned_socket(self) -> Option<OwnedSocket> {
+        None // closed here, at once
+    }
 }
 impl Sealed for OwnedHandle {
     fn raw_io(&self) -> RawIo {
         RawIo::Handle(self.as_raw_handle() as usize)
+    }
+    fn into_owned_socket(self) -> Option<OwnedSocket> {
+        None // closed here, at once
     }
 }
 impl Associate for TcpStream {}

@@ -25,7 +25,7 @@ use windows_sys::Win32::{
     System::IO::OVERLAPPED,
 };
 
-use super::{Life, RawIo, Route, foreign::ForeignOp, pool::RecordPool};
+use super::{DeferredClose, Life, RawIo, Route, foreign::ForeignOp, pool::RecordPool};
 use crate::{OpId, OpKind, op::LiveCount};
 
 /// Room for one address in an `AcceptEx` buffer: the largest sockaddr plus the 16 bytes
@@ -123,6 +123,9 @@ pub(crate) struct Op {
     /// The event and wait of an operation on a foreign handle.
     pub(crate) foreign: Option<ForeignOp>,
     pub(crate) data: OpData,
+    /// For a send or receive on a socket the handle owns: a dropped handle's socket stays open
+    /// until the last record holding this is dropped, so that none finds it closed under it.
+    pub(crate) keeps_open: Option<Arc<DeferredClose>>,
     _live: LiveCount,
 }
 
@@ -165,6 +168,7 @@ impl OpBox {
             immediate: None,
             foreign: None,
             data,
+            keeps_open: None,
             _live: LiveCount::new(),
         });
         // SAFETY: the whole record was just written.

@@ -185,6 +185,7 @@ impl Port {
                     foreign: Some(registry),
                 },
                 life: Arc::new(Life::new()),
+                deferred_close: None, // its owner closes it
                 datagram: super::keeps_boundaries(raw),
             });
         }
@@ -241,6 +242,7 @@ impl Port {
                 foreign: None,
             },
             life: Arc::new(Life::new()),
+            deferred_close: matches!(raw, RawIo::Socket(_)).then(Arc::default),
             datagram: super::keeps_boundaries(raw),
         })
     }
@@ -698,7 +700,9 @@ impl Port {
                     // that closed it cancelled it. Wine reports this now and then for an
                     // operation in flight as its handle closes: `STATUS_INVALID_HANDLE`, or
                     // `STATUS_OBJECT_TYPE_MISMATCH` when the number already names the next
-                    // object (an event, a file) as Wine looks the handle up again.
+                    // object (an event, a file) as Wine looks the handle up again. (A socket we
+                    // own closes after its sends and receives, `close.rs`: this is left to
+                    // `Foreign` objects and operations that move no bytes.)
                     STATUS_INVALID_HANDLE | STATUS_OBJECT_TYPE_MISMATCH => (
                         bytes,
                         Some(crate::error::cancelled(

@@ -136,6 +136,9 @@ impl Port {
             data,
         );
         op.user = user;
+        if super::moves_bytes(kind) {
+            op.keeps_open = target.deferred_close.clone();
+        }
         op
     }
 

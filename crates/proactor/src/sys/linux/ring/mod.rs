@@ -424,8 +424,10 @@ impl Ring {
         self.st.borrow_mut().register(raw.0, context)
     }
 
-    pub(crate) fn close(&self, key: u32) {
+    /// Cancels what is in flight on handle `key`, forgets it, then closes `io`, its object.
+    pub(crate) fn close<T>(&self, key: u32, io: T) {
         self.st.borrow_mut().close(key);
+        drop(io);
     }
 
     pub(crate) fn start(
