@@ -408,3 +408,103 @@ fn cancel_all_before_an_accept_is_issued_cancels_it_at_once() {
     assert_eq!((c.id(), c.kind()), (id, OpKind::Accept));
     assert!(c.is_cancelled(), "{c:?}");
 }
+
+/// A socket of `port` with an 8 MiB send blocked on its peer, which does not read (4 KiB
+/// buffers on both sides), and the send's id.
+fn blocked_send(
+    port: &Iocp,
+    context: usize,
+) -> (proactor::Handle<TcpStream>, TcpStream, proactor::OpId) {
+    let (ours, peer) = raw_pair();
+    socket2::SockRef::from(&ours)
+        .set_send_buffer_size(4096)
+        .unwrap();
+    socket2::SockRef::from(&peer)
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    let ours = port.add_handle(ours, context).unwrap();
+    let id = port.send(&ours, vec![7u8; 8 << 20]);
+    thread::sleep(Duration::from_millis(100)); // the send fills the buffers and waits
+    (ours, peer, id)
+}
+
+/// A socket dropped with a send blocked on a peer that does not read, its cancel missed (as
+/// one can miss an operation Wine is resuming): the port's sweep cancels the send again, so it
+/// completes cancelled, reporting what went, and the socket closes, without the peer reading.
+#[test]
+fn a_send_whose_cancel_at_drop_missed_is_cancelled_again_by_the_port() {
+    let _serial = serial();
+    let port = Iocp::new().unwrap();
+    let (ours, mut peer, id) = blocked_send(&port, 8);
+    fail::cfg("iocp::drop_cancel", "return").unwrap();
+    drop(ours);
+    fail::remove("iocp::drop_cancel");
+    let started = std::time::Instant::now();
+    let c = port
+        .get_completion(Some(Duration::from_secs(20)))
+        .expect("the send ends although its first cancel missed");
+    assert_eq!(c.id(), id);
+    assert!(c.is_cancelled(), "{c:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "ended by the sweep's cancel, not the bound: {:?}",
+        started.elapsed()
+    );
+    // Closed with its last send: the peer reads what went, then the end of the stream.
+    peer.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match peer.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => panic!("the peer's read after {got} bytes: {e}"),
+        }
+    }
+    assert_eq!(
+        got,
+        c.bytes_transferred(),
+        "the peer got what the send reports"
+    );
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
+/// The same, with the drop's cancel and the sweeps' missing: once the socket waited the bound
+/// (2 s) the port cancels and closes it, so a peer that never reads cannot keep it open for
+/// ever.
+#[test]
+fn a_dropped_socket_whose_send_never_ends_is_closed_after_the_bound() {
+    let _serial = serial();
+    let port = Iocp::new().unwrap();
+    let (ours, mut peer, id) = blocked_send(&port, 9);
+    fail::cfg("iocp::drop_cancel", "return").unwrap();
+    fail::cfg("iocp::recancel", "return").unwrap();
+    drop(ours);
+    fail::remove("iocp::drop_cancel");
+    let started = std::time::Instant::now();
+    let c = port
+        .get_completion(Some(Duration::from_secs(20)))
+        .expect("the send ends once its socket is closed");
+    fail::remove("iocp::recancel");
+    assert_eq!(c.id(), id);
+    assert!(c.result().is_err(), "{c:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1900),
+        "closed before the bound: {:?}",
+        started.elapsed()
+    );
+    // The peer sees the socket closed (the end of the stream or a reset), after what went.
+    peer.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match peer.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("the peer's read: {e}"),
+        }
+    }
+    assert_eq!(port.operations_in_flight(), 0);
+}

@@ -50,7 +50,9 @@ use windows_sys::{
 };
 
 use super::{
-    Life, RawIo, Route, Target, error,
+    Life, RawIo, Route, Target,
+    close::{DeferredClose, Dropped},
+    error,
     foreign::{self, EventPool, ForeignOp, Registry, WaitSlot},
     net,
     overlapped::{Op, OpBox, OpData, op_of, overlapped},
@@ -112,6 +114,8 @@ pub(crate) struct Port {
     /// The registries of the `Foreign` handles this port made, killed when it drops (a handle
     /// may outlive its port).
     registries: Mutex<Vec<Weak<Registry>>>,
+    /// Dropped sockets waiting for their sends and receives (`close.rs`).
+    dropped: Arc<Dropped>,
 }
 
 impl Port {
@@ -140,6 +144,7 @@ impl Port {
             immediate: AtomicU64::new(0),
             events: EventPool::default(),
             registries: Mutex::new(Vec::new()),
+            dropped: Dropped::new(raw),
         };
         tracing::debug!(port = ?port.raw_handle(), concurrency, "created I/O completion port");
         Ok(port)
@@ -242,7 +247,8 @@ impl Port {
                 foreign: None,
             },
             life: Arc::new(Life::new()),
-            deferred_close: matches!(raw, RawIo::Socket(_)).then(Arc::default),
+            deferred_close: matches!(raw, RawIo::Socket(_))
+                .then(|| DeferredClose::new(&self.dropped)),
             datagram: super::keeps_boundaries(raw),
         })
     }
@@ -636,9 +642,18 @@ impl Port {
         }
     }
 
-    /// One `GetQueuedCompletionStatusEx`: the number of entries filled, 0 on timeout.
+    /// Dequeues what the kernel has, waiting at most `millis` (less while a dropped socket
+    /// waits for its operations, which each dequeue then sweeps: `close.rs`); the number of
+    /// entries filled, 0 on timeout.
     fn dequeue(&self, entries: &mut [OVERLAPPED_ENTRY], millis: u32) -> io::Result<usize> {
         self.streak.store(0, Relaxed);
+        let got = self.dequeue_now(entries, self.dropped.wait_millis(millis));
+        self.dropped.sweep();
+        got
+    }
+
+    /// One `GetQueuedCompletionStatusEx`: the number of entries filled, 0 on timeout.
+    fn dequeue_now(&self, entries: &mut [OVERLAPPED_ENTRY], millis: u32) -> io::Result<usize> {
         let mut n = 0u32;
         // SAFETY: `entries` is writable for its length; the port is open.
         let ok = unsafe {
@@ -745,6 +760,8 @@ impl Port {
 
 impl Drop for Port {
     fn drop(&mut self) {
+        // No wake-ups through the port's handle from here on (its sweeps go on below).
+        self.dropped.port_closing();
         // Cancel everything still in flight. The records stay allocated until their aborted
         // packets are dequeued below.
         self.table.for_each(|_, e| {
