@@ -63,11 +63,12 @@ pub(crate) use sealed::Sealed;
 /// complete, with an error for which [`is_cancelled`](crate::is_cancelled) is true, and hand back
 /// their buffers; a cancelled send reports the bytes it moved before the cancel. On Windows a
 /// socket is closed once the port has taken back the last of its cancelled sends and receives
-/// (at once when none is in flight; at most about 2 seconds later, should a cancel miss), so
-/// that none finds its socket closed under it: until a thread dequeues them the socket stays
-/// open (its peer sees no end of stream yet), and the close runs on that thread. Any other
-/// object, and a listener, closes at once. The association itself lasts as long as the OS
-/// object: a handle can be associated with one port only.
+/// (at once when none is in flight), so that none finds its socket closed under it: until a
+/// thread dequeues them the socket stays open (its peer sees no end of stream yet), and a
+/// dequeuing thread closes it. Should a cancel miss an operation, a thread dequeuing the port
+/// cancels and closes the socket under it about 2 seconds after the drop (its count may then
+/// be lost). Any other object, and a listener, closes at once. The association itself lasts as
+/// long as the OS object: a handle can be associated with one port only.
 ///
 /// It dereferences to the object, so its ordinary methods (`peer_addr`, `set_nodelay`, ...)
 /// stay available.

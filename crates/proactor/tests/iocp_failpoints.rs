@@ -409,6 +409,22 @@ fn cancel_all_before_an_accept_is_issued_cancels_it_at_once() {
     assert!(c.is_cancelled(), "{c:?}");
 }
 
+/// A failpoint set to `return` while this lives.
+struct Failpoint(&'static str);
+
+impl Failpoint {
+    fn on(name: &'static str) -> Failpoint {
+        fail::cfg(name, "return").unwrap();
+        Failpoint(name)
+    }
+}
+
+impl Drop for Failpoint {
+    fn drop(&mut self) {
+        fail::remove(self.0);
+    }
+}
+
 /// A socket of `port` with an 8 MiB send blocked on its peer, which does not read (4 KiB
 /// buffers on both sides), and the send's id.
 fn blocked_send(
@@ -436,19 +452,26 @@ fn a_send_whose_cancel_at_drop_missed_is_cancelled_again_by_the_port() {
     let _serial = serial();
     let port = Iocp::new().unwrap();
     let (ours, mut peer, id) = blocked_send(&port, 8);
-    fail::cfg("iocp::drop_cancel", "return").unwrap();
-    drop(ours);
-    fail::remove("iocp::drop_cancel");
-    let started = std::time::Instant::now();
-    let c = port
-        .get_completion(Some(Duration::from_secs(20)))
-        .expect("the send ends although its first cancel missed");
+    let (c, waited) = thread::scope(|s| {
+        // A thread already waits in the port with no time limit: the drop's wake-up must
+        // bring it back to sweep.
+        let waiter = s.spawn(|| {
+            let c = port.get_completion(None);
+            (c, std::time::Instant::now())
+        });
+        thread::sleep(Duration::from_millis(100));
+        let _missed = Failpoint::on("iocp::drop_cancel");
+        let dropped = std::time::Instant::now();
+        drop(ours);
+        let (c, at) = waiter.join().expect("the waiting thread");
+        (c, at - dropped)
+    });
+    let c = c.expect("the send ends although its first cancel missed");
     assert_eq!(c.id(), id);
     assert!(c.is_cancelled(), "{c:?}");
     assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "ended by the sweep's cancel, not the bound: {:?}",
-        started.elapsed()
+        waited >= Duration::from_millis(90) && waited < Duration::from_secs(2),
+        "ended by the sweep's cancel, neither by the drop's nor by the bound: {waited:?}"
     );
     // Closed with its last send: the peer reads what went, then the end of the stream.
     peer.set_read_timeout(Some(Duration::from_secs(20)))
@@ -478,15 +501,15 @@ fn a_dropped_socket_whose_send_never_ends_is_closed_after_the_bound() {
     let _serial = serial();
     let port = Iocp::new().unwrap();
     let (ours, mut peer, id) = blocked_send(&port, 9);
-    fail::cfg("iocp::drop_cancel", "return").unwrap();
-    fail::cfg("iocp::recancel", "return").unwrap();
+    let missed = Failpoint::on("iocp::drop_cancel");
+    let missed_again = Failpoint::on("iocp::recancel");
     drop(ours);
-    fail::remove("iocp::drop_cancel");
+    drop(missed);
     let started = std::time::Instant::now();
     let c = port
         .get_completion(Some(Duration::from_secs(20)))
         .expect("the send ends once its socket is closed");
-    fail::remove("iocp::recancel");
+    drop(missed_again);
     assert_eq!(c.id(), id);
     assert!(c.result().is_err(), "{c:?}");
     assert!(

@@ -24,7 +24,7 @@ use std::{
     ptr,
     sync::{
         Arc, Mutex, PoisonError, Weak,
-        atomic::{self, AtomicBool, Ordering::Relaxed},
+        atomic::{self, AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, Instant},
 };
@@ -89,8 +89,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// A port's dropped sockets that still wait for their sends and receives.
 #[derive(Debug)]
 pub(crate) struct Dropped {
-    /// Whether the list holds any: read by every dequeue, so that an empty list costs one load.
+    /// Whether the list holds any: read twice by every dequeue, the whole cost of an empty
+    /// list.
     any: AtomicBool,
+    /// When the next sweep is due, in milliseconds since `epoch`: read before the lock.
+    next_sweep: AtomicU64,
+    epoch: Instant,
     state: Mutex<State>,
 }
 
@@ -98,11 +102,9 @@ pub(crate) struct Dropped {
 struct State {
     /// When each socket's handle was dropped.
     list: Vec<(Instant, Weak<DeferredClose>)>,
-    /// The port, woken when a socket joins the list (its threads may wait with no time limit);
-    /// `None` once the port is closing.
+    /// The port, woken when the list stops being empty (its threads may wait with no time
+    /// limit); `None` once the port is closing.
     port: Option<usize>,
-    /// When the next sweep is due.
-    next_sweep: Instant,
 }
 
 impl Dropped {
@@ -110,25 +112,33 @@ impl Dropped {
     pub(crate) fn new(port: HANDLE) -> Arc<Dropped> {
         Arc::new(Dropped {
             any: AtomicBool::new(false),
+            next_sweep: AtomicU64::new(0),
+            epoch: Instant::now(),
             state: Mutex::new(State {
                 list: Vec::new(),
                 port: Some(port as usize),
-                next_sweep: Instant::now(),
             }),
         })
+    }
+
+    fn millis(&self, at: Instant) -> u64 {
+        at.duration_since(self.epoch).as_millis() as u64
     }
 
     fn add(&self, socket: &Arc<DeferredClose>) {
         let mut st = lock(&self.state);
         let now = Instant::now();
         if st.list.is_empty() {
-            st.next_sweep = now + RECANCEL;
+            let due = self.millis(now + RECANCEL);
+            self.next_sweep.store(due, Relaxed);
         }
         st.list.push((now, Arc::downgrade(socket)));
-        self.any.store(true, Relaxed);
+        if self.any.swap(true, Relaxed) {
+            return; // every wait that starts from now is bounded, and one already was
+        }
         if let Some(port) = st.port {
-            // A wake-up (no OVERLAPPED: the dequeuing threads skip it), so that a thread
-            // waiting with no time limit comes back to wait at most `RECANCEL`.
+            // A wake-up (no OVERLAPPED: the dequeuing threads skip it), so that one thread
+            // waiting with no time limit comes back to wait at most `RECANCEL`, and sweep.
             // SAFETY: the port is open: it is marked closing (under this lock) before its
             // handle closes. A failed post only leaves the sweep to the next dequeue.
             unsafe { PostQueuedCompletionStatus(port as HANDLE, 0, 0, ptr::null()) };
@@ -151,20 +161,24 @@ impl Dropped {
     }
 
     /// Called after every dequeue: when a sweep is due, cancels again what each dropped
-    /// socket still has in flight, and closes those that waited [`WAIT_AT_MOST`].
+    /// socket still has in flight, and cancels and closes those that waited [`WAIT_AT_MOST`].
     pub(crate) fn sweep(&self) {
         if !self.any.load(Relaxed) {
+            return;
+        }
+        let now = Instant::now();
+        if self.millis(now) < self.next_sweep.load(Relaxed) {
             return;
         }
         // Another thread sweeping is enough.
         let Ok(mut st) = self.state.try_lock() else {
             return;
         };
-        let now = Instant::now();
-        if now < st.next_sweep {
-            return;
+        if self.millis(now) < self.next_sweep.load(Relaxed) {
+            return; // swept meanwhile
         }
-        st.next_sweep = now + RECANCEL;
+        self.next_sweep.store(self.millis(now + RECANCEL), Relaxed);
+        let mut closing = Vec::new();
         st.list.retain(|(since, weak)| {
             let Some(deferred) = weak.upgrade() else {
                 return false; // closed with its last record
@@ -186,7 +200,7 @@ impl Dropped {
                 // Cancelled once more first: under Wine a send pending as its socket closes
                 // may never complete.
                 cancel();
-                drop(socket.take());
+                closing.extend(socket.take());
                 return false;
             }
             // Test-only: this cancel misses too.
@@ -195,6 +209,9 @@ impl Dropped {
             true
         });
         self.any.store(!st.list.is_empty(), Relaxed);
+        drop(st);
+        // Closed out of the lock: a close may block (a linger time on a blocking socket).
+        drop(closing);
     }
 }
 

@@ -717,7 +717,8 @@ impl Port {
                     // `STATUS_OBJECT_TYPE_MISMATCH` when the number already names the next
                     // object (an event, a file) as Wine looks the handle up again. (A socket we
                     // own closes after its sends and receives, `close.rs`: this is left to
-                    // `Foreign` objects and operations that move no bytes.)
+                    // `Foreign` objects, operations that move no bytes, files and pipes, and a
+                    // socket the bound closed under its operations.)
                     STATUS_INVALID_HANDLE | STATUS_OBJECT_TYPE_MISMATCH => (
                         bytes,
                         Some(crate::error::cancelled(
