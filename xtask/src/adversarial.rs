@@ -20,7 +20,7 @@ pub const BACKENDS: [(&str, &str, &str); 3] = [
 const HOST: &str = "x86_64-unknown-linux-gnu";
 
 /// How long the fuzz target runs in `ci` on each backend, in seconds.
-pub const FUZZ_SECONDS: [(&str, u32); 2] = [("io_uring", 60), ("epoll", 30)];
+pub const FUZZ_SECONDS: [(&str, u32); 2] = [("io_uring", 30), ("epoll", 30)];
 
 /// `cargo test -p proactor --features failpoints` on each backend: every test of the crate,
 /// with the tests that hold a thread inside each window where a record changes hands.

@@ -20,7 +20,9 @@ use proactor::{Iocp, OpKind};
 /// made room, the race that lost the count.
 #[test]
 fn a_send_cut_short_by_a_drop_reports_what_the_peer_got() {
-    let tries = if cfg!(windows) { 8 } else { 30 };
+    // Natively a few: each try waits about 0.8 s for the orphaned socket's last bytes to get
+    // through the peer's 4 KiB window (TCP's persist timer).
+    let tries = if cfg!(windows) { 8 } else { 4 };
     let seed = seeds(1)[0];
     let mut rng = Rng::new(seed);
     let port = Iocp::new().unwrap();
