@@ -256,6 +256,17 @@ fn at_descriptor_exhaustion(mode: &[&str]) {
         c.round_trip(b"and the first ones still");
     }
 
+    // Accepts still pending when accepting paused may be what takes the waiting clients (the
+    // pause lasts until a retry succeeds, up to the 1 s back-off later): wait for its line.
+    let resumed_line = |log: &str| {
+        log.lines().any(|l| {
+            l.contains(" INFO ") && l.contains("accepting again") && l.contains("retries=")
+        })
+    };
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while !resumed_line(&server.log()) && std::time::Instant::now() < until {
+        thread::sleep(Duration::from_millis(20));
+    }
     let log = server.log();
     let lines = server.lines.load(Ordering::SeqCst);
     eprintln!(
@@ -271,9 +282,7 @@ fn at_descriptor_exhaustion(mode: &[&str]) {
         .collect();
     assert_eq!(warned.len(), 1, "one warning when accepting stops\n{log}");
     assert!(
-        log.lines().any(|l| l.contains(" INFO ")
-            && l.contains("accepting again")
-            && l.contains("retries=")),
+        resumed_line(&log),
         "one line when accepting resumes, with the retries\n{log}"
     );
     assert!(
