@@ -306,16 +306,22 @@ fn ci() -> Result<()> {
     if cfg!(target_os = "linux") {
         // The same suite again on the epoll fallback, and on io_uring with a submission-polling
         // kernel thread (without the files that run only a `LocalPort`, which it does not
-        // change: every other target and the doc tests).
+        // change: every other target and the doc tests). These repeats, and the `LocalPort`
+        // ones below, run two seeds per seeded test (`PROACTOR_SEEDS`), the first pass all.
         step("tests (native, with failpoints, PROACTOR_BACKEND=epoll)");
-        let epoll = run_tests(workspace_tests().env("PROACTOR_BACKEND", "epoll"))?;
+        let epoll = run_tests(
+            workspace_tests()
+                .env("PROACTOR_BACKEND", "epoll")
+                .env("PROACTOR_SEEDS", "2"),
+        )?;
         native.add(counted("epoll", epoll));
         step("tests (native, with failpoints, PROACTOR_SQPOLL=50, the shared port's files)");
         let mut sqpoll = run_tests(
             workspace_tests()
                 .args(["--lib", "--bins", "--benches"])
                 .args(tests_except(&LOCAL_PORT_ONLY)?)
-                .env("PROACTOR_SQPOLL", "50"),
+                .env("PROACTOR_SQPOLL", "50")
+                .env("PROACTOR_SEEDS", "2"),
         )?;
         sqpoll.add(run_tests(
             workspace_tests().arg("--doc").env("PROACTOR_SQPOLL", "50"),
@@ -339,7 +345,8 @@ fn ci() -> Result<()> {
                 cmd.args(["--test", suite]);
             }
             cmd.env("PROACTOR_RING_RECV_LIMIT", "off")
-                .env("PROACTOR_RING_SETUP", setup);
+                .env("PROACTOR_RING_SETUP", setup)
+                .env("PROACTOR_SEEDS", "2");
             native.add(counted(label, run_tests(&mut cmd)?));
         }
     }

@@ -52,8 +52,13 @@ impl Rng {
 }
 
 /// The seeds to run: `PROACTOR_SEED` alone when it is set (a replay), else `count` seeds
-/// derived from the time.
+/// derived from the time (at most `PROACTOR_SEEDS` when that is set: CI's sanitizer runs,
+/// where each seed costs several times more).
 pub fn seeds(count: usize) -> Vec<u64> {
+    let count = std::env::var("PROACTOR_SEEDS")
+        .ok()
+        .and_then(|n| n.trim().parse().ok())
+        .map_or(count, |most: usize| count.min(most.max(1)));
     match std::env::var("PROACTOR_SEED") {
         Ok(s) => vec![s.trim().parse().expect("PROACTOR_SEED must be a u64")],
         Err(_) => {
