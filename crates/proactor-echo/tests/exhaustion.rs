@@ -256,8 +256,9 @@ fn at_descriptor_exhaustion(mode: &[&str]) {
         c.round_trip(b"and the first ones still");
     }
 
-    // Accepts still pending when accepting paused may be what takes the waiting clients (the
-    // pause lasts until a retry succeeds, up to the 1 s back-off later): wait for its line.
+    // The server logs the line before it serves a resumed client, but the thread that copies
+    // its stderr into `log` may not have read it yet (CI of 2026-12-06, under SQPOLL): wait
+    // for it, a few seconds at most (a server that never resumes still fails below).
     let resumed_line = |log: &str| {
         log.lines().any(|l| {
             l.contains(" INFO ") && l.contains("accepting again") && l.contains("retries=")

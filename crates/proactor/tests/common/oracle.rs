@@ -52,8 +52,8 @@ impl Rng {
 }
 
 /// The seeds to run: `PROACTOR_SEED` alone when it is set (a replay), else `count` seeds
-/// derived from the time (at most `PROACTOR_SEEDS` when that is set: CI's sanitizer runs,
-/// where each seed costs several times more).
+/// derived from the time (at most `PROACTOR_SEEDS` when that is a number: CI's repeated and
+/// sanitizer passes).
 pub fn seeds(count: usize) -> Vec<u64> {
     let count = std::env::var("PROACTOR_SEEDS")
         .ok()
