@@ -102,14 +102,7 @@ fn a_dropped_socket_closes_once_the_port_took_back_its_operations() {
     // Nothing in flight: closed by the drop itself.
     let (idle, mut theirs) = pair(&port, ip, 1);
     drop(idle);
-    theirs
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    assert_eq!(
-        theirs.read(&mut [0u8; 16]).unwrap(),
-        0,
-        "end of stream at once"
-    );
+    assert_end_of_stream(&mut theirs, "end of stream at once");
 
     // A receive in flight: open until its cancelled completion is dequeued.
     let (busy, mut theirs) = pair(&port, ip, 2);
@@ -126,14 +119,7 @@ fn a_dropped_socket_closes_once_the_port_took_back_its_operations() {
     let done = port.get_completion(Some(Duration::from_secs(5))).unwrap();
     assert_eq!(done.id(), id);
     assert!(done.is_cancelled(), "{done:?}");
-    theirs
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    assert_eq!(
-        theirs.read(&mut [0u8; 16]).unwrap(),
-        0,
-        "closed once the port took the receive back"
-    );
+    assert_end_of_stream(&mut theirs, "closed once the port took the receive back");
     assert_eq!(port.operations_in_flight(), 0);
 }
 
@@ -162,8 +148,6 @@ fn a_dropped_listener_stops_listening_at_once() {
 #[cfg(windows)]
 #[test]
 fn a_dropped_local_handle_closes_once_its_pooled_receive_is_taken_back() {
-    use std::io::Read;
-
     let port = proactor::LocalPort::new().unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut theirs = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -174,12 +158,15 @@ fn a_dropped_local_handle_closes_once_its_pooled_receive_is_taken_back() {
     let done = port.get_completion(Some(Duration::from_secs(5))).unwrap();
     assert_eq!(done.id(), id);
     assert!(done.is_cancelled(), "{done:?}");
+    assert_end_of_stream(&mut theirs, "the end of the stream");
+}
+
+/// The peer reads the end of the stream within 5 s (`why` says what closed it).
+#[cfg(windows)]
+fn assert_end_of_stream(theirs: &mut std::net::TcpStream, why: &str) {
+    use std::io::Read;
     theirs
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    assert_eq!(
-        theirs.read(&mut [0u8; 16]).unwrap(),
-        0,
-        "the end of the stream"
-    );
+    assert_eq!(theirs.read(&mut [0u8; 16]).unwrap(), 0, "{why}");
 }

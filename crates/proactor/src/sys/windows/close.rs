@@ -23,7 +23,7 @@ use std::{
     os::windows::io::{AsRawSocket, OwnedSocket},
     ptr,
     sync::{
-        Arc, Mutex, PoisonError, Weak,
+        Arc, Mutex, Weak,
         atomic::{self, AtomicBool, AtomicU64, Ordering::Relaxed},
     },
     time::{Duration, Instant},
@@ -34,6 +34,7 @@ use windows_sys::Win32::{
     System::IO::{CancelIoEx, PostQueuedCompletionStatus},
 };
 
+use super::foreign::lock;
 use crate::OpKind;
 
 /// How often a dropped socket's operations are cancelled again while it waits for them.
@@ -80,10 +81,6 @@ impl DeferredClose {
             port.add(this);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A port's dropped sockets that still wait for their sends and receives.

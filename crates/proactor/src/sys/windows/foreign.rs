@@ -51,7 +51,8 @@ use super::{
     overlapped::{Op, overlapped},
 };
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// Locks `m`, whatever a panicking holder left: every lock of the backend's shared state.
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
