@@ -8,7 +8,7 @@ Counts, unlike timings, do not move with this VM's noise: how many sends (`tcp_s
 and receives a server makes per round trip says how it batches.
 
 Usage: events_per_round_trip.py [--bench target/release/bench] [--conns 100] [--size 64]
-       [--depth 8] [--events tcp:tcp_sendmsg_locked,sock:sock_recv_length,...] SERVER...
+       [--depth 8] [--unpinned] [--events tcp:tcp_sendmsg_locked,sock:sock_recv_length,...] SERVER...
 SERVER is a harness server name ("proactor 1w", "raw multishot", "tokio current-thread", ...).
 """
 import argparse, subprocess, sys
@@ -25,6 +25,8 @@ def main():
     ap.add_argument("--conns", type=int, default=100)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--depth", type=int, default=8)
+    ap.add_argument("--unpinned", action="store_true",
+                    help="run the cell unpinned (the harness's --unpinned)")
     ap.add_argument("--events", default=EVENTS)
     ap.add_argument("servers", nargs="+")
     a = ap.parse_args()
@@ -38,7 +40,8 @@ def main():
             return subprocess.run(["perf", "stat", "-x,", "-e", ",".join(events), "-t",
                                    server_threads(server), "--", "sleep", str(WINDOW)],
                                   capture_output=True, text=True)
-        stat, rts = with_cell(a.bench, a.conns, a.size, a.depth, server, WINDOW + 1, count)
+        stat, rts = with_cell(a.bench, a.conns, a.size, a.depth, server, WINDOW + 1, count,
+                               a.unpinned)
         if stat.returncode != 0:
             sys.exit(f"perf stat failed: {stat.stderr.strip()}")
         counts = {}

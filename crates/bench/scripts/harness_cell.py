@@ -1,13 +1,15 @@
 """One cell of the harness run for a profile script: `with_cell(...)` starts `bench matrix
 --reps 1` on one server, calls `during()` once the server's connections are up and its warm-up
 is under way, and returns what `during()` returned with the round trips per second of the
-server's row; `server_threads()` names the server's threads for `perf -t`."""
+server's row (the server pinned on CPU 0 and the generator on CPU 1 unless `unpinned`);
+`server_threads()` names the server's threads for `perf -t`."""
 import subprocess, sys, time
 
-def with_cell(bench, conns, size, depth, server, secs, during):
+def with_cell(bench, conns, size, depth, server, secs, during, unpinned=False):
     proc = subprocess.Popen(
         [bench, "matrix", "--conns", str(conns), "--sizes", str(size), "--depths", str(depth),
-         "--reps", "1", "--secs", str(secs), "--only", server],
+         "--reps", "1", "--secs", str(secs), "--only", server]
+        + (["--unpinned"] if unpinned else []),
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     time.sleep(3)  # the server started, its connections up, the warm-up under way
     try:

@@ -167,6 +167,14 @@ fn servers() -> Vec<Server> {
             variant: true,
             ..proactor("proactor 2w", &["--workers", "2"])
         },
+        // Wait coalescing off (`--coalesce-usec 0`): what the adaptive coalescing is worth.
+        Server {
+            variant: true,
+            ..proactor(
+                "proactor 1w uncoalesced",
+                &["--workers", "1", "--coalesce-usec", "0"],
+            )
+        },
         s(
             "tokio multi-thread",
             "echo-tokio",

@@ -344,6 +344,7 @@ mod tests {
             max_connections: 100,
             buffer_size: 1024,
             idle_timeout: None,
+            coalesce: Some(Duration::from_micros(200)),
             trace: false,
         }
     }

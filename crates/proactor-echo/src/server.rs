@@ -44,6 +44,9 @@ pub struct Config {
     pub max_connections: usize,
     pub buffer_size: usize,
     pub idle_timeout: Option<Duration>,
+    /// The longest a worker's port may hold completions back to take more at once
+    /// ([`proactor::LocalPort::set_wait_coalescing`]); `None`: never.
+    pub coalesce: Option<Duration>,
     /// Log every operation submitted and completed, in the lifecycle demo's format.
     pub trace: bool,
 }
@@ -533,6 +536,7 @@ mod tests {
             max_connections: 100,
             buffer_size: 1024,
             idle_timeout: None,
+            coalesce: None,
             trace: false,
         }
     }

@@ -413,6 +413,14 @@ impl<'a> Worker<'a> {
                 }
                 r => (port, r),
             };
+            if let Some(max) = shared.config.coalesce {
+                match port.set_wait_coalescing(Some(max)) {
+                    Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                        tracing::debug!(worker = at, error = %e, "no wait coalescing");
+                    }
+                    r => r?,
+                }
+            }
             let listener = listener.map(|l| port.add_handle(l, LISTENER)).transpose()?;
             let waker = port.add_handle(waker, WAKER)?;
             io::Result::Ok(Worker {

@@ -32,6 +32,16 @@ use crate::{Associate, OpId, OpKind, PooledBuf, completion::Output, pool::Pool};
 /// The pool a [`LocalPort::new`] port gets: 1,024 buffers of 16 KiB (16 MiB, of which only
 /// buffers that have held data are resident).
 const DEFAULT_POOL: (u16, usize) = (1024, 16 * 1024);
+/// The longest delay [`LocalPort::set_wait_coalescing`] takes.
+const MAX_COALESCING: Duration = Duration::from_millis(10);
+
+/// The error of wait coalescing on the shared-port engine.
+fn cannot_coalesce() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "wait coalescing needs io_uring's minimum wait: this port runs on a shared port",
+    )
+}
 
 /// What an operation of a [`LocalPort`] owns, handed to its engine.
 #[derive(Debug)]
@@ -389,6 +399,92 @@ impl LocalPort {
             #[cfg(target_os = "linux")]
             Engine::Ring(r) => r.gathered_sends(),
             Engine::Shared(_) => 0,
+        }
+    }
+
+    /// Lets [`get_completions`](LocalPort::get_completions) hold completions back, up to
+    /// `max_delay`, when that makes this thread's work per completion smaller; `None` (or
+    /// zero) turns it off, as it is on a new port.
+    ///
+    /// A coalescing wait asks the kernel for up to 64 completions and returns as soon as one
+    /// is there once the delay has passed (io_uring's minimum wait). Under a load whose peers
+    /// keep sending while they wait for replies, each wake-up then finds more completions and
+    /// each receive more bytes, with fewer wake-ups, receives and sends per message; under a
+    /// load that waits for every reply it only adds the delay. So the port chooses the delay
+    /// itself, between zero and `max_delay`, by measuring this thread's CPU time per
+    /// completion (adaptive moderation): it tries a longer or shorter delay now and then and
+    /// keeps it only if the cost falls by 5%, and goes back to no delay at once when its waits
+    /// bring fewer than 4 completions each or the load is light. A completion is held back at
+    /// most `max_delay` (a wait that found nothing returns at the first completion, as
+    /// without coalescing, once the delay has passed); `timeout` bounds the call as before.
+    /// [`coalescing_delay`](LocalPort::coalescing_delay) says which delay is in use.
+    ///
+    /// # Errors
+    ///
+    /// [`io::ErrorKind::Unsupported`] (for a delay other than zero) where the kernel has no
+    /// minimum wait (io_uring before Linux 6.12) and on the shared-port engine (Windows,
+    /// epoll); [`io::ErrorKind::InvalidInput`] for a delay over 10 ms.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    ///
+    /// let port = proactor::LocalPort::new()?;
+    /// match port.set_wait_coalescing(Some(Duration::from_micros(200))) {
+    ///     Ok(()) => println!("coalescing up to 200 µs"),
+    ///     Err(e) if e.kind() == std::io::ErrorKind::Unsupported => println!("no coalescing: {e}"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn set_wait_coalescing(&self, max_delay: Option<Duration>) -> io::Result<()> {
+        let max_delay = max_delay.filter(|d| !d.is_zero());
+        if max_delay.is_some_and(|d| d > MAX_COALESCING) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "wait coalescing's delay is at most 10 ms",
+            ));
+        }
+        match &self.inner.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Ring(r) => r.set_wait_coalescing(max_delay),
+            Engine::Shared(_) if max_delay.is_none() => Ok(()),
+            Engine::Shared(_) => Err(cannot_coalesce()),
+        }
+    }
+
+    /// Test-only: holds the delay at `delay` (zero: off), whatever it costs, so that tests
+    /// reach the coalescing waits without a load that makes them pay. `Unsupported` where
+    /// [`set_wait_coalescing`](LocalPort::set_wait_coalescing) is.
+    ///
+    /// ```no_run
+    /// let port = proactor::LocalPort::new()?;
+    /// let _ = port.fix_coalescing_delay(std::time::Duration::from_micros(200));
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    #[doc(hidden)]
+    pub fn fix_coalescing_delay(&self, delay: Duration) -> io::Result<()> {
+        match &self.inner.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Ring(r) => r.fix_coalescing_delay(delay),
+            Engine::Shared(_) if delay.is_zero() => Ok(()),
+            Engine::Shared(_) => Err(cannot_coalesce()),
+        }
+    }
+
+    /// The delay a wait holds completions back now (see
+    /// [`set_wait_coalescing`](LocalPort::set_wait_coalescing)); zero when coalescing is off
+    /// or the port measured that no delay costs least.
+    ///
+    /// ```no_run
+    /// let port = proactor::LocalPort::new()?;
+    /// assert!(port.coalescing_delay().is_zero());
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn coalescing_delay(&self) -> Duration {
+        match &self.inner.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Ring(r) => r.coalescing_delay(),
+            Engine::Shared(_) => Duration::ZERO,
         }
     }
 

@@ -5,10 +5,14 @@ use std::{io, os::fd::AsRawFd, time::Duration};
 
 use io_uring::IoUring;
 
+use super::coalesce::BATCH;
 use crate::sys::RING_SETUPS;
 
 /// Submission queue size.
 const ENTRIES: u32 = 4096;
+/// The timeout of a coalescing wait the caller gave none (an hour: a wait with no completion
+/// comes back then, and the caller waits again).
+const LONG_WAIT: Duration = Duration::from_secs(3600);
 
 const IORING_ENTER_GETEVENTS: u32 = 1;
 const IORING_ENTER_EXT_ARG: u32 = 8;
@@ -110,13 +114,28 @@ impl Enter {
 
     /// Submits `to_submit` SQEs, runs completions' task work, and waits for one CQE if `wait`,
     /// at most `timeout` (`None`: no limit). Interruptions and time-outs are not errors.
+    ///
+    /// With `min_wait_us` > 0 (only on a kernel with `IORING_FEAT_MIN_TIMEOUT`), the wait is
+    /// for [`BATCH`] CQEs until `min_wait_us` has passed, then for one: the kernel's minimum
+    /// wait. It is given a timeout (`timeout`, or [`LONG_WAIT`]), without which the kernel
+    /// would end the wait when the minimum passes, with or without a CQE.
     pub(super) fn enter(
         &self,
         to_submit: u32,
         wait: bool,
         timeout: Option<Duration>,
+        min_wait_us: u32,
     ) -> io::Result<()> {
-        let min = u32::from(wait);
+        let coalesce = wait && min_wait_us > 0;
+        let min = match (wait, coalesce) {
+            (false, _) => 0,
+            (true, false) => 1,
+            (true, true) => BATCH,
+        };
+        let timeout = match coalesce {
+            true => Some(timeout.unwrap_or(LONG_WAIT)),
+            false => timeout,
+        };
         let mut flags = self.flags | IORING_ENTER_GETEVENTS;
         let ts;
         let arg;
@@ -129,7 +148,7 @@ impl Enter {
                 arg = GeteventsArg {
                     sigmask: 0,
                     sigmask_sz: 0,
-                    min_wait_usec: 0,
+                    min_wait_usec: if coalesce { min_wait_us } else { 0 },
                     ts: (&raw const ts) as u64,
                 };
                 flags |= IORING_ENTER_EXT_ARG;

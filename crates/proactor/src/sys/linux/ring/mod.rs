@@ -28,6 +28,7 @@
 //!   receives and accepts, which have no SQE of their own); timers are `TIMEOUT`s.
 
 mod bufring;
+mod coalesce;
 mod enter;
 mod fifo;
 mod gather;
@@ -60,6 +61,7 @@ use io_uring::{
 
 use self::{
     bufring::{BGID, BufRing},
+    coalesce::Coalesce,
     enter::Enter,
     fifo::Fifo,
 };
@@ -158,6 +160,10 @@ struct State {
     /// A multishot receive's stop is queued and must reach the kernel before the engine
     /// returns to the program (see [`State::pause_receiving`]).
     stop_queued: bool,
+    /// The kernel takes a minimum wait (`IORING_FEAT_MIN_TIMEOUT`).
+    min_timeout: bool,
+    /// Wait coalescing, off unless the program sets a maximum delay (`coalesce.rs`).
+    coalesce: Coalesce,
 }
 
 /// One entry of the slab.
@@ -308,6 +314,14 @@ fn closed_handle() -> io::Error {
     )
 }
 
+/// The error of wait coalescing on a kernel without a minimum wait.
+fn no_min_wait() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "wait coalescing needs the kernel's minimum wait (IORING_FEAT_MIN_TIMEOUT, Linux 6.12)",
+    )
+}
+
 impl Ring {
     /// A ring of its own over `pool` (made with no buffer free: all are lent to the kernel).
     pub(crate) fn new(pool: Rc<Pool>) -> io::Result<Ring> {
@@ -350,11 +364,13 @@ impl Ring {
             pool.put_free(bid);
         }
         let enter = Enter::new(&ring);
+        let min_timeout = ring.params().is_feature_min_timeout();
         tracing::debug!(
             setup,
             registered_ring = enter.registered(),
             table_size,
             recv_limit,
+            min_timeout,
             "local io_uring port"
         );
         Ok(Ring {
@@ -388,6 +404,8 @@ impl Ring {
                 recv_limit,
                 deferred_taskrun: setup == crate::sys::RING_SETUPS[0],
                 stop_queued: false,
+                min_timeout,
+                coalesce: Coalesce::new(Instant::now(), Duration::ZERO),
             }),
             setup,
         })
@@ -418,6 +436,38 @@ impl Ring {
 
     pub(crate) fn gathered_sends(&self) -> u64 {
         self.st.borrow().gathered
+    }
+
+    /// Sets wait coalescing's longest delay (`None` or zero: off); `Unsupported` on a kernel
+    /// without a minimum wait (Linux before 6.12).
+    pub(crate) fn set_wait_coalescing(&self, max: Option<Duration>) -> io::Result<()> {
+        let mut st = self.st.borrow_mut();
+        let on = max.is_some_and(|d| !d.is_zero());
+        if on && !st.min_timeout {
+            return Err(no_min_wait());
+        }
+        let cpu = if on {
+            coalesce::thread_cpu()
+        } else {
+            Duration::ZERO
+        };
+        st.coalesce.set_max(max, Instant::now(), cpu);
+        Ok(())
+    }
+
+    /// Holds the minimum wait at `delay` (tests of the waits).
+    pub(crate) fn fix_coalescing_delay(&self, delay: Duration) -> io::Result<()> {
+        let mut st = self.st.borrow_mut();
+        if !delay.is_zero() && !st.min_timeout {
+            return Err(no_min_wait());
+        }
+        st.coalesce.fix(delay, Instant::now());
+        Ok(())
+    }
+
+    /// The minimum wait the next wait takes (zero: none).
+    pub(crate) fn coalescing_delay(&self) -> Duration {
+        Duration::from_micros(u64::from(self.st.borrow().coalesce.delay_us()))
     }
 
     pub(crate) fn register(&self, raw: RawIo, _foreign: bool, context: usize) -> io::Result<u32> {
@@ -508,10 +558,18 @@ impl State {
         let until = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
             self.replenish();
+            let mut waited = false;
             if self.ready.is_empty() && self.cq_len() == 0 {
                 let left = until.map(|u| u.saturating_duration_since(Instant::now()));
                 let wait = left.is_none_or(|l| !l.is_zero());
-                self.enter(wait, left)?;
+                // A wait shorter than the delay does not coalesce: the kernel would hold it
+                // for the whole delay (its timeout starts only once the minimum wait ends).
+                let delay = match self.coalesce.delay_us() {
+                    d if left.is_some_and(|l| l < Duration::from_micros(u64::from(d))) => 0,
+                    d => d,
+                };
+                self.enter_coalesced(wait, left, delay)?;
+                waited = wait && self.coalesce.on();
             } else if self.sq_len() > 0
                 || !self.unsent.is_empty()
                 || self.unentered >= MAX_CALLS_UNENTERED
@@ -520,7 +578,11 @@ impl State {
             } else {
                 self.unentered += 1;
             }
-            self.reap();
+            let reaped = self.reap();
+            self.coalesce.reaped(reaped);
+            if waited {
+                self.coalesce.waited(Instant::now, coalesce::thread_cpu);
+            }
             if !self.ready.is_empty() {
                 let n = max.min(self.ready.len());
                 if n > 1 && out.is_empty() && n == self.ready.len() {

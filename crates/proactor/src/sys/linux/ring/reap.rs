@@ -59,9 +59,10 @@ impl State {
         }
     }
 
-    /// Reaps every CQE there is.
-    pub(super) fn reap(&mut self) {
+    /// Reaps every CQE there is; returns how many.
+    pub(super) fn reap(&mut self) -> u32 {
         let mut batch = [(0u64, 0i32, 0u32); 32];
+        let mut reaped = 0;
         loop {
             let n = {
                 let mut cq = self.ring.completion();
@@ -79,8 +80,9 @@ impl State {
             for &(ud, res, flags) in &batch[..n] {
                 self.on_cqe(ud, res, flags);
             }
+            reaped += n as u32;
             if n < batch.len() {
-                return;
+                return reaped;
             }
         }
     }
@@ -132,6 +134,20 @@ impl State {
             return;
         }
         let kind = self.op(idx).kind;
+        if res > 0 && self.coalesce.on() {
+            // What wait coalescing weighs its cost against: the bytes moved.
+            let op = self.op(idx);
+            if matches!(
+                op.body,
+                Body::MultiRecv
+                    | Body::Recv(_)
+                    | Body::Send { .. }
+                    | Body::SendPooled { .. }
+                    | Body::Record(_)
+            ) {
+                self.coalesce.moved(res as u32);
+            }
+        }
         match self.op(idx).body {
             Body::MultiRecv => self.on_multi_recv(idx, res, flags),
             Body::MultiAccept => self.on_multi_accept(idx, res, flags),

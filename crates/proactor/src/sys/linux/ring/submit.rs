@@ -14,12 +14,23 @@ impl State {
     }
 
     pub(super) fn enter(&mut self, wait: bool, timeout: Option<Duration>) -> io::Result<()> {
+        self.enter_coalesced(wait, timeout, 0)
+    }
+
+    /// [`State::enter`], and if `wait` and `min_wait_us` > 0, waiting for up to
+    /// [`coalesce::BATCH`] completions until `min_wait_us` has passed, then for one.
+    pub(super) fn enter_coalesced(
+        &mut self,
+        wait: bool,
+        timeout: Option<Duration>,
+        min_wait_us: u32,
+    ) -> io::Result<()> {
         if !self.unsent.is_empty() {
             self.flush();
         }
         self.unentered = 0;
         let n = self.sq_len() as u32;
-        self.enter.enter(n, wait, timeout)
+        self.enter.enter(n, wait, timeout, min_wait_us)
     }
 
     /// Queues `sqe` (submitting what is queued first if the queue is full).
