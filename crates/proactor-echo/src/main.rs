@@ -59,9 +59,10 @@ struct Args {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..), allow_negative_numbers = true)]
     idle_timeout: Option<u64>,
     /// The longest, in microseconds, a worker's port may hold completions back to take more at
-    /// once: each port measures its CPU time per message and holds them back only while that
-    /// saves work (pipelining clients), never when each wait brings few (0: never; io_uring on
-    /// Linux 6.12 or later, per-thread ports only; elsewhere ignored).
+    /// once: each port measures its CPU time per byte and its bytes per second, and holds them
+    /// back only while that saves work without slowing the clients (pipelining clients), never
+    /// when each wait brings few (0: never; io_uring on Linux 6.12 or later, per-thread ports
+    /// only; elsewhere ignored).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=10_000), allow_negative_numbers = true)]
     coalesce_usec: u32,
     /// Log every operation submitted and completed.

@@ -411,12 +411,16 @@ impl LocalPort {
     /// keep sending while they wait for replies, each wake-up then finds more completions and
     /// each receive more bytes, with fewer wake-ups, receives and sends per message; under a
     /// load that waits for every reply it only adds the delay. So the port chooses the delay
-    /// itself, between zero and `max_delay`, by measuring this thread's CPU time per
-    /// completion (adaptive moderation): it tries a longer or shorter delay now and then and
-    /// keeps it only if the cost falls by 5%, and goes back to no delay at once when its waits
-    /// bring fewer than 4 completions each or the load is light. A completion is held back at
-    /// most `max_delay` (a wait that found nothing returns at the first completion, as
-    /// without coalescing, once the delay has passed); `timeout` bounds the call as before.
+    /// itself, among zero, half of `max_delay` and `max_delay`, by measuring this thread's CPU
+    /// time per byte its completions moved and the bytes moved per second (adaptive
+    /// moderation): now and then it tries the next delay up or down; a longer one is kept only
+    /// if it costs 10% less per byte without moving 5% fewer bytes per second, a shorter one
+    /// unless it costs 3% more per byte (and moves no more); and it goes back to no delay at
+    /// once when its waits bring fewer than 4 completions each or the load is light. A
+    /// completion is held back at most the delay: the first wait of a call asks for a batch
+    /// until the delay has passed, then returns what came; if nothing came, the call waits
+    /// for the first completion as without coalescing. `timeout` bounds the call as before
+    /// (a call with less time left than the delay does not coalesce).
     /// [`coalescing_delay`](LocalPort::coalescing_delay) says which delay is in use.
     ///
     /// # Errors

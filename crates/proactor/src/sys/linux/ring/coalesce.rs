@@ -45,6 +45,9 @@ const GAIN_UP: f64 = 0.10;
 /// ... a step down when it raises it by less than this one: with costs level, the shorter
 /// delay wins.
 const SLACK_DOWN: f64 = 0.03;
+/// A step up is given up if the bytes moved per second fall by this share; a step down is
+/// kept if they rise by it.
+const RATE_SLACK: f64 = 0.05;
 /// Epochs a try is measured over (after its settling epoch).
 const TRY_EPOCHS: u32 = 2;
 /// Epochs at a level before the first try of each neighbour.
@@ -73,6 +76,24 @@ pub(super) fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// What an epoch (or a try's epochs) measured.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    /// CPU ns per byte.
+    cost: f64,
+    /// Bytes per µs.
+    rate: f64,
+}
+
+impl Figures {
+    fn of(spent: Duration, bytes: u64, wall: Duration) -> Figures {
+        Figures {
+            cost: spent.as_nanos() as f64 / bytes as f64,
+            rate: bytes as f64 / (wall.as_nanos() as f64 / 1000.0).max(1.0),
+        }
+    }
+}
+
 /// The controller. Pure logic: the caller reads the clocks and counts.
 #[derive(Debug)]
 pub(super) struct Coalesce {
@@ -92,13 +113,13 @@ pub(super) struct Coalesce {
     /// some time to settle into the new rhythm: the first epoch at a new delay moves
     /// fewer bytes than the next ones).
     settling: bool,
-    /// Cost (CPU ns per byte) at the settled level: a moving average of its epochs (a
-    /// quarter of each new one).
-    base: Option<f64>,
-    /// A step being tried: the level to go back to, and the CPU time and bytes of its
-    /// measured epochs so far.
+    /// At the settled level, moving averages of its epochs (a quarter of each new one):
+    /// cost (CPU ns per byte) and rate (bytes per µs).
+    base: Option<Figures>,
+    /// A step being tried: the level to go back to, and what its measured epochs so far
+    /// spent, moved, lasted, and how many they were.
     trying_from: Option<usize>,
-    tried: (Duration, u64, u32),
+    tried: (Duration, u64, Duration, u32),
     /// Per direction (down, up): epochs until the next try, and the back-off after a miss.
     wait_for: [u32; 2],
     backoff: [u32; 2],
@@ -118,15 +139,18 @@ impl Coalesce {
             settling: false,
             base: None,
             trying_from: None,
-            tried: (Duration::ZERO, 0, 0),
+            tried: (Duration::ZERO, 0, Duration::ZERO, 0),
             wait_for: [FIRST_TRY; 2],
             backoff: [FIRST_TRY; 2],
         }
     }
 
-    /// Sets the longest delay (`None` or zero: off) and starts over from no coalescing.
+    /// Sets the longest delay (`None` or zero: off; rounded up to whole µs) and starts over
+    /// from no coalescing.
     pub(super) fn set_max(&mut self, max: Option<Duration>, now: Instant, cpu: Duration) {
-        let us = max.map_or(0, |d| d.as_micros().min(u128::from(u32::MAX)) as u32);
+        let us = max.map_or(0, |d| {
+            d.as_nanos().div_ceil(1000).min(u128::from(u32::MAX)) as u32
+        });
         *self = Coalesce::new(now, cpu);
         self.max_us = us;
     }
@@ -180,21 +204,31 @@ impl Coalesce {
         }
         let cpu = cpu();
         let spent = cpu.saturating_sub(self.cpu_at_start);
+        let wall = now.duration_since(self.started);
         let (done, bytes, waits) = (self.done, self.bytes, self.waits.max(1));
         self.started = now;
         self.cpu_at_start = cpu;
         self.done = 0;
         self.bytes = 0;
         self.waits = 0;
-        self.end_epoch(spent, done, bytes, waits);
+        if wall > EPOCH * 4 && !few {
+            // The thread did not wait for a long while (busy, or not calling): this epoch is
+            // not one of the others' kind; measure afresh from here.
+            return;
+        }
+        self.end_epoch(spent, done, bytes, wall, waits);
     }
 
-    fn end_epoch(&mut self, spent: Duration, done: u32, bytes: u64, waits: u32) {
-        if done < MIN_SAMPLE || bytes == 0 || (self.level > 0 && done / waits < MIN_PER_WAIT) {
-            // A light load, or waits that each bring little: no coalescing, and a step up is
-            // tried again only after a longer back-off.
+    fn end_epoch(&mut self, spent: Duration, done: u32, bytes: u64, wall: Duration, waits: u32) {
+        let few = self.level > 0 && done / waits < MIN_PER_WAIT;
+        if done < MIN_SAMPLE || bytes == 0 || few {
+            // A light load: no coalescing (it saves nothing there). Waits that each bring
+            // little (a request-at-a-time load): no coalescing either, and the step up is tried
+            // again only after a longer back-off.
             if self.level > 0 {
-                self.missed(1);
+                if few {
+                    self.missed(1);
+                }
                 self.level = 0;
                 self.settling = true;
             }
@@ -207,16 +241,25 @@ impl Coalesce {
         }
         if let Some(from) = self.trying_from {
             let t = &mut self.tried;
-            *t = (t.0 + spent, t.1 + bytes, t.2 + 1);
-            if t.2 < TRY_EPOCHS {
+            *t = (t.0 + spent, t.1 + bytes, t.2 + wall, t.3 + 1);
+            if t.3 < TRY_EPOCHS {
                 return;
             }
-            let cost = t.0.as_nanos() as f64 / t.1 as f64;
+            let now = Figures::of(t.0, t.1, t.2);
             self.trying_from = None;
             let up = self.level > from;
             let kept = self.base.is_some_and(|base| match up {
-                true => cost < base * (1.0 - GAIN_UP),
-                false => cost < base * (1.0 + SLACK_DOWN),
+                // Cheaper per byte, and not by moving fewer bytes: with clients that wait
+                // for each reply, a longer delay lowers the CPU per byte by sleeping more
+                // while it cuts what they get through.
+                true => {
+                    now.cost < base.cost * (1.0 - GAIN_UP)
+                        && now.rate > base.rate * (1.0 - RATE_SLACK)
+                }
+                false => {
+                    now.cost < base.cost * (1.0 + SLACK_DOWN)
+                        || now.rate > base.rate * (1.0 + RATE_SLACK)
+                }
             });
             let dir = usize::from(up);
             if kept {
@@ -224,7 +267,7 @@ impl Coalesce {
                 self.backoff[dir] = FIRST_TRY;
                 self.wait_for[dir] = 1;
                 self.wait_for[1 - dir] = FIRST_TRY;
-                self.base = Some(cost);
+                self.base = Some(now);
             } else {
                 self.level = from;
                 self.settling = true;
@@ -233,8 +276,11 @@ impl Coalesce {
             }
             return;
         }
-        let cost = spent.as_nanos() as f64 / bytes as f64;
-        self.base = Some(self.base.map_or(cost, |b| b + (cost - b) / 4.0));
+        let now = Figures::of(spent, bytes, wall);
+        self.base = Some(self.base.map_or(now, |b| Figures {
+            cost: b.cost + (now.cost - b.cost) / 4.0,
+            rate: b.rate + (now.rate - b.rate) / 4.0,
+        }));
         for dir in [1, 0] {
             self.wait_for[dir] = self.wait_for[dir].saturating_sub(1);
         }
@@ -242,7 +288,7 @@ impl Coalesce {
         let down = self.level > 0 && self.wait_for[0] == 0;
         if up || down {
             self.trying_from = Some(self.level);
-            self.tried = (Duration::ZERO, 0, 0);
+            self.tried = (Duration::ZERO, 0, Duration::ZERO, 0);
             self.settling = true;
             // Down first when both are due: the shorter delay, when it costs no more.
             if down {
@@ -270,10 +316,17 @@ mod tests {
     /// the settled level after `epochs` epochs and how many epochs' worth of waits (100 each) were
     /// spent above level 0.
     fn drive(cost: [f64; 3], per_wait: [u32; 3], epochs: u32) -> (usize, u32) {
-        drive_from(0, cost, per_wait, epochs)
+        drive_from(0, cost, per_wait, [1; 3], epochs)
     }
 
-    fn drive_from(start: usize, cost: [f64; 3], per_wait: [u32; 3], epochs: u32) -> (usize, u32) {
+    /// [`drive`] from level `start`, a wait at level `l` lasting `stretch[l]` times as long.
+    fn drive_from(
+        start: usize,
+        cost: [f64; 3],
+        per_wait: [u32; 3],
+        stretch: [u32; 3],
+        epochs: u32,
+    ) -> (usize, u32) {
         let t0 = Instant::now();
         let mut c = Coalesce::new(t0, Duration::ZERO);
         c.set_max(Some(Duration::from_micros(200)), t0, Duration::ZERO);
@@ -289,7 +342,7 @@ mod tests {
                 above += u32::from(level > 0);
                 let n = per_wait[level];
                 cpu += Duration::from_nanos((cost[level] * f64::from(n)) as u64);
-                now += EPOCH / 100;
+                now += EPOCH / 100 * stretch[level];
                 c.reaped(n);
                 c.moved(n * 100);
                 c.waited(|| now, || cpu);
@@ -318,11 +371,25 @@ mod tests {
     fn a_delay_that_saves_nothing_is_given_up() {
         // The load changed: the longest delay costs what the middle one does, which costs
         // what none does. Level costs lead down, to no delay.
-        let (level, _) = drive_from(2, [1000.0, 1000.0, 1000.0], [8; 3], 100);
+        let (level, _) = drive_from(2, [1000.0, 1000.0, 1000.0], [8; 3], [1; 3], 100);
         assert_eq!(level, 0);
         // A 12% saving is kept, a further step that saves nothing is not.
-        let (level, _) = drive_from(2, [1000.0, 880.0, 880.0], [8; 3], 100);
+        let (level, _) = drive_from(2, [1000.0, 880.0, 880.0], [8; 3], [1; 3], 100);
         assert_eq!(level, 1);
+    }
+
+    #[test]
+    fn a_delay_that_slows_the_clients_is_not_kept_however_cheap() {
+        // Clients that wait for each reply: the longer the delay, the less CPU per byte (the
+        // thread sleeps) and the fewer bytes per second.
+        let (level, _) = drive_from(0, [1000.0, 700.0, 500.0], [8; 3], [1, 3, 6], 1000);
+        assert_eq!(level, 0);
+        // The same saving with the clients going as fast: kept.
+        let (level, _) = drive_from(0, [1000.0, 700.0, 500.0], [8; 3], [1; 3], 1000);
+        assert_eq!(level, 2);
+        // From the top, with the rate better lower down: down even at a higher CPU per byte.
+        let (level, _) = drive_from(2, [1100.0, 1050.0, 1000.0], [8; 3], [1, 2, 4], 1000);
+        assert_eq!(level, 0);
     }
 
     #[test]

@@ -10,9 +10,6 @@ use crate::sys::RING_SETUPS;
 
 /// Submission queue size.
 const ENTRIES: u32 = 4096;
-/// The timeout of a coalescing wait the caller gave none (an hour: a wait with no completion
-/// comes back then, and the caller waits again).
-const LONG_WAIT: Duration = Duration::from_secs(3600);
 
 const IORING_ENTER_GETEVENTS: u32 = 1;
 const IORING_ENTER_EXT_ARG: u32 = 8;
@@ -115,10 +112,13 @@ impl Enter {
     /// Submits `to_submit` SQEs, runs completions' task work, and waits for one CQE if `wait`,
     /// at most `timeout` (`None`: no limit). Interruptions and time-outs are not errors.
     ///
-    /// With `min_wait_us` > 0 (only on a kernel with `IORING_FEAT_MIN_TIMEOUT`), the wait is
-    /// for [`BATCH`] CQEs until `min_wait_us` has passed, then for one: the kernel's minimum
-    /// wait. It is given a timeout (`timeout`, or [`LONG_WAIT`]), without which the kernel
-    /// would end the wait when the minimum passes, with or without a CQE.
+    /// With `min_wait_us` > 0 (only on a kernel with `IORING_FEAT_MIN_TIMEOUT`: the callers
+    /// check) the wait is a coalescing one instead: for [`BATCH`] CQEs during `min_wait_us`,
+    /// then it returns, with whatever came (`ETIME` if nothing: the caller waits again, plainly).
+    /// It is given no timeout: with one, the kernel would go on waiting past the minimum, a
+    /// phase that some kernels (6.12 to 6.18 without "io_uring: fix min_wait wakeups for
+    /// SQPOLL") end only after all [`BATCH`] CQEs when completions come without task work on
+    /// this thread; the caller passes a minimum only when its own timeout is no shorter.
     pub(super) fn enter(
         &self,
         to_submit: u32,
@@ -132,24 +132,21 @@ impl Enter {
             (true, false) => 1,
             (true, true) => BATCH,
         };
-        let timeout = match coalesce {
-            true => Some(timeout.unwrap_or(LONG_WAIT)),
-            false => timeout,
-        };
         let mut flags = self.flags | IORING_ENTER_GETEVENTS;
         let ts;
         let arg;
-        let (argp, argsz) = match timeout.filter(|_| wait) {
-            Some(t) => {
-                ts = KernelTimespec {
+        let (argp, argsz) = match (timeout.filter(|_| wait), coalesce) {
+            (None, false) => (std::ptr::null(), 0),
+            (timeout, _) => {
+                ts = timeout.filter(|_| !coalesce).map(|t| KernelTimespec {
                     sec: t.as_secs().min(i64::MAX as u64) as i64,
                     nsec: i64::from(t.subsec_nanos()),
-                };
+                });
                 arg = GeteventsArg {
                     sigmask: 0,
                     sigmask_sz: 0,
                     min_wait_usec: if coalesce { min_wait_us } else { 0 },
-                    ts: (&raw const ts) as u64,
+                    ts: ts.as_ref().map_or(0, |t| std::ptr::from_ref(t) as u64),
                 };
                 flags |= IORING_ENTER_EXT_ARG;
                 (
@@ -157,7 +154,6 @@ impl Enter {
                     std::mem::size_of::<GeteventsArg>(),
                 )
             }
-            None => (std::ptr::null(), 0),
         };
         // SAFETY: io_uring_enter reads the SQEs queued in the ring (all of whose pointers name
         // memory the engine keeps until their CQEs) and, with EXT_ARG, `arg` and `ts`, which

@@ -556,18 +556,22 @@ impl State {
         timeout: Option<Duration>,
     ) -> io::Result<usize> {
         let until = timeout.and_then(|t| Instant::now().checked_add(t));
+        // Only the call's first wait may coalesce: one that brought nothing in its delay is
+        // followed by a plain wait (see `Enter::enter`).
+        let mut may_coalesce = true;
         loop {
             self.replenish();
             let mut waited = false;
             if self.ready.is_empty() && self.cq_len() == 0 {
                 let left = until.map(|u| u.saturating_duration_since(Instant::now()));
                 let wait = left.is_none_or(|l| !l.is_zero());
-                // A wait shorter than the delay does not coalesce: the kernel would hold it
-                // for the whole delay (its timeout starts only once the minimum wait ends).
+                // Nor one with less time left than the delay: a coalescing wait lasts it.
                 let delay = match self.coalesce.delay_us() {
+                    _ if !may_coalesce => 0,
                     d if left.is_some_and(|l| l < Duration::from_micros(u64::from(d))) => 0,
                     d => d,
                 };
+                may_coalesce = false;
                 self.enter_coalesced(wait, left, delay)?;
                 waited = wait && self.coalesce.on();
             } else if self.sq_len() > 0

@@ -18,7 +18,8 @@ impl State {
     }
 
     /// [`State::enter`], and if `wait` and `min_wait_us` > 0, waiting for up to
-    /// [`coalesce::BATCH`] completions until `min_wait_us` has passed, then for one.
+    /// [`coalesce::BATCH`] completions until `min_wait_us` has passed, then returning what
+    /// came, if anything (see `Enter::enter`).
     pub(super) fn enter_coalesced(
         &mut self,
         wait: bool,
