@@ -60,9 +60,9 @@ struct Args {
     idle_timeout: Option<u64>,
     /// The longest, in microseconds, a worker's port may hold completions back to take more at
     /// once: each port measures its CPU time per byte and its bytes per second, and holds them
-    /// back only while that saves work without slowing the clients (pipelining clients), never
-    /// when each wait brings few (0: never; io_uring on Linux 6.12 or later, per-thread ports
-    /// only; elsewhere ignored).
+    /// back only while that saves work and moves no fewer bytes per second (pipelining
+    /// clients; clients that wait for each reply slow down, which a try shows) (0: never;
+    /// io_uring on Linux 6.12 or later, per-thread ports only; elsewhere ignored).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(0..=10_000), allow_negative_numbers = true)]
     coalesce_usec: u32,
     /// Log every operation submitted and completed.

@@ -102,15 +102,16 @@ fn write_later(
 
 #[test]
 fn a_lone_completion_is_held_back_for_the_delay_and_no_longer() {
-    let delay = Duration::from_millis(30);
+    let delay = Duration::from_millis(100);
     let Some(port) = coalescing_port(delay) else {
         return;
     };
-    let (_conn, peer) = receiving(&port);
+    let (conn, peer) = receiving(&port);
     let mut peer = Some(peer);
+    let mut held = 0;
     for round in 0..3 {
         let started = Instant::now();
-        let writer = write_later(peer.take().unwrap(), Duration::from_millis(1), b"ping");
+        let writer = write_later(peer.take().unwrap(), Duration::from_millis(20), b"ping");
         let mut done = port
             .get_completion(Some(Duration::from_secs(10)))
             .expect("the data");
@@ -119,19 +120,22 @@ fn a_lone_completion_is_held_back_for_the_delay_and_no_longer() {
         assert_eq!(done.kind(), OpKind::RecvPooled);
         assert_eq!(&done.take_pooled().expect("data")[..], b"ping");
         // One completion where the wait asks for a batch: held until the delay has passed
-        // (a kernel timer, never early), then handed out (the bound is for a hang).
+        // (a kernel timer, never early), then handed out. A round may find the data already
+        // there (this thread was held up 20 ms before it waited, the machine loaded): it does
+        // not wait at all.
+        held += usize::from(took >= delay);
         assert!(
-            took >= delay,
-            "round {round}: handed out after {took:?}, before the delay"
-        );
-        assert!(
-            took < Duration::from_secs(5),
+            took < Duration::from_secs(2),
             "round {round}: held {took:?}"
         );
         if !done.more() {
-            port.recv_pooled(&_conn);
+            port.recv_pooled(&conn);
         }
     }
+    assert!(
+        held >= 2,
+        "the data was held back for the delay in {held} of 3 rounds"
+    );
 }
 
 #[test]
@@ -169,8 +173,8 @@ fn a_wait_with_nothing_coming_waits_past_the_delay_for_its_timeout_or_data() {
 
 #[test]
 fn a_timeout_shorter_than_the_delay_still_bounds_the_call() {
-    // The kernel starts a wait's timeout only once its minimum wait has passed: a 1 s delay
-    // would hold a 10 ms call for a second.
+    // A coalescing wait lasts its delay: a call with less time left than that must not
+    // coalesce (a 1 s delay would hold a 10 ms call for a second).
     let Some(port) = coalescing_port(Duration::from_secs(1)) else {
         return;
     };

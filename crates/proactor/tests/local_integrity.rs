@@ -41,8 +41,8 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 /// The port of a run: two 4 KiB buffers; on io_uring with a minimum wait, half the seeds hold
-/// each wait for a batch for 0.1-2 ms first (wait coalescing, fixed so that the light loads
-/// here reach it: whatever a wait holds back must still come, once and in order).
+/// the first wait of each call for a batch for 0.1-2 ms (wait coalescing, fixed so that the
+/// light loads here reach it: whatever a wait holds back must still come, once and in order).
 fn port(rng: &mut Rng) -> LocalPort {
     let port = LocalPort::with_pool(2, 4096).expect("port");
     if rng.chance(50) {

@@ -403,11 +403,11 @@ impl LocalPort {
     }
 
     /// Lets [`get_completions`](LocalPort::get_completions) hold completions back, up to
-    /// `max_delay`, when that makes this thread's work per completion smaller; `None` (or
-    /// zero) turns it off, as it is on a new port.
+    /// `max_delay`, when that makes this thread's work per byte smaller without moving fewer
+    /// bytes per second; `None` (or zero) turns it off, as it is on a new port.
     ///
-    /// A coalescing wait asks the kernel for up to 64 completions and returns as soon as one
-    /// is there once the delay has passed (io_uring's minimum wait). Under a load whose peers
+    /// A coalescing wait asks the kernel for 64 completions and returns once they are there
+    /// or the delay has passed, with what came (io_uring's minimum wait). Under a load whose peers
     /// keep sending while they wait for replies, each wake-up then finds more completions and
     /// each receive more bytes, with fewer wake-ups, receives and sends per message; under a
     /// load that waits for every reply it only adds the delay. So the port chooses the delay
@@ -415,8 +415,10 @@ impl LocalPort {
     /// time per byte its completions moved and the bytes moved per second (adaptive
     /// moderation): now and then it tries the next delay up or down; a longer one is kept only
     /// if it costs 10% less per byte without moving 5% fewer bytes per second, a shorter one
-    /// unless it costs 3% more per byte (and moves no more); and it goes back to no delay at
-    /// once when its waits bring fewer than 4 completions each or the load is light. A
+    /// unless it costs 3% more per byte without moving 5% more bytes per second; and it goes
+    /// back to no delay at once when its waits bring fewer than 4 completions each or the
+    /// load is light. Clients that send at a fixed rate whatever the replies' delay keep their
+    /// rate: for them a delay that saves CPU is kept, and adds up to the delay to each reply. A
     /// completion is held back at most the delay: the first wait of a call asks for a batch
     /// until the delay has passed, then returns what came; if nothing came, the call waits
     /// for the first completion as without coalescing. `timeout` bounds the call as before

@@ -3,7 +3,8 @@
 //!
 //! A wait that asks the kernel for [`BATCH`] completions with a minimum wait
 //! (`io_uring_getevents_arg::min_wait_usec`, `IORING_FEAT_MIN_TIMEOUT`, Linux 6.12) sleeps until
-//! that many are there or the minimum wait has passed, then returns as soon as there is one.
+//! that many are there or the minimum wait has passed, then returns with what came (the
+//! engine then waits plainly if nothing did).
 //! Under a load whose peers keep sending while they wait for replies (pipelined requests),
 //! each wake-up then finds more completions and each receive more bytes: fewer wake-ups,
 //! receives, sends and segments per message. Under a load that waits for every reply (one
@@ -18,16 +19,24 @@
 //!   as a coalesced receive or send carries more messages), the first epoch after a change
 //!   of level left out (the load settles into the new rhythm).
 //! - From time to time the controller tries the next level up or down (a settling epoch, then
-//!   [`TRY_EPOCHS`] measured), against a moving average of the old level's epochs: a longer
-//!   delay is kept only if the cost fell by [`GAIN_UP`], a shorter one unless it rose by
-//!   [`SLACK_DOWN`] (with costs level, the shorter delay wins: no delay for nothing); a step
+//!   [`TRY_EPOCHS`] measured), against moving averages of the old level's epochs: a longer
+//!   delay is kept only if the cost fell by [`GAIN_UP`] and the bytes per second did not fall
+//!   by [`RATE_SLACK`] (clients that wait for each reply make a longer delay cheaper per byte,
+//!   the thread sleeping more, while they get less through); a shorter one unless the cost
+//!   rose by [`SLACK_DOWN`] without the bytes per second rising by [`RATE_SLACK`] (with costs
+//!   level, the shorter delay wins: no delay for nothing); a step
 //!   that did not pay is tried again only after twice as many epochs as the last time (up to
 //!   [`MAX_BACKOFF`]).
 //! - Guard: an epoch at a level above 0 whose waits took fewer than [`MIN_PER_WAIT`]
 //!   completions each, or that ended with fewer than [`MIN_SAMPLE`] completions (a light
 //!   load), goes back to level 0 at once: coalescing is kept only while every wait brings
-//!   several completions (checked from the [`EARLY_GUARD`]th wait of an epoch on), so a
-//!   request-at-a-time load pays the delay on a few waits, once per back-off.
+//!   several completions (checked from the [`EARLY_GUARD`]th wait of an epoch on), so one
+//!   connection's request-at-a-time load pays the delay on a few waits, once per back-off.
+//!   Several such connections bring several completions per wait: there the rate rule is what
+//!   refuses a delay, after a try (one settling epoch and two measured: 12 ms at half the
+//!   maximum delay), once per back-off. Clients that pace themselves (a fixed request rate)
+//!   keep their rate whatever the delay: a cheaper delay is kept, and adds up to the delay to
+//!   each reply.
 
 use std::time::{Duration, Instant};
 
@@ -211,9 +220,16 @@ impl Coalesce {
         self.done = 0;
         self.bytes = 0;
         self.waits = 0;
-        if wall > EPOCH * 4 && !few {
+        let usual = EPOCH * 4 + Duration::from_micros(u64::from(self.delay_us())) * waits;
+        if wall > usual && !few {
             // The thread did not wait for a long while (busy, or not calling): this epoch is
-            // not one of the others' kind; measure afresh from here.
+            // not one of the others' kind; measure afresh from here, and a try under way ends
+            // unjudged, back where it started.
+            if let Some(from) = self.trying_from.take() {
+                self.level = from;
+                self.settling = true;
+                self.base = None;
+            }
             return;
         }
         self.end_epoch(spent, done, bytes, wall, waits);
@@ -225,8 +241,10 @@ impl Coalesce {
             // A light load: no coalescing (it saves nothing there). Waits that each bring
             // little (a request-at-a-time load): no coalescing either, and the step up is tried
             // again only after a longer back-off.
+            // A try cut short so is a try that did not pay (its own slowing of the clients
+            // may be what made the epoch light).
             if self.level > 0 {
-                if few {
+                if few || self.trying_from.is_some() {
                     self.missed(1);
                 }
                 self.level = 0;
@@ -407,6 +425,24 @@ mod tests {
         let (level, above) = drive([1000.0, 500.0, 200.0], [8, 1, 1], 1000);
         assert_eq!(level, 0);
         assert!(above < 30, "{above} epochs above 0");
+    }
+
+    #[test]
+    fn a_light_epoch_turns_it_off_without_a_longer_back_off() {
+        let t0 = Instant::now();
+        let mut c = Coalesce::new(t0, Duration::ZERO);
+        c.set_max(Some(Duration::from_micros(100)), t0, Duration::ZERO);
+        c.level = 2;
+        let backoff = c.backoff;
+        // Seven completions per wait (not few), 56 in a whole epoch (light).
+        for i in 1..=CLOCK_EVERY {
+            c.reaped(7);
+            c.moved(700);
+            let at = if i == CLOCK_EVERY { t0 + EPOCH } else { t0 };
+            c.waited(|| at, || Duration::from_micros(50));
+        }
+        assert_eq!(c.delay_us(), 0);
+        assert_eq!(c.backoff, backoff, "a light load is no failed try");
     }
 
     #[test]
