@@ -314,12 +314,15 @@ fn closed_handle() -> io::Error {
     )
 }
 
-/// The error of wait coalescing on a kernel without a minimum wait.
-fn no_min_wait() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::Unsupported,
-        "wait coalescing needs the kernel's minimum wait (IORING_FEAT_MIN_TIMEOUT, Linux 6.12)",
-    )
+/// `Unsupported` if `on` and the kernel has no minimum wait (`st.min_timeout`).
+fn min_wait_for(st: &State, on: bool) -> io::Result<()> {
+    match on && !st.min_timeout {
+        true => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "wait coalescing needs the kernel's minimum wait (IORING_FEAT_MIN_TIMEOUT, Linux 6.12)",
+        )),
+        false => Ok(()),
+    }
 }
 
 impl Ring {
@@ -443,9 +446,7 @@ impl Ring {
     pub(crate) fn set_wait_coalescing(&self, max: Option<Duration>) -> io::Result<()> {
         let mut st = self.st.borrow_mut();
         let on = max.is_some_and(|d| !d.is_zero());
-        if on && !st.min_timeout {
-            return Err(no_min_wait());
-        }
+        min_wait_for(&st, on)?;
         let cpu = if on {
             coalesce::thread_cpu()
         } else {
@@ -458,9 +459,7 @@ impl Ring {
     /// Holds the minimum wait at `delay` (tests of the waits).
     pub(crate) fn fix_coalescing_delay(&self, delay: Duration) -> io::Result<()> {
         let mut st = self.st.borrow_mut();
-        if !delay.is_zero() && !st.min_timeout {
-            return Err(no_min_wait());
-        }
+        min_wait_for(&st, !delay.is_zero())?;
         st.coalesce.fix(delay, Instant::now());
         Ok(())
     }
@@ -573,7 +572,7 @@ impl State {
                 };
                 may_coalesce = false;
                 self.enter_coalesced(wait, left, delay)?;
-                waited = wait && self.coalesce.on();
+                waited = wait;
             } else if self.sq_len() > 0
                 || !self.unsent.is_empty()
                 || self.unentered >= MAX_CALLS_UNENTERED
