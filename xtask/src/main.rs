@@ -206,10 +206,11 @@ const FAILPOINTS: [&str; 2] = ["--features", "proactor/failpoints,proactor-echo/
 
 /// The test files that run a `LocalPort` (proactor's, then proactor-echo's), run again as on
 /// older kernels (without the receive limit, with each fallback setup of the ring).
-const LOCAL_PORT_SUITES: [&str; 19] = [
+const LOCAL_PORT_SUITES: [&str; 20] = [
     "foreign_ids",
     "iocp_failpoints",
     "local_alloc",
+    "local_coalesce",
     "local_fairness",
     "local_integrity",
     "local_port",
@@ -231,7 +232,8 @@ const LOCAL_PORT_SUITES: [&str; 19] = [
 /// The test files of [`LOCAL_PORT_SUITES`] that use no shared port (`Iocp`): a `LocalPort`'s
 /// ring has no submission-polling thread, so under `PROACTOR_SQPOLL` they would only repeat the
 /// default pass, and that pass leaves them out.
-const LOCAL_PORT_ONLY: [&str; 11] = [
+const LOCAL_PORT_ONLY: [&str; 12] = [
+    "local_coalesce",
     "local_fairness",
     "local_port",
     "local_ring",

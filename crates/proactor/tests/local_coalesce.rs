@@ -2,9 +2,11 @@
 //! completion back for its delay and no longer; a wait with nothing coming keeps waiting past
 //! the delay and still ends at its timeout or its data; a timeout shorter than the delay still
 //! bounds the call; where the kernel or the engine cannot coalesce, the call says
-//! `Unsupported`. The waits are reached with the delay held fixed (the adaptive choice,
-//! which these light loads would never make, is `coalesce.rs`'s unit tests'); streams under
-//! coalescing are `local_integrity.rs`'s (half its seeds run with a fixed delay).
+//! `Unsupported`. The waits are reached with the delay held fixed (these light loads would
+//! never make the adaptive choice, whose rules are `coalesce.rs`'s unit tests'); one test
+//! drives the adaptive path end to end: a pipelined load makes the port choose a delay, one
+//! request at a time takes it away, every byte checked. Streams under coalescing are
+//! `local_integrity.rs`'s too (half its seeds run with a fixed delay).
 #![cfg(any(windows, target_os = "linux"))]
 
 use std::{
@@ -251,4 +253,210 @@ fn pipelined_messages_held_back_all_come_once_and_in_order() {
     for w in writers {
         drop(w.join().unwrap());
     }
+}
+
+/// Byte `at` of connection `conn`'s stream: the oracle both ends of the adaptive test check
+/// against (not periodic in any message size, and different per connection).
+fn stream_byte(conn: usize, at: u64) -> u8 {
+    (at.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 ^ (conn as u8).wrapping_mul(29)
+}
+
+#[test]
+fn a_paced_load_makes_the_port_choose_a_delay_and_a_lone_client_takes_it_away() {
+    // The whole path the controller's unit tests leave out: the engine counting the waits,
+    // completions and bytes, the clocks, the chosen delay reaching the kernel's wait.
+    // Phase 1: 16 connections, one 64-byte message every 20 µs in turn (a client at a fixed
+    // rate: its rate does not depend on the replies' delay, and without a delay the port wakes
+    // up for nearly every message): a delay saves CPU per byte at the same rate, and the port
+    // must choose one and keep it. Phase 2: one connection, one message at a time: a delay
+    // would hold every reply, and the port must leave it. Every byte is checked both ways.
+    // The port must keep a delay where the kernel defers its task work to the waits
+    // (`DEFER_TASKRUN`): there a delay halves the CPU per byte or better (about 90 -> 25 ns
+    // here). Without it (`coop_taskrun`, `plain`) each completion's task work still wakes the
+    // waiting thread, and whether a delay saves 10% varies from run to run (coop_taskrun:
+    // 83 -> 75-92 ns): there phase 1 lasts 3 s whatever the port chose, and phase 2 still
+    // holds. (A client that sends as fast as the replies let it is no test of the choice
+    // either: the port can be fast enough without a delay that one would cut the rate, and
+    // the rate rule rightly refuses it.)
+    const MAX: Duration = Duration::from_millis(4);
+    const CONNS: usize = 16;
+    const PACE: Duration = Duration::from_micros(20);
+    const MESSAGE: usize = 64;
+    const LONE: u64 = 2000;
+    const KEPT: Duration = Duration::from_millis(100);
+    let server = LocalPort::with_pool(512, 4096).expect("port");
+    if let Err(e) = server.set_wait_coalescing(Some(MAX)) {
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert!(
+            !must_coalesce(&server),
+            "refused on {}: {e}",
+            server.setup()
+        );
+        return;
+    }
+    let must_keep = server.setup().contains("defer_taskrun");
+    let phase_1 = if must_keep {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(3)
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let kept = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = kept.clone();
+    let started = Instant::now();
+    let client = thread::spawn(move || {
+        use std::sync::atomic::Ordering::Relaxed;
+        let port = LocalPort::new().expect("client port");
+        let conns: Vec<_> = (0..CONNS)
+            .map(|c| {
+                let s = TcpStream::connect(addr).unwrap();
+                s.set_nodelay(true).unwrap();
+                let h = port.add_handle(s, c).expect("add");
+                port.recv_multishot(&h);
+                h
+            })
+            .collect();
+        let (mut sent, mut got) = (vec![0u64; CONNS], vec![0u64; CONNS]);
+        let send = |c: usize, sent: &mut [u64]| {
+            let at = sent[c];
+            let message = (at..at + MESSAGE as u64)
+                .map(|k| stream_byte(c, k))
+                .collect();
+            port.send(&conns[c], message);
+            sent[c] += MESSAGE as u64;
+        };
+        let mut batch = Vec::new();
+        let mut reap = |sent: &[u64], got: &mut [u64], timeout| {
+            batch.clear();
+            match port.get_completions(&mut batch, 64, Some(timeout)) {
+                Ok(_) => {}
+                Err(e) if e.kind() == ErrorKind::TimedOut && timeout.is_zero() => {}
+                Err(e) => panic!("client completions: {e}"),
+            }
+            for mut done in batch.drain(..) {
+                let c = done.context();
+                match done.kind() {
+                    OpKind::Send => assert_eq!(done.result().expect("send"), MESSAGE),
+                    OpKind::RecvPooled => {
+                        let data = done.take_pooled().expect("echoed data");
+                        for (i, &b) in data.iter().enumerate() {
+                            let at = got[c] + i as u64;
+                            assert_eq!(b, stream_byte(c, at), "connection {c} byte {at}");
+                        }
+                        got[c] += data.len() as u64;
+                        assert!(got[c] <= sent[c], "connection {c}: more back than sent");
+                        assert!(done.more(), "connection {c}'s receive ended");
+                    }
+                    kind => panic!("client: {kind}"),
+                }
+            }
+        };
+        // Phase 1, paced, until the server's port keeps a delay (or `phase_1` has passed).
+        let mut next = Instant::now();
+        let mut turn = 0;
+        while !flag.load(Relaxed) && started.elapsed() < phase_1 {
+            let now = Instant::now();
+            if now >= next {
+                send(turn % CONNS, &mut sent);
+                turn += 1;
+                // Behind (this thread was held up): start the pace again rather than burst.
+                next = if now - next > Duration::from_millis(1) {
+                    now
+                } else {
+                    next
+                } + PACE;
+            }
+            reap(&sent, &mut got, Duration::ZERO);
+        }
+        while sent != got {
+            reap(&sent, &mut got, Duration::from_secs(20));
+        }
+        // Phase 2: one request at a time.
+        let mut lone = Vec::new();
+        for _ in 0..LONE {
+            let at = Instant::now();
+            send(0, &mut sent);
+            while got[0] < sent[0] {
+                reap(&sent, &mut got, Duration::from_secs(20));
+            }
+            lone.push(at.elapsed());
+        }
+        drop(conns);
+        lone
+    });
+    let mut conns = Vec::new();
+    for c in 0..CONNS {
+        let (s, _) = listener.accept().unwrap();
+        let h = server.add_handle(s, c).expect("add");
+        server.recv_multishot(&h);
+        conns.push(Some(h));
+    }
+    let mut kept_at = None;
+    let mut delayed_since = None;
+    let mut batch = Vec::new();
+    let mut open = CONNS;
+    let mut echoed = [0u64; CONNS];
+    while open > 0 {
+        batch.clear();
+        server
+            .get_completions(&mut batch, 64, Some(Duration::from_secs(40)))
+            .expect("server completions");
+        // Kept, not only tried: a try lasts three epochs (12 ms), a delay kept goes on.
+        match server.coalescing_delay().is_zero() {
+            true => delayed_since = None,
+            false => {
+                let since = *delayed_since.get_or_insert_with(Instant::now);
+                if kept_at.is_none() && since.elapsed() >= KEPT {
+                    kept_at = Some(started.elapsed());
+                    kept.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+        for mut done in batch.drain(..) {
+            let c = done.context();
+            match done.kind() {
+                OpKind::SendPooled => {
+                    done.result().expect("echo");
+                }
+                OpKind::RecvPooled => match done.take_pooled() {
+                    Some(data) => {
+                        for (i, &b) in data.iter().enumerate() {
+                            let at = echoed[c] + i as u64;
+                            assert_eq!(b, stream_byte(c, at), "server: connection {c} byte {at}");
+                        }
+                        echoed[c] += data.len() as u64;
+                        server.send_pooled(conns[c].as_ref().unwrap(), data);
+                    }
+                    None => {
+                        assert_eq!(done.result().expect("the end"), 0);
+                        assert!(!done.more());
+                        conns[c] = None;
+                        open -= 1;
+                    }
+                },
+                kind => panic!("server: {kind}"),
+            }
+        }
+    }
+    let lone = client.join().expect("client");
+    assert!(
+        kept_at.is_some() || !must_keep,
+        "{}: {phase_1:?} of a paced load and no delay kept for {KEPT:?}",
+        server.setup()
+    );
+    // One request at a time: the replies are not held back (the guard leaves a delay as soon
+    // as 8 waits bring fewer than 4 completions each; a try up costs a few waits: about 1% of
+    // the round trips here, 2-4% with two busy threads beside the test, which hold some
+    // round trips as long). A delay kept would hold nearly all of them.
+    let held = lone.iter().filter(|t| **t >= MAX / 2).count();
+    assert!(
+        held * 4 < lone.len(),
+        "{held} of {} lone round trips held for the delay (kept after {kept_at:?})",
+        lone.len()
+    );
+    eprintln!(
+        "{}: a delay kept after {kept_at:?}, {held} of {LONE} lone round trips held",
+        server.setup()
+    );
 }
