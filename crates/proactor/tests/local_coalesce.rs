@@ -271,7 +271,7 @@ fn a_paced_load_makes_the_port_choose_a_delay_and_a_lone_client_takes_it_away() 
     // must choose one and keep it. Phase 2: one connection, one message at a time: a delay
     // would hold every reply, and the port must leave it. Every byte is checked both ways.
     // The port must keep a delay where the kernel defers its task work to the waits
-    // (`DEFER_TASKRUN`): there a delay halves the CPU per byte or better (about 90 -> 25 ns
+    // (`DEFER_TASKRUN`): there a delay halves the CPU per byte or better (47-110 -> 20-32 ns
     // here). Without it (`coop_taskrun`, `plain`) each completion's task work still wakes the
     // waiting thread, and whether a delay saves 10% varies from run to run (coop_taskrun:
     // 83 -> 75-92 ns): there phase 1 lasts 3 s whatever the port chose, and phase 2 still
