@@ -11,16 +11,12 @@ Usage: cpu_split.py [--bench target/release/bench] [--conns 100] [--size 64] [--
        [--symbols tcp_sendmsg_locked,tcp_recvmsg_locked] SERVER...
 SERVER is a harness server name ("proactor 1w", "raw multishot", "tokio current-thread", ...).
 """
-import argparse, os, re, subprocess, sys, tempfile
+import os, re, subprocess, sys, tempfile
 
-from harness_cell import with_cell
+from harness_cell import cell_arguments, record_cpu0, with_cell
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bench", default="target/release/bench")
-    ap.add_argument("--conns", type=int, default=100)
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--depth", type=int, default=1)
+    ap = cell_arguments()
     ap.add_argument("--symbols", default="tcp_sendmsg_locked,tcp_recvmsg_locked")
     ap.add_argument("servers", nargs="+")
     a = ap.parse_args()
@@ -31,12 +27,7 @@ def main():
     print("|---|---:|---:|---:|---:|" + "---:|" * len(symbols))
     for server in a.servers:
         data = os.path.join(tmp.name, re.sub(r"\W+", "_", server) + ".data")
-        record = lambda: subprocess.run(
-            ["perf", "record", "-q", "-F", "2000", "-e", "cpu-clock", "-C", "0", "-o", data,
-             "--", "sleep", "5"], capture_output=True, text=True)
-        rec, rts = with_cell(a.bench, a.conns, a.size, a.depth, server, 6, record)
-        if rec.returncode != 0:
-            sys.exit(f"perf record failed: {rec.stderr.strip()}")
+        _, rts = with_cell(a.bench, a.conns, a.size, a.depth, server, 6, record_cpu0(data, 5))
         us = lambda pct: pct / 100 / rts * 1e6  # a share of CPU 0's samples, per round trip
         # The server's threads: proactor-echo's (`echo-worker-N`, `proactor-echo`) and the
         # harness's servers' (`echo-*`); not the idle loop, perf or the load generator.

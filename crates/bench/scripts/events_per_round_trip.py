@@ -11,20 +11,16 @@ Usage: events_per_round_trip.py [--bench target/release/bench] [--conns 100] [--
        [--depth 8] [--unpinned] [--events tcp:tcp_sendmsg_locked,sock:sock_recv_length,...] SERVER...
 SERVER is a harness server name ("proactor 1w", "raw multishot", "tokio current-thread", ...).
 """
-import argparse, subprocess, sys
+import subprocess, sys
 
-from harness_cell import server_threads, with_cell
+from harness_cell import cell_arguments, server_threads, with_cell
 
 EVENTS = ("tcp:tcp_sendmsg_locked,sock:sock_recv_length,raw_syscalls:sys_enter,"
           "io_uring:io_uring_submit_req,io_uring:io_uring_complete")
 WINDOW = 5  # seconds counted, inside the harness's measuring window
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bench", default="target/release/bench")
-    ap.add_argument("--conns", type=int, default=100)
-    ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--depth", type=int, default=8)
+    ap = cell_arguments(size=64, depth=8)
     ap.add_argument("--unpinned", action="store_true",
                     help="run the cell unpinned (the harness's --unpinned)")
     ap.add_argument("--events", default=EVENTS)

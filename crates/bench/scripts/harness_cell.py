@@ -2,8 +2,9 @@
 --reps 1` on one server, calls `during()` once the server's connections are up and its warm-up
 is under way, and returns what `during()` returned with the round trips per second of the
 server's row (the server pinned on CPU 0 and the generator on CPU 1 unless `unpinned`);
-`server_threads()` names the server's threads for `perf -t`."""
-import subprocess, sys, time
+`server_threads()` names the server's threads for `perf -t`; `record_cpu0()` samples CPU 0's
+clock into a perf data file; `cell_arguments()` parses a cell's options."""
+import argparse, subprocess, sys, time
 
 def with_cell(bench, conns, size, depth, server, secs, during, unpinned=False):
     proc = subprocess.Popen(
@@ -33,3 +34,25 @@ def server_threads(server):
     if not tids:
         sys.exit(f"no server thread found for {server!r}")
     return ",".join(tids)
+
+
+def record_cpu0(data, seconds, frequency=2000):
+    """A `during()` for `with_cell`: `perf record -e cpu-clock -C 0` (the pinned server's CPU) for
+    `seconds` into `data`; exits if perf fails."""
+    def during():
+        rec = subprocess.run(
+            ["perf", "record", "-q", "-F", str(frequency), "-e", "cpu-clock", "-C", "0",
+             "-o", data, "--", "sleep", str(seconds)], capture_output=True, text=True)
+        if rec.returncode != 0:
+            sys.exit(f"perf record failed: {rec.stderr.strip()}")
+    return during
+
+
+def cell_arguments(size=64, depth=1):
+    """An argument parser with a cell's options: --bench, --conns (100), --size, --depth."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--bench", default="target/release/bench")
+    ap.add_argument("--conns", type=int, default=100)
+    ap.add_argument("--size", type=int, default=size)
+    ap.add_argument("--depth", type=int, default=depth)
+    return ap

@@ -14,9 +14,9 @@ Usage: receive_sizes.py [--bench target/release/bench] [--conns 100] [--size 409
        [--depth 8] SERVER...
 SERVER is a harness server name ("proactor 1w", "raw multishot", "monoio", ...).
 """
-import argparse, collections, re, subprocess, sys, tempfile
+import collections, re, subprocess, sys, tempfile
 
-from harness_cell import server_threads, with_cell
+from harness_cell import cell_arguments, server_threads, with_cell
 
 WINDOW = 1  # seconds recorded, inside the harness's measuring window
 # perf prints the tracepoint's fields as recorded: an error may show as a negative length.
@@ -34,11 +34,7 @@ def classify(length, error, size):
     return "other length"
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--bench", default="target/release/bench")
-    ap.add_argument("--conns", type=int, default=100)
-    ap.add_argument("--size", type=int, default=4096)
-    ap.add_argument("--depth", type=int, default=8)
+    ap = cell_arguments(size=4096, depth=8)
     ap.add_argument("servers", nargs="+")
     a = ap.parse_args()
     kinds = ["one message", "several messages", "other length", "nothing", "EAGAIN",
