@@ -19,6 +19,9 @@ use std::{
 
 use proactor::{LocalPort, OpKind};
 
+mod common;
+use common::oracle::{byte_at, pattern};
+
 /// Held by each test of this file for its whole run: one at a time.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -269,12 +272,6 @@ fn pipelined_messages_held_back_all_come_once_and_in_order() {
     }
 }
 
-/// Byte `at` of connection `conn`'s stream: the oracle both ends of the adaptive test check
-/// against (not periodic in any message size, and different per connection).
-fn stream_byte(conn: usize, at: u64) -> u8 {
-    (at.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8 ^ (conn as u8).wrapping_mul(29)
-}
-
 #[test]
 fn a_paced_load_makes_the_port_choose_a_delay_and_a_lone_client_takes_it_away() {
     let _serial = serial();
@@ -337,10 +334,7 @@ fn a_paced_load_makes_the_port_choose_a_delay_and_a_lone_client_takes_it_away() 
         let (mut sent, mut got) = (vec![0u64; CONNS], vec![0u64; CONNS]);
         let send = |c: usize, sent: &mut [u64]| {
             let at = sent[c];
-            let message = (at..at + MESSAGE as u64)
-                .map(|k| stream_byte(c, k))
-                .collect();
-            port.send(&conns[c], message);
+            port.send(&conns[c], pattern(c as u64, at, MESSAGE));
             sent[c] += MESSAGE as u64;
         };
         let mut batch = Vec::new();
@@ -361,7 +355,7 @@ fn a_paced_load_makes_the_port_choose_a_delay_and_a_lone_client_takes_it_away() 
                         };
                         for (i, &b) in data.iter().enumerate() {
                             let at = got[c] + i as u64;
-                            assert_eq!(b, stream_byte(c, at), "connection {c} byte {at}");
+                            assert_eq!(b, byte_at(c as u64, at), "connection {c} byte {at}");
                         }
                         got[c] += data.len() as u64;
                         assert!(got[c] <= sent[c], "connection {c}: more back than sent");
@@ -463,7 +457,11 @@ fn a_paced_load_makes_the_port_choose_a_delay_and_a_lone_client_takes_it_away() 
                     Some(data) => {
                         for (i, &b) in data.iter().enumerate() {
                             let at = echoed[c] + i as u64;
-                            assert_eq!(b, stream_byte(c, at), "server: connection {c} byte {at}");
+                            assert_eq!(
+                                b,
+                                byte_at(c as u64, at),
+                                "server: connection {c} byte {at}"
+                            );
                         }
                         echoed[c] += data.len() as u64;
                         server.send_pooled(conns[c].as_ref().unwrap(), data);
