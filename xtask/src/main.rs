@@ -206,7 +206,7 @@ const FAILPOINTS: [&str; 2] = ["--features", "proactor/failpoints,proactor-echo/
 
 /// The test files that run a `LocalPort` (proactor's, then proactor-echo's), run again as on
 /// older kernels (without the receive limit, with each fallback setup of the ring).
-const LOCAL_PORT_SUITES: [&str; 20] = [
+const LOCAL_PORT_SUITES: [&str; 21] = [
     "foreign_ids",
     "iocp_failpoints",
     "local_alloc",
@@ -216,6 +216,7 @@ const LOCAL_PORT_SUITES: [&str; 20] = [
     "local_port",
     "local_ring",
     "local_sends",
+    "local_skip",
     "local_smoke",
     "review_fast_paths",
     "review_ids_failpoints",
@@ -232,12 +233,13 @@ const LOCAL_PORT_SUITES: [&str; 20] = [
 /// The test files of [`LOCAL_PORT_SUITES`] that use no shared port (`Iocp`): a `LocalPort`'s
 /// ring has no submission-polling thread, so under `PROACTOR_SQPOLL` they would only repeat the
 /// default pass, and that pass leaves them out.
-const LOCAL_PORT_ONLY: [&str; 12] = [
+const LOCAL_PORT_ONLY: [&str; 13] = [
     "local_coalesce",
     "local_fairness",
     "local_port",
     "local_ring",
     "local_sends",
+    "local_skip",
     "local_smoke",
     "review_fast_paths",
     "review_local",

@@ -113,6 +113,8 @@ enum Data {
     Pooled(PooledBuf),
     Owned(Vec<u8>),
 }
+/// The user value of a send reported only if it fails ([`Io::quiet`]); the others carry 0.
+const QUIET: usize = 1;
 /// The listener's context; connection contexts never reach it (nor the waker's).
 const LISTENER: usize = usize::MAX;
 /// The waker's context.
@@ -154,8 +156,11 @@ struct Conn {
     /// Sends in flight (the port runs them in order; [`SENDS_IN_FLIGHT`] at most with pooled
     /// receive, one with owned receive).
     sends: u8,
-    /// The bytes of the sends in flight (0 with none).
+    /// The bytes of the sends in flight (0 with none), the unreported one's included.
     sending: usize,
+    /// The bytes of the send reported only if it fails ([`Io::quiet`]) not yet seen ended;
+    /// 0 with none. Counted as one of the sends in flight.
+    quiet: usize,
     /// With pooled receive: what came while a send was in flight, to be sent when it
     /// completes (empty, holding no memory, when there is none).
     backlog: Vec<u8>,
@@ -198,6 +203,14 @@ struct Io {
     /// ([`SPARE_BYTES`] at most).
     spares: Vec<Vec<u8>>,
     spare_bytes: usize,
+    /// Whether a pooled message sent on a connection with nothing in flight is sent
+    /// reported only if it fails (`skip_success`: one completion fewer per message): with
+    /// pooled receive and no idle deadline (a deadline's end must be seen).
+    quiet: bool,
+    /// Bytes of those sends submitted, and of those the bytes that failed to go: the
+    /// difference counts in [`Counts::echoed`].
+    quiet_echoed: u64,
+    quiet_unsent: u64,
 }
 
 #[cold]
@@ -298,15 +311,43 @@ impl Io {
         }
     }
 
-    /// Sends received bytes back: a pool buffer as it is if the connection has no send in
-    /// flight and the pool can spare it, or else through the connection's backlog (the pool
-    /// buffer going back at once).
+    /// Forgets the connection's unreported send once the port says it ended (sent, or
+    /// failed: then its completion comes).
+    fn settle(&self, conn: &mut Conn) {
+        if conn.quiet > 0 && self.port.unreported_in_flight_on(&conn.handle) == 0 {
+            conn.sending -= conn.quiet;
+            conn.quiet = 0;
+        }
+    }
+
+    /// Whether everything the connection was to send was sent, with no reported send in
+    /// flight: true unless its unreported send is still in flight, in which case a zero-byte
+    /// send queued behind it (a stream's sends run in order) reports when it ended.
+    fn sent_all(&mut self, ctx: usize, conn: &mut Conn) -> bool {
+        debug_assert_eq!(conn.sends, 0);
+        self.settle(conn);
+        if conn.quiet == 0 {
+            return true;
+        }
+        self.send(ctx, conn, Data::Owned(Vec::new()));
+        false
+    }
+
+    /// Sends received bytes back: a pool buffer as it is if the connection has fewer than
+    /// its sends in flight and the pool can spare it (with nothing in flight, reported only
+    /// if it fails), or else through the connection's backlog (the pool buffer going back at
+    /// once).
     fn send(&mut self, ctx: usize, conn: &mut Conn, data: Data) {
+        self.settle(conn);
+        let in_flight = conn.sends + u8::from(conn.quiet > 0);
+        // Pool buffers in sends: the reported ones and the unreported ones (all of this
+        // port's unreported operations are such sends).
+        let in_sends = self.pooled_sends + self.port.unreported_in_flight();
         let data = match data {
             Data::Pooled(buf)
                 if !conn.backlog.is_empty()
-                    || conn.sends >= self.sends_max
-                    || self.pooled_sends >= self.pooled_sends_max =>
+                    || in_flight >= self.sends_max
+                    || in_sends >= self.pooled_sends_max =>
             {
                 if conn.backlog.capacity() == 0
                     && let Some(spare) = self.spares.pop()
@@ -320,6 +361,17 @@ impl Io {
                 if conn.sends == 0 {
                     self.send_backlog(ctx, conn, Vec::new());
                 }
+                return;
+            }
+            Data::Pooled(buf) if self.quiet && in_flight == 0 => {
+                let len = buf.len();
+                conn.sending += len;
+                conn.quiet = len;
+                self.quiet_echoed += len as u64;
+                self.held_most = self.held_most.max(conn.sending + conn.backlog.len());
+                let quiet = self.port.with_user(QUIET).skip_success();
+                let id = quiet.send_pooled(&conn.handle, buf);
+                self.submitted("Write", ctx, id);
                 return;
             }
             data => data,
@@ -440,6 +492,9 @@ impl<'a> Worker<'a> {
                     held_most: 0,
                     spares: Vec::new(),
                     spare_bytes: 0,
+                    quiet: receive == Receive::Pooled && shared.config.idle_timeout.is_none(),
+                    quiet_echoed: 0,
+                    quiet_unsent: 0,
                 },
                 listener,
                 waker: Some(waker),
@@ -470,6 +525,7 @@ impl<'a> Worker<'a> {
         worker.drain();
         Counts {
             held_most: worker.io.held_most,
+            echoed: worker.counts.echoed + worker.io.quiet_echoed - worker.io.quiet_unsent,
             ..worker.counts
         }
     }
@@ -520,7 +576,11 @@ impl<'a> Worker<'a> {
             }
             for done in batch.drain(..) {
                 self.io.trace_completion(&done);
-                if matches!(done.kind(), OpKind::SendPooled | OpKind::Send) {
+                if done.user() == QUIET {
+                    // Counted when submitted: what it did not send is taken out.
+                    let len = done.pooled().map_or(0, |b| b.len());
+                    self.io.quiet_unsent += len.saturating_sub(done.bytes_transferred()) as u64;
+                } else if matches!(done.kind(), OpKind::SendPooled | OpKind::Send) {
                     self.counts.echoed += done.result().unwrap_or(0) as u64;
                 }
             }
@@ -630,6 +690,7 @@ impl<'a> Worker<'a> {
             socket,
             sends: 0,
             sending: 0,
+            quiet: 0,
             backlog: Vec::new(),
             recv: None,
             eof: false,
@@ -669,12 +730,7 @@ impl<'a> Worker<'a> {
             (Ok(_), _) => {
                 conn.eof = true;
                 if conn.sends == 0 {
-                    tracing::debug!(
-                        peer = %conn.peer,
-                        socket = %format!("{:#x}", conn.socket),
-                        "client closed; everything echoed"
-                    );
-                    self.close(ctx);
+                    self.end_when_sent(ctx);
                 }
             }
             // Still sending, so the client reads: not idle. The next receive is issued when a
@@ -685,7 +741,40 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// The client ended its stream and no reported send is in flight: closes the connection
+    /// once everything was sent. An unreported send may still be: a zero-byte send behind it
+    /// (a stream's sends run in order) says when it ended.
+    fn end_when_sent(&mut self, ctx: usize) {
+        let Some(conn) = self.conns.get_mut(ctx) else {
+            return;
+        };
+        if !self.io.sent_all(ctx, conn) {
+            return;
+        }
+        tracing::debug!(
+            peer = %conn.peer,
+            socket = %format!("{:#x}", conn.socket),
+            "client closed; everything echoed"
+        );
+        self.close(ctx);
+    }
+
+    /// A send reported only if it fails failed (or ended in part): its unsent bytes do not
+    /// count as echoed, and the connection ends.
+    fn quiet_failed(&mut self, ctx: usize, done: &LocalCompletion) {
+        let len = done.pooled().map_or(0, |b| b.len());
+        self.io.quiet_unsent += len.saturating_sub(done.bytes_transferred()) as u64;
+        let e = match done.result() {
+            Err(e) => e,
+            Ok(_) => io::Error::other("a send reported only if it fails ended in part"),
+        };
+        self.disconnect(ctx, &e);
+    }
+
     fn sent(&mut self, ctx: usize, done: &mut LocalCompletion) {
+        if done.user() == QUIET {
+            return self.quiet_failed(ctx, done);
+        }
         // Counted out of the pooled sends whether or not the connection is still there.
         if done.kind() == OpKind::SendPooled {
             self.io.pooled_sends -= 1;
@@ -694,6 +783,8 @@ impl<'a> Worker<'a> {
             return;
         };
         conn.sends -= 1;
+        // The sends before it on the stream ended: an unreported one too.
+        self.io.settle(conn);
         // What the send held: a connection's own buffer, or a pool buffer (left in `done`,
         // back to the pool with it).
         let own = done.take_buffer();
@@ -743,12 +834,7 @@ impl<'a> Worker<'a> {
                         self.io.recv(ctx, conn, spare);
                     }
                 } else if conn.sends == 0 {
-                    tracing::debug!(
-                        peer = %conn.peer,
-                        socket = %format!("{:#x}", conn.socket),
-                        "client closed; everything echoed"
-                    );
-                    self.close(ctx);
+                    self.end_when_sent(ctx);
                 }
             }
             Err(e) if proactor::is_deadline(&e) => self.idle_close(ctx),
@@ -901,6 +987,9 @@ mod tests {
             held_most: 0,
             spares: Vec::new(),
             spare_bytes: 0,
+            quiet: false,
+            quiet_echoed: 0,
+            quiet_unsent: 0,
         }
     }
 
@@ -920,6 +1009,7 @@ mod tests {
             socket: 0,
             sends: 0,
             sending: 0,
+            quiet: 0,
             backlog: Vec::new(),
             recv: None,
             eof: false,
@@ -1000,6 +1090,41 @@ mod tests {
         io.send(1, &mut conn, Data::Pooled(b));
         assert_eq!(conn.backlog.capacity(), SPARE_BYTES / 2, "a spare's buffer");
         assert_eq!((io.spares.len(), io.spare_bytes), (1, SPARE_BYTES / 2));
+    }
+
+    /// With a send reported only if it fails in flight (here: not even submitted yet, as
+    /// after the message and the end of the stream came in one batch), a connection whose
+    /// client ended its stream is not done: a zero-byte send goes behind it, and once that
+    /// completes everything was sent. The client gets the whole message.
+    #[test]
+    fn the_end_of_a_stream_waits_for_the_unreported_send() {
+        let mut io = io(LocalPort::with_pool(8, 4096).unwrap());
+        io.quiet = true;
+        let (mut conn, mut client) = connect(&io);
+        let a = receive(&io, &conn, &mut client, b"the last message");
+        io.send(1, &mut conn, Data::Pooled(a));
+        assert_eq!(
+            (conn.sends, conn.quiet, io.pooled_sends),
+            (0, 16, 0),
+            "unreported"
+        );
+        assert!(
+            !io.sent_all(1, &mut conn),
+            "the unreported send may not have ended"
+        );
+        assert_eq!(conn.sends, 1, "a zero-byte send behind it");
+        let mut done = io.port.get_completion(WAIT).unwrap();
+        assert_eq!((done.kind(), done.user()), (OpKind::Send, 0), "{done:?}");
+        assert_eq!(done.result().unwrap(), 0);
+        assert_eq!(done.take_buffer().map(|b| b.len()), Some(0));
+        conn.sends -= 1; // the worker's `sent`
+        assert!(io.sent_all(1, &mut conn), "ended before the zero-byte send");
+        assert_eq!((conn.quiet, conn.sending), (0, 0));
+        drop(conn);
+        let mut got = Vec::new();
+        client.set_read_timeout(WAIT).unwrap();
+        client.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"the last message");
     }
 
     /// However small, no more than [`SPARES`] buffers are kept (their capacities alone would

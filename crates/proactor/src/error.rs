@@ -222,6 +222,15 @@ pub(crate) fn foreign_buffer() -> io::Error {
     )
 }
 
+/// [`LocalSubmit::skip_success`](crate::LocalSubmit::skip_success) on an operation other than a
+/// send of one buffer (both engines).
+pub(crate) fn skip_needs_send() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "skip_success applies to send and send_pooled only",
+    )
+}
+
 /// A socket operation on something else.
 #[cfg_attr(not(any(windows, target_os = "linux")), allow(dead_code))]
 pub(crate) fn needs_socket() -> io::Error {

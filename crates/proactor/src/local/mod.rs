@@ -929,19 +929,60 @@ impl LocalPort {
         }
     }
 
+    /// Operations submitted with [`skip_success`](LocalSubmit::skip_success) that have not
+    /// ended yet (the kernel still has them, or they wait for their turn): zero once each
+    /// either succeeded (reporting nothing) or made its completion. Counted in
+    /// [`operations_in_flight`](LocalPort::operations_in_flight) too.
+    ///
+    /// ```no_run
+    /// let port = proactor::LocalPort::new()?;
+    /// assert_eq!(port.unreported_in_flight(), 0);
+    /// # Ok::<(), std::io::Error>(())
+    /// ```
+    pub fn unreported_in_flight(&self) -> usize {
+        match &self.inner.engine {
+            Engine::Shared(s) => s.unreported(None),
+            #[cfg(target_os = "linux")]
+            Engine::Ring(s) => s.unreported(None),
+        }
+    }
+
+    /// [`unreported_in_flight`](LocalPort::unreported_in_flight) on `handle` alone: zero once
+    /// every send it was given with [`skip_success`](LocalSubmit::skip_success) ended (its
+    /// bytes sent, or its failure in a completion). Zero for another port's handle.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) {
+    /// port.with_user(1).skip_success().send(conn, b"hello".to_vec());
+    /// // ... later: has it ended?
+    /// let sent = port.unreported_in_flight_on(conn) == 0;
+    /// # }
+    /// ```
+    pub fn unreported_in_flight_on<T: Associate>(&self, handle: &LocalHandle<T>) -> usize {
+        if !handle.belongs_to(self) {
+            return 0;
+        }
+        match &self.inner.engine {
+            Engine::Shared(s) => s.unreported(Some(handle.key)),
+            #[cfg(target_os = "linux")]
+            Engine::Ring(s) => s.unreported(Some(handle.key)),
+        }
+    }
+
     /// Starts `op` on `handle`: every engine's one way in.
     fn start<T: Associate>(
         &self,
         handle: &LocalHandle<T>,
         user: usize,
         deadline: Option<Instant>,
+        skip: bool,
         op: LocalOp,
     ) -> OpId {
         let key = handle.belongs_to(self).then_some(handle.key);
         match &self.inner.engine {
-            Engine::Shared(s) => s.start(key, handle.context, user, deadline, op),
+            Engine::Shared(s) => s.start(key, handle.context, user, deadline, skip, op),
             #[cfg(target_os = "linux")]
-            Engine::Ring(s) => s.start(key, handle.context, user, deadline, op),
+            Engine::Ring(s) => s.start(key, handle.context, user, deadline, skip, op),
         }
     }
 

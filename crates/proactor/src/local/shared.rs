@@ -54,6 +54,8 @@ pub(crate) struct Shared {
     /// Calls in a row that returned what was ready without asking the shared port (see
     /// [`POLL_EVERY`]).
     unpolled: Cell<u32>,
+    /// Sends reported only if they fail still in the shared port (`Internal::Skipped`).
+    unreported: Cell<usize>,
 }
 
 /// After this many calls in a row served from the engine's own ready queue, the next one also
@@ -74,6 +76,8 @@ struct Slot {
     foreign: bool,
     /// In `Shared::starved`.
     starved: bool,
+    /// Its sends reported only if they fail still in the shared port.
+    unreported: usize,
 }
 
 struct Waiter {
@@ -89,7 +93,13 @@ enum Internal {
     Readable(u32),
     /// A pooled send's buffer, handed back by its completion.
     SendPooled(PooledBuf),
+    /// A send of handle `key` ([`ORPHAN`] once the handle closed) reported only if it fails
+    /// (`LocalSubmit::skip_success`), with its pool buffer if it is a pooled send.
+    Skipped { key: u32, pooled: Option<PooledBuf> },
 }
+
+/// The key of a skipped send whose handle closed: its key may name another handle already.
+const ORPHAN: u32 = u32::MAX;
 
 use crate::error::{foreign_buffer, mixing};
 
@@ -109,6 +119,7 @@ impl Shared {
             waiting: Cell::new(0),
             deadlines: RefCell::new(BTreeSet::new()),
             unpolled: Cell::new(0),
+            unreported: Cell::new(0),
         })
     }
 
@@ -126,6 +137,7 @@ impl Shared {
             armed: None,
             foreign,
             starved: false,
+            unreported: 0,
         };
         let mut slots = self.slots.borrow_mut();
         match self.free_keys.borrow_mut().pop() {
@@ -147,6 +159,16 @@ impl Shared {
             return;
         };
         self.free_keys.borrow_mut().push(key);
+        if slot.unreported > 0 {
+            // Their completions still come (cancelled below): they count on no handle now.
+            for entry in self.internal.borrow_mut().values_mut() {
+                if let Internal::Skipped { key: k, .. } = entry
+                    && *k == key
+                {
+                    *k = ORPHAN;
+                }
+            }
+        }
         for w in &slot.waiters {
             self.pooled.borrow_mut().remove(&w.id);
             self.complete_waiter(&slot, w, Err(cancelled()), None);
@@ -162,11 +184,15 @@ impl Shared {
         context: usize,
         user: usize,
         deadline: Option<Instant>,
+        skip: bool,
         op: LocalOp,
     ) -> OpId {
         let Some(key) = key else {
             return self.refuse(context, user, op, crate::error::other_port());
         };
+        if skip {
+            return self.start_skipped(key, context, user, deadline, op);
+        }
         if matches!(op, LocalOp::RecvPooled | LocalOp::RecvMultishot) {
             let multishot = matches!(op, LocalOp::RecvMultishot);
             return self.recv_pooled(key, user, deadline, multishot);
@@ -208,6 +234,51 @@ impl Shared {
             }
         });
         self.arm_deadline(id, deadline)
+    }
+
+    /// A send reported only if it fails: counted until the shared port gives its
+    /// completion back, which `turn` drops if it sent every byte.
+    fn start_skipped(
+        &self,
+        key: u32,
+        context: usize,
+        user: usize,
+        deadline: Option<Instant>,
+        op: LocalOp,
+    ) -> OpId {
+        let (id, pooled) = match op {
+            LocalOp::SendPooled(buf) if buf.is_from(&self.pool) => {
+                let mut copy = self.spare.borrow_mut().pop().unwrap_or_default();
+                copy.clear();
+                copy.extend_from_slice(&buf);
+                (
+                    self.with_target(key, |port, t| port.send(t, user, copy)),
+                    Some(buf),
+                )
+            }
+            LocalOp::SendPooled(buf) => {
+                return self.refuse(context, user, LocalOp::SendPooled(buf), foreign_buffer());
+            }
+            LocalOp::Send(buf) => (
+                self.with_target(key, |port, t| port.send(t, user, buf)),
+                None,
+            ),
+            op => return self.refuse(context, user, op, crate::error::skip_needs_send()),
+        };
+        self.internal
+            .borrow_mut()
+            .insert(id, Internal::Skipped { key, pooled });
+        self.unreported.set(self.unreported.get() + 1);
+        self.with_slot(key, |s| s.unreported += 1);
+        self.arm_deadline(id, deadline)
+    }
+
+    /// Sends reported only if they fail still in flight: on handle `key`, or all.
+    pub(crate) fn unreported(&self, key: Option<u32>) -> usize {
+        match key {
+            None => self.unreported.get(),
+            Some(key) => self.with_slot(key, |s| s.unreported),
+        }
     }
 
     pub(crate) fn timer(&self, user: usize, after: Duration) -> OpId {
@@ -403,6 +474,36 @@ impl Shared {
                     .push_back(LocalCompletion::new(c, Some(buf)));
             }
             Some(Internal::Readable(key)) => self.readiness(key, c),
+            Some(Internal::Skipped { key, pooled }) => {
+                self.unreported.set(self.unreported.get() - 1);
+                if key != ORPHAN {
+                    self.with_slot(key, |s| s.unreported -= 1);
+                }
+                let sent = c.take_buffer();
+                let len = match (&pooled, &sent) {
+                    (Some(p), _) => p.len(),
+                    (None, Some(b)) => b.len(),
+                    (None, None) => 0,
+                };
+                if c.error.is_none() && c.bytes == len {
+                    // Every byte sent: nothing to report (a pooled send's copy is kept).
+                    if let (Some(copy), Some(_)) = (sent, &pooled) {
+                        self.spare.borrow_mut().push(copy);
+                    }
+                    return;
+                }
+                if pooled.is_some() {
+                    c.kind = OpKind::SendPooled;
+                    if let Some(copy) = sent {
+                        self.spare.borrow_mut().push(copy);
+                    }
+                } else if let Some(buf) = sent {
+                    c.output = Output::Buffer(buf);
+                }
+                self.ready
+                    .borrow_mut()
+                    .push_back(LocalCompletion::new(c, pooled));
+            }
         }
     }
 

@@ -29,6 +29,7 @@ pub struct LocalSubmit<'a> {
     port: &'a LocalPort,
     user: usize,
     deadline: Option<Instant>,
+    skip: bool,
 }
 
 impl<'a> LocalSubmit<'a> {
@@ -37,6 +38,7 @@ impl<'a> LocalSubmit<'a> {
             port,
             user,
             deadline: None,
+            skip: false,
         }
     }
 
@@ -92,8 +94,39 @@ impl<'a> LocalSubmit<'a> {
         }
     }
 
+    /// Reports the operation only if it does not succeed whole: io_uring's
+    /// `IOSQE_CQE_SKIP_SUCCESS` (and Windows' `FILE_SKIP_COMPLETION_PORT_ON_SUCCESS`) for one
+    /// operation. It applies to [`send`](LocalSubmit::send) and
+    /// [`send_pooled`](LocalSubmit::send_pooled); any other operation is refused (its
+    /// completion says [`io::ErrorKind::InvalidInput`](std::io::ErrorKind::InvalidInput)).
+    ///
+    /// A send that sent every byte then makes no completion: the port drops its buffer (a
+    /// pool buffer goes back to the pool) once the kernel is done with it, which saves a
+    /// completion per message where only failures matter (an echo, a proxy). A send that
+    /// fails, is cancelled or passes its deadline is reported as any other, with the bytes
+    /// it sent ([`bytes_transferred`](crate::Completion::bytes_transferred)) and its buffer.
+    /// The port keeps the operation in flight until the kernel is done with it:
+    /// [`LocalPort::unreported_in_flight_on`] says whether a handle's have ended, and the
+    /// sends after it on the same stream still start only once it ended.
+    ///
+    /// ```no_run
+    /// # fn f(port: &proactor::LocalPort, conn: &proactor::LocalHandle<std::net::TcpStream>) -> std::io::Result<()> {
+    /// let mut done = port.get_completion(None)?;
+    /// if let Some(data) = done.take_pooled() {
+    ///     // Echo it back; only a failure comes back as a completion.
+    ///     port.with_user(7).skip_success().send_pooled(conn, data);
+    /// }
+    /// assert!(port.unreported_in_flight_on(conn) <= 1);
+    /// # Ok(()) }
+    /// ```
+    pub fn skip_success(mut self) -> Self {
+        self.skip = true;
+        self
+    }
+
     fn start<T: Associate>(self, handle: &LocalHandle<T>, op: LocalOp) -> OpId {
-        self.port.start(handle, self.user, self.deadline, op)
+        self.port
+            .start(handle, self.user, self.deadline, self.skip, op)
     }
 
     /// [`LocalPort::timer`], carrying this user value (a deadline set here is ignored).

@@ -45,6 +45,7 @@ impl State {
                     data: VecDeque::new(),
                     accepted: VecDeque::new(),
                     gather: None,
+                    unreported: 0,
                 });
                 self.handles.len() as u32 - 1
             }

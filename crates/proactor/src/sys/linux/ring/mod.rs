@@ -132,6 +132,8 @@ struct State {
     picked: u32,
     /// The user's operations not yet completed.
     user_ops: usize,
+    /// Of `user_ops`, those reported only if they fail (`Op::skip`).
+    unreported: usize,
     /// Of `user_ops`, those whose body is a record of the shared backend: a record counts
     /// itself in `crate::live_operations` (its `LiveCount`), so the ring leaves them out.
     records: usize,
@@ -207,6 +209,9 @@ struct Op {
     deferred: bool,
     /// A member of its handle's gathered send in the kernel (`gather.rs`).
     gathered: bool,
+    /// Reported only if it fails (`LocalSubmit::skip_success`), counted in `unreported` and
+    /// its handle's `Cold::unreported` until it ends.
+    skip: bool,
 }
 
 /// What an operation owns.
@@ -283,6 +288,8 @@ struct Cold {
     accepted: VecDeque<OwnedFd>,
     /// The gathered send of its write lane (kept for the next one once it completed).
     gather: Option<Box<gather::Gather>>,
+    /// Its operations reported only if they fail that have not ended (`Op::skip`).
+    unreported: u32,
 }
 
 /// What a multishot receive brought.
@@ -396,6 +403,7 @@ impl Ring {
                 lent: 0,
                 picked: 0,
                 user_ops: 0,
+                unreported: 0,
                 records: 0,
                 published: 0,
                 live_slots: 0,
@@ -485,14 +493,27 @@ impl Ring {
         context: usize,
         user: usize,
         deadline: Option<Instant>,
+        skip: bool,
         op: LocalOp,
     ) -> OpId {
         let mut st = self.st.borrow_mut();
         match op {
             LocalOp::Send(_) | LocalOp::SendPooled(_) => {
-                st.start_send(key, context, user, deadline, op)
+                st.start_send(key, context, user, deadline, skip, op)
             }
-            op => st.start(key, context, user, deadline, op),
+            op if skip => st.refuse(context, user, op, crate::error::skip_needs_send()),
+            op => st.start(key, context, user, deadline, false, op),
+        }
+    }
+
+    /// Operations reported only if they fail still in flight: on handle `key`, or all.
+    pub(crate) fn unreported(&self, key: Option<u32>) -> usize {
+        let st = self.st.borrow();
+        match key {
+            None => st.unreported,
+            Some(key) => st
+                .handle_of(key)
+                .map_or(0, |h| st.cold[h as usize].unreported as usize),
         }
     }
 

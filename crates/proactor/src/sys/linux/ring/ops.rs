@@ -18,12 +18,15 @@ impl State {
         id
     }
 
+    /// Starts `op`; `skip`: reported only if it fails (a send of one buffer: see
+    /// `Ring::start`).
     pub(super) fn start(
         &mut self,
         key: Option<u32>,
         context: usize,
         user: usize,
         deadline: Option<Instant>,
+        skip: bool,
         op: LocalOp,
     ) -> OpId {
         let Some(key) = key else {
@@ -133,6 +136,9 @@ impl State {
             Ok(idx) => idx,
             Err(op) => return self.refuse_full(op),
         };
+        if skip {
+            self.skipping(idx, h);
+        }
         let ud = self.ud(idx);
         if let Body::Record(r) = &mut self.op(idx).body {
             r.id = OpId::from_u64(ud);
@@ -169,6 +175,7 @@ impl State {
         context: usize,
         user: usize,
         deadline: Option<Instant>,
+        skip: bool,
         op: LocalOp,
     ) -> OpId {
         let lane_idle = |st: &State, h: u32| {
@@ -181,7 +188,7 @@ impl State {
         };
         let h = match key.and_then(|k| self.handle_of(k)) {
             Some(h) if deadline.is_none() && !self.closing && lane_idle(self, h) => h,
-            _ => return self.start(key, context, user, deadline, op),
+            _ => return self.start(key, context, user, deadline, skip, op),
         };
         let (kind, body) = match op {
             LocalOp::SendPooled(buf) if !buf.is_empty() && buf.is_from(&self.pool) => (
@@ -192,7 +199,7 @@ impl State {
                 },
             ),
             LocalOp::Send(buf) if !buf.is_empty() => (OpKind::Send, Body::Send { buf, done: 0 }),
-            op => return self.start(key, context, user, deadline, op),
+            op => return self.start(key, context, user, deadline, skip, op),
         };
         let Some(idx) = self.take_slot(h, true) else {
             let op = self.new_op(kind, h, user, None, body);
@@ -207,8 +214,19 @@ impl State {
         op.lane = Some(Dir::Write);
         op.deferred = true;
         let id = OpId::new(slot.seq, idx);
+        if skip {
+            self.skipping(idx, h);
+        }
         self.unsent.push(h);
         id
+    }
+
+    /// Marks operation `idx` on handle `h` as reported only if it fails, counting it until
+    /// it ends (`State::deliver`, `send_done`).
+    fn skipping(&mut self, idx: u32, h: u32) {
+        self.op(idx).skip = true;
+        self.unreported += 1;
+        self.cold[h as usize].unreported += 1;
     }
 
     /// Whether a receive with a buffer of its own runs or waits on handle `h` (a pooled

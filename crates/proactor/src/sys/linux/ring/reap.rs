@@ -300,6 +300,7 @@ impl State {
             user,
             body,
             lane,
+            skip,
             ..
         } = op;
         let (output, pooled) = match body {
@@ -313,8 +314,16 @@ impl State {
         let handle = &mut self.handles[h as usize];
         handle.kernel -= 1;
         handle.ops -= 1;
-        let c = Completion::of(context, user, id, kind, Ok(total), output);
-        self.ready.push_back(LocalCompletion::new(c, pooled));
+        if skip {
+            // Every byte sent: nothing to report. Its buffer is dropped here (a pool buffer
+            // goes back to the pool).
+            self.unreported -= 1;
+            self.cold[h as usize].unreported -= 1;
+            drop((output, pooled));
+        } else {
+            let c = Completion::of(context, user, id, kind, Ok(total), output);
+            self.ready.push_back(LocalCompletion::new(c, pooled));
+        }
         if let Some(d) = lane {
             self.hand_over(h, d, idx);
         }

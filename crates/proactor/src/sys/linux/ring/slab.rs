@@ -165,8 +165,20 @@ impl State {
         let op = self.op(idx);
         op.finished = true;
         op.counted = false;
-        let (context, user, kind) = (op.context, op.user, op.kind);
+        let (context, user, kind, h) = (op.context, op.user, op.kind, op.handle);
         let timer = std::mem::take(&mut op.timer);
+        // A send reported only if it fails that sent every byte (its buffer's length; an
+        // empty one: nothing).
+        let quiet = std::mem::take(&mut op.skip) && {
+            let len = match (&output, &pooled) {
+                (Output::Buffer(b), _) => b.len(),
+                (_, Some(p)) => p.len(),
+                _ => 0,
+            };
+            self.unreported -= 1;
+            self.cold[h as usize].unreported -= 1;
+            matches!(result, Ok(n) if n == len)
+        };
         self.user_ops -= 1;
         if timer {
             // The deadline's timeout is still in the kernel: remove it (its CQE frees the entry).
@@ -175,7 +187,7 @@ impl State {
                 .user_data(0);
             self.push(&remove);
         }
-        if !self.closing {
+        if !self.closing && !quiet {
             let c = Completion::of(context, user, id, kind, result, output);
             self.ready.push_back(LocalCompletion::new(c, pooled));
         }
@@ -257,6 +269,7 @@ impl Op {
             multishot: false,
             deferred: false,
             gathered: false,
+            skip: false,
         }
     }
 }
