@@ -321,11 +321,13 @@ impl Io {
     }
 
     /// Whether everything the connection was to send was sent, with no reported send in
-    /// flight: true unless its unreported send is still in flight, in which case a zero-byte
-    /// send queued behind it (a stream's sends run in order) reports when it ended.
+    /// flight: true unless it has an unreported send not yet seen ended, in which case a
+    /// zero-byte send queued behind it (a stream's sends run in order) completes once it
+    /// ended. Not asked of the port: an unreported send that failed has ended there while its
+    /// completion may still wait in this batch, and the connection must still be open when
+    /// that completion is handled (its reset counted, its error logged).
     fn sent_all(&mut self, ctx: usize, conn: &mut Conn) -> bool {
         debug_assert_eq!(conn.sends, 0);
-        self.settle(conn);
         if conn.quiet == 0 {
             return true;
         }
@@ -1108,6 +1110,8 @@ mod tests {
             (0, 16, 0),
             "unreported"
         );
+        io.settle(&mut conn);
+        assert_eq!(conn.quiet, 16, "not even submitted: in flight");
         assert!(
             !io.sent_all(1, &mut conn),
             "the unreported send may not have ended"
@@ -1117,7 +1121,8 @@ mod tests {
         assert_eq!((done.kind(), done.user()), (OpKind::Send, 0), "{done:?}");
         assert_eq!(done.result().unwrap(), 0);
         assert_eq!(done.take_buffer().map(|b| b.len()), Some(0));
-        conn.sends -= 1; // the worker's `sent`
+        conn.sends -= 1; // the worker's `sent`, which then asks the port
+        io.settle(&mut conn);
         assert!(io.sent_all(1, &mut conn), "ended before the zero-byte send");
         assert_eq!((conn.quiet, conn.sending), (0, 0));
         drop(conn);

@@ -151,7 +151,8 @@ struct Inner {
 /// their completions, all from the thread that built it.
 ///
 /// It offers what [`Iocp`](crate::Iocp) offers (every operation ends as exactly one completion
-/// that hands its buffers back; memory the kernel may use is never freed early; dropping a
+/// that hands its buffers back, unless it asked to be reported only if it fails:
+/// [`LocalSubmit::skip_success`]; memory the kernel may use is never freed early; dropping a
 /// handle cancels what is in flight on it), for a single thread, which is what a
 /// thread-per-core server runs: one `LocalPort` per worker thread, each with its own
 /// connections. It is neither `Send` nor `Sync`; neither are its handles, completions and pool
@@ -1009,7 +1010,8 @@ impl fmt::Debug for LocalPort {
 ///
 /// Made by [`LocalPort::add_handle`]. It owns the object: dropping it cancels every operation
 /// still in flight on it (each still completes, cancelled, handing its buffers back, at a later
-/// [`LocalPort::get_completion`]), gives pooled data not yet received back to the pool, then
+/// [`LocalPort::get_completion`]; a send reported only if it fails too, unless it had sent every
+/// byte), gives pooled data not yet received back to the pool, then
 /// closes the object (on Windows a socket once the port has taken back its cancelled sends and
 /// receives, so that a cancelled send reports what went; see [`Handle`](crate::Handle)). It
 /// dereferences to the object. It belongs to the port's thread.

@@ -95,7 +95,12 @@ enum Internal {
     SendPooled(PooledBuf),
     /// A send of handle `key` ([`ORPHAN`] once the handle closed) reported only if it fails
     /// (`LocalSubmit::skip_success`), with its pool buffer if it is a pooled send.
-    Skipped { key: u32, pooled: Option<PooledBuf> },
+    Skipped {
+        key: u32,
+        /// Its bytes: a completion with all of them sent is dropped.
+        len: usize,
+        pooled: Option<PooledBuf>,
+    },
 }
 
 /// The key of a skipped send whose handle closed: its key may name another handle already.
@@ -246,28 +251,33 @@ impl Shared {
         deadline: Option<Instant>,
         op: LocalOp,
     ) -> OpId {
-        let (id, pooled) = match op {
+        let (id, len, pooled) = match op {
             LocalOp::SendPooled(buf) if buf.is_from(&self.pool) => {
                 let mut copy = self.spare.borrow_mut().pop().unwrap_or_default();
                 copy.clear();
                 copy.extend_from_slice(&buf);
                 (
                     self.with_target(key, |port, t| port.send(t, user, copy)),
+                    buf.len(),
                     Some(buf),
                 )
             }
             LocalOp::SendPooled(buf) => {
                 return self.refuse(context, user, LocalOp::SendPooled(buf), foreign_buffer());
             }
-            LocalOp::Send(buf) => (
-                self.with_target(key, |port, t| port.send(t, user, buf)),
-                None,
-            ),
+            LocalOp::Send(buf) => {
+                let len = buf.len();
+                (
+                    self.with_target(key, |port, t| port.send(t, user, buf)),
+                    len,
+                    None,
+                )
+            }
             op => return self.refuse(context, user, op, crate::error::skip_needs_send()),
         };
         self.internal
             .borrow_mut()
-            .insert(id, Internal::Skipped { key, pooled });
+            .insert(id, Internal::Skipped { key, len, pooled });
         self.unreported.set(self.unreported.get() + 1);
         self.with_slot(key, |s| s.unreported += 1);
         self.arm_deadline(id, deadline)
@@ -474,17 +484,12 @@ impl Shared {
                     .push_back(LocalCompletion::new(c, Some(buf)));
             }
             Some(Internal::Readable(key)) => self.readiness(key, c),
-            Some(Internal::Skipped { key, pooled }) => {
+            Some(Internal::Skipped { key, len, pooled }) => {
                 self.unreported.set(self.unreported.get() - 1);
                 if key != ORPHAN {
                     self.with_slot(key, |s| s.unreported -= 1);
                 }
                 let sent = c.take_buffer();
-                let len = match (&pooled, &sent) {
-                    (Some(p), _) => p.len(),
-                    (None, Some(b)) => b.len(),
-                    (None, None) => 0,
-                };
                 if c.error.is_none() && c.bytes == len {
                     // Every byte sent: nothing to report (a pooled send's copy is kept).
                     if let (Some(copy), Some(_)) = (sent, &pooled) {

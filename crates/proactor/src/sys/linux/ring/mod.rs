@@ -501,8 +501,7 @@ impl Ring {
             LocalOp::Send(_) | LocalOp::SendPooled(_) => {
                 st.start_send(key, context, user, deadline, skip, op)
             }
-            op if skip => st.refuse(context, user, op, crate::error::skip_needs_send()),
-            op => st.start(key, context, user, deadline, false, op),
+            op => st.start(key, context, user, deadline, skip, op),
         }
     }
 

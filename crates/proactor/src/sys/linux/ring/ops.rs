@@ -41,6 +41,9 @@ impl State {
         if needs_socket && !socket {
             return self.refuse(context, user, op, crate::error::needs_socket());
         }
+        if skip && !matches!(op, LocalOp::Send(_) | LocalOp::SendPooled(_)) {
+            return self.refuse(context, user, op, crate::error::skip_needs_send());
+        }
         let pooled_pending =
             handle.armed != NONE || handle.queued > 0 || !handle.waiters.is_empty();
         if matches!(
