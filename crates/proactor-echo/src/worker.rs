@@ -322,8 +322,9 @@ impl Io {
 
     /// Whether everything the connection was to send was sent, with no reported send in
     /// flight: true unless it has an unreported send not yet seen ended, in which case a
-    /// zero-byte send queued behind it (a stream's sends run in order) completes once it
-    /// ended. Not asked of the port: an unreported send that failed has ended there while its
+    /// zero-byte send queued behind it completes once it ended (the port starts a stream's
+    /// sends one after the other: Linux, where alone [`Io::quiet`] is on). Decided without
+    /// asking the port first: an unreported send that failed has ended there while its
     /// completion may still wait in this batch, and the connection must still be open when
     /// that completion is handled (its reset counted, its error logged).
     fn sent_all(&mut self, ctx: usize, conn: &mut Conn) -> bool {
@@ -494,7 +495,12 @@ impl<'a> Worker<'a> {
                     held_most: 0,
                     spares: Vec::new(),
                     spare_bytes: 0,
-                    quiet: receive == Receive::Pooled && shared.config.idle_timeout.is_none(),
+                    // Not on Windows: there each `WSASend` is posted at once and their
+                    // completions may come in any order, so the zero-byte send behind an
+                    // unreported one (`sent_all`) could complete first, again and again.
+                    quiet: receive == Receive::Pooled
+                        && shared.config.idle_timeout.is_none()
+                        && cfg!(not(windows)),
                     quiet_echoed: 0,
                     quiet_unsent: 0,
                 },
@@ -1130,6 +1136,33 @@ mod tests {
         client.set_read_timeout(WAIT).unwrap();
         client.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"the last message");
+    }
+
+    /// Found by review: an unreported send that failed has ended for the port while its
+    /// completion is not handled yet (later in the same batch); the end of the stream must not
+    /// close the connection then, or that completion finds it gone (its reset uncounted).
+    #[test]
+    fn the_end_of_a_stream_waits_for_an_unreported_sends_failure_to_be_handled() {
+        let mut io = io(LocalPort::with_pool(8, 4096).unwrap());
+        io.quiet = true;
+        let (mut conn, mut client) = connect(&io);
+        let a = receive(&io, &conn, &mut client, b"to a client that resets");
+        socket2::SockRef::from(&client)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(client);
+        thread::sleep(Duration::from_millis(50));
+        io.send(1, &mut conn, Data::Pooled(a));
+        assert_eq!(conn.quiet, 23, "unreported");
+        // The failure's completion, made (the port's count drops) and held, not handled.
+        let failed = io.port.get_completion(WAIT).unwrap();
+        assert!(failed.result().is_err(), "{failed:?}");
+        assert_eq!(failed.user(), QUIET);
+        assert_eq!(io.port.unreported_in_flight_on(&conn.handle), 0);
+        assert!(
+            !io.sent_all(1, &mut conn),
+            "not closed before the failure is handled"
+        );
     }
 
     /// However small, no more than [`SPARES`] buffers are kept (their capacities alone would
