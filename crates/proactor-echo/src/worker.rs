@@ -320,6 +320,13 @@ impl Io {
         }
     }
 
+    /// An unreported send's completion (it failed): its bytes were counted as echoed when it
+    /// was submitted, so what it did not send is taken out.
+    fn quiet_ended(&mut self, done: &LocalCompletion) {
+        let len = done.pooled().map_or(0, |b| b.len());
+        self.quiet_unsent += len.saturating_sub(done.bytes_transferred()) as u64;
+    }
+
     /// Whether everything the connection was to send was sent, with no reported send in
     /// flight: true unless it has an unreported send not yet seen ended, in which case a
     /// zero-byte send queued behind it completes once it ended (the port starts a stream's
@@ -585,9 +592,7 @@ impl<'a> Worker<'a> {
             for done in batch.drain(..) {
                 self.io.trace_completion(&done);
                 if done.user() == QUIET {
-                    // Counted when submitted: what it did not send is taken out.
-                    let len = done.pooled().map_or(0, |b| b.len());
-                    self.io.quiet_unsent += len.saturating_sub(done.bytes_transferred()) as u64;
+                    self.io.quiet_ended(&done);
                 } else if matches!(done.kind(), OpKind::SendPooled | OpKind::Send) {
                     self.counts.echoed += done.result().unwrap_or(0) as u64;
                 }
@@ -770,8 +775,7 @@ impl<'a> Worker<'a> {
     /// A send reported only if it fails failed (or ended in part): its unsent bytes do not
     /// count as echoed, and the connection ends.
     fn quiet_failed(&mut self, ctx: usize, done: &LocalCompletion) {
-        let len = done.pooled().map_or(0, |b| b.len());
-        self.io.quiet_unsent += len.saturating_sub(done.bytes_transferred()) as u64;
+        self.io.quiet_ended(done);
         let e = match done.result() {
             Err(e) => e,
             Ok(_) => io::Error::other("a send reported only if it fails ended in part"),

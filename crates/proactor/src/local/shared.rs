@@ -213,10 +213,7 @@ impl Shared {
             if !buf.is_from(&self.pool) {
                 return self.refuse(context, user, LocalOp::SendPooled(buf), foreign_buffer());
             }
-            let mut copy = self.spare.borrow_mut().pop().unwrap_or_default();
-            copy.clear();
-            copy.extend_from_slice(&buf);
-            let id = self.with_target(key, |port, t| port.send(t, user, copy));
+            let id = self.send_copy(key, user, &buf);
             self.internal
                 .borrow_mut()
                 .insert(id, Internal::SendPooled(buf));
@@ -253,14 +250,7 @@ impl Shared {
     ) -> OpId {
         let (id, len, pooled) = match op {
             LocalOp::SendPooled(buf) if buf.is_from(&self.pool) => {
-                let mut copy = self.spare.borrow_mut().pop().unwrap_or_default();
-                copy.clear();
-                copy.extend_from_slice(&buf);
-                (
-                    self.with_target(key, |port, t| port.send(t, user, copy)),
-                    buf.len(),
-                    Some(buf),
-                )
+                (self.send_copy(key, user, &buf), buf.len(), Some(buf))
             }
             LocalOp::SendPooled(buf) => {
                 return self.refuse(context, user, LocalOp::SendPooled(buf), foreign_buffer());
@@ -281,6 +271,15 @@ impl Shared {
         self.unreported.set(self.unreported.get() + 1);
         self.with_slot(key, |s| s.unreported += 1);
         self.arm_deadline(id, deadline)
+    }
+
+    /// Sends a copy of pool buffer `buf` (in a recycled `Vec`) on handle `key`: the shared
+    /// port's send of a pooled send.
+    fn send_copy(&self, key: u32, user: usize, buf: &PooledBuf) -> OpId {
+        let mut copy = self.spare.borrow_mut().pop().unwrap_or_default();
+        copy.clear();
+        copy.extend_from_slice(buf);
+        self.with_target(key, |port, t| port.send(t, user, copy))
     }
 
     /// Sends reported only if they fail still in flight: on handle `key`, or all.
@@ -474,42 +473,43 @@ impl Shared {
                 .ready
                 .borrow_mut()
                 .push_back(LocalCompletion::new(c, None)),
-            Some(Internal::SendPooled(buf)) => {
-                if let Some(copy) = c.take_buffer() {
-                    self.spare.borrow_mut().push(copy);
-                }
-                c.kind = OpKind::SendPooled;
-                self.ready
-                    .borrow_mut()
-                    .push_back(LocalCompletion::new(c, Some(buf)));
-            }
+            Some(Internal::SendPooled(buf)) => self.send_pooled_done(c, buf),
             Some(Internal::Readable(key)) => self.readiness(key, c),
             Some(Internal::Skipped { key, len, pooled }) => {
                 self.unreported.set(self.unreported.get() - 1);
                 if key != ORPHAN {
                     self.with_slot(key, |s| s.unreported -= 1);
                 }
-                let sent = c.take_buffer();
                 if c.error.is_none() && c.bytes == len {
                     // Every byte sent: nothing to report (a pooled send's copy is kept).
-                    if let (Some(copy), Some(_)) = (sent, &pooled) {
+                    if pooled.is_some()
+                        && let Some(copy) = c.take_buffer()
+                    {
                         self.spare.borrow_mut().push(copy);
                     }
                     return;
                 }
-                if pooled.is_some() {
-                    c.kind = OpKind::SendPooled;
-                    if let Some(copy) = sent {
-                        self.spare.borrow_mut().push(copy);
-                    }
-                } else if let Some(buf) = sent {
-                    c.output = Output::Buffer(buf);
+                match pooled {
+                    Some(buf) => self.send_pooled_done(c, buf),
+                    None => self
+                        .ready
+                        .borrow_mut()
+                        .push_back(LocalCompletion::new(c, None)),
                 }
-                self.ready
-                    .borrow_mut()
-                    .push_back(LocalCompletion::new(c, pooled));
             }
         }
+    }
+
+    /// The completion `c` of the copy a pooled send sent: the pool buffer `buf` goes back to
+    /// the user with it, the copy to the spares.
+    fn send_pooled_done(&self, mut c: Completion, buf: PooledBuf) {
+        if let Some(copy) = c.take_buffer() {
+            self.spare.borrow_mut().push(copy);
+        }
+        c.kind = OpKind::SendPooled;
+        self.ready
+            .borrow_mut()
+            .push_back(LocalCompletion::new(c, Some(buf)));
     }
 
     /// The readiness wait of handle `key` ended with `c`.

@@ -506,6 +506,7 @@ impl Ring {
     }
 
     /// Operations reported only if they fail still in flight: on handle `key`, or all.
+    #[inline]
     pub(crate) fn unreported(&self, key: Option<u32>) -> usize {
         let st = self.st.borrow();
         match key {

@@ -232,6 +232,13 @@ impl State {
         self.cold[h as usize].unreported += 1;
     }
 
+    /// An operation of handle `h` reported only if it fails ended (`skipping`'s count out).
+    #[inline]
+    pub(super) fn skipped_ended(&mut self, h: u32) {
+        self.unreported -= 1;
+        self.cold[h as usize].unreported -= 1;
+    }
+
     /// Whether a receive with a buffer of its own runs or waits on handle `h` (a pooled
     /// receive beside it would take bytes out of order; a readiness wait takes none).
     fn takes_bytes(&self, h: u32) -> bool {

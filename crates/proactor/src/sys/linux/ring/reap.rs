@@ -317,8 +317,7 @@ impl State {
         if skip {
             // Every byte sent: nothing to report. Its buffer is dropped here (a pool buffer
             // goes back to the pool).
-            self.unreported -= 1;
-            self.cold[h as usize].unreported -= 1;
+            self.skipped_ended(h);
             drop((output, pooled));
         } else {
             let c = Completion::of(context, user, id, kind, Ok(total), output);

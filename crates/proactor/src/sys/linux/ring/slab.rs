@@ -175,8 +175,7 @@ impl State {
                 (_, Some(p)) => p.len(),
                 _ => 0,
             };
-            self.unreported -= 1;
-            self.cold[h as usize].unreported -= 1;
+            self.skipped_ended(h);
             matches!(result, Ok(n) if n == len)
         };
         self.user_ops -= 1;
