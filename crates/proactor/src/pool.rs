@@ -99,6 +99,20 @@ impl Pool {
         unsafe { self.mem.as_ptr().add(index as usize * self.stride) }
     }
 
+    /// Where buffer `index` starts, unchecked: for a [`PooledBuf`], whose index was checked
+    /// when it was made (`hold`).
+    ///
+    /// # Safety
+    ///
+    /// `index` must be below the pool's count.
+    #[inline]
+    unsafe fn addr_unchecked(&self, index: u16) -> *mut u8 {
+        debug_assert!(index < self.count);
+        // SAFETY: `index < count` (the caller's promise): the offset stays inside the
+        // allocation.
+        unsafe { self.mem.as_ptr().add(index as usize * self.stride) }
+    }
+
     /// Takes one buffer off the free list, if any.
     pub(crate) fn pop_free(&self) -> Option<u16> {
         self.free.borrow_mut().pop()
@@ -200,6 +214,30 @@ impl PooledBuf {
         self.pool.size
     }
 
+    /// How many bytes the buffer holds (what `&buf[..]` spans, without forming the slice).
+    ///
+    /// ```no_run
+    /// # fn f(buf: proactor::PooledBuf) {
+    /// assert_eq!(buf.len(), buf[..].len());
+    /// # }
+    /// ```
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Whether the buffer holds no bytes.
+    ///
+    /// ```no_run
+    /// # fn f(buf: proactor::PooledBuf) {
+    /// assert_eq!(buf.is_empty(), buf.len() == 0);
+    /// # }
+    /// ```
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Shortens the buffer to its first `len` bytes (no effect if it is not longer).
     ///
     /// ```no_run
@@ -220,9 +258,12 @@ impl Deref for PooledBuf {
 
     #[inline]
     fn deref(&self) -> &[u8] {
-        // SAFETY: this `PooledBuf` owns buffer `index` (see `Pool::hold`): nothing else reads
-        // or writes it, and its first `len` bytes were written.
-        unsafe { std::slice::from_raw_parts(self.pool.addr(self.index), self.len as usize) }
+        // SAFETY: this `PooledBuf` owns buffer `index` (see `Pool::hold`, which checked it
+        // is in the pool): nothing else reads or writes it, and its first `len` bytes were
+        // written.
+        unsafe {
+            std::slice::from_raw_parts(self.pool.addr_unchecked(self.index), self.len as usize)
+        }
     }
 }
 
@@ -230,7 +271,9 @@ impl DerefMut for PooledBuf {
     #[inline]
     fn deref_mut(&mut self) -> &mut [u8] {
         // SAFETY: as for `deref`; `&mut self` makes this the only reference.
-        unsafe { std::slice::from_raw_parts_mut(self.pool.addr(self.index), self.len as usize) }
+        unsafe {
+            std::slice::from_raw_parts_mut(self.pool.addr_unchecked(self.index), self.len as usize)
+        }
     }
 }
 

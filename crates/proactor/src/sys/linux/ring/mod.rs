@@ -618,6 +618,9 @@ impl State {
                     // dropped right after, would take the queue's buffer with it.
                     let spare = VecDeque::from(std::mem::take(out));
                     *out = Vec::from(std::mem::replace(&mut self.ready, spare));
+                } else if n == 1 {
+                    // One: a plain move (`extend` over a drain goes element by element).
+                    out.extend(self.ready.pop_front());
                 } else {
                     out.extend(self.ready.drain(..n));
                 }

@@ -226,6 +226,7 @@ impl State {
 
     /// Marks operation `idx` on handle `h` as reported only if it fails, counting it until
     /// it ends (`State::deliver`, `send_done`).
+    #[inline]
     fn skipping(&mut self, idx: u32, h: u32) {
         self.op(idx).skip = true;
         self.unreported += 1;
