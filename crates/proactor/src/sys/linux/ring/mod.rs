@@ -621,6 +621,11 @@ impl State {
                 } else if n == 1 {
                     // One: a plain move (`extend` over a drain goes element by element).
                     out.extend(self.ready.pop_front());
+                    if self.ready.is_empty() {
+                        // Back to its buffer's start (`pop_front` leaves it one further on,
+                        // which `drain` did not): the swap above relies on it.
+                        self.ready.clear();
+                    }
                 } else {
                     out.extend(self.ready.drain(..n));
                 }
