@@ -1,6 +1,6 @@
 //! The Linux suites that try to break proactor rather than use it (issue 13): the loom model of
 //! the lock-free handshakes, AddressSanitizer and LeakSanitizer over the native suite, and a
-//! short run of the fuzz target, each with its own target directory (its flags would otherwise
+//! short run of the fuzz targets, each with its own target directory (its flags would otherwise
 //! rebuild the main one); and, for `cargo xtask failpoints`, the crate's suite with the failpoint
 //! tests on every backend (`ci` runs them within its native test steps).
 
@@ -19,8 +19,22 @@ pub const BACKENDS: [(&str, &str, &str); 3] = [
 /// build scripts and proc macros.
 const HOST: &str = "x86_64-unknown-linux-gnu";
 
-/// How long the fuzz target runs in `ci` on each backend, in seconds.
-pub const FUZZ_SECONDS: [(&str, u32); 2] = [("io_uring", 30), ("epoll", 30)];
+/// How long each fuzz target runs in `ci` on each backend, in seconds: `ops` (the shared
+/// `Iocp`) and `local_ops` (`LocalPort`, whose io_uring engine is its own ring).
+pub const FUZZ_SECONDS: [(&str, &str, u32); 4] = [
+    ("ops", "io_uring", 20),
+    ("local_ops", "io_uring", 20),
+    ("ops", "epoll", 10),
+    ("local_ops", "epoll", 15),
+];
+
+/// The fuzz targets, with the libFuzzer options each runs with: `local_ops` decodes a step
+/// from one to four bytes, so its inputs start at their full length (libFuzzer would
+/// otherwise grow them from a few bytes, a step or two, over the first minutes).
+const FUZZ_TARGETS: [(&str, &[&str]); 2] = [
+    ("ops", &[]),
+    ("local_ops", &["-len_control=0", "-max_len=400"]),
+];
 
 /// `cargo test -p proactor --features failpoints` on each backend: every test of the crate,
 /// with the tests that hold a thread inside each window where a record changes hands.
@@ -118,21 +132,29 @@ fn install_cargo_fuzz() -> Result<()> {
     run(cargo().args(["install", "cargo-fuzz", "--locked"]))
 }
 
-/// `cargo fuzz run ops` from `crates/proactor`: the fuzz target, under AddressSanitizer, for
-/// `seconds` on each backend given, starting from the kept corpus and the seeds.
-pub fn fuzz(runs: &[(&str, u32)]) -> Result<()> {
+/// `cargo fuzz run TARGET` from `crates/proactor`: each fuzz target given, under
+/// AddressSanitizer, for `seconds` on its backend, starting from the kept corpus and the
+/// seeds.
+pub fn fuzz(runs: &[(&str, &str, u32)]) -> Result<()> {
     install_cargo_fuzz()?;
-    for (label, seconds) in runs {
+    for (target, label, seconds) in runs {
         let (_, var, value) = BACKENDS
             .iter()
             .find(|(name, ..)| name == label)
             .ok_or_else(|| format!("no backend {label}: io_uring, epoll or sqpoll"))?;
-        step(&format!("fuzz target ops ({label}, {seconds} s)"));
+        let (_, options) = FUZZ_TARGETS
+            .iter()
+            .find(|(name, _)| name == target)
+            .ok_or_else(|| format!("no fuzz target {target}: ops or local_ops"))?;
+        let corpus = format!("fuzz/corpus/{target}");
+        let _ = std::fs::create_dir_all(root().join("crates/proactor").join(&corpus));
+        step(&format!("fuzz target {target} ({label}, {seconds} s)"));
         run(fuzz_command()
             .arg("run")
             .arg("--target-dir")
             .arg(root().join("target/fuzz"))
-            .args(["ops", "fuzz/corpus/ops", "fuzz/seeds", "--", "-timeout=60"])
+            .args([target, corpus.as_str(), "fuzz/seeds", "--", "-timeout=60"])
+            .args(options.iter())
             .arg(format!("-max_total_time={seconds}"))
             .env(var, value))?;
     }
@@ -142,7 +164,6 @@ pub fn fuzz(runs: &[(&str, u32)]) -> Result<()> {
 /// `cargo fuzz` in `crates/proactor` (its sanitizer flags need `RUSTC_BOOTSTRAP` on stable).
 fn fuzz_command() -> Command {
     let crate_dir = root().join("crates/proactor");
-    let _ = std::fs::create_dir_all(crate_dir.join("fuzz/corpus/ops"));
     let mut cmd = cargo();
     cmd.current_dir(crate_dir)
         .arg("fuzz")
@@ -150,7 +171,8 @@ fn fuzz_command() -> Command {
     cmd
 }
 
-/// `cargo xtask fuzz [seconds] [backend]`: a longer run (default 600 s on io_uring).
+/// `cargo xtask fuzz [seconds] [backend] [target]`: a longer run (default 600 s of `ops` on
+/// io_uring).
 pub fn fuzz_command_line(args: &[String]) -> Result<()> {
     let seconds = match args.first() {
         None => 600,
@@ -159,5 +181,6 @@ pub fn fuzz_command_line(args: &[String]) -> Result<()> {
             .map_err(|_| format!("fuzz: {s}: expected seconds"))?,
     };
     let backend = args.get(1).map_or("io_uring", String::as_str);
-    fuzz(&[(backend, seconds)])
+    let target = args.get(2).map_or("ops", String::as_str);
+    fuzz(&[(target, backend, seconds)])
 }

@@ -16,8 +16,8 @@
 //!   (`cargo xtask wine --features proactor/failpoints` adds the failpoint tests).
 //! - `cargo xtask loom`, `cargo xtask asan`, `cargo xtask failpoints`: one of the Linux suites
 //!   of `ci`.
-//! - `cargo xtask fuzz [seconds] [io_uring|epoll|sqpoll]`: the fuzz target (default 600 s on
-//!   io_uring), installing cargo-fuzz if missing.
+//! - `cargo xtask fuzz [seconds] [io_uring|epoll|sqpoll] [ops|local_ops]`: a fuzz target
+//!   (default 600 s of `ops` on io_uring), installing cargo-fuzz if missing.
 //! - `cargo xtask calls`: Win32/WinSock calls per echoed message under Wine's relay trace,
 //!   proactor-echo against a hand-written windows-sys echo (part of `ci`).
 //! - `cargo xtask bench [matrix|memory|targets] [args...]`: the benchmarks (Linux, release build).
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         Some("failpoints") => adversarial::failpoints().map(drop),
         Some("fuzz") => adversarial::fuzz_command_line(&args[1..]),
         Some("bench") => bench(&args[1..]),
-        _ => Err("usage: cargo xtask ci | cargo xtask wine [cargo test args...] | cargo xtask calls | cargo xtask loom | cargo xtask asan | cargo xtask failpoints | cargo xtask fuzz [seconds] [backend] | cargo xtask bench [matrix|memory|targets] [args...]".into()),
+        _ => Err("usage: cargo xtask ci | cargo xtask wine [cargo test args...] | cargo xtask calls | cargo xtask loom | cargo xtask asan | cargo xtask failpoints | cargo xtask fuzz [seconds] [backend] [target] | cargo xtask bench [matrix|memory|targets] [args...]".into()),
     };
     print_timings();
     match result {

@@ -654,6 +654,55 @@ fn a_reset_is_connection_reset_never_end_of_stream() {
     assert_eq!(port.operations_in_flight(), 0);
 }
 
+/// A reset a send reported is still a reset to the receives after it, whichever kind:
+/// Linux reports a reset once (the socket's pending error, which the first call takes), then
+/// a receive finds the stream's end, which the port must not pass on as an orderly end (found
+/// by the `local_ops` fuzz target: a multishot receive armed before the reset ended `Ok(0)`
+/// after a send took it).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_reset_a_send_reported_is_a_reset_to_every_receive_after_it() {
+    let _s = serial();
+    let port = LocalPort::with_pool(2, 4096).unwrap();
+    for (armed, receive) in [(true, 0), (false, 0), (false, 1), (false, 2)] {
+        let label = format!("{} receive {receive}", if armed { "armed" } else { "then" });
+        let (h, peer) = pair(&port, each_ip_v4(), 1);
+        let start = |port: &LocalPort| match receive {
+            0 => port.recv_multishot(&h),
+            1 => port.recv_pooled(&h),
+            _ => port.recv(&h, Vec::with_capacity(64)),
+        };
+        // A multishot receive armed before the reset, or each receive after the send.
+        let armed_id = armed.then(|| start(&port));
+        // The receive is in the kernel before the reset comes.
+        assert!(within(&port, 20).is_none(), "{label}");
+        reset_on_drop(&peer).unwrap();
+        drop(peer);
+        thread::sleep(Duration::from_millis(20));
+        let send = port.send(&h, b"after the reset".to_vec());
+        let mut ended = 0;
+        let ids = match armed_id {
+            Some(id) => vec![id],
+            None => vec![start(&port), start(&port)],
+        };
+        while ended < ids.len() + 1 {
+            let c = next(&port);
+            if c.more() {
+                continue;
+            }
+            ended += 1;
+            let e = c
+                .result()
+                .expect_err("after a reset an operation is an error, never Ok(0)");
+            assert!(c.id() == send || ids.contains(&c.id()), "{label}: {c:?}");
+            if c.id() != send {
+                assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{label}: {e:?}");
+            }
+        }
+    }
+    assert_eq!(port.operations_in_flight(), 0);
+}
+
 #[test]
 fn pool_buffers_and_completions_outlive_the_port() {
     let _s = serial();

@@ -240,6 +240,39 @@ fn immediate_completion_wakes_a_thread_blocked_in_the_port() {
     assert_eq!(waiter.join().unwrap(), 4);
 }
 
+/// A reset the send reported is still a reset to the receive after it: Linux reports a reset
+/// once (the socket's pending error, which the first call takes), then a receive finds the
+/// stream's end, which the port must not pass on as an orderly end (found by the `local_ops`
+/// fuzz target: a multishot receive ended `Ok(0)` after a send took the reset).
+#[cfg(target_os = "linux")]
+#[test]
+fn a_reset_a_send_reported_is_a_reset_to_the_next_receive() {
+    each_ip(|ip| {
+        let port = Iocp::new().unwrap();
+        let (h, theirs) = pair(&port, ip, 1);
+        common::reset_on_drop(&theirs).unwrap();
+        drop(theirs);
+        thread::sleep(Duration::from_millis(20));
+        port.send(&h, b"after the reset".to_vec());
+        let c = next(&port);
+        let e = c.result().expect_err("a send to a reset peer fails");
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "the send: {e:?}");
+        for round in 0..2 {
+            port.recv(&h, Vec::with_capacity(64));
+            let c = next(&port);
+            let e = c
+                .result()
+                .expect_err("a receive after a reset is an error, never Ok(0)");
+            assert_eq!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset,
+                "receive {round}: {e:?}"
+            );
+            assert_eq!(e.raw_os_error(), Some(libc::ECONNRESET));
+        }
+    });
+}
+
 #[test]
 fn accept_survives_a_client_that_resets_before_it_is_accepted() {
     each_ip(|ip| {

@@ -34,6 +34,11 @@ use std::{
 use libfuzzer_sys::fuzz_target;
 use proactor::{Completion, Handle, Iocp, OpId, OpKind};
 
+#[path = "stream.rs"]
+mod stream;
+
+use stream::{IN, Input, OUT, small_pair, stream, whose};
+
 /// Connections alive at once.
 const SLOTS: usize = 3;
 /// The largest send or receive buffer.
@@ -50,46 +55,6 @@ fn shared() -> &'static (Iocp, TcpListener) {
         (port, listener)
     })
 }
-
-/// Byte `offset` of the stream of connection generation `generation`, direction `dir`.
-fn pattern(generation: u64, dir: u64, offset: u64) -> u8 {
-    let x = (generation << 33 ^ dir << 32 ^ offset).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (x >> 56) as u8
-}
-
-/// Which stream `bytes` come from, for the failure message: the first (generation, direction,
-/// offset) whose bytes they are, among `generations` connections and the first `MAX_STREAM`
-/// bytes of each stream.
-fn whose(bytes: &[u8], generations: u64) -> String {
-    const MAX_STREAM: u64 = 1 << 20;
-    let probe = &bytes[..bytes.len().min(16)];
-    for generation in 0..generations {
-        for dir in [OUT, IN] {
-            for offset in 0..MAX_STREAM {
-                if probe
-                    .iter()
-                    .enumerate()
-                    .all(|(i, b)| pattern(generation, dir, offset + i as u64) == *b)
-                {
-                    let dir = if dir == OUT { "sent by handle" } else { "written by peer" };
-                    return format!("bytes {dir} of connection {generation} at offset {offset}");
-                }
-            }
-        }
-    }
-    "bytes of no connection".into()
-}
-
-fn stream(generation: u64, dir: u64, from: u64, len: usize) -> Vec<u8> {
-    (0..len as u64)
-        .map(|i| pattern(generation, dir, from + i))
-        .collect()
-}
-
-/// Direction: bytes the handle sends, which the peer reads.
-const OUT: u64 = 0;
-/// Direction: bytes the peer writes, which the handle receives.
-const IN: u64 = 1;
 
 struct Conn {
     generation: u64,
@@ -112,10 +77,21 @@ struct Conn {
 
 /// What the model expects of a submitted operation.
 enum Expect {
-    Recv { slot: usize, generation: u64, len: usize, cap: usize },
-    Send { slot: usize, generation: u64, data: Vec<u8> },
+    Recv {
+        slot: usize,
+        generation: u64,
+        len: usize,
+        cap: usize,
+    },
+    Send {
+        slot: usize,
+        generation: u64,
+        data: Vec<u8>,
+    },
     Readable,
-    Post { value: usize },
+    Post {
+        value: usize,
+    },
 }
 
 struct Pending {
@@ -137,41 +113,8 @@ struct Model {
     next_generation: u64,
 }
 
-struct Input<'a>(&'a [u8]);
-
-impl Input<'_> {
-    fn byte(&mut self) -> u8 {
-        match self.0.split_first() {
-            Some((b, rest)) => {
-                self.0 = rest;
-                *b
-            }
-            None => 0,
-        }
-    }
-
-    fn len(&mut self) -> usize {
-        let raw = u16::from_le_bytes([self.byte(), self.byte()]) as usize;
-        // Mostly small, sometimes large: the large ones force partial sends.
-        if raw & 1 == 0 {
-            1 + (raw >> 1) % 512
-        } else {
-            1 + (raw >> 1) * MAX_LEN / 32768 % MAX_LEN
-        }
-    }
-}
-
 fn connect(listener: &TcpListener, port: &Iocp, generation: u64, slot: usize) -> Conn {
-    let peer = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
-    let (accepted, _) = listener.accept().expect("accept");
-    for s in [&peer, &accepted] {
-        let s = socket2::SockRef::from(s);
-        // Small buffers: sends of a few KiB already complete in parts.
-        s.set_send_buffer_size(4096).expect("SO_SNDBUF");
-        s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-        s.set_tcp_nodelay(true).expect("TCP_NODELAY");
-    }
-    peer.set_nonblocking(true).expect("nonblocking");
+    let (accepted, peer) = small_pair(listener);
     let handle = port.add_handle(accepted, slot).expect("add_handle");
     Conn {
         generation,
@@ -354,9 +297,11 @@ fn run(data: &[u8]) {
         let slot = (op >> 4) as usize % SLOTS;
         match op % 10 {
             0 => {
-                let cap = input.len();
+                let cap = input.len(MAX_LEN);
                 let keep = input.byte() as usize % 3;
-                let Some(conn) = model.conns[slot].as_mut() else { continue };
+                let Some(conn) = model.conns[slot].as_mut() else {
+                    continue;
+                };
                 if conn.recv_pending {
                     continue;
                 }
@@ -382,8 +327,10 @@ fn run(data: &[u8]) {
                 );
             }
             1 => {
-                let len = input.len();
-                let Some(conn) = model.conns[slot].as_mut() else { continue };
+                let len = input.len(MAX_LEN);
+                let Some(conn) = model.conns[slot].as_mut() else {
+                    continue;
+                };
                 if conn.send_pending || conn.sends_done {
                     continue;
                 }
@@ -406,7 +353,9 @@ fn run(data: &[u8]) {
                 );
             }
             2 => {
-                let Some(conn) = model.conns[slot].as_ref() else { continue };
+                let Some(conn) = model.conns[slot].as_ref() else {
+                    continue;
+                };
                 let id = port.readable(&conn.handle);
                 model.ids.push(id);
                 model.pending.insert(
@@ -448,7 +397,9 @@ fn run(data: &[u8]) {
             5 => {
                 // Drop the handle: its operations complete (cancelled unless done first);
                 // a new connection takes the slot, and likely the descriptor number.
-                let Some(conn) = model.conns[slot].take() else { continue };
+                let Some(conn) = model.conns[slot].take() else {
+                    continue;
+                };
                 let Conn {
                     generation,
                     handle,
@@ -468,8 +419,10 @@ fn run(data: &[u8]) {
                 model.dequeue(port, max, Duration::ZERO);
             }
             8 => {
-                let len = input.len();
-                let Some(conn) = model.conns[slot].as_mut() else { continue };
+                let len = input.len(MAX_LEN);
+                let Some(conn) = model.conns[slot].as_mut() else {
+                    continue;
+                };
                 let data = stream(conn.generation, IN, conn.peer_written, len);
                 match conn.peer.write(&data) {
                     Ok(n) => conn.peer_written += n as u64,
@@ -478,7 +431,9 @@ fn run(data: &[u8]) {
                 }
             }
             _ => {
-                let Some(conn) = model.conns[slot].as_mut() else { continue };
+                let Some(conn) = model.conns[slot].as_mut() else {
+                    continue;
+                };
                 peer_read(
                     conn.generation,
                     &mut conn.peer,
@@ -518,9 +473,19 @@ fn run(data: &[u8]) {
     // Old peers: what arrived after their handle was dropped is still a prefix of the stream
     // (a resubmitted send must not reach a new connection, and must not repeat bytes).
     for (generation, mut peer, mut read, sent) in model.old_peers.drain(..) {
-        peer_read(generation, &mut peer, &mut read, sent, model.next_generation);
+        peer_read(
+            generation,
+            &mut peer,
+            &mut read,
+            sent,
+            model.next_generation,
+        );
     }
-    assert_eq!(port.operations_in_flight(), 0, "operations in flight at the end");
+    assert_eq!(
+        port.operations_in_flight(),
+        0,
+        "operations in flight at the end"
+    );
     assert_eq!(proactor::live_operations(), 0, "operation records leaked");
 }
 

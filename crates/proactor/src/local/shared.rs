@@ -554,6 +554,16 @@ impl Shared {
         // SAFETY: buffer `index` came off the free list: this engine owns it, and the pool
         // holds `size` bytes there.
         let got = unsafe { sys::recv_now(raw, self.pool.addr(index), self.pool.size()) };
+        // Linux: the end of the stream after another operation took the peer's reset is the
+        // reset (see `Target::after_reset`).
+        #[cfg(target_os = "linux")]
+        let mut got = got;
+        #[cfg(target_os = "linux")]
+        self.with_slot_opt(key, |s| {
+            got = s
+                .target
+                .after_reset(OpKind::RecvPooled, std::mem::replace(&mut got, Ok(0)));
+        });
         let id = self.with_slot(key, |s| s.waiters.front().map(|w| w.id));
         let Some(id) = id else {
             self.pool.put_free(index);

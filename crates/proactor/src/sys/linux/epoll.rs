@@ -64,7 +64,10 @@ use std::{
 use super::{
     Driver,
     error::{from_errno, last_error},
-    op::{ACCEPT_RESTARTS, Op, OpData, aim_at_room, complete, is_client_reset, truncation_shows},
+    op::{
+        ACCEPT_RESTARTS, Op, OpData, Reset, aim_at_room, complete, is_client_reset,
+        truncation_shows,
+    },
 };
 use crate::{
     Completion, OpId, OpKind,
@@ -155,6 +158,8 @@ struct Queues {
     write: VecDeque<Box<Op>>,
     /// Whether a read-side operation may succeed without a new `EPOLLIN` (see the module docs).
     readable: Readable,
+    /// Whether an operation reported the peer's reset (see `Reset`).
+    reset: Reset,
 }
 
 /// What is known about a descriptor's receive queue.
@@ -489,6 +494,7 @@ impl Epoll {
             };
             let op = q.read.pop_front().expect("front exists");
             self.table.remove(op.id);
+            let result = q.reset.after(op.kind, result);
             out.push(finish(records.unboxed(op), result));
         }
         while let Some(op) = q.write.front_mut() {
@@ -498,6 +504,7 @@ impl Epoll {
             };
             let op = q.write.pop_front().expect("front exists");
             self.table.remove(op.id);
+            let result = q.reset.after(op.kind, result);
             out.push(finish(records.unboxed(op), result));
         }
     }
@@ -721,6 +728,7 @@ impl Driver for Epoll {
                 q.readable.after_read(op.kind, wanted, &attempt);
             }
             if let Attempt::Done(result) = attempt {
+                let result = q.reset.after(op.kind, result);
                 drop(fds);
                 self.push_ready([finish(op, result)]);
                 return id;
@@ -826,6 +834,19 @@ impl Driver for Epoll {
         self.table.len() + self.ready.len()
     }
 
+    fn after_reset(
+        &self,
+        fd: RawFd,
+        _order: &super::Order,
+        kind: OpKind,
+        result: io::Result<usize>,
+    ) -> io::Result<usize> {
+        match lock(&self.fds).queues.get_mut(&fd) {
+            Some(q) => q.reset.after(kind, result),
+            None => result,
+        }
+    }
+
     fn associate(&self, fd: RawFd, nature: &super::Nature) -> io::Result<()> {
         let socket = nature.socket;
         // EPOLLPRI: urgent data ends read tracking (see the module docs).
@@ -856,6 +877,7 @@ impl Driver for Epoll {
                 read: VecDeque::new(),
                 write: VecDeque::new(),
                 readable,
+                reset: Reset::default(),
             },
         );
         Ok(())

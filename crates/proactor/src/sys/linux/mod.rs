@@ -79,6 +79,18 @@ pub(crate) trait Driver: Send + Sync {
     /// Completes, as cancelled, the operations waiting in the lanes of a handle that is
     /// closing (called holding its open guard, before `cancel_fd`): they never start.
     fn withdraw_waiting(&self, _order: &Order) {}
+    /// `result` of an operation of `kind` the caller made itself on `fd` (the pooled receive of
+    /// a `LocalPort`'s shared-port engine), through what the handle's operations know of a
+    /// reset (`op::Reset`): kept in its lanes' `order` unless the driver keeps it by descriptor.
+    fn after_reset(
+        &self,
+        _fd: RawFd,
+        order: &Order,
+        kind: OpKind,
+        result: io::Result<usize>,
+    ) -> io::Result<usize> {
+        order.after_reset(kind, result)
+    }
 }
 
 /// What operations need to know about an associated handle.
@@ -113,6 +125,18 @@ impl Target {
             }
         });
         drop(io);
+    }
+}
+
+impl Target {
+    /// `result` of a receive the caller made itself on the handle, as its operations' would be:
+    /// the end of the stream after one of them reported the peer's reset is the reset (see
+    /// `op::Reset`).
+    pub(crate) fn after_reset(&self, kind: OpKind, result: io::Result<usize>) -> io::Result<usize> {
+        match self.driver.upgrade() {
+            Some(driver) => driver.after_reset(self.raw.0, &self.order, kind, result),
+            None => result,
+        }
     }
 }
 

@@ -12,7 +12,10 @@ use std::{
         fd::{FromRawFd, RawFd},
         unix::net::UnixStream,
     },
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use super::Life;
@@ -241,6 +244,10 @@ impl Dir {
 #[derive(Debug, Default)]
 pub(crate) struct Order {
     lanes: [Mutex<Lane>; 2],
+    /// An operation of the handle reported the peer's reset (see [`Reset`]): io_uring's
+    /// operations, which carry the lanes, and the shared-port engine of a `LocalPort`, which
+    /// holds its handles' `Target`s, remember it here.
+    pub(crate) reset: AtomicBool,
 }
 
 /// One direction of a handle's stream.
@@ -255,12 +262,61 @@ pub(crate) struct Lane {
 }
 
 impl Order {
+    /// `result` of an operation of `kind` on this handle, through the handle's [`Reset`].
+    pub(crate) fn after_reset(&self, kind: OpKind, result: io::Result<usize>) -> io::Result<usize> {
+        let mut reset = Reset(self.reset.load(Ordering::Relaxed));
+        let result = reset.after(kind, result);
+        if reset.0 {
+            self.reset.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+
     /// The lane of direction `dir`, locked.
     pub(crate) fn lane(&self, dir: Dir) -> MutexGuard<'_, Lane> {
         self.lanes[dir as usize]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Whether an operation of a stream handle reported the peer's reset.
+///
+/// Linux reports a connection's reset to one call: the socket's pending error (`ECONNRESET`)
+/// goes to whichever operation asks first (a send, say), and a receive after it finds the
+/// stream's end, as after an orderly close. Passed on, that would tell a program that its peer
+/// closed cleanly when it reset the connection (a reset is `ConnectionReset`, never the end of
+/// the stream). So each engine keeps one of these per handle, and a receive that finds the end
+/// of the stream after one of the handle's operations reported the reset reports the reset.
+/// A reset no operation of the port saw (the program's own call on the socket took it) is not
+/// known.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Reset(pub(crate) bool);
+
+impl Reset {
+    /// `result` of an operation of `kind`: a reset is remembered; the end of the stream after
+    /// one is the reset.
+    pub(crate) fn after(&mut self, kind: OpKind, result: io::Result<usize>) -> io::Result<usize> {
+        match result {
+            Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
+                self.0 = true;
+                Err(e)
+            }
+            Ok(0) if self.0 && receives_bytes(kind) => {
+                Err(super::error::from_errno(libc::ECONNRESET))
+            }
+            result => result,
+        }
+    }
+}
+
+/// Whether `kind` receives bytes, so that its `Ok(0)` is the end of a stream (a receive with no
+/// room is refused before it starts).
+pub(crate) fn receives_bytes(kind: OpKind) -> bool {
+    matches!(
+        kind,
+        OpKind::Recv | OpKind::RecvVectored | OpKind::RecvFrom | OpKind::RecvPooled | OpKind::Read
+    )
 }
 
 /// The most `iovec`s one `sendmsg` takes (`UIO_MAXIOV`).

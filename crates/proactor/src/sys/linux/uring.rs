@@ -753,6 +753,11 @@ impl Uring {
     /// The completion of `op`, ended with `result`; a stream operation that held its lane
     /// hands it on.
     fn end(&self, mut op: Op, result: io::Result<usize>) -> Completion {
+        // A stream's operations carry its lanes, and with them what it knows of a reset.
+        let result = match &op.order {
+            Some(order) => order.after_reset(op.kind, result),
+            None => result,
+        };
         let turn = op.order.take().zip(op.life.take()).zip(Dir::of(op.kind));
         let done = complete(op, result);
         if let Some(((order, life), dir)) = turn {

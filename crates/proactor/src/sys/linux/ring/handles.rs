@@ -46,6 +46,7 @@ impl State {
                     accepted: VecDeque::new(),
                     gather: None,
                     unreported: 0,
+                    reset: op::Reset::default(),
                 });
                 self.handles.len() as u32 - 1
             }
@@ -80,6 +81,7 @@ impl State {
         h.hup = false;
         h.armed = NONE;
         self.cold[idx as usize].raw = raw;
+        self.cold[idx as usize].reset = op::Reset::default();
         self.files.associate(raw, file);
         Ok((u32::from(h.generation) << 16) | idx)
     }

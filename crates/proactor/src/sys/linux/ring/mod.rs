@@ -290,6 +290,9 @@ struct Cold {
     gather: Option<Box<gather::Gather>>,
     /// Its operations reported only if they fail that have not ended (`Op::skip`).
     unreported: u32,
+    /// Whether one of its operations reported the peer's reset: the end of the stream a
+    /// receive finds after it is the reset (`op::Reset`).
+    reset: op::Reset,
 }
 
 /// What a multishot receive brought.

@@ -49,8 +49,16 @@ impl State {
             }
         } else if res == 0 {
             if open {
-                self.handles[h as usize].eof = true;
-                self.push_data(h, Got::Eof);
+                // The end of the stream after another operation took the peer's reset is the
+                // reset (`op::Reset`), which ends this receive as a reported one would (the
+                // next receive asks the kernel again).
+                match self.after_reset(h, OpKind::RecvPooled, Ok(0)) {
+                    Ok(_) => {
+                        self.handles[h as usize].eof = true;
+                        self.push_data(h, Got::Eof);
+                    }
+                    Err(e) => self.push_data(h, Got::Error(e)),
+                }
             }
         } else {
             match -res {

@@ -133,6 +133,13 @@ impl State {
             self.on_timeout(idx, res);
             return;
         }
+        if res == -libc::ECONNRESET {
+            // Linux says it once: the handle remembers it (`op::Reset`).
+            let h = self.op(idx).handle;
+            if h != NO_HANDLE {
+                self.cold[h as usize].reset.0 = true;
+            }
+        }
         let kind = self.op(idx).kind;
         if res > 0 && self.coalesce.on() {
             // What wait coalescing weighs its cost against: the bytes moved.
@@ -203,6 +210,21 @@ impl State {
         }
         // A link timeout: the operation's own CQE says what happened.
         self.maybe_release(idx);
+    }
+
+    /// `result` of an operation of `kind` on handle `h`, through what the handle knows of a
+    /// reset: the end of the stream after one of its operations reported the peer's reset is
+    /// the reset (`op::Reset`).
+    pub(super) fn after_reset(
+        &mut self,
+        h: u32,
+        kind: OpKind,
+        result: io::Result<usize>,
+    ) -> io::Result<usize> {
+        match self.cold.get_mut(h as usize) {
+            Some(cold) if h != NO_HANDLE => cold.reset.after(kind, result),
+            _ => result,
+        }
     }
 
     /// The error of operation `idx` for `errno`.
@@ -344,9 +366,11 @@ impl State {
     #[inline]
     pub(super) fn complete_op(&mut self, idx: u32, result: io::Result<usize>) {
         let op = self.op(idx);
+        let h = op.handle;
         let body = std::mem::replace(&mut op.body, Body::Nothing);
         match body {
             Body::Recv(mut buf) => {
+                let result = self.after_reset(h, OpKind::Recv, result);
                 let room = buf.capacity() - buf.len();
                 let (result, got) = match result {
                     // A datagram's real length (the receive passes `MSG_TRUNC` on a socket that
@@ -371,6 +395,7 @@ impl State {
             }
             Body::Record(r) => {
                 self.records -= 1;
+                let result = self.after_reset(h, r.kind, result);
                 let c = op::complete(*r, result);
                 self.deliver_completion(idx, c);
             }
