@@ -92,6 +92,10 @@ struct SendRec {
     /// What its completion said it sent; `None` while unknown (in flight, or reported only if
     /// it fails and not seen to fail).
     sent: Option<usize>,
+    /// It may end before its last byte (a cancel, `cancel_all`, its handle's drop, a deadline):
+    /// until its completion says where, the peer's bytes past what it sent so far may be the
+    /// next send's, and are checked once that is known.
+    may_end_short: bool,
 }
 
 /// A receive, in the order asked.
@@ -105,8 +109,6 @@ struct RecvRec {
     ended: bool,
     /// It ended with the end of the stream.
     eof: bool,
-    /// It ended with the peer's reset.
-    reset: bool,
 }
 
 impl RecvRec {
@@ -117,7 +119,6 @@ impl RecvRec {
             got: Vec::new(),
             ended: false,
             eof: false,
-            reset: false,
         }
     }
 }
@@ -126,10 +127,13 @@ impl RecvRec {
 struct Stream {
     /// The peer's socket; `None` once it reset the connection.
     peer: Option<TcpStream>,
-    /// The sends not yet read to their end by the peer, in the order asked; the peer's reads
-    /// are at `at` bytes into the first.
+    /// The sends not yet read to their end by the peer, in the order asked; the bytes checked
+    /// are `at` bytes into the first.
     sends: VecDeque<SendRec>,
     at: usize,
+    /// Bytes the peer read that are not checked yet: they wait for the end of a send that may
+    /// end short (see [`SendRec::may_end_short`]).
+    unchecked: VecDeque<u8>,
     /// Sends the peer read whole before their completion came: it must say whole.
     read_whole: HashSet<OpId>,
     /// Offset of the next send's bytes in the handle's stream (a send cut short leaves a gap).
@@ -140,8 +144,6 @@ struct Stream {
     /// may be lost, operations may fail with the reset, and the end of the stream must not be
     /// reported in its place.
     reset: bool,
-    /// A receive of the connection reported the reset (in the receives' order).
-    reset_reported: bool,
     recvs: VecDeque<RecvRec>,
     /// Bytes of the peer's stream the receives got, checked in order.
     received: u64,
@@ -216,56 +218,82 @@ impl Stream {
             peer: Some(peer),
             sends: VecDeque::new(),
             at: 0,
+            unchecked: VecDeque::new(),
             read_whole: HashSet::new(),
             next_out: 0,
             peer_written: 0,
             peer_eof: false,
             reset: false,
-            reset_reported: false,
             recvs: VecDeque::new(),
             received: 0,
             pooled_used: false,
         }
     }
 
-    /// Moves the peer's place past the sends it read to the end of what they sent.
-    fn advance(&mut self) {
-        while let Some(s) = self.sends.front() {
-            match s.sent {
-                Some(n) if self.at == n => {}
-                None if self.at == s.data.len() => {
-                    self.read_whole.insert(s.id);
+    /// Checks the bytes the peer read against the sends, in order, as far as it can: through
+    /// each send whose end is known (its completion came) or that cannot end short (it sends
+    /// every byte, or fails, which the model does not allow it), up to a send that may end short
+    /// whose completion has not come.
+    fn check_peer(&mut self, generation: u64, generations: u64) {
+        loop {
+            let Some(s) = self.sends.front() else {
+                if !self.unchecked.is_empty() {
+                    let bytes: Vec<u8> = self.unchecked.iter().copied().collect();
+                    panic!(
+                        "connection {generation}: the peer got {} bytes no send sent: {}",
+                        bytes.len(),
+                        whose(&bytes, generations)
+                    );
                 }
-                _ => return,
+                return;
+            };
+            let end = match s.sent {
+                Some(n) => n,
+                None if !s.may_end_short && !self.reset => s.data.len(),
+                None => return, // its end decides whose the next bytes are
+            };
+            while self.at < end {
+                let Some(b) = self.unchecked.pop_front() else {
+                    return;
+                };
+                if s.data[self.at] != b {
+                    let mut bytes = vec![b];
+                    bytes.extend(self.unchecked.iter().take(15));
+                    let unread: Vec<_> = self
+                        .sends
+                        .iter()
+                        .map(|r| (r.id, r.data.len(), r.sent, r.may_end_short))
+                        .collect();
+                    panic!(
+                        "connection {generation}: {:?} byte {} is {b:#04x}, sent {:#04x}: {} \
+                         (sends unread: {unread:?})",
+                        s.id,
+                        self.at,
+                        s.data[self.at],
+                        whose(&bytes, generations),
+                    );
+                }
+                self.at += 1;
             }
+            if s.sent.is_none() {
+                self.read_whole.insert(s.id);
+            }
+            trace!(
+                "  peer done with {:?} ({:?} of {})",
+                s.id,
+                s.sent,
+                s.data.len()
+            );
             self.sends.pop_front();
             self.at = 0;
         }
     }
 
-    /// Checks `bytes`, read by the peer, against the sends.
-    fn peer_got(&mut self, generation: u64, bytes: &[u8], generations: u64) {
-        for (i, &b) in bytes.iter().enumerate() {
-            self.advance();
-            let Some(s) = self.sends.front() else {
-                panic!(
-                    "connection {generation}: the peer got {} bytes no send sent: {}",
-                    bytes.len() - i,
-                    whose(&bytes[i..], generations)
-                );
-            };
-            if s.data[self.at] != b {
-                panic!(
-                    "connection {generation}: {:?} byte {} is {b:#04x}, sent {:#04x}: {}",
-                    s.id,
-                    self.at,
-                    s.data[self.at],
-                    whose(&bytes[i..], generations)
-                );
-            }
-            self.at += 1;
+    /// Marks the sends in flight as able to end short (a `cancel_all`, a drop, a reset).
+    fn sends_may_end_short(&mut self) {
+        for r in &mut self.sends {
+            r.may_end_short = true;
         }
-        self.advance();
     }
 
     /// Reads what the peer has, up to the end of the stream if it came.
@@ -277,7 +305,11 @@ impl Stream {
             };
             match peer.read(&mut buf) {
                 Ok(0) => return End::Fin,
-                Ok(n) => self.peer_got(generation, &buf[..n], generations),
+                Ok(n) => {
+                    trace!("  peer of {generation} read {n}");
+                    self.unchecked.extend(&buf[..n]);
+                    self.check_peer(generation, generations);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return End::Open,
                 // The handle was dropped with data unread on its side: a reset ends the stream.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return End::Reset,
@@ -287,7 +319,7 @@ impl Stream {
     }
 
     /// A send's completion said it sent `n` bytes.
-    fn send_ended(&mut self, generation: u64, id: OpId, n: usize, len: usize) {
+    fn send_ended(&mut self, generation: u64, generations: u64, id: OpId, n: usize, len: usize) {
         if self.read_whole.remove(&id) {
             assert_eq!(
                 n, len,
@@ -310,7 +342,7 @@ impl Stream {
             );
         }
         s.sent = Some(n);
-        self.advance();
+        self.check_peer(generation, generations);
     }
 
     /// Checks what the receives got, in the order asked, as far as every earlier one ended.
@@ -343,13 +375,11 @@ impl Stream {
             if !r.ended {
                 return;
             }
-            if r.reset {
-                self.reset_reported = true;
-            }
             if r.eof {
-                // After the peer's FIN and every byte, or once the reset was reported.
+                // After the peer's FIN and every byte only: after a reset (whichever operation
+                // took it) a receive ends with the reset, never the end of the stream.
                 assert!(
-                    (self.peer_eof && self.received == self.peer_written) || self.reset_reported,
+                    self.peer_eof && self.received == self.peer_written,
                     "connection {generation}: {:?} reported the end of the stream at offset {} \
                      (the peer wrote {}, and {} its end; reset {})",
                     r.id,
@@ -479,7 +509,6 @@ impl Model {
                 r.got.extend_from_slice(&buf[keep..]);
                 r.ended = true;
                 r.eof = matches!(result, Ok(0)) && cap > keep;
-                r.reset = is_reset(&result);
                 s.check_receives(g, generations);
             }
             What::RecvPooled { .. } => {
@@ -499,7 +528,7 @@ impl Model {
                     (Ok(0), None) => r.eof = true,
                     (Ok(n), None) => panic!("{id:?}: {n} bytes and no buffer"),
                     (Err(_), Some(_)) => panic!("{id:?}: a failure with a buffer"),
-                    (Err(_), None) => r.reset = is_reset(&result),
+                    (Err(_), None) => {}
                 }
                 r.ended = true;
                 s.check_receives(g, generations);
@@ -548,7 +577,7 @@ impl Model {
                     Err(_) => done.bytes_transferred(),
                 };
                 assert!(n <= len, "{id:?}: {n} bytes sent of {len}");
-                self.streams[g as usize].send_ended(g, id, n, len);
+                self.streams[g as usize].send_ended(g, generations, id, n, len);
             }
             What::Readable => {
                 if let Ok(n) = result {
@@ -594,6 +623,7 @@ impl Model {
                 p.cancelled = true;
             }
         }
+        self.streams[g as usize].sends_may_end_short();
     }
 
     fn sends_in_flight(&self, g: u64) -> bool {
@@ -601,11 +631,6 @@ impl Model {
             p.generation == Some(g) && matches!(p.what, What::Send | What::SendPooled) && !p.skip
         })
     }
-}
-
-/// Whether `result` is the peer's reset.
-fn is_reset(result: &io::Result<usize>) -> bool {
-    matches!(result, Err(e) if e.kind() == io::ErrorKind::ConnectionReset)
 }
 
 /// A deadline for the next operation, if the input asks for one.
@@ -756,6 +781,7 @@ fn run(port: &LocalPort, listener: &TcpListener, data: &[u8]) {
                     id,
                     data,
                     sent: None,
+                    may_end_short: after.is_some(),
                 });
                 m.submitted(id, pending(kind, what, after.is_some(), skip));
             }
@@ -775,6 +801,12 @@ fn run(port: &LocalPort, listener: &TcpListener, data: &[u8]) {
                 }
                 if let Some(p) = m.pending.get_mut(&id) {
                     p.cancelled = true;
+                    if let Some(g) = p.generation {
+                        let s = &mut m.streams[g as usize];
+                        for r in s.sends.iter_mut().filter(|r| r.id == id) {
+                            r.may_end_short = true;
+                        }
+                    }
                 }
             }
             6 => {
@@ -888,7 +920,7 @@ fn run(port: &LocalPort, listener: &TcpListener, data: &[u8]) {
                     m.pending.remove(&r.id);
                     m.finished.insert(r.id);
                 }
-                s.advance();
+                s.check_peer(g, gens);
             }
             // A receive still waiting (nothing more comes) ends with the handle's drop. After a
             // reset, nothing more comes either way.
@@ -951,6 +983,7 @@ fn run(port: &LocalPort, listener: &TcpListener, data: &[u8]) {
         m.dequeue(port, 64, Duration::from_millis(20));
     }
     // Sends reported only if they fail that made no completion sent everything.
+    let gens = m.generations();
     let silent: Vec<OpId> = m.pending.keys().copied().collect();
     for id in silent {
         let p = m.pending.remove(&id).expect("listed");
@@ -964,11 +997,10 @@ fn run(port: &LocalPort, listener: &TcpListener, data: &[u8]) {
                 "{id:?}: no send of its connection"
             );
         }
-        s.advance();
+        s.check_peer(g, gens);
     }
     // The peers: what arrived after their handle's drop continues the stream; one closed with
     // a FIN (nothing unread on the handle's side) got every byte its sends reported.
-    let gens = m.generations();
     for (g, s) in m.streams.iter_mut().enumerate() {
         let g = g as u64;
         let until = Instant::now() + Duration::from_secs(5);
@@ -989,7 +1021,7 @@ fn run(port: &LocalPort, listener: &TcpListener, data: &[u8]) {
         if end == End::Fin {
             let left: usize = s.sends.iter().map(|r| r.sent.unwrap_or(0)).sum::<usize>() - s.at;
             assert!(
-                s.sends.is_empty(),
+                s.sends.is_empty() && s.unchecked.is_empty(),
                 "connection {g}: closed with a FIN, {left} bytes its sends reported sent never came \
                  ({} sends from {:?})",
                 s.sends.len(),

@@ -1090,3 +1090,63 @@ impl<T: Associate + fmt::Debug> fmt::Debug for LocalHandle<T> {
             .finish()
     }
 }
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use std::{
+        net::{TcpListener, TcpStream},
+        time::Duration,
+    };
+
+    use super::*;
+
+    /// A port on the shared-port engine whatever the kernel offers: what a `LocalPort` runs on
+    /// where its own ring cannot be built, over io_uring unless `PROACTOR_BACKEND=epoll`.
+    fn on_shared_port() -> LocalPort {
+        let pool = Pool::new(2, 4096, true).unwrap();
+        LocalPort {
+            inner: Rc::new(Inner {
+                engine: Engine::Shared(shared::Shared::new(pool).unwrap()),
+                one: Cell::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// The shared-port engine's pooled receive, armed before the peer's reset, whose readiness
+    /// comes before the completion of the send that took the reset: the end of the stream its
+    /// receive then finds is the reset (`Shared::after_reset` turns what the port has first).
+    /// The order is the one `PROACTOR_SQPOLL=50` gives (CI's SQPOLL step runs this): the
+    /// kernel's polling thread submits the send at once, after the readiness's CQE, and the
+    /// engine asks the shared port for one completion at a time here (without the turning
+    /// first, this fails there every time; elsewhere the receive takes the reset itself).
+    #[test]
+    fn the_shared_engine_keeps_a_reset_a_send_took() {
+        let port = on_shared_port();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let h = port.add_handle(accepted, 1).unwrap();
+        let recv = port.recv_pooled(&h);
+        assert!(
+            port.get_completion(Some(Duration::from_millis(20)))
+                .is_err()
+        );
+        socket2::SockRef::from(&peer)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(peer);
+        std::thread::sleep(Duration::from_millis(20));
+        let send = port.send(&h, b"after the reset".to_vec());
+        for _ in 0..2 {
+            let c = port.get_completion(Some(Duration::from_secs(5))).unwrap();
+            let e = c
+                .result()
+                .expect_err("after a reset, an error, never Ok(0)");
+            assert!(c.id() == recv || c.id() == send, "{c:?}");
+            if c.id() == recv {
+                assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "{e:?}");
+            }
+        }
+        assert_eq!(port.operations_in_flight(), 0);
+    }
+}

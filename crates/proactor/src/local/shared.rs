@@ -106,6 +106,10 @@ enum Internal {
 /// The key of a skipped send whose handle closed: its key may name another handle already.
 const ORPHAN: u32 = u32::MAX;
 
+/// What the shared port is asked for when everything it has is to be turned at once.
+#[cfg(target_os = "linux")]
+const TURN_ALL: usize = 1 << 20;
+
 use crate::error::{foreign_buffer, mixing};
 
 impl Shared {
@@ -554,16 +558,8 @@ impl Shared {
         // SAFETY: buffer `index` came off the free list: this engine owns it, and the pool
         // holds `size` bytes there.
         let got = unsafe { sys::recv_now(raw, self.pool.addr(index), self.pool.size()) };
-        // Linux: the end of the stream after another operation took the peer's reset is the
-        // reset (see `Target::after_reset`).
         #[cfg(target_os = "linux")]
-        let mut got = got;
-        #[cfg(target_os = "linux")]
-        self.with_slot_opt(key, |s| {
-            got = s
-                .target
-                .after_reset(OpKind::RecvPooled, std::mem::replace(&mut got, Ok(0)));
-        });
+        let got = self.after_reset(key, got);
         let id = self.with_slot(key, |s| s.waiters.front().map(|w| w.id));
         let Some(id) = id else {
             self.pool.put_free(index);
@@ -604,6 +600,38 @@ impl Shared {
             }
         }
         self.rearm(key);
+    }
+
+    /// Linux: `got`, what a receive of handle `key` got, through what the handle's operations
+    /// know of the peer's reset (`Target::after_reset`): the end of the stream after another
+    /// operation took the reset is the reset. The completion of the operation that took it may
+    /// still wait in the shared port (io_uring reaps what a call asks for, and the readiness that
+    /// led here came first), so before an end of the stream is believed, everything the port has
+    /// is turned.
+    #[cfg(target_os = "linux")]
+    fn after_reset(&self, key: u32, got: io::Result<usize>) -> io::Result<usize> {
+        let reset = matches!(&got, Err(e) if e.kind() == io::ErrorKind::ConnectionReset);
+        if !reset && !matches!(got, Ok(0)) {
+            return got;
+        }
+        if !reset {
+            let mut rest = Vec::new();
+            if self
+                .port
+                .get_completions(&mut rest, TURN_ALL, Some(Duration::ZERO))
+                .is_ok()
+            {
+                for c in rest {
+                    self.turn(c);
+                }
+            }
+        }
+        let mut got = Some(got);
+        let seen = self.with_slot_opt(key, |s| {
+            let got = got.take().expect("taken once");
+            s.target.after_reset(OpKind::RecvPooled, got)
+        });
+        seen.unwrap_or_else(|| got.take().expect("not taken"))
     }
 
     /// Handle `key` has data but the pool is empty: it waits for a buffer.

@@ -494,7 +494,7 @@ impl Epoll {
             };
             let op = q.read.pop_front().expect("front exists");
             self.table.remove(op.id);
-            let result = q.reset.after(op.kind, result);
+            let result = q.reset.after(op.kind, op.datagram, result);
             out.push(finish(records.unboxed(op), result));
         }
         while let Some(op) = q.write.front_mut() {
@@ -504,7 +504,7 @@ impl Epoll {
             };
             let op = q.write.pop_front().expect("front exists");
             self.table.remove(op.id);
-            let result = q.reset.after(op.kind, result);
+            let result = q.reset.after(op.kind, op.datagram, result);
             out.push(finish(records.unboxed(op), result));
         }
     }
@@ -728,7 +728,7 @@ impl Driver for Epoll {
                 q.readable.after_read(op.kind, wanted, &attempt);
             }
             if let Attempt::Done(result) = attempt {
-                let result = q.reset.after(op.kind, result);
+                let result = q.reset.after(op.kind, op.datagram, result);
                 drop(fds);
                 self.push_ready([finish(op, result)]);
                 return id;
@@ -839,10 +839,11 @@ impl Driver for Epoll {
         fd: RawFd,
         _order: &super::Order,
         kind: OpKind,
+        datagram: bool,
         result: io::Result<usize>,
     ) -> io::Result<usize> {
         match lock(&self.fds).queues.get_mut(&fd) {
-            Some(q) => q.reset.after(kind, result),
+            Some(q) => q.reset.after(kind, datagram, result),
             None => result,
         }
     }

@@ -87,9 +87,10 @@ pub(crate) trait Driver: Send + Sync {
         _fd: RawFd,
         order: &Order,
         kind: OpKind,
+        datagram: bool,
         result: io::Result<usize>,
     ) -> io::Result<usize> {
-        order.after_reset(kind, result)
+        order.after_reset(kind, datagram, result)
     }
 }
 
@@ -134,7 +135,9 @@ impl Target {
     /// `op::Reset`).
     pub(crate) fn after_reset(&self, kind: OpKind, result: io::Result<usize>) -> io::Result<usize> {
         match self.driver.upgrade() {
-            Some(driver) => driver.after_reset(self.raw.0, &self.order, kind, result),
+            Some(driver) => {
+                driver.after_reset(self.raw.0, &self.order, kind, self.datagram, result)
+            }
             None => result,
         }
     }

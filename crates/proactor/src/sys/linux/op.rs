@@ -263,9 +263,14 @@ pub(crate) struct Lane {
 
 impl Order {
     /// `result` of an operation of `kind` on this handle, through the handle's [`Reset`].
-    pub(crate) fn after_reset(&self, kind: OpKind, result: io::Result<usize>) -> io::Result<usize> {
+    pub(crate) fn after_reset(
+        &self,
+        kind: OpKind,
+        datagram: bool,
+        result: io::Result<usize>,
+    ) -> io::Result<usize> {
         let mut reset = Reset(self.reset.load(Ordering::Relaxed));
-        let result = reset.after(kind, result);
+        let result = reset.after(kind, datagram, result);
         if reset.0 {
             self.reset.store(true, Ordering::Relaxed);
         }
@@ -288,15 +293,25 @@ impl Order {
 /// closed cleanly when it reset the connection (a reset is `ConnectionReset`, never the end of
 /// the stream). So each engine keeps one of these per handle, and a receive that finds the end
 /// of the stream after one of the handle's operations reported the reset reports the reset.
-/// A reset no operation of the port saw (the program's own call on the socket took it) is not
-/// known.
+/// A reset no operation of this handle saw (the program's own call on the socket took it, or
+/// another handle's of the same socket) is not known. Byte streams only: on a socket that keeps
+/// message boundaries an empty message is one (a Unix datagram socket may be told
+/// `ECONNRESET` when its peer goes, and goes on).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Reset(pub(crate) bool);
 
 impl Reset {
-    /// `result` of an operation of `kind`: a reset is remembered; the end of the stream after
-    /// one is the reset.
-    pub(crate) fn after(&mut self, kind: OpKind, result: io::Result<usize>) -> io::Result<usize> {
+    /// `result` of an operation of `kind` on a byte stream (`datagram` false: else `result` as
+    /// it is): a reset is remembered; the end of the stream after one is the reset.
+    pub(crate) fn after(
+        &mut self,
+        kind: OpKind,
+        datagram: bool,
+        result: io::Result<usize>,
+    ) -> io::Result<usize> {
+        if datagram {
+            return result;
+        }
         match result {
             Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
                 self.0 = true;

@@ -755,7 +755,7 @@ impl Uring {
     fn end(&self, mut op: Op, result: io::Result<usize>) -> Completion {
         // A stream's operations carry its lanes, and with them what it knows of a reset.
         let result = match &op.order {
-            Some(order) => order.after_reset(op.kind, result),
+            Some(order) => order.after_reset(op.kind, op.datagram, result),
             None => result,
         };
         let turn = op.order.take().zip(op.life.take()).zip(Dir::of(op.kind));

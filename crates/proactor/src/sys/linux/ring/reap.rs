@@ -136,7 +136,7 @@ impl State {
         if res == -libc::ECONNRESET {
             // Linux says it once: the handle remembers it (`op::Reset`).
             let h = self.op(idx).handle;
-            if h != NO_HANDLE {
+            if h != NO_HANDLE && !self.handles[h as usize].datagram {
                 self.cold[h as usize].reset.0 = true;
             }
         }
@@ -221,8 +221,8 @@ impl State {
         kind: OpKind,
         result: io::Result<usize>,
     ) -> io::Result<usize> {
-        match self.cold.get_mut(h as usize) {
-            Some(cold) if h != NO_HANDLE => cold.reset.after(kind, result),
+        match (self.handles.get(h as usize), self.cold.get_mut(h as usize)) {
+            (Some(handle), Some(cold)) => cold.reset.after(kind, handle.datagram, result),
             _ => result,
         }
     }
