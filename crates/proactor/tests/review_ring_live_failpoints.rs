@@ -1,7 +1,9 @@
 //! Adversarial review of the `LocalPort` ring's live count (`proactor::live_operations()`,
 //! published once per dequeue): operations refused because the slab is full (forced by
 //! `ring::slab_full`), and pooled receives failed because their multishot receive found no
-//! entry, are never counted, before or after their completions are dequeued.
+//! entry, are never counted, before or after their completions are dequeued. And an operation
+//! the kernel ends `EINTR` when it is cancelled or its deadline passes (forced by
+//! `ring::cancel_as_eintr`) is that cancel or that deadline, never `Interrupted`.
 //!
 //! `cargo test -p proactor --features failpoints --test review_ring_live_failpoints` (on
 //! `PROACTOR_BACKEND=epoll` the port is a shared port: each test says so and returns).
@@ -117,5 +119,50 @@ fn a_pooled_receive_whose_multishot_finds_no_entry_is_counted_out_again() {
     drop(conn);
     drop(port);
     assert_eq!(proactor::live_operations(), base);
+    scenario.teardown();
+}
+
+/// io_uring stops an operation its worker threads run (a blocking send) by interrupting the
+/// worker: the operation then ends `EINTR`, not `ECANCELED` (the `local_ops` fuzz target found
+/// a send with a deadline ending `Interrupted`, a kind std's `write_all` retries). Forced here
+/// with `ring::cancel_as_eintr` (each `ECANCELED` CQE made `EINTR`): a receive whose deadline
+/// passes ends with its deadline, a cancelled one with its cancel, each keeping `EINTR` as its
+/// code.
+#[test]
+fn an_interrupted_operation_is_its_cancel_or_its_deadline() {
+    let _s = serial();
+    let scenario = fail::FailScenario::setup();
+    let Some(port) = ring_port() else {
+        return;
+    };
+    let (conn, _peer) = pair(&port);
+    fail::cfg("ring::cancel_as_eintr", "return").unwrap();
+    let timed = port
+        .with_timeout(Duration::from_millis(30))
+        .recv(&conn, Vec::with_capacity(8));
+    let c = port.get_completion(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(c.id(), timed);
+    let e = c.result().expect_err("its deadline passed");
+    assert!(proactor::is_deadline(&e), "{e:?}");
+    assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e:?}");
+    assert_eq!(proactor::raw_os_error(&e), Some(libc::EINTR));
+    let cancelled = port.recv(&conn, Vec::with_capacity(8));
+    assert!(
+        port.get_completion(Some(Duration::from_millis(20)))
+            .is_err()
+    );
+    port.cancel(cancelled).unwrap();
+    let c = port.get_completion(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(c.id(), cancelled);
+    let e = c.result().expect_err("cancelled");
+    assert!(proactor::is_cancelled(&e), "{e:?}");
+    assert_ne!(
+        e.kind(),
+        io::ErrorKind::Interrupted,
+        "std would retry it: {e:?}"
+    );
+    assert_eq!(proactor::raw_os_error(&e), Some(libc::EINTR));
+    fail::remove("ring::cancel_as_eintr");
+    drop(conn);
     scenario.teardown();
 }

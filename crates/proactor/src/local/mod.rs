@@ -1117,8 +1117,9 @@ mod tests {
     /// receive then finds is the reset (`Shared::after_reset` turns what the port has first).
     /// The order is the one `PROACTOR_SQPOLL=50` gives (CI's SQPOLL step runs this): the
     /// kernel's polling thread submits the send at once, after the readiness's CQE, and the
-    /// engine asks the shared port for one completion at a time here (without the turning
-    /// first, this fails there every time; elsewhere the receive takes the reset itself).
+    /// engine asks the shared port for one completion at a time here (without taking what the
+    /// port has first, this fails there every time; elsewhere the receive takes the reset
+    /// itself).
     #[test]
     fn the_shared_engine_keeps_a_reset_a_send_took() {
         let port = on_shared_port();
@@ -1137,6 +1138,8 @@ mod tests {
         drop(peer);
         std::thread::sleep(Duration::from_millis(20));
         let send = port.send(&h, b"after the reset".to_vec());
+        // Under SQPOLL the kernel's thread sends now: its CQE is there before the next call.
+        std::thread::sleep(Duration::from_millis(20));
         for _ in 0..2 {
             let c = port.get_completion(Some(Duration::from_secs(5))).unwrap();
             let e = c

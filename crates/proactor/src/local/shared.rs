@@ -56,6 +56,10 @@ pub(crate) struct Shared {
     unpolled: Cell<u32>,
     /// Sends reported only if they fail still in the shared port (`Internal::Skipped`).
     unreported: Cell<usize>,
+    /// Completions the shared port gave while a receive looked for a reset (`after_reset`):
+    /// taking them recorded what they say of one; they are turned after the batch at hand, in
+    /// the port's order, before the call returns.
+    reaped: RefCell<VecDeque<Completion>>,
 }
 
 /// After this many calls in a row served from the engine's own ready queue, the next one also
@@ -106,9 +110,14 @@ enum Internal {
 /// The key of a skipped send whose handle closed: its key may name another handle already.
 const ORPHAN: u32 = u32::MAX;
 
-/// What the shared port is asked for when everything it has is to be turned at once.
+/// What the shared port is asked for when everything it has is to be taken at once.
 #[cfg(target_os = "linux")]
 const TURN_ALL: usize = 1 << 20;
+
+/// Calls that take everything the shared port has (`Shared::after_reset`): one that finds
+/// timers due returns them alone, the next the port's completions.
+#[cfg(target_os = "linux")]
+const REAP_ROUNDS: usize = 4;
 
 use crate::error::{foreign_buffer, mixing};
 
@@ -129,6 +138,7 @@ impl Shared {
             deadlines: RefCell::new(BTreeSet::new()),
             unpolled: Cell::new(0),
             unreported: Cell::new(0),
+            reaped: RefCell::new(VecDeque::new()),
         })
     }
 
@@ -371,6 +381,7 @@ impl Shared {
         let mut asked = false;
         loop {
             self.feed_starved();
+            self.turn_reaped();
             let soonest = self.expire();
             let mut n = 0;
             while n < max {
@@ -442,7 +453,18 @@ impl Shared {
         for c in batch.drain(..) {
             self.turn(c);
         }
+        self.turn_reaped();
         Ok(())
+    }
+
+    /// Turns what `after_reset` took from the shared port (and what turning it takes).
+    fn turn_reaped(&self) {
+        loop {
+            let Some(c) = self.reaped.borrow_mut().pop_front() else {
+                return;
+            };
+            self.turn(c);
+        }
     }
 
     /// Ends the pooled receives whose deadline passed; when the next one is due.
@@ -606,8 +628,10 @@ impl Shared {
     /// know of the peer's reset (`Target::after_reset`): the end of the stream after another
     /// operation took the reset is the reset. The completion of the operation that took it may
     /// still wait in the shared port (io_uring reaps what a call asks for, and the readiness that
-    /// led here came first), so before an end of the stream is believed, everything the port has
-    /// is turned.
+    /// led here came first; taking a completion from the port records its reset), so before an
+    /// end of the stream is believed, everything the port has is taken, into `reaped`, turned
+    /// after the batch at hand (`turn_reaped`): not here, inside a turn, which would put it
+    /// before the rest of that batch.
     #[cfg(target_os = "linux")]
     fn after_reset(&self, key: u32, got: io::Result<usize>) -> io::Result<usize> {
         let reset = matches!(&got, Err(e) if e.kind() == io::ErrorKind::ConnectionReset);
@@ -615,14 +639,16 @@ impl Shared {
             return got;
         }
         if !reset {
-            let mut rest = Vec::new();
-            if self
-                .port
-                .get_completions(&mut rest, TURN_ALL, Some(Duration::ZERO))
-                .is_ok()
-            {
-                for c in rest {
-                    self.turn(c);
+            // A call that finds timers due returns them alone: asked again, the port answers.
+            for _ in 0..REAP_ROUNDS {
+                let mut rest = Vec::new();
+                let took = self
+                    .port
+                    .get_completions(&mut rest, TURN_ALL, Some(Duration::ZERO));
+                let n = rest.len();
+                self.reaped.borrow_mut().extend(rest);
+                if took.is_err() || n == 0 {
+                    break;
                 }
             }
         }

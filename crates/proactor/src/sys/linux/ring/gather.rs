@@ -224,7 +224,9 @@ impl State {
         };
         let stopped_all = self.closing || !self.handles[h as usize].open;
         let mut left = res.max(0) as usize;
-        let mut error = (res < 0 && res != -libc::ECANCELED).then_some(-res);
+        // `EINTR`: a cancel too (`error::from_errno`).
+        let stopped = res == -libc::ECANCELED || res == -libc::EINTR;
+        let mut error = (res < 0 && !stopped).then_some(-res);
         let mut back = Fifo::EMPTY;
         // Each member's link is read before it completes (which may free its entry).
         while let Some(idx) = members.pop_front(&self.slots) {

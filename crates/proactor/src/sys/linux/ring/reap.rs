@@ -133,6 +133,14 @@ impl State {
             self.on_timeout(idx, res);
             return;
         }
+        // Test-only: the kernel ends a cancelled operation `EINTR` (see `error::from_errno`).
+        #[cfg(feature = "failpoints")]
+        let res = {
+            fail::fail_point!("ring::cancel_as_eintr", res == -libc::ECANCELED, |_| {
+                self.on_cqe(ud, -libc::EINTR, flags)
+            });
+            res
+        };
         if res == -libc::ECONNRESET {
             // Linux says it once: the handle remembers it (`op::Reset`).
             let h = self.op(idx).handle;
@@ -231,8 +239,10 @@ impl State {
     pub(super) fn error(&self, idx: u32, errno: i32) -> io::Error {
         let op = self.slots[idx as usize].op.as_ref().expect("live");
         let open = op.handle == NO_HANDLE || self.handles[op.handle as usize].open;
-        if errno == libc::ECANCELED && !op.cancelled && open && op.deadline.is_some() {
-            deadline_passed()
+        // `EINTR`: a cancel of an operation the kernel's workers ran (`error::from_errno`).
+        let stopped = matches!(errno, libc::ECANCELED | libc::EINTR);
+        if stopped && !op.cancelled && open && op.deadline.is_some() {
+            crate::error::deadline(errno, None)
         } else {
             from_errno(errno)
         }
