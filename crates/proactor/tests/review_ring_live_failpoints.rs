@@ -126,8 +126,9 @@ fn a_pooled_receive_whose_multishot_finds_no_entry_is_counted_out_again() {
 /// worker: the operation then ends `EINTR`, not `ECANCELED` (the `local_ops` fuzz target found
 /// a send with a deadline ending `Interrupted`, a kind std's `write_all` retries). Forced here
 /// with `ring::cancel_as_eintr` (each `ECANCELED` CQE made `EINTR`): a receive whose deadline
-/// passes ends with its deadline, a cancelled one with its cancel, each keeping `EINTR` as its
-/// code.
+/// passes ends with its deadline, a cancelled one with its cancel, each with a cancel's code
+/// (`ECANCELED`), as documented, never `EINTR` (rebuilt with `from_raw_os_error`, that would be
+/// `Interrupted` again).
 #[test]
 fn an_interrupted_operation_is_its_cancel_or_its_deadline() {
     let _s = serial();
@@ -145,7 +146,7 @@ fn an_interrupted_operation_is_its_cancel_or_its_deadline() {
     let e = c.result().expect_err("its deadline passed");
     assert!(proactor::is_deadline(&e), "{e:?}");
     assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e:?}");
-    assert_eq!(proactor::raw_os_error(&e), Some(libc::EINTR));
+    assert_eq!(proactor::raw_os_error(&e), Some(libc::ECANCELED));
     let cancelled = port.recv(&conn, Vec::with_capacity(8));
     assert!(
         port.get_completion(Some(Duration::from_millis(20)))
@@ -161,7 +162,7 @@ fn an_interrupted_operation_is_its_cancel_or_its_deadline() {
         io::ErrorKind::Interrupted,
         "std would retry it: {e:?}"
     );
-    assert_eq!(proactor::raw_os_error(&e), Some(libc::EINTR));
+    assert_eq!(proactor::raw_os_error(&e), Some(libc::ECANCELED));
     fail::remove("ring::cancel_as_eintr");
     drop(conn);
     scenario.teardown();

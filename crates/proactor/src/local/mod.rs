@@ -1114,7 +1114,7 @@ mod tests {
 
     /// The shared-port engine's pooled receive, armed before the peer's reset, whose readiness
     /// comes before the completion of the send that took the reset: the end of the stream its
-    /// receive then finds is the reset (`Shared::after_reset` turns what the port has first).
+    /// receive then finds is the reset (`Shared::after_reset` takes what the port has first).
     /// The order is the one `PROACTOR_SQPOLL=50` gives (CI's SQPOLL step runs this): the
     /// kernel's polling thread submits the send at once, after the readiness's CQE, and the
     /// engine asks the shared port for one completion at a time here (without taking what the

@@ -459,6 +459,8 @@ impl Shared {
 
     /// Turns what `after_reset` took from the shared port (and what turning it takes).
     fn turn_reaped(&self) {
+        // Not `while let`: its borrow of `reaped` would last through `turn`, which may take
+        // more into it (`turn` -> `readiness` -> `receive` -> `after_reset`).
         loop {
             let Some(c) = self.reaped.borrow_mut().pop_front() else {
                 return;

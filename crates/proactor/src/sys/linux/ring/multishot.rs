@@ -70,7 +70,8 @@ impl State {
                         self.starved.push(h);
                     }
                 }
-                libc::ECANCELED => {}
+                // `EINTR`: a cancel too (`error::from_errno`).
+                libc::ECANCELED | libc::EINTR => {}
                 errno => {
                     if open {
                         self.push_data(h, Got::Error(from_errno(errno)));
@@ -252,7 +253,8 @@ impl State {
             }
         } else {
             let errno = -res;
-            if open && errno != libc::ECANCELED && !op::is_client_reset(errno) {
+            let stopped = errno == libc::ECANCELED || errno == libc::EINTR;
+            if open && !stopped && !op::is_client_reset(errno) {
                 if let Some(w) = self.handles[h as usize].waiters.pop_front(&self.slots) {
                     self.deliver(w, Err(from_errno(errno)), Output::None, None);
                 }

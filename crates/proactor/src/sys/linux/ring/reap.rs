@@ -170,7 +170,7 @@ impl State {
             _ if kind == OpKind::Timer => {
                 self.ended(idx);
                 let result = match -res {
-                    libc::ECANCELED => Err(cancelled()),
+                    libc::ECANCELED | libc::EINTR => Err(cancelled()),
                     _ => Ok(0), // ETIME: the time passed
                 };
                 self.deliver(idx, result, Output::None, None);
@@ -242,7 +242,7 @@ impl State {
         // `EINTR`: a cancel of an operation the kernel's workers ran (`error::from_errno`).
         let stopped = matches!(errno, libc::ECANCELED | libc::EINTR);
         if stopped && !op.cancelled && open && op.deadline.is_some() {
-            crate::error::deadline(errno, None)
+            deadline_passed()
         } else {
             from_errno(errno)
         }
