@@ -697,3 +697,45 @@ fn receive_on_a_clone_started_during_a_close_is_not_cancelled() {
     drop(other);
     assert_no_live_operations(&port);
 }
+
+/// io_uring stops an operation its worker threads run by interrupting the worker, and that
+/// operation ends `EINTR` (`uring::cancel_as_eintr` makes every cancelled CQE one): it is its
+/// deadline or its cancel all the same, with a cancel's code, never `Interrupted` (a kind
+/// std's `read_exact` and `write_all` retry).
+#[test]
+fn an_interrupted_operation_is_its_cancel_or_its_deadline() {
+    let _serial = serial();
+    let Some(port) = uring_port() else { return };
+    let (ours, _theirs) = small_buffered_pair();
+    let ours = port.add_handle(ours, 1).unwrap();
+    fail::cfg("uring::cancel_as_eintr", "return").unwrap();
+    let driver = Driver::start(&port);
+
+    let timed = port
+        .with_timeout(Duration::from_millis(30))
+        .recv(&ours, Vec::with_capacity(8));
+    let c = completion_of(&driver, timed);
+    let e = c.result().expect_err("its deadline passed");
+    assert!(proactor::is_deadline(&e), "{e:?}");
+    assert!(!proactor::is_cancelled(&e), "{e:?}");
+    assert_eq!(e.kind(), ErrorKind::TimedOut, "{e:?}");
+    assert_eq!(proactor::raw_os_error(&e), Some(libc::ECANCELED), "{e:?}");
+
+    let cancelled = port.recv(&ours, Vec::with_capacity(8));
+    assert!(driver.next(Duration::from_millis(20)).is_none());
+    port.cancel(cancelled).expect("the receive is in flight");
+    let c = completion_of(&driver, cancelled);
+    let e = c.result().expect_err("cancelled");
+    assert!(proactor::is_cancelled(&e), "{e:?}");
+    assert_ne!(
+        e.kind(),
+        ErrorKind::Interrupted,
+        "std would retry it: {e:?}"
+    );
+    assert_eq!(proactor::raw_os_error(&e), Some(libc::ECANCELED), "{e:?}");
+
+    fail::remove("uring::cancel_as_eintr");
+    drop(ours);
+    assert!(driver.finish(Duration::from_millis(100)).is_empty());
+    assert_no_live_operations(&port);
+}

@@ -127,9 +127,7 @@ impl Target {
         });
         drop(io);
     }
-}
 
-impl Target {
     /// `result` of a receive the caller made itself on the handle, as its operations' would be:
     /// the end of the stream after one of them reported the peer's reset is the reset (see
     /// `op::Reset`).

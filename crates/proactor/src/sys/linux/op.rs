@@ -301,6 +301,15 @@ impl Order {
 pub(crate) struct Reset(pub(crate) bool);
 
 impl Reset {
+    /// One of the handle's operations reported the peer's reset: remembered on a byte stream
+    /// (`datagram` false).
+    #[inline]
+    pub(crate) fn seen(&mut self, datagram: bool) {
+        if !datagram {
+            self.0 = true;
+        }
+    }
+
     /// `result` of an operation of `kind` on a byte stream (`datagram` false: else `result` as
     /// it is): a reset is remembered; the end of the stream after one is the reset.
     pub(crate) fn after(
@@ -314,7 +323,7 @@ impl Reset {
         }
         match result {
             Err(e) if e.raw_os_error() == Some(libc::ECONNRESET) => {
-                self.0 = true;
+                self.seen(datagram);
                 Err(e)
             }
             Ok(0) if self.0 && receives_bytes(kind) => {

@@ -724,7 +724,7 @@ impl Uring {
             // any new SQE names the record (after which another thread may reap and free it).
             let op = unsafe { &mut *(address as *mut Op) };
             #[cfg(feature = "failpoints")]
-            let res = inject_client_reset(op, res);
+            let res = inject_eintr(inject_client_reset(op, res));
             let (keep, outcome) = match self.next(op, res) {
                 Next::Complete(result) => (false, Ok(result)),
                 Next::Continue(sqe) => (true, Err((sqe, op.kind, op.life.clone()))),
@@ -1089,6 +1089,17 @@ fn inject_client_reset(op: &Op, res: i32) -> i32 {
             unsafe { libc::close(res) };
         }
         -libc::ECONNABORTED
+    });
+    res
+}
+
+/// Test-only: the kernel ends a cancelled operation `EINTR` (an operation its worker threads
+/// ran is stopped by interrupting the worker; see `error::from_errno`), when
+/// `uring::cancel_as_eintr` is configured to `return`.
+#[cfg(feature = "failpoints")]
+fn inject_eintr(res: i32) -> i32 {
+    fail::fail_point!("uring::cancel_as_eintr", res == -libc::ECANCELED, |_| {
+        -libc::EINTR
     });
     res
 }

@@ -144,8 +144,9 @@ impl State {
         if res == -libc::ECONNRESET {
             // Linux says it once: the handle remembers it (`op::Reset`).
             let h = self.op(idx).handle;
-            if h != NO_HANDLE && !self.handles[h as usize].datagram {
-                self.cold[h as usize].reset.0 = true;
+            if h != NO_HANDLE {
+                let datagram = self.handles[h as usize].datagram;
+                self.cold[h as usize].reset.seen(datagram);
             }
         }
         let kind = self.op(idx).kind;
