@@ -1012,7 +1012,10 @@ fn run(port: &LocalPort, listener: &TcpListener, data: &[u8]) {
         };
         assert!(
             end != End::Open,
-            "connection {g}: the peer never saw the end of the stream"
+            "connection {g}: the peer never saw the end of the stream; its connection: {}",
+            s.peer
+                .as_ref()
+                .map_or_else(String::new, |p| connection_state(p))
         );
         assert!(
             s.read_whole.is_empty(),
@@ -1040,6 +1043,19 @@ fn run(port: &LocalPort, listener: &TcpListener, data: &[u8]) {
         "unreported operations at the end"
     );
     assert_eq!(proactor::live_operations(), 0, "operation records leaked");
+}
+
+/// What `ss` says of the connection `peer` is one end of (both ends), for a failure message.
+fn connection_state(peer: &TcpStream) -> String {
+    let port = peer.local_addr().map(|a| a.port()).unwrap_or(0);
+    let filter = format!("( sport = :{port} or dport = :{port} )");
+    match std::process::Command::new("ss")
+        .args(["-tnoiem", &filter])
+        .output()
+    {
+        Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Err(e) => format!("(ss: {e})"),
+    }
 }
 
 fuzz_target!(|data: &[u8]| SHARED.with(|(port, listener)| run(port, listener, data)));

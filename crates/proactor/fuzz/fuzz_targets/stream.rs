@@ -47,10 +47,36 @@ pub fn whose(bytes: &[u8], generations: u64) -> String {
     "bytes of no connection".into()
 }
 
+/// The largest TCP segment of a fuzzed connection. Loopback's MSS (about 64 KiB) is far above
+/// the 4 KiB socket buffers: once a window closed, the receiver's silly-window avoidance would
+/// not announce its reopening, and the sender would go on at one persist probe every 200 ms
+/// or more (seconds for an input that leaves a few tens of KiB unread until its end).
+const MSS: u32 = 1024;
+
+/// Small kernel buffers and segments on `socket`, set before its connection is made (the
+/// window it announces is then sized from them).
+fn small(socket: socket2::SockRef<'_>) {
+    socket.set_send_buffer_size(4096).expect("SO_SNDBUF");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.set_tcp_mss(MSS).expect("TCP_MAXSEG");
+}
+
 /// A loopback connection through `listener`: (the accepted socket, the peer, non-blocking),
-/// both with small kernel buffers, so that sends of a few KiB already complete in parts.
+/// both with small kernel buffers, so that sends of a few KiB already complete in parts, and
+/// small segments (`MSS`).
 pub fn small_pair(listener: &std::net::TcpListener) -> (std::net::TcpStream, std::net::TcpStream) {
-    let peer = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let addr = listener.local_addr().expect("addr");
+    // The accepted socket takes the listener's settings.
+    small(socket2::SockRef::from(listener));
+    let peer = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("socket");
+    small((&peer).into());
+    peer.connect(&addr.into()).expect("connect");
+    let peer = std::net::TcpStream::from(peer);
     let (accepted, _) = listener.accept().expect("accept");
     for s in [&peer, &accepted] {
         let s = socket2::SockRef::from(s);
