@@ -47,10 +47,11 @@ pub fn whose(bytes: &[u8], generations: u64) -> String {
     "bytes of no connection".into()
 }
 
-/// The largest TCP segment of a fuzzed connection. Loopback's MSS (about 64 KiB) is far above
-/// the 4 KiB socket buffers: once a window closed, the receiver's silly-window avoidance would
-/// not announce its reopening, and the sender would go on at one persist probe every 200 ms
-/// or more (seconds for an input that leaves a few tens of KiB unread until its end).
+/// The largest TCP segment of a fuzzed connection, against loopback's 64 KiB. With windows and
+/// segments sized at the handshake from larger buffers than the 4 KiB set later, once a window
+/// closed the sender would not send into a reopened one smaller than a segment (silly-window
+/// avoidance) and went on at one persist probe every 200 ms or more (seconds for an input that
+/// leaves a few tens of KiB unread until its end).
 const MSS: u32 = 1024;
 
 /// Small kernel buffers and segments on `socket`, set before its connection is made (the
@@ -79,10 +80,9 @@ pub fn small_pair(listener: &std::net::TcpListener) -> (std::net::TcpStream, std
     let peer = std::net::TcpStream::from(peer);
     let (accepted, _) = listener.accept().expect("accept");
     for s in [&peer, &accepted] {
-        let s = socket2::SockRef::from(s);
-        s.set_send_buffer_size(4096).expect("SO_SNDBUF");
-        s.set_recv_buffer_size(4096).expect("SO_RCVBUF");
-        s.set_tcp_nodelay(true).expect("TCP_NODELAY");
+        socket2::SockRef::from(s)
+            .set_tcp_nodelay(true)
+            .expect("TCP_NODELAY");
     }
     peer.set_nonblocking(true).expect("nonblocking");
     (accepted, peer)

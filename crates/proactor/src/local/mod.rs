@@ -1016,6 +1016,13 @@ impl fmt::Debug for LocalPort {
 /// receives, so that a cancelled send reports what went; see [`Handle`](crate::Handle)). It
 /// dereferences to the object. It belongs to the port's thread.
 ///
+/// On io_uring the object's last reference may outlive the drop until the port's next wait in
+/// the kernel (a [`LocalPort::get_completions`] with a timeout other than zero that finds
+/// nothing ready): when a kernel worker ran one of its operations (a send that blocked, say),
+/// the kernel lets go of the descriptor in work it defers to that wait. Until then a
+/// connection stays open: a program that waits for its peer to see the close must keep
+/// calling the port meanwhile, as its loop does anyway.
+///
 /// ```no_run
 /// let port = proactor::LocalPort::new()?;
 /// let conn = port.add_handle(std::net::TcpStream::connect("127.0.0.1:7")?, 42)?;
