@@ -15,6 +15,7 @@ const IORING_ENTER_GETEVENTS: u32 = 1;
 const IORING_ENTER_EXT_ARG: u32 = 8;
 const IORING_ENTER_REGISTERED_RING: u32 = 16;
 const IORING_REGISTER_RING_FDS: u32 = 20;
+const IORING_UNREGISTER_RING_FDS: u32 = 21;
 
 /// `struct __kernel_timespec`.
 #[repr(C)]
@@ -69,6 +70,22 @@ pub(super) fn build(from: usize) -> io::Result<(IoUring, &'static str)> {
     Err(last.unwrap_or_else(|| io::Error::from_raw_os_error(libc::EINVAL)))
 }
 
+/// `io_uring_register(fd, opcode, up, 1)`: one `io_uring_rsrc_update`, which the kernel reads
+/// and, registering, writes the index it chose into.
+fn register_one(fd: i32, opcode: u32, up: &mut RsrcUpdate) -> libc::c_long {
+    // SAFETY: io_uring_register reads and writes one `io_uring_rsrc_update`, `up`, a live
+    // exclusive reference for the call's duration.
+    unsafe {
+        libc::syscall(
+            libc::SYS_io_uring_register,
+            fd,
+            opcode,
+            std::ptr::from_mut(up).cast::<libc::c_void>(),
+            1,
+        )
+    }
+}
+
 /// How the ring is entered: by its registered index when the kernel took it, else its fd.
 pub(super) struct Enter {
     fd: i32,
@@ -84,17 +101,7 @@ impl Enter {
             resv: 0,
             data: fd as u64,
         };
-        // SAFETY: io_uring_register reads and writes one `io_uring_rsrc_update`, `up`.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_io_uring_register,
-                fd,
-                IORING_REGISTER_RING_FDS,
-                (&raw mut up).cast::<libc::c_void>(),
-                1,
-            )
-        };
-        if r == 1 {
+        if register_one(fd, IORING_REGISTER_RING_FDS, &mut up) == 1 {
             Enter {
                 fd: up.offset as i32,
                 flags: IORING_ENTER_REGISTERED_RING,
@@ -107,6 +114,30 @@ impl Enter {
     /// Whether the ring's descriptor is registered.
     pub(super) fn registered(&self) -> bool {
         self.flags != 0
+    }
+
+    /// Unregisters `ring`'s descriptor (`IORING_UNREGISTER_RING_FDS`), before the ring is
+    /// dropped: the registration belongs to the thread and holds the ring open past the close
+    /// of its descriptor, until the thread exits (a thread that makes and drops ports would
+    /// keep every ring, its buffers and the files its operations held, and from its 17th port
+    /// on register none: a thread has 16 slots). Afterwards the ring is entered by descriptor.
+    pub(super) fn unregister(&mut self, ring: &IoUring) {
+        if !self.registered() {
+            return;
+        }
+        let fd = ring.as_raw_fd();
+        let mut up = RsrcUpdate {
+            offset: self.fd as u32,
+            resv: 0,
+            data: 0,
+        };
+        if register_one(fd, IORING_UNREGISTER_RING_FDS, &mut up) != 1 {
+            tracing::warn!(
+                error = %io::Error::last_os_error(),
+                "unregistering the ring's descriptor"
+            );
+        }
+        *self = Enter { fd, flags: 0 };
     }
 
     /// Submits `to_submit` SQEs, runs completions' task work, and waits for one CQE if `wait`,

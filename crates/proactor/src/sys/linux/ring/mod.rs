@@ -425,6 +425,12 @@ impl Ring {
         })
     }
 
+    /// Whether the ring is entered by its registered index (`IORING_REGISTER_RING_FDS`).
+    #[cfg(test)]
+    pub(crate) fn ring_fd_registered(&self) -> bool {
+        self.st.borrow().enter.registered()
+    }
+
     pub(crate) fn setup(&self) -> &'static str {
         self.setup
     }
@@ -691,6 +697,8 @@ impl Drop for Ring {
             std::mem::forget(st.pool.clone());
             st.bufs.leak();
         }
+        // Else the thread's registration keeps the ring (and what it holds) until it exits.
+        st.enter.unregister(&st.ring);
     }
 }
 
