@@ -1121,7 +1121,7 @@ mod tests {
 
     /// A dropped port gives back its thread's registration of its ring's descriptor (else the
     /// registration keeps the ring, and what its operations held, until the thread exits; a
-    /// thread has 16 such slots): the 21st port of a thread that made and dropped 20 is still
+    /// thread has 16 such slots): the 22nd port of a thread that made and dropped 21 is still
     /// entered by its registered index.
     #[test]
     fn a_dropped_port_unregisters_its_ring() {
