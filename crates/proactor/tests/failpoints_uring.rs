@@ -24,7 +24,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{each_ip_v4, pattern, pause::Pause};
+use common::{
+    each_ip_v4, pattern,
+    pause::{Failpoint, Pause},
+};
 use proactor::{Completion, Iocp, OpId, OpKind};
 
 /// The `fail` registry is global: one test of this file at a time.
@@ -698,23 +701,6 @@ fn receive_on_a_clone_started_during_a_close_is_not_cancelled() {
     assert_no_live_operations(&port);
 }
 
-/// Failpoint `name` configured until dropped (also when the test fails midway, so that the
-/// next test does not find it).
-struct Configured(&'static str);
-
-impl Configured {
-    fn new(name: &'static str, action: &str) -> Configured {
-        fail::cfg(name, action).expect("configure the failpoint");
-        Configured(name)
-    }
-}
-
-impl Drop for Configured {
-    fn drop(&mut self) {
-        fail::remove(self.0);
-    }
-}
-
 /// io_uring stops an operation its worker threads run by interrupting the worker, and that
 /// operation ends `EINTR` (`uring::cancel_as_eintr` makes every cancelled CQE one): it is its
 /// deadline or its cancel all the same, with a cancel's code, never `Interrupted` (a kind
@@ -725,7 +711,7 @@ fn an_interrupted_operation_is_its_cancel_or_its_deadline() {
     let Some(port) = uring_port() else { return };
     let (ours, _theirs) = small_buffered_pair();
     let ours = port.add_handle(ours, 1).unwrap();
-    let eintr = Configured::new("uring::cancel_as_eintr", "return");
+    let eintr = Failpoint::set("uring::cancel_as_eintr", "return");
     let driver = Driver::start(&port);
 
     let timed = port

@@ -60,3 +60,20 @@ impl Drop for Pause {
         self.release();
     }
 }
+
+/// Failpoint `name` configured to `action` while this lives (removed also when the test fails
+/// midway, so that the next test does not find it).
+pub struct Failpoint(&'static str);
+
+impl Failpoint {
+    pub fn set(name: &'static str, action: &str) -> Failpoint {
+        fail::cfg(name, action).expect("configure the failpoint");
+        Failpoint(name)
+    }
+}
+
+impl Drop for Failpoint {
+    fn drop(&mut self) {
+        fail::remove(self.0);
+    }
+}
